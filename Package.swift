@@ -1,0 +1,32 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Hot kernels live in LoomCore; bounds/overflow checks are dropped there in release
+// builds only (see docs/architecture.md, "Fast kernels").
+let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+
+let package = Package(
+    name: "Loom",
+    platforms: [.macOS(.v14)],
+    products: [
+        .library(name: "LoomCore", targets: ["LoomCore"]),
+        .library(name: "LoomNN", targets: ["LoomNN"]),
+        .executable(name: "loom", targets: ["loom"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CSystem"),
+        .target(name: "LoomCore", dependencies: ["COpenBLAS", "CSystem"], swiftSettings: kernelFlags),
+        .target(name: "LoomNN", dependencies: ["LoomCore"]),
+        .executableTarget(name: "loom", dependencies: [
+            "LoomCore", "LoomNN",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),
+        .testTarget(name: "LoomNNTests", dependencies: ["LoomCore", "LoomNN"], resources: [.copy("Fixtures")]),
+    ],
+    swiftLanguageModes: [.v5]
+)

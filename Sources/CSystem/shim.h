@@ -1,0 +1,2 @@
+// libc pieces Swift's Glibc module does not export (malloc tuning).
+#include <malloc.h>

@@ -1,0 +1,162 @@
+/// The seam between tensors and hardware. A backend owns memory and runs kernels on
+/// contiguous tensors it allocated; shape checking, broadcasting rules and autodiff
+/// live above it, in `Ops/`, so a new backend implements arithmetic and nothing else.
+///
+/// `CPUBackend` is the reference: every other backend is tested against it.
+/// All calls write into tensors the caller allocated (`into:`), which may alias an input
+/// only where a method says so.
+public protocol Backend: AnyObject, Sendable {
+    var device: Device { get }
+    var name: String { get }
+
+    // MARK: Memory
+    func allocate(bytes: Int) -> Storage
+    func upload(_ source: UnsafeRawBufferPointer, to tensor: Tensor)
+    func download(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer)
+    func fill(_ tensor: Tensor, value: Float)
+    /// dst = src (same element count; any shapes).
+    func copy(_ source: Tensor, into destination: Tensor)
+    /// Waits for queued work (a no-op on the CPU).
+    func synchronize()
+
+    // MARK: Elementwise
+    /// y = op(x). May alias.
+    func unary(_ op: UnaryOp, _ x: Tensor, into y: Tensor)
+    /// gx = gy * op'(x), from `x` or the saved output `y` (whichever the op needs).
+    func unaryBackward(_ op: UnaryOp, x: Tensor, y: Tensor, gradOutput: Tensor, into gx: Tensor)
+    /// out = a op b, with a and b broadcast to out's shape (numpy rules; the caller has
+    /// checked them). May alias `a` when a has out's shape.
+    func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor)
+    /// y = x op s.
+    func scalar(_ op: ScalarOp, _ x: Tensor, _ s: Float, into y: Tensor)
+
+    // MARK: Reductions
+    /// Reduces x viewed as [outer, n, inner] over the middle axis into y [outer, inner].
+    func reduce(_ op: ReduceOp, _ x: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor)
+    /// Index (int32) of the maximum over the middle axis of [outer, n, inner].
+    func argmax(_ x: Tensor, outer: Int, n: Int, inner: Int, into indices: Tensor)
+    /// Sum of squares of all elements of each tensor, as one host scalar (gradient norms).
+    func sumOfSquares(_ tensors: [Tensor]) -> Double
+
+    // MARK: Linear algebra
+    /// C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] for i in 0..<batch, row-major,
+    /// op(A) [m, k], op(B) [k, n]. Operands carry their offset, leading dimension and
+    /// batch stride, so heads inside a fused [B, T, 3C] buffer are addressed in place.
+    func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
+              alpha: Float, beta: Float)
+
+    // MARK: Layout
+    /// y = x permuted: y's axis i is x's axis perm[i].
+    func permute(_ x: Tensor, perm: [Int], into y: Tensor)
+    /// Copies `rows` blocks of `width` elements: dst[r*dstStride + dstOffset + j] = src[r*srcStride + srcOffset + j].
+    /// Slicing and concatenation along any axis reduce to this.
+    func copyBlocks(_ src: Tensor, srcOffset: Int, srcStride: Int, into dst: Tensor, dstOffset: Int, dstStride: Int,
+                    rows: Int, width: Int, accumulate: Bool)
+
+    // MARK: Neural-network kernels
+    /// Softmax (or log-softmax) over the last axis of x viewed as [rows, cols].
+    func softmax(_ x: Tensor, rows: Int, cols: Int, log: Bool, into y: Tensor)
+    func softmaxBackward(y: Tensor, gradOutput: Tensor, rows: Int, cols: Int, log: Bool, into gx: Tensor)
+    /// Entries j > i + offset of each [rows, cols] matrix (last two axes) set to `value`
+    /// (causal masking). In place.
+    func maskUpperTriangle(_ x: Tensor, rows: Int, cols: Int, value: Float)
+    /// Layer norm over the last axis: y = (x - mean) * rstd * gamma + beta; saves mean, rstd [rows].
+    func layerNorm(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float, rows: Int, cols: Int,
+                   into y: Tensor, mean: Tensor, rstd: Tensor)
+    func layerNormBackward(x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, gradOutput: Tensor,
+                           rows: Int, cols: Int, gradInput: Tensor, gradGamma: Tensor, gradBeta: Tensor)
+    /// Per-channel statistics of x viewed as [n, channels, inner]: mean and biased variance.
+    func channelMoments(_ x: Tensor, n: Int, channels: Int, inner: Int, mean: Tensor, variance: Tensor)
+    /// y = (x - mean[c]) * scale[c] + shift[c] over [n, channels, inner].
+    func channelAffine(_ x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, n: Int, channels: Int, inner: Int, into y: Tensor)
+    /// Sums over [n, ., inner] per channel: sum(gy) and sum(gy * (x - mean)).
+    func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
+                         sumGrad: Tensor, sumGradXmu: Tensor)
+    /// im2col for NCHW input: cols [N*OH*OW, C*KH*KW].
+    func im2col(_ x: Tensor, geometry: ConvGeometry, into cols: Tensor)
+    /// col2im: the adjoint of im2col, summing into gx [N, C, H, W] (overwritten).
+    func col2im(_ cols: Tensor, geometry: ConvGeometry, into gx: Tensor)
+    /// Max pooling over NCHW; saves the argmax offset of each output (int32).
+    func maxPool2d(_ x: Tensor, geometry: PoolGeometry, into y: Tensor, indices: Tensor)
+    func maxPool2dBackward(gradOutput: Tensor, indices: Tensor, geometry: PoolGeometry, into gx: Tensor)
+    /// out[i, :] = table[index[i], :] (embedding lookup). Throws on an out-of-range index.
+    func gather(_ table: Tensor, indices: Tensor, into out: Tensor) throws
+    /// grad[index[i], :] += src[i, :] (embedding backward).
+    func scatterAdd(_ src: Tensor, indices: Tensor, into grad: Tensor)
+    /// Fused log-softmax + negative log likelihood per row over [rows, classes];
+    /// rows whose target is `ignoreIndex` give loss 0. Writes per-row losses and the
+    /// probabilities (for backward).
+    func crossEntropy(logits: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
+                      losses: Tensor, probabilities: Tensor) throws
+    /// gx = (probabilities - onehot(target)) * scale, zero on ignored rows.
+    func crossEntropyBackward(probabilities: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
+                              scale: Float, into gx: Tensor)
+    /// Dropout mask values {0, 1/(1-p)} from a counter-based stream (the same on every backend).
+    func dropoutMask(_ mask: Tensor, p: Float, seed: UInt64, counter: UInt64)
+
+    // MARK: Optimizers (in place on parameters and state)
+    func sgdStep(param: Tensor, grad: Tensor, momentum: Tensor?, lr: Float, momentumFactor: Float,
+                 dampening: Float, weightDecay: Float, nesterov: Bool)
+    func adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Float, beta1: Float, beta2: Float,
+                  eps: Float, weightDecay: Float, decoupled: Bool, step: Int)
+}
+
+public enum UnaryOp: String, Sendable, CaseIterable {
+    case neg, exp, log, tanh, relu, gelu, sqrt, sigmoid, square
+}
+
+public enum BinaryOp: String, Sendable {
+    case add, sub, mul, div
+}
+
+public enum ScalarOp: String, Sendable {
+    case add, mul, pow
+}
+
+public enum ReduceOp: String, Sendable {
+    case sum, max
+}
+
+/// The geometry of a 2-D convolution over NCHW input with an [OC, C, KH, KW] kernel.
+public struct ConvGeometry: Equatable, Sendable {
+    public var batch, channels, height, width: Int
+    public var kernelH, kernelW, stride, padding: Int
+    public var outH: Int { (height + 2 * padding - kernelH) / stride + 1 }
+    public var outW: Int { (width + 2 * padding - kernelW) / stride + 1 }
+    public var patch: Int { channels * kernelH * kernelW }
+    public var positions: Int { batch * outH * outW }
+
+    public init(batch: Int, channels: Int, height: Int, width: Int, kernelH: Int, kernelW: Int, stride: Int, padding: Int) {
+        self.batch = batch; self.channels = channels; self.height = height; self.width = width
+        self.kernelH = kernelH; self.kernelW = kernelW; self.stride = stride; self.padding = padding
+    }
+}
+
+/// The geometry of 2-D max pooling over NCHW input.
+public struct PoolGeometry: Equatable, Sendable {
+    public var batch, channels, height, width: Int
+    public var kernel, stride: Int
+    public var outH: Int { (height - kernel) / stride + 1 }
+    public var outW: Int { (width - kernel) / stride + 1 }
+
+    public init(batch: Int, channels: Int, height: Int, width: Int, kernel: Int, stride: Int) {
+        self.batch = batch; self.channels = channels; self.height = height; self.width = width
+        self.kernel = kernel; self.stride = stride
+    }
+}
+
+/// One operand of a (batched) GEMM: a matrix inside a tensor's storage.
+public struct GEMMOperand {
+    public var tensor: Tensor
+    /// Elements from the tensor's first element to the first matrix.
+    public var offset: Int
+    /// Leading dimension (row stride) of the stored, untransposed matrix.
+    public var ld: Int
+    /// Elements between consecutive matrices of the batch (0: shared).
+    public var batchStride: Int
+    public var transposed: Bool
+
+    public init(_ tensor: Tensor, offset: Int = 0, ld: Int, batchStride: Int = 0, transposed: Bool = false) {
+        self.tensor = tensor; self.offset = offset; self.ld = ld; self.batchStride = batchStride; self.transposed = transposed
+    }
+}

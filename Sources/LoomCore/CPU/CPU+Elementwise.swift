@@ -1,0 +1,148 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Elementwise kernels: chunks of at least `grain` elements per thread.
+private let grain = 1 << 15
+
+extension CPUBackend {
+    public func unary(_ op: UnaryOp, _ x: Tensor, into y: Tensor) {
+        let px = x.ptr, py = y.ptr
+        parallelFor(x.count, grain: grain, threads: threads) { r in
+            let x = px + r.lowerBound, y = py + r.lowerBound, n = r.count
+            switch op {
+            case .neg: map8(x, y, n) { -$0 }
+            case .exp: map8(x, y, n) { exp8($0) }
+            case .log: for i in 0..<n { y[i] = logf(x[i]) }
+            case .tanh: map8(x, y, n) { tanh8($0) }
+            case .relu: map8(x, y, n) { pointwiseMax($0, F8()) }
+            case .gelu: map8(x, y, n) { gelu8($0) }
+            case .sqrt: map8(x, y, n) { $0.squareRoot() }
+            case .sigmoid: map8(x, y, n) { sigmoid8($0) }
+            case .square: map8(x, y, n) { $0 * $0 }
+            }
+        }
+    }
+
+    public func unaryBackward(_ op: UnaryOp, x: Tensor, y: Tensor, gradOutput: Tensor, into gx: Tensor) {
+        let px = x.ptr, py = y.ptr, pg = gradOutput.ptr, pgx = gx.ptr
+        parallelFor(x.count, grain: grain, threads: threads) { r in
+            let lo = r.lowerBound, n = r.count
+            let x = px + lo, y = py + lo, g = pg + lo, gx = pgx + lo
+            switch op {
+            case .neg: map8(g, gx, n) { -$0 }
+            case .exp: zip8(g, y, gx, n) { $0 * $1 }
+            case .log: zip8(g, x, gx, n) { $0 / $1 }
+            case .tanh: zip8(g, y, gx, n) { $0 * (1 - $1 * $1) }
+            case .relu: zip8(g, x, gx, n) { g, x in g.replacing(with: 0, where: x .<= 0) }
+            case .gelu: zip8(g, x, gx, n) { $0 * geluGrad8($1) }
+            case .sqrt: zip8(g, y, gx, n) { $0 * 0.5 / $1 }
+            case .sigmoid: zip8(g, y, gx, n) { $0 * $1 * (1 - $1) }
+            case .square: zip8(g, x, gx, n) { $0 * 2 * $1 }
+            }
+        }
+    }
+
+    public func scalar(_ op: ScalarOp, _ x: Tensor, _ s: Float, into y: Tensor) {
+        let px = x.ptr, py = y.ptr
+        parallelFor(x.count, grain: grain, threads: threads) { r in
+            let x = px + r.lowerBound, y = py + r.lowerBound, n = r.count
+            switch op {
+            case .add: map8(x, y, n) { $0 + s }
+            case .mul: map8(x, y, n) { $0 * s }
+            case .pow: for i in 0..<n { y[i] = powf(x[i], s) }
+            }
+        }
+    }
+
+    public func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) {
+        let n = out.count
+        let pa = a.ptr, pb = b.ptr, po = out.ptr
+        // Same shape: one flat loop.
+        if a.count == n && b.count == n {
+            parallelFor(n, grain: grain, threads: threads) { r in
+                binaryRun(op, pa + r.lowerBound, 1, pb + r.lowerBound, 1, po + r.lowerBound, r.count)
+            }
+            return
+        }
+        // General broadcast: walk out's rows (all axes but the last); in each row a and b
+        // advance by their own stride along the last axis (1, or 0 when broadcast).
+        let shape = out.shape
+        let sa = broadcastStrides(a.shape, to: shape), sb = broadcastStrides(b.shape, to: shape)
+        let cols = shape.last ?? 1
+        let rows = n / max(cols, 1)
+        let ia = sa.last ?? 0, ib = sb.last ?? 0
+        parallelFor(rows, grain: max(1, grain / max(cols, 1)), threads: threads) { r in
+            var index = [Int](repeating: 0, count: max(shape.count - 1, 0))
+            // Decompose the first row of this chunk into a multi-index over the leading axes.
+            var rem = r.lowerBound
+            for d in stride(from: shape.count - 2, through: 0, by: -1) { index[d] = rem % shape[d]; rem /= shape[d] }
+            var oa = 0, ob = 0
+            for d in 0..<index.count { oa += index[d] * sa[d]; ob += index[d] * sb[d] }
+            for row in r {
+                binaryRun(op, pa + oa, ia, pb + ob, ib, po + row * cols, cols)
+                // Advance the multi-index by one row.
+                var d = index.count - 1
+                while d >= 0 {
+                    index[d] += 1; oa += sa[d]; ob += sb[d]
+                    if index[d] < shape[d] { break }
+                    oa -= sa[d] * shape[d]; ob -= sb[d] * shape[d]; index[d] = 0
+                    d -= 1
+                }
+            }
+        }
+    }
+}
+
+/// Element strides of `shape` viewed as broadcast to `target` (0 on broadcast axes).
+func broadcastStrides(_ shape: [Int], to target: [Int]) -> [Int] {
+    var strides = [Int](repeating: 0, count: target.count)
+    var s = 1
+    for i in stride(from: shape.count - 1, through: 0, by: -1) {
+        let t = target.count - shape.count + i
+        strides[t] = shape[i] == 1 ? 0 : s
+        s *= shape[i]
+    }
+    return strides
+}
+
+/// out[j] = a[j*ia] op b[j*ib] for j < n; ia, ib are 0 or 1.
+@inline(__always)
+private func binaryRun(_ op: BinaryOp, _ a: UnsafePointer<Float>, _ ia: Int, _ b: UnsafePointer<Float>, _ ib: Int,
+                       _ out: UnsafeMutablePointer<Float>, _ n: Int) {
+    switch (ia, ib) {
+    case (1, 1):
+        switch op {
+        case .add: zip8(a, b, out, n, +)
+        case .sub: zip8(a, b, out, n, -)
+        case .mul: zip8(a, b, out, n, *)
+        case .div: zip8(a, b, out, n, /)
+        }
+    case (1, 0):
+        let s = b[0]
+        switch op {
+        case .add: map8(a, out, n) { $0 + s }
+        case .sub: map8(a, out, n) { $0 - s }
+        case .mul: map8(a, out, n) { $0 * s }
+        case .div: map8(a, out, n) { $0 / s }
+        }
+    case (0, 1):
+        let s = a[0]
+        switch op {
+        case .add: map8(b, out, n) { s + $0 }
+        case .sub: map8(b, out, n) { s - $0 }
+        case .mul: map8(b, out, n) { s * $0 }
+        case .div: map8(b, out, n) { s / $0 }
+        }
+    default:
+        let x = a[0], y = b[0]
+        let v: Float
+        switch op {
+        case .add: v = x + y
+        case .sub: v = x - y
+        case .mul: v = x * y
+        case .div: v = x / y
+        }
+        out.update(repeating: v, count: n)
+    }
+}

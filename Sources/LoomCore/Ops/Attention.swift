@@ -1,0 +1,63 @@
+// Causal multi-head self-attention, fused over a packed qkv activation.
+//
+// qkv is [B, T, 3C]: per token, C query values, then C key, then C value values, each
+// the concatenation of H heads of D = C/H. Every head's Q, K, V is a strided [T, D]
+// matrix inside qkv (leading dimension 3C), so the GEMMs read them in place: no split,
+// no permute, no copies. The [B, H, T, T] probabilities are saved for backward.
+
+extension Tensor {
+    /// softmax(Q Kᵀ / sqrt(D) + causal mask) V, heads side by side: [B, T, 3C] -> [B, T, C].
+    public func causalSelfAttention(heads: Int) throws -> Tensor {
+        let qkv = self
+        guard rank == 3, shape[2] % (3 * Swift.max(heads, 1)) == 0 else {
+            throw LoomError.shapeMismatch("causalSelfAttention: qkv \(describe(shape)) must be [B, T, 3C] with C divisible by \(heads) heads")
+        }
+        let (bsz, t, c3) = (shape[0], shape[1], shape[2])
+        let c = c3 / 3, d = c / heads
+        let scale = 1 / Float(d).squareRoot()
+        let be = backend
+        let probs = empty([bsz, heads, t, t])
+        let y = empty([bsz, t, c])
+        // Operands for batch element b, batched over heads.
+        func q(_ x: Tensor, _ b: Int, transposed: Bool = false) -> GEMMOperand {
+            GEMMOperand(x, offset: b * t * c3, ld: c3, batchStride: d, transposed: transposed)
+        }
+        func k(_ x: Tensor, _ b: Int, transposed: Bool = false) -> GEMMOperand {
+            GEMMOperand(x, offset: b * t * c3 + c, ld: c3, batchStride: d, transposed: transposed)
+        }
+        func v(_ x: Tensor, _ b: Int, transposed: Bool = false) -> GEMMOperand {
+            GEMMOperand(x, offset: b * t * c3 + 2 * c, ld: c3, batchStride: d, transposed: transposed)
+        }
+        func att(_ x: Tensor, _ b: Int, transposed: Bool = false) -> GEMMOperand {
+            GEMMOperand(x, offset: b * heads * t * t, ld: t, batchStride: t * t, transposed: transposed)
+        }
+        func out(_ x: Tensor, _ b: Int, transposed: Bool = false) -> GEMMOperand {
+            GEMMOperand(x, offset: b * t * c, ld: c, batchStride: d, transposed: transposed)
+        }
+        for b in 0..<bsz {  // S = Q Kᵀ / sqrt(D)
+            be.gemm(q(qkv, b), k(qkv, b, transposed: true), att(probs, b), m: t, n: t, k: d, batch: heads, alpha: scale, beta: 0)
+        }
+        be.maskUpperTriangle(probs, rows: t, cols: t, value: -.infinity)
+        be.softmax(probs, rows: bsz * heads * t, cols: t, log: false, into: probs)
+        for b in 0..<bsz {  // Y = P V
+            be.gemm(att(probs, b), v(qkv, b), out(y, b), m: t, n: d, k: t, batch: heads, alpha: 1, beta: 0)
+        }
+        return Tensor.differentiable("causalSelfAttention", output: y, inputs: [qkv]) { gy in
+            let gqkv = qkv.empty()
+            let gp = probs.empty()
+            for b in 0..<bsz {
+                // dP = dY Vᵀ;  dV = Pᵀ dY
+                be.gemm(out(gy, b), v(qkv, b, transposed: true), att(gp, b), m: t, n: t, k: d, batch: heads, alpha: 1, beta: 0)
+                be.gemm(att(probs, b, transposed: true), out(gy, b), v(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: 1, beta: 0)
+            }
+            // dS = softmax'(dP) (zero where masked, since P is zero there); scale folds into the GEMMs.
+            be.softmaxBackward(y: probs, gradOutput: gp, rows: bsz * heads * t, cols: t, log: false, into: gp)
+            for b in 0..<bsz {
+                // dQ = dS K / sqrt(D);  dK = dSᵀ Q / sqrt(D)
+                be.gemm(att(gp, b), k(qkv, b), q(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: scale, beta: 0)
+                be.gemm(att(gp, b, transposed: true), q(qkv, b), k(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: scale, beta: 0)
+            }
+            return [gqkv]
+        }
+    }
+}

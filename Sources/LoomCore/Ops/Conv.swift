@@ -1,0 +1,77 @@
+// 2-D convolution (im2col + GEMM) and max pooling, NCHW.
+
+extension Tensor {
+    /// x [N, C, H, W] * weight [OC, C, KH, KW] (+ bias [OC]) -> [N, OC, OH, OW].
+    public func conv2d(weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Int = 0) throws -> Tensor {
+        let x = self
+        try requireSameDevice("conv2d", x, weight)
+        guard x.rank == 4, weight.rank == 4, x.shape[1] == weight.shape[1] else {
+            throw LoomError.shapeMismatch("conv2d: input \(describe(x.shape)) with weight \(describe(weight.shape)): expected [N, C, H, W] and [OC, C, KH, KW] with equal C")
+        }
+        let geo = ConvGeometry(batch: x.shape[0], channels: x.shape[1], height: x.shape[2], width: x.shape[3],
+                               kernelH: weight.shape[2], kernelW: weight.shape[3], stride: stride, padding: padding)
+        guard geo.outH > 0, geo.outW > 0, stride > 0 else {
+            throw LoomError.shapeMismatch("conv2d: kernel \(describe(Array(weight.shape[2...]))) does not fit input \(describe(x.shape)) with padding \(padding)")
+        }
+        let oc = weight.shape[0]
+        if let bias, bias.shape != [oc] {
+            throw LoomError.shapeMismatch("conv2d: bias \(describe(bias.shape)) for \(oc) output channels")
+        }
+        // cols [P, K] with P = N*OH*OW positions, K = C*KH*KW; out rows [P, OC] = cols · Wᵀ,
+        // then to NCHW.
+        let (p, k) = (geo.positions, geo.patch)
+        let cols = empty([p, k])
+        backend.im2col(x, geometry: geo, into: cols)
+        let w2 = weight.view([oc, k])
+        let rows = try cols.linear(weight: w2, bias: bias.map { $0.detach() })  // [P, OC], no graph (cols has none)
+        let y = try rows.view([geo.batch, geo.outH * geo.outW, oc]).detach().permuted([0, 2, 1])
+            .view([geo.batch, oc, geo.outH, geo.outW])
+
+        let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
+        return Tensor.differentiable("conv2d", output: y, inputs: inputs) { g in
+            let b = x.backend
+            // Back to position-major rows: gRows [P, OC].
+            let gRows = try g.view([geo.batch, oc, geo.outH * geo.outW]).permuted([0, 2, 1]).view([p, oc])
+            var gx: Tensor?, gw: Tensor?, gb: Tensor?
+            if weight.requiresGrad {  // dW [OC, K] = gRowsᵀ · cols
+                let t = weight.empty()
+                b.gemm(GEMMOperand(gRows, ld: oc, transposed: true), GEMMOperand(cols, ld: k), GEMMOperand(t, ld: k),
+                       m: oc, n: k, k: p, batch: 1, alpha: 1, beta: 0)
+                gw = t
+            }
+            if let bias, bias.requiresGrad {
+                let t = bias.empty()
+                b.reduce(.sum, gRows, outer: 1, n: p, inner: oc, into: t)
+                gb = t
+            }
+            if x.requiresGrad {  // dcols [P, K] = gRows · W, then col2im
+                let dcols = cols.empty()
+                b.gemm(GEMMOperand(gRows, ld: oc), GEMMOperand(w2, ld: k), GEMMOperand(dcols, ld: k),
+                       m: p, n: k, k: oc, batch: 1, alpha: 1, beta: 0)
+                let t = x.empty()
+                b.col2im(dcols, geometry: geo, into: t)
+                gx = t
+            }
+            return bias == nil ? [gx, gw] : [gx, gw, gb]
+        }
+    }
+
+    /// Max pooling with a square window; stride defaults to the window.
+    public func maxPool2d(kernel: Int, stride: Int? = nil) throws -> Tensor {
+        guard rank == 4 else { throw LoomError.shapeMismatch("maxPool2d: expected [N, C, H, W], got \(describe(shape))") }
+        let geo = PoolGeometry(batch: shape[0], channels: shape[1], height: shape[2], width: shape[3],
+                               kernel: kernel, stride: stride ?? kernel)
+        guard geo.outH > 0, geo.outW > 0, kernel > 0 else {
+            throw LoomError.shapeMismatch("maxPool2d: window \(kernel) does not fit \(describe(shape))")
+        }
+        let y = empty([geo.batch, geo.channels, geo.outH, geo.outW])
+        let indices = empty(y.shape, dtype: .int32)
+        backend.maxPool2d(self, geometry: geo, into: y, indices: indices)
+        let x = self
+        return Tensor.differentiable("maxPool2d", output: y, inputs: [self]) { g in
+            let gx = x.empty()
+            x.backend.maxPool2dBackward(gradOutput: g, indices: indices, geometry: geo, into: gx)
+            return [gx]
+        }
+    }
+}

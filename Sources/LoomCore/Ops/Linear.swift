@@ -1,0 +1,49 @@
+// y = x · Wᵀ + b, fused: one GEMM forward, two GEMMs and a column sum backward.
+
+extension Tensor {
+    /// Affine map of the last axis. `weight` is [out, in] (PyTorch's layout); `bias` [out].
+    /// x: [..., in] -> [..., out].
+    public func linear(weight: Tensor, bias: Tensor?) throws -> Tensor {
+        let x = self
+        try requireSameDevice("linear", x, weight)
+        guard weight.rank == 2, let inF = x.shape.last, inF == weight.shape[1] else {
+            throw LoomError.shapeMismatch("linear: input \(describe(x.shape)) x weight \(describe(weight.shape))ᵀ: input features must equal weight.shape[1]")
+        }
+        let outF = weight.shape[0]
+        if let bias, bias.shape != [outF] {
+            throw LoomError.shapeMismatch("linear: bias \(describe(bias.shape)) for weight \(describe(weight.shape)) (expected [\(outF)])")
+        }
+        let rows = x.count / inF
+        let y = empty(Array(x.shape.dropLast()) + [outF])
+        if let bias {
+            // Rows of y start as the bias; the GEMM accumulates onto them (beta 1).
+            backend.binary(.add, Tensor.zeros([1], on: backend), bias, into: y.view([rows, outF]))
+        }
+        backend.gemm(GEMMOperand(x, ld: inF), GEMMOperand(weight, ld: inF, transposed: true), GEMMOperand(y, ld: outF),
+                     m: rows, n: outF, k: inF, batch: 1, alpha: 1, beta: bias == nil ? 0 : 1)
+
+        let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
+        return Tensor.differentiable("linear", output: y, inputs: inputs) { g in
+            let b = x.backend
+            var gx: Tensor?, gw: Tensor?, gb: Tensor?
+            if x.requiresGrad {  // dX [rows, in] = dY [rows, out] · W [out, in]
+                let t = x.empty()
+                b.gemm(GEMMOperand(g, ld: outF), GEMMOperand(weight, ld: inF), GEMMOperand(t, ld: inF),
+                       m: rows, n: inF, k: outF, batch: 1, alpha: 1, beta: 0)
+                gx = t
+            }
+            if weight.requiresGrad {  // dW [out, in] = dYᵀ · X
+                let t = weight.empty()
+                b.gemm(GEMMOperand(g, ld: outF, transposed: true), GEMMOperand(x, ld: inF), GEMMOperand(t, ld: inF),
+                       m: outF, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
+                gw = t
+            }
+            if let bias, bias.requiresGrad {  // db = column sums of dY
+                let t = bias.empty()
+                b.reduce(.sum, g, outer: 1, n: rows, inner: outF, into: t)
+                gb = t
+            }
+            return bias == nil ? [gx, gw] : [gx, gw, gb]
+        }
+    }
+}

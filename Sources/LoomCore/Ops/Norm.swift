@@ -1,0 +1,66 @@
+// Layer norm and batch norm.
+
+extension Tensor {
+    /// Normalises the last axis to zero mean and unit variance, then scales by `gamma`
+    /// and shifts by `beta` (both [C]). x: [..., C].
+    public func layerNorm(gamma: Tensor, beta: Tensor, eps: Float = 1e-5) throws -> Tensor {
+        let cols = shape.last ?? 0
+        guard gamma.shape == [cols], beta.shape == [cols] else {
+            throw LoomError.shapeMismatch("layerNorm: input \(describe(shape)) with gamma \(describe(gamma.shape)), beta \(describe(beta.shape)) (expected [\(cols)])")
+        }
+        let rows = count / Swift.max(cols, 1)
+        let x = self, y = empty()
+        let mean = empty([rows]), rstd = empty([rows])
+        backend.layerNorm(x, gamma: gamma, beta: beta, eps: eps, rows: rows, cols: cols, into: y, mean: mean, rstd: rstd)
+        return Tensor.differentiable("layerNorm", output: y, inputs: [x, gamma, beta]) { g in
+            let gx = x.empty(), gg = gamma.empty(), gb = beta.empty()
+            x.backend.layerNormBackward(x: x, gamma: gamma, mean: mean, rstd: rstd, gradOutput: g, rows: rows, cols: cols,
+                                        gradInput: gx, gradGamma: gg, gradBeta: gb)
+            return [gx, gg, gb]
+        }
+    }
+
+    /// Batch norm over axis 1 of [N, C, ...]. In training, normalises with the batch's
+    /// statistics and updates the running ones in place (PyTorch: unbiased variance in
+    /// the running estimate); in evaluation, uses the running statistics.
+    public func batchNorm(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
+                          training: Bool, momentum: Float = 0.1, eps: Float = 1e-5) throws -> Tensor {
+        guard rank >= 2 else { throw LoomError.shapeMismatch("batchNorm: needs [N, C, ...], got \(describe(shape))") }
+        let n = shape[0], c = shape[1], inner = count / Swift.max(n * c, 1)
+        for (name, t) in [("gamma", gamma), ("beta", beta), ("runningMean", runningMean), ("runningVar", runningVar)]
+        where t.shape != [c] {
+            throw LoomError.shapeMismatch("batchNorm: input \(describe(shape)) with \(name) \(describe(t.shape)) (expected [\(c)])")
+        }
+        let x = self
+        let bshape = [1, c] + Array(repeating: 1, count: rank - 2)
+        if !training {
+            // y = (x - mean) * gamma / sqrt(var + eps) + beta, with the running statistics.
+            let scale = try withoutGrad { try runningVar.shifted(eps).sqrt().pow(-1) }
+            return try x.sub(runningMean.view(bshape)).mul(try gamma.mul(scale).reshaped(bshape)).add(try beta.reshaped(bshape))
+        }
+        let mean = empty([c]), variance = empty([c])
+        backend.channelMoments(x, n: n, channels: c, inner: inner, mean: mean, variance: variance)
+        let m = Float(n * inner)
+        withoutGrad {
+            // running = (1 - momentum) * running + momentum * batch (variance unbiased)
+            let rm = try! runningMean.scaled(1 - momentum).add(mean.scaled(momentum))
+            let rv = try! runningVar.scaled(1 - momentum).add(variance.scaled(momentum * m / Swift.max(m - 1, 1)))
+            backend.copy(rm, into: runningMean); backend.copy(rv, into: runningVar)
+        }
+        let rstd = withoutGrad { variance.shifted(eps).sqrt().pow(-1) }
+        let y = empty()
+        let scale = try withoutGrad { try gamma.mul(rstd) }
+        backend.channelAffine(x, mean: mean, scale: scale, shift: beta, n: n, channels: c, inner: inner, into: y)
+        return Tensor.differentiable("batchNorm", output: y, inputs: [x, gamma, beta]) { g in
+            let s1 = x.empty([c]), s2 = x.empty([c])  // sum(g), sum(g * (x - mean)) per channel
+            x.backend.channelGradSums(x: x, mean: mean, gradOutput: g, n: n, channels: c, inner: inner, sumGrad: s1, sumGradXmu: s2)
+            // dx = gamma*rstd*g - gamma*rstd*s1/m - gamma*rstd^3*s2/m * (x - mean)
+            let k1 = scale
+            let k2 = try gamma.mul(rstd.pow(3)).mul(s2).scaled(-1 / m)
+            let k3 = try scale.mul(s1).scaled(-1 / m).sub(try k2.mul(mean))
+            let gx = try g.mul(k1.view(bshape)).add(try x.mul(k2.view(bshape))).add(k3.view(bshape))
+            let gGamma = try s2.mul(rstd)  // sum(g * xhat)
+            return [gx, gGamma, s1]
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import LoomCore
+
+/// A multilayer perceptron: Linear-ReLU pairs, a final Linear. [N, in] -> [N, classes].
+public final class MLP: Module, UnaryLayer {
+    public let net: Sequential
+
+    /// `sizes` = [in, hidden..., out]; the benchmark model is [784, 512, 512, 10].
+    public init(sizes: [Int], seed: UInt64, on backend: any Backend = CPUBackend.shared) {
+        var rng = Philox(seed: seed)
+        var layers: [any UnaryLayer] = []
+        for i in 0..<(sizes.count - 1) {
+            layers.append(Linear(sizes[i], sizes[i + 1], rng: &rng, on: backend))
+            if i < sizes.count - 2 { layers.append(ReLU()) }
+        }
+        net = Sequential(layers)
+    }
+
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try net(x.rank > 2 ? x.flattened() : x) }
+}
+
+/// The reference CNN for 28x28 single-channel images:
+/// conv 1→16 5x5 pad 2, ReLU, pool 2; conv 16→32 5x5 pad 2, ReLU, pool 2;
+/// [optional residual block on the 32 channels]; linear 1568→128, ReLU; linear 128→10.
+public final class CNN: Module, UnaryLayer {
+    public let features: Sequential
+    public let classifier: Sequential
+
+    public init(residual: Bool = false, classes: Int = 10, seed: UInt64, on backend: any Backend = CPUBackend.shared) {
+        var rng = Philox(seed: seed)
+        var f: [any UnaryLayer] = [
+            Conv2d(1, 16, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
+            Conv2d(16, 32, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
+        ]
+        if residual { f.append(ResidualBlock(channels: 32, rng: &rng, on: backend)) }
+        features = Sequential(f)
+        classifier = Sequential([
+            Flatten(), Linear(32 * 7 * 7, 128, rng: &rng, on: backend), ReLU(), Linear(128, classes, rng: &rng, on: backend),
+        ])
+    }
+
+    /// [N, 1, 28, 28] (or [N, 784]) -> [N, classes]
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        let images = x.rank == 2 ? try x.reshaped([x.shape[0], 1, 28, 28]) : x
+        return try classifier(features(images))
+    }
+}

@@ -1,0 +1,86 @@
+import LoomCore
+
+/// A piece of a network: holds parameters (tensors that require grad), buffers (other
+/// tensors, e.g. batch-norm running statistics) and child modules as stored properties.
+///
+/// Names come from the property names, joined with dots down the tree, the way PyTorch
+/// names them (`blocks.0.attention.qkv.weight`); checkpoints and parallel sharding key
+/// on them. Arrays of modules are numbered. Order is declaration order, so every rank
+/// enumerates parameters identically.
+open class Module {
+    /// Training mode (dropout active, batch norm uses batch statistics).
+    public private(set) var training = true
+
+    public init() {}
+
+    /// Every parameter, with its hierarchical name, in a fixed order.
+    public func namedParameters() -> [(name: String, tensor: Tensor)] {
+        namedTensors().filter { $0.tensor.requiresGrad }
+    }
+
+    public var parameters: [Tensor] { namedParameters().map(\.tensor) }
+
+    /// Parameters and buffers: everything a checkpoint holds for this module.
+    public func namedTensors(prefix: String = "") -> [(name: String, tensor: Tensor)] {
+        var out: [(String, Tensor)] = []
+        var seen = Set<ObjectIdentifier>()  // tied weights appear once, under their first name
+        visit(prefix: prefix) { name, t in
+            if seen.insert(ObjectIdentifier(t)).inserted { out.append((name, t)) }
+        }
+        return out
+    }
+
+    /// Child modules with their names.
+    public func namedChildren() -> [(name: String, module: Module)] {
+        var out: [(String, Module)] = []
+        for (label, value) in storedProperties() {
+            if let m = value as? Module { out.append((label, m)) }
+            if let ms = value as? [Module] { for (i, m) in ms.enumerated() { out.append(("\(label).\(i)", m)) } }
+        }
+        return out
+    }
+
+    public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
+
+    /// Switches this module and all below it to training or evaluation mode.
+    public func train(_ on: Bool = true) {
+        training = on
+        for (_, c) in namedChildren() { c.train(on) }
+    }
+
+    public func eval() { train(false) }
+
+    /// Drops every parameter's gradient (PyTorch's `zero_grad(set_to_none=True)`).
+    public func zeroGrad() { for p in parameters { p.grad = nil } }
+
+    private func visit(prefix: String, _ body: (String, Tensor) -> Void) {
+        for (label, value) in storedProperties() {
+            let name = prefix.isEmpty ? label : prefix + "." + label
+            if let t = value as? Tensor { body(name, t) }
+            if let t = value as? Tensor? , let t { body(name, t) }
+            if let m = value as? Module { m.visit(prefix: name, body) }
+            if let ms = value as? [Module] { for (i, m) in ms.enumerated() { m.visit(prefix: "\(name).\(i)", body) } }
+        }
+    }
+
+    private func storedProperties() -> [(String, Any)] {
+        var mirrors: [Mirror] = []
+        var m: Mirror? = Mirror(reflecting: self)
+        while let mm = m { mirrors.append(mm); m = mm.superclassMirror }
+        return mirrors.reversed().flatMap { mirror in
+            mirror.children.compactMap { c in c.label.map { ($0, c.value) } }.filter { $0.0 != "training" }
+        }
+    }
+}
+
+/// A module with one input and one output, the kind `Sequential` chains.
+public protocol UnaryLayer: Module {
+    func callAsFunction(_ x: Tensor) throws -> Tensor
+}
+
+/// A new parameter: a leaf tensor that requires grad.
+@inlinable
+public func parameter(_ t: Tensor) -> Tensor {
+    t.requiresGrad = true
+    return t
+}

@@ -1,0 +1,107 @@
+import LoomCore
+
+/// Updates parameters from their gradients. State tensors are named after the
+/// parameter they belong to (`blocks.0.mlp.fc.weight.exp_avg`) so checkpoints carry them.
+public protocol Optimizer: AnyObject {
+    var parameters: [(name: String, tensor: Tensor)] { get }
+    /// Learning rate used by the next `step()` (schedules set it each step).
+    var learningRate: Float { get set }
+    /// Updates done so far.
+    var stepCount: Int { get set }
+    func step() throws
+    /// Optimizer state by name, for checkpoints (created on first use, so call after a step
+    /// or `materializeState()`).
+    func namedState() -> [(name: String, tensor: Tensor)]
+    /// Allocates every state tensor (zeros), so a checkpoint can be loaded into them.
+    func materializeState()
+}
+
+extension Optimizer {
+    public func zeroGrad() { for (_, p) in parameters { p.grad = nil } }
+}
+
+/// SGD with momentum, Nesterov momentum and L2 weight decay (PyTorch's `torch.optim.SGD`).
+public final class SGD: Optimizer {
+    public let parameters: [(name: String, tensor: Tensor)]
+    public var learningRate: Float
+    public var stepCount = 0
+    public let momentum: Float, dampening: Float, weightDecay: Float, nesterov: Bool
+    private var buffers: [Tensor?]
+
+    public init(_ parameters: [(name: String, tensor: Tensor)], lr: Float, momentum: Float = 0, dampening: Float = 0,
+                weightDecay: Float = 0, nesterov: Bool = false) {
+        self.parameters = parameters
+        learningRate = lr
+        self.momentum = momentum; self.dampening = dampening; self.weightDecay = weightDecay; self.nesterov = nesterov
+        buffers = Array(repeating: nil, count: parameters.count)
+    }
+
+    public func step() throws {
+        let first = stepCount == 0
+        for (i, (_, p)) in parameters.enumerated() {
+            guard let g = p.grad else { continue }
+            if momentum != 0 && buffers[i] == nil { buffers[i] = Tensor.zeros(p.shape, on: p.backend) }
+            // PyTorch starts the momentum buffer at the first gradient, undamped.
+            p.backend.sgdStep(param: p, grad: g, momentum: buffers[i], lr: learningRate, momentumFactor: momentum,
+                              dampening: first ? 0 : dampening, weightDecay: weightDecay, nesterov: nesterov)
+        }
+        stepCount += 1
+    }
+
+    public func materializeState() {
+        guard momentum != 0 else { return }
+        for (i, (_, p)) in parameters.enumerated() where buffers[i] == nil { buffers[i] = Tensor.zeros(p.shape, on: p.backend) }
+    }
+
+    public func namedState() -> [(name: String, tensor: Tensor)] {
+        zip(parameters, buffers).compactMap { pb in pb.1.map { (pb.0.name + ".momentum_buffer", $0) } }
+    }
+}
+
+/// Adam and AdamW (decoupled weight decay), PyTorch's formulas and defaults.
+public final class Adam: Optimizer {
+    public let parameters: [(name: String, tensor: Tensor)]
+    public var learningRate: Float
+    public var stepCount = 0
+    public let beta1: Float, beta2: Float, eps: Float, weightDecay: Float, decoupled: Bool
+    private var m: [Tensor?], v: [Tensor?]
+
+    public init(_ parameters: [(name: String, tensor: Tensor)], lr: Float = 1e-3, beta1: Float = 0.9, beta2: Float = 0.999,
+                eps: Float = 1e-8, weightDecay: Float = 0, decoupled: Bool = false) {
+        self.parameters = parameters
+        learningRate = lr
+        self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay; self.decoupled = decoupled
+        m = Array(repeating: nil, count: parameters.count)
+        v = m
+    }
+
+    /// AdamW: decoupled weight decay, default 0.01 as in PyTorch.
+    public static func adamW(_ parameters: [(name: String, tensor: Tensor)], lr: Float = 1e-3, beta1: Float = 0.9,
+                             beta2: Float = 0.999, eps: Float = 1e-8, weightDecay: Float = 0.01) -> Adam {
+        Adam(parameters, lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay, decoupled: true)
+    }
+
+    public func step() throws {
+        stepCount += 1
+        for (i, (_, p)) in parameters.enumerated() {
+            guard let g = p.grad else { continue }
+            if m[i] == nil { m[i] = .zeros(p.shape, on: p.backend); v[i] = .zeros(p.shape, on: p.backend) }
+            p.backend.adamStep(param: p, grad: g, m: m[i]!, v: v[i]!, lr: learningRate, beta1: beta1, beta2: beta2,
+                               eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: stepCount)
+        }
+    }
+
+    public func materializeState() {
+        for (i, (_, p)) in parameters.enumerated() where m[i] == nil {
+            m[i] = .zeros(p.shape, on: p.backend); v[i] = .zeros(p.shape, on: p.backend)
+        }
+    }
+
+    public func namedState() -> [(name: String, tensor: Tensor)] {
+        var out: [(String, Tensor)] = []
+        for (i, (name, _)) in parameters.enumerated() {
+            if let mi = m[i], let vi = v[i] { out.append((name + ".exp_avg", mi)); out.append((name + ".exp_avg_sq", vi)) }
+        }
+        return out
+    }
+}
