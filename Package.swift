@@ -11,6 +11,7 @@ let package = Package(
     products: [
         .library(name: "LoomCore", targets: ["LoomCore"]),
         .library(name: "LoomNN", targets: ["LoomNN"]),
+        .library(name: "LoomTrain", targets: ["LoomTrain"]),
         .executable(name: "loom", targets: ["loom"]),
     ],
     dependencies: [
@@ -18,11 +19,11 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .systemLibrary(name: "CSystem"),
-        .target(name: "LoomCore", dependencies: ["COpenBLAS", "CSystem"], swiftSettings: kernelFlags),
+        .target(name: "LoomCore", dependencies: ["COpenBLAS"], swiftSettings: kernelFlags),
         .target(name: "LoomNN", dependencies: ["LoomCore"]),
+        .target(name: "LoomTrain", dependencies: ["LoomCore", "LoomNN"]),
         .executableTarget(name: "loom", dependencies: [
-            "LoomCore", "LoomNN",
+            "LoomCore", "LoomNN", "LoomTrain",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),

@@ -72,10 +72,11 @@ public protocol Backend: AnyObject, Sendable {
     /// Sums over [n, ., inner] per channel: sum(gy) and sum(gy * (x - mean)).
     func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
                          sumGrad: Tensor, sumGradXmu: Tensor)
-    /// im2col for NCHW input: cols [N*OH*OW, C*KH*KW].
-    func im2col(_ x: Tensor, geometry: ConvGeometry, into cols: Tensor)
-    /// col2im: the adjoint of im2col, summing into gx [N, C, H, W] (overwritten).
-    func col2im(_ cols: Tensor, geometry: ConvGeometry, into gx: Tensor)
+    /// y [N, OC, OH, OW] = x [N, C, H, W] ⋆ weight [OC, C, KH, KW] + bias [OC].
+    func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvGeometry, into y: Tensor)
+    /// Gradients of conv2d; each output is optional (nil: not needed) and overwritten.
+    func conv2dBackward(x: Tensor, weight: Tensor, gradOutput: Tensor, geometry: ConvGeometry,
+                        gradInput: Tensor?, gradWeight: Tensor?, gradBias: Tensor?)
     /// Max pooling over NCHW; saves the argmax offset of each output (int32).
     func maxPool2d(_ x: Tensor, geometry: PoolGeometry, into y: Tensor, indices: Tensor)
     func maxPool2dBackward(gradOutput: Tensor, indices: Tensor, geometry: PoolGeometry, into gx: Tensor)

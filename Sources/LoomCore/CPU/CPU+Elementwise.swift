@@ -15,7 +15,7 @@ extension CPUBackend {
             case .exp: map8(x, y, n) { exp8($0) }
             case .log: for i in 0..<n { y[i] = logf(x[i]) }
             case .tanh: map8(x, y, n) { tanh8($0) }
-            case .relu: map8(x, y, n) { pointwiseMax($0, F8()) }
+            case .relu: map8(x, y, n) { vmax($0, F8()) }
             case .gelu: map8(x, y, n) { gelu8($0) }
             case .sqrt: map8(x, y, n) { $0.squareRoot() }
             case .sigmoid: map8(x, y, n) { sigmoid8($0) }

@@ -27,7 +27,7 @@ extension CPUBackend {
                     if op == .sum {
                         zip8(dst, row, dst, w, +)
                     } else {
-                        zip8(dst, row, dst, w) { pointwiseMax($0, $1) }
+                        zip8(dst, row, dst, w) { vmax($0, $1) }
                     }
                 }
             }

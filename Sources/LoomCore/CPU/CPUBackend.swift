@@ -1,5 +1,5 @@
 import COpenBLAS
-import CSystem
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -11,11 +11,17 @@ public final class CPUBackend: Backend, @unchecked Sendable {
     public static let shared = CPUBackend(threads: CPUBackend.defaultThreads)
 
     public let device = Device.cpu
-    public var name: String { "cpu(\(threads) threads, OpenBLAS \(blasThreads) threads)" }
+    public var name: String { "cpu(\(threads) threads)" }
     /// Threads for Loom's own kernels.
     public let threads: Int
-    /// Threads OpenBLAS uses for GEMM (process-wide in OpenBLAS).
-    public var blasThreads: Int { Int(openblas_get_num_threads()) }
+
+    /// FLOPs issued to GEMM (2mnk per product) and seconds spent in it, since the last
+    /// `resetCounters()`. The benchmark reports achieved GFLOP/s and the share of a step
+    /// spent outside GEMM from these.
+    public private(set) var gemmFlops: Double = 0
+    public private(set) var gemmSeconds: Double = 0
+    public func resetCounters() { gemmFlops = 0; gemmSeconds = 0 }
+    func countGEMM(flops: Double, seconds: Double) { gemmFlops += flops; gemmSeconds += seconds }
 
     public static var defaultThreads: Int {
         if let s = getenv("LOOM_THREADS"), let n = Int(String(cString: s)), n > 0 { return n }
@@ -24,29 +30,35 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public init(threads: Int) {
         self.threads = max(1, threads)
-        CPUBackend.configureAllocatorOnce
+        CPUBackend.configureOnce
     }
 
-    /// Sets the number of threads OpenBLAS uses (all CPU backends share it).
-    public static func setBLASThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
-
-    /// glibc hands blocks over 128 KiB to mmap and back on free, so every activation
-    /// of every step would page-fault fresh zero pages. Keeping them on the heap makes
-    /// a training step's allocations recycle the previous step's memory.
-    private static let configureAllocatorOnce: Void = {
-        #if canImport(Glibc)
-        _ = mallopt(M_MMAP_THRESHOLD, 1 << 30)
-        _ = mallopt(M_TRIM_THRESHOLD, 1 << 30)
-        #endif
+    /// One thread pool for everything: OpenBLAS runs single-threaded and Loom splits each
+    /// GEMM across its own threads (see `gemm`). With OpenBLAS's own pool, its idle
+    /// threads spin in sched_yield while Loom's elementwise kernels run, and took a sixth
+    /// of the GPT step's CPU time here.
+    private static let configureOnce: Void = {
+        openblas_set_num_threads(1)
     }()
+
+    /// Freed blocks by exact size, for reuse. A training step allocates the same sizes
+    /// every step; glibc would hand blocks over 128 KiB back to the kernel on free, and
+    /// each step would then page-fault its activations in again (im2col alone is 20 MB
+    /// per CNN step). Shared by every CPU backend in the process.
+    static let cache = BlockCache(limitBytes: 4 << 30)
+
 
     // MARK: Memory
 
     public func allocate(bytes: Int) -> Storage {
-        var p: UnsafeMutableRawPointer?
-        let rc = posix_memalign(&p, 64, max(bytes, 64))
-        precondition(rc == 0 && p != nil, "CPUBackend: cannot allocate \(bytes) bytes")
-        return Storage(device: .cpu, byteCount: bytes, raw: p!) { raw, _ in free(raw) }
+        let size = max(bytes, 64)
+        let raw = CPUBackend.cache.take(size) ?? {
+            var p: UnsafeMutableRawPointer?
+            let rc = posix_memalign(&p, 64, size)
+            precondition(rc == 0 && p != nil, "CPUBackend: cannot allocate \(bytes) bytes")
+            return p!
+        }()
+        return Storage(device: .cpu, byteCount: size, raw: raw) { raw, size in CPUBackend.cache.give(raw, size) }
     }
 
     public func upload(_ source: UnsafeRawBufferPointer, to tensor: Tensor) {
@@ -79,13 +91,84 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                      alpha: Float, beta: Float) {
-        let ta = a.transposed ? CblasTrans : CblasNoTrans
-        let tb = b.transposed ? CblasTrans : CblasNoTrans
+        let start = monotonicSeconds()
+        defer { countGEMM(flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), seconds: monotonicSeconds() - start) }
         let pa = a.tensor.ptr + a.offset, pb = b.tensor.ptr + b.offset, pc = c.tensor.ptr + c.offset
-        for i in 0..<batch {
-            cblas_sgemm(CblasRowMajor, ta, tb, Int32(m), Int32(n), Int32(k), alpha,
-                        pa + i * a.batchStride, Int32(a.ld), pb + i * b.batchStride, Int32(b.ld), beta,
-                        pc + i * c.batchStride, Int32(c.ld))
+        let work = Double(m) * Double(n) * Double(k)
+        // Split across threads: by batch entry when there are several, else by rows of C
+        // (or columns, when C is short and wide). Each piece is a single-threaded sgemm.
+        let pieces: Int = work * Double(batch) < 131_072 ? 1 : threads
+        if batch >= pieces {
+            parallelFor(batch, grain: 1, threads: pieces) { r in
+                for i in r {
+                    sgemm(a, pa + i * a.batchStride, b, pb + i * b.batchStride, pc + i * c.batchStride, c.ld,
+                          m: m, n: n, k: k, alpha: alpha, beta: beta)
+                }
+            }
+            return
         }
+        let byRows = m >= n || n < 16 * pieces
+        let total = byRows ? m : n
+        let perPiece: Int = (total + pieces - 1) / pieces
+        let chunk: Int = (perPiece + 7) / 8 * 8  // multiples of 8: whole SIMD panels
+        let count: Int = (total + chunk - 1) / chunk
+        for i in 0..<batch {
+            let pa: UnsafeMutablePointer<Float> = pa + i * a.batchStride
+            let pb: UnsafeMutablePointer<Float> = pb + i * b.batchStride
+            let pc: UnsafeMutablePointer<Float> = pc + i * c.batchStride
+            DispatchQueue.concurrentPerform(iterations: count) { piece in
+                let lo = piece * chunk, len = min(chunk, total - lo)
+                if byRows {  // rows lo..<lo+len of C need rows of op(A)
+                    let aStart = a.transposed ? pa + lo : pa + lo * a.ld
+                    sgemm(a, aStart, b, pb, pc + lo * c.ld, c.ld, m: len, n: n, k: k, alpha: alpha, beta: beta)
+                } else {     // columns of C need columns of op(B)
+                    let bStart = b.transposed ? pb + lo * b.ld : pb + lo
+                    sgemm(a, pa, b, bStart, pc + lo, c.ld, m: m, n: len, k: k, alpha: alpha, beta: beta)
+                }
+            }
+        }
+    }
+
+    @inline(__always)
+    private func sgemm(_ a: GEMMOperand, _ pa: UnsafePointer<Float>, _ b: GEMMOperand, _ pb: UnsafePointer<Float>,
+                       _ pc: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, alpha: Float, beta: Float) {
+        cblas_sgemm(CblasRowMajor, a.transposed ? CblasTrans : CblasNoTrans, b.transposed ? CblasTrans : CblasNoTrans,
+                    Int32(m), Int32(n), Int32(k), alpha, pa, Int32(a.ld), pb, Int32(b.ld), beta, pc, Int32(ldc))
+    }
+}
+
+/// Seconds on a monotonic clock.
+@inline(__always)
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+/// A bounded free list of host blocks keyed by size.
+final class BlockCache: @unchecked Sendable {
+    private var free: [Int: [UnsafeMutableRawPointer]] = [:]
+    private var cachedBytes = 0
+    private let limit: Int
+    private let lock = SpinLock()
+
+    init(limitBytes: Int) { limit = limitBytes }
+
+    func take(_ size: Int) -> UnsafeMutableRawPointer? {
+        lock.withLock {
+            guard let p = free[size]?.popLast() else { return nil }
+            cachedBytes -= size
+            return p
+        }
+    }
+
+    func give(_ p: UnsafeMutableRawPointer, _ size: Int) {
+        let kept: Bool = lock.withLock {
+            guard cachedBytes + size <= limit else { return false }
+            free[size, default: []].append(p)
+            cachedBytes += size
+            return true
+        }
+        if !kept { Glibc.free(p) }
     }
 }

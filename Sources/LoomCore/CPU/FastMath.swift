@@ -8,11 +8,24 @@ import Glibc
 
 public typealias F8 = SIMD8<Float>
 
+// Lane-wise max/min as compare-and-select: the standard library's generic
+// pointwiseMax/pointwiseMin were not specialised here and cost a call per vector.
+@inline(__always)
+public func vmax(_ a: F8, _ b: F8) -> F8 { a.replacing(with: b, where: a .< b) }
+
+@inline(__always)
+public func vmin(_ a: F8, _ b: F8) -> F8 { a.replacing(with: b, where: a .> b) }
+
 /// exp(x) to about 1 ulp (Cephes expf: range reduction by ln 2, degree-6 polynomial).
 @inline(__always)
 public func exp8(_ x: F8) -> F8 {
-    let x = x.clamped(lowerBound: F8(repeating: -87.3), upperBound: F8(repeating: 88.3))
-    let n = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+    let x = vmin(vmax(x, F8(repeating: -87.3)), F8(repeating: 88.3))
+    // Round x·log2(e) to an integer n with the 1.5·2^23 trick: adding it leaves n in the
+    // low mantissa bits, so n comes out as both a float and an integer without the
+    // (slow, per-lane) generic float->int SIMD conversion.
+    let magic = F8(repeating: 12_582_912)
+    let shifted = x * 1.44269504088896341 + magic
+    let n = shifted - magic
     var r = x - n * 0.693359375
     r = r - n * -2.12194440e-4
     var p = F8(repeating: 1.9875691500e-4)
@@ -22,7 +35,8 @@ public func exp8(_ x: F8) -> F8 {
     p = p * r + 1.6666665459e-1
     p = p * r + 5.0000001201e-1
     let y = p * r * r + r + 1
-    let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
+    let ni = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000
+    let bits = (ni &+ 127) &<< 23
     return y * unsafeBitCast(bits, to: F8.self)
 }
 
@@ -67,17 +81,18 @@ func store8(_ v: F8, _ p: UnsafeMutablePointer<Float>) {
     UnsafeMutableRawPointer(p).storeBytes(of: v, as: F8.self)
 }
 
-/// Loads up to 8 elements, padding with `fill`.
+/// Loads up to 8 elements, padding with `fill` (a copy through a vector-sized buffer:
+/// inserting lanes one by one was a third of a CNN step on short rows).
 @inline(__always)
 func loadPartial(_ p: UnsafePointer<Float>, _ n: Int, fill: Float = 0) -> F8 {
     var v = F8(repeating: fill)
-    for i in 0..<n { v[i] = p[i] }
+    withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: p, byteCount: n &* 4) }
     return v
 }
 
 @inline(__always)
 func storePartial(_ v: F8, _ p: UnsafeMutablePointer<Float>, _ n: Int) {
-    for i in 0..<n { p[i] = v[i] }
+    withUnsafeBytes(of: v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: n &* 4) }
 }
 
 /// y[i] = f(x[i]) over n elements, 8 at a time.
@@ -131,7 +146,7 @@ func dot8(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Flo
 func max8(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
     var m = F8(repeating: -.infinity)
     var i = 0
-    while i &+ 8 <= n { m = pointwiseMax(m, load8(x + i)); i &+= 8 }
+    while i &+ 8 <= n { m = vmax(m, load8(x + i)); i &+= 8 }
     var s = m.max()
     while i < n { s = Swift.max(s, x[i]); i &+= 1 }
     return s

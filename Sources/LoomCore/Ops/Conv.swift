@@ -1,4 +1,4 @@
-// 2-D convolution (im2col + GEMM) and max pooling, NCHW.
+// 2-D convolution and max pooling, NCHW.
 
 extension Tensor {
     /// x [N, C, H, W] * weight [OC, C, KH, KW] (+ bias [OC]) -> [N, OC, OH, OW].
@@ -17,41 +17,14 @@ extension Tensor {
         if let bias, bias.shape != [oc] {
             throw LoomError.shapeMismatch("conv2d: bias \(describe(bias.shape)) for \(oc) output channels")
         }
-        // cols [P, K] with P = N*OH*OW positions, K = C*KH*KW; out rows [P, OC] = cols · Wᵀ,
-        // then to NCHW.
-        let (p, k) = (geo.positions, geo.patch)
-        let cols = empty([p, k])
-        backend.im2col(x, geometry: geo, into: cols)
-        let w2 = weight.view([oc, k])
-        let rows = try cols.linear(weight: w2, bias: bias.map { $0.detach() })  // [P, OC], no graph (cols has none)
-        let y = try rows.view([geo.batch, geo.outH * geo.outW, oc]).detach().permuted([0, 2, 1])
-            .view([geo.batch, oc, geo.outH, geo.outW])
-
+        let y = empty([geo.batch, oc, geo.outH, geo.outW])
+        backend.conv2d(x, weight: weight, bias: bias, geometry: geo, into: y)
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
         return Tensor.differentiable("conv2d", output: y, inputs: inputs) { g in
-            let b = x.backend
-            // Back to position-major rows: gRows [P, OC].
-            let gRows = try g.view([geo.batch, oc, geo.outH * geo.outW]).permuted([0, 2, 1]).view([p, oc])
-            var gx: Tensor?, gw: Tensor?, gb: Tensor?
-            if weight.requiresGrad {  // dW [OC, K] = gRowsᵀ · cols
-                let t = weight.empty()
-                b.gemm(GEMMOperand(gRows, ld: oc, transposed: true), GEMMOperand(cols, ld: k), GEMMOperand(t, ld: k),
-                       m: oc, n: k, k: p, batch: 1, alpha: 1, beta: 0)
-                gw = t
-            }
-            if let bias, bias.requiresGrad {
-                let t = bias.empty()
-                b.reduce(.sum, gRows, outer: 1, n: p, inner: oc, into: t)
-                gb = t
-            }
-            if x.requiresGrad {  // dcols [P, K] = gRows · W, then col2im
-                let dcols = cols.empty()
-                b.gemm(GEMMOperand(gRows, ld: oc), GEMMOperand(w2, ld: k), GEMMOperand(dcols, ld: k),
-                       m: p, n: k, k: oc, batch: 1, alpha: 1, beta: 0)
-                let t = x.empty()
-                b.col2im(dcols, geometry: geo, into: t)
-                gx = t
-            }
+            let gx = x.requiresGrad ? x.empty() : nil
+            let gw = weight.requiresGrad ? weight.empty() : nil
+            let gb = (bias?.requiresGrad ?? false) ? bias!.empty() : nil
+            x.backend.conv2dBackward(x: x, weight: weight, gradOutput: g, geometry: geo, gradInput: gx, gradWeight: gw, gradBias: gb)
             return bias == nil ? [gx, gw] : [gx, gw, gb]
         }
     }

@@ -1,2 +1,0 @@
-// libc pieces Swift's Glibc module does not export (malloc tuning).
-#include <malloc.h>

@@ -1,0 +1,61 @@
+import Foundation
+import LoomCore
+
+/// One benchmark result, as `loom bench --json` prints it.
+public struct BenchResult: Sendable {
+    public var workload: String
+    public var perSecond: Double
+    public var unit: String
+    /// GEMM FLOPs issued per second of step time (counted by the backend, 2mnk per GEMM).
+    public var gflops: Double
+    /// sgemm GFLOP/s measured on this machine with the same threads.
+    public var peakGflops: Double
+    public var stepMilliseconds: Double
+    /// Share of step time spent inside GEMM; the rest is elementwise kernels, softmax,
+    /// norms, im2col, optimizer and allocation.
+    public var gemmFraction: Double
+    public var threads: Int
+    public var loss: Float
+
+    public var json: String {
+        func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
+        return "{\"workload\": \"\(workload)\", \"per_s\": \(f(perSecond)), \"unit\": \"\(unit)\", \"gflops\": \(f(gflops)), "
+            + "\"peak_gflops\": \(f(peakGflops)), \"step_ms\": \(f(stepMilliseconds, 3)), \"gemm_fraction\": \(f(gemmFraction, 3)), "
+            + "\"threads\": \(threads), \"loss\": \(loss)}"
+    }
+}
+
+public enum Bench {
+    /// Best-of-5 GFLOP/s of one n×n×n sgemm on `backend` (the machine's GEMM ceiling).
+    public static func peakGflops(on backend: CPUBackend, n: Int = 1024) -> Double {
+        let a = Tensor.ones([n, n], on: backend), b = Tensor.ones([n, n], on: backend), c = Tensor.zeros([n, n], on: backend)
+        var best = Double.infinity
+        for _ in 0..<6 {
+            let t0 = monotonicSeconds()
+            backend.gemm(GEMMOperand(a, ld: n), GEMMOperand(b, ld: n), GEMMOperand(c, ld: n), m: n, n: n, k: n, batch: 1, alpha: 1, beta: 0)
+            best = min(best, monotonicSeconds() - t0)
+        }
+        return 2 * Double(n * n * n) / best / 1e9
+    }
+
+    /// Times `steps` training steps after `warmup` untimed ones; reports the median of
+    /// `repeats` timed runs.
+    public static func run(_ workload: Workload, backend: CPUBackend, steps: Int = 30, warmup: Int = 5, repeats: Int = 3,
+                           peak: Double) throws -> BenchResult {
+        let step = try workload.makeStep(on: backend)
+        var loss: Float = 0
+        for _ in 0..<warmup { loss = try step() }
+        var runs: [(seconds: Double, flops: Double, gemm: Double)] = []
+        for _ in 0..<repeats {
+            backend.resetCounters()
+            let t0 = monotonicSeconds()
+            for _ in 0..<steps { loss = try step() }
+            runs.append((monotonicSeconds() - t0, backend.gemmFlops, backend.gemmSeconds))
+        }
+        let median = runs.sorted { $0.seconds < $1.seconds }[runs.count / 2]
+        return BenchResult(workload: workload.rawValue, perSecond: Double(workload.itemsPerStep * steps) / median.seconds,
+                           unit: workload.unit, gflops: median.flops / median.seconds / 1e9, peakGflops: peak,
+                           stepMilliseconds: 1000 * median.seconds / Double(steps), gemmFraction: median.gemm / median.seconds,
+                           threads: backend.threads, loss: loss)
+    }
+}

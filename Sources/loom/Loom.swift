@@ -1,0 +1,12 @@
+import ArgumentParser
+import LoomCore
+import LoomTrain
+
+@main
+struct Loom: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loom",
+        abstract: "Train neural networks fast: on one CPU core, a GPU, or many processes.",
+        subcommands: [BenchCommand.self]
+    )
+}
