@@ -11,23 +11,32 @@ let package = Package(
     products: [
         .library(name: "LoomCore", targets: ["LoomCore"]),
         .library(name: "LoomNN", targets: ["LoomNN"]),
+        .library(name: "LoomData", targets: ["LoomData"]),
         .library(name: "LoomTrain", targets: ["LoomTrain"]),
         .executable(name: "loom", targets: ["loom"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .target(name: "LoomCore", dependencies: ["COpenBLAS"], swiftSettings: kernelFlags),
         .target(name: "LoomNN", dependencies: ["LoomCore"]),
-        .target(name: "LoomTrain", dependencies: ["LoomCore", "LoomNN"]),
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "LoomData", dependencies: ["LoomCore", "CZlib"]),
+        .target(name: "LoomTrain", dependencies: [
+            "LoomCore", "LoomNN", "LoomData", "CZlib",
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
         .executableTarget(name: "loom", dependencies: [
-            "LoomCore", "LoomNN", "LoomTrain",
+            "LoomCore", "LoomNN", "LoomData", "LoomTrain",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),
         .testTarget(name: "LoomNNTests", dependencies: ["LoomCore", "LoomNN"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"]),
+        .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomTrain"]),
     ],
     swiftLanguageModes: [.v5]
 )

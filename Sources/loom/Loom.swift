@@ -7,6 +7,7 @@ struct Loom: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loom",
         abstract: "Train neural networks fast: on one CPU core, a GPU, or many processes.",
-        subcommands: [BenchCommand.self]
+        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self],
+        defaultSubcommand: nil
     )
 }

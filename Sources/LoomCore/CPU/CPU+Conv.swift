@@ -90,10 +90,12 @@ extension CPUBackend {
                         let src = plane + ih * W
                         if S == 1 {
                             // Valid output columns are those with 0 <= ow - P + kw < W.
-                            let lo = Swift.max(0, P - kw), hi = Swift.min(OW, W + P - kw)
-                            if lo > 0 { dst.update(repeating: 0, count: lo) }
-                            if hi > lo { (dst + lo).update(from: src + (lo - P + kw), count: hi - lo) }
-                            if hi < OW { (dst + Swift.max(hi, 0)).update(repeating: 0, count: OW - Swift.max(hi, 0)) }
+                            // Plain loops: rows are 14-28 floats, too short for memmove calls.
+                            let lo = Swift.max(0, P - kw), hi = Swift.max(Swift.min(OW, W + P - kw), lo)
+                            let s = src + (kw - P)
+                            for ow in 0..<lo { dst[ow] = 0 }
+                            for ow in lo..<hi { dst[ow] = s[ow] }
+                            for ow in hi..<OW { dst[ow] = 0 }
                         } else {
                             for ow in 0..<OW {
                                 let iw = ow * S - P + kw

@@ -1,0 +1,61 @@
+import LoomCore
+
+/// A character-level tokenizer: one token per distinct character of the training text,
+/// in sorted order. The vocabulary is saved with the model so generation decodes the
+/// same way.
+public struct CharTokenizer: Equatable, Sendable {
+    public let vocabulary: [Character]
+    private let index: [Character: Int32]
+
+    public init(vocabulary: [Character]) {
+        self.vocabulary = vocabulary
+        var idx: [Character: Int32] = [:]
+        for (i, c) in vocabulary.enumerated() { idx[c] = Int32(i) }
+        index = idx
+    }
+
+    /// The vocabulary of `text`.
+    public init(fitting text: String) {
+        self.init(vocabulary: Array(Set(text)).sorted())
+    }
+
+    public var count: Int { vocabulary.count }
+
+    /// Tokens of `text`; a character outside the vocabulary is an error naming it.
+    public func encode(_ text: String) throws -> [Int32] {
+        try text.map { c in
+            guard let t = index[c] else {
+                throw LoomError.invalidArgument("tokenizer: character \(String(reflecting: String(c))) is not in the vocabulary of \(count) characters")
+            }
+            return t
+        }
+    }
+
+    public func decode(_ tokens: [Int32]) -> String {
+        String(tokens.map { vocabulary[Int($0)] })
+    }
+
+    /// The vocabulary as one string (how checkpoints store it).
+    public var serialized: String { String(vocabulary) }
+}
+
+/// A text file split into training and validation token streams.
+public struct TextCorpus {
+    public let tokenizer: CharTokenizer
+    public let train: [Int32]
+    public let validation: [Int32]
+
+    /// The first `1 - validationFraction` of the text trains, the rest validates.
+    public init(path: String, validationFraction: Double, tokenizer: CharTokenizer? = nil) throws {
+        let bytes = try readFileBytes(path)
+        guard let text = String(validating: bytes, as: UTF8.self), !text.isEmpty else {
+            throw LoomError.io("'\(path)': not UTF-8 text, or empty")
+        }
+        let tok = tokenizer ?? CharTokenizer(fitting: text)
+        let all = try tok.encode(text)
+        let cut = Int(Double(all.count) * (1 - validationFraction))
+        self.tokenizer = tok
+        train = Array(all[..<cut])
+        validation = Array(all[cut...])
+    }
+}

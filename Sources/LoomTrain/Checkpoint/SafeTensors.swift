@@ -1,0 +1,157 @@
+import CZlib
+import Foundation
+import LoomCore
+
+/// The safetensors format (what PyTorch and Hugging Face load without executing code):
+///
+///     [8 bytes: little-endian u64 N][N bytes: JSON header][raw tensor bytes]
+///
+/// The header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]}
+/// (offsets into the raw bytes) and "__metadata__" to a string→string map. Loom adds
+/// "loom.crc32", the CRC-32 of the raw bytes, and verifies it on load.
+public enum SafeTensors {
+    public struct Entry: Equatable {
+        public var dtype: DType
+        public var shape: [Int]
+        public var range: Range<Int>  // into `data`
+    }
+
+    /// A file read into memory.
+    public struct File {
+        public var metadata: [String: String]
+        public var entries: [String: Entry]
+        public var data: [UInt8]
+
+        public func floats(_ name: String) -> [Float]? {
+            guard let e = entries[name], e.dtype == .float32 else { return nil }
+            return data[e.range].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        }
+    }
+
+    /// Serialises tensors (in the given order) and metadata into one buffer.
+    public static func encode(_ tensors: [(name: String, tensor: Tensor)], metadata: [String: String]) -> [UInt8] {
+        var data: [UInt8] = []
+        var fields: [String] = []
+        for (name, t) in tensors {
+            let begin = data.count
+            let bytes = t.dtype == .float32 ? t.floats.withUnsafeBytes { Array($0) } : t.ints.withUnsafeBytes { Array($0) }
+            data.append(contentsOf: bytes)
+            fields.append("\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(data.count)]}")
+        }
+        var meta = metadata
+        meta["loom.crc32"] = String(crc(data), radix: 16)
+        let metaJSON = meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",")
+        var header = Array("{\"__metadata__\":{\(metaJSON)}\(fields.isEmpty ? "" : ",")\(fields.joined(separator: ","))}".utf8)
+        while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }  // align the data section
+        var out: [UInt8] = []
+        out.reserveCapacity(8 + header.count + data.count)
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: header)
+        out.append(contentsOf: data)
+        return out
+    }
+
+    /// Parses and verifies a buffer; `path` is only for messages.
+    public static func decode(_ bytes: [UInt8], path: String) throws -> File {
+        func bad(_ why: String) -> LoomError { LoomError.io("checkpoint '\(path)': \(why)") }
+        guard bytes.count >= 8 else { throw bad("\(bytes.count) bytes is too short to be a safetensors file (truncated?)") }
+        let n = bytes[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard n <= UInt64(bytes.count - 8) else {
+            throw bad("header says \(n) bytes but the file has \(bytes.count - 8) after the length (truncated, or not a safetensors file)")
+        }
+        let headerEnd = 8 + Int(n)
+        guard let json = try? JSONSerialization.jsonObject(with: Data(bytes[8..<headerEnd])) as? [String: Any] else {
+            throw bad("header is not a JSON object (not a safetensors file?)")
+        }
+        let data = Array(bytes[headerEnd...])
+        var entries: [String: Entry] = [:]
+        var metadata: [String: String] = [:]
+        for (name, value) in json {
+            if name == "__metadata__" {
+                guard let m = value as? [String: String] else { throw bad("__metadata__ is not a string map") }
+                metadata = m
+                continue
+            }
+            guard let v = value as? [String: Any], let dt = v["dtype"] as? String, let shape = v["shape"] as? [Int],
+                  let offs = v["data_offsets"] as? [Int], offs.count == 2 else {
+                throw bad("entry '\(name)' lacks dtype, shape or data_offsets")
+            }
+            guard let dtype = DType(rawValue: dt) else { throw bad("entry '\(name)' has dtype \(dt); Loom reads F32 and I32") }
+            guard offs[0] >= 0, offs[0] <= offs[1], offs[1] <= data.count else {
+                throw bad("entry '\(name)' spans bytes \(offs[0])..<\(offs[1]) of a \(data.count)-byte data section (truncated?)")
+            }
+            guard offs[1] - offs[0] == shape.reduce(1, *) * dtype.byteSize else {
+                throw bad("entry '\(name)' has shape \(describe(shape)) but \(offs[1] - offs[0]) bytes")
+            }
+            entries[name] = Entry(dtype: dtype, shape: shape, range: offs[0]..<offs[1])
+        }
+        if let expected = metadata["loom.crc32"], expected != String(crc(data), radix: 16) {
+            throw bad("checksum mismatch (stored \(expected), computed \(String(crc(data), radix: 16))): the file is corrupt")
+        }
+        return File(metadata: metadata, entries: entries, data: data)
+    }
+
+    public static func read(_ path: String) throws -> File {
+        guard let d = FileManager.default.contents(atPath: path) else {
+            throw LoomError.io("checkpoint '\(path)': cannot read (missing or unreadable)")
+        }
+        return try decode(Array(d), path: path)
+    }
+
+    /// Writes atomically: a temporary file in the same directory, fsync, rename over
+    /// `path`, fsync of the directory. A crash at any point leaves either the old file or
+    /// the new one, never a partial file under `path`.
+    public static func writeAtomically(_ bytes: [UInt8], to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        let dir = url.deletingLastPathComponent().path
+        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw LoomError.io("cannot write '\(tmp)': \(String(cString: strerror(errno)))") }
+        var ok = false
+        defer { if !ok { close(fd); unlink(tmp) } }
+        // Test hook: LOOM_TEST_CHECKPOINT_PAUSE_MS pauses halfway through the write, so
+        // the end-to-end tests can kill the process while a checkpoint is half written.
+        let pauseMs = ProcessInfo.processInfo.environment["LOOM_TEST_CHECKPOINT_PAUSE_MS"].flatMap(Int.init)
+        let half = pauseMs == nil ? bytes.count : bytes.count / 2
+        try writeAll(fd, bytes[0..<half], path: tmp)
+        if let pauseMs { usleep(UInt32(pauseMs * 1000)) }
+        try writeAll(fd, bytes[half...], path: tmp)
+        guard fsync(fd) == 0 else { throw LoomError.io("cannot sync '\(tmp)': \(String(cString: strerror(errno)))") }
+        close(fd)
+        guard rename(tmp, path) == 0 else { throw LoomError.io("cannot rename '\(tmp)' to '\(path)': \(String(cString: strerror(errno)))") }
+        ok = true
+        let dfd = open(dir, O_RDONLY)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>, path: String) throws {
+        try bytes.withUnsafeBytes { buf in
+            var done = 0
+            while done < buf.count {
+                let w = write(fd, buf.baseAddress! + done, buf.count - done)
+                guard w > 0 else { throw LoomError.io("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+                done += w
+            }
+        }
+    }
+
+    static func crc(_ data: [UInt8]) -> UInt32 {
+        data.withUnsafeBytes { UInt32(crc32(0, $0.bindMemory(to: UInt8.self).baseAddress, uInt($0.count))) }
+    }
+
+    static func jsonString(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
+            }
+        }
+        return out + "\""
+    }
+}

@@ -1,0 +1,90 @@
+import Foundation
+import LoomCore
+import LoomData
+import LoomNN
+
+/// What a checkpoint holds, beyond the tensors: enough to continue a run bit for bit.
+public struct RunState: Equatable {
+    public var step: Int
+    public var elapsedSeconds: Double
+    public var bestValidationLoss: Double?
+}
+
+/// Saving and restoring a run: parameters and buffers as `model.<name>`, optimizer state
+/// as `optim.<name>`, and metadata (config TOML, step, tokenizer, dropout generators,
+/// optimizer step count) in the safetensors header.
+public enum TrainingCheckpoint {
+    public static let fileName = "checkpoint.safetensors"
+
+    public static func save(to dir: String, config: TrainConfig, setup: Setup, state: RunState) throws {
+        setup.optimizer.materializeState()
+        let tensors = setup.task.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
+            + setup.optimizer.namedState().map { ("optim." + $0.name, $0.tensor) }
+        var meta: [String: String] = [
+            "format": "pt",
+            "loom.config": ConfigFile.render(config),
+            "loom.step": String(state.step),
+            "loom.elapsed_s": String(state.elapsedSeconds),
+            "loom.optimizer_steps": String(setup.optimizer.stepCount),
+            "loom.dropout": dropoutModules(setup.task.module).map { "\($0.name)=\($0.module.rng.key):\($0.module.rng.position)" }
+                .joined(separator: ";"),
+        ]
+        if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
+        if let b = state.bestValidationLoss { meta["loom.best_val_loss"] = String(b) }
+        try SafeTensors.writeAtomically(SafeTensors.encode(tensors, metadata: meta), to: dir + "/" + fileName)
+    }
+
+    /// The configuration and tokenizer stored in a checkpoint (read before building the model).
+    public static func peek(_ dir: String) throws -> (SafeTensors.File, TrainConfig, CharTokenizer?) {
+        let path = dir.hasSuffix(".safetensors") ? dir : dir + "/" + fileName
+        let file = try SafeTensors.read(path)
+        guard let toml = file.metadata["loom.config"] else {
+            throw LoomError.io("checkpoint '\(path)': no loom.config in its metadata (not written by loom train)")
+        }
+        let config = try ConfigFile.parse(toml, path: path + " [loom.config]")
+        return (file, config, file.metadata["loom.tokenizer"].map { CharTokenizer(vocabulary: Array($0)) })
+    }
+
+    /// Loads parameters and buffers (`model.*`) into a module.
+    public static func restoreModel(_ file: SafeTensors.File, path: String, into module: Module) throws {
+        for (name, t) in module.namedTensors() { try load(file, path, "model." + name, t) }
+    }
+
+    private static func load(_ file: SafeTensors.File, _ path: String, _ name: String, _ t: Tensor) throws {
+        guard let e = file.entries[name] else { throw LoomError.io("checkpoint '\(path)': no tensor '\(name)'") }
+        guard e.shape == t.shape, e.dtype == t.dtype else {
+            throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)) \(e.dtype), the model expects \(describe(t.shape)) \(t.dtype)")
+        }
+        file.data[e.range].withUnsafeBytes { t.backend.upload($0, to: t) }
+    }
+
+    /// Loads tensors and state into a freshly built setup.
+    public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup) throws -> RunState {
+        try restoreModel(file, path: path, into: setup.task.module)
+        setup.optimizer.materializeState()
+        for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t) }
+        setup.optimizer.stepCount = Int(file.metadata["loom.optimizer_steps"] ?? "0") ?? 0
+        let saved = Dictionary(uniqueKeysWithValues: (file.metadata["loom.dropout"] ?? "").split(separator: ";").compactMap { entry -> (String, Philox)? in
+            let parts = entry.split(separator: "=")
+            let kv = parts.last?.split(separator: ":") ?? []
+            guard parts.count == 2, kv.count == 2, let k = UInt64(kv[0]), let p = UInt64(kv[1]) else { return nil }
+            return (String(parts[0]), Philox(seed: k, position: p))
+        })
+        for (name, module) in dropoutModules(setup.task.module) {
+            if let rng = saved[name] { module.rng = rng }
+        }
+        return RunState(step: Int(file.metadata["loom.step"] ?? "0") ?? 0,
+                        elapsedSeconds: Double(file.metadata["loom.elapsed_s"] ?? "0") ?? 0,
+                        bestValidationLoss: file.metadata["loom.best_val_loss"].flatMap(Double.init))
+    }
+
+    static func dropoutModules(_ root: Module, prefix: String = "") -> [(name: String, module: Dropout)] {
+        var out: [(String, Dropout)] = []
+        for (name, child) in root.namedChildren() {
+            let full = prefix.isEmpty ? name : prefix + "." + name
+            if let d = child as? Dropout { out.append((full, d)) }
+            out += dropoutModules(child, prefix: full)
+        }
+        return out
+    }
+}

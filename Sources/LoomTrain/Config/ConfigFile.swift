@@ -1,0 +1,139 @@
+import Foundation
+import LoomCore
+import TOMLKit
+
+/// TOML <-> TrainConfig. Every key is declared once below, with its section, its type
+/// and how it validates; an unknown key or section, or a bad value, is an error that
+/// names it and lists what is valid.
+public enum ConfigFile {
+    struct Key {
+        let section: String
+        let name: String
+        let help: String
+        let read: (inout TrainConfig, TOMLValueConvertible, String) throws -> Void
+        let write: (TrainConfig) -> String
+    }
+
+    static func int(_ s: String, _ n: String, _ help: String, min: Int = 0, _ kp: WritableKeyPath<TrainConfig, Int>) -> Key {
+        Key(section: s, name: n, help: help, read: { c, v, path in
+            guard let i = v.int, i >= min else { throw bad(path, "\(s).\(n)", "an integer >= \(min)", v) }
+            c[keyPath: kp] = i
+        }, write: { "\($0[keyPath: kp])" })
+    }
+
+    static func double(_ s: String, _ n: String, _ help: String, min: Double = 0, _ kp: WritableKeyPath<TrainConfig, Double>) -> Key {
+        Key(section: s, name: n, help: help, read: { c, v, path in
+            guard let d = v.double ?? v.int.map(Double.init), d >= min else { throw bad(path, "\(s).\(n)", "a number >= \(min)", v) }
+            c[keyPath: kp] = d
+        }, write: { "\($0[keyPath: kp])" })
+    }
+
+    static func bool(_ s: String, _ n: String, _ help: String, _ kp: WritableKeyPath<TrainConfig, Bool>) -> Key {
+        Key(section: s, name: n, help: help, read: { c, v, path in
+            guard let b = v.bool else { throw bad(path, "\(s).\(n)", "true or false", v) }
+            c[keyPath: kp] = b
+        }, write: { "\($0[keyPath: kp])" })
+    }
+
+    static func string(_ s: String, _ n: String, _ help: String, oneOf: [String]? = nil, _ kp: WritableKeyPath<TrainConfig, String>) -> Key {
+        Key(section: s, name: n, help: help, read: { c, v, path in
+            guard let str = v.string, oneOf.map({ $0.contains(str) }) ?? true else {
+                throw bad(path, "\(s).\(n)", oneOf.map { "one of \($0.map { "\"\($0)\"" }.joined(separator: ", "))" } ?? "a string", v)
+            }
+            c[keyPath: kp] = str
+        }, write: { SafeTensors.jsonString($0[keyPath: kp]) })
+    }
+
+    static let keys: [Key] = [
+        string("model", "kind", "cnn, mlp or gpt", oneOf: ["cnn", "mlp", "gpt"], \.model),
+        bool("model", "residual", "cnn: add a residual block", \.residual),
+        Key(section: "model", name: "hidden", help: "mlp: hidden sizes", read: { c, v, path in
+            guard let a = v.array, !a.isEmpty, a.allSatisfy({ ($0.int ?? 0) > 0 }) else {
+                throw bad(path, "model.hidden", "a non-empty array of positive integers", v)
+            }
+            c.hidden = a.map { $0.int! }
+        }, write: { "[" + $0.hidden.map(String.init).joined(separator: ", ") + "]" }),
+        int("model", "layers", "gpt: transformer blocks", min: 1, \.layers),
+        int("model", "d_model", "gpt: width", min: 1, \.dModel),
+        int("model", "heads", "gpt: attention heads", min: 1, \.heads),
+        int("model", "context", "gpt: context length", min: 1, \.context),
+        double("model", "dropout", "dropout probability", \.dropout),
+        string("data", "path", "CSV/IDX images or a text file", \.data),
+        string("data", "labels", "IDX labels file", \.labels),
+        double("data", "validation_fraction", "held-out share", \.validationFraction),
+        int("train", "epochs", "passes over the data (when steps = 0)", \.epochs),
+        int("train", "steps", "optimizer steps (overrides epochs)", \.steps),
+        int("train", "batch_size", "global batch", min: 1, \.batchSize),
+        string("train", "optimizer", "sgd, adam or adamw", oneOf: ["sgd", "adam", "adamw"], \.optimizer),
+        double("train", "lr", "peak learning rate", \.lr),
+        double("train", "momentum", "sgd momentum", \.momentum),
+        bool("train", "nesterov", "sgd Nesterov momentum", \.nesterov),
+        double("train", "weight_decay", "L2 (sgd, adam) or decoupled (adamw)", \.weightDecay),
+        string("train", "schedule", "constant or cosine", oneOf: ["constant", "cosine"], \.schedule),
+        int("train", "warmup_steps", "linear warm-up steps", \.warmupSteps),
+        double("train", "min_lr", "learning rate at the end of the cosine", \.minLR),
+        double("train", "grad_clip", "max global gradient norm (0: off)", \.gradClip),
+        int("train", "seed", "seed of initialisation, shuffling and dropout", \.seed),
+        int("train", "log_every", "steps between metric lines", min: 1, \.logEvery),
+        int("train", "eval_every", "steps between evaluations (0: each epoch)", \.evalEvery),
+        int("train", "eval_batches", "validation batches per evaluation (0: all)", \.evalBatches),
+        string("run", "out", "directory that holds run directories", \.out),
+        string("run", "name", "run directory name", \.name),
+    ]
+
+    static var sections: [String] { var seen: [String] = []; for k in keys where !seen.contains(k.section) { seen.append(k.section) }; return seen }
+
+    static func bad(_ path: String, _ key: String, _ expected: String, _ v: TOMLValueConvertible) -> LoomError {
+        LoomError.config("\(path): \(key) must be \(expected), got \(v.tomlValue.debugDescription)")
+    }
+
+    /// Parses TOML text over `base` (the defaults); `path` names the file in messages.
+    public static func parse(_ text: String, path: String, base: TrainConfig = TrainConfig()) throws -> TrainConfig {
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
+            throw LoomError.config("\(path): not valid TOML at line \(e.source.begin.line), column \(e.source.begin.column)")
+        }
+        var c = base
+        for section in table.keys {
+            guard sections.contains(section), let sub = table[section]?.table else {
+                throw LoomError.config("\(path): unknown section [\(section)]; valid sections: \(sections.map { "[\($0)]" }.joined(separator: ", "))")
+            }
+            let valid = keys.filter { $0.section == section }
+            for name in sub.keys {
+                guard let key = valid.first(where: { $0.name == name }) else {
+                    throw LoomError.config("\(path): unknown key '\(section).\(name)'; valid keys in [\(section)]: \(valid.map(\.name).joined(separator: ", "))")
+                }
+                try key.read(&c, sub[name]!, path)
+            }
+        }
+        return c
+    }
+
+    public static func load(_ path: String) throws -> TrainConfig {
+        guard let d = FileManager.default.contents(atPath: path), let text = String(data: d, encoding: .utf8) else {
+            throw LoomError.io("config '\(path)': cannot read (missing or not UTF-8)")
+        }
+        var c = try parse(text, path: path)
+        if c.name.isEmpty { c.name = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent }
+        return c
+    }
+
+    /// The whole configuration as TOML (every key, so the file is self-contained).
+    public static func render(_ c: TrainConfig) -> String {
+        sections.map { s in
+            "[\(s)]\n" + keys.filter { $0.section == s }.map { "\($0.name) = \($0.write(c))" }.joined(separator: "\n")
+        }.joined(separator: "\n\n") + "\n"
+    }
+
+    /// Checks that hold across keys (run after flags are applied).
+    public static func validate(_ c: TrainConfig) throws {
+        if c.steps == 0 && c.epochs == 0 { throw LoomError.config("set train.steps or train.epochs (both are 0)") }
+        if c.model == "gpt" && c.dModel % c.heads != 0 {
+            throw LoomError.config("model.d_model \(c.dModel) must be divisible by model.heads \(c.heads)")
+        }
+        if c.dropout >= 1 { throw LoomError.config("model.dropout must be below 1, got \(c.dropout)") }
+        if c.validationFraction <= 0 || c.validationFraction >= 1 {
+            throw LoomError.config("data.validation_fraction must be between 0 and 1 (exclusive), got \(c.validationFraction)")
+        }
+    }
+}

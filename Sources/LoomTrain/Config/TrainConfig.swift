@@ -1,0 +1,83 @@
+import LoomCore
+
+/// Everything a training run is configured by. Read from TOML (`examples/*.toml`),
+/// overridden by command-line flags, saved into the run directory and the checkpoint.
+public struct TrainConfig: Equatable, Sendable {
+    // [model]
+    public var model = "cnn"            // cnn | mlp | gpt
+    public var residual = true          // cnn: a residual block after the second conv
+    public var hidden = [512, 512]      // mlp: hidden layer sizes
+    public var layers = 4               // gpt
+    public var dModel = 128
+    public var heads = 4
+    public var context = 128
+    public var dropout = 0.0
+    // [data]
+    public var data = "data/mnist_5k.csv.gz"
+    public var labels = ""              // IDX: the labels file (data is then the images file)
+    public var validationFraction = 0.2
+    // [train]
+    public var epochs = 0               // used when steps is 0
+    public var steps = 0
+    public var batchSize = 64
+    public var optimizer = "adam"       // sgd | adam | adamw
+    public var lr = 1e-3
+    public var momentum = 0.9
+    public var nesterov = false
+    public var weightDecay = 0.0
+    public var schedule = "constant"    // constant | cosine (linear warm-up, cosine decay)
+    public var warmupSteps = 0
+    public var minLR = 0.0
+    public var gradClip = 0.0           // 0: off
+    public var seed = 0
+    public var logEvery = 10
+    public var evalEvery = 0            // 0: every epoch
+    public var evalBatches = 0          // 0: the whole validation split
+    // [run]
+    public var out = "runs"
+    public var name = ""                // "": derived from the config file's name
+
+    public init() {}
+
+    /// Built-in configurations, the same as the files in examples/ (a test keeps them in step).
+    public static func preset(_ name: String) throws -> TrainConfig {
+        var c = TrainConfig()
+        switch name {
+        case "mnist-cnn":
+            c.model = "cnn"; c.residual = true; c.epochs = 8; c.batchSize = 64; c.optimizer = "adam"; c.lr = 2e-3
+            c.schedule = "cosine"; c.warmupSteps = 20; c.minLR = 1e-4; c.evalEvery = 0
+        case "mnist-mlp":
+            c.model = "mlp"; c.hidden = [512, 512]; c.epochs = 10; c.batchSize = 128; c.optimizer = "sgd"; c.lr = 0.05
+            c.momentum = 0.9; c.schedule = "cosine"; c.minLR = 1e-3
+        case "shakespeare-gpt":
+            c.model = "gpt"; c.layers = 4; c.dModel = 128; c.heads = 4; c.context = 128; c.dropout = 0
+            c.data = "data/shakespeare.txt"; c.validationFraction = 0.1
+            c.steps = 2500; c.batchSize = 16; c.optimizer = "adamw"; c.lr = 3e-3; c.weightDecay = 0.1
+            c.schedule = "cosine"; c.warmupSteps = 100; c.minLR = 3e-4; c.gradClip = 1.0
+            c.logEvery = 25; c.evalEvery = 250; c.evalBatches = 20
+        default:
+            throw LoomError.config("unknown preset '\(name)'; valid: \(presetNames.joined(separator: ", "))")
+        }
+        c.name = name
+        return c
+    }
+
+    public static let presetNames = ["mnist-cnn", "mnist-mlp", "shakespeare-gpt"]
+
+    /// The preset a bare `--model` picks.
+    public static func presetName(forModel model: String) -> String? {
+        ["cnn": "mnist-cnn", "mlp": "mnist-mlp", "gpt": "shakespeare-gpt"][model]
+    }
+
+    public var isLanguageModel: Bool { model == "gpt" }
+
+    public var learningRateSchedule: LRScheduleValue {
+        schedule == "cosine" ? .cosine(peak: Float(lr), warmup: warmupSteps, minimum: Float(minLR)) : .constant(Float(lr))
+    }
+}
+
+/// The schedule as configured; its length is only known once the data is loaded.
+public enum LRScheduleValue: Equatable, Sendable {
+    case constant(Float)
+    case cosine(peak: Float, warmup: Int, minimum: Float)
+}

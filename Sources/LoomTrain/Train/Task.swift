@@ -1,0 +1,113 @@
+import LoomCore
+import LoomData
+import LoomNN
+
+/// What the trainer needs of a model: its module tree, a loss on a batch, and
+/// evaluation sums on a batch.
+public protocol TrainTask: AnyObject {
+    var module: Module { get }
+    func loss(inputs: Tensor, targets: Tensor) throws -> Tensor
+    /// Sum of per-example (per-token) losses, number correct, number counted.
+    func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, correct: Int, count: Int)
+}
+
+/// Image classification (mlp, cnn): cross-entropy and accuracy.
+public final class ClassifierTask: TrainTask {
+    public let model: any UnaryLayer
+    public var module: Module { model }
+
+    public init(model: any UnaryLayer) { self.model = model }
+
+    public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
+        try model(inputs).crossEntropy(targets: targets)
+    }
+
+    public func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, correct: Int, count: Int) {
+        let logits = try withoutGrad { try model(inputs) }
+        let n = targets.count
+        let loss = try logits.crossEntropy(targets: targets).item
+        let predicted = try logits.argmax(axis: -1).ints
+        let correct = zip(predicted, targets.ints).filter { $0 == $1 }.count
+        return (Double(loss) * Double(n), correct, n)
+    }
+}
+
+/// Next-token prediction (gpt): cross-entropy per token; accuracy is top-1 per token.
+public final class LanguageModelTask: TrainTask {
+    public let model: GPT
+    public var module: Module { model }
+
+    public init(model: GPT) { self.model = model }
+
+    public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
+        try model.loss(tokens: inputs, targets: targets)
+    }
+
+    public func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, correct: Int, count: Int) {
+        let logits = try withoutGrad { try model(inputs) }
+        let n = targets.count
+        let loss = try logits.crossEntropy(targets: targets).item
+        let predicted = try logits.argmax(axis: -1).ints
+        return (Double(loss) * Double(n), zip(predicted, targets.ints).filter { $0 == $1 }.count, n)
+    }
+}
+
+/// Data, model and optimizer as a configuration describes them.
+public struct Setup {
+    /// The seed of the train/validation split of image data (fixed: the split does not
+    /// change with the training seed).
+    public static let splitSeed: UInt64 = 0x5EED
+    public let train: any Dataset
+    public let validation: any Dataset
+    public let tokenizer: CharTokenizer?
+    public let task: TrainTask
+    public let optimizer: Optimizer
+
+    /// `tokenizer`: the vocabulary a checkpoint was trained with (so resumed and
+    /// evaluated runs tokenize as the original run did).
+    public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: CharTokenizer? = nil) throws {
+        let seed = UInt64(c.seed)
+        if c.isLanguageModel {
+            let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved)
+            tokenizer = corpus.tokenizer
+            train = TokenWindows(tokens: corpus.train, context: c.context)
+            validation = TokenWindows(tokens: corpus.validation, context: c.context)
+            let gpt = try GPT(GPTConfig(vocabSize: corpus.tokenizer.count, contextLength: c.context, layers: c.layers,
+                                        dModel: c.dModel, heads: c.heads, dropout: Float(c.dropout)), seed: seed, on: backend)
+            task = LanguageModelTask(model: gpt)
+        } else {
+            // Rows are shuffled once, with a fixed seed, before the split: files are often
+            // sorted by label (the bundled MNIST subset is), and a split of sorted rows
+            // would validate on classes the model never trained on.
+            let loaded = c.labels.isEmpty ? try MNIST.loadCSV(c.data) : try MNIST.loadIDX(images: c.data, labels: c.labels)
+            var splitRNG = Philox(seed: Setup.splitSeed)
+            let all = loaded.reordered(splitRNG.permutation(loaded.count))
+            let cut = all.count - Int(Double(all.count) * c.validationFraction)
+            guard cut > 0 && cut < all.count else {
+                throw LoomError.config("data.validation_fraction \(c.validationFraction) leaves no training or no validation rows of \(all.count)")
+            }
+            tokenizer = nil
+            train = all.subset(0..<cut)
+            validation = all.subset(cut..<all.count)
+            let model: any UnaryLayer
+            switch c.model {
+            case "mlp": model = MLP(sizes: [all.features] + c.hidden + [all.classes], seed: seed, on: backend)
+            default:
+                guard all.features == 784 else {
+                    throw LoomError.shapeMismatch("cnn expects 28x28 images (784 features), data has \(all.features) per row")
+                }
+                model = CNN(residual: c.residual, classes: all.classes, seed: seed, on: backend)
+            }
+            task = ClassifierTask(model: model)
+        }
+        let params = task.module.namedParameters()
+        switch c.optimizer {
+        case "sgd":
+            optimizer = SGD(params, lr: Float(c.lr), momentum: Float(c.momentum), weightDecay: Float(c.weightDecay), nesterov: c.nesterov)
+        case "adam":
+            optimizer = Adam(params, lr: Float(c.lr), weightDecay: Float(c.weightDecay))
+        default:
+            optimizer = Adam.adamW(params, lr: Float(c.lr), weightDecay: Float(c.weightDecay))
+        }
+    }
+}

@@ -1,0 +1,193 @@
+import Foundation
+import LoomCore
+import LoomData
+import LoomNN
+
+/// The result of a run, as summary.json records it.
+public struct RunSummary {
+    public var name: String
+    public var steps: Int
+    public var epochs: Double
+    public var trainLoss: Float
+    public var validationLoss: Double
+    public var validationAccuracy: Double?
+    public var throughput: Double
+    public var unit: String
+    public var wallSeconds: Double
+    public var parameters: Int
+
+    public var json: String {
+        var f = ["\"name\": \(SafeTensors.jsonString(name))", "\"steps\": \(steps)", "\"epochs\": \(String(format: "%.4f", epochs))",
+                 "\"train_loss\": \(trainLoss)", "\"val_loss\": \(validationLoss)"]
+        if let validationAccuracy { f.append("\"val_accuracy\": \(validationAccuracy)") }
+        f += ["\"\(unit == "tokens/s" ? "tokens_per_s" : "samples_per_s")\": \(String(format: "%.1f", throughput))",
+              "\"wall_s\": \(String(format: "%.3f", wallSeconds))", "\"parameters\": \(parameters)"]
+        return "{\n  " + f.joined(separator: ",\n  ") + "\n}\n"
+    }
+}
+
+/// Runs a training job: data in the background, steps, periodic evaluation, atomic
+/// checkpoints and the run directory's outputs.
+public final class Trainer {
+    public let config: TrainConfig
+    public let runDirectory: String
+    public let setup: Setup
+    public let backend: any Backend
+    private var state: RunState
+    /// Stop (after checkpointing) once this step is done, as if interrupted.
+    public var stopAt: Int?
+    public var quiet = false
+
+    /// A new run, or a resumed one when `resume` names a run directory.
+    public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil) throws {
+        var c = config
+        c.data = resolveDataPath(c.data)
+        if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
+        try ConfigFile.validate(c)
+        self.backend = backend
+        if let resume {
+            let (file, _, tokenizer) = try TrainingCheckpoint.peek(resume)
+            setup = try Setup(c, backend: backend, tokenizer: tokenizer)
+            state = try TrainingCheckpoint.restore(file, path: resume, into: setup)
+            runDirectory = resume
+        } else {
+            setup = try Setup(c, backend: backend)
+            state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
+            runDirectory = c.out + "/" + (c.name.isEmpty ? "run" : c.name)
+        }
+        self.config = c
+    }
+
+    /// Steps completed (including those before a resume).
+    public var step: Int { state.step }
+
+    public var unit: String { config.isLanguageModel ? "tokens/s" : "samples/s" }
+    public var stepsPerEpoch: Int { setup.train.count / config.batchSize }
+    public var totalSteps: Int { config.steps > 0 ? config.steps : config.epochs * stepsPerEpoch }
+
+    func schedule() -> LRSchedule {
+        switch config.learningRateSchedule {
+        case .constant(let lr): return .constant(lr)
+        case let .cosine(peak, warmup, minimum): return .warmupCosine(peak: peak, warmup: warmup, total: totalSteps, minimum: minimum)
+        }
+    }
+
+    @discardableResult
+    public func run() throws -> RunSummary {
+        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        try writeTextAtomically(ConfigFile.render(config), to: runDirectory + "/config.toml")
+        let resumed = state.step > 0
+        let log = try MetricsLog(path: runDirectory + "/metrics.jsonl", keepThrough: resumed ? state.step : nil)
+        let sampler = try EpochSampler(count: setup.train.count, globalBatch: config.batchSize, seed: UInt64(config.seed))
+        let end = min(totalSteps, stopAt ?? totalSteps)
+        let loader = PrefetchLoader(dataset: setup.train, sampler: sampler, start: state.step, end: end)
+        defer { loader.stop() }
+        let progress = Progress(total: totalSteps)
+        let lrs = schedule()
+        let itemsPerStep = config.batchSize * (config.isLanguageModel ? config.context : 1)
+        let evalEvery = config.evalEvery > 0 ? config.evalEvery : stepsPerEpoch
+        let startStep = state.step, startElapsed = state.elapsedSeconds
+        let t0 = monotonicSeconds()
+        var windowStart = t0, windowSteps = 0
+        var lastLoss: Float = .nan
+        var lastEval: (loss: Double, accuracy: Double?)?
+        if !quiet {
+            progress.note("loom train \(config.name): \(config.model), \(setup.task.module.parameterCount) parameters, "
+                + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
+                + (resumed ? ", resuming at step \(startStep)" : "") + " -> \(runDirectory)/")
+        }
+
+        setup.task.module.train()
+        while let batch = loader.next() {
+            let step = state.step
+            let lr = lrs.learningRate(at: step)
+            setup.optimizer.learningRate = lr
+            setup.optimizer.zeroGrad()
+            let loss = try setup.task.loss(inputs: batch.inputs, targets: batch.targets)
+            try loss.backward()
+            if config.gradClip > 0 { clipGradNorm(setup.task.module.parameters, maxNorm: Float(config.gradClip)) }
+            try setup.optimizer.step()
+            lastLoss = loss.item
+            guard lastLoss.isFinite else {
+                throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
+            }
+            state.step += 1
+            windowSteps += 1
+            let now = monotonicSeconds()
+            state.elapsedSeconds = startElapsed + (now - t0)
+            let epoch = Double(state.step) / Double(stepsPerEpoch)
+            let isLog = state.step % config.logEvery == 0 || state.step == end
+            if isLog {
+                let rate = Double(windowSteps * itemsPerStep) / max(now - windowStart, 1e-9)
+                log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, loss: lastLoss, lr: lr,
+                                        throughput: rate, throughputUnit: unit))
+                windowStart = now; windowSteps = 0
+            }
+            if !quiet {
+                let rate = Double((state.step - startStep) * itemsPerStep) / max(now - t0, 1e-9)
+                progress.update(step: state.step, epoch: epoch, loss: lastLoss, throughput: rate, unit: unit,
+                                elapsed: now - t0, startStep: startStep, force: isLog)
+            }
+            if state.step % evalEvery == 0 || state.step == end {
+                let e = try evaluate()
+                lastEval = e
+                state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
+                log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
+                                        validationLoss: e.loss, validationAccuracy: e.accuracy))
+                try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, state: state)
+                try writePlot(log)
+                if !quiet {
+                    progress.note(String(format: "step %d: val_loss %.4f", state.step, e.loss)
+                                  + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? "") + " (checkpoint saved)")
+                }
+            }
+        }
+        if !quiet { progress.finish() }
+        let wall = monotonicSeconds() - t0
+        let e = try lastEval ?? evaluate()
+        let summary = RunSummary(name: config.name, steps: state.step, epochs: Double(state.step) / Double(stepsPerEpoch),
+                                 trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
+                                 throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
+                                 wallSeconds: state.elapsedSeconds, parameters: setup.task.module.parameterCount)
+        try writeTextAtomically(summary.json, to: runDirectory + "/summary.json")
+        return summary
+    }
+
+    /// Mean validation loss (and accuracy for classifiers) in evaluation mode.
+    public func evaluate() throws -> (loss: Double, accuracy: Double?) {
+        let module = setup.task.module
+        module.eval()
+        defer { module.train() }
+        let data = setup.validation
+        let batch = min(config.batchSize, data.count)
+        var batches = data.count / batch
+        if config.evalBatches > 0 { batches = min(batches, config.evalBatches) }
+        var lossSum = 0.0, correct = 0, count = 0
+        for b in 0..<batches {
+            let xy = data.batch(Array((b * batch)..<((b + 1) * batch)))
+            let r = try setup.task.evaluate(inputs: xy.inputs, targets: xy.targets)
+            lossSum += r.lossSum; correct += r.correct; count += r.count
+        }
+        return (lossSum / Double(max(count, 1)), config.isLanguageModel ? nil : Double(correct) / Double(max(count, 1)))
+    }
+
+    private func writePlot(_ log: MetricsLog) throws {
+        let train = log.records.compactMap { r in r.loss.map { (r.step, Double($0)) } }
+        let val = log.records.compactMap { r in r.validationLoss.map { (r.step, $0) } }
+        try writeTextAtomically(LossPlot.svg(train: train, validation: val, title: "\(config.name): loss"), to: runDirectory + "/loss.svg")
+    }
+}
+
+/// A relative data path is looked up from the working directory first, then from the
+/// directories above the loom executable (so `loom train` finds the repository's data/
+/// when run from elsewhere).
+public func resolveDataPath(_ path: String) -> String {
+    if path.hasPrefix("/") || FileManager.default.fileExists(atPath: path) { return path }
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<5 {
+        let candidate = dir.appendingPathComponent(path).path
+        if FileManager.default.fileExists(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
+    }
+    return path
+}
