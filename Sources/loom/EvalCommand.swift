@@ -29,7 +29,7 @@ struct EvalCommand: ParsableCommand {
             c.evalBatches = 0
             let trainer = try Trainer(config: c, resume: checkpoint)
             let step = trainer.step
-            let e = try trainer.evaluate()
+            let e = try trainer.evaluate(full: true)
             if json {
                 print("{\"step\": \(step), \"val_loss\": \(e.loss)" + (e.accuracy.map { ", \"val_accuracy\": \($0)" } ?? "") + "}")
             } else {

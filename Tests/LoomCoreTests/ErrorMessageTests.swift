@@ -1,5 +1,5 @@
 import XCTest
-@testable import LoomCore
+import LoomCore
 
 final class ErrorMessageTests: XCTestCase {
     func message(_ body: () throws -> Any) -> String {

@@ -1,5 +1,5 @@
 import XCTest
-@testable import LoomCore
+import LoomCore
 
 /// Central finite differences against the autodiff gradient, in float32.
 ///

@@ -1,5 +1,5 @@
 import XCTest
-@testable import LoomCore
+import LoomCore
 
 final class LayoutGradTests: XCTestCase {
     func testReshapePermuteTranspose() throws {

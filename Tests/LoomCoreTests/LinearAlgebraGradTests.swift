@@ -1,5 +1,5 @@
 import XCTest
-@testable import LoomCore
+import LoomCore
 
 final class LinearAlgebraGradTests: XCTestCase {
     func testMatmulValues() throws {

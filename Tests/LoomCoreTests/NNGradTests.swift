@@ -1,5 +1,6 @@
+import Foundation
 import XCTest
-@testable import LoomCore
+import LoomCore
 
 final class NNGradTests: XCTestCase {
     func testSoftmaxFamily() throws {

@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 import LoomCore
-@testable import LoomData
+import LoomData
 
 final class DataTests: XCTestCase {
     var dir: String!

@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 import LoomCore
-@testable import LoomNN
+import LoomNN
 
 /// Loom's GPT against an independent float64 implementation (scripts/gen_golden_gpt.py,
 /// PyTorch): the forward loss, the gradient of every parameter, and three AdamW steps.

@@ -1,6 +1,6 @@
 import XCTest
 import LoomCore
-@testable import LoomNN
+import LoomNN
 
 final class ModuleTests: XCTestCase {
     func testHierarchicalNamesAndTiedHead() throws {

@@ -1,6 +1,6 @@
 import XCTest
 import LoomCore
-@testable import LoomNN
+import LoomNN
 
 final class OptimizerTests: XCTestCase {
     /// f(w) = sum(w^2)/2 has gradient w; hand-computed trajectories of PyTorch's update rules.

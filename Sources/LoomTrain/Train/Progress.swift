@@ -26,6 +26,7 @@ public final class Progress {
             fflush(stdout)
         } else if force {
             print(text)
+            fflush(stdout)  // a file or pipe is block-buffered: keep `tail -f` live
         }
     }
 

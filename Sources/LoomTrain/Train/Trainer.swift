@@ -129,7 +129,7 @@ public final class Trainer {
                                 elapsed: now - t0, startStep: startStep, force: isLog)
             }
             if state.step % evalEvery == 0 || state.step == end {
-                let e = try evaluate()
+                let e = try evaluate(full: state.step == totalSteps)
                 lastEval = e
                 state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
                 log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
@@ -144,7 +144,7 @@ public final class Trainer {
         }
         if !quiet { progress.finish() }
         let wall = monotonicSeconds() - t0
-        let e = try lastEval ?? evaluate()
+        let e = try lastEval ?? evaluate(full: true)
         let summary = RunSummary(name: config.name, steps: state.step, epochs: Double(state.step) / Double(stepsPerEpoch),
                                  trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
                                  throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
@@ -153,18 +153,20 @@ public final class Trainer {
         return summary
     }
 
-    /// Mean validation loss (and accuracy for classifiers) in evaluation mode.
-    public func evaluate() throws -> (loss: Double, accuracy: Double?) {
+    /// Mean validation loss (and accuracy for classifiers) in evaluation mode, over
+    /// `eval_batches` batches, or the whole validation split when `full` (the final
+    /// evaluation of a run always is).
+    public func evaluate(full: Bool = false) throws -> (loss: Double, accuracy: Double?) {
         let module = setup.task.module
         module.eval()
         defer { module.train() }
         let data = setup.validation
         let batch = min(config.batchSize, data.count)
-        var batches = data.count / batch
-        if config.evalBatches > 0 { batches = min(batches, config.evalBatches) }
+        var batches = (data.count + batch - 1) / batch  // the last batch may be partial
+        if config.evalBatches > 0 && !full { batches = min(batches, config.evalBatches) }
         var lossSum = 0.0, correct = 0, count = 0
         for b in 0..<batches {
-            let xy = data.batch(Array((b * batch)..<((b + 1) * batch)))
+            let xy = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
             let r = try setup.task.evaluate(inputs: xy.inputs, targets: xy.targets)
             lossSum += r.lossSum; correct += r.correct; count += r.count
         }

@@ -1,0 +1,213 @@
+import Foundation
+import XCTest
+
+/// Runs the real `loom` binary, as a user would.
+final class EndToEndTests: XCTestCase {
+    var work: String!
+
+    override func setUp() {
+        work = NSTemporaryDirectory() + "loom-e2e-\(UUID().uuidString)"
+        try! FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: work) }
+
+    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The loom executable built next to this test bundle.
+    var binary: String {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [dir, dir.deletingLastPathComponent()] {
+            let p = candidate.appendingPathComponent("loom").path
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        for c in ["release", "debug"] {
+            let p = Self.repo.appendingPathComponent(".build/\(c)/loom").path
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return "loom"
+    }
+
+    struct Result { var status: Int32; var out: String; var err: String }
+
+    @discardableResult
+    func loom(_ args: [String], env: [String: String] = [:]) throws -> Result {
+        let p = try start(args, env: env)
+        let out = String(data: (p.standardOutput as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!
+        let err = String(data: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, out: out, err: err)
+    }
+
+    func start(_ args: [String], env: [String: String] = [:]) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: binary)
+        p.arguments = args
+        p.currentDirectoryURL = Self.repo
+        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
+        p.standardOutput = Pipe(); p.standardError = Pipe()
+        try p.run()
+        return p
+    }
+
+    func json(_ path: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+    }
+
+    func trainingLosses(_ run: String) throws -> [Int: String] {
+        var out: [Int: String] = [:]
+        for line in try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            if o["loss"] != nil {
+                // Compare the exact text: bit-identical floats print identically.
+                let text = String(line)
+                let loss = text[text.range(of: "\"loss\": ")!.upperBound...].prefix { $0 != "," }
+                out[o["step"] as! Int] = String(loss)
+            }
+        }
+        return out
+    }
+
+    func testDefaultRunReachesAccuracyAndWritesOutputs() throws {
+        let r = try loom(["train", "--out", work])
+        XCTAssertEqual(r.status, 0, r.err)
+        let run = work + "/mnist-cnn"
+        let summary = try json(run + "/summary.json")
+        XCTAssertGreaterThanOrEqual(summary["val_accuracy"] as! Double, 0.95)
+        XCTAssertLessThan(summary["wall_s"] as! Double, 90)
+        for f in ["metrics.jsonl", "loss.svg", "config.toml", "checkpoint.safetensors"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/" + f), f)
+        }
+        let first = try JSONSerialization.jsonObject(with: Data(try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8)
+            .split(separator: "\n")[0].utf8)) as! [String: Any]
+        for key in ["step", "epoch", "loss", "lr", "samples_per_s", "elapsed_s"] { XCTAssertNotNil(first[key], key) }
+        XCTAssertTrue(r.out.contains("val_accuracy"), r.out)
+        let e = try loom(["eval", "--checkpoint", run, "--json"])
+        XCTAssertEqual(e.status, 0, e.err)
+        XCTAssertEqual(try JSONSerialization.jsonObject(with: Data(e.out.utf8)) as! [String: Any] as NSDictionary?,
+                       ["step": summary["steps"]!, "val_loss": summary["val_loss"]!, "val_accuracy": summary["val_accuracy"]!] as NSDictionary)
+    }
+
+    /// A run stopped at step k and resumed logs the same losses, bit for bit, as the run
+    /// that was never stopped: GPT with dropout (generator state) and AdamW; CNN with
+    /// batch norm (running statistics) and Adam.
+    func testResumeIsBitExact() throws {
+        let gpt: [String] = ["--model", "gpt", "--steps", "40", "--batch-size", "8", "--out", work]
+        let cfg: String = work + "/tiny-gpt.toml"
+        try """
+        [model]
+        kind = "gpt"
+        layers = 1
+        d_model = 32
+        heads = 2
+        context = 32
+        dropout = 0.1
+        [data]
+        path = "data/shakespeare.txt"
+        [train]
+        optimizer = "adamw"
+        lr = 0.003
+        schedule = "cosine"
+        warmup_steps = 5
+        log_every = 1
+        eval_every = 15
+        eval_batches = 2
+        """.write(toFile: cfg, atomically: true, encoding: .utf8)
+        let cnn: [String] = ["--model", "cnn", "--steps", "30", "--out", work]
+        for (args, config) in [(gpt, [cfg]), (cnn, [])] {
+            let whole = try loom(["train"] + config + args + ["--name", "whole"])
+            XCTAssertEqual(whole.status, 0, whole.err)
+            let first = try loom(["train"] + config + args + ["--name", "split", "--stop-at", "17"])
+            XCTAssertEqual(first.status, 0, first.err)
+            let resumed = try loom(["train", "--resume", work + "/split"])
+            XCTAssertEqual(resumed.status, 0, resumed.err)
+            let a = try trainingLosses(work + "/whole"), b = try trainingLosses(work + "/split")
+            XCTAssertEqual(a.keys.max(), b.keys.max())
+            for step in a.keys.sorted() where step > 17 { XCTAssertEqual(a[step], b[step], "step \(step) of \(args[1])") }
+            try FileManager.default.removeItem(atPath: work + "/whole"); try FileManager.default.removeItem(atPath: work + "/split")
+        }
+    }
+
+    func testKillDuringCheckpointWriteLeavesPreviousCheckpointLoadable() throws {
+        let run = work + "/killed"
+        let p = try start(["train", "--model", "mlp", "--steps", "200", "--out", work, "--name", "killed"],
+                          env: ["LOOM_TEST_CHECKPOINT_PAUSE_MS": "1500"])
+        // First checkpoint completes (after its pause); wait for the second to be half written.
+        let deadline = Date().addingTimeInterval(60)
+        func tempFileExists() -> Bool {
+            ((try? FileManager.default.contentsOfDirectory(atPath: run)) ?? []).contains { $0.hasPrefix(".checkpoint.safetensors.tmp") }
+        }
+        while !FileManager.default.fileExists(atPath: run + "/checkpoint.safetensors") && Date() < deadline { usleep(20_000) }
+        while !tempFileExists() && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(tempFileExists(), "the second checkpoint write never started")
+        usleep(200_000)
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationReason, .uncaughtSignal)
+        let e = try loom(["eval", "--checkpoint", run, "--json"])
+        XCTAssertEqual(e.status, 0, "previous checkpoint not loadable: \(e.err)")
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(e.out.utf8)) as! [String: Any])["step"] as? Int, 31)
+        // Resuming from it works, and the stale temporary file is never read as a checkpoint.
+        let r = try loom(["train", "--resume", run, "--steps", "40"])
+        XCTAssertEqual(r.status, 0, r.err)
+    }
+
+    func testBadInputsGetOneLineErrorsAndNonZeroExit() throws {
+        func expectError(_ args: [String], contains: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let r = try loom(args)
+            XCTAssertNotEqual(r.status, 0, "\(args) succeeded", file: file, line: line)
+            let lines = r.err.split(separator: "\n")
+            XCTAssertEqual(lines.count, 1, "expected one line, got: \(r.err)", file: file, line: line)
+            XCTAssertTrue(r.err.contains(contains), "\(r.err) lacks \(contains)", file: file, line: line)
+        }
+        try expectError(["train", "--data", work + "/missing.csv", "--out", work], contains: "cannot open '\(work!)/missing.csv'")
+        try "1,2,3\n4,5\n".write(toFile: work + "/bad.csv", atomically: true, encoding: .utf8)
+        try expectError(["train", "--data", work + "/bad.csv", "--out", work], contains: "'\(work!)/bad.csv' line 1: expected 785 values")
+        try "[train]\nlearning_rate = 1\n".write(toFile: work + "/c.toml", atomically: true, encoding: .utf8)
+        try expectError(["train", work + "/c.toml"], contains: "unknown key 'train.learning_rate'; valid keys in [train]:")
+        try expectError(["train", work + "/nope.toml"], contains: "config '\(work!)/nope.toml': cannot read")
+        try expectError(["train", "--model", "rnn"], contains: "valid models are cnn, mlp, gpt")
+        let rows = (0..<20).map { i in (0..<100).map { _ in "1" }.joined(separator: ",") + ",\(i % 10)" }.joined(separator: "\n")
+        try (rows + "\n").write(toFile: work + "/small.csv", atomically: true, encoding: .utf8)
+        try expectError(["train", "--data", work + "/small.csv", "--out", work, "--batch-size", "4"],
+                        contains: "small.csv' line 1: expected 785 values (784 pixels + label), got 101")
+
+        // Checkpoints: build one, then damage copies of it.
+        XCTAssertEqual(try loom(["train", "--model", "mlp", "--steps", "5", "--out", work, "--name", "ok"]).status, 0)
+        let good = try Data(contentsOf: URL(fileURLWithPath: work + "/ok/checkpoint.safetensors"))
+        try good.prefix(good.count / 2).write(to: URL(fileURLWithPath: work + "/truncated.safetensors"))
+        try expectError(["eval", "--checkpoint", work + "/truncated.safetensors"], contains: "truncated")
+        try Data("not a checkpoint".utf8).write(to: URL(fileURLWithPath: work + "/foreign.safetensors"))
+        try expectError(["eval", "--checkpoint", work + "/foreign.safetensors"], contains: "not a safetensors file")
+        var corrupt = good; corrupt[corrupt.count - 10] ^= 0x55
+        try corrupt.write(to: URL(fileURLWithPath: work + "/corrupt.safetensors"))
+        try expectError(["eval", "--checkpoint", work + "/corrupt.safetensors"], contains: "checksum mismatch")
+        try expectError(["generate", "--checkpoint", work + "/ok"], contains: "is a mlp model; generate needs a gpt checkpoint")
+        try expectError(["train", "--resume", work + "/absent"], contains: "checkpoint '\(work!)/absent/checkpoint.safetensors': cannot read")
+        // A failed resume (bad data path) leaves the existing checkpoint as it was.
+        try expectError(["train", "--resume", work + "/ok", "--data", work + "/missing.csv"], contains: "cannot open")
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: work + "/ok/checkpoint.safetensors")), good)
+    }
+
+    func testCheckpointLoadsInPythonSafetensors() throws {
+        let probe = Process()
+        probe.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        probe.arguments = ["python3", "-c", "import safetensors.numpy"]
+        probe.standardError = Pipe()
+        try probe.run(); probe.waitUntilExit()
+        guard probe.terminationStatus == 0 else { throw XCTSkip("python3 with the safetensors package is not installed") }
+        XCTAssertEqual(try loom(["train", "--model", "mlp", "--steps", "3", "--out", work, "--name", "py"]).status, 0)
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        check.arguments = ["python3", "-c", """
+            import sys; from safetensors.numpy import load_file; from safetensors import safe_open
+            t = load_file(sys.argv[1]); m = safe_open(sys.argv[1], "np").metadata()
+            assert t["model.net.layers.0.weight"].shape == (512, 784), t["model.net.layers.0.weight"].shape
+            assert m["loom.step"] == "3", m
+            print(len(t))
+            """, work + "/py/checkpoint.safetensors"]
+        let out = Pipe(); check.standardOutput = out; check.standardError = Pipe()
+        try check.run(); check.waitUntilExit()
+        XCTAssertEqual(check.terminationStatus, 0, String(data: (check.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!)
+    }
+}
