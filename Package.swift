@@ -12,6 +12,8 @@ let package = Package(
         .library(name: "LoomCore", targets: ["LoomCore"]),
         .library(name: "LoomNN", targets: ["LoomNN"]),
         .library(name: "LoomData", targets: ["LoomData"]),
+        .library(name: "LoomDistributed", targets: ["LoomDistributed"]),
+        .library(name: "LoomParallel", targets: ["LoomParallel"]),
         .library(name: "LoomTrain", targets: ["LoomTrain"]),
         .executable(name: "loom", targets: ["loom"]),
     ],
@@ -25,8 +27,11 @@ let package = Package(
         .target(name: "LoomNN", dependencies: ["LoomCore"]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "LoomData", dependencies: ["LoomCore", "CZlib"]),
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),
+        .target(name: "LoomDistributed", dependencies: ["LoomCore", "CMPI"]),
+        .target(name: "LoomParallel", dependencies: ["LoomCore", "LoomNN", "LoomDistributed"]),
         .target(name: "LoomTrain", dependencies: [
-            "LoomCore", "LoomNN", "LoomData", "CZlib",
+            "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "CZlib",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .executableTarget(name: "loom", dependencies: [
@@ -36,6 +41,7 @@ let package = Package(
         .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),
         .testTarget(name: "LoomNNTests", dependencies: ["LoomCore", "LoomNN"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"]),
+        .testTarget(name: "LoomParallelTests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomParallel"]),
         .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomTrain"]),
     ],
     swiftLanguageModes: [.v5]

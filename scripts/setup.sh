@@ -4,7 +4,7 @@
 set -euo pipefail
 
 need=()
-for pkg in libopenblas-dev zlib1g-dev pkg-config; do
+for pkg in libopenblas-dev zlib1g-dev pkg-config libopenmpi-dev openmpi-bin; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

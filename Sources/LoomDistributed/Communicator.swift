@@ -1,0 +1,95 @@
+import LoomCore
+
+/// How a collective combines values across ranks.
+public enum ReduceKind: String, Sendable {
+    case sum
+    case average
+}
+
+/// A group of ranks that exchange tensors. Collectives must be called by every rank of
+/// the group, in the same order; point-to-point messages are matched by (peer, tag).
+///
+/// Two implementations: `MPICommunicator` (Open MPI, started by mpirun or Slurm) and
+/// `InProcessCommunicator` (ranks as threads of one process, for tests and single-machine
+/// runs without mpirun). Training code sees only this protocol.
+///
+/// Tensors are host (CPU) tensors; collectives work in place unless they say otherwise.
+public protocol Communicator: AnyObject, Sendable {
+    var rank: Int { get }
+    var size: Int { get }
+    /// Seconds a collective or receive may wait before the run fails with a message
+    /// naming the operation and the ranks it waited on.
+    var timeout: Double { get }
+
+    /// Starts `tensor = reduce(tensor over ranks)`; collectives run in the order started.
+    func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest
+    /// Rank `root`'s values into every rank's `tensor`.
+    func broadcast(_ tensor: Tensor, root: Int) throws
+    /// Every rank's `input` (all the same shape), concatenated in rank order into `output`.
+    func allGather(_ input: Tensor, into output: Tensor) throws
+    /// The reduction of `input` over ranks, of which this rank keeps chunk `rank` (of
+    /// `size` equal chunks) in `output`.
+    func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws
+    func send(_ tensor: Tensor, to peer: Int, tag: Int) throws
+    func receive(into tensor: Tensor, from peer: Int, tag: Int) throws
+    func barrier() throws
+    /// Sub-groups: ranks with the same `color` form one, ordered by `key` (MPI_Comm_split).
+    func split(color: Int, key: Int) throws -> Communicator
+}
+
+/// A collective in flight.
+public final class CommRequest: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private var error: Error?
+    private var finished = false
+    public let label: String
+
+    public init(label: String) { self.label = label }
+
+    func complete(_ error: Error?) {
+        self.error = error
+        finished = true
+        done.signal()
+    }
+
+    /// Blocks until the collective has completed; rethrows its failure.
+    public func wait() throws {
+        done.wait()
+        done.signal()  // later waits return at once
+        if let error { throw error }
+    }
+}
+
+extension Communicator {
+    public func allReduce(_ tensor: Tensor, _ op: ReduceKind = .sum, label: String = "all-reduce") throws {
+        try allReduceAsync(tensor, op, label: label).wait()
+    }
+
+    /// The mean of a host scalar over ranks (losses, metrics).
+    public func average(_ value: Double) throws -> Double {
+        let t = Tensor([Float(value)], shape: [1])
+        try allReduce(t, .average, label: "average")
+        return Double(t.item)
+    }
+
+    /// Sums of host scalars over ranks, in float64 (evaluation counts).
+    public func sum(_ values: [Double]) throws -> [Double] {
+        // Two floats per value (high and low part) keep integer counts exact past 2^24.
+        var parts: [Float] = []
+        for v in values { let hi = Float(v); parts += [hi, Float(v - Double(hi))] }
+        let t = Tensor(parts, shape: [parts.count])
+        try allReduce(t, .sum, label: "sum")
+        let r = t.floats
+        return (0..<values.count).map { Double(r[2 * $0]) + Double(r[2 * $0 + 1]) }
+    }
+}
+
+import Dispatch
+
+/// Failures of distributed operations. Messages name the rank, the operation and
+/// whom it waited on.
+public struct CommError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

@@ -1,0 +1,247 @@
+import Foundation
+import LoomCore
+
+/// Ranks as threads of one process, sharing memory: the same training code as under
+/// mpirun, in unit tests and on one machine.
+///
+/// Reductions are deterministic: rank r sums chunk r over ranks 0, 1, ..., n-1 in that
+/// order, and every rank copies the same result, so all ranks end bit-identical.
+public final class InProcessWorld: @unchecked Sendable {
+    public let size: Int
+    public let timeout: Double
+    fileprivate let lock = NSCondition()
+    fileprivate var arrived = 0
+    fileprivate var generation = 0
+    fileprivate var slots: [UnsafeMutableRawPointer?]
+    fileprivate var extra: [(color: Int, key: Int)]
+    fileprivate var mailbox: [MailKey: [[UInt8]]] = [:]
+    fileprivate var children: [Int: [Int: InProcessWorld]] = [:]  // split generation -> color -> world
+    fileprivate var failed: String?
+
+    public init(size: Int, timeout: Double = 120) {
+        self.size = size
+        self.timeout = timeout
+        slots = Array(repeating: nil, count: size)
+        extra = Array(repeating: (0, 0), count: size)
+        present = Array(repeating: false, count: size)
+    }
+
+    /// The communicator of each rank.
+    public func communicators() -> [InProcessCommunicator] {
+        (0..<size).map { InProcessCommunicator(world: self, rank: $0) }
+    }
+
+    /// Runs `body` on `size` threads, one per rank, and returns their results in rank
+    /// order. If one rank fails, the others' pending operations fail too (instead of
+    /// waiting for the timeout), and the first failure is rethrown.
+    public static func run<T>(size: Int, timeout: Double = 120, _ body: @escaping (InProcessCommunicator) throws -> T) throws -> [T] {
+        let world = InProcessWorld(size: size, timeout: timeout)
+        let comms = world.communicators()
+        let results = Box([Result<T, Error>?](repeating: nil, count: size))
+        let resultLock = NSLock()
+        let group = DispatchGroup()
+        for r in 0..<size {
+            group.enter()
+            let t = Thread {
+                let res = Result { try body(comms[r]) }
+                if case .failure(let e) = res { world.abort("rank \(r) failed: \(e)") }
+                resultLock.lock(); results.value[r] = res; resultLock.unlock()
+                group.leave()
+            }
+            t.stackSize = 16 << 20
+            t.start()
+        }
+        group.wait()
+        // Report the first failure in rank order, preferring a root cause over the
+        // "another rank failed" errors it caused.
+        let failures = results.value.compactMap { r -> Error? in if case .failure(let e)? = r { return e }; return nil }
+        if let root = failures.first(where: { !"\($0)".contains("aborted because") }) ?? failures.first { throw root }
+        return results.value.map { try! $0!.get() }
+    }
+
+    func abort(_ why: String) {
+        lock.lock(); if failed == nil { failed = why }; lock.broadcast(); lock.unlock()
+    }
+
+    /// Every rank arrives, then all leave together. Throws on timeout, naming the ranks
+    /// that did not arrive.
+    fileprivate func rendezvous(rank: Int, op: String) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        let gen = generation
+        arrived += 1
+        present[rank] = true
+        if arrived == size {
+            arrived = 0
+            generation += 1
+            for i in present.indices { present[i] = false }
+            lock.broadcast()
+            return
+        }
+        let deadline = Date().addingTimeInterval(timeout)
+        while generation == gen {
+            if let failed { throw CommError("rank \(rank): \(op) aborted because \(failed)") }
+            if !lock.wait(until: deadline) && generation == gen {
+                let missing = present.indices.filter { !present[$0] }
+                failed = "rank \(rank): \(op) timed out after \(Int(timeout)) s waiting for rank(s) \(missing.map(String.init).joined(separator: ", "))"
+                lock.broadcast()
+                throw CommError(failed!)
+            }
+        }
+    }
+
+    /// Which ranks have arrived at the current rendezvous (guarded by `lock`).
+    fileprivate var present: [Bool] = []
+}
+
+fileprivate struct MailKey: Hashable { let from: Int, to: Int, tag: Int }
+
+public final class InProcessCommunicator: Communicator, @unchecked Sendable {
+    public let rank: Int
+    public var size: Int { world.size }
+    public var timeout: Double { world.timeout }
+    let world: InProcessWorld
+    /// Collectives run here, one at a time, in the order they were started.
+    private let queue: DispatchQueue
+
+    init(world: InProcessWorld, rank: Int) {
+        self.world = world
+        self.rank = rank
+        queue = DispatchQueue(label: "loom.comm.rank\(rank)")
+    }
+
+    private func sync(_ op: String) throws {
+        try world.rendezvous(rank: rank, op: op)
+    }
+
+    /// Runs a collective on the rank's queue and waits for it.
+    private func blocking(_ label: String, _ body: @escaping () throws -> Void) throws {
+        var failure: Error?
+        queue.sync { do { try body() } catch { failure = error } }
+        if let failure { throw failure }
+    }
+
+    public func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
+        let request = CommRequest(label: label)
+        queue.async { [self] in
+            do { try reduce(tensor.ptr, count: tensor.count, op: op, label: label, scatterInto: nil) ; request.complete(nil) }
+            catch { request.complete(error) }
+        }
+        return request
+    }
+
+    /// Rank r sums chunk r over ranks in rank order into a scratch block; then every rank
+    /// copies all chunks (all-reduce) or only its own (reduce-scatter).
+    private func reduce(_ p: UnsafeMutablePointer<Float>, count n: Int, op: ReduceKind, label: String,
+                        scatterInto out: UnsafeMutablePointer<Float>?) throws {
+        let w = size
+        let chunk = (n + w - 1) / w
+        let lo = min(n, rank * chunk), hi = min(n, lo + chunk)
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(hi - lo, 1))
+        defer { scratch.deallocate() }
+        world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(p); world.lock.unlock()
+        try sync(label)
+        let inputs = (0..<w).map { world.slots[$0]!.assumingMemoryBound(to: Float.self) }
+        if hi > lo {
+            scratch.update(from: inputs[0] + lo, count: hi - lo)
+            for k in 1..<w { let src = inputs[k] + lo; for i in 0..<(hi - lo) { scratch[i] += src[i] } }
+            if op == .average { let s = 1 / Float(w); for i in 0..<(hi - lo) { scratch[i] *= s } }
+        }
+        try sync(label)  // everyone has read the inputs: now they may be overwritten
+        world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(scratch); world.lock.unlock()
+        try sync(label)
+        if let out {
+            if hi > lo { out.update(from: scratch, count: hi - lo) }
+        } else {
+            for k in 0..<w {
+                let klo = min(n, k * chunk), khi = min(n, klo + chunk)
+                if khi > klo { (p + klo).update(from: world.slots[k]!.assumingMemoryBound(to: Float.self), count: khi - klo) }
+            }
+        }
+        try sync(label)  // scratch blocks stay alive until every rank has copied
+    }
+
+    public func broadcast(_ tensor: Tensor, root: Int) throws {
+        try blocking("broadcast") { [self] in
+            world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(tensor.ptr); world.lock.unlock()
+            try sync("broadcast from rank \(root)")
+            if rank != root { tensor.ptr.update(from: world.slots[root]!.assumingMemoryBound(to: Float.self), count: tensor.count) }
+            try sync("broadcast from rank \(root)")
+        }
+    }
+
+    public func allGather(_ input: Tensor, into output: Tensor) throws {
+        guard output.count == input.count * size else {
+            throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
+        }
+        try blocking("all-gather") { [self] in
+            world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(input.ptr); world.lock.unlock()
+            try sync("all-gather")
+            for k in 0..<size {
+                (output.ptr + k * input.count).update(from: world.slots[k]!.assumingMemoryBound(to: Float.self), count: input.count)
+            }
+            try sync("all-gather")
+        }
+    }
+
+    public func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws {
+        guard input.count == output.count * size else {
+            throw CommError("rank \(rank): reduce-scatter of \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))")
+        }
+        try blocking("reduce-scatter") { [self] in
+            try reduce(input.ptr, count: input.count, op: op, label: "reduce-scatter", scatterInto: output.ptr)
+        }
+    }
+
+    public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {
+        let bytes = Array(UnsafeRawBufferPointer(start: tensor.ptr, count: tensor.count * 4))
+        world.lock.lock()
+        world.mailbox[MailKey(from: rank, to: peer, tag: tag), default: []].append(bytes)
+        world.lock.broadcast()
+        world.lock.unlock()
+    }
+
+    public func receive(into tensor: Tensor, from peer: Int, tag: Int) throws {
+        let key = MailKey(from: peer, to: rank, tag: tag)
+        let deadline = Date().addingTimeInterval(timeout)
+        world.lock.lock()
+        defer { world.lock.unlock() }
+        while world.mailbox[key]?.isEmpty ?? true {
+            if let failed = world.failed { throw CommError("rank \(rank): receive from rank \(peer) (tag \(tag)) aborted because \(failed)") }
+            if !world.lock.wait(until: deadline) && (world.mailbox[key]?.isEmpty ?? true) {
+                throw CommError("rank \(rank): receive from rank \(peer) (tag \(tag)) timed out after \(Int(timeout)) s")
+            }
+        }
+        let bytes = world.mailbox[key]!.removeFirst()
+        guard bytes.count == tensor.count * 4 else {
+            throw CommError("rank \(rank): message from rank \(peer) (tag \(tag)) has \(bytes.count / 4) floats, expected \(describe(tensor.shape))")
+        }
+        bytes.withUnsafeBytes { UnsafeMutableRawPointer(tensor.ptr).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+    }
+
+    public func barrier() throws { try blocking("barrier") { [self] in try sync("barrier") } }
+
+    public func split(color: Int, key: Int) throws -> Communicator {
+        var result: Communicator?
+        try blocking("split") { [self] in
+            world.lock.lock(); world.extra[rank] = (color, key); world.lock.unlock()
+            try sync("split")
+            world.lock.lock(); let all = world.extra; world.lock.unlock()
+            let members = (0..<size).filter { all[$0].color == color }.sorted { (all[$0].key, $0) < (all[$1].key, $1) }
+            // The first member creates the sub-world; the others pick it up after a sync.
+            let gen = world.generation
+            if members.first == rank {
+                world.lock.lock()
+                world.children[gen, default: [:]][color] = InProcessWorld(size: members.count, timeout: timeout)
+                world.lock.unlock()
+            }
+            try sync("split")
+            world.lock.lock()
+            let sub = world.children[gen]![color]!
+            world.lock.unlock()
+            result = InProcessCommunicator(world: sub, rank: members.firstIndex(of: rank)!)
+            try sync("split")
+        }
+        return result!
+    }
+}

@@ -1,0 +1,158 @@
+import CMPI
+import Foundation
+import LoomCore
+
+/// Open MPI behind the `Communicator` protocol, for runs started by `mpirun` (or
+/// `loom launch`, or Slurm's `srun`).
+///
+/// Every MPI call of a process runs on one worker thread, in the order issued
+/// (MPI_THREAD_SERIALIZED), so a non-blocking all-reduce started from backward proceeds
+/// while the training thread computes. A watchdog turns a collective that does not
+/// complete within `timeout` into a message naming the operation and an abort of the job.
+public final class MPICommunicator: Communicator, @unchecked Sendable {
+    public let rank: Int
+    public let size: Int
+    public let timeout: Double
+    private let comm: MPI_Comm
+    private let worker: SerialWorker
+
+    /// True when this process was started by an MPI launcher.
+    public static var launchedByMPI: Bool {
+        let env = ProcessInfo.processInfo.environment
+        return env["OMPI_COMM_WORLD_SIZE"] != nil || env["PMI_SIZE"] != nil || env["PMIX_RANK"] != nil
+    }
+
+    private static var initialized = false
+
+    /// Initialises MPI (once per process) and returns the world communicator.
+    public static func world(timeout: Double = 120) throws -> MPICommunicator {
+        let worker = SerialWorker(name: "loom-mpi")
+        var provided: Int32 = 0
+        var rc: Int32 = 0
+        worker.sync {
+            if !initialized {
+                rc = MPI_Init_thread(nil, nil, Int32(MPI_THREAD_SERIALIZED), &provided)
+                initialized = true
+            }
+        }
+        guard rc == MPI_SUCCESS else { throw CommError("MPI_Init_thread failed with code \(rc)") }
+        guard provided >= Int32(MPI_THREAD_SERIALIZED) else {
+            throw CommError("MPI provides thread level \(provided); Loom needs MPI_THREAD_SERIALIZED")
+        }
+        return MPICommunicator(comm: loom_mpi_comm_world(), worker: worker, timeout: timeout)
+    }
+
+    private init(comm: MPI_Comm, worker: SerialWorker, timeout: Double) {
+        var r: Int32 = 0, s: Int32 = 0
+        worker.sync { MPI_Comm_rank(comm, &r); MPI_Comm_size(comm, &s) }
+        self.comm = comm; self.worker = worker; self.timeout = timeout
+        rank = Int(r); size = Int(s)
+    }
+
+    /// Finalises MPI (call once, at the end of a run).
+    public func finalize() { worker.sync { _ = MPI_Finalize() } }
+
+    private func check(_ rc: Int32, _ op: String) throws {
+        guard rc == MPI_SUCCESS else { throw CommError("rank \(rank): \(op) failed with MPI error \(rc)") }
+    }
+
+    /// Runs `body` on the MPI thread under the watchdog.
+    private func run(_ op: String, _ body: @escaping () -> Int32) -> CommRequest {
+        let request = CommRequest(label: op)
+        worker.async { [self] in
+            let watch = Watchdog.start(after: timeout) { [rank, timeout] in
+                let msg = "loom: error: rank \(rank): \(op) did not complete within \(Int(timeout)) s (a rank died or stopped responding); aborting the job\n"
+                FileHandle.standardError.write(msg.data(using: .utf8)!)
+                MPI_Abort(loom_mpi_comm_world(), 1)
+            }
+            let rc = body()
+            watch.cancel()
+            do { try check(rc, op); request.complete(nil) } catch { request.complete(error) }
+        }
+        return request
+    }
+
+    public func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
+        let n = tensor.count, p = tensor.ptr, scale = 1 / Float(size)
+        return run(label) { [comm] in
+            let rc = MPI_Allreduce(loom_mpi_in_place(), p, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
+            if op == .average { for i in 0..<n { p[i] *= scale } }
+            return rc
+        }
+    }
+
+    public func broadcast(_ tensor: Tensor, root: Int) throws {
+        let n = tensor.count, p = tensor.ptr
+        try run("broadcast from rank \(root)") { [comm] in MPI_Bcast(p, Int32(n), loom_mpi_float(), Int32(root), comm) }.wait()
+    }
+
+    public func allGather(_ input: Tensor, into output: Tensor) throws {
+        guard output.count == input.count * size else {
+            throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
+        }
+        let n = input.count, pi = input.ptr, po = output.ptr
+        try run("all-gather") { [comm] in MPI_Allgather(pi, Int32(n), loom_mpi_float(), po, Int32(n), loom_mpi_float(), comm) }.wait()
+    }
+
+    public func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws {
+        guard input.count == output.count * size else {
+            throw CommError("rank \(rank): reduce-scatter of \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))")
+        }
+        let n = output.count, pi = input.ptr, po = output.ptr, scale = 1 / Float(size)
+        try run("reduce-scatter") { [comm] in
+            let rc = MPI_Reduce_scatter_block(pi, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
+            if op == .average { for i in 0..<n { po[i] *= scale } }
+            return rc
+        }.wait()
+    }
+
+    public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {
+        let n = tensor.count, p = tensor.ptr
+        try run("send to rank \(peer) (tag \(tag))") { [comm] in MPI_Send(p, Int32(n), loom_mpi_float(), Int32(peer), Int32(tag), comm) }.wait()
+    }
+
+    public func receive(into tensor: Tensor, from peer: Int, tag: Int) throws {
+        let n = tensor.count, p = tensor.ptr
+        try run("receive from rank \(peer) (tag \(tag))") { [comm] in
+            MPI_Recv(p, Int32(n), loom_mpi_float(), Int32(peer), Int32(tag), comm, loom_mpi_status_ignore())
+        }.wait()
+    }
+
+    public func barrier() throws {
+        try run("barrier") { [comm] in MPI_Barrier(comm) }.wait()
+    }
+
+    public func split(color: Int, key: Int) throws -> Communicator {
+        let box = Box<MPI_Comm?>(nil)
+        try run("split") { [comm] in MPI_Comm_split(comm, Int32(color), Int32(key), &box.value) }.wait()
+        guard let sub = box.value else { throw CommError("rank \(rank): MPI_Comm_split returned no communicator") }
+        return MPICommunicator(comm: sub, worker: worker, timeout: timeout)
+    }
+}
+
+final class Box<T>: @unchecked Sendable {
+    var value: T
+    init(_ value: T) { self.value = value }
+}
+
+/// A thread that runs closures one at a time, in order.
+final class SerialWorker: @unchecked Sendable {
+    private let queue: DispatchQueue
+    init(name: String) { queue = DispatchQueue(label: name) }
+    func async(_ body: @escaping () -> Void) { queue.async(execute: body) }
+    func sync(_ body: () -> Void) { queue.sync(execute: body) }
+}
+
+/// Calls `fire` unless cancelled within `seconds`.
+final class Watchdog: @unchecked Sendable {
+    private let item: DispatchWorkItem
+    private init(_ item: DispatchWorkItem) { self.item = item }
+
+    static func start(after seconds: Double, fire: @escaping () -> Void) -> Watchdog {
+        let item = DispatchWorkItem(block: fire)
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds, execute: item)
+        return Watchdog(item)
+    }
+
+    func cancel() { item.cancel() }
+}

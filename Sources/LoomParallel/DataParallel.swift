@@ -1,0 +1,113 @@
+import LoomCore
+import LoomDistributed
+import LoomNN
+
+/// Data parallelism in the manner of PyTorch's DistributedDataParallel: every rank holds
+/// the whole model and computes gradients on its shard of the global batch; gradients
+/// are averaged across ranks while backward is still running.
+///
+/// Gradients are packed into buckets of about `bucketBytes`, filled in reverse parameter
+/// order (backward produces the last layers' gradients first). The engine calls a hook as
+/// each parameter's gradient is final; when a bucket's last gradient arrives its
+/// all-reduce starts, and backward goes on computing the earlier layers meanwhile.
+/// `synchronize()` then waits for the buckets and hands each parameter its average.
+///
+/// Bucket layout and launch order are the same on every rank (they depend only on the
+/// parameter list and the graph), which collectives require.
+public final class DataParallel {
+    public let communicator: Communicator
+    public let parameters: [(name: String, tensor: Tensor)]
+    /// False during the first micro-steps of gradient accumulation: gradients then stay
+    /// local, and only the last micro-step's backward communicates.
+    public var syncGradients = true
+    /// Seconds the training thread spent blocked in `synchronize()` (communication that
+    /// backward did not hide), since the last `resetTimers()`.
+    public private(set) var waitSeconds = 0.0
+    private var buckets: [Bucket] = []
+    private var bucketOf: [ObjectIdentifier: (bucket: Int, slot: Int)] = [:]
+
+    final class Bucket {
+        let members: [Int]           // indices into parameters
+        let offsets: [Int]           // element offset of each member in `flat`
+        let flat: Tensor             // [total]
+        var pending: Int
+        var request: CommRequest?
+        init(members: [Int], offsets: [Int], flat: Tensor) {
+            self.members = members; self.offsets = offsets; self.flat = flat; pending = members.count
+        }
+    }
+
+    /// Broadcasts rank 0's parameters to every rank, then lays out the buckets.
+    public init(parameters: [(name: String, tensor: Tensor)], communicator: Communicator,
+                bucketBytes: Int = DataParallel.defaultBucketBytes) throws {
+        self.communicator = communicator
+        self.parameters = parameters
+        for (_, p) in parameters { try communicator.broadcast(p, root: 0) }
+
+        var current: [Int] = [], offsets: [Int] = [], size = 0
+        func close() {
+            guard !current.isEmpty, let backend = parameters.first?.tensor.backend else { return }
+            let flat = Tensor(uninitialized: [size], on: backend)
+            for (slot, i) in current.enumerated() { bucketOf[ObjectIdentifier(parameters[i].tensor)] = (buckets.count, slot) }
+            buckets.append(Bucket(members: current, offsets: offsets, flat: flat))
+            current = []; offsets = []; size = 0
+        }
+        for i in parameters.indices.reversed() {
+            current.append(i); offsets.append(size); size += parameters[i].tensor.count
+            if size * 4 >= bucketBytes { close() }
+        }
+        close()
+        for (_, p) in parameters {
+            p.onGradAccumulated = { [weak self] t in self?.gradientReady(t) }
+        }
+    }
+
+    /// 1 MiB: small enough that a model of a few MB is split into several buckets whose
+    /// all-reduces overlap backward (PyTorch's 25 MB default targets far larger models).
+    public static let defaultBucketBytes = 1 << 20
+
+    public var bucketCount: Int { buckets.count }
+
+    public func resetTimers() { waitSeconds = 0 }
+
+    private func gradientReady(_ p: Tensor) {
+        guard syncGradients, let (b, _) = bucketOf[ObjectIdentifier(p)] else { return }
+        let bucket = buckets[b]
+        bucket.pending -= 1
+        if bucket.pending == 0 { launch(b) }
+    }
+
+    private func launch(_ b: Int) {
+        let bucket = buckets[b]
+        guard bucket.request == nil else { return }
+        for (slot, i) in bucket.members.enumerated() {
+            let p = parameters[i].tensor
+            let dst = bucket.flat.view(p.shape, offset: bucket.offsets[slot])
+            if let g = p.grad { p.backend.copy(g, into: dst) } else { p.backend.fill(dst, value: 0) }
+        }
+        bucket.request = communicator.allReduceAsync(bucket.flat, .average, label: "all-reduce of gradient bucket \(b)")
+    }
+
+    /// Waits for every bucket's all-reduce (starting those whose parameters got no
+    /// gradient this step) and sets each parameter's gradient to the average over ranks.
+    public func synchronize() throws {
+        let t0 = monotonicSeconds()
+        defer { waitSeconds += monotonicSeconds() - t0 }
+        for b in buckets.indices where buckets[b].request == nil { launch(b) }
+        for bucket in buckets {
+            try bucket.request!.wait()
+            bucket.request = nil
+            bucket.pending = bucket.members.count
+            for (slot, i) in bucket.members.enumerated() {
+                let p = parameters[i].tensor
+                // A copy, not a view: the bucket is refilled by the next step's backward.
+                let g = p.empty()
+                p.backend.copy(bucket.flat.view(p.shape, offset: bucket.offsets[slot]), into: g)
+                p.grad = g
+            }
+        }
+    }
+
+    /// Detaches the hooks (the parameters go back to plain local gradients).
+    public func detach() { for (_, p) in parameters { p.onGradAccumulated = nil } }
+}

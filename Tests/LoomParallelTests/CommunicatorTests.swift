@@ -1,0 +1,58 @@
+import XCTest
+import LoomCore
+import LoomDistributed
+
+final class CommunicatorTests: XCTestCase {
+    func testCollectivesInProcess() throws {
+        let out = try InProcessWorld.run(size: 3) { comm -> [[Float]] in
+            let r = Float(comm.rank)
+            let a = Tensor([r, 10 * r, 1], shape: [3])
+            try comm.allReduce(a, .sum)
+            let b = Tensor([r + 1, 2], shape: [2])
+            try comm.allReduce(b, .average)
+            let c = Tensor([r, r], shape: [2])
+            try comm.broadcast(c, root: 2)
+            let g = Tensor.zeros([6])
+            try comm.allGather(Tensor([r, -r], shape: [2]), into: g)
+            let s = Tensor.zeros([2])
+            try comm.reduceScatter(Tensor([1, 2, 3, 4, 5, 6].map { $0 * (r + 1) }, shape: [6]), into: s, .sum)
+            return [a.floats, b.floats, c.floats, g.floats, s.floats]
+        }
+        for (rank, r) in out.enumerated() {
+            XCTAssertEqual(r[0], [3, 30, 3])
+            XCTAssertEqual(r[1], [2, 2])
+            XCTAssertEqual(r[2], [2, 2])
+            XCTAssertEqual(r[3], [0, 0, 1, -1, 2, -2])
+            let chunk: [Float] = [[1, 2], [3, 4], [5, 6]][rank]
+            XCTAssertEqual(r[4], chunk.map { $0 * 6 })
+        }
+    }
+
+    func testPointToPointSplitAndAsyncOrder() throws {
+        let out = try InProcessWorld.run(size: 4) { comm -> [Float] in
+            // Pairs (0,1) and (2,3); inside each pair, the rank with the larger world rank first.
+            let sub = try comm.split(color: comm.rank / 2, key: -comm.rank)
+            let t = Tensor([Float(comm.rank)], shape: [1])
+            let reqs = (0..<3).map { _ in sub.allReduceAsync(t, .sum, label: "x") }
+            for r in reqs { try r.wait() }  // three sums in order: s, 2s, 4s (s = the pair's sum)
+            if comm.rank == 0 { try comm.send(Tensor([42, 43], shape: [2]), to: 3, tag: 7) }
+            let got = Tensor.zeros([2])
+            if comm.rank == 3 { try comm.receive(into: got, from: 0, tag: 7) }
+            return [Float(sub.rank), Float(sub.size), t.item, got.floats[1]]
+        }
+        XCTAssertEqual(out[0], [1, 2, 4 * 1, 0])  // pair {0, 1}: s = 1; world rank 0 has key 0 > -1, so sub-rank 1
+        XCTAssertEqual(out[1][0], 0)
+        XCTAssertEqual(out[3], [0, 2, 4 * 5, 43])
+    }
+
+    func testDeadRankGivesAMessageNamingTheOperationNotAHang() {
+        let start = Date()
+        XCTAssertThrowsError(try InProcessWorld.run(size: 2, timeout: 1) { comm -> Void in
+            if comm.rank == 1 { return }  // rank 1 "dies": never joins the all-reduce
+            try comm.allReduce(Tensor.ones([4]), .sum, label: "all-reduce of gradient bucket 0")
+        }) { e in
+            XCTAssertTrue("\(e)".contains("rank 0: all-reduce of gradient bucket 0 timed out after 1 s waiting for rank(s) 1"), "\(e)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+    }
+}

@@ -1,0 +1,87 @@
+import XCTest
+import LoomCore
+import LoomDistributed
+import LoomNN
+import LoomParallel
+
+/// Exactness proves parallelism: data parallel training with global batch B over N ranks
+/// reproduces the single-process losses with batch B.
+final class DataParallelTests: XCTestCase {
+    enum Kind { case mlp, gpt }
+
+    /// Fixed global batches, a pure function of the step.
+    func batch(_ kind: Kind, step: Int, rows: Range<Int>) -> (Tensor, Tensor) {
+        var rng = Philox(seed: 77).derived(UInt64(step))
+        switch kind {
+        case .mlp:
+            let x = (0..<(16 * 784)).map { _ in rng.nextFloat() }, y = (0..<16).map { _ in Int32(rng.nextInt(below: 10)) }
+            return (Tensor(Array(x[(rows.lowerBound * 784)..<(rows.upperBound * 784)]), shape: [rows.count, 784]),
+                    Tensor(indices: Array(y[rows]), shape: [rows.count]))
+        case .gpt:
+            let t = (0..<(8 * 33)).map { _ in Int32(rng.nextInt(below: 64)) }
+            var x: [Int32] = [], y: [Int32] = []
+            for r in rows { x += t[(r * 33)..<(r * 33 + 32)]; y += t[(r * 33 + 1)..<(r * 33 + 33)] }
+            return (Tensor(indices: x, shape: [rows.count, 32]), Tensor(indices: y, shape: [rows.count, 32]))
+        }
+    }
+
+    /// Per-step global losses of 20 steps on `ranks` ranks (1: plain single process).
+    func losses(_ kind: Kind, ranks: Int, steps: Int = 20) throws -> [Float] {
+        let global = kind == .mlp ? 16 : 8
+        let run = { (comm: Communicator?) throws -> [Float] in
+            let backend = CPUBackend(threads: 1)
+            let model: Module
+            let loss: (Tensor, Tensor) throws -> Tensor
+            switch kind {
+            case .mlp:
+                let m = MLP(sizes: [784, 64, 10], seed: 5, on: backend); model = m
+                loss = { try m($0).crossEntropy(targets: $1) }
+            case .gpt:
+                let m = try GPT(GPTConfig(vocabSize: 64, contextLength: 32, layers: 2, dModel: 32, heads: 2, dropout: 0), seed: 5, on: backend)
+                model = m
+                loss = { try m.loss(tokens: $0, targets: $1) }
+            }
+            let opt: Optimizer = kind == .mlp ? SGD(model.namedParameters(), lr: 0.05, momentum: 0.9) : Adam.adamW(model.namedParameters(), lr: 3e-3)
+            let dp = try comm.map { try DataParallel(parameters: model.namedParameters(), communicator: $0, bucketBytes: 16 << 10) }
+            let rank = comm?.rank ?? 0, size = comm?.size ?? 1
+            let local = global / size
+            var out: [Float] = []
+            for step in 0..<steps {
+                let (x, y) = self.batch(kind, step: step, rows: (rank * local)..<((rank + 1) * local))
+                let xb = Tensor(uninitialized: x.shape, dtype: x.dtype, on: backend); xb.backend.copy(x, into: xb)
+                let yb = Tensor(uninitialized: y.shape, dtype: y.dtype, on: backend); yb.backend.copy(y, into: yb)
+                opt.zeroGrad()
+                let l = try loss(xb, yb)
+                try l.backward()
+                try dp?.synchronize()
+                try opt.step()
+                out.append(try comm.map { Float(try $0.average(Double(l.item))) } ?? l.item)
+            }
+            return out
+        }
+        if ranks == 1 { return try run(nil) }
+        let all = try InProcessWorld.run(size: ranks) { try run($0) }
+        XCTAssertEqual(Set(all.map { $0 }).count, 1, "ranks disagree on the global loss")
+        return all[0]
+    }
+
+    func assertClose(_ a: [Float], _ b: [Float], _ what: String) {
+        XCTAssertEqual(a.count, b.count)
+        for (i, (x, y)) in zip(a, b).enumerated() {
+            XCTAssertLessThanOrEqual(abs(x - y) / max(abs(x), 1e-6), 1e-5, "\(what) step \(i): \(x) vs \(y)")
+        }
+    }
+
+    func testMLPDataParallelMatchesSingleProcess() throws {
+        let single = try losses(.mlp, ranks: 1)
+        XCTAssertLessThan(single.last!, single.first!, "training should make progress")
+        assertClose(try losses(.mlp, ranks: 2), single, "mlp dp2")
+        assertClose(try losses(.mlp, ranks: 4), single, "mlp dp4")
+    }
+
+    func testGPTDataParallelMatchesSingleProcess() throws {
+        let single = try losses(.gpt, ranks: 1)
+        assertClose(try losses(.gpt, ranks: 2), single, "gpt dp2")
+        assertClose(try losses(.gpt, ranks: 4), single, "gpt dp4")
+    }
+}
