@@ -36,6 +36,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             }
         }
         guard rc == MPI_SUCCESS else { throw CommError("MPI_Init_thread failed with code \(rc)") }
+        OperationNote.installTerminationHandler()
         guard provided >= Int32(MPI_THREAD_SERIALIZED) else {
             throw CommError("MPI provides thread level \(provided); Loom needs MPI_THREAD_SERIALIZED")
         }
@@ -52,6 +53,12 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     /// Finalises MPI (call once, at the end of a run).
     public func finalize() { worker.sync { _ = MPI_Finalize() } }
 
+    /// Ends every rank of the job (after a failure on this one).
+    public func abort(code: Int32 = 1) -> Never {
+        MPI_Abort(loom_mpi_comm_world(), code)
+        exit(code)
+    }
+
     private func check(_ rc: Int32, _ op: String) throws {
         guard rc == MPI_SUCCESS else { throw CommError("rank \(rank): \(op) failed with MPI error \(rc)") }
     }
@@ -60,6 +67,8 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     private func run(_ op: String, _ body: @escaping () -> Int32) -> CommRequest {
         let request = CommRequest(label: op)
         worker.async { [self] in
+            OperationNote.set("rank \(rank): \(op)")
+            defer { OperationNote.set("rank \(rank): idle between collectives") }
             let watch = Watchdog.start(after: timeout) { [rank, timeout] in
                 let msg = "loom: error: rank \(rank): \(op) did not complete within \(Int(timeout)) s (a rank died or stopped responding); aborting the job\n"
                 FileHandle.standardError.write(msg.data(using: .utf8)!)
@@ -155,4 +164,33 @@ final class Watchdog: @unchecked Sendable {
     }
 
     func cancel() { item.cancel() }
+}
+
+/// What this rank's MPI thread is doing, for the message printed when the launcher
+/// terminates the job (mpirun sends SIGTERM to every rank once one has died). The
+/// handler only calls write(2) and _exit(2), which are async-signal-safe.
+enum OperationNote {
+    nonisolated(unsafe) static var buffer: UnsafeMutablePointer<CChar> = {
+        let b = UnsafeMutablePointer<CChar>.allocate(capacity: 512)
+        b.initialize(repeating: 0, count: 512)
+        return b
+    }()
+
+    static func set(_ text: String) {
+        let bytes = Array(text.utf8.prefix(500))
+        for (i, c) in bytes.enumerated() { buffer[i] = CChar(bitPattern: c) }
+        buffer[bytes.count] = 0
+    }
+
+    static func installTerminationHandler() {
+        _ = buffer  // initialise before any signal can arrive
+        set("starting")
+        signal(SIGTERM) { _ in
+            let head = "loom: error: stopped by the launcher (another rank exited or was killed) at: "
+            _ = head.withCString { write(2, $0, strlen($0)) }
+            _ = write(2, OperationNote.buffer, strlen(OperationNote.buffer))
+            _ = write(2, "\n", 1)
+            _exit(1)
+        }
+    }
 }

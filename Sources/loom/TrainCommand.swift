@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LoomCore
+import LoomDistributed
 import LoomTrain
 
 struct TrainCommand: ParsableCommand {
@@ -46,8 +47,10 @@ struct TrainCommand: ParsableCommand {
     var resume: String?
     @Option(name: .customLong("stop-at"), help: "Stop after this step, with a checkpoint, as if interrupted (resume later).")
     var stopAt: Int?
-    @Option(help: "CPU threads (default: all cores or LOOM_THREADS).")
+    @Option(help: "CPU threads per rank (default: all cores or LOOM_THREADS, divided among in-process ranks).")
     var threads: Int?
+    @Option(help: "Data-parallel ranks. Under mpirun/srun/loom launch: the number of processes; otherwise that many ranks as threads of this process.")
+    var dp: Int?
 
     func run() throws {
         try runReportingErrors {
@@ -77,21 +80,58 @@ struct TrainCommand: ParsableCommand {
             if let seed { c.seed = seed }
             if let out { c.out = out }
             if let name { c.name = name }
-            let backend = threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared
-            let trainer = try Trainer(config: c, backend: backend, resume: resume)
-            trainer.stopAt = stopAt
-            let s = try trainer.run()
+            if let dp { c.dp = dp }
+            let (s, directory) = try runTraining(c)
+            guard let s else { return }  // not rank 0
             var line = String(format: "done: %d steps, train_loss %.4f, val_loss %.4f", s.steps, s.trainLoss, s.validationLoss)
             if let a = s.validationAccuracy { line += String(format: ", val_accuracy %.2f%%", 100 * a) }
-            line += String(format: ", %.0f %@, %.1f s -> %@/", s.throughput, s.unit, s.wallSeconds, trainer.runDirectory)
+            line += String(format: ", %.0f %@, %.1f s -> %@/", s.throughput, s.unit, s.wallSeconds, directory)
             print(line)
         }
+    }
+
+    /// One process, N in-process ranks, or this process's rank of an MPI job. Returns
+    /// rank 0's summary (nil on other ranks).
+    func runTraining(_ c: TrainConfig) throws -> (RunSummary?, String) {
+        if MPICommunicator.launchedByMPI {
+            let world = try MPICommunicator.world(timeout: Double(c.timeoutSeconds))
+            guard dp == nil || dp == world.size else {
+                throw LoomError.config("--dp \(dp!) but the launcher started \(world.size) processes")
+            }
+            do {
+                let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared,
+                                          resume: resume, communicator: world)
+                trainer.stopAt = stopAt
+                let s = try trainer.run()
+                world.finalize()
+                return (world.rank == 0 ? s : nil, trainer.runDirectory)
+            } catch {
+                FileHandle.standardError.write("loom: error: rank \(world.rank): \(error)\n".data(using: .utf8)!)
+                world.abort()
+            }
+        }
+        if c.dp > 1 {
+            let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / c.dp)
+            let results = try InProcessWorld.run(size: c.dp, timeout: Double(c.timeoutSeconds)) { comm -> (RunSummary, String) in
+                let trainer = try Trainer(config: c, backend: CPUBackend(threads: perRank), resume: resume, communicator: comm)
+                trainer.stopAt = stopAt
+                defer { trainer.finish() }
+                return (try trainer.run(), trainer.runDirectory)
+            }
+            return (results[0].0, results[0].1)
+        }
+        let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared, resume: resume)
+        trainer.stopAt = stopAt
+        return (try trainer.run(), trainer.runDirectory)
     }
 }
 
 /// Prints a LoomError as one line on stderr and exits non-zero (no stack trace).
 func runReportingErrors(_ body: () throws -> Void) throws {
     do { try body() } catch let e as LoomError {
+        FileHandle.standardError.write("loom: error: \(e)\n".data(using: .utf8)!)
+        throw ExitCode(1)
+    } catch let e as CommError {
         FileHandle.standardError.write("loom: error: \(e)\n".data(using: .utf8)!)
         throw ExitCode(1)
     }

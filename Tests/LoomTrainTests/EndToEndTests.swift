@@ -1,73 +1,8 @@
 import Foundation
 import XCTest
 
-/// Runs the real `loom` binary, as a user would.
-final class EndToEndTests: XCTestCase {
-    var work: String!
-
-    override func setUp() {
-        work = NSTemporaryDirectory() + "loom-e2e-\(UUID().uuidString)"
-        try! FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-    }
-
-    override func tearDown() { try? FileManager.default.removeItem(atPath: work) }
-
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    /// The loom executable built next to this test bundle.
-    var binary: String {
-        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for candidate in [dir, dir.deletingLastPathComponent()] {
-            let p = candidate.appendingPathComponent("loom").path
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-        for c in ["release", "debug"] {
-            let p = Self.repo.appendingPathComponent(".build/\(c)/loom").path
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
-        }
-        return "loom"
-    }
-
-    struct Result { var status: Int32; var out: String; var err: String }
-
-    @discardableResult
-    func loom(_ args: [String], env: [String: String] = [:]) throws -> Result {
-        let p = try start(args, env: env)
-        let out = String(data: (p.standardOutput as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!
-        let err = String(data: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, out: out, err: err)
-    }
-
-    func start(_ args: [String], env: [String: String] = [:]) throws -> Process {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: binary)
-        p.arguments = args
-        p.currentDirectoryURL = Self.repo
-        p.environment = ProcessInfo.processInfo.environment.merging(env) { $1 }
-        p.standardOutput = Pipe(); p.standardError = Pipe()
-        try p.run()
-        return p
-    }
-
-    func json(_ path: String) throws -> [String: Any] {
-        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
-    }
-
-    func trainingLosses(_ run: String) throws -> [Int: String] {
-        var out: [Int: String] = [:]
-        for line in try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n") {
-            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
-            if o["loss"] != nil {
-                // Compare the exact text: bit-identical floats print identically.
-                let text = String(line)
-                let loss = text[text.range(of: "\"loss\": ")!.upperBound...].prefix { $0 != "," }
-                out[o["step"] as! Int] = String(loss)
-            }
-        }
-        return out
-    }
-
+/// `loom train`, `eval` and `generate` end to end.
+final class EndToEndTests: CLITestCase {
     func testDefaultRunReachesAccuracyAndWritesOutputs() throws {
         let r = try loom(["train", "--out", work])
         XCTAssertEqual(r.status, 0, r.err)

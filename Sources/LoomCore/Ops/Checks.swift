@@ -4,7 +4,9 @@
 @inline(__always)
 func requireSameDevice(_ op: String, _ tensors: Tensor...) throws {
     guard let first = tensors.first else { return }
-    for t in tensors.dropFirst() where t.backend !== first.backend {
+    // Compared by device, not backend object: CPU backends with different thread
+    // counts (one per in-process rank) share host memory.
+    for t in tensors.dropFirst() where t.device != first.device {
         throw LoomError.deviceMismatch("\(op): tensors on \(first.device) and \(t.device)")
     }
 }

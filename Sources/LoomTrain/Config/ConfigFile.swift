@@ -77,6 +77,9 @@ public enum ConfigFile {
         int("train", "log_every", "steps between metric lines", min: 1, \.logEvery),
         int("train", "eval_every", "steps between evaluations (0: each epoch)", \.evalEvery),
         int("train", "eval_batches", "validation batches per evaluation (0: all)", \.evalBatches),
+        int("parallel", "dp", "data-parallel ranks", min: 1, \.dp),
+        int("parallel", "bucket_kb", "gradient all-reduce bucket size in KiB", min: 1, \.bucketKB),
+        int("parallel", "timeout_s", "seconds a collective may wait before the run fails", min: 1, \.timeoutSeconds),
         string("run", "out", "directory that holds run directories", \.out),
         string("run", "name", "run directory name", \.name),
     ]
@@ -130,6 +133,9 @@ public enum ConfigFile {
         if c.steps == 0 && c.epochs == 0 { throw LoomError.config("set train.steps or train.epochs (both are 0)") }
         if c.model == "gpt" && c.dModel % c.heads != 0 {
             throw LoomError.config("model.d_model \(c.dModel) must be divisible by model.heads \(c.heads)")
+        }
+        if c.batchSize % c.dp != 0 {
+            throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly across parallel.dp = \(c.dp) ranks")
         }
         if c.dropout >= 1 { throw LoomError.config("model.dropout must be below 1, got \(c.dropout)") }
         if c.validationFraction <= 0 || c.validationFraction >= 1 {

@@ -33,6 +33,10 @@ public struct TrainConfig: Equatable, Sendable {
     public var logEvery = 10
     public var evalEvery = 0            // 0: every epoch
     public var evalBatches = 0          // 0: the whole validation split
+    // [parallel]
+    public var dp = 1                   // data-parallel ranks (under mpirun: the world size)
+    public var bucketKB = 1024          // gradient bucket size
+    public var timeoutSeconds = 120     // a collective that waits longer fails the run
     // [run]
     public var out = "runs"
     public var name = ""                // "": derived from the config file's name

@@ -7,7 +7,11 @@ public final class Progress {
     public let interactive: Bool
     private var lastDraw = 0.0
 
-    public init(total: Int, interactive: Bool = isatty(STDOUT_FILENO) == 1) {
+    /// Interactive on a terminal; not under an MPI launcher, which hands ranks a pty
+    /// but forwards their output line by line.
+    public init(total: Int, interactive: Bool = isatty(STDOUT_FILENO) == 1
+                    && ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] == nil
+                    && ProcessInfo.processInfo.environment["PMI_SIZE"] == nil) {
         self.total = total
         self.interactive = interactive
     }

@@ -13,6 +13,10 @@ public struct MetricRecord: Equatable {
     public var throughputUnit: String
     public var validationLoss: Double?
     public var validationAccuracy: Double?
+    /// Data parallel runs: seconds of the log window spent computing, and blocked waiting
+    /// for gradient all-reduces that backward did not hide.
+    public var computeSeconds: Double?
+    public var commWaitSeconds: Double?
 
     public var json: String {
         var f = ["\"step\": \(step)", "\"epoch\": \(String(format: "%.4f", epoch))"]
@@ -21,6 +25,8 @@ public struct MetricRecord: Equatable {
         if let throughput { f.append("\"\(throughputUnit == "tokens/s" ? "tokens_per_s" : "samples_per_s")\": \(String(format: "%.1f", throughput))") }
         if let validationLoss { f.append("\"val_loss\": \(validationLoss)") }
         if let validationAccuracy { f.append("\"val_accuracy\": \(validationAccuracy)") }
+        if let computeSeconds { f.append("\"compute_s\": \(String(format: "%.4f", computeSeconds))") }
+        if let commWaitSeconds { f.append("\"comm_wait_s\": \(String(format: "%.4f", commWaitSeconds))") }
         f.append("\"elapsed_s\": \(String(format: "%.3f", elapsedSeconds))")
         return "{" + f.joined(separator: ", ") + "}"
     }

@@ -1,7 +1,9 @@
 import Foundation
 import LoomCore
 import LoomData
+import LoomDistributed
 import LoomNN
+import LoomParallel
 
 /// The result of a run, as summary.json records it.
 public struct RunSummary {
@@ -37,10 +39,19 @@ public final class Trainer {
     /// Stop (after checkpointing) once this step is done, as if interrupted.
     public var stopAt: Int?
     public var quiet = false
+    /// The data-parallel group (nil: one process).
+    public let communicator: Communicator?
+    private let dataParallel: DataParallel?
+    private var rank: Int { communicator?.rank ?? 0 }
+    private var isLeader: Bool { rank == 0 }
 
-    /// A new run, or a resumed one when `resume` names a run directory.
-    public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil) throws {
+    /// A new run, or a resumed one when `resume` names a run directory. With a
+    /// communicator of N ranks, this is one rank of an N-way data-parallel run: call `run()`
+    /// on every rank.
+    public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil,
+                communicator: Communicator? = nil) throws {
         var c = config
+        if let communicator { c.dp = communicator.size }
         c.data = resolveDataPath(c.data)
         if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
         try ConfigFile.validate(c)
@@ -56,6 +67,14 @@ public final class Trainer {
             runDirectory = c.out + "/" + (c.name.isEmpty ? "run" : c.name)
         }
         self.config = c
+        self.communicator = communicator
+        // Every rank starts from rank 0's parameters (broadcast inside).
+        let params = setup.task.module.namedParameters()
+        if let comm = communicator, comm.size > 1 {
+            dataParallel = try DataParallel(parameters: params, communicator: comm, bucketBytes: c.bucketKB << 10)
+        } else {
+            dataParallel = nil
+        }
     }
 
     /// Steps completed (including those before a resume).
@@ -74,11 +93,15 @@ public final class Trainer {
 
     @discardableResult
     public func run() throws -> RunSummary {
-        try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        try writeTextAtomically(ConfigFile.render(config), to: runDirectory + "/config.toml")
         let resumed = state.step > 0
-        let log = try MetricsLog(path: runDirectory + "/metrics.jsonl", keepThrough: resumed ? state.step : nil)
-        let sampler = try EpochSampler(count: setup.train.count, globalBatch: config.batchSize, seed: UInt64(config.seed))
+        var log: MetricsLog?
+        if isLeader {
+            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+            try writeTextAtomically(ConfigFile.render(config), to: runDirectory + "/config.toml")
+            log = try MetricsLog(path: runDirectory + "/metrics.jsonl", keepThrough: resumed ? state.step : nil)
+        }
+        let sampler = try EpochSampler(count: setup.train.count, globalBatch: config.batchSize, seed: UInt64(config.seed),
+                                       rank: rank, worldSize: communicator?.size ?? 1)
         let end = min(totalSteps, stopAt ?? totalSteps)
         let loader = PrefetchLoader(dataset: setup.train, sampler: sampler, start: state.step, end: end)
         defer { loader.stop() }
@@ -89,12 +112,15 @@ public final class Trainer {
         let startStep = state.step, startElapsed = state.elapsedSeconds
         let t0 = monotonicSeconds()
         var windowStart = t0, windowSteps = 0
+        dataParallel?.resetTimers()
         var lastLoss: Float = .nan
         var lastEval: (loss: Double, accuracy: Double?)?
+        let quiet = self.quiet || !isLeader
         if !quiet {
             progress.note("loom train \(config.name): \(config.model), \(setup.task.module.parameterCount) parameters, "
                 + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
-                + (resumed ? ", resuming at step \(startStep)" : "") + " -> \(runDirectory)/")
+                + (resumed ? ", resuming at step \(startStep)" : "")
+                + ((communicator?.size ?? 1) > 1 ? ", data parallel over \(communicator!.size) ranks" : "") + " -> \(runDirectory)/")
         }
 
         setup.task.module.train()
@@ -105,6 +131,7 @@ public final class Trainer {
             setup.optimizer.zeroGrad()
             let loss = try setup.task.loss(inputs: batch.inputs, targets: batch.targets)
             try loss.backward()
+            try dataParallel?.synchronize()
             if config.gradClip > 0 { clipGradNorm(setup.task.module.parameters, maxNorm: Float(config.gradClip)) }
             try setup.optimizer.step()
             lastLoss = loss.item
@@ -118,9 +145,18 @@ public final class Trainer {
             let epoch = Double(state.step) / Double(stepsPerEpoch)
             let isLog = state.step % config.logEvery == 0 || state.step == end
             if isLog {
-                let rate = Double(windowSteps * itemsPerStep) / max(now - windowStart, 1e-9)
-                log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, loss: lastLoss, lr: lr,
-                                        throughput: rate, throughputUnit: unit))
+                // The logged loss is the global batch's: the mean of the ranks' shard means.
+                if let comm = communicator, comm.size > 1 { lastLoss = Float(try comm.average(Double(lastLoss))) }
+                let window = now - windowStart
+                let rate = Double(windowSteps * itemsPerStep) / max(window, 1e-9)
+                var record = MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, loss: lastLoss, lr: lr,
+                                          throughput: rate, throughputUnit: unit)
+                if let dp = dataParallel {
+                    record.commWaitSeconds = dp.waitSeconds
+                    record.computeSeconds = window - dp.waitSeconds
+                    dp.resetTimers()
+                }
+                log?.append(record)
                 windowStart = now; windowSteps = 0
             }
             if !quiet {
@@ -132,10 +168,13 @@ public final class Trainer {
                 let e = try evaluate(full: state.step == totalSteps)
                 lastEval = e
                 state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
-                log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
-                                        validationLoss: e.loss, validationAccuracy: e.accuracy))
-                try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, state: state)
-                try writePlot(log)
+                if let log {
+                    log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
+                                            validationLoss: e.loss, validationAccuracy: e.accuracy))
+                    // Written once, by rank 0: every rank holds the same parameters and state.
+                    try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, state: state)
+                    try writePlot(log)
+                }
                 if !quiet {
                     progress.note(String(format: "step %d: val_loss %.4f", state.step, e.loss)
                                   + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? "") + " (checkpoint saved)")
@@ -149,7 +188,7 @@ public final class Trainer {
                                  trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
                                  throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
                                  wallSeconds: state.elapsedSeconds, parameters: setup.task.module.parameterCount)
-        try writeTextAtomically(summary.json, to: runDirectory + "/summary.json")
+        if isLeader { try writeTextAtomically(summary.json, to: runDirectory + "/summary.json") }
         return summary
     }
 
@@ -165,13 +204,21 @@ public final class Trainer {
         var batches = (data.count + batch - 1) / batch  // the last batch may be partial
         if config.evalBatches > 0 && !full { batches = min(batches, config.evalBatches) }
         var lossSum = 0.0, correct = 0, count = 0
-        for b in 0..<batches {
+        let ranks = communicator?.size ?? 1
+        for b in stride(from: rank, to: batches, by: ranks) {  // each rank evaluates every ranks-th batch
             let xy = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
             let r = try setup.task.evaluate(inputs: xy.inputs, targets: xy.targets)
             lossSum += r.lossSum; correct += r.correct; count += r.count
         }
+        if let comm = communicator, comm.size > 1 {
+            let sums = try comm.sum([lossSum, Double(correct), Double(count)])
+            lossSum = sums[0]; correct = Int(sums[1].rounded()); count = Int(sums[2].rounded())
+        }
         return (lossSum / Double(max(count, 1)), config.isLanguageModel ? nil : Double(correct) / Double(max(count, 1)))
     }
+
+    /// Detaches data-parallel hooks (the trainer's parameters become plain again).
+    public func finish() { dataParallel?.detach() }
 
     private func writePlot(_ log: MetricsLog) throws {
         let train = log.records.compactMap { r in r.loss.map { (r.step, Double($0)) } }

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import LoomCore
+
+struct LaunchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "launch",
+        abstract: "Start N ranks of a loom command under mpirun, with defaults that work on small machines.",
+        discussion: """
+        Runs: mpirun -n N [--allow-run-as-root] [--oversubscribe] [--host HOSTS] -x LOOM_THREADS=T <this loom> COMMAND...
+        --allow-run-as-root is added when running as root, --oversubscribe when N exceeds this
+        machine's cores; each rank uses T CPU threads (default 1: one core per rank).
+        `mpirun -n N loom train ...` and Slurm's `srun loom train ...` work as well.
+
+        Examples:
+          loom launch -n 2 -- train --model gpt --steps 200
+          loom launch -n 4 --hosts node1:2,node2:2 -- train examples/shakespeare-gpt.toml
+        """
+    )
+
+    @Option(name: .short, help: "Number of ranks.")
+    var n: Int
+    @Option(help: "Hosts and slots, as mpirun's --host takes them (node1:2,node2:2).")
+    var hosts: String?
+    @Option(name: .customLong("threads-per-rank"), help: "CPU threads per rank.")
+    var threadsPerRank: Int = 1
+    @Argument(parsing: .captureForPassthrough, help: "The loom command and its arguments, after --.")
+    var command: [String] = []
+
+    func run() throws {
+        let cmd = command.first == "--" ? Array(command.dropFirst()) : command
+        guard n >= 1 else { throw ValidationError("-n must be at least 1") }
+        guard !cmd.isEmpty else { throw ValidationError("give the loom command to run after --, e.g. loom launch -n 2 -- train") }
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":").map { "\($0)/mpirun" }
+        guard let mpirun = path.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            FileHandle.standardError.write("loom: error: mpirun not found on PATH (Debian: apt-get install openmpi-bin)\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        }
+        var args = [mpirun, "-n", String(n)]
+        if getuid() == 0 { args.append("--allow-run-as-root") }
+        if n > CPUBackend.defaultThreads || hosts == nil && n * threadsPerRank > Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) {
+            args.append("--oversubscribe")
+        }
+        if let hosts { args += ["--host", hosts] }
+        args += ["-x", "LOOM_THREADS=\(threadsPerRank)", selfExecutable()] + cmd
+        let cargs = args.map { strdup($0) } + [nil]
+        execv(mpirun, cargs)
+        FileHandle.standardError.write("loom: error: cannot run \(mpirun): \(String(cString: strerror(errno)))\n".data(using: .utf8)!)
+        throw ExitCode(1)
+    }
+
+    func selfExecutable() -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        return n > 0 ? String(cString: buf) : CommandLine.arguments[0]
+    }
+}

@@ -1,0 +1,125 @@
+import Foundation
+import XCTest
+
+/// Data parallelism through the real binary: in-process ranks (`--dp N`) and MPI
+/// processes (`loom launch`, i.e. mpirun), against the single-process run.
+final class DistributedEndToEndTests: CLITestCase {
+    var mpirunAvailable: Bool {
+        (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").contains {
+            FileManager.default.isExecutableFile(atPath: "\($0)/mpirun")
+        }
+    }
+
+    /// The reference workloads' shapes, 20 steps, every step logged.
+    func config(_ kind: String) throws -> String {
+        let path = work + "/\(kind).toml"
+        let text = kind == "gpt" ? """
+            [model]
+            kind = "gpt"
+            layers = 4
+            d_model = 128
+            heads = 4
+            context = 128
+            [data]
+            path = "data/shakespeare.txt"
+            [train]
+            steps = 20
+            batch_size = 16
+            optimizer = "adamw"
+            lr = 0.0003
+            weight_decay = 0.01
+            log_every = 1
+            eval_every = 20
+            eval_batches = 2
+            """ : """
+            [model]
+            kind = "mlp"
+            hidden = [512, 512]
+            [train]
+            steps = 20
+            batch_size = 128
+            optimizer = "sgd"
+            lr = 0.01
+            momentum = 0.9
+            log_every = 1
+            """
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func losses(_ run: String) throws -> [Int: Double] {
+        try trainingLosses(work + "/" + run).mapValues { Double($0)! }
+    }
+
+    func assertMatches(_ run: String, _ reference: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let a = try losses(run), b = try losses(reference)
+        XCTAssertEqual(a.count, 20, "\(run) logged \(a.count) steps", file: file, line: line)
+        for (step, x) in b {
+            let y = try XCTUnwrap(a[step], file: file, line: line)
+            XCTAssertLessThanOrEqual(abs(x - y) / abs(x), 1e-5, "\(run) step \(step): \(y) vs \(x)", file: file, line: line)
+        }
+    }
+
+    func testDataParallelMatchesSingleProcessInProcessAndUnderMPI() throws {
+        for kind in ["mlp", "gpt"] {
+            let cfg = try config(kind)
+            XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "\(kind)-1"]).status, 0)
+            for n in [2, 4] {
+                let r = try loom(["train", cfg, "--dp", "\(n)", "--out", work, "--name", "\(kind)-dp\(n)"])
+                XCTAssertEqual(r.status, 0, r.err)
+                try assertMatches("\(kind)-dp\(n)", "\(kind)-1")
+            }
+            guard mpirunAvailable else { continue }
+            let r = try loom(["launch", "-n", "2", "--", "train", cfg, "--out", work, "--name", "\(kind)-mpi2"])
+            XCTAssertEqual(r.status, 0, r.err)
+            try assertMatches("\(kind)-mpi2", "\(kind)-1")
+            let metrics = try String(contentsOfFile: work + "/\(kind)-mpi2/metrics.jsonl", encoding: .utf8)
+            XCTAssertTrue(metrics.contains("\"comm_wait_s\""), "per-step timing breakdown missing")
+        }
+        if !mpirunAvailable { throw XCTSkip("mpirun not installed: the in-process ranks were checked, the MPI ranks were not") }
+    }
+
+    func testCheckpointFromDataParallelRunResumesOnOtherRankCounts() throws {
+        let cfg = try config("mlp")
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "whole"]).status, 0)
+        XCTAssertEqual(try loom(["train", cfg, "--dp", "4", "--out", work, "--name", "split", "--stop-at", "10"]).status, 0)
+        let r = try loom(["train", "--resume", work + "/split", "--dp", "2"])
+        XCTAssertEqual(r.status, 0, r.err)
+        try assertMatches("split", "whole")
+    }
+
+    func testKilledRankEndsTheMPIRunWithAMessageAndKeepsTheCheckpoint() throws {
+        guard mpirunAvailable else { throw XCTSkip("mpirun not installed") }
+        let cfg = try config("mlp")
+        try (try String(contentsOfFile: cfg, encoding: .utf8).replacingOccurrences(of: "steps = 20", with: "steps = 100000")
+             + "\neval_every = 20\n[parallel]\ntimeout_s = 20\n").write(toFile: cfg, atomically: true, encoding: .utf8)
+        let p = try start(["launch", "-n", "2", "--", "train", cfg, "--out", work, "--name", "dying"])
+        let checkpoint = work + "/dying/checkpoint.safetensors"
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: checkpoint) && Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: checkpoint))
+        // Kill rank 1: the loom process with OMPI_COMM_WORLD_RANK=1.
+        let victim = try XCTUnwrap(loomRank(1), "rank 1 not found")
+        kill(victim, SIGKILL)
+        let killedAt = Date()
+        let err = String(data: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!
+        p.waitUntilExit()
+        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 30, "the run did not end within the timeout")
+        XCTAssertNotEqual(p.terminationStatus, 0)
+        XCTAssertTrue(err.contains("rank 1") || err.contains("rank 0"), "no message naming a rank: \(err)")
+        let e = try loom(["eval", "--checkpoint", work + "/dying"])
+        XCTAssertEqual(e.status, 0, "last checkpoint not loadable: \(e.err)")
+    }
+
+    /// PID of the loom process that is rank `rank` of an MPI job (from /proc).
+    func loomRank(_ rank: Int) -> pid_t? {
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry),
+                  let env = FileManager.default.contents(atPath: "/proc/\(entry)/environ"),
+                  let cmd = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            let vars = env.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            if vars.contains("OMPI_COMM_WORLD_RANK=\(rank)"), String(decoding: cmd, as: UTF8.self).contains("loom") { return pid }
+        }
+        return nil
+    }
+}
