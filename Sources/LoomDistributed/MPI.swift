@@ -90,6 +90,22 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         }
     }
 
+    /// Seconds per plain `MPI_Allreduce` (sum, in place) of `tensor`, averaged over
+    /// `iterations`, timed on the MPI thread between barriers: the baseline that
+    /// Loom's all-reduce (which adds a hop to that thread) is compared against.
+    public func rawAllReduceSeconds(_ tensor: Tensor, iterations: Int) -> Double {
+        let n = tensor.count, p = tensor.ptr
+        var seconds = 0.0
+        worker.sync { [comm] in
+            MPI_Barrier(comm)
+            let t0 = monotonicSeconds()
+            for _ in 0..<iterations { MPI_Allreduce(loom_mpi_in_place(), p, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm) }
+            MPI_Barrier(comm)
+            seconds = (monotonicSeconds() - t0) / Double(iterations)
+        }
+        return seconds
+    }
+
     public func broadcast(_ tensor: Tensor, root: Int) throws {
         let n = tensor.count, p = tensor.ptr
         try run("broadcast from rank \(root)") { [comm] in MPI_Bcast(p, Int32(n), loom_mpi_float(), Int32(root), comm) }.wait()

@@ -100,10 +100,10 @@ public final class DataParallel {
             bucket.pending = bucket.members.count
             for (slot, i) in bucket.members.enumerated() {
                 let p = parameters[i].tensor
-                // A copy, not a view: the bucket is refilled by the next step's backward.
-                let g = p.empty()
-                p.backend.copy(bucket.flat.view(p.shape, offset: bucket.offsets[slot]), into: g)
-                p.grad = g
+                // A view into the bucket, not a copy. Safe: the bucket is refilled only
+                // from the next backward's gradients, and a gradient accumulated onto
+                // this one is a new tensor (the engine adds out of place).
+                p.grad = bucket.flat.view(p.shape, offset: bucket.offsets[slot])
             }
         }
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LoomCore
+import LoomDistributed
 import LoomTrain
 
 struct BenchCommand: ParsableCommand {
@@ -19,8 +20,14 @@ struct BenchCommand: ParsableCommand {
         """
     )
 
+    @Argument(help: "comm: all-reduce bandwidth instead of training workloads (run under loom launch for MPI).")
+    var suite: String?
+
     @Option(help: "Workload to run: mlp, cnn, gpt or all.")
     var workload: String = "all"
+
+    @Option(help: "Data parallel ranks (in-process, one thread each): reports scaling efficiency; for comm, in-process ranks when not under mpirun.")
+    var dp: Int?
 
     @Option(help: "CPU threads for Loom's kernels and OpenBLAS (default: all cores or LOOM_THREADS).")
     var threads: Int?
@@ -32,6 +39,7 @@ struct BenchCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
+        if let suite, suite != "comm" { throw ValidationError("unknown benchmark '\(suite)'; valid: comm (or none for the training workloads)") }
         guard workload == "all" || Workload(rawValue: workload) != nil else {
             throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, all")
         }
@@ -39,6 +47,8 @@ struct BenchCommand: ParsableCommand {
     }
 
     func run() throws {
+        if suite == "comm" { return try runComm() }
+        if let dp, dp > 1 { return try runDataParallel(dp) }
         let n = threads ?? CPUBackend.defaultThreads
         let backend = CPUBackend(threads: n)
         let peak = Bench.peakGflops(on: backend)
@@ -53,8 +63,41 @@ struct BenchCommand: ParsableCommand {
             } else {
                 print(String(format: "%@  %10.1f %@  %6.2f ms/step  %6.1f GFLOP/s (%4.1f%% of peak)  GEMM %4.1f%% of step",
                              w.rawValue.padding(toLength: 4, withPad: " ", startingAt: 0), r.perSecond, r.unit, r.stepMilliseconds,
-                             r.gflops, 100 * r.gflops / peak, 100 * r.gemmFraction))
+                             r.gflops, 100 * r.gflops / peak, 100 * (r.gemmFraction ?? 0)))
             }
+        }
+    }
+
+    func runDataParallel(_ ranks: Int) throws {
+        let workloads = workload == "all" ? Workload.allCases : [Workload(rawValue: workload)!]
+        for w in workloads {
+            let r = try Bench.runDataParallel(w, ranks: ranks, steps: steps)
+            if json { print(r.json) } else {
+                print(String(format: "%@ dp %d: %10.1f %@ (%d ranks x 1 thread), scaling efficiency %.3f vs %d x one single-threaded rank",
+                             w.rawValue, ranks, r.perSecond, r.unit, ranks, r.scalingEfficiency ?? 0, ranks))
+            }
+        }
+    }
+
+    func runComm() throws {
+        let rows: [CommBench.Row]
+        if MPICommunicator.launchedByMPI {
+            let world = try MPICommunicator.world()
+            rows = try CommBench.run(world)
+            world.finalize()
+            guard world.rank == 0 else { return }
+        } else {
+            rows = try InProcessWorld.run(size: dp ?? 2) { try CommBench.run($0) }[0]
+        }
+        if json { rows.forEach { print($0.json) }; return }
+        print("all-reduce (sum, float32) over \(rows.first?.ranks ?? 0) ranks, \(MPICommunicator.launchedByMPI ? "MPI" : "in-process threads")")
+        print("     bytes    time(us)  algbw(GB/s)  busbw(GB/s)   MPI_Allreduce(us)  MPI busbw(GB/s)")
+        for r in rows {
+            var line = String(format: "%10d  %10.1f  %11.3f  %11.3f", r.bytes, r.seconds * 1e6, r.algGBps, r.busGBps)
+            if let raw = r.rawSeconds {
+                line += String(format: "   %17.1f  %15.3f", raw * 1e6, Double(r.bytes) / raw / 1e9 * 2 * Double(r.ranks - 1) / Double(r.ranks))
+            }
+            print(line)
         }
     }
 }

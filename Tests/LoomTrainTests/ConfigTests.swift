@@ -28,7 +28,7 @@ final class ConfigTests: XCTestCase {
             XCTAssertTrue(m.contains("valid keys in [train]: epochs, steps, batch_size"), m)
         }
         XCTAssertThrowsError(try ConfigFile.parse("[optim]\nlr = 1\n", path: "x.toml")) { e in
-            XCTAssertTrue("\(e)".contains("unknown section [optim]; valid sections: [model], [data], [train], [run]"))
+            XCTAssertTrue("\(e)".contains("unknown section [optim]; valid sections: [model], [data], [train], [parallel], [run]"))
         }
     }
 

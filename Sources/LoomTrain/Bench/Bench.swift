@@ -1,5 +1,6 @@
 import Foundation
 import LoomCore
+import LoomDistributed
 
 /// One benchmark result, as `loom bench --json` prints it.
 public struct BenchResult: Sendable {
@@ -13,19 +14,59 @@ public struct BenchResult: Sendable {
     public var stepMilliseconds: Double
     /// Share of step time spent inside GEMM; the rest is elementwise kernels, softmax,
     /// norms, im2col, optimizer and allocation.
-    public var gemmFraction: Double
+    public var gemmFraction: Double?
     public var threads: Int
     public var loss: Float
+    /// Data parallel runs: ranks, and throughput over ranks x one single-threaded rank.
+    public var ranks: Int = 1
+    public var scalingEfficiency: Double?
 
     public var json: String {
         func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
         return "{\"workload\": \"\(workload)\", \"per_s\": \(f(perSecond)), \"unit\": \"\(unit)\", \"gflops\": \(f(gflops)), "
-            + "\"peak_gflops\": \(f(peakGflops)), \"step_ms\": \(f(stepMilliseconds, 3)), \"gemm_fraction\": \(f(gemmFraction, 3)), "
-            + "\"threads\": \(threads), \"loss\": \(loss)}"
+            + "\"peak_gflops\": \(f(peakGflops)), \"step_ms\": \(f(stepMilliseconds, 3)), \(gemmFraction.map { "\"gemm_fraction\": \(f($0, 3)), " } ?? "")"
+            + "\"threads\": \(threads), \"loss\": \(loss)"
+            + (scalingEfficiency.map { ", \"ranks\": \(ranks), \"scaling_efficiency\": \(f($0, 3))" } ?? "") + "}"
     }
 }
 
 public enum Bench {
+    /// Data parallel throughput with `ranks` in-process ranks of one thread each, each
+    /// training the workload's batch (so the global batch is ranks x the workload's),
+    /// against one single-threaded rank alone: efficiency = per_s / (ranks x single).
+    public static func runDataParallel(_ workload: Workload, ranks: Int, steps: Int = 30, warmup: Int = 5, repeats: Int = 3) throws -> BenchResult {
+        let one = CPUBackend(threads: 1)
+        let single = try run(workload, backend: one, steps: steps, warmup: warmup, repeats: repeats, peak: peakGflops(on: one))
+        let timings = try InProcessWorld.run(size: ranks) { comm -> (Double, Float) in
+            let backend = CPUBackend(threads: 1)
+            let step = try workload.makeStep(on: backend, communicator: comm)
+            var loss: Float = 0
+            for _ in 0..<warmup { loss = try step() }
+            var runs: [Double] = []
+            for _ in 0..<repeats {
+                try comm.barrier()
+                let t0 = monotonicSeconds()
+                for _ in 0..<steps { loss = try step() }
+                try comm.barrier()
+                runs.append(monotonicSeconds() - t0)
+            }
+            return (runs.sorted()[runs.count / 2], loss)
+        }
+        let seconds = timings[0].0
+        let perSecond = Double(ranks * workload.itemsPerStep * steps) / seconds
+        var r = single
+        r.perSecond = perSecond
+        r.stepMilliseconds = 1000 * seconds / Double(steps)
+        r.gflops = single.gflops * perSecond / single.perSecond  // same GEMM work per item
+        r.gemmFraction = nil
+        r.peakGflops = peakGflops(on: CPUBackend(threads: ranks))  // the ceiling of all the threads the run used
+        r.ranks = ranks
+        r.threads = 1
+        r.loss = timings[0].1
+        r.scalingEfficiency = perSecond / (Double(ranks) * single.perSecond)
+        return r
+    }
+
     /// Best-of-5 GFLOP/s of one n×n×n sgemm on `backend` (the machine's GEMM ceiling).
     public static func peakGflops(on backend: CPUBackend, n: Int = 1024) -> Double {
         let a = Tensor.ones([n, n], on: backend), b = Tensor.ones([n, n], on: backend), c = Tensor.zeros([n, n], on: backend)
