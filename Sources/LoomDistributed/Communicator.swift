@@ -30,6 +30,8 @@ public protocol Communicator: AnyObject, Sendable {
     /// The reduction of `input` over ranks, of which this rank keeps chunk `rank` (of
     /// `size` equal chunks) in `output`.
     func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws
+    /// `reduceScatter`, started in order with the other collectives and not waited for.
+    func reduceScatterAsync(_ input: Tensor, into output: Tensor, _ op: ReduceKind, label: String) -> CommRequest
     func send(_ tensor: Tensor, to peer: Int, tag: Int) throws
     func receive(into tensor: Tensor, from peer: Int, tag: Int) throws
     func barrier() throws

@@ -193,6 +193,19 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         }
     }
 
+    public func reduceScatterAsync(_ input: Tensor, into output: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
+        let request = CommRequest(label: label)
+        guard input.count == output.count * size else {
+            request.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))"))
+            return request
+        }
+        queue.async { [self] in
+            do { try reduce(input.ptr, count: input.count, op: op, label: label, scatterInto: output.ptr); request.complete(nil) }
+            catch { request.complete(error) }
+        }
+        return request
+    }
+
     public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {
         let bytes = Array(UnsafeRawBufferPointer(start: tensor.ptr, count: tensor.count * 4))
         world.lock.lock()

@@ -120,15 +120,21 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     public func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws {
+        try reduceScatterAsync(input, into: output, op, label: "reduce-scatter").wait()
+    }
+
+    public func reduceScatterAsync(_ input: Tensor, into output: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
         guard input.count == output.count * size else {
-            throw CommError("rank \(rank): reduce-scatter of \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))")
+            let r = CommRequest(label: label)
+            r.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))"))
+            return r
         }
         let n = output.count, pi = input.ptr, po = output.ptr, scale = 1 / Float(size)
-        try run("reduce-scatter") { [comm] in
+        return run(label) { [comm] in
             let rc = MPI_Reduce_scatter_block(pi, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
             if op == .average { for i in 0..<n { po[i] *= scale } }
             return rc
-        }.wait()
+        }
     }
 
     public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {

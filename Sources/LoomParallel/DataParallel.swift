@@ -26,30 +26,39 @@ public final class DataParallel {
     private var buckets: [Bucket] = []
     private var bucketOf: [ObjectIdentifier: (bucket: Int, slot: Int)] = [:]
 
+    /// ZeRO stage 1: gradients are reduce-scattered, each rank keeping the average of
+    /// its 1/N chunk of every bucket in `Bucket.shardGrad`, for `ZeroOptimizer`.
+    public let zero: Bool
+
     final class Bucket {
         let members: [Int]           // indices into parameters
         let offsets: [Int]           // element offset of each member in `flat`
-        let flat: Tensor             // [total]
+        let flat: Tensor             // [padded]: the members, then zeros up to a multiple of the rank count
+        let shardGrad: Tensor?       // [padded / ranks], ZeRO only
         var pending: Int
         var request: CommRequest?
-        init(members: [Int], offsets: [Int], flat: Tensor) {
-            self.members = members; self.offsets = offsets; self.flat = flat; pending = members.count
+        init(members: [Int], offsets: [Int], flat: Tensor, shardGrad: Tensor?) {
+            self.members = members; self.offsets = offsets; self.flat = flat; self.shardGrad = shardGrad; pending = members.count
         }
     }
 
     /// Broadcasts rank 0's parameters to every rank, then lays out the buckets.
     public init(parameters: [(name: String, tensor: Tensor)], communicator: Communicator,
-                bucketBytes: Int = DataParallel.defaultBucketBytes) throws {
+                bucketBytes: Int = DataParallel.defaultBucketBytes, zero: Bool = false) throws {
         self.communicator = communicator
         self.parameters = parameters
+        self.zero = zero
         for (_, p) in parameters { try communicator.broadcast(p, root: 0) }
 
         var current: [Int] = [], offsets: [Int] = [], size = 0
         func close() {
             guard !current.isEmpty, let backend = parameters.first?.tensor.backend else { return }
-            let flat = Tensor(uninitialized: [size], on: backend)
+            let ranks = communicator.size
+            let padded = (size + ranks - 1) / ranks * ranks
+            let flat = Tensor.zeros([padded], on: backend)
+            let shard = zero ? Tensor.zeros([padded / ranks], on: backend) : nil
             for (slot, i) in current.enumerated() { bucketOf[ObjectIdentifier(parameters[i].tensor)] = (buckets.count, slot) }
-            buckets.append(Bucket(members: current, offsets: offsets, flat: flat))
+            buckets.append(Bucket(members: current, offsets: offsets, flat: flat, shardGrad: shard))
             current = []; offsets = []; size = 0
         }
         for i in parameters.indices.reversed() {
@@ -85,7 +94,11 @@ public final class DataParallel {
             let dst = bucket.flat.view(p.shape, offset: bucket.offsets[slot])
             if let g = p.grad { p.backend.copy(g, into: dst) } else { p.backend.fill(dst, value: 0) }
         }
-        bucket.request = communicator.allReduceAsync(bucket.flat, .average, label: "all-reduce of gradient bucket \(b)")
+        if let shard = bucket.shardGrad {
+            bucket.request = communicator.reduceScatterAsync(bucket.flat, into: shard, .average, label: "reduce-scatter of gradient bucket \(b)")
+        } else {
+            bucket.request = communicator.allReduceAsync(bucket.flat, .average, label: "all-reduce of gradient bucket \(b)")
+        }
     }
 
     /// Waits for every bucket's all-reduce (starting those whose parameters got no
@@ -98,6 +111,7 @@ public final class DataParallel {
             try bucket.request!.wait()
             bucket.request = nil
             bucket.pending = bucket.members.count
+            if zero { continue }  // the averaged chunk is in shardGrad, for ZeroOptimizer
             for (slot, i) in bucket.members.enumerated() {
                 let p = parameters[i].tensor
                 // A view into the bucket, not a copy. Safe: the bucket is refilled only
@@ -106,6 +120,11 @@ public final class DataParallel {
                 p.grad = bucket.flat.view(p.shape, offset: bucket.offsets[slot])
             }
         }
+    }
+
+    /// Bucket layout for ZeroOptimizer: members, offsets, padded size, this rank's shard gradient.
+    var layout: [(members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?)] {
+        buckets.map { ($0.members, $0.offsets, $0.flat.count, $0.shardGrad) }
     }
 
     /// Detaches the hooks (the parameters go back to plain local gradients).

@@ -51,6 +51,8 @@ struct TrainCommand: ParsableCommand {
     var threads: Int?
     @Option(help: "Data-parallel ranks. Under mpirun/srun/loom launch: the number of processes; otherwise that many ranks as threads of this process.")
     var dp: Int?
+    @Option(help: "ZeRO stage with --dp: 1 shards optimizer state across ranks (reduce-scatter, local update, all-gather).")
+    var zero: Int?
 
     func run() throws {
         try runReportingErrors {
@@ -81,6 +83,10 @@ struct TrainCommand: ParsableCommand {
             if let out { c.out = out }
             if let name { c.name = name }
             if let dp { c.dp = dp }
+            if let zero {
+                guard zero == 0 || zero == 1 else { throw LoomError.config("--zero \(zero): valid stages are 0 and 1") }
+                c.zero = zero
+            }
             let (s, directory) = try runTraining(c)
             guard let s else { return }  // not rank 0
             var line = String(format: "done: %d steps, train_loss %.4f, val_loss %.4f", s.steps, s.trainLoss, s.validationLoss)

@@ -26,7 +26,7 @@ final class DataParallelTests: XCTestCase {
     }
 
     /// Per-step global losses of 20 steps on `ranks` ranks (1: plain single process).
-    func losses(_ kind: Kind, ranks: Int, steps: Int = 20) throws -> [Float] {
+    func losses(_ kind: Kind, ranks: Int, zero: Bool = false, steps: Int = 20) throws -> [Float] {
         let global = kind == .mlp ? 16 : 8
         let run = { (comm: Communicator?) throws -> [Float] in
             let backend = CPUBackend(threads: 1)
@@ -41,8 +41,9 @@ final class DataParallelTests: XCTestCase {
                 model = m
                 loss = { try m.loss(tokens: $0, targets: $1) }
             }
-            let opt: Optimizer = kind == .mlp ? SGD(model.namedParameters(), lr: 0.05, momentum: 0.9) : Adam.adamW(model.namedParameters(), lr: 3e-3)
-            let dp = try comm.map { try DataParallel(parameters: model.namedParameters(), communicator: $0, bucketBytes: 16 << 10) }
+            var opt: Optimizer = kind == .mlp ? SGD(model.namedParameters(), lr: 0.05, momentum: 0.9) : Adam.adamW(model.namedParameters(), lr: 3e-3)
+            let dp = try comm.map { try DataParallel(parameters: model.namedParameters(), communicator: $0, bucketBytes: 16 << 10, zero: zero) }
+            if zero, let dp { opt = try ZeroOptimizer(dataParallel: dp, template: opt) }
             let rank = comm?.rank ?? 0, size = comm?.size ?? 1
             let local = global / size
             var out: [Float] = []
@@ -77,6 +78,16 @@ final class DataParallelTests: XCTestCase {
         XCTAssertLessThan(single.last!, single.first!, "training should make progress")
         assertClose(try losses(.mlp, ranks: 2), single, "mlp dp2")
         assertClose(try losses(.mlp, ranks: 4), single, "mlp dp4")
+    }
+
+    /// ZeRO-1 applies the same elementwise updates to the same averaged gradients: its
+    /// losses are bit-identical to plain data parallelism's.
+    func testZeroStage1IsBitIdenticalToPlainDataParallel() throws {
+        for kind in [Kind.mlp, .gpt] {
+            for ranks in [2, 4] {
+                XCTAssertEqual(try losses(kind, ranks: ranks, zero: true), try losses(kind, ranks: ranks), "\(kind) dp\(ranks)")
+            }
+        }
     }
 
     func testGPTDataParallelMatchesSingleProcess() throws {

@@ -65,27 +65,38 @@ final class DistributedEndToEndTests: CLITestCase {
             let cfg = try config(kind)
             XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "\(kind)-1"]).status, 0)
             for n in [2, 4] {
-                let r = try loom(["train", cfg, "--dp", "\(n)", "--out", work, "--name", "\(kind)-dp\(n)"])
-                XCTAssertEqual(r.status, 0, r.err)
-                try assertMatches("\(kind)-dp\(n)", "\(kind)-1")
+                for zero in ["0", "1"] {
+                    let name = "\(kind)-dp\(n)-zero\(zero)"
+                    let r = try loom(["train", cfg, "--dp", "\(n)", "--zero", zero, "--out", work, "--name", name])
+                    XCTAssertEqual(r.status, 0, r.err)
+                    try assertMatches(name, "\(kind)-1")
+                }
             }
             guard mpirunAvailable else { continue }
-            let r = try loom(["launch", "-n", "2", "--", "train", cfg, "--out", work, "--name", "\(kind)-mpi2"])
-            XCTAssertEqual(r.status, 0, r.err)
-            try assertMatches("\(kind)-mpi2", "\(kind)-1")
-            let metrics = try String(contentsOfFile: work + "/\(kind)-mpi2/metrics.jsonl", encoding: .utf8)
+            for zero in ["0", "1"] {
+                let r = try loom(["launch", "-n", "2", "--", "train", cfg, "--zero", zero, "--out", work, "--name", "\(kind)-mpi2-\(zero)"])
+                XCTAssertEqual(r.status, 0, r.err)
+                try assertMatches("\(kind)-mpi2-\(zero)", "\(kind)-1")
+            }
+            let metrics = try String(contentsOfFile: work + "/\(kind)-mpi2-0/metrics.jsonl", encoding: .utf8)
             XCTAssertTrue(metrics.contains("\"comm_wait_s\""), "per-step timing breakdown missing")
         }
         if !mpirunAvailable { throw XCTSkip("mpirun not installed: the in-process ranks were checked, the MPI ranks were not") }
     }
 
+    /// Checkpoints are keyed by global parameter names: saved under one layout (4 ranks
+    /// with sharded optimizer state; or 1 process), resumed under another.
     func testCheckpointFromDataParallelRunResumesOnOtherRankCounts() throws {
-        let cfg = try config("mlp")
+        let cfg = try config("gpt")
         XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "whole"]).status, 0)
-        XCTAssertEqual(try loom(["train", cfg, "--dp", "4", "--out", work, "--name", "split", "--stop-at", "10"]).status, 0)
-        let r = try loom(["train", "--resume", work + "/split", "--dp", "2"])
+        XCTAssertEqual(try loom(["train", cfg, "--dp", "4", "--zero", "1", "--out", work, "--name", "split", "--stop-at", "10"]).status, 0)
+        let r = try loom(["train", "--resume", work + "/split", "--dp", "2", "--zero", "0"])
         XCTAssertEqual(r.status, 0, r.err)
         try assertMatches("split", "whole")
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "other", "--stop-at", "10"]).status, 0)
+        let z = try loom(["train", "--resume", work + "/other", "--dp", "2", "--zero", "1"])
+        XCTAssertEqual(z.status, 0, z.err)
+        try assertMatches("other", "whole")
     }
 
     func testKilledRankEndsTheMPIRunWithAMessageAndKeepsTheCheckpoint() throws {

@@ -14,6 +14,9 @@ public protocol Optimizer: AnyObject {
     func namedState() -> [(name: String, tensor: Tensor)]
     /// Allocates every state tensor (zeros), so a checkpoint can be loaded into them.
     func materializeState()
+    /// An optimizer of the same kind and settings over other parameters (ZeRO builds
+    /// one over each rank's shard).
+    func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer
 }
 
 extension Optimizer {
@@ -46,6 +49,10 @@ public final class SGD: Optimizer {
                               dampening: first ? 0 : dampening, weightDecay: weightDecay, nesterov: nesterov)
         }
         stepCount += 1
+    }
+
+    public func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer {
+        SGD(parameters, lr: learningRate, momentum: momentum, dampening: dampening, weightDecay: weightDecay, nesterov: nesterov)
     }
 
     public func materializeState() {
@@ -89,6 +96,10 @@ public final class Adam: Optimizer {
             p.backend.adamStep(param: p, grad: g, m: m[i]!, v: v[i]!, lr: learningRate, beta1: beta1, beta2: beta2,
                                eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: stepCount)
         }
+    }
+
+    public func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer {
+        Adam(parameters, lr: learningRate, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay, decoupled: decoupled)
     }
 
     public func materializeState() {

@@ -2,6 +2,7 @@ import Foundation
 import LoomCore
 import LoomData
 import LoomNN
+import LoomParallel
 
 /// What a checkpoint holds, beyond the tensors: enough to continue a run bit for bit.
 public struct RunState: Equatable {
@@ -16,16 +17,17 @@ public struct RunState: Equatable {
 public enum TrainingCheckpoint {
     public static let fileName = "checkpoint.safetensors"
 
-    public static func save(to dir: String, config: TrainConfig, setup: Setup, state: RunState) throws {
-        setup.optimizer.materializeState()
+    /// `optimizer`: the one training uses (a sharded optimizer has gathered its state first).
+    public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState) throws {
+        if !(optimizer is ZeroOptimizer) { optimizer.materializeState() }
         let tensors = setup.task.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
-            + setup.optimizer.namedState().map { ("optim." + $0.name, $0.tensor) }
+            + optimizer.namedState().map { ("optim." + $0.name, $0.tensor) }
         var meta: [String: String] = [
             "format": "pt",
             "loom.config": ConfigFile.render(config),
             "loom.step": String(state.step),
             "loom.elapsed_s": String(state.elapsedSeconds),
-            "loom.optimizer_steps": String(setup.optimizer.stepCount),
+            "loom.optimizer_steps": String(optimizer.stepCount),
             "loom.dropout": dropoutModules(setup.task.module).map { "\($0.name)=\($0.module.rng.key):\($0.module.rng.position)" }
                 .joined(separator: ";"),
         ]

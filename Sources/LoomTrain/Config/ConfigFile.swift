@@ -79,6 +79,10 @@ public enum ConfigFile {
         int("train", "eval_batches", "validation batches per evaluation (0: all)", \.evalBatches),
         int("parallel", "dp", "data-parallel ranks", min: 1, \.dp),
         int("parallel", "bucket_kb", "gradient all-reduce bucket size in KiB", min: 1, \.bucketKB),
+        Key(section: "parallel", name: "zero", help: "ZeRO stage: 0 or 1", read: { c, v, path in
+            guard let z = v.int, z == 0 || z == 1 else { throw bad(path, "parallel.zero", "0 or 1", v) }
+            c.zero = z
+        }, write: { "\($0.zero)" }),
         int("parallel", "timeout_s", "seconds a collective may wait before the run fails", min: 1, \.timeoutSeconds),
         string("run", "out", "directory that holds run directories", \.out),
         string("run", "name", "run directory name", \.name),

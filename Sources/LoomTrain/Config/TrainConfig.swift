@@ -36,6 +36,7 @@ public struct TrainConfig: Equatable, Sendable {
     // [parallel]
     public var dp = 1                   // data-parallel ranks (under mpirun: the world size)
     public var bucketKB = 1024          // gradient bucket size
+    public var zero = 0                 // 1: shard optimizer state across the data-parallel ranks (ZeRO-1)
     public var timeoutSeconds = 120     // a collective that waits longer fails the run
     // [run]
     public var out = "runs"

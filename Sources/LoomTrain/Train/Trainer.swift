@@ -42,6 +42,8 @@ public final class Trainer {
     /// The data-parallel group (nil: one process).
     public let communicator: Communicator?
     private let dataParallel: DataParallel?
+    /// The optimizer training uses: the setup's, or its ZeRO-sharded form.
+    public let optimizer: Optimizer
     private var rank: Int { communicator?.rank ?? 0 }
     private var isLeader: Bool { rank == 0 }
 
@@ -71,9 +73,12 @@ public final class Trainer {
         // Every rank starts from rank 0's parameters (broadcast inside).
         let params = setup.task.module.namedParameters()
         if let comm = communicator, comm.size > 1 {
-            dataParallel = try DataParallel(parameters: params, communicator: comm, bucketBytes: c.bucketKB << 10)
+            let dp = try DataParallel(parameters: params, communicator: comm, bucketBytes: c.bucketKB << 10, zero: c.zero == 1)
+            dataParallel = dp
+            optimizer = c.zero == 1 ? try ZeroOptimizer(dataParallel: dp, template: setup.optimizer) : setup.optimizer
         } else {
             dataParallel = nil
+            optimizer = setup.optimizer
         }
     }
 
@@ -127,13 +132,19 @@ public final class Trainer {
         while let batch = loader.next() {
             let step = state.step
             let lr = lrs.learningRate(at: step)
-            setup.optimizer.learningRate = lr
-            setup.optimizer.zeroGrad()
+            optimizer.learningRate = lr
+            optimizer.zeroGrad()
             let loss = try setup.task.loss(inputs: batch.inputs, targets: batch.targets)
             try loss.backward()
             try dataParallel?.synchronize()
-            if config.gradClip > 0 { clipGradNorm(setup.task.module.parameters, maxNorm: Float(config.gradClip)) }
-            try setup.optimizer.step()
+            if config.gradClip > 0 {
+                if let zero = optimizer as? ZeroOptimizer {
+                    try zero.clipGradNorm(maxNorm: Float(config.gradClip))
+                } else {
+                    clipGradNorm(setup.task.module.parameters, maxNorm: Float(config.gradClip))
+                }
+            }
+            try optimizer.step()
             lastLoss = loss.item
             guard lastLoss.isFinite else {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
@@ -168,11 +179,12 @@ public final class Trainer {
                 let e = try evaluate(full: state.step == totalSteps)
                 lastEval = e
                 state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
+                try (optimizer as? ZeroOptimizer)?.gatherState()  // collective: every rank
                 if let log {
                     log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
                                             validationLoss: e.loss, validationAccuracy: e.accuracy))
                     // Written once, by rank 0: every rank holds the same parameters and state.
-                    try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, state: state)
+                    try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state)
                     try writePlot(log)
                 }
                 if !quiet {
