@@ -35,6 +35,8 @@ struct TrainCommand: ParsableCommand {
     var steps: Int?
     @Option(name: .customLong("batch-size"), help: "Global batch size.")
     var batchSize: Int?
+    @Option(help: "Micro-batches per optimizer step (gradient accumulation).")
+    var accumulate: Int?
     @Option(help: "Peak learning rate.")
     var lr: Double?
     @Option(help: "Seed for initialisation, shuffling and dropout.")
@@ -78,6 +80,7 @@ struct TrainCommand: ParsableCommand {
             if let epochs { c.epochs = epochs; if steps == nil { c.steps = 0 } }
             if let steps { c.steps = steps }
             if let batchSize { c.batchSize = batchSize }
+            if let accumulate { c.accumulationSteps = accumulate }
             if let lr { c.lr = lr }
             if let seed { c.seed = seed }
             if let out { c.out = out }

@@ -96,3 +96,52 @@ final class DataParallelTests: XCTestCase {
         assertClose(try losses(.gpt, ranks: 4), single, "gpt dp4")
     }
 }
+
+/// Forwards to another communicator, counting the gradient collectives started.
+final class CountingCommunicator: Communicator, @unchecked Sendable {
+    let base: Communicator
+    var started = 0
+    init(_ base: Communicator) { self.base = base }
+    var rank: Int { base.rank }
+    var size: Int { base.size }
+    var timeout: Double { base.timeout }
+    func allReduceAsync(_ t: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
+        if label.contains("gradient bucket") { started += 1 }
+        return base.allReduceAsync(t, op, label: label)
+    }
+    func broadcast(_ t: Tensor, root: Int) throws { try base.broadcast(t, root: root) }
+    func allGather(_ i: Tensor, into o: Tensor) throws { try base.allGather(i, into: o) }
+    func reduceScatter(_ i: Tensor, into o: Tensor, _ op: ReduceKind) throws { try base.reduceScatter(i, into: o, op) }
+    func reduceScatterAsync(_ i: Tensor, into o: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
+        base.reduceScatterAsync(i, into: o, op, label: label)
+    }
+    func send(_ t: Tensor, to peer: Int, tag: Int) throws { try base.send(t, to: peer, tag: tag) }
+    func receive(into t: Tensor, from peer: Int, tag: Int) throws { try base.receive(into: t, from: peer, tag: tag) }
+    func barrier() throws { try base.barrier() }
+    func split(color: Int, key: Int) throws -> Communicator { try base.split(color: color, key: key) }
+}
+
+final class GradientAccumulationTests: XCTestCase {
+    /// Micro-steps with syncGradients off communicate nothing; the last one all-reduces
+    /// each bucket once, while its backward runs (before synchronize is called).
+    func testOnlyTheLastMicroStepCommunicates() throws {
+        let counts = try InProcessWorld.run(size: 2) { comm -> [Int] in
+            let counting = CountingCommunicator(comm)
+            let model = MLP(sizes: [8, 16, 4], seed: 1)
+            let dp = try DataParallel(parameters: model.namedParameters(), communicator: counting, bucketBytes: 256)
+            let x = Tensor.ones([2, 8]), y = Tensor(indices: [1, 2], shape: [2])
+            var seen: [Int] = []
+            for micro in 0..<3 {
+                dp.syncGradients = micro == 2
+                try model(x).crossEntropy(targets: y).scaled(1 / 3).backward()
+                seen.append(counting.started)
+            }
+            try dp.synchronize()
+            seen.append(counting.started)
+            return seen + [dp.bucketCount]
+        }
+        let buckets = counts[0].last!
+        XCTAssertGreaterThan(buckets, 1)
+        XCTAssertEqual(Array(counts[0].dropLast()), [0, 0, buckets, buckets])
+    }
+}

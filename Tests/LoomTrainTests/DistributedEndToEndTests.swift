@@ -72,6 +72,9 @@ final class DistributedEndToEndTests: CLITestCase {
                     try assertMatches(name, "\(kind)-1")
                 }
             }
+            let acc = try loom(["train", cfg, "--dp", "2", "--accumulate", "2", "--out", work, "--name", "\(kind)-dp2-acc2"])
+            XCTAssertEqual(acc.status, 0, acc.err)
+            try assertMatches("\(kind)-dp2-acc2", "\(kind)-1")
             guard mpirunAvailable else { continue }
             for zero in ["0", "1"] {
                 let r = try loom(["launch", "-n", "2", "--", "train", cfg, "--zero", zero, "--out", work, "--name", "\(kind)-mpi2-\(zero)"])

@@ -64,6 +64,7 @@ public enum ConfigFile {
         int("train", "epochs", "passes over the data (when steps = 0)", \.epochs),
         int("train", "steps", "optimizer steps (overrides epochs)", \.steps),
         int("train", "batch_size", "global batch", min: 1, \.batchSize),
+        int("train", "accumulation_steps", "micro-batches per step (gradients accumulate; DP all-reduces once)", min: 1, \.accumulationSteps),
         string("train", "optimizer", "sgd, adam or adamw", oneOf: ["sgd", "adam", "adamw"], \.optimizer),
         double("train", "lr", "peak learning rate", \.lr),
         double("train", "momentum", "sgd momentum", \.momentum),
@@ -138,8 +139,8 @@ public enum ConfigFile {
         if c.model == "gpt" && c.dModel % c.heads != 0 {
             throw LoomError.config("model.d_model \(c.dModel) must be divisible by model.heads \(c.heads)")
         }
-        if c.batchSize % c.dp != 0 {
-            throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly across parallel.dp = \(c.dp) ranks")
+        if c.batchSize % (c.dp * c.accumulationSteps) != 0 {
+            throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly into parallel.dp = \(c.dp) ranks x train.accumulation_steps = \(c.accumulationSteps) micro-batches")
         }
         if c.dropout >= 1 { throw LoomError.config("model.dropout must be below 1, got \(c.dropout)") }
         if c.validationFraction <= 0 || c.validationFraction >= 1 {

@@ -20,6 +20,7 @@ public struct TrainConfig: Equatable, Sendable {
     public var epochs = 0               // used when steps is 0
     public var steps = 0
     public var batchSize = 64
+    public var accumulationSteps = 1    // micro-batches per optimizer step (each rank's shard split K ways)
     public var optimizer = "adam"       // sgd | adam | adamw
     public var lr = 1e-3
     public var momentum = 0.9

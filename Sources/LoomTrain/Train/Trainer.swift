@@ -134,8 +134,19 @@ public final class Trainer {
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
             optimizer.zeroGrad()
-            let loss = try setup.task.loss(inputs: batch.inputs, targets: batch.targets)
-            try loss.backward()
+            // Gradient accumulation: K micro-batches of this rank's shard, each loss scaled
+            // by 1/K; gradients stay local until the last micro-batch's backward.
+            let k = config.accumulationSteps
+            let rows = batch.inputs.shape[0] / k
+            var lossSum: Float = 0
+            for micro in 0..<k {
+                let x = k == 1 ? batch.inputs : try batch.inputs.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
+                let y = k == 1 ? batch.targets : try batch.targets.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
+                dataParallel?.syncGradients = micro == k - 1
+                let loss = try setup.task.loss(inputs: x, targets: y)
+                try (k == 1 ? loss : loss.scaled(1 / Float(k))).backward()
+                lossSum += loss.item
+            }
             try dataParallel?.synchronize()
             if config.gradClip > 0 {
                 if let zero = optimizer as? ZeroOptimizer {
@@ -145,7 +156,7 @@ public final class Trainer {
                 }
             }
             try optimizer.step()
-            lastLoss = loss.item
+            lastLoss = lossSum / Float(k)
             guard lastLoss.isFinite else {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
             }
