@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CZlib
 import LoomCore
 
@@ -22,7 +25,3 @@ public func readFileBytes(_ path: String) throws -> [UInt8] {
     }
     return out
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import LoomCore
-import LoomNN
 import LoomTrain
 
 struct EvalCommand: ParsableCommand {
@@ -35,45 +34,6 @@ struct EvalCommand: ParsableCommand {
             } else {
                 print(String(format: "step %d: val_loss %.4f", step, e.loss) + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? ""))
             }
-        }
-    }
-}
-
-struct GenerateCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "generate",
-        abstract: "Generate text from a trained GPT checkpoint.",
-        discussion: """
-        Examples:
-          loom generate --checkpoint runs/shakespeare-gpt --prompt "ROMEO:" --tokens 300 --temperature 0.8 --top-k 40
-        """
-    )
-
-    @Option(help: "A run directory or a checkpoint.safetensors file of a gpt run.")
-    var checkpoint: String
-    @Option(help: "Text to continue.")
-    var prompt: String = "\n"
-    @Option(help: "Characters to generate.")
-    var tokens: Int = 300
-    @Option(help: "Sampling temperature (> 0; lower is more conservative).")
-    var temperature: Float = 0.8
-    @Option(name: .customLong("top-k"), help: "Sample among the k most likely characters (0: all).")
-    var topK: Int = 40
-    @Option(help: "Sampling seed.")
-    var seed: UInt64 = 0
-
-    func run() throws {
-        try runReportingErrors {
-            let (file, c, tokenizer) = try TrainingCheckpoint.peek(checkpoint)
-            guard c.isLanguageModel, let tokenizer else {
-                throw LoomError.config("checkpoint '\(checkpoint)' is a \(c.model) model; generate needs a gpt checkpoint")
-            }
-            let gpt = try GPT(GPTConfig(vocabSize: tokenizer.count, contextLength: c.context, layers: c.layers, dModel: c.dModel,
-                                        heads: c.heads, dropout: Float(c.dropout)), seed: 0)
-            try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: gpt)
-            let text = try Generation.sample(model: gpt, tokenizer: tokenizer, prompt: prompt, tokens: tokens,
-                                             temperature: temperature, topK: topK, seed: seed)
-            print(prompt + text)
         }
     }
 }

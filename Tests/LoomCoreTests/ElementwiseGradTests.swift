@@ -6,11 +6,11 @@ final class ElementwiseGradTests: XCTestCase {
     func testBinaryOpsWithBroadcasting() throws {
         let shapes: [([Int], [Int])] = [([3, 4], [3, 4]), ([2, 3, 4], [4]), ([2, 3, 4], [3, 1]), ([2, 1, 4], [1, 3, 1]), ([5], [])]
         for (i, (sa, sb)) in shapes.enumerated() {
-            try gradCheck("add \(sa) \(sb)", inputs: [randn(sa, seed: 1), randn(sb, seed: 2)]) { try $0[0] + $0[1] }
-            try gradCheck("sub \(sa) \(sb)", inputs: [randn(sa, seed: 3), randn(sb, seed: 4)]) { try $0[0] - $0[1] }
-            try gradCheck("mul \(sa) \(sb)", inputs: [randn(sa, seed: 5), randn(sb, seed: 6)]) { try $0[0] * $0[1] }
+            try checkGradients("add \(sa) \(sb)", inputs: [randn(sa, seed: 1), randn(sb, seed: 2)]) { try $0[0] + $0[1] }
+            try checkGradients("sub \(sa) \(sb)", inputs: [randn(sa, seed: 3), randn(sb, seed: 4)]) { try $0[0] - $0[1] }
+            try checkGradients("mul \(sa) \(sb)", inputs: [randn(sa, seed: 5), randn(sb, seed: 6)]) { try $0[0] * $0[1] }
             let denominator = randn(sb, seed: UInt64(7 + i)).floats.map { 1.5 + abs($0) }
-            try gradCheck("div \(sa) \(sb)", inputs: [randn(sa, seed: 8), Tensor(denominator, shape: sb)]) { try $0[0] / $0[1] }
+            try checkGradients("div \(sa) \(sb)", inputs: [randn(sa, seed: 8), Tensor(denominator, shape: sb)]) { try $0[0] / $0[1] }
         }
     }
 
@@ -23,17 +23,17 @@ final class ElementwiseGradTests: XCTestCase {
     }
 
     func testUnaryOps() throws {
-        try gradCheck("relu", inputs: [awayFromZero([4, 5], seed: 1)]) { $0[0].relu() }
-        try gradCheck("gelu", inputs: [randn([4, 5], seed: 2, std: 2)]) { $0[0].gelu() }
-        try gradCheck("tanh", inputs: [randn([4, 5], seed: 3)]) { $0[0].tanh() }
-        try gradCheck("sigmoid", inputs: [randn([4, 5], seed: 4)]) { $0[0].sigmoid() }
-        try gradCheck("exp", inputs: [randn([4, 5], seed: 5)]) { $0[0].exp() }
+        try checkGradients("relu", inputs: [awayFromZero([4, 5], seed: 1)]) { $0[0].relu() }
+        try checkGradients("gelu", inputs: [randn([4, 5], seed: 2, std: 2)]) { $0[0].gelu() }
+        try checkGradients("tanh", inputs: [randn([4, 5], seed: 3)]) { $0[0].tanh() }
+        try checkGradients("sigmoid", inputs: [randn([4, 5], seed: 4)]) { $0[0].sigmoid() }
+        try checkGradients("exp", inputs: [randn([4, 5], seed: 5)]) { $0[0].exp() }
         let positive = Tensor(randn([4, 5], seed: 6).floats.map { 0.5 + abs($0) }, shape: [4, 5])
-        try gradCheck("log", inputs: [positive]) { $0[0].log() }
-        try gradCheck("sqrt", inputs: [positive]) { $0[0].sqrt() }
-        try gradCheck("pow", inputs: [positive]) { $0[0].pow(1.7) }
-        try gradCheck("square", inputs: [randn([4, 5], seed: 7)]) { $0[0].square() }
-        try gradCheck("neg scale shift", inputs: [randn([4, 5], seed: 8)]) { (-$0[0]).scaled(3).shifted(2) }
+        try checkGradients("log", inputs: [positive]) { $0[0].log() }
+        try checkGradients("sqrt", inputs: [positive]) { $0[0].sqrt() }
+        try checkGradients("pow", inputs: [positive]) { $0[0].pow(1.7) }
+        try checkGradients("square", inputs: [randn([4, 5], seed: 7)]) { $0[0].square() }
+        try checkGradients("neg scale shift", inputs: [randn([4, 5], seed: 8)]) { (-$0[0]).scaled(3).shifted(2) }
     }
 
     func testFastTranscendentalsMatchLibm() {
@@ -50,11 +50,11 @@ final class ElementwiseGradTests: XCTestCase {
     }
 
     func testReductions() throws {
-        try gradCheck("sum all", inputs: [randn([3, 4, 5], seed: 1)]) { try $0[0].sum() }
-        try gradCheck("sum axis 1", inputs: [randn([3, 4, 5], seed: 2)]) { try $0[0].sum(axes: [1]) }
-        try gradCheck("sum axes 0,2 keep", inputs: [randn([3, 4, 5], seed: 3)]) { try $0[0].sum(axes: [0, 2], keepDims: true) }
-        try gradCheck("mean", inputs: [randn([3, 4, 5], seed: 4)]) { try $0[0].mean(axes: [-1]) }
-        try gradCheck("max axis", inputs: [randn([3, 4, 5], seed: 5)]) { try $0[0].max(axis: 1) }
+        try checkGradients("sum all", inputs: [randn([3, 4, 5], seed: 1)]) { try $0[0].sum() }
+        try checkGradients("sum axis 1", inputs: [randn([3, 4, 5], seed: 2)]) { try $0[0].sum(axes: [1]) }
+        try checkGradients("sum axes 0,2 keep", inputs: [randn([3, 4, 5], seed: 3)]) { try $0[0].sum(axes: [0, 2], keepDims: true) }
+        try checkGradients("mean", inputs: [randn([3, 4, 5], seed: 4)]) { try $0[0].mean(axes: [-1]) }
+        try checkGradients("max axis", inputs: [randn([3, 4, 5], seed: 5)]) { try $0[0].max(axis: 1) }
         let x = Tensor([1, 5, 2, 7, 0, 3], shape: [2, 3])
         XCTAssertEqual(try x.sum(axes: [1]).floats, [8, 10])
         XCTAssertEqual(try x.sum(axes: [0]).floats, [8, 5, 5])

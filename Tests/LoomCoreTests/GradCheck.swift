@@ -8,7 +8,7 @@ import LoomCore
 /// rounding of L contributes about 1e-4 to a numeric derivative, so the tolerance is
 /// |analytic - numeric| <= atol + rtol * |numeric| with atol 5e-3, rtol 2e-2. A wrong
 /// backward (missing term, wrong transpose, wrong axis) is off by O(1) and fails.
-func gradCheck(_ name: String, inputs: [Tensor], eps: Float = 1e-3, atol: Float = 5e-3, rtol: Float = 2e-2,
+func checkGradients(_ name: String, inputs: [Tensor], eps: Float = 1e-3, atol: Float = 5e-3, rtol: Float = 2e-2,
                maxPerInput: Int = 40, file: StaticString = #filePath, line: UInt = #line,
                _ f: ([Tensor]) throws -> Tensor) throws {
     for t in inputs where t.dtype == .float32 { t.requiresGrad = true; t.grad = nil }

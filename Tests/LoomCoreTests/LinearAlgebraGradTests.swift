@@ -14,23 +14,23 @@ final class LinearAlgebraGradTests: XCTestCase {
         for ta in [false, true] {
             for tb in [false, true] {
                 let a = randn(ta ? [4, 3] : [3, 4], seed: 1), b = randn(tb ? [5, 4] : [4, 5], seed: 2)
-                try gradCheck("matmul ta=\(ta) tb=\(tb)", inputs: [a, b]) { try $0[0].matmul($0[1], transposeA: ta, transposeB: tb) }
+                try checkGradients("matmul ta=\(ta) tb=\(tb)", inputs: [a, b]) { try $0[0].matmul($0[1], transposeA: ta, transposeB: tb) }
             }
         }
     }
 
     func testBatchedAndFoldedMatmul() throws {
-        try gradCheck("batched", inputs: [randn([2, 3, 3, 4], seed: 1), randn([2, 3, 4, 2], seed: 2)]) { try $0[0].matmul($0[1]) }
-        try gradCheck("batched tb", inputs: [randn([2, 3, 4], seed: 3), randn([2, 5, 4], seed: 4)]) { try $0[0].matmul($0[1], transposeB: true) }
-        try gradCheck("folded", inputs: [randn([2, 3, 4], seed: 5), randn([4, 6], seed: 6)]) { try $0[0].matmul($0[1]) }
-        try gradCheck("folded tb", inputs: [randn([2, 3, 4], seed: 7), randn([6, 4], seed: 8)]) { try $0[0].matmul($0[1], transposeB: true) }
+        try checkGradients("batched", inputs: [randn([2, 3, 3, 4], seed: 1), randn([2, 3, 4, 2], seed: 2)]) { try $0[0].matmul($0[1]) }
+        try checkGradients("batched tb", inputs: [randn([2, 3, 4], seed: 3), randn([2, 5, 4], seed: 4)]) { try $0[0].matmul($0[1], transposeB: true) }
+        try checkGradients("folded", inputs: [randn([2, 3, 4], seed: 5), randn([4, 6], seed: 6)]) { try $0[0].matmul($0[1]) }
+        try checkGradients("folded tb", inputs: [randn([2, 3, 4], seed: 7), randn([6, 4], seed: 8)]) { try $0[0].matmul($0[1], transposeB: true) }
     }
 
     func testLinear() throws {
-        try gradCheck("linear+bias", inputs: [randn([2, 3, 5], seed: 1), randn([4, 5], seed: 2), randn([4], seed: 3)]) {
+        try checkGradients("linear+bias", inputs: [randn([2, 3, 5], seed: 1), randn([4, 5], seed: 2), randn([4], seed: 3)]) {
             try $0[0].linear(weight: $0[1], bias: $0[2])
         }
-        try gradCheck("linear", inputs: [randn([6, 5], seed: 4), randn([4, 5], seed: 5)]) { try $0[0].linear(weight: $0[1], bias: nil) }
+        try checkGradients("linear", inputs: [randn([6, 5], seed: 4), randn([4, 5], seed: 5)]) { try $0[0].linear(weight: $0[1], bias: nil) }
         let y = try Tensor([1, 2], shape: [1, 2]).linear(weight: Tensor([1, 1, 2, -1], shape: [2, 2]), bias: Tensor([10, 20], shape: [2]))
         XCTAssertEqual(y.floats, [13, 20])
     }
@@ -45,6 +45,6 @@ final class LinearAlgebraGradTests: XCTestCase {
         let att = try parts[0].matmul(parts[1], transposeB: true).scaled(1 / Float(d).squareRoot()).maskedCausal().softmax()
         let composed = try att.matmul(parts[2]).permuted([0, 2, 1, 3]).reshaped([b, t, c])
         for (x, y) in zip(fused.floats, composed.floats) { XCTAssertEqual(x, y, accuracy: 1e-5) }
-        try gradCheck("attention", inputs: [randn([2, 4, 12], seed: 12)]) { try $0[0].causalSelfAttention(heads: 2) }
+        try checkGradients("attention", inputs: [randn([2, 4, 12], seed: 12)]) { try $0[0].causalSelfAttention(heads: 2) }
     }
 }

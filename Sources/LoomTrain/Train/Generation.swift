@@ -1,3 +1,4 @@
+import Foundation
 import LoomCore
 import LoomData
 import LoomNN
@@ -33,5 +34,3 @@ public enum Generation {
         return tokenizer.decode(out)
     }
 }
-
-import Foundation
