@@ -41,10 +41,10 @@ extension Tensor {
         let mean = empty([c]), variance = empty([c])
         backend.channelMoments(x, n: n, channels: c, inner: inner, mean: mean, variance: variance)
         let m = Float(n * inner)
-        withoutGrad {
+        try withoutGrad {
             // running = (1 - momentum) * running + momentum * batch (variance unbiased)
-            let rm = try! runningMean.scaled(1 - momentum).add(mean.scaled(momentum))
-            let rv = try! runningVar.scaled(1 - momentum).add(variance.scaled(momentum * m / Swift.max(m - 1, 1)))
+            let rm = try runningMean.scaled(1 - momentum).add(mean.scaled(momentum))
+            let rv = try runningVar.scaled(1 - momentum).add(variance.scaled(momentum * m / Swift.max(m - 1, 1)))
             backend.copy(rm, into: runningMean); backend.copy(rv, into: runningVar)
         }
         let rstd = withoutGrad { variance.shifted(eps).sqrt().pow(-1) }

@@ -133,30 +133,7 @@ public final class Trainer {
             let step = state.step
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
-            optimizer.zeroGrad()
-            // Gradient accumulation: K micro-batches of this rank's shard, each loss scaled
-            // by 1/K; gradients stay local until the last micro-batch's backward.
-            let k = config.accumulationSteps
-            let rows = batch.inputs.shape[0] / k
-            var lossSum: Float = 0
-            for micro in 0..<k {
-                let x = k == 1 ? batch.inputs : try batch.inputs.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
-                let y = k == 1 ? batch.targets : try batch.targets.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
-                dataParallel?.syncGradients = micro == k - 1
-                let loss = try setup.task.loss(inputs: x, targets: y)
-                try (k == 1 ? loss : loss.scaled(1 / Float(k))).backward()
-                lossSum += loss.item
-            }
-            try dataParallel?.synchronize()
-            if config.gradClip > 0 {
-                if let zero = optimizer as? ZeroOptimizer {
-                    try zero.clipGradNorm(maxNorm: Float(config.gradClip))
-                } else {
-                    clipGradNorm(setup.task.module.parameters, maxNorm: Float(config.gradClip))
-                }
-            }
-            try optimizer.step()
-            lastLoss = lossSum / Float(k)
+            lastLoss = try optimizerStep(batch)
             guard lastLoss.isFinite else {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
             }
@@ -187,17 +164,8 @@ public final class Trainer {
                                 elapsed: now - t0, startStep: startStep, force: isLog)
             }
             if state.step % evalEvery == 0 || state.step == end {
-                let e = try evaluate(full: state.step == totalSteps)
+                let e = try evaluateAndCheckpoint(log: log, epoch: epoch)
                 lastEval = e
-                state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
-                try (optimizer as? ZeroOptimizer)?.gatherState()  // collective: every rank
-                if let log {
-                    log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
-                                            validationLoss: e.loss, validationAccuracy: e.accuracy))
-                    // Written once, by rank 0: every rank holds the same parameters and state.
-                    try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state)
-                    try writePlot(log)
-                }
                 if !quiet {
                     progress.note(String(format: "step %d: val_loss %.4f", state.step, e.loss)
                                   + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? "") + " (checkpoint saved)")
@@ -213,6 +181,49 @@ public final class Trainer {
                                  wallSeconds: state.elapsedSeconds, parameters: setup.task.module.parameterCount)
         if isLeader { try writeTextAtomically(summary.json, to: runDirectory + "/summary.json") }
         return summary
+    }
+
+    /// One optimizer step on this rank's shard of the global batch. Gradient accumulation:
+    /// K micro-batches, each loss scaled by 1/K; gradients stay local until the last
+    /// micro-batch's backward. Returns the mean loss of the micro-batches.
+    private func optimizerStep(_ batch: (inputs: Tensor, targets: Tensor)) throws -> Float {
+        optimizer.zeroGrad()
+        let k = config.accumulationSteps
+        let rows = batch.inputs.shape[0] / k
+        var lossSum: Float = 0
+        for micro in 0..<k {
+            let x = k == 1 ? batch.inputs : try batch.inputs.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
+            let y = k == 1 ? batch.targets : try batch.targets.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
+            dataParallel?.syncGradients = micro == k - 1
+            let loss = try setup.task.loss(inputs: x, targets: y)
+            try (k == 1 ? loss : loss.scaled(1 / Float(k))).backward()
+            lossSum += loss.item
+        }
+        try dataParallel?.synchronize()
+        if config.gradClip > 0 {
+            if let zero = optimizer as? ZeroOptimizer {
+                try zero.clipGradNorm(maxNorm: Float(config.gradClip))
+            } else {
+                clipGradNorm(setup.task.module.parameters, maxNorm: Float(config.gradClip))
+            }
+        }
+        try optimizer.step()
+        return lossSum / Float(k)
+    }
+
+    /// Evaluates (on every rank), then rank 0 logs, checkpoints and redraws the plot.
+    private func evaluateAndCheckpoint(log: MetricsLog?, epoch: Double) throws -> (loss: Double, accuracy: Double?) {
+        let e = try evaluate(full: state.step == totalSteps)
+        state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
+        try (optimizer as? ZeroOptimizer)?.gatherState()  // collective: every rank
+        if let log {
+            log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
+                                    validationLoss: e.loss, validationAccuracy: e.accuracy))
+            // Written once, by rank 0: every rank holds the same parameters and state.
+            try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state)
+            try writePlot(log)
+        }
+        return e
     }
 
     /// Mean validation loss (and accuracy for classifiers) in evaluation mode, over
