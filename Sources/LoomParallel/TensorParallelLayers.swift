@@ -1,0 +1,149 @@
+import LoomCore
+import LoomDistributed
+import LoomNN
+
+/// y = x Wᵀ + b with W's rows (output features) split across the TP group: this rank
+/// holds weight [out/tp, in] and bias [out/tp] and produces its slice of the outputs.
+public final class ColumnParallelLinear: Module {
+    public let weight: Tensor
+    public let bias: Tensor?
+    let comm: Communicator
+
+    public init(weight: Tensor, bias: Tensor?, comm: Communicator) {
+        self.weight = parameter(weight)
+        self.bias = bias.map { parameter($0) }
+        self.comm = comm
+    }
+
+    /// [..., in] (replicated) -> [..., out/tp]
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        try x.copyToTensorParallel(comm).linear(weight: weight, bias: bias)
+    }
+}
+
+/// y = x Wᵀ + b with W's columns (input features) split: this rank holds weight
+/// [out, in/tp] and takes its slice of the input; partial outputs are summed across the
+/// group, then the (replicated) bias is added once.
+public final class RowParallelLinear: Module {
+    public let weight: Tensor
+    public let bias: Tensor?
+    let comm: Communicator
+
+    public init(weight: Tensor, bias: Tensor?, comm: Communicator) {
+        self.weight = parameter(weight)
+        self.bias = bias.map { parameter($0) }
+        self.comm = comm
+    }
+
+    /// [..., in/tp] -> [..., out] (replicated)
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        let y = try x.linear(weight: weight, bias: nil).reduceFromTensorParallel(comm)
+        return try bias.map { try y.add($0) } ?? y
+    }
+}
+
+/// Attention with heads split across the group: qkv column-parallel (this rank's heads'
+/// queries, keys and values), the fused attention on those heads, proj row-parallel.
+public final class TensorParallelAttention: Module {
+    public let qkv: ColumnParallelLinear
+    public let proj: RowParallelLinear
+    public let heads: Int  // local heads
+
+    init(sharding full: CausalSelfAttention, comm: Communicator) throws {
+        let (r, n) = (comm.rank, comm.size)
+        let c = full.proj.weight.shape[0], local = c / n
+        // qkv rows are [q heads | k heads | v heads]: take this rank's heads from each.
+        let rows = { (t: Tensor) throws -> Tensor in
+            try Tensor.concat((0..<3).map { try t.slice(axis: 0, ($0 * c + r * local)..<($0 * c + (r + 1) * local)) }, axis: 0)
+        }
+        qkv = ColumnParallelLinear(weight: try withoutGrad { try rows(full.qkv.weight) },
+                                   bias: try full.qkv.bias.map { b in try withoutGrad { try rows(b) } }, comm: comm)
+        proj = RowParallelLinear(weight: try withoutGrad { try full.proj.weight.slice(axis: 1, (r * local)..<((r + 1) * local)) },
+                                 bias: full.proj.bias.map { $0.copied() }, comm: comm)
+        heads = full.heads / n
+    }
+
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        try proj(qkv(x).causalSelfAttention(heads: heads))
+    }
+}
+
+/// The transformer MLP split column -> row: C -> 4C/tp, GELU, 4C/tp -> C, summed.
+public final class TensorParallelFeedForward: Module {
+    public let fc: ColumnParallelLinear
+    public let proj: RowParallelLinear
+
+    init(sharding full: FeedForward, comm: Communicator) throws {
+        let (r, n) = (comm.rank, comm.size)
+        let h = full.fc.weight.shape[0] / n
+        fc = ColumnParallelLinear(weight: try withoutGrad { try full.fc.weight.slice(axis: 0, (r * h)..<((r + 1) * h)) },
+                                  bias: try full.fc.bias.map { b in try withoutGrad { try b.slice(axis: 0, (r * h)..<((r + 1) * h)) } },
+                                  comm: comm)
+        proj = RowParallelLinear(weight: try withoutGrad { try full.proj.weight.slice(axis: 1, (r * h)..<((r + 1) * h)) },
+                                 bias: full.proj.bias.map { $0.copied() }, comm: comm)
+    }
+
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try proj(fc(x).gelu()) }
+}
+
+public final class TensorParallelBlock: Module {
+    public let ln1: LayerNorm
+    public let attention: TensorParallelAttention
+    public let ln2: LayerNorm
+    public let mlp: TensorParallelFeedForward
+
+    init(sharding full: TransformerBlock, comm: Communicator) throws {
+        ln1 = full.ln1; ln2 = full.ln2  // replicated: the same parameters on every TP rank
+        attention = try TensorParallelAttention(sharding: full.attention, comm: comm)
+        mlp = try TensorParallelFeedForward(sharding: full.mlp, comm: comm)
+    }
+
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        let h = try x.add(attention(ln1(x)))
+        return try h.add(mlp(ln2(h)))
+    }
+}
+
+/// A GPT split across a tensor-parallel group in the manner of Megatron-LM: attention
+/// heads and MLP columns split (one all-reduce each way per sub-block), the token
+/// embedding split by vocabulary rows (and, being tied, the output head with it), and a
+/// vocabulary-parallel cross-entropy. Layer norms and position embeddings are replicated.
+///
+/// Built by slicing a full model, so a TP run starts from exactly the single-process
+/// initialisation. Parameter names are the full model's; each holds this rank's shard.
+public final class TensorParallelGPT: Module {
+    public let config: GPTConfig
+    public let wte: Tensor  // [V/tp, C]: rows `vocabulary` of the full table
+    public let wpe: Tensor  // [T, C], replicated
+    public let blocks: [TensorParallelBlock]
+    public let lnf: LayerNorm
+    public let vocabulary: Range<Int>
+    let comm: Communicator
+
+    public init(sharding full: GPT, comm: Communicator) throws {
+        let (r, n) = (comm.rank, comm.size)
+        let v = full.config.vocabSize
+        guard v % n == 0, full.config.heads % n == 0 else {
+            throw LoomError.config("tensor parallel \(n): vocabulary \(v) and heads \(full.config.heads) must both be divisible by \(n)")
+        }
+        config = full.config
+        let rows = (r * v / n)..<((r + 1) * v / n)
+        vocabulary = rows
+        wte = parameter(try withoutGrad { try full.wte.weight.slice(axis: 0, rows) })
+        wpe = full.wpe.weight
+        blocks = try full.blocks.map { try TensorParallelBlock(sharding: $0, comm: comm) }
+        lnf = full.lnf
+        self.comm = comm
+    }
+
+    /// Mean next-token cross-entropy of int32 tokens [B, T] against targets [B, T].
+    public func loss(tokens: Tensor, targets: Tensor) throws -> Tensor {
+        let t = tokens.shape[1]
+        let positions = Tensor(indices: (0..<Int32(t)).map { $0 }, shape: [t], on: wte.backend)
+        var x = try Tensor.embeddingShard(wte, rows: vocabulary, indices: tokens).reduceFromTensorParallel(comm)
+            .add(Tensor.embedding(wpe, indices: positions))
+        for block in blocks { x = try block(x) }
+        let logits = try lnf(x).copyToTensorParallel(comm).matmul(wte, transposeB: true)  // [B, T, V/tp]
+        return try logits.vocabParallelCrossEntropy(targets: targets, classes: vocabulary, comm: comm)
+    }
+}
