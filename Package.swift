@@ -35,7 +35,7 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         .executableTarget(name: "loom", dependencies: [
-            "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomTrain",
+            "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LoomCore
 import LoomDistributed
+import LoomParallel
 import LoomTrain
 
 struct BenchCommand: ParsableCommand {
@@ -29,6 +30,15 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Data parallel ranks (in-process, one thread each): reports scaling efficiency; for comm, in-process ranks when not under mpirun.")
     var dp: Int?
 
+    @Option(help: "Pipeline stages (in-process, one thread each; gpt workload): reports measured and theoretical bubble.")
+    var pp: Int?
+    @Option(name: .customLong("micro-batches"), help: "Micro-batches per step with --pp.")
+    var microBatches: Int = 8
+    @Option(help: "Pipeline schedule with --pp: gpipe or 1f1b.")
+    var schedule: String = "1f1b"
+    @Option(help: "With --pp: write a Chrome trace (Perfetto) of the last step to this file.")
+    var trace: String?
+
     @Option(help: "CPU threads for Loom's kernels and OpenBLAS (default: all cores or LOOM_THREADS).")
     var threads: Int?
 
@@ -49,6 +59,15 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         if suite == "comm" { return try runComm() }
         if let dp, dp > 1 { return try runDataParallel(dp) }
+        if let pp {
+            guard let kind = Schedule.Kind(rawValue: schedule) else { throw ValidationError("unknown schedule '\(schedule)'; valid: gpipe, 1f1b") }
+            let r = try PipelineBench.run(stages: pp, microBatches: microBatches, schedule: kind, steps: steps, trace: trace)
+            if json { print(r.json) } else {
+                print(String(format: "gpt pp %d (%@, %d micro-batches): %.1f tokens/s, bubble measured %@ (theory %.3f)", pp, schedule,
+                             microBatches, r.perSecond, r.bubble.map { String(format: "%.3f", $0) }.joined(separator: ", "), r.bubbleTheory))
+            }
+            return
+        }
         let n = threads ?? CPUBackend.defaultThreads
         let backend = CPUBackend(threads: n)
         let peak = Bench.peakGflops(on: backend)

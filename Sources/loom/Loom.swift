@@ -7,7 +7,7 @@ struct Loom: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loom",
         abstract: "Train neural networks fast: on one CPU core, a GPU, or many processes.",
-        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, LaunchCommand.self],
+        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, LaunchCommand.self, PlanCommand.self],
         defaultSubcommand: nil
     )
 }
