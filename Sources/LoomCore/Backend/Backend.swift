@@ -57,8 +57,8 @@ public protocol Backend: AnyObject, Sendable {
     /// Softmax (or log-softmax) over the last axis of x viewed as [rows, cols].
     func softmax(_ x: Tensor, rows: Int, cols: Int, log: Bool, into y: Tensor)
     func softmaxBackward(y: Tensor, gradOutput: Tensor, rows: Int, cols: Int, log: Bool, into gx: Tensor)
-    /// Entries j > i + offset of each [rows, cols] matrix (last two axes) set to `value`
-    /// (causal masking). In place.
+    /// Entries j > i of each [rows, cols] matrix (last two axes) set to `value` (causal
+    /// masking). In place.
     func maskUpperTriangle(_ x: Tensor, rows: Int, cols: Int, value: Float)
     /// Layer norm over the last axis: y = (x - mean) * rstd * gamma + beta; saves mean, rstd [rows].
     func layerNorm(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float, rows: Int, cols: Int,

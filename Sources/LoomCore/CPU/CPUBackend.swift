@@ -43,10 +43,9 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     /// Freed blocks by exact size, for reuse. A training step allocates the same sizes
     /// every step; glibc would hand blocks over 128 KiB back to the kernel on free, and
-    /// each step would then page-fault its activations in again (im2col alone is 20 MB
-    /// per CNN step). Shared by every CPU backend in the process.
+    /// each step would then page-fault its activations in again. Shared by every CPU
+    /// backend in the process; at most 4 GiB is kept.
     static let cache = BlockCache(limitBytes: 4 << 30)
-
 
     // MARK: Memory
 
