@@ -113,8 +113,8 @@ public final class TensorParallelBlock: Module {
 /// initialisation. Parameter names are the full model's; each holds this rank's shard.
 public final class TensorParallelGPT: Module {
     public let config: GPTConfig
-    public let wte: Tensor  // [V/tp, C]: rows `vocabulary` of the full table
-    public let wpe: Tensor  // [T, C], replicated
+    public let wte: VocabularyShard  // weight [V/tp, C]: rows `vocabulary` of the full table
+    public let wpe: Embedding        // [T, C], replicated
     public let blocks: [TensorParallelBlock]
     public let lnf: LayerNorm
     public let vocabulary: Range<Int>
@@ -129,8 +129,8 @@ public final class TensorParallelGPT: Module {
         config = full.config
         let rows = (r * v / n)..<((r + 1) * v / n)
         vocabulary = rows
-        wte = parameter(try withoutGrad { try full.wte.weight.slice(axis: 0, rows) })
-        wpe = full.wpe.weight
+        wte = VocabularyShard(weight: parameter(try withoutGrad { try full.wte.weight.slice(axis: 0, rows) }))
+        wpe = full.wpe
         blocks = try full.blocks.map { try TensorParallelBlock(sharding: $0, comm: comm) }
         lnf = full.lnf
         self.comm = comm
@@ -139,11 +139,64 @@ public final class TensorParallelGPT: Module {
     /// Mean next-token cross-entropy of int32 tokens [B, T] against targets [B, T].
     public func loss(tokens: Tensor, targets: Tensor) throws -> Tensor {
         let t = tokens.shape[1]
-        let positions = Tensor(indices: (0..<Int32(t)).map { $0 }, shape: [t], on: wte.backend)
-        var x = try Tensor.embeddingShard(wte, rows: vocabulary, indices: tokens).reduceFromTensorParallel(comm)
-            .add(Tensor.embedding(wpe, indices: positions))
+        let positions = Tensor(indices: (0..<Int32(t)).map { $0 }, shape: [t], on: wte.weight.backend)
+        var x = try Tensor.embeddingShard(wte.weight, rows: vocabulary, indices: tokens).reduceFromTensorParallel(comm)
+            .add(wpe(positions))
         for block in blocks { x = try block(x) }
-        let logits = try lnf(x).copyToTensorParallel(comm).matmul(wte, transposeB: true)  // [B, T, V/tp]
+        let logits = try lnf(x).copyToTensorParallel(comm).matmul(wte.weight, transposeB: true)  // [B, T, V/tp]
         return try logits.vocabParallelCrossEntropy(targets: targets, classes: vocabulary, comm: comm)
     }
+
+    /// How each tensor of the full model is split here (nil: replicated), by the full
+    /// model's names: checkpoints gather shards into full tensors and slice them back.
+    public func shardSpec(_ qualified: String) -> ShardSpec? {
+        // Optimizer state is split like the parameter it belongs to.
+        let name = ["exp_avg_sq", "exp_avg", "momentum_buffer"].reduce(qualified) { n, s in
+            n.hasSuffix("." + s) ? String(n.dropLast(s.count + 1)) : n
+        }
+        if name == "wte.weight" { return ShardSpec(axis: 0, pieces: 1) }
+        if name.hasSuffix("attention.qkv.weight") || name.hasSuffix("attention.qkv.bias") { return ShardSpec(axis: 0, pieces: 3) }
+        if name.hasSuffix("mlp.fc.weight") || name.hasSuffix("mlp.fc.bias") { return ShardSpec(axis: 0, pieces: 1) }
+        if name.hasSuffix("attention.proj.weight") || name.hasSuffix("mlp.proj.weight") { return ShardSpec(axis: 1, pieces: 1) }
+        return nil
+    }
+
+    /// Collective over the TP group: this rank's shard of `name` -> the full tensor.
+    public func gather(_ name: String, _ shard: Tensor) throws -> Tensor {
+        guard let spec = shardSpec(name) else { return shard }
+        let all = Tensor(uninitialized: [comm.size * shard.count], on: shard.backend)
+        try comm.allGather(shard.copied(), into: all)
+        let pieces = try (0..<comm.size).map { all.view(shard.shape, offset: $0 * shard.count) }.map { s in
+            try s.split(Array(repeating: s.shape[spec.axis] / spec.pieces, count: spec.pieces), axis: spec.axis)
+        }
+        // Full = for each piece p, the ranks' p-th pieces in rank order.
+        return try withoutGrad {
+            try Tensor.concat((0..<spec.pieces).flatMap { p in pieces.map { $0[p] } }, axis: spec.axis)
+        }
+    }
+
+    /// This rank's shard of the full tensor `name` (the inverse of `gather`).
+    public func shard(_ name: String, _ full: Tensor) throws -> Tensor {
+        guard let spec = shardSpec(name) else { return full }
+        let r = comm.rank, n = comm.size
+        let piece = full.shape[spec.axis] / spec.pieces, w = piece / n
+        return try withoutGrad {
+            try Tensor.concat((0..<spec.pieces).map { p in try full.slice(axis: spec.axis, (p * piece + r * w)..<(p * piece + (r + 1) * w)) },
+                              axis: spec.axis)
+        }
+    }
+}
+
+/// A tensor split along `axis` into `pieces` equal blocks, each block split across the
+/// TP ranks (qkv: 3 blocks, q, k and v, each split by heads).
+public struct ShardSpec: Equatable, Sendable {
+    public let axis: Int
+    public let pieces: Int
+}
+
+/// The token table's rows this rank holds (a module, so its parameter is named
+/// `wte.weight` as in the full model).
+public final class VocabularyShard: Module {
+    public let weight: Tensor
+    init(weight: Tensor) { self.weight = weight }
 }

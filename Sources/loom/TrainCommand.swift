@@ -19,6 +19,7 @@ struct TrainCommand: ParsableCommand {
           loom train --resume runs/mnist-cnn                            # continues bit for bit
           loom train examples/shakespeare-gpt.toml --dp 2 --zero 1      # 2 data-parallel ranks (threads)
           loom launch -n 2 -- train examples/shakespeare-gpt.toml       # 2 data-parallel MPI processes
+          loom train examples/shakespeare-gpt.toml --dp 2 --tp 2        # 4 ranks: data x tensor parallel
         """
     )
 
@@ -53,6 +54,8 @@ struct TrainCommand: ParsableCommand {
     var threads: Int?
     @Option(help: "Data-parallel ranks. Under mpirun/srun/loom launch: the number of processes; otherwise that many ranks as threads of this process.")
     var dp: Int?
+    @Option(help: "Tensor-parallel ranks (gpt): attention heads, MLP and vocabulary split across them. Total ranks = dp x tp.")
+    var tp: Int?
     @Option(help: "ZeRO stage with --dp: 1 shards optimizer state across ranks (reduce-scatter, local update, all-gather).")
     var zero: Int?
 
@@ -86,6 +89,7 @@ struct TrainCommand: ParsableCommand {
             if let out { c.out = out }
             if let name { c.name = name }
             if let dp { c.dp = dp }
+            if let tp { c.tp = tp }
             if let zero {
                 guard zero == 0 || zero == 1 else { throw LoomError.config("--zero \(zero): valid stages are 0 and 1") }
                 c.zero = zero
@@ -104,8 +108,8 @@ struct TrainCommand: ParsableCommand {
     func runTraining(_ c: TrainConfig) throws -> (RunSummary?, String) {
         if MPICommunicator.launchedByMPI {
             let world = try MPICommunicator.world(timeout: Double(c.timeoutSeconds))
-            guard dp == nil || dp == world.size else {
-                throw LoomError.config("--dp \(dp!) but the launcher started \(world.size) processes")
+            guard dp == nil || dp! * c.tp == world.size else {
+                throw LoomError.config("--dp \(dp!) x tp \(c.tp) but the launcher started \(world.size) processes")
             }
             do {
                 let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared,
@@ -119,9 +123,10 @@ struct TrainCommand: ParsableCommand {
                 world.abort()
             }
         }
-        if c.dp > 1 {
-            let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / c.dp)
-            let results = try InProcessWorld.run(size: c.dp, timeout: Double(c.timeoutSeconds)) { comm -> (RunSummary, String) in
+        if c.dp * c.tp > 1 {
+            let ranks = c.dp * c.tp
+            let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / ranks)
+            let results = try InProcessWorld.run(size: ranks, timeout: Double(c.timeoutSeconds)) { comm -> (RunSummary, String) in
                 let trainer = try Trainer(config: c, backend: CPUBackend(threads: perRank), resume: resume, communicator: comm)
                 trainer.stopAt = stopAt
                 defer { trainer.finish() }

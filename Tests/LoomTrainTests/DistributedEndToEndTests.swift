@@ -102,6 +102,28 @@ final class DistributedEndToEndTests: CLITestCase {
         try assertMatches("other", "whole")
     }
 
+    /// Tensor parallelism (alone, and with data parallelism and ZeRO), in-process and
+    /// under MPI; checkpoints resharded between tensor-parallel and other layouts.
+    func testTensorParallelMatchesSingleProcessAndReshards() throws {
+        let cfg = try config("gpt")
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "single"]).status, 0)
+        for (name, args) in [("tp2", ["--tp", "2"]), ("dp2tp2", ["--dp", "2", "--tp", "2", "--zero", "1"])] {
+            let r = try loom(["train", cfg, "--out", work, "--name", name] + args)
+            XCTAssertEqual(r.status, 0, r.err)
+            try assertMatches(name, "single")
+        }
+        XCTAssertEqual(try loom(["train", cfg, "--tp", "2", "--stop-at", "10", "--out", work, "--name", "from-tp"]).status, 0)
+        XCTAssertEqual(try loom(["train", "--resume", work + "/from-tp", "--tp", "1", "--dp", "2"]).status, 0)
+        try assertMatches("from-tp", "single")
+        XCTAssertEqual(try loom(["train", cfg, "--stop-at", "10", "--out", work, "--name", "to-tp"]).status, 0)
+        XCTAssertEqual(try loom(["train", "--resume", work + "/to-tp", "--tp", "4"]).status, 0)
+        try assertMatches("to-tp", "single")
+        guard mpirunAvailable else { throw XCTSkip("mpirun not installed: in-process tensor parallelism was checked, MPI was not") }
+        let m = try loom(["launch", "-n", "2", "--", "train", cfg, "--tp", "2", "--out", work, "--name", "tp2-mpi"])
+        XCTAssertEqual(m.status, 0, m.err)
+        try assertMatches("tp2-mpi", "single")
+    }
+
     func testKilledRankEndsTheMPIRunWithAMessageAndKeepsTheCheckpoint() throws {
         guard mpirunAvailable else { throw XCTSkip("mpirun not installed") }
         let cfg = try config("mlp")

@@ -102,6 +102,7 @@ final class EndToEndTests: CLITestCase {
         try expectError(["train", work + "/c.toml"], contains: "unknown key 'train.learning_rate'; valid keys in [train]:")
         try expectError(["train", work + "/nope.toml"], contains: "config '\(work!)/nope.toml': cannot read")
         try expectError(["train", "--model", "rnn"], contains: "valid models are cnn, mlp, gpt")
+        try expectError(["train", "--model", "mlp", "--tp", "2"], contains: "tensor parallelism splits gpt models only")
         let rows = (0..<20).map { i in (0..<100).map { _ in "1" }.joined(separator: ",") + ",\(i % 10)" }.joined(separator: "\n")
         try (rows + "\n").write(toFile: work + "/small.csv", atomically: true, encoding: .utf8)
         try expectError(["train", "--data", work + "/small.csv", "--out", work, "--batch-size", "4"],

@@ -18,10 +18,12 @@ public enum TrainingCheckpoint {
     public static let fileName = "checkpoint.safetensors"
 
     /// `optimizer`: the one training uses (a sharded optimizer has gathered its state first).
-    public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState) throws {
+    /// `tensors`: what to write instead of the local ones (tensor parallelism gathers
+    /// shards into full tensors first).
+    public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState,
+                            tensors full: [(name: String, tensor: Tensor)]? = nil) throws {
         if !(optimizer is ZeroOptimizer) { optimizer.materializeState() }
-        let tensors = setup.task.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
-            + optimizer.namedState().map { ("optim." + $0.name, $0.tensor) }
+        let tensors = full ?? localTensors(setup: setup, optimizer: optimizer)
         var meta: [String: String] = [
             "format": "pt",
             "loom.config": ConfigFile.render(config),
@@ -36,6 +38,12 @@ public enum TrainingCheckpoint {
         try SafeTensors.writeAtomically(SafeTensors.encode(tensors, metadata: meta), to: dir + "/" + fileName)
     }
 
+    /// Parameters, buffers and optimizer state under their checkpoint names.
+    public static func localTensors(setup: Setup, optimizer: Optimizer) -> [(name: String, tensor: Tensor)] {
+        setup.task.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
+            + optimizer.namedState().map { ("optim." + $0.name, $0.tensor) }
+    }
+
     /// The configuration and tokenizer stored in a checkpoint (read before building the model).
     public static func peek(_ dir: String) throws -> (SafeTensors.File, TrainConfig, CharTokenizer?) {
         let path = dir.hasSuffix(".safetensors") ? dir : dir + "/" + fileName
@@ -48,12 +56,25 @@ public enum TrainingCheckpoint {
     }
 
     /// Loads parameters and buffers (`model.*`) into a module.
-    public static func restoreModel(_ file: SafeTensors.File, path: String, into module: Module) throws {
-        for (name, t) in module.namedTensors() { try load(file, path, "model." + name, t) }
+    public static func restoreModel(_ file: SafeTensors.File, path: String, into module: Module,
+                                    slice: ((String, Tensor) throws -> Tensor)? = nil) throws {
+        for (name, t) in module.namedTensors() { try load(file, path, "model." + name, t, slice: slice) }
     }
 
-    private static func load(_ file: SafeTensors.File, _ path: String, _ name: String, _ t: Tensor) throws {
+    /// Copies checkpoint tensor `name` into `t`; `slice` maps the stored (full) tensor to
+    /// this rank's part of it, given the name without its model./optim. prefix.
+    private static func load(_ file: SafeTensors.File, _ path: String, _ name: String, _ t: Tensor,
+                             slice: ((String, Tensor) throws -> Tensor)? = nil) throws {
         guard let e = file.entries[name] else { throw LoomError.io("checkpoint '\(path)': no tensor '\(name)'") }
+        if let slice, e.dtype == .float32 {
+            let full = Tensor(file.floats(name)!, shape: e.shape, on: t.backend)
+            let part = try slice(String(name.drop { $0 != "." }.dropFirst()), full)
+            guard part.shape == t.shape else {
+                throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)), which does not slice to this rank's \(describe(t.shape))")
+            }
+            t.backend.copy(part, into: t)
+            return
+        }
         guard e.shape == t.shape, e.dtype == t.dtype else {
             throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)) \(e.dtype), the model expects \(describe(t.shape)) \(t.dtype)")
         }
@@ -61,10 +82,11 @@ public enum TrainingCheckpoint {
     }
 
     /// Loads tensors and state into a freshly built setup.
-    public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup) throws -> RunState {
-        try restoreModel(file, path: path, into: setup.task.module)
+    public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup,
+                               slice: ((String, Tensor) throws -> Tensor)? = nil) throws -> RunState {
+        try restoreModel(file, path: path, into: setup.task.module, slice: slice)
         setup.optimizer.materializeState()
-        for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t) }
+        for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, slice: slice) }
         setup.optimizer.stepCount = Int(file.metadata["loom.optimizer_steps"] ?? "0") ?? 0
         let saved = Dictionary(uniqueKeysWithValues: (file.metadata["loom.dropout"] ?? "").split(separator: ";").compactMap { entry -> (String, Philox)? in
             let parts = entry.split(separator: "=")

@@ -79,6 +79,7 @@ public enum ConfigFile {
         int("train", "eval_every", "steps between evaluations (0: each epoch)", \.evalEvery),
         int("train", "eval_batches", "validation batches per evaluation (0: all)", \.evalBatches),
         int("parallel", "dp", "data-parallel ranks", min: 1, \.dp),
+        int("parallel", "tp", "tensor-parallel ranks (gpt only)", min: 1, \.tp),
         int("parallel", "bucket_kb", "gradient all-reduce bucket size in KiB", min: 1, \.bucketKB),
         Key(section: "parallel", name: "zero", help: "ZeRO stage: 0 or 1", read: { c, v, path in
             guard let z = v.int, z == 0 || z == 1 else { throw bad(path, "parallel.zero", "0 or 1", v) }
@@ -142,6 +143,8 @@ public enum ConfigFile {
         if c.batchSize % (c.dp * c.accumulationSteps) != 0 {
             throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly into parallel.dp = \(c.dp) ranks x train.accumulation_steps = \(c.accumulationSteps) micro-batches")
         }
+        if c.tp > 1 && c.model != "gpt" { throw LoomError.config("parallel.tp = \(c.tp): tensor parallelism splits gpt models only (model.kind is \(c.model))") }
+        if c.tp > 1 && c.heads % c.tp != 0 { throw LoomError.config("model.heads \(c.heads) must be divisible by parallel.tp \(c.tp)") }
         if c.dropout >= 1 { throw LoomError.config("model.dropout must be below 1, got \(c.dropout)") }
         if c.validationFraction <= 0 || c.validationFraction >= 1 {
             throw LoomError.config("data.validation_fraction must be between 0 and 1 (exclusive), got \(c.validationFraction)")

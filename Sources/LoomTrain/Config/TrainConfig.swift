@@ -35,7 +35,8 @@ public struct TrainConfig: Equatable, Sendable {
     public var evalEvery = 0            // 0: every epoch
     public var evalBatches = 0          // 0: the whole validation split
     // [parallel]
-    public var dp = 1                   // data-parallel ranks (under mpirun: the world size)
+    public var dp = 1                   // data-parallel ranks (under mpirun: world size / tp)
+    public var tp = 1                   // tensor-parallel ranks (gpt): heads, MLP and vocabulary split
     public var bucketKB = 1024          // gradient bucket size
     public var zero = 0                 // 1: shard optimizer state across the data-parallel ranks (ZeRO-1)
     public var timeoutSeconds = 120     // a collective that waits longer fails the run

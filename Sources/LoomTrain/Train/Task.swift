@@ -1,6 +1,8 @@
 import LoomCore
 import LoomData
+import LoomDistributed
 import LoomNN
+import LoomParallel
 
 /// What the trainer needs of a model: its module tree, a loss on a batch, and
 /// evaluation sums on a batch.
@@ -52,6 +54,23 @@ public final class LanguageModelTask: TrainTask {
     }
 }
 
+/// Next-token prediction with the model split across a tensor-parallel group.
+public final class TensorParallelLanguageModelTask: TrainTask {
+    public let model: TensorParallelGPT
+    public var module: Module { model }
+
+    public init(model: TensorParallelGPT) { self.model = model }
+
+    public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
+        try model.loss(tokens: inputs, targets: targets)
+    }
+
+    public func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, correct: Int, count: Int) {
+        let loss = try withoutGrad { try model.loss(tokens: inputs, targets: targets) }
+        return (Double(loss.item) * Double(targets.count), 0, targets.count)
+    }
+}
+
 /// Data, model and optimizer as a configuration describes them.
 public struct Setup {
     /// The seed of the train/validation split of image data (fixed: the split does not
@@ -65,7 +84,9 @@ public struct Setup {
 
     /// `tokenizer`: the vocabulary a checkpoint was trained with (so resumed and
     /// evaluated runs tokenize as the original run did).
-    public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: CharTokenizer? = nil) throws {
+    /// `tensorGroup`: with more than one rank, the GPT is split across it.
+    public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: CharTokenizer? = nil,
+                tensorGroup: Communicator? = nil) throws {
         let seed = UInt64(c.seed)
         if c.isLanguageModel {
             let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved)
@@ -74,7 +95,11 @@ public struct Setup {
             validation = TokenWindows(tokens: corpus.validation, context: c.context)
             let gpt = try GPT(GPTConfig(vocabSize: corpus.tokenizer.count, contextLength: c.context, layers: c.layers,
                                         dModel: c.dModel, heads: c.heads, dropout: Float(c.dropout)), seed: seed, on: backend)
-            task = LanguageModelTask(model: gpt)
+            if let group = tensorGroup, group.size > 1 {
+                task = TensorParallelLanguageModelTask(model: try TensorParallelGPT(sharding: gpt, comm: group))
+            } else {
+                task = LanguageModelTask(model: gpt)
+            }
         } else {
             // Rows are shuffled once, with a fixed seed, before the split: files are often
             // sorted by label (the bundled MNIST subset is), and a split of sorted rows

@@ -39,13 +39,18 @@ public final class Trainer {
     /// Stop (after checkpointing) once this step is done, as if interrupted.
     public var stopAt: Int?
     public var quiet = false
-    /// The data-parallel group (nil: one process).
+    /// All ranks of the run (nil: one process).
     public let communicator: Communicator?
+    /// The ranks that hold the same model part and split the data (data parallelism).
+    private let dataGroup: Communicator?
+    /// The tensor-parallel model, when the GPT is split across ranks.
+    private let tensorParallel: TensorParallelGPT?
     private let dataParallel: DataParallel?
     /// The optimizer training uses: the setup's, or its ZeRO-sharded form.
     public let optimizer: Optimizer
-    private var rank: Int { communicator?.rank ?? 0 }
-    private var isLeader: Bool { rank == 0 }
+    /// This rank's index in the data group: which shard of each batch it takes.
+    private var rank: Int { dataGroup?.rank ?? 0 }
+    private var isLeader: Bool { (communicator?.rank ?? 0) == 0 }
 
     /// A new run, or a resumed one when `resume` names a run directory. With a
     /// communicator of N ranks, this is one rank of an N-way data-parallel run: call `run()`
@@ -53,26 +58,37 @@ public final class Trainer {
     public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil,
                 communicator: Communicator? = nil) throws {
         var c = config
-        if let communicator { c.dp = communicator.size }
+        // World = dp x tp ranks; tensor parallelism varies fastest (Topology).
+        var groups: ProcessGroups?
+        if let communicator {
+            guard communicator.size % c.tp == 0 else {
+                throw LoomError.config("parallel.tp = \(c.tp) does not divide the \(communicator.size) ranks")
+            }
+            c.dp = communicator.size / c.tp
+            if c.tp > 1 { groups = try ProcessGroups(topology: Topology(dp: c.dp, tp: c.tp), world: communicator) }
+        }
         c.data = resolveDataPath(c.data)
         if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
         try ConfigFile.validate(c)
         self.backend = backend
+        dataGroup = groups?.data ?? communicator
         if let resume {
             let (file, _, tokenizer) = try TrainingCheckpoint.peek(resume)
-            setup = try Setup(c, backend: backend, tokenizer: tokenizer)
-            state = try TrainingCheckpoint.restore(file, path: resume, into: setup)
+            setup = try Setup(c, backend: backend, tokenizer: tokenizer, tensorGroup: groups?.tensor)
+            let tp = (setup.task as? TensorParallelLanguageModelTask)?.model
+            state = try TrainingCheckpoint.restore(file, path: resume, into: setup, slice: tp.map { m in { try m.shard($0, $1) } })
             runDirectory = resume
         } else {
-            setup = try Setup(c, backend: backend)
+            setup = try Setup(c, backend: backend, tensorGroup: groups?.tensor)
             state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
             runDirectory = c.out + "/" + (c.name.isEmpty ? "run" : c.name)
         }
         self.config = c
         self.communicator = communicator
-        // Every rank starts from rank 0's parameters (broadcast inside).
+        tensorParallel = (setup.task as? TensorParallelLanguageModelTask)?.model
+        // Every rank of a data group starts from its first rank's parameters (broadcast inside).
         let params = setup.task.module.namedParameters()
-        if let comm = communicator, comm.size > 1 {
+        if let comm = dataGroup, comm.size > 1 {
             let dp = try DataParallel(parameters: params, communicator: comm, bucketBytes: c.bucketKB << 10, zero: c.zero == 1)
             dataParallel = dp
             optimizer = c.zero == 1 ? try ZeroOptimizer(dataParallel: dp, template: setup.optimizer) : setup.optimizer
@@ -106,7 +122,7 @@ public final class Trainer {
             log = try MetricsLog(path: runDirectory + "/metrics.jsonl", keepThrough: resumed ? state.step : nil)
         }
         let sampler = try EpochSampler(count: setup.train.count, globalBatch: config.batchSize, seed: UInt64(config.seed),
-                                       rank: rank, worldSize: communicator?.size ?? 1)
+                                       rank: rank, worldSize: dataGroup?.size ?? 1)
         let end = min(totalSteps, stopAt ?? totalSteps)
         let loader = PrefetchLoader(dataset: setup.train, sampler: sampler, start: state.step, end: end)
         defer { loader.stop() }
@@ -125,7 +141,8 @@ public final class Trainer {
             progress.note("loom train \(config.name): \(config.model), \(setup.task.module.parameterCount) parameters, "
                 + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
                 + (resumed ? ", resuming at step \(startStep)" : "")
-                + ((communicator?.size ?? 1) > 1 ? ", data parallel over \(communicator!.size) ranks" : "") + " -> \(runDirectory)/")
+                + ((dataGroup?.size ?? 1) > 1 ? ", data parallel over \(dataGroup!.size) ranks" : "")
+                + (config.tp > 1 ? ", tensor parallel over \(config.tp) ranks" : "") + " -> \(runDirectory)/")
         }
 
         setup.task.module.train()
@@ -145,7 +162,7 @@ public final class Trainer {
             let isLog = state.step % config.logEvery == 0 || state.step == end
             if isLog {
                 // The logged loss is the global batch's: the mean of the ranks' shard means.
-                if let comm = communicator, comm.size > 1 { lastLoss = Float(try comm.average(Double(lastLoss))) }
+                if let comm = dataGroup, comm.size > 1 { lastLoss = Float(try comm.average(Double(lastLoss))) }
                 let window = now - windowStart
                 let rate = Double(windowSteps * itemsPerStep) / max(window, 1e-9)
                 var record = MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, loss: lastLoss, lr: lr,
@@ -216,11 +233,17 @@ public final class Trainer {
         let e = try evaluate(full: state.step == totalSteps)
         state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
         try (optimizer as? ZeroOptimizer)?.gatherState()  // collective: every rank
+        // Tensor parallelism: every rank gathers the shards into full tensors (collective).
+        let full = try tensorParallel.map { tp in
+            try TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer).map { name, t in
+                (name, try tp.gather(String(name.drop { $0 != "." }.dropFirst()), t))
+            }
+        }
         if let log {
             log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
                                     validationLoss: e.loss, validationAccuracy: e.accuracy))
             // Written once, by rank 0: every rank holds the same parameters and state.
-            try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state)
+            try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state, tensors: full)
             try writePlot(log)
         }
         return e
@@ -238,13 +261,13 @@ public final class Trainer {
         var batches = (data.count + batch - 1) / batch  // the last batch may be partial
         if config.evalBatches > 0 && !full { batches = min(batches, config.evalBatches) }
         var lossSum = 0.0, correct = 0, count = 0
-        let ranks = communicator?.size ?? 1
-        for b in stride(from: rank, to: batches, by: ranks) {  // each rank evaluates every ranks-th batch
+        let ranks = dataGroup?.size ?? 1
+        for b in stride(from: rank, to: batches, by: ranks) {  // each data rank evaluates every ranks-th batch
             let xy = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
             let r = try setup.task.evaluate(inputs: xy.inputs, targets: xy.targets)
             lossSum += r.lossSum; correct += r.correct; count += r.count
         }
-        if let comm = communicator, comm.size > 1 {
+        if let comm = dataGroup, comm.size > 1 {
             let sums = try comm.sum([lossSum, Double(correct), Double(count)])
             lossSum = sums[0]; correct = Int(sums[1].rounded()); count = Int(sums[2].rounded())
         }
