@@ -34,32 +34,21 @@ public final class ClassifierTask: TrainTask {
     }
 }
 
-/// Next-token prediction (gpt): cross-entropy per token; accuracy is top-1 per token.
-public final class LanguageModelTask: TrainTask {
-    public let model: GPT
-    public var module: Module { model }
-
-    public init(model: GPT) { self.model = model }
-
-    public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
-        try model.loss(tokens: inputs, targets: targets)
-    }
-
-    public func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, correct: Int, count: Int) {
-        let logits = try withoutGrad { try model(inputs) }
-        let n = targets.count
-        let loss = try logits.crossEntropy(targets: targets).item
-        let predicted = try logits.argmax(axis: -1).ints
-        return (Double(loss) * Double(n), zip(predicted, targets.ints).filter { $0 == $1 }.count, n)
-    }
+/// A model trained on next-token prediction: a GPT, whole or split across ranks.
+public protocol NextTokenModel: Module {
+    /// Mean next-token cross-entropy of int32 tokens [B, T] against targets [B, T].
+    func loss(tokens: Tensor, targets: Tensor) throws -> Tensor
 }
 
-/// Next-token prediction with the model split across a tensor-parallel group.
-public final class TensorParallelLanguageModelTask: TrainTask {
-    public let model: TensorParallelGPT
+extension GPT: NextTokenModel {}
+extension TensorParallelGPT: NextTokenModel {}
+
+/// Next-token prediction (gpt): cross-entropy per token (no accuracy is reported).
+public final class LanguageModelTask: TrainTask {
+    public let model: any NextTokenModel
     public var module: Module { model }
 
-    public init(model: TensorParallelGPT) { self.model = model }
+    public init(model: any NextTokenModel) { self.model = model }
 
     public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
         try model.loss(tokens: inputs, targets: targets)
@@ -96,7 +85,7 @@ public struct Setup {
             let gpt = try GPT(GPTConfig(vocabSize: corpus.tokenizer.count, contextLength: c.context, layers: c.layers,
                                         dModel: c.dModel, heads: c.heads, dropout: Float(c.dropout)), seed: seed, on: backend)
             if let group = tensorGroup, group.size > 1 {
-                task = TensorParallelLanguageModelTask(model: try TensorParallelGPT(sharding: gpt, comm: group))
+                task = LanguageModelTask(model: try TensorParallelGPT(sharding: gpt, comm: group))
             } else {
                 task = LanguageModelTask(model: gpt)
             }

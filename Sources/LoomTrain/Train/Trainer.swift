@@ -75,7 +75,7 @@ public final class Trainer {
         if let resume {
             let (file, _, tokenizer) = try TrainingCheckpoint.peek(resume)
             setup = try Setup(c, backend: backend, tokenizer: tokenizer, tensorGroup: groups?.tensor)
-            let tp = (setup.task as? TensorParallelLanguageModelTask)?.model
+            let tp = (setup.task as? LanguageModelTask)?.model as? TensorParallelGPT
             state = try TrainingCheckpoint.restore(file, path: resume, into: setup, slice: tp.map { m in { try m.shard($0, $1) } })
             runDirectory = resume
         } else {
@@ -85,7 +85,7 @@ public final class Trainer {
         }
         self.config = c
         self.communicator = communicator
-        tensorParallel = (setup.task as? TensorParallelLanguageModelTask)?.model
+        tensorParallel = (setup.task as? LanguageModelTask)?.model as? TensorParallelGPT
         // Every rank of a data group starts from its first rank's parameters (broadcast inside).
         let params = setup.task.module.namedParameters()
         if let comm = dataGroup, comm.size > 1 {
