@@ -15,6 +15,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     public let timeout: Double
     private let comm: MPI_Comm
     private let worker: SerialWorker
+    /// Sends posted with MPI_Isend and not yet complete, with the buffers they read
+    /// (touched only on the MPI thread).
+    private let pendingSends = Box<[(request: MPI_Request?, buffer: Tensor)]>([])
 
     /// True when this process was started by an MPI launcher.
     public static var launchedByMPI: Bool {
@@ -51,7 +54,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     /// Finalises MPI (call once, at the end of a run).
-    public func finalize() { worker.sync { _ = MPI_Finalize() } }
+    public func finalize() { worker.sync { _ = completeSends(); _ = MPI_Finalize() } }
 
     /// Ends every rank of the job (after a failure on this one).
     public func abort(code: Int32 = 1) -> Never {
@@ -67,6 +70,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     private func run(_ op: String, _ body: @escaping () -> Int32) -> CommRequest {
         let request = CommRequest(label: op)
         worker.async { [self] in
+            reapSends()
             OperationNote.set("rank \(rank): \(op)")
             defer { OperationNote.set("rank \(rank): idle between collectives") }
             let watch = Watchdog.start(after: timeout) { [rank, timeout] in
@@ -137,9 +141,41 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         }
     }
 
+    /// Non-blocking: the message is copied and posted with MPI_Isend, so two stages that
+    /// send to each other at once (1F1B's activations and gradients cross) cannot block
+    /// each other on messages above MPI's eager limit. Later MPI calls progress it;
+    /// `barrier` and `finalize` complete every pending send.
     public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {
-        let n = tensor.count, p = tensor.ptr
-        try run("send to rank \(peer) (tag \(tag))") { [comm] in MPI_Send(p, Int32(n), loom_mpi_float(), Int32(peer), Int32(tag), comm) }.wait()
+        let copy = tensor.copied()
+        let n = copy.count, p = copy.ptr
+        try run("send to rank \(peer) (tag \(tag))") { [comm, pendingSends] in
+            var request: MPI_Request?
+            let rc = MPI_Isend(p, Int32(n), loom_mpi_float(), Int32(peer), Int32(tag), comm, &request)
+            pendingSends.value.append((request, copy))
+            return rc
+        }.wait()
+    }
+
+    /// Drops the sends that have completed (on the MPI thread).
+    private func reapSends() {
+        pendingSends.value.removeAll { entry in
+            var request = entry.request
+            var done: Int32 = 0
+            MPI_Test(&request, &done, loom_mpi_status_ignore())
+            return done != 0
+        }
+    }
+
+    /// Waits for every pending send (on the MPI thread).
+    private func completeSends() -> Int32 {
+        var rc = Int32(MPI_SUCCESS)
+        for entry in pendingSends.value {
+            var request = entry.request
+            let r = MPI_Wait(&request, loom_mpi_status_ignore())
+            if r != MPI_SUCCESS { rc = r }
+        }
+        pendingSends.value.removeAll()
+        return rc
     }
 
     public func receive(into tensor: Tensor, from peer: Int, tag: Int) throws {
@@ -150,7 +186,10 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     public func barrier() throws {
-        try run("barrier") { [comm] in MPI_Barrier(comm) }.wait()
+        try run("barrier") { [self] in
+            let rc = completeSends()
+            return rc != MPI_SUCCESS ? rc : MPI_Barrier(comm)
+        }.wait()
     }
 
     public func split(color: Int, key: Int) throws -> Communicator {

@@ -61,7 +61,12 @@ struct BenchCommand: ParsableCommand {
         if let dp, dp > 1 { return try runDataParallel(dp) }
         if let pp {
             guard let kind = Schedule.Kind(rawValue: schedule) else { throw ValidationError("unknown schedule '\(schedule)'; valid: gpipe, 1f1b") }
-            let r = try PipelineBench.run(stages: pp, microBatches: microBatches, schedule: kind, steps: steps, trace: trace)
+            let world = MPICommunicator.launchedByMPI ? try MPICommunicator.world() : nil
+            if let world, world.size != pp { throw ValidationError("--pp \(pp) but the launcher started \(world.size) processes") }
+            let r = try PipelineBench.run(stages: pp, microBatches: microBatches, schedule: kind, steps: steps,
+                                          trace: world == nil ? trace : nil, mpiWorld: world)
+            world?.finalize()
+            if let world, world.rank != 0 { return }
             if json { print(r.json) } else {
                 print(String(format: "gpt pp %d (%@, %d micro-batches): %.1f tokens/s, bubble measured %@ (theory %.3f)", pp, schedule,
                              microBatches, r.perSecond, r.bubble.map { String(format: "%.3f", $0) }.joined(separator: ", "), r.bubbleTheory))

@@ -124,6 +124,18 @@ final class DistributedEndToEndTests: CLITestCase {
         try assertMatches("tp2-mpi", "single")
     }
 
+    /// 1F1B under MPI: the stages' sends cross (activations one way, gradients the other)
+    /// and must not block each other. With blocking MPI_Send this hung.
+    func testOneFOneBPipelineRunsUnderMPI() throws {
+        guard mpirunAvailable else { throw XCTSkip("mpirun not installed") }
+        let r = try loom(["launch", "-n", "2", "--", "bench", "--workload", "gpt", "--pp", "2", "--micro-batches", "8",
+                          "--schedule", "1f1b", "--steps", "2", "--json"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let o = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as! [String: Any]
+        XCTAssertEqual(o["bubble_theory"] as! Double, 1.0 / 9, accuracy: 1e-4)
+        XCTAssertGreaterThan(o["per_s"] as! Double, 0)
+    }
+
     func testKilledRankEndsTheMPIRunWithAMessageAndKeepsTheCheckpoint() throws {
         guard mpirunAvailable else { throw XCTSkip("mpirun not installed") }
         let cfg = try config("mlp")

@@ -23,8 +23,9 @@ public enum PipelineBench {
         }
     }
 
+    /// `mpiWorld`: run one stage per MPI process instead of in-process ranks.
     public static func run(stages: Int, microBatches m: Int, schedule kind: Schedule.Kind, steps: Int = 10, warmup: Int = 3,
-                           trace: String? = nil) throws -> Result {
+                           trace: String? = nil, mpiWorld: MPICommunicator? = nil) throws -> Result {
         let batch = 16, context = 128
         guard batch % m == 0 else { throw LoomError.config("--micro-batches \(m) must divide the workload's 16 sequences") }
         let rows = batch / m
@@ -34,7 +35,7 @@ public enum PipelineBench {
         let xs = try (0..<m).map { try x.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
         let ys = try (0..<m).map { try y.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
         let schedule = Schedule(kind, stages: stages, microBatches: m)
-        let runs = try InProcessWorld.run(size: stages) { comm -> (Double, Double, [(String, Double, Double)]) in
+        let body = { (comm: Communicator) throws -> (Double, Double, [(String, Double, Double)]) in
             let full = try GPT(.bench, seed: 0, on: CPUBackend(threads: 1))
             let stage = try PipelineGPTStage(sharding: full, stage: comm.rank, stages: stages)
             let engine = try PipelineEngine(schedule: schedule, model: stage, optimizer: Adam.adamW(stage.namedParameters(), lr: 3e-4), comm: comm)
@@ -50,6 +51,18 @@ public enum PipelineBench {
             }
             try comm.barrier()
             return (monotonicSeconds() - t0, busy, events)
+        }
+        var runs: [(Double, Double, [(String, Double, Double)])]
+        if let world = mpiWorld {
+            // Under an MPI launcher each process is one stage; rank 0 collects the others'
+            // busy time (wall times agree up to the closing barrier).
+            let mine = try body(world)
+            let all = Tensor.zeros([2 * world.size])
+            try world.allGather(Tensor([Float(mine.0), Float(mine.1)], shape: [2]), into: all)
+            let v = all.floats
+            runs = (0..<world.size).map { (Double(v[2 * $0]), Double(v[2 * $0 + 1]), $0 == world.rank ? mine.2 : []) }
+        } else {
+            runs = try InProcessWorld.run(size: stages) { try body($0) }
         }
         let wall = runs.map(\.0).max()!
         if let trace { try writeTrace(runs.map(\.2), to: trace) }
