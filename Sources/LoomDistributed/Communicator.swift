@@ -43,14 +43,12 @@ public protocol Communicator: AnyObject, Sendable {
 public final class CommRequest: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private var error: Error?
-    private var finished = false
     public let label: String
 
     public init(label: String) { self.label = label }
 
     func complete(_ error: Error?) {
         self.error = error
-        finished = true
         done.signal()
     }
 

@@ -115,7 +115,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
     }
 
     /// Runs a collective on the rank's queue and waits for it.
-    private func blocking(_ label: String, _ body: @escaping () throws -> Void) throws {
+    private func blocking(_ body: @escaping () throws -> Void) throws {
         var failure: Error?
         queue.sync { do { try body() } catch { failure = error } }
         if let failure { throw failure }
@@ -162,7 +162,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
     }
 
     public func broadcast(_ tensor: Tensor, root: Int) throws {
-        try blocking("broadcast") { [self] in
+        try blocking { [self] in
             world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(tensor.ptr); world.lock.unlock()
             try sync("broadcast from rank \(root)")
             if rank != root { tensor.ptr.update(from: world.slots[root]!.assumingMemoryBound(to: Float.self), count: tensor.count) }
@@ -174,7 +174,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         guard output.count == input.count * size else {
             throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
         }
-        try blocking("all-gather") { [self] in
+        try blocking { [self] in
             world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(input.ptr); world.lock.unlock()
             try sync("all-gather")
             for k in 0..<size {
@@ -188,7 +188,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         guard input.count == output.count * size else {
             throw CommError("rank \(rank): reduce-scatter of \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))")
         }
-        try blocking("reduce-scatter") { [self] in
+        try blocking { [self] in
             try reduce(input.ptr, count: input.count, op: op, label: "reduce-scatter", scatterInto: output.ptr)
         }
     }
@@ -232,11 +232,11 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         bytes.withUnsafeBytes { UnsafeMutableRawPointer(tensor.ptr).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
     }
 
-    public func barrier() throws { try blocking("barrier") { [self] in try sync("barrier") } }
+    public func barrier() throws { try blocking { [self] in try sync("barrier") } }
 
     public func split(color: Int, key: Int) throws -> Communicator {
         var result: Communicator?
-        try blocking("split") { [self] in
+        try blocking { [self] in
             world.lock.lock(); world.extra[rank] = (color, key); world.lock.unlock()
             try sync("split")
             world.lock.lock(); let all = world.extra; world.lock.unlock()

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import LoomCore
 
 struct LaunchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -8,8 +7,8 @@ struct LaunchCommand: ParsableCommand {
         abstract: "Start N ranks of a loom command under mpirun, with defaults that work on small machines.",
         discussion: """
         Runs: mpirun -n N [--allow-run-as-root] [--oversubscribe] [--host HOSTS] -x LOOM_THREADS=T <this loom> COMMAND...
-        --allow-run-as-root is added when running as root, --oversubscribe when N exceeds this
-        machine's cores; each rank uses T CPU threads (default 1: one core per rank).
+        --allow-run-as-root is added when running as root, --oversubscribe when N x T exceeds
+        this machine's cores (without --hosts); each rank uses T CPU threads (default 1: one core per rank).
         `mpirun -n N loom train ...` and Slurm's `srun loom train ...` work as well.
 
         Examples:
@@ -38,7 +37,8 @@ struct LaunchCommand: ParsableCommand {
         }
         var args = [mpirun, "-n", String(n)]
         if getuid() == 0 { args.append("--allow-run-as-root") }
-        if n > CPUBackend.defaultThreads || hosts == nil && n * threadsPerRank > Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) {
+        // More ranks x threads than this machine has cores (with --hosts, mpirun's slots decide).
+        if hosts == nil && n * threadsPerRank > Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))) {
             args.append("--oversubscribe")
         }
         if let hosts { args += ["--host", hosts] }
