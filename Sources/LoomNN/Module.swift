@@ -35,9 +35,27 @@ open class Module {
         var out: [(String, Module)] = []
         for (label, value) in storedProperties() {
             if let m = value as? Module { out.append((label, m)) }
-            if let ms = value as? [Module] { for (i, m) in ms.enumerated() { out.append(("\(label).\(i)", m)) } }
+            if let ms = value as? [Module] { for (i, m) in ms.enumerated() { out.append((childName(label, i), m)) } }
         }
         return out
+    }
+
+    /// The name of element `index` of the module array stored as `label`: `label.index`.
+    /// A module holding a slice of a larger model's array (a pipeline stage's blocks)
+    /// overrides it to keep the larger model's numbering, so names stay global; an empty
+    /// name splices the element's names into this module's (a container of pieces).
+    open func childName(_ label: String, _ index: Int) -> String { "\(label).\(index)" }
+
+    /// Every module below this one, depth first, with its full name.
+    public func descendants() -> [(name: String, module: Module)] {
+        namedChildren().flatMap { name, child in
+            [(name, child)] + child.descendants().map { (Module.join(name, $0.name), $0.module) }
+        }
+    }
+
+    /// Dotted name of `name` under `prefix` (either may be empty).
+    static func join(_ prefix: String, _ name: String) -> String {
+        prefix.isEmpty ? name : name.isEmpty ? prefix : prefix + "." + name
     }
 
     public var parameterCount: Int { parameters.reduce(0) { $0 + $1.count } }
@@ -55,11 +73,11 @@ open class Module {
 
     private func visit(prefix: String, _ body: (String, Tensor) -> Void) {
         for (label, value) in storedProperties() {
-            let name = prefix.isEmpty ? label : prefix + "." + label
+            let name = Module.join(prefix, label)
             if let t = value as? Tensor { body(name, t) }
             if let t = value as? Tensor? , let t { body(name, t) }
             if let m = value as? Module { m.visit(prefix: name, body) }
-            if let ms = value as? [Module] { for (i, m) in ms.enumerated() { m.visit(prefix: "\(name).\(i)", body) } }
+            if let ms = value as? [Module] { for (i, m) in ms.enumerated() { m.visit(prefix: Module.join(prefix, childName(label, i)), body) } }
         }
     }
 

@@ -2,143 +2,193 @@ import LoomCore
 import LoomDistributed
 import LoomNN
 
-/// One stage of a GPT cut into `stages` pieces of consecutive blocks: the first stage
-/// also embeds tokens, the last also applies the final layer norm and the head. The head
-/// is tied to the token embedding, so first and last stage each hold a copy of `wte`,
-/// kept equal by summing their gradients (`PipelineEngine`'s reduceGradients).
-public final class PipelineGPTStage: Module {
-    public let stage: Int
-    public let stages: Int
-    public let wte: Embedding?   // first and last stage
-    public let wpe: Embedding?   // first stage
-    public let blocks: [TransformerBlock]
-    public let lnf: LayerNorm?   // last stage
-    /// Index in the full model of this stage's first block.
-    public let firstBlock: Int
-
-    /// `split`: blocks per stage (default: as even as possible).
-    public init(sharding full: GPT, stage: Int, stages: Int, split: [Int]? = nil) throws {
-        let layers = full.blocks.count
-        let counts = split ?? (0..<stages).map { layers / stages + ($0 < layers % stages ? 1 : 0) }
-        guard counts.count == stages, counts.reduce(0, +) == layers, counts.allSatisfy({ $0 >= 0 }) else {
-            throw LoomError.config("pipeline split \(counts) does not cut \(layers) blocks into \(stages) stages")
-        }
-        self.stage = stage
-        self.stages = stages
-        firstBlock = counts[..<stage].reduce(0, +)
-        blocks = Array(full.blocks[firstBlock..<(firstBlock + counts[stage])])
-        wte = stage == 0 || stage == stages - 1 ? full.wte : nil
-        wpe = stage == 0 ? full.wpe : nil
-        lnf = stage == stages - 1 ? full.lnf : nil
-    }
-
-    public var isFirst: Bool { stage == 0 }
-    public var isLast: Bool { stage == stages - 1 }
-
-    /// First stage: int32 tokens [B, T] -> [B, T, C]; middle: [B, T, C] -> [B, T, C];
-    /// last: [B, T, C] -> logits [B, T, V] (a one-stage pipeline: tokens -> logits).
-    public func callAsFunction(_ input: Tensor) throws -> Tensor {
-        var x = input
-        if let wte, let wpe, isFirst {
-            let t = input.shape[1]
-            let positions = Tensor(indices: (0..<Int32(t)).map { $0 }, shape: [t], on: wte.weight.backend)
-            x = try wte(input).add(wpe(positions))
-        }
-        for b in blocks { x = try b(x) }
-        if let lnf, let wte, isLast { x = try lnf(x).matmul(wte.weight, transposeB: true) }
-        return x
-    }
-}
-
-/// Executes a `Schedule` on one stage: forward and backward of micro-batches, activations
-/// and gradients exchanged with the neighbouring stages, gradient reduction and the
-/// optimizer step. The schedule is checked (`ScheduleCheck`) before the first step.
+/// Executes a `Schedule` on one stage: forward and backward of micro-batches on each of
+/// the stage's model chunks, activations and gradients exchanged with the pieces before
+/// and after, gradient reduction and the optimizer step. The schedule is checked
+/// (`ScheduleCheck`) before the first step.
 public final class PipelineEngine {
     public let schedule: Schedule
-    public let model: PipelineGPTStage
+    /// This stage's pieces of the model, in chunk order.
+    public let chunks: [PipelineGPTStage]
     public let optimizer: Optimizer
     let comm: Communicator
     let embeddingGroup: Communicator?
-    /// The most micro-batches whose activations this stage held at once, last step.
+    /// Activation recomputation: forward keeps only each piece's input, and backward runs
+    /// the piece's forward again (with the same dropout masks) before differentiating it.
+    public var recompute = false
+    /// Runs at `reduceGradients`, after the tied embedding's gradients are summed: data
+    /// parallel reduction, gradient clipping.
+    public var afterReduce: (() throws -> Void)?
+    /// The most micro-batches (× chunks) whose activations this stage held at once, last step.
     public private(set) var peakInFlight = 0
-    /// What ran, with start and end times (seconds), for traces and bubble measurement.
+    /// The most bytes the last step held beyond what it started with: activations kept
+    /// for backward, received messages, gradients, temporaries.
+    public private(set) var peakStepBytes = 0
+    private let memory = MemoryMeter()
+    /// What ran in the last step, with start and end times (seconds), for traces and
+    /// bubble measurement.
     public private(set) var events: [(name: String, start: Double, end: Double)] = []
 
     /// Every stage of the pipeline group calls this together (it splits a sub-group for
     /// the tied embedding).
-    public init(schedule: Schedule, model: PipelineGPTStage, optimizer: Optimizer, comm: Communicator) throws {
-        guard comm.size == schedule.stages, comm.rank == model.stage else {
-            throw CommError("pipeline of \(schedule.stages) stages on a group of \(comm.size) (stage \(model.stage), rank \(comm.rank))")
+    public init(schedule: Schedule, chunks: [PipelineGPTStage], optimizer: Optimizer, comm: Communicator) throws {
+        let s = comm.rank
+        guard comm.size == schedule.stages, chunks.count == schedule.chunks,
+              chunks.enumerated().allSatisfy({ $0.element.stage == schedule.piece(stage: s, chunk: $0.offset) && $0.element.stages == schedule.pieces })
+        else {
+            throw CommError("pipeline of \(schedule.stages) stages × \(schedule.chunks) chunks on a group of \(comm.size): "
+                + "stage \(s) holds pieces \(chunks.map(\.stage)) of \(chunks.first?.stages ?? 0)")
         }
         _ = try ScheduleCheck().run(schedule)
         self.schedule = schedule
-        self.model = model
+        self.chunks = chunks
         self.optimizer = optimizer
         self.comm = comm
-        let tied = schedule.stages > 1 && (model.isFirst || model.isLast)
+        let tied = schedule.stages > 1 && (s == 0 || s == schedule.stages - 1)
         let group = try comm.split(color: tied ? 0 : 1, key: comm.rank)
         embeddingGroup = tied ? group : nil
     }
 
-    /// One training step over micro-batches (`tokens[i]`, `targets[i]`; only the first
-    /// stage reads tokens, only the last targets). `hidden` is the activation shape
-    /// between stages. Returns the mean loss on the last stage, nil elsewhere.
+    public convenience init(schedule: Schedule, model: PipelineGPTStage, optimizer: Optimizer, comm: Communicator) throws {
+        try self.init(schedule: schedule, chunks: [model], optimizer: optimizer, comm: comm)
+    }
+
+    var stage: Int { comm.rank }
+
+    /// One training step over micro-batches (`tokens[i]`, `targets[i]`; only the stage
+    /// holding the first piece reads tokens, only the one holding the last targets).
+    /// `hidden` is the activation shape between pieces. Returns the mean loss on the
+    /// last piece's stage, nil elsewhere.
     @discardableResult
     public func step(tokens: [Tensor], targets: [Tensor], hidden: [Int]) throws -> Float? {
-        let m = schedule.microBatches
-        guard tokens.count == m || !model.isFirst, targets.count == m || !model.isLast else {
-            throw LoomError.invalidArgument("pipeline step: \(m) micro-batches expected")
+        let m = schedule.microBatches, first = chunks.first!.isFirst, last = chunks.last!.isLast
+        guard tokens.count == m || !first, targets.count == m || !last else {
+            throw LoomError.invalidArgument("pipeline step: \(m) micro-batches expected, got \(first ? tokens.count : targets.count)")
         }
+        events.removeAll(keepingCapacity: true)
+        return try MemoryMeter.measuring(memory) {
+            let start = memory.liveBytes
+            memory.resetPeak()
+            defer { peakStepBytes = memory.peakBytes - start }
+            return try run(tokens: tokens, targets: targets, hidden: hidden)
+        }
+    }
+
+    private func run(tokens: [Tensor], targets: [Tensor], hidden: [Int]) throws -> Float? {
+        let m = schedule.microBatches, v = chunks.count
         let backend = optimizer.parameters.first!.tensor.backend
-        var inputs = [Tensor?](repeating: nil, count: m), outputs = [Tensor?](repeating: nil, count: m)
-        var gradients = [Tensor?](repeating: nil, count: m)
+        func grid<T>() -> [[T?]] { Array(repeating: Array(repeating: nil, count: m), count: v) }
+        var inputs: [[Tensor?]] = grid(), outputs: [[Tensor?]] = grid(), gradients: [[Tensor?]] = grid()
+        var masks: [[[Philox]?]] = grid()  // dropout generators before each forward, for recomputation
         var lossSum: Float = 0, alive = 0
         peakInFlight = 0
-        events.removeAll(keepingCapacity: true)
         optimizer.zeroGrad()
-        for ins in schedule.program(stage: model.stage) {
+
+        /// Forward of piece `c` on micro-batch `mb`: the output to send, or the loss
+        /// (scaled by 1/M: the step's loss is the mean over micro-batches) on the last piece.
+        func forward(_ c: Int, _ mb: Int) throws -> Tensor {
+            let piece = chunks[c]
+            let out = try piece(piece.isFirst ? tokens[mb] : inputs[c][mb]!)
+            guard piece.isLast else { return out }
+            return try piece.loss(logits: out, targets: targets[mb])
+        }
+
+        for ins in schedule.program(stage: stage) {
             let t0 = monotonicSeconds()
             switch ins {
-            case .recvActivation(let mb):
+            case let .recvActivation(mb, c):
+                let from = schedule.previous(stage: stage, chunk: c)!
                 let x = Tensor(uninitialized: hidden, on: backend)
-                try comm.receive(into: x, from: model.stage - 1, tag: 2 * mb)
+                try comm.receive(into: x, from: from.stage, tag: schedule.tag(mb: mb, stage: from.stage, chunk: from.chunk, gradient: false))
                 x.requiresGrad = true
-                inputs[mb] = x
-            case .forward(let mb):
-                let input = model.isFirst ? tokens[mb] : inputs[mb]!
-                var out = try model(input)
-                if model.isLast {
-                    let loss = try out.crossEntropy(targets: targets[mb])
-                    lossSum += loss.item
-                    out = loss.scaled(1 / Float(m))  // the step's loss is the mean over micro-batches
+                inputs[c][mb] = x
+            case let .forward(mb, c):
+                var out: Tensor
+                if recompute {
+                    masks[c][mb] = dropoutStates(c)
+                    out = try withoutGrad { try forward(c, mb) }
+                } else {
+                    out = try forward(c, mb)
                 }
-                outputs[mb] = out
+                if chunks[c].isLast { lossSum += out.item; out = recompute ? out : out.scaled(1 / Float(m)) }
+                outputs[c][mb] = out
                 alive += 1; peakInFlight = max(peakInFlight, alive)
-            case .sendActivation(let mb):
-                try comm.send(outputs[mb]!, to: model.stage + 1, tag: 2 * mb)
-            case .recvGradient(let mb):
+            case let .sendActivation(mb, c):
+                try comm.send(outputs[c][mb]!, to: schedule.next(stage: stage, chunk: c)!.stage,
+                              tag: schedule.tag(mb: mb, stage: stage, chunk: c, gradient: false))
+                if recompute { outputs[c][mb] = nil }  // nothing to keep: backward recomputes it
+            case let .recvGradient(mb, c):
+                let from = schedule.next(stage: stage, chunk: c)!
                 let g = Tensor(uninitialized: hidden, on: backend)
-                try comm.receive(into: g, from: model.stage + 1, tag: 2 * mb + 1)
-                gradients[mb] = g
-            case .backward(let mb):
-                if model.isLast { try outputs[mb]!.backward() } else { try outputs[mb]!.backward(seed: gradients[mb]!) }
-                outputs[mb] = nil; gradients[mb] = nil  // free the micro-batch's activations
+                try comm.receive(into: g, from: from.stage, tag: schedule.tag(mb: mb, stage: stage, chunk: c, gradient: true))
+                gradients[c][mb] = g
+            case let .backward(mb, c):
+                var out = outputs[c][mb]
+                if recompute {
+                    let current = dropoutStates(c)
+                    setDropoutStates(c, masks[c][mb]!)
+                    out = try forward(c, mb)
+                    if chunks[c].isLast { out = out!.scaled(1 / Float(m)) }
+                    setDropoutStates(c, current)
+                    masks[c][mb] = nil
+                }
+                if chunks[c].isLast { try out!.backward() } else { try out!.backward(seed: gradients[c][mb]!) }
+                outputs[c][mb] = nil; gradients[c][mb] = nil  // free the micro-batch's activations
                 alive -= 1
-            case .sendGradient(let mb):
-                try comm.send(inputs[mb]!.grad!, to: model.stage - 1, tag: 2 * mb + 1)
-                inputs[mb] = nil
+            case let .sendGradient(mb, c):
+                let to = schedule.previous(stage: stage, chunk: c)!
+                try comm.send(inputs[c][mb]!.grad!, to: to.stage, tag: schedule.tag(mb: mb, stage: to.stage, chunk: to.chunk, gradient: true))
+                inputs[c][mb] = nil
             case .reduceGradients:
-                // The tied embedding: first stage's lookup gradient + last stage's head gradient.
-                if let group = embeddingGroup, let w = model.wte?.weight {
+                // The tied embedding: first piece's lookup gradient + last piece's head gradient.
+                if let group = embeddingGroup, let w = tiedEmbedding {
                     let g = w.grad ?? Tensor.zeros(w.shape, on: w.backend)
                     try group.allReduce(g, .sum, label: "tied-embedding all-reduce")
                     w.grad = g
                 }
+                try afterReduce?()
             case .optimizerStep:
                 try optimizer.step()
             }
             events.append(("\(ins)", t0, monotonicSeconds()))
         }
-        return model.isLast ? lossSum / Float(m) : nil
+        return chunks.last!.isLast ? lossSum / Float(m) : nil
+    }
+
+    /// The token table this stage holds as the first or last piece (nil: a middle stage).
+    private var tiedEmbedding: Tensor? {
+        (chunks.first { $0.isFirst } ?? chunks.first { $0.isLast })?.wte?.weight
+    }
+
+    private func dropoutStates(_ c: Int) -> [Philox] {
+        chunks[c].descendants().compactMap { ($0.module as? Dropout)?.rng }
+    }
+
+    private func setDropoutStates(_ c: Int, _ states: [Philox]) {
+        for (d, rng) in zip(chunks[c].descendants().compactMap { $0.module as? Dropout }, states) { d.rng = rng }
+    }
+
+    /// Forward only, for evaluation: the whole batch as one micro-batch through every
+    /// piece in order. Returns the summed token loss and token count on the last piece's
+    /// stage, nil elsewhere. Every stage of the group calls it together.
+    public func evaluate(tokens: Tensor, targets: Tensor, hidden: [Int]) throws -> (lossSum: Double, count: Int)? {
+        try withoutGrad {
+            let backend = optimizer.parameters.first!.tensor.backend
+            var result: (Double, Int)?
+            for (c, piece) in chunks.enumerated() {
+                var x = tokens
+                if let from = schedule.previous(stage: stage, chunk: c) {
+                    x = Tensor(uninitialized: hidden, on: backend)
+                    try comm.receive(into: x, from: from.stage, tag: schedule.tag(mb: 0, stage: from.stage, chunk: from.chunk, gradient: false))
+                }
+                let out = try piece(x)
+                if let to = schedule.next(stage: stage, chunk: c) {
+                    try comm.send(out, to: to.stage, tag: schedule.tag(mb: 0, stage: stage, chunk: c, gradient: false))
+                } else {
+                    result = (Double(try piece.loss(logits: out, targets: targets).item) * Double(targets.count), targets.count)
+                }
+            }
+            return result
+        }
     }
 }

@@ -6,7 +6,8 @@ public struct ScheduleCheck: Sendable {
     public struct Report: Sendable {
         /// Idle share of each stage's span from its first instruction to the last stage's end.
         public var bubble: [Double]
-        /// The most micro-batches whose activations a stage holds at once.
+        /// The most micro-batches whose activations a stage holds at once (micro-batch ×
+        /// chunk units, for interleaved schedules).
         public var peakInFlight: [Int]
         public var makespan: Double
         public var instructionCounts: [[String: Int]]
@@ -26,7 +27,8 @@ public struct ScheduleCheck: Sendable {
         self.backwardCost = backwardCost
     }
 
-    private struct Message: Equatable { let activation: Bool; let mb: Int; let ready: Double }
+    private struct Message: Equatable { let mb: Int; let chunk: Int; let ready: Double }
+    private struct Channel: Hashable { let from: Int; let to: Int; let gradient: Bool }
 
     public func run(_ schedule: Schedule) throws -> Report {
         let k = schedule.stages
@@ -34,47 +36,48 @@ public struct ScheduleCheck: Sendable {
         var pc = [Int](repeating: 0, count: k)
         var clock = [Double](repeating: 0, count: k)
         var busy = [Double](repeating: 0, count: k)
-        // channels[s]: activations from s to s+1; gradChannels[s]: gradients from s+1 to s.
-        var activations = [[Message]](repeating: [], count: k), gradients = [[Message]](repeating: [], count: k)
+        // Messages in flight, in the order they were sent, per (sender, receiver, kind).
+        var channels: [Channel: [Message]] = [:]
         var alive = [Int](repeating: 0, count: k), peak = [Int](repeating: 0, count: k)
         var counts = [[String: Int]](repeating: [:], count: k)
+        // A chunk is 1/chunks of a stage's layers.
+        let (fwd, bwd) = (forwardCost / Double(schedule.chunks), backwardCost / Double(schedule.chunks))
+        func piece(_ s: Int, _ c: Int) -> String { schedule.chunks == 1 ? "stage \(s)" : "stage \(s) chunk \(c)" }
         var progressed = true
         while progressed {
             progressed = false
             for s in 0..<k where pc[s] < programs[s].count {
                 let ins = programs[s][pc[s]]
                 switch ins {
-                case .recvActivation(let mb):
-                    guard s > 0, let msg = activations[s - 1].first else { continue }
-                    guard msg.activation && msg.mb == mb else {
-                        throw Failure(message: "stage \(s) expects activation of micro-batch \(mb) but stage \(s - 1) sent micro-batch \(msg.mb) first")
+                case let .recvActivation(mb, c), let .recvGradient(mb, c):
+                    let gradient = ins.name == "recvGradient"
+                    guard let peer = gradient ? schedule.next(stage: s, chunk: c) : schedule.previous(stage: s, chunk: c) else {
+                        throw Failure(message: "\(piece(s, c)) receives \(gradient ? "a gradient" : "an activation") from no one")
                     }
-                    activations[s - 1].removeFirst()
-                    clock[s] = max(clock[s], msg.ready)
-                case .recvGradient(let mb):
-                    guard s < k - 1, let msg = gradients[s].first else { continue }
-                    guard msg.mb == mb else {
-                        throw Failure(message: "stage \(s) expects the gradient of micro-batch \(mb) but stage \(s + 1) sent micro-batch \(msg.mb) first")
+                    let channel = Channel(from: peer.stage, to: s, gradient: gradient)
+                    guard let msg = channels[channel]?.first else { continue }
+                    guard msg.mb == mb && msg.chunk == peer.chunk else {
+                        let what = gradient ? "the gradient" : "activation"
+                        throw Failure(message: "\(piece(s, c)) expects \(what) of micro-batch \(mb) but \(piece(peer.stage, msg.chunk)) sent micro-batch \(msg.mb) first")
                     }
-                    gradients[s].removeFirst()
+                    channels[channel]!.removeFirst()
                     clock[s] = max(clock[s], msg.ready)
-                case .sendActivation(let mb):
-                    guard s < k - 1 else { throw Failure(message: "stage \(s) is last but sends an activation") }
-                    activations[s].append(Message(activation: true, mb: mb, ready: clock[s]))
-                case .sendGradient(let mb):
-                    guard s > 0 else { throw Failure(message: "stage 0 sends a gradient to no one") }
-                    gradients[s - 1].append(Message(activation: false, mb: mb, ready: clock[s]))
+                case let .sendActivation(mb, c), let .sendGradient(mb, c):
+                    let gradient = ins.name == "sendGradient"
+                    guard let peer = gradient ? schedule.previous(stage: s, chunk: c) : schedule.next(stage: s, chunk: c) else {
+                        throw Failure(message: "\(piece(s, c)) sends \(gradient ? "a gradient" : "an activation") to no one")
+                    }
+                    channels[Channel(from: s, to: peer.stage, gradient: gradient), default: []].append(Message(mb: mb, chunk: c, ready: clock[s]))
                 case .forward:
-                    clock[s] += forwardCost; busy[s] += forwardCost
+                    clock[s] += fwd; busy[s] += fwd
                     alive[s] += 1; peak[s] = max(peak[s], alive[s])
                 case .backward:
-                    clock[s] += backwardCost; busy[s] += backwardCost
+                    clock[s] += bwd; busy[s] += bwd
                     alive[s] -= 1
                 case .reduceGradients, .optimizerStep:
                     break
                 }
-                let name = "\(ins)".prefix { $0 != "(" }
-                counts[s][String(name), default: 0] += 1
+                counts[s][ins.name, default: 0] += 1
                 pc[s] += 1
                 progressed = true
             }
@@ -83,8 +86,8 @@ public struct ScheduleCheck: Sendable {
             let at = (0..<k).filter { pc[$0] < programs[$0].count }.map { "stage \($0) at \(programs[$0][pc[$0]])" }
             throw Failure(message: "schedule \(schedule.kind.rawValue) deadlocks: stage \(stuck) waits forever (\(at.joined(separator: "; ")))")
         }
-        for s in 0..<k where !activations[s].isEmpty || !gradients[s].isEmpty {
-            throw Failure(message: "stage \(s) sends messages nobody receives")
+        if let (channel, _) = channels.first(where: { !$0.value.isEmpty }) {
+            throw Failure(message: "stage \(channel.from) sends \(channel.gradient ? "gradients" : "activations") to stage \(channel.to) that nobody receives")
         }
         let makespan = clock.max() ?? 0
         return Report(bubble: busy.map { 1 - $0 / makespan }, peakInFlight: peak, makespan: makespan, instructionCounts: counts)

@@ -34,7 +34,7 @@ struct PlanCommand: ParsableCommand {
     }
 
     func run() throws {
-        let s = Schedule(Schedule.Kind(rawValue: schedule)!, stages: pp, microBatches: microBatches)
+        let s = try Schedule(Schedule.Kind(rawValue: schedule)!, stages: pp, microBatches: microBatches)
         let r: ScheduleCheck.Report
         do { r = try ScheduleCheck().run(s) } catch {
             FileHandle.standardError.write("loom: error: \(error)\n".data(using: .utf8)!)

@@ -30,12 +30,15 @@ final class PipelineTests: XCTestCase {
         }
     }
 
-    func pipeline(_ kind: Schedule.Kind, stages: Int, microBatches m: Int) throws -> (losses: [Float], peak: [Int]) {
-        let runs = try InProcessWorld.run(size: stages) { comm -> ([Float], Int) in
-            let full = try GPT(self.config, seed: 9, on: CPUBackend(threads: 1))
-            let stage = try PipelineGPTStage(sharding: full, stage: comm.rank, stages: stages)
-            let engine = try PipelineEngine(schedule: Schedule(kind, stages: stages, microBatches: m), model: stage,
-                                            optimizer: Adam.adamW(stage.namedParameters(), lr: 3e-4), comm: comm)
+    func pipeline(_ kind: Schedule.Kind, stages: Int, microBatches m: Int, recompute: Bool = false,
+                  config: GPTConfig? = nil) throws -> (losses: [Float], peak: [Int], bytes: [Int]) {
+        let schedule = try Schedule(kind, stages: stages, microBatches: m)
+        let runs = try InProcessWorld.run(size: stages) { comm -> ([Float], Int, Int) in
+            let full = try GPT(config ?? self.config, seed: 9, on: CPUBackend(threads: 1))
+            let model = try PipelineStageModel(sharding: full, schedule: schedule, stage: comm.rank)
+            let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks,
+                                            optimizer: Adam.adamW(model.namedParameters(), lr: 3e-4), comm: comm)
+            engine.recompute = recompute
             var losses: [Float] = []
             let rows = self.batch / m
             for s in 0..<self.steps {
@@ -44,23 +47,55 @@ final class PipelineTests: XCTestCase {
                 let ys = try (0..<m).map { try y.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
                 if let l = try engine.step(tokens: xs, targets: ys, hidden: [rows, 16, self.config.dModel]) { losses.append(l) }
             }
-            return (losses, engine.peakInFlight)
+            return (losses, engine.peakInFlight, engine.peakStepBytes)
         }
-        return (runs.last!.0, runs.map(\.1))
+        return (runs[schedule.stages - 1].0, runs.map(\.1), runs.map(\.2))
     }
 
     func testEverySchedulePipelineMatchesSingleProcess() throws {
         let single = try singleProcess()
         for (kind, stages, m) in [(Schedule.Kind.gpipe, 2, 4), (.gpipe, 2, 8), (.oneFOneB, 2, 4), (.oneFOneB, 2, 8),
-                                  (.oneFOneB, 4, 8), (.gpipe, 4, 4)] {
+                                  (.oneFOneB, 4, 8), (.gpipe, 4, 4), (.interleaved, 2, 4), (.interleaved, 2, 8)] {
             let run = try pipeline(kind, stages: stages, microBatches: m)
             XCTAssertEqual(run.losses.count, steps)
             for (s, (a, b)) in zip(run.losses, single).enumerated() {
                 XCTAssertLessThanOrEqual(abs(a - b) / b, 1e-5, "\(kind.rawValue) pp \(stages) M \(m) step \(s): \(a) vs \(b)")
             }
             // The engine kept alive what the schedule predicts.
-            let predicted = try ScheduleCheck().run(Schedule(kind, stages: stages, microBatches: m)).peakInFlight
+            let predicted = try ScheduleCheck().run(try Schedule(kind, stages: stages, microBatches: m)).peakInFlight
             XCTAssertEqual(run.peak, predicted, "\(kind.rawValue) pp \(stages) M \(m)")
         }
+    }
+
+    func testRecomputationChangesNothingButMemory() throws {
+        // With dropout: recomputation must replay each micro-batch's masks.
+        var dropping = config
+        dropping.dropout = 0.1
+        for kind in [Schedule.Kind.oneFOneB, .interleaved] {
+            let plain = try pipeline(kind, stages: 2, microBatches: 4, config: dropping)
+            let again = try pipeline(kind, stages: 2, microBatches: 4, recompute: true, config: dropping)
+            XCTAssertEqual(plain.losses, again.losses, "\(kind.rawValue)")
+            // Stage 0 holds the most micro-batches; keeping only their inputs must show.
+            XCTAssertLessThan(Double(again.bytes[0]), 0.8 * Double(plain.bytes[0]), "\(kind.rawValue): \(again.bytes) vs \(plain.bytes)")
+        }
+    }
+
+    func testStagesKeepTheWholeModelsNames() throws {
+        let full = try GPT(config, seed: 9)
+        let names = Set(full.namedParameters().map(\.name))
+        let schedule = try Schedule(.interleaved, stages: 2, microBatches: 2)
+        let parts = try (0..<2).map { try PipelineStageModel(sharding: full, schedule: schedule, stage: $0).namedParameters().map(\.name) }
+        XCTAssertTrue(parts[0].contains("blocks.2.mlp.fc.weight"), "\(parts[0])")  // stage 0 holds pieces 0 and 2
+        XCTAssertEqual(Set(parts.flatMap { $0 }), names)
+        XCTAssertEqual(parts.flatMap { $0 }.count, names.count + 1)  // wte on the first and the last piece
+    }
+
+    func testBalancedSplitWeighsTheHead() throws {
+        XCTAssertEqual(try PipelineGPTStage.balancedSplit(.bench, pieces: 2), [2, 2])
+        // GPT-2 small: the head (768 × 50257) costs about 4.5 blocks, so the last stage gets fewer.
+        let small = GPTConfig(vocabSize: 50257, contextLength: 1024, layers: 12, dModel: 768, heads: 12)
+        let split = try PipelineGPTStage.balancedSplit(small, pieces: 4)
+        XCTAssertEqual(split.reduce(0, +), 12)
+        XCTAssertLessThan(split[3], split[0], "\(split)")
     }
 }

@@ -6,6 +6,8 @@ public final class Storage: @unchecked Sendable {
     public let byteCount: Int
     public let raw: UnsafeMutableRawPointer
     private let release: (UnsafeMutableRawPointer, Int) -> Void
+    /// The meter this allocation is charged to (the allocating thread's current one).
+    private let meter: MemoryMeter?
 
     public init(device: Device, byteCount: Int, raw: UnsafeMutableRawPointer,
                 release: @escaping (UnsafeMutableRawPointer, Int) -> Void) {
@@ -13,7 +15,12 @@ public final class Storage: @unchecked Sendable {
         self.byteCount = byteCount
         self.raw = raw
         self.release = release
+        meter = MemoryMeter.current
+        meter?.charge(byteCount)
     }
 
-    deinit { release(raw, byteCount) }
+    deinit {
+        meter?.credit(byteCount)
+        release(raw, byteCount)
+    }
 }

@@ -34,11 +34,11 @@ public enum PipelineBench {
         let y = Tensor(indices: (0..<(batch * context)).map { _ in Int32(rng.nextInt(below: 256)) }, shape: [batch, context])
         let xs = try (0..<m).map { try x.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
         let ys = try (0..<m).map { try y.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
-        let schedule = Schedule(kind, stages: stages, microBatches: m)
+        let schedule = try Schedule(kind, stages: stages, microBatches: m)
         let body = { (comm: Communicator) throws -> (Double, Double, [(String, Double, Double)]) in
             let full = try GPT(.bench, seed: 0, on: CPUBackend(threads: 1))
-            let stage = try PipelineGPTStage(sharding: full, stage: comm.rank, stages: stages)
-            let engine = try PipelineEngine(schedule: schedule, model: stage, optimizer: Adam.adamW(stage.namedParameters(), lr: 3e-4), comm: comm)
+            let model = try PipelineStageModel(sharding: full, schedule: schedule, stage: comm.rank)
+            let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks, optimizer: Adam.adamW(model.namedParameters(), lr: 3e-4), comm: comm)
             for _ in 0..<warmup { try engine.step(tokens: xs, targets: ys, hidden: [rows, context, GPTConfig.bench.dModel]) }
             try comm.barrier()
             var busy = 0.0, events: [(String, Double, Double)] = []

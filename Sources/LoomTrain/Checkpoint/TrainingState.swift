@@ -102,13 +102,7 @@ public enum TrainingCheckpoint {
                         bestValidationLoss: file.metadata["loom.best_val_loss"].flatMap(Double.init))
     }
 
-    static func dropoutModules(_ root: Module, prefix: String = "") -> [(name: String, module: Dropout)] {
-        var out: [(String, Dropout)] = []
-        for (name, child) in root.namedChildren() {
-            let full = prefix.isEmpty ? name : prefix + "." + name
-            if let d = child as? Dropout { out.append((full, d)) }
-            out += dropoutModules(child, prefix: full)
-        }
-        return out
+    static func dropoutModules(_ root: Module) -> [(name: String, module: Dropout)] {
+        root.descendants().compactMap { name, m in (m as? Dropout).map { (name, $0) } }
     }
 }
