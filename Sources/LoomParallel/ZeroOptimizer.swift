@@ -74,12 +74,28 @@ public final class ZeroOptimizer: Optimizer {
     }
 
     /// Clips by the global gradient norm, computed from the shards (one all-reduce of a
-    /// scalar). Returns the norm before clipping.
+    /// scalar per group). With the model split across ranks, only the parameters `counts`
+    /// accepts are summed here, and the sums are added across `groups` (see the free
+    /// `clipGradNorm`). Returns the norm before clipping.
     @discardableResult
-    public func clipGradNorm(maxNorm: Float) throws -> Float {
+    public func clipGradNorm(maxNorm: Float, counting counts: ((String) -> Bool)? = nil, across groups: [Communicator] = []) throws -> Float {
         let grads = layout.compactMap(\.shardGrad)
         guard let backend = grads.first?.backend else { return 0 }
-        let total = try communicator.sum([backend.sumOfSquares(grads)])[0]
+        var local = 0.0
+        if let counts {
+            // The counted parameters' elements that lie in this rank's chunk of each bucket.
+            for (bucket, g) in zip(layout, grads) {
+                let lo = communicator.rank * g.count, hi = lo + g.count
+                for (slot, i) in bucket.members.enumerated() where counts(parameters[i].name) {
+                    let a = max(lo, bucket.offsets[slot]), b = min(hi, bucket.offsets[slot] + parameters[i].tensor.count)
+                    if a < b { local += backend.sumOfSquares([g.view([b - a], offset: a - lo)]) }
+                }
+            }
+        } else {
+            local = backend.sumOfSquares(grads)
+        }
+        var total = try communicator.sum([local])[0]
+        for group in groups where group.size > 1 { total = try group.sum([total])[0] }
         let norm = Float(total.squareRoot())
         let scale = maxNorm / (norm + 1e-6)
         if scale < 1 { for g in grads { g.backend.scalar(.mul, g, scale, into: g) } }

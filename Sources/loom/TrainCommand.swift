@@ -20,6 +20,8 @@ struct TrainCommand: ParsableCommand {
           loom train examples/shakespeare-gpt.toml --dp 2 --zero 1      # 2 data-parallel ranks (threads)
           loom launch -n 2 -- train examples/shakespeare-gpt.toml       # 2 data-parallel MPI processes
           loom train examples/shakespeare-gpt.toml --dp 2 --tp 2        # 4 ranks: data x tensor parallel
+          loom train examples/shakespeare-gpt.toml --pp 2 --micro-batches 8 --trace trace.json   # 2 pipeline stages, 1F1B
+          loom train examples/shakespeare-gpt.toml --dp 2 --tp 2 --pp 2 # 8 ranks: 3D
         """
     )
 
@@ -58,6 +60,18 @@ struct TrainCommand: ParsableCommand {
     var tp: Int?
     @Option(help: "ZeRO stage with --dp: 1 shards optimizer state across ranks (reduce-scatter, local update, all-gather).")
     var zero: Int?
+    @Option(help: "Pipeline stages (gpt): the blocks cut into consecutive pieces, balanced by cost. Total ranks = dp x tp x pp.")
+    var pp: Int?
+    @Option(name: .customLong("micro-batches"), help: "Pipeline micro-batches per step (each data replica's batch split that many ways).")
+    var microBatches: Int?
+    @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved.")
+    var schedule: String?
+    @Option(help: "Interleaved schedule: model chunks (virtual stages) per stage.")
+    var chunks: Int?
+    @Flag(help: "Pipeline: recompute each micro-batch's activations during backward instead of keeping them.")
+    var recompute = false
+    @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one track per rank.")
+    var trace: String?
 
     func run() throws {
         try runReportingErrors {
@@ -90,6 +104,16 @@ struct TrainCommand: ParsableCommand {
             if let name { c.name = name }
             if let dp { c.dp = dp }
             if let tp { c.tp = tp }
+            if let pp { c.pp = pp }
+            if let microBatches { c.microBatches = microBatches }
+            if let schedule {
+                guard ["gpipe", "1f1b", "interleaved"].contains(schedule) else {
+                    throw LoomError.config("--schedule \(schedule): valid schedules are gpipe, 1f1b, interleaved")
+                }
+                c.pipelineSchedule = schedule
+            }
+            if let chunks { c.chunks = chunks }
+            if recompute { c.recompute = true }
             if let zero {
                 guard zero == 0 || zero == 1 else { throw LoomError.config("--zero \(zero): valid stages are 0 and 1") }
                 c.zero = zero
@@ -108,13 +132,14 @@ struct TrainCommand: ParsableCommand {
     func runTraining(_ c: TrainConfig) throws -> (RunSummary?, String) {
         if MPICommunicator.launchedByMPI {
             let world = try MPICommunicator.world(timeout: Double(c.timeoutSeconds))
-            guard dp == nil || dp! * c.tp == world.size else {
-                throw LoomError.config("--dp \(dp!) x tp \(c.tp) but the launcher started \(world.size) processes")
+            guard dp == nil || dp! * c.tp * c.pp == world.size else {
+                throw LoomError.config("--dp \(dp!) x tp \(c.tp) x pp \(c.pp) but the launcher started \(world.size) processes")
             }
             do {
                 let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared,
                                           resume: resume, communicator: world)
                 trainer.stopAt = stopAt
+                trainer.tracePath = trace
                 let s = try trainer.run()
                 world.finalize()
                 return (world.rank == 0 ? s : nil, trainer.runDirectory)
@@ -123,12 +148,13 @@ struct TrainCommand: ParsableCommand {
                 world.abort()
             }
         }
-        if c.dp * c.tp > 1 {
-            let ranks = c.dp * c.tp
+        if c.dp * c.tp * c.pp > 1 {
+            let ranks = c.dp * c.tp * c.pp
             let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / ranks)
             let results = try InProcessWorld.run(size: ranks, timeout: Double(c.timeoutSeconds)) { comm -> (RunSummary, String) in
                 let trainer = try Trainer(config: c, backend: CPUBackend(threads: perRank), resume: resume, communicator: comm)
                 trainer.stopAt = stopAt
+                trainer.tracePath = trace
                 defer { trainer.finish() }
                 return (try trainer.run(), trainer.runDirectory)
             }
@@ -136,6 +162,7 @@ struct TrainCommand: ParsableCommand {
         }
         let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared, resume: resume)
         trainer.stopAt = stopAt
+        trainer.tracePath = trace
         return (try trainer.run(), trainer.runDirectory)
     }
 }

@@ -19,9 +19,10 @@ public enum TrainingCheckpoint {
 
     /// `optimizer`: the one training uses (a sharded optimizer has gathered its state first).
     /// `tensors`: what to write instead of the local ones (tensor parallelism gathers
-    /// shards into full tensors first).
+    /// shards into full tensors first; pipeline stages send theirs to rank 0).
+    /// `dropout`: the dropout generators entry, when it covers more than this rank's modules.
     public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState,
-                            tensors full: [(name: String, tensor: Tensor)]? = nil) throws {
+                            tensors full: [(name: String, tensor: Tensor)]? = nil, dropout: String? = nil) throws {
         if !(optimizer is ZeroOptimizer) { optimizer.materializeState() }
         let tensors = full ?? localTensors(setup: setup, optimizer: optimizer)
         var meta: [String: String] = [
@@ -30,8 +31,7 @@ public enum TrainingCheckpoint {
             "loom.step": String(state.step),
             "loom.elapsed_s": String(state.elapsedSeconds),
             "loom.optimizer_steps": String(optimizer.stepCount),
-            "loom.dropout": dropoutModules(setup.task.module).map { "\($0.name)=\($0.module.rng.key):\($0.module.rng.position)" }
-                .joined(separator: ";"),
+            "loom.dropout": dropout ?? dropoutEntry(setup.task.module),
         ]
         if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
         if let b = state.bestValidationLoss { meta["loom.best_val_loss"] = String(b) }
@@ -100,6 +100,11 @@ public enum TrainingCheckpoint {
         return RunState(step: Int(file.metadata["loom.step"] ?? "0") ?? 0,
                         elapsedSeconds: Double(file.metadata["loom.elapsed_s"] ?? "0") ?? 0,
                         bestValidationLoss: file.metadata["loom.best_val_loss"].flatMap(Double.init))
+    }
+
+    /// The dropout generators of a module tree, as the checkpoint's metadata stores them.
+    public static func dropoutEntry(_ root: Module) -> String {
+        dropoutModules(root).map { "\($0.name)=\($0.module.rng.key):\($0.module.rng.position)" }.joined(separator: ";")
     }
 
     static func dropoutModules(_ root: Module) -> [(name: String, module: Dropout)] {

@@ -80,6 +80,17 @@ public enum ConfigFile {
         int("train", "eval_batches", "validation batches per evaluation (0: all)", \.evalBatches),
         int("parallel", "dp", "data-parallel ranks", min: 1, \.dp),
         int("parallel", "tp", "tensor-parallel ranks (gpt only)", min: 1, \.tp),
+        int("parallel", "pp", "pipeline stages (gpt only)", min: 1, \.pp),
+        int("parallel", "micro_batches", "pipeline micro-batches per step", min: 1, \.microBatches),
+        string("parallel", "schedule", "pipeline schedule: gpipe, 1f1b or interleaved", oneOf: ["gpipe", "1f1b", "interleaved"], \.pipelineSchedule),
+        int("parallel", "chunks", "interleaved: model chunks per stage", min: 2, \.chunks),
+        bool("parallel", "recompute", "pipeline: recompute activations during backward", \.recompute),
+        Key(section: "parallel", name: "pp_split", help: "blocks per pipeline piece ([]: balanced by cost)", read: { c, v, path in
+            guard let a = v.array, a.allSatisfy({ ($0.int ?? -1) >= 0 }) else {
+                throw bad(path, "parallel.pp_split", "an array of non-negative integers", v)
+            }
+            c.pipelineSplit = a.map { $0.int! }
+        }, write: { "[" + $0.pipelineSplit.map(String.init).joined(separator: ", ") + "]" }),
         int("parallel", "bucket_kb", "gradient all-reduce bucket size in KiB", min: 1, \.bucketKB),
         Key(section: "parallel", name: "zero", help: "ZeRO stage: 0 or 1", read: { c, v, path in
             guard let z = v.int, z == 0 || z == 1 else { throw bad(path, "parallel.zero", "0 or 1", v) }
@@ -139,6 +150,19 @@ public enum ConfigFile {
         if c.steps == 0 && c.epochs == 0 { throw LoomError.config("set train.steps or train.epochs (both are 0)") }
         if c.model == "gpt" && c.dModel % c.heads != 0 {
             throw LoomError.config("model.d_model \(c.dModel) must be divisible by model.heads \(c.heads)")
+        }
+        if c.pp > 1 {
+            if c.model != "gpt" { throw LoomError.config("parallel.pp = \(c.pp): pipeline parallelism cuts gpt models only (model.kind is \(c.model))") }
+            if c.accumulationSteps > 1 {
+                throw LoomError.config("train.accumulation_steps = \(c.accumulationSteps) with parallel.pp = \(c.pp): a pipeline accumulates over its micro-batches; set parallel.micro_batches instead")
+            }
+            if c.batchSize % (c.dp * c.microBatches) != 0 {
+                throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly into parallel.dp = \(c.dp) replicas x parallel.micro_batches = \(c.microBatches)")
+            }
+            let pieces = c.pp * (c.pipelineSchedule == "interleaved" ? c.chunks : 1)
+            if !c.pipelineSplit.isEmpty && (c.pipelineSplit.count != pieces || c.pipelineSplit.reduce(0, +) != c.layers) {
+                throw LoomError.config("parallel.pp_split \(c.pipelineSplit) must give \(pieces) pieces that hold the \(c.layers) blocks (model.layers)")
+            }
         }
         if c.batchSize % (c.dp * c.accumulationSteps) != 0 {
             throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly into parallel.dp = \(c.dp) ranks x train.accumulation_steps = \(c.accumulationSteps) micro-batches")

@@ -37,6 +37,12 @@ public struct TrainConfig: Equatable, Sendable {
     // [parallel]
     public var dp = 1                   // data-parallel ranks (under mpirun: world size / tp)
     public var tp = 1                   // tensor-parallel ranks (gpt): heads, MLP and vocabulary split
+    public var pp = 1                   // pipeline stages (gpt): consecutive blocks per stage
+    public var microBatches = 4         // pipeline: micro-batches per step (each data replica's batch split M ways)
+    public var pipelineSchedule = "1f1b" // gpipe | 1f1b | interleaved
+    public var chunks = 2               // interleaved: model chunks (virtual stages) per stage
+    public var recompute = false        // pipeline: recompute activations in backward instead of keeping them
+    public var pipelineSplit: [Int] = [] // blocks per pipeline piece ([]: balanced by a cost model)
     public var bucketKB = 1024          // gradient bucket size
     public var zero = 0                 // 1: shard optimizer state across the data-parallel ranks (ZeRO-1)
     public var timeoutSeconds = 120     // a collective that waits longer fails the run

@@ -60,6 +60,30 @@ public final class LanguageModelTask: TrainTask {
     }
 }
 
+/// This rank's stage of a pipeline-parallel GPT. It trains through a `PipelineEngine`
+/// (micro-batches flow between the stages), so it has no loss of its own.
+public final class PipelineTask: TrainTask {
+    public let model: PipelineStageModel
+    public var module: Module { model }
+
+    public init(model: PipelineStageModel) { self.model = model }
+
+    public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
+        throw LoomError.invalidArgument("a pipeline stage computes no loss alone; train it through PipelineEngine")
+    }
+
+    public func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, correct: Int, count: Int) {
+        throw LoomError.invalidArgument("a pipeline stage evaluates through PipelineEngine.evaluate")
+    }
+}
+
+/// Where a rank sits in a pipeline: the schedule and its stage.
+public struct PipelinePlacement {
+    public let schedule: Schedule
+    public let stage: Int
+    public init(schedule: Schedule, stage: Int) { self.schedule = schedule; self.stage = stage }
+}
+
 /// Data, model and optimizer as a configuration describes them.
 public struct Setup {
     /// The seed of the train/validation split of image data (fixed: the split does not
@@ -70,12 +94,16 @@ public struct Setup {
     public let tokenizer: CharTokenizer?
     public let task: TrainTask
     public let optimizer: Optimizer
+    /// The GPT split across a tensor-parallel group (whole, or the one the pipeline
+    /// stage is cut from): it knows how each tensor is sharded.
+    public let tensorParallel: TensorParallelGPT?
 
     /// `tokenizer`: the vocabulary a checkpoint was trained with (so resumed and
     /// evaluated runs tokenize as the original run did).
     /// `tensorGroup`: with more than one rank, the GPT is split across it.
+    /// `pipeline`: the GPT is cut into pieces, and this rank holds its stage's.
     public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: CharTokenizer? = nil,
-                tensorGroup: Communicator? = nil) throws {
+                tensorGroup: Communicator? = nil, pipeline: PipelinePlacement? = nil) throws {
         let seed = UInt64(c.seed)
         if c.isLanguageModel {
             let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved)
@@ -84,10 +112,14 @@ public struct Setup {
             validation = TokenWindows(tokens: corpus.validation, context: c.context)
             let gpt = try GPT(GPTConfig(vocabSize: corpus.tokenizer.count, contextLength: c.context, layers: c.layers,
                                         dModel: c.dModel, heads: c.heads, dropout: Float(c.dropout)), seed: seed, on: backend)
-            if let group = tensorGroup, group.size > 1 {
-                task = LanguageModelTask(model: try TensorParallelGPT(sharding: gpt, comm: group))
+            let tp = try tensorGroup.flatMap { $0.size > 1 ? try TensorParallelGPT(sharding: gpt, comm: $0) : nil }
+            tensorParallel = tp
+            let split = c.pipelineSplit.isEmpty ? nil : c.pipelineSplit
+            if let p = pipeline {
+                task = PipelineTask(model: try tp.map { try PipelineStageModel(sharding: $0, schedule: p.schedule, stage: p.stage, split: split) }
+                                    ?? PipelineStageModel(sharding: gpt, schedule: p.schedule, stage: p.stage, split: split))
             } else {
-                task = LanguageModelTask(model: gpt)
+                task = LanguageModelTask(model: tp ?? gpt)
             }
         } else {
             // Rows are shuffled once, with a fixed seed, before the split: files are often
@@ -101,6 +133,7 @@ public struct Setup {
                 throw LoomError.config("data.validation_fraction \(c.validationFraction) leaves no training or no validation rows of \(all.count)")
             }
             tokenizer = nil
+            tensorParallel = nil
             train = all.subset(0..<cut)
             validation = all.subset(cut..<all.count)
             let model: any UnaryLayer

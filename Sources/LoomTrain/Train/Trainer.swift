@@ -17,6 +17,8 @@ public struct RunSummary {
     public var unit: String
     public var wallSeconds: Double
     public var parameters: Int
+    /// Pipeline runs: schedule, measured bubble and memory per stage (a JSON object).
+    public var pipeline: String?
 
     public var json: String {
         var f = ["\"name\": \(SafeTensors.jsonString(name))", "\"steps\": \(steps)", "\"epochs\": \(String(format: "%.4f", epochs))",
@@ -24,6 +26,7 @@ public struct RunSummary {
         if let validationAccuracy { f.append("\"val_accuracy\": \(validationAccuracy)") }
         f += ["\"\(unit == "tokens/s" ? "tokens_per_s" : "samples_per_s")\": \(String(format: "%.1f", throughput))",
               "\"wall_s\": \(String(format: "%.3f", wallSeconds))", "\"parameters\": \(parameters)"]
+        if let pipeline { f.append("\"pipeline\": \(pipeline)") }
         return "{\n  " + f.joined(separator: ",\n  ") + "\n}\n"
     }
 }
@@ -43,9 +46,17 @@ public final class Trainer {
     public let communicator: Communicator?
     /// The ranks that hold the same model part and split the data (data parallelism).
     private let dataGroup: Communicator?
+    /// The groups of each parallel axis, when the model is split (tp or pp > 1).
+    private let groups: ProcessGroups?
     /// The tensor-parallel model, when the GPT is split across ranks.
     private let tensorParallel: TensorParallelGPT?
     private let dataParallel: DataParallel?
+    /// Pipeline parallelism: runs this rank's stage of the schedule.
+    private let pipeline: PipelineEngine?
+    private var pipelineStats = PipelineStats()
+    /// Write a Chrome trace of the run's last steps here (rank 0 gathers every rank's).
+    public var tracePath: String?
+    private var trace = TraceRecorder()
     /// The optimizer training uses: the setup's, or its ZeRO-sharded form.
     public let optimizer: Optimizer
     /// This rank's index in the data group: which shard of each batch it takes.
@@ -58,34 +69,39 @@ public final class Trainer {
     public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil,
                 communicator: Communicator? = nil) throws {
         var c = config
-        // World = dp x tp ranks; tensor parallelism varies fastest (Topology).
+        // World = dp x pp x tp ranks; tensor parallelism varies fastest (Topology).
         var groups: ProcessGroups?
         if let communicator {
-            guard communicator.size % c.tp == 0 else {
-                throw LoomError.config("parallel.tp = \(c.tp) does not divide the \(communicator.size) ranks")
+            guard communicator.size % (c.tp * c.pp) == 0 else {
+                throw LoomError.config("parallel.tp = \(c.tp) x parallel.pp = \(c.pp) does not divide the \(communicator.size) ranks")
             }
-            c.dp = communicator.size / c.tp
-            if c.tp > 1 { groups = try ProcessGroups(topology: Topology(dp: c.dp, tp: c.tp), world: communicator) }
+            c.dp = communicator.size / (c.tp * c.pp)
+            if c.tp * c.pp > 1 { groups = try ProcessGroups(topology: Topology(dp: c.dp, pp: c.pp, tp: c.tp), world: communicator) }
+        } else if c.tp * c.pp > 1 {
+            throw LoomError.config("parallel.tp = \(c.tp) x parallel.pp = \(c.pp) needs that many ranks; the trainer was given one process")
         }
+        let schedule = c.pp > 1 ? try Schedule(Schedule.Kind(rawValue: c.pipelineSchedule)!, stages: c.pp, microBatches: c.microBatches,
+                                               chunks: c.pipelineSchedule == "interleaved" ? c.chunks : nil) : nil
+        let placement = schedule.map { PipelinePlacement(schedule: $0, stage: groups!.pipeline.rank) }
         c.data = resolveDataPath(c.data)
         if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
         try ConfigFile.validate(c)
         self.backend = backend
         dataGroup = groups?.data ?? communicator
+        self.groups = groups
         if let resume {
             let (file, _, tokenizer) = try TrainingCheckpoint.peek(resume)
-            setup = try Setup(c, backend: backend, tokenizer: tokenizer, tensorGroup: groups?.tensor)
-            let tp = (setup.task as? LanguageModelTask)?.model as? TensorParallelGPT
-            state = try TrainingCheckpoint.restore(file, path: resume, into: setup, slice: tp.map { m in { try m.shard($0, $1) } })
+            setup = try Setup(c, backend: backend, tokenizer: tokenizer, tensorGroup: groups?.tensor, pipeline: placement)
+            state = try TrainingCheckpoint.restore(file, path: resume, into: setup, slice: setup.tensorParallel.map { m in { try m.shard($0, $1) } })
             runDirectory = resume
         } else {
-            setup = try Setup(c, backend: backend, tensorGroup: groups?.tensor)
+            setup = try Setup(c, backend: backend, tensorGroup: groups?.tensor, pipeline: placement)
             state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
             runDirectory = c.out + "/" + (c.name.isEmpty ? "run" : c.name)
         }
         self.config = c
         self.communicator = communicator
-        tensorParallel = (setup.task as? LanguageModelTask)?.model as? TensorParallelGPT
+        tensorParallel = setup.tensorParallel
         // Every rank of a data group starts from its first rank's parameters (broadcast inside).
         let params = setup.task.module.namedParameters()
         if let comm = dataGroup, comm.size > 1 {
@@ -95,6 +111,20 @@ public final class Trainer {
         } else {
             dataParallel = nil
             optimizer = setup.optimizer
+        }
+        if let schedule, let groups, let stage = (setup.task as? PipelineTask)?.model {
+            // Gradients stay local through the micro-batches; the data-parallel reduction
+            // runs once, at the schedule's reduceGradients (after the tied embedding's sum).
+            dataParallel?.syncGradients = false
+            let engine = try PipelineEngine(schedule: schedule, chunks: stage.chunks, optimizer: optimizer, comm: groups.pipeline)
+            engine.recompute = c.recompute
+            pipeline = engine
+            engine.afterReduce = { [unowned self] in
+                try self.dataParallel?.synchronize()
+                try self.clipGradients()
+            }
+        } else {
+            pipeline = nil
         }
     }
 
@@ -137,12 +167,15 @@ public final class Trainer {
         var lastLoss: Float = .nan
         var lastEval: (loss: Double, accuracy: Double?)?
         let quiet = self.quiet || !isLeader
+        let parameters = try countParameters()
         if !quiet {
-            progress.note("loom train \(config.name): \(config.model), \(setup.task.module.parameterCount) parameters, "
+            progress.note("loom train \(config.name): \(config.model), \(parameters) parameters, "
                 + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
                 + (resumed ? ", resuming at step \(startStep)" : "")
                 + ((dataGroup?.size ?? 1) > 1 ? ", data parallel over \(dataGroup!.size) ranks" : "")
-                + (config.tp > 1 ? ", tensor parallel over \(config.tp) ranks" : "") + " -> \(runDirectory)/")
+                + (config.tp > 1 ? ", tensor parallel over \(config.tp) ranks" : "")
+                + (config.pp > 1 ? ", pipeline of \(config.pp) stages (\(config.pipelineSchedule), \(config.microBatches) micro-batches)" : "")
+                + " -> \(runDirectory)/")
         }
 
         setup.task.module.train()
@@ -192,10 +225,14 @@ public final class Trainer {
         if !quiet { progress.finish() }
         let wall = monotonicSeconds() - t0
         let e = try lastEval ?? evaluate(full: true)
-        let summary = RunSummary(name: config.name, steps: state.step, epochs: Double(state.step) / Double(stepsPerEpoch),
+        if let tracePath { try trace.write(to: tracePath, world: communicator, label: rankLabel) }
+        let pipelineReport = try pipeline.map { try report($0) }
+        if let r = pipelineReport, !quiet { progress.note(r.line) }
+        var summary = RunSummary(name: config.name, steps: state.step, epochs: Double(state.step) / Double(stepsPerEpoch),
                                  trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
                                  throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
-                                 wallSeconds: state.elapsedSeconds, parameters: setup.task.module.parameterCount)
+                                 wallSeconds: state.elapsedSeconds, parameters: parameters)
+        summary.pipeline = pipelineReport?.json
         if isLeader { try writeTextAtomically(summary.json, to: runDirectory + "/summary.json") }
         return summary
     }
@@ -204,6 +241,8 @@ public final class Trainer {
     /// K micro-batches, each loss scaled by 1/K; gradients stay local until the last
     /// micro-batch's backward. Returns the mean loss of the micro-batches.
     private func optimizerStep(_ batch: (inputs: Tensor, targets: Tensor)) throws -> Float {
+        if let pipeline { return try pipelineStep(batch, pipeline) }
+        let start = monotonicSeconds()
         optimizer.zeroGrad()
         let k = config.accumulationSteps
         let rows = batch.inputs.shape[0] / k
@@ -216,16 +255,90 @@ public final class Trainer {
             try (k == 1 ? loss : loss.scaled(1 / Float(k))).backward()
             lossSum += loss.item
         }
+        let computed = monotonicSeconds()
         try dataParallel?.synchronize()
-        if config.gradClip > 0 {
-            if let zero = optimizer as? ZeroOptimizer {
-                try zero.clipGradNorm(maxNorm: Float(config.gradClip))
-            } else {
-                clipGradNorm(setup.task.module.parameters, maxNorm: Float(config.gradClip))
-            }
-        }
+        try clipGradients()
+        let reduced = monotonicSeconds()
         try optimizer.step()
+        trace.record(step: state.step, [("forward+backward", start, computed), ("reduceGradients", computed, reduced),
+                                         ("optimizerStep", reduced, monotonicSeconds())])
         return lossSum / Float(k)
+    }
+
+    /// One step of this rank's pipeline stage over the batch cut into micro-batches. The
+    /// loss is the last stage's; every stage receives it (for logging and the NaN check).
+    private func pipelineStep(_ batch: (inputs: Tensor, targets: Tensor), _ engine: PipelineEngine) throws -> Float {
+        let m = config.microBatches, rows = batch.inputs.shape[0] / m
+        let xs = try (0..<m).map { try batch.inputs.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
+        let ys = try (0..<m).map { try batch.targets.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
+        let start = monotonicSeconds()
+        let loss = try engine.step(tokens: xs, targets: ys, hidden: [rows, config.context, config.dModel])
+        pipelineStats.add(events: engine.events, wall: monotonicSeconds() - start, peakBytes: engine.peakStepBytes, inFlight: engine.peakInFlight)
+        trace.record(step: state.step, engine.events)
+        // Only the last stage has the loss; the others add zero.
+        return Float(try groups!.pipeline.sum([engine.chunks.last!.isLast ? Double(loss!) : 0])[0])
+    }
+
+    /// "rank 3: dp 0, stage 1, tp 1" (the trace's track names).
+    private func rankLabel(_ rank: Int) -> String {
+        guard let t = groups?.topology else { return "rank \(rank)" }
+        let c = t.coordinates(of: rank)
+        return "rank \(rank): dp \(c.dp), stage \(c.pp), tp \(c.tp)"
+    }
+
+    /// The whole model's parameter count (a split model's ranks each hold a part;
+    /// collective then).
+    private func countParameters() throws -> Int {
+        guard let groups else { return setup.task.module.parameterCount }
+        // Count each element once: shards on every TP rank, replicated tensors on TP rank 0, the tied table on stage 0.
+        let tp = tensorParallel
+        let mine = setup.task.module.namedParameters().filter { name, _ in
+            (groups.pipeline.rank == 0 || name != "wte.weight") && (tp == nil || groups.tensor.rank == 0 || tp!.shardSpec(name) != nil)
+        }.reduce(0) { $0 + $1.tensor.count }
+        return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
+    }
+
+    /// Collective: every stage's measured bubble, peak step memory and micro-batches in
+    /// flight, for the summary (taken from data-parallel replica 0, TP rank 0).
+    private func report(_ engine: PipelineEngine) throws -> (json: String, line: String) {
+        let world = communicator!, t = groups!.topology
+        let all = Tensor.zeros([3 * world.size])
+        try world.allGather(Tensor([Float(pipelineStats.bubble), Float(pipelineStats.peakBytes), Float(pipelineStats.peakInFlight)], shape: [3]),
+                            into: all)
+        let v = all.floats
+        let ranks = (0..<t.pp).map { t.rank(dp: 0, pp: $0, tp: 0) }
+        let bubble = ranks.map { Double(v[3 * $0]) }, bytes = ranks.map { Int(v[3 * $0 + 1]) }, inFlight = ranks.map { Int(v[3 * $0 + 2]) }
+        let s = engine.schedule
+        let f4 = { (x: Double) in String(format: "%.4f", x) }
+        let json = "{\"schedule\": \"\(s.kind.rawValue)\", \"stages\": \(s.stages), \"micro_batches\": \(s.microBatches), \"chunks\": \(s.chunks), "
+            + "\"recompute\": \(engine.recompute), \"bubble_theory\": \(f4(s.theoreticalBubble)), "
+            + "\"bubble_per_stage\": [\(bubble.map(f4).joined(separator: ", "))], "
+            + "\"peak_step_bytes_per_stage\": [\(bytes.map(String.init).joined(separator: ", "))], "
+            + "\"peak_in_flight_per_stage\": [\(inFlight.map(String.init).joined(separator: ", "))]}"
+        let line = "pipeline \(s.kind.rawValue), \(s.stages) stages, \(s.microBatches) micro-batches: bubble "
+            + bubble.map { String(format: "%.3f", $0) }.joined(separator: "/") + String(format: " (theory %.3f), peak step memory ", s.theoreticalBubble)
+            + bytes.map { String(format: "%.1f", Double($0) / 1048576) }.joined(separator: "/") + " MiB per stage"
+        return (json, line)
+    }
+
+    /// Clips by the global gradient norm (train.grad_clip), counting each element of the
+    /// whole model once when it is split across tensor- or pipeline-parallel ranks.
+    private func clipGradients() throws {
+        guard config.gradClip > 0 else { return }
+        let maxNorm = Float(config.gradClip)
+        guard let groups else {
+            if let zero = optimizer as? ZeroOptimizer { try zero.clipGradNorm(maxNorm: maxNorm) }
+            else { clipGradNorm(setup.task.module.parameters, maxNorm: maxNorm) }
+            return
+        }
+        let tp = tensorParallel, tpRank = groups.tensor.rank, stage = groups.pipeline.rank
+        let counts = { (name: String) -> Bool in
+            if stage != 0 && name == "wte.weight" { return false }  // the tied copy: counted on stage 0
+            return tp == nil || tpRank == 0 || tp!.shardSpec(name) != nil  // replicated across TP: once
+        }
+        let across = [groups.tensor, groups.pipeline]
+        if let zero = optimizer as? ZeroOptimizer { try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: across) }
+        else { try clipGradNorm(setup.task.module.namedParameters(), maxNorm: maxNorm, counting: counts, across: across) }
     }
 
     /// Evaluates (on every rank), then rank 0 logs, checkpoints and redraws the plot.
@@ -233,20 +346,48 @@ public final class Trainer {
         let e = try evaluate(full: state.step == totalSteps)
         state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
         try (optimizer as? ZeroOptimizer)?.gatherState()  // collective: every rank
+        if !(optimizer is ZeroOptimizer) { optimizer.materializeState() }
         // Tensor parallelism: every rank gathers the shards into full tensors (collective).
-        let full = try tensorParallel.map { tp in
+        var full = try tensorParallel.map { tp in
             try TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer).map { name, t in
                 (name, try tp.gather(String(name.drop { $0 != "." }.dropFirst()), t))
             }
+        }
+        // Pipeline parallelism: rank 0 collects the other stages' tensors (full, by global name).
+        var dropout: String?
+        if let groups, config.pp > 1 {
+            (full, dropout) = try gatherStages(full ?? TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), groups)
         }
         if let log {
             log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
                                     validationLoss: e.loss, validationAccuracy: e.accuracy))
             // Written once, by rank 0: every rank holds the same parameters and state.
-            try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state, tensors: full)
+            try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state, tensors: full,
+                                        dropout: dropout)
             try writePlot(log)
         }
         return e
+    }
+
+    /// Stages other than 0 of rank 0's pipeline send their tensors and dropout generators
+    /// to it; rank 0 returns them all (the tied embedding and its state once, from stage
+    /// 0). Other ranks hold copies of these and send nothing.
+    private func gatherStages(_ mine: [(name: String, tensor: Tensor)], _ groups: ProcessGroups) throws
+        -> ([(name: String, tensor: Tensor)], String) {
+        let generators = TrainingCheckpoint.dropoutEntry(setup.task.module)
+        guard groups.data.rank == 0 && groups.tensor.rank == 0 else { return (mine, generators) }
+        let pipe = groups.pipeline, tag = 1 << 20
+        if pipe.rank != 0 {
+            try pipe.send(named: mine, metadata: ["dropout": generators], to: 0, tag: tag)
+            return (mine, generators)
+        }
+        var all = mine, names = Set(mine.map(\.name)), entries = [generators]
+        for stage in 1..<pipe.size {
+            let (tensors, meta) = try pipe.receiveNamed(from: stage, tag: tag, on: backend)
+            for (name, t) in tensors where names.insert(name).inserted { all.append((name, t)) }
+            entries.append(meta["dropout"] ?? "")
+        }
+        return (all, entries.filter { !$0.isEmpty }.joined(separator: ";"))
     }
 
     /// Mean validation loss (and accuracy for classifiers) in evaluation mode, over
@@ -264,8 +405,20 @@ public final class Trainer {
         let ranks = dataGroup?.size ?? 1
         for b in stride(from: rank, to: batches, by: ranks) {  // each data rank evaluates every ranks-th batch
             let xy = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
+            if let pipeline {
+                // Through the stages; the sums arrive on the last stage (summed over the group below).
+                let rows = xy.inputs.shape[0]
+                if let r = try pipeline.evaluate(tokens: xy.inputs, targets: xy.targets, hidden: [rows, config.context, config.dModel]) {
+                    lossSum += r.lossSum; count += r.count
+                }
+                continue
+            }
             let r = try setup.task.evaluate(inputs: xy.inputs, targets: xy.targets)
             lossSum += r.lossSum; correct += r.correct; count += r.count
+        }
+        if let pipeline, pipeline.schedule.stages > 1 {
+            let sums = try groups!.pipeline.sum([lossSum, Double(count)])
+            lossSum = sums[0]; count = Int(sums[1].rounded())
         }
         if let comm = dataGroup, comm.size > 1 {
             let sums = try comm.sum([lossSum, Double(correct), Double(count)])
