@@ -124,6 +124,89 @@ final class DistributedEndToEndTests: CLITestCase {
         try assertMatches("tp2-mpi", "single")
     }
 
+    /// The gpt config with gradient clipping tight enough to act at every step, so that
+    /// split models must count each gradient element once in the global norm.
+    func clippedConfig() throws -> String {
+        let path = try config("gpt"), clipped = work + "/gpt-clipped.toml"
+        try String(contentsOfFile: path, encoding: .utf8).replacingOccurrences(of: "log_every = 1", with: "log_every = 1\ngrad_clip = 0.1")
+            .write(toFile: clipped, atomically: true, encoding: .utf8)
+        return clipped
+    }
+
+    /// Pipeline parallelism through the trainer: every schedule at M = 4 and 8 on 2 stages,
+    /// 4 stages, interleaved, recomputation, and dp 2 × tp 2 × pp 2, against single-process.
+    func testPipelineLayoutsMatchSingleProcess() throws {
+        let cfg = try clippedConfig()
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "single"]).status, 0)
+        XCTAssertEqual(try loom(["train", try config("gpt"), "--out", work, "--name", "unclipped"]).status, 0)
+        XCTAssertNotEqual(try losses("single")[20], try losses("unclipped")[20], "grad_clip 0.1 did not act; the test would not cover clipping")
+        let layouts: [(String, [String])] = [
+            ("pp2-gpipe-m4", ["--pp", "2", "--schedule", "gpipe", "--micro-batches", "4"]),
+            ("pp2-gpipe-m8", ["--pp", "2", "--schedule", "gpipe", "--micro-batches", "8"]),
+            ("pp2-1f1b-m4", ["--pp", "2", "--schedule", "1f1b", "--micro-batches", "4"]),
+            ("pp2-1f1b-m8", ["--pp", "2", "--schedule", "1f1b", "--micro-batches", "8"]),
+            ("pp2-interleaved-m4", ["--pp", "2", "--schedule", "interleaved", "--micro-batches", "4"]),
+            ("pp2-interleaved-m8", ["--pp", "2", "--schedule", "interleaved", "--micro-batches", "8", "--recompute"]),
+            ("pp4", ["--pp", "4", "--micro-batches", "4"]),
+            ("dp2-tp2-pp2", ["--dp", "2", "--tp", "2", "--pp", "2", "--micro-batches", "4"]),
+            ("dp2-pp2-zero", ["--dp", "2", "--pp", "2", "--zero", "1"]),
+        ]
+        for (name, args) in layouts {
+            let r = try loom(["train", cfg, "--out", work, "--name", name] + args)
+            XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
+            try assertMatches(name, "single")
+        }
+        // The summary reports each stage's measured bubble and memory next to the theory.
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/pp4/summary.json"))) as! [String: Any]
+        let p = try XCTUnwrap(summary["pipeline"] as? [String: Any])
+        XCTAssertEqual(p["bubble_theory"] as! Double, 3.0 / 7, accuracy: 1e-4)
+        XCTAssertEqual((p["bubble_per_stage"] as! [Double]).count, 4)
+        XCTAssertTrue((p["peak_step_bytes_per_stage"] as! [Int]).allSatisfy { $0 > 0 })
+        XCTAssertEqual(p["peak_in_flight_per_stage"] as! [Int], [4, 3, 2, 1])  // 1F1B: K - stage
+        XCTAssertEqual(summary["parameters"] as? Int, (try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/single/summary.json"))) as! [String: Any])["parameters"] as? Int)
+    }
+
+    /// A checkpoint saved by a tp 2 × pp 2 run resumes under dp 4 and under a 4-stage
+    /// interleaved pipeline; a single-process one resumes as a pipeline; losses continue.
+    /// Also the trace: one track per rank, forward and backward per micro-batch.
+    func testPipelineCheckpointsReshardAndTrace() throws {
+        let cfg = try clippedConfig()
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "single"]).status, 0)
+        let trace = work + "/trace.json"
+        for (name, resume) in [("to-dp4", ["--tp", "1", "--pp", "1", "--dp", "4"]),
+                               ("to-interleaved", ["--tp", "1", "--pp", "2", "--schedule", "interleaved", "--micro-batches", "4"])] {
+            let first = try loom(["train", cfg, "--tp", "2", "--pp", "2", "--stop-at", "10", "--out", work, "--name", name, "--trace", trace])
+            XCTAssertEqual(first.status, 0, first.err)
+            let r = try loom(["train", "--resume", work + "/" + name] + resume)
+            XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
+            try assertMatches(name, "single")
+        }
+        XCTAssertEqual(try loom(["train", cfg, "--stop-at", "10", "--out", work, "--name", "from-single"]).status, 0)
+        XCTAssertEqual(try loom(["train", "--resume", work + "/from-single", "--pp", "4", "--schedule", "gpipe"]).status, 0)
+        try assertMatches("from-single", "single")
+
+        let t = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: trace))) as! [String: Any]
+        let events = t["traceEvents"] as! [[String: Any]]
+        XCTAssertEqual(Set(events.compactMap { $0["ph"] as? String == "M" ? $0["tid"] as? Int : nil }), [0, 1, 2, 3])
+        let names = Set(events.compactMap { $0["name"] as? String })
+        for n in ["forward(0)", "backward(3)", "sendActivation(0)", "recvGradient(0)", "reduceGradients", "optimizerStep"] {
+            XCTAssertTrue(names.contains(n), "trace lacks \(n)")
+        }
+    }
+
+    /// A pipeline and a 3D layout under mpirun (one process per rank).
+    func testPipelineUnderMPIMatchesSingleProcess() throws {
+        guard mpirunAvailable else { throw XCTSkip("mpirun not installed") }
+        let cfg = try clippedConfig()
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "single"]).status, 0)
+        for (name, n, args) in [("mpi-pp2", "2", ["--pp", "2", "--micro-batches", "8"]),
+                                ("mpi-tp2-pp2", "4", ["--tp", "2", "--pp", "2", "--schedule", "interleaved"])] {
+            let r = try loom(["launch", "-n", n, "--", "train", cfg, "--out", work, "--name", name] + args)
+            XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
+            try assertMatches(name, "single")
+        }
+    }
+
     /// 1F1B under MPI: the stages' sends cross (activations one way, gradients the other)
     /// and must not block each other. With blocking MPI_Send this hung.
     func testOneFOneBPipelineRunsUnderMPI() throws {
