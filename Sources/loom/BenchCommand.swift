@@ -34,7 +34,7 @@ struct BenchCommand: ParsableCommand {
     var pp: Int?
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step with --pp.")
     var microBatches: Int = 8
-    @Option(help: "Pipeline schedule with --pp: gpipe or 1f1b.")
+    @Option(help: "Pipeline schedule with --pp: gpipe, 1f1b or interleaved (2 chunks per stage).")
     var schedule: String = "1f1b"
     @Option(help: "With --pp: write a Chrome trace (Perfetto) of the last step to this file.")
     var trace: String?
@@ -60,7 +60,7 @@ struct BenchCommand: ParsableCommand {
         if suite == "comm" { return try runComm() }
         if let dp, dp > 1 { return try runDataParallel(dp) }
         if let pp {
-            guard let kind = Schedule.Kind(rawValue: schedule) else { throw ValidationError("unknown schedule '\(schedule)'; valid: gpipe, 1f1b") }
+            guard let kind = Schedule.Kind(rawValue: schedule) else { throw ValidationError("unknown schedule '\(schedule)'; valid: gpipe, 1f1b, interleaved") }
             let world = MPICommunicator.launchedByMPI ? try MPICommunicator.world() : nil
             if let world, world.size != pp { throw ValidationError("--pp \(pp) but the launcher started \(world.size) processes") }
             let r = try PipelineBench.run(stages: pp, microBatches: microBatches, schedule: kind, steps: steps,

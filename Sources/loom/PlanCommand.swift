@@ -14,6 +14,7 @@ struct PlanCommand: ParsableCommand {
         Examples:
           loom plan --pp 4 --micro-batches 8 --schedule 1f1b
           loom plan --pp 2 --micro-batches 8 --schedule gpipe --show
+          loom plan --pp 4 --micro-batches 8 --schedule interleaved --chunks 2
         """
     )
 
@@ -21,8 +22,10 @@ struct PlanCommand: ParsableCommand {
     var pp: Int
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step.")
     var microBatches: Int
-    @Option(help: "gpipe or 1f1b.")
+    @Option(help: "gpipe, 1f1b or interleaved.")
     var schedule: String = "1f1b"
+    @Option(help: "Interleaved: model chunks (virtual stages) per stage.")
+    var chunks: Int = 2
     @Flag(help: "Print every stage's instructions.")
     var show = false
 
@@ -34,15 +37,19 @@ struct PlanCommand: ParsableCommand {
     }
 
     func run() throws {
-        let s = try Schedule(Schedule.Kind(rawValue: schedule)!, stages: pp, microBatches: microBatches)
-        let r: ScheduleCheck.Report
-        do { r = try ScheduleCheck().run(s) } catch {
+        let kind = Schedule.Kind(rawValue: schedule)!
+        let s: Schedule, r: ScheduleCheck.Report
+        do {
+            s = try Schedule(kind, stages: pp, microBatches: microBatches, chunks: kind == .interleaved ? chunks : nil)
+            r = try ScheduleCheck().run(s)
+        } catch {
             FileHandle.standardError.write("loom: error: \(error)\n".data(using: .utf8)!)
             throw ExitCode(1)
         }
-        print("schedule \(schedule), \(pp) stages, \(microBatches) micro-batches: every send meets its receive; no deadlock")
-        print(String(format: "theoretical bubble (K-1)/(M+K-1) = %.3f", s.theoreticalBubble))
-        print("stage  predicted bubble  peak activations in flight  instructions")
+        print("schedule \(schedule), \(pp) stages" + (s.chunks > 1 ? " × \(s.chunks) chunks" : "")
+              + ", \(microBatches) micro-batches: every send meets its receive; no deadlock")
+        print(String(format: "theoretical bubble (K-1)/(vM+K-1) = %.3f", s.theoreticalBubble))
+        print("stage  predicted bubble  peak activations in flight  instructions" + (s.chunks > 1 ? "  (in flight: micro-batch × chunk units)" : ""))
         for stage in 0..<pp {
             print(String(format: "%5d  %16.3f  %26d  %d", stage, r.bubble[stage], r.peakInFlight[stage], s.program(stage: stage).count))
         }
