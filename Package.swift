@@ -15,6 +15,7 @@ let package = Package(
         .library(name: "LoomDistributed", targets: ["LoomDistributed"]),
         .library(name: "LoomParallel", targets: ["LoomParallel"]),
         .library(name: "LoomTrain", targets: ["LoomTrain"]),
+        .library(name: "LoomCUDA", targets: ["LoomCUDA"]),
         .executable(name: "loom", targets: ["loom"]),
     ],
     dependencies: [
@@ -34,8 +35,10 @@ let package = Package(
             "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "CZlib",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
+        // CUDA through dlopen: no toolkit or headers at build time.
+        .target(name: "LoomCUDA"),
         .executableTarget(name: "loom", dependencies: [
-            "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain",
+            "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain", "LoomCUDA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),
@@ -43,6 +46,7 @@ let package = Package(
         .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"]),
         .testTarget(name: "LoomParallelTests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomParallel"]),
         .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomTrain"]),
+        .testTarget(name: "LoomCUDATests", dependencies: ["LoomCore", "LoomNN", "LoomCUDA"]),
     ],
     swiftLanguageModes: [.v5]
 )

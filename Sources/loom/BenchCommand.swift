@@ -56,7 +56,11 @@ struct BenchCommand: ParsableCommand {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
+    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; its kernels are not written yet, see README).")
+    var device: String = "cpu"
+
     func run() throws {
+        try runReportingErrors { try checkDevice(device) }
         if suite == "comm" { return try runComm() }
         if let dp, dp > 1 { return try runDataParallel(dp) }
         if let pp {

@@ -72,9 +72,12 @@ struct TrainCommand: ParsableCommand {
     var recompute = false
     @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one track per rank.")
     var trace: String?
+    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; its kernels are not written yet, see README).")
+    var device: String = "cpu"
 
     func run() throws {
         try runReportingErrors {
+            try checkDevice(device)
             var c: TrainConfig
             if let resume {
                 c = try TrainingCheckpoint.peek(resume).1

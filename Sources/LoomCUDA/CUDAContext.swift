@@ -1,0 +1,45 @@
+import Foundation
+
+/// One GPU, opened: the driver, the device's primary context, a stream and a caching
+/// allocator on it. `open` is what `--device cuda` calls first; on a machine without the
+/// NVIDIA driver it throws a one-line error naming the library.
+public final class CUDAContext: @unchecked Sendable {
+    public let driver: CUDADriver
+    public let ordinal: Int
+    public let name: String
+    public let computeCapability: (major: Int, minor: Int)
+    public let stream: CUstream
+    public let allocator: CachingAllocator
+
+    public static func open(device ordinal: Int = 0) throws -> CUDAContext {
+        let driver = try CUDADriver()
+        let count = try driver.deviceCount()
+        guard ordinal < count else {
+            throw CUDAError(call: "open", message: "cuda:\(ordinal) requested, the driver sees \(count) device\(count == 1 ? "" : "s")")
+        }
+        return try CUDAContext(driver: driver, ordinal: ordinal)
+    }
+
+    private init(driver: CUDADriver, ordinal: Int) throws {
+        self.driver = driver
+        self.ordinal = ordinal
+        let d = try driver.describe(device: ordinal)
+        name = d.name
+        computeCapability = (d.major, d.minor)
+        var dev: Int32 = 0
+        try driver.check(driver.cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet")
+        var context: OpaquePointer?
+        try driver.check(driver.cuDevicePrimaryCtxRetain(&context, dev), "cuDevicePrimaryCtxRetain")
+        try driver.check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+        var s: OpaquePointer?
+        try driver.check(driver.cuStreamCreate(&s, 1), "cuStreamCreate")  // CU_STREAM_NON_BLOCKING
+        stream = s
+        allocator = CachingAllocator(allocate: { bytes in
+            var p: CUdeviceptr = 0
+            try driver.check(driver.cuMemAlloc(&p, bytes), "cuMemAlloc_v2(\(bytes) bytes)")
+            return p
+        }, release: { try driver.check(driver.cuMemFree($0), "cuMemFree_v2") })
+    }
+
+    public var description: String { "cuda:\(ordinal) (\(name), sm_\(computeCapability.major)\(computeCapability.minor))" }
+}

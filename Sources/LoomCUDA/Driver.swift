@@ -1,0 +1,85 @@
+import Foundation
+
+public typealias CUdeviceptr = UInt64
+public typealias CUstream = OpaquePointer?
+
+/// The subset of the CUDA driver API Loom calls, resolved from `libcuda.so.1` (the
+/// driver, present wherever a GPU is; no toolkit needed). Every call's status is checked
+/// by `check`, which names the call and the status (`cuMemAlloc_v2:
+/// CUDA_ERROR_OUT_OF_MEMORY (2)`).
+public final class CUDADriver: @unchecked Sendable {
+    public let library: DynamicLibrary
+    typealias Status = Int32
+    let cuInit: @convention(c) (UInt32) -> Status
+    let cuDeviceGetCount: @convention(c) (UnsafeMutablePointer<Int32>) -> Status
+    let cuDeviceGet: @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Status
+    let cuDeviceGetName: @convention(c) (UnsafeMutablePointer<CChar>, Int32, Int32) -> Status
+    let cuDeviceGetAttribute: @convention(c) (UnsafeMutablePointer<Int32>, Int32, Int32) -> Status
+    let cuDevicePrimaryCtxRetain: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32) -> Status
+    let cuCtxSetCurrent: @convention(c) (OpaquePointer?) -> Status
+    let cuMemAlloc: @convention(c) (UnsafeMutablePointer<CUdeviceptr>, Int) -> Status
+    let cuMemFree: @convention(c) (CUdeviceptr) -> Status
+    let cuMemHostAlloc: @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Status
+    let cuMemFreeHost: @convention(c) (UnsafeMutableRawPointer?) -> Status
+    let cuMemcpyHtoDAsync: @convention(c) (CUdeviceptr, UnsafeRawPointer?, Int, CUstream) -> Status
+    let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer?, CUdeviceptr, Int, CUstream) -> Status
+    let cuStreamCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
+    let cuStreamSynchronize: @convention(c) (CUstream) -> Status
+    let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Status
+    let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UnsafePointer<CChar>) -> Status
+    let cuLaunchKernel: @convention(c) (OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, CUstream,
+                                        UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Status
+    let cuGetErrorName: @convention(c) (Status, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Status
+
+    /// Loads the driver and initialises it. Throws on a machine without the NVIDIA driver.
+    public init() throws {
+        library = try DynamicLibrary(candidates: ["libcuda.so.1", "libcuda.so"], purpose: "the NVIDIA driver (libcuda.so.1)")
+        let l = library
+        cuInit = try l.function("cuInit")
+        cuDeviceGetCount = try l.function("cuDeviceGetCount")
+        cuDeviceGet = try l.function("cuDeviceGet")
+        cuDeviceGetName = try l.function("cuDeviceGetName")
+        cuDeviceGetAttribute = try l.function("cuDeviceGetAttribute")
+        cuDevicePrimaryCtxRetain = try l.function("cuDevicePrimaryCtxRetain")
+        cuCtxSetCurrent = try l.function("cuCtxSetCurrent")
+        cuMemAlloc = try l.function("cuMemAlloc_v2")
+        cuMemFree = try l.function("cuMemFree_v2")
+        cuMemHostAlloc = try l.function("cuMemHostAlloc")
+        cuMemFreeHost = try l.function("cuMemFreeHost")
+        cuMemcpyHtoDAsync = try l.function("cuMemcpyHtoDAsync_v2")
+        cuMemcpyDtoHAsync = try l.function("cuMemcpyDtoHAsync_v2")
+        cuStreamCreate = try l.function("cuStreamCreate")
+        cuStreamSynchronize = try l.function("cuStreamSynchronize")
+        cuModuleLoadData = try l.function("cuModuleLoadData")
+        cuModuleGetFunction = try l.function("cuModuleGetFunction")
+        cuLaunchKernel = try l.function("cuLaunchKernel")
+        cuGetErrorName = try l.function("cuGetErrorName")
+        try check(cuInit(0), "cuInit")
+    }
+
+    /// Throws unless `status` is CUDA_SUCCESS (0), naming `call` and the status.
+    public func check(_ status: Int32, _ call: String) throws {
+        guard status != 0 else { return }
+        var name: UnsafePointer<CChar>?
+        let known = cuGetErrorName(status, &name) == 0 && name != nil
+        throw CUDAError(call: call, message: "\(known ? String(cString: name!) : "unknown CUDA status") (\(status))")
+    }
+
+    public func deviceCount() throws -> Int {
+        var n: Int32 = 0
+        try check(cuDeviceGetCount(&n), "cuDeviceGetCount")
+        return Int(n)
+    }
+
+    /// The device's name and compute capability (9.0 on an H100).
+    public func describe(device ordinal: Int) throws -> (name: String, major: Int, minor: Int) {
+        var dev: Int32 = 0
+        try check(cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet(\(ordinal))")
+        var buffer = [CChar](repeating: 0, count: 256)
+        try check(cuDeviceGetName(&buffer, 256, dev), "cuDeviceGetName")
+        var major: Int32 = 0, minor: Int32 = 0
+        try check(cuDeviceGetAttribute(&major, 75, dev), "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MAJOR)")
+        try check(cuDeviceGetAttribute(&minor, 76, dev), "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MINOR)")
+        return (String(cString: buffer), Int(major), Int(minor))
+    }
+}
