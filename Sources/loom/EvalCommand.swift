@@ -26,6 +26,9 @@ struct EvalCommand: ParsableCommand {
             var c = try TrainingCheckpoint.peek(checkpoint).1
             if let data { c.data = data }
             c.evalBatches = 0
+            // The checkpoint holds whole tensors whatever the layout it was trained with:
+            // evaluate in one process.
+            c.dp = 1; c.tp = 1; c.pp = 1
             let trainer = try Trainer(config: c, resume: checkpoint)
             let step = trainer.step
             let e = try trainer.evaluate(full: true)

@@ -177,6 +177,8 @@ final class DistributedEndToEndTests: CLITestCase {
                                ("to-interleaved", ["--tp", "1", "--pp", "2", "--schedule", "interleaved", "--micro-batches", "4"])] {
             let first = try loom(["train", cfg, "--tp", "2", "--pp", "2", "--stop-at", "10", "--out", work, "--name", name, "--trace", trace])
             XCTAssertEqual(first.status, 0, first.err)
+            let e = try loom(["eval", "--checkpoint", work + "/" + name])  // one process reads a split run's checkpoint
+            XCTAssertEqual(e.status, 0, e.err)
             let r = try loom(["train", "--resume", work + "/" + name] + resume)
             XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
             try assertMatches(name, "single")
