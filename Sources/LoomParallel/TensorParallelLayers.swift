@@ -91,16 +91,22 @@ public final class TensorParallelBlock: Module {
     public let attention: TensorParallelAttention
     public let ln2: LayerNorm
     public let mlp: TensorParallelFeedForward
+    /// On the residual stream, which every TP rank holds whole: the same generator on
+    /// every rank draws the same masks (Megatron's "default" RNG for replicated regions),
+    /// and the same masks as the single-process model.
+    public let dropout: Dropout
 
     init(sharding full: TransformerBlock, comm: Communicator) throws {
         ln1 = full.ln1; ln2 = full.ln2  // replicated: the same parameters on every TP rank
         attention = try TensorParallelAttention(sharding: full.attention, comm: comm)
         mlp = try TensorParallelFeedForward(sharding: full.mlp, comm: comm)
+        dropout = full.dropout
     }
 
+    /// [B, T, C] -> [B, T, C], as `TransformerBlock`.
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        let h = try x.add(attention(ln1(x)))
-        return try h.add(mlp(ln2(h)))
+        let h = try x.add(dropout(attention(ln1(x))))
+        return try h.add(dropout(mlp(ln2(h))))
     }
 }
 

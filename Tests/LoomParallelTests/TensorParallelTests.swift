@@ -46,6 +46,18 @@ final class TensorParallelTests: XCTestCase {
     }
 
     func testTensorParallelGPTMatchesSingleProcess() throws {
+        try checkMatchesSingleProcess(config)
+    }
+
+    /// Dropout acts on the residual stream, which every TP rank holds whole: the ranks
+    /// draw the single-process masks, so the run still matches.
+    func testTensorParallelGPTWithDropoutMatchesSingleProcess() throws {
+        var dropping = config
+        dropping.dropout = 0.2
+        try checkMatchesSingleProcess(dropping)
+    }
+
+    func checkMatchesSingleProcess(_ config: GPTConfig) throws {
         let steps = 20
         let reference = try GPT(config, seed: 3)
         let opt = Adam.adamW(reference.namedParameters(), lr: 3e-4)
@@ -59,7 +71,7 @@ final class TensorParallelTests: XCTestCase {
         }
         for tp in [2, 4] {
             let runs = try InProcessWorld.run(size: tp) { comm -> ([Float], [Float]) in
-                let model = try TensorParallelGPT(sharding: try GPT(self.config, seed: 3, on: CPUBackend(threads: 1)), comm: comm)
+                let model = try TensorParallelGPT(sharding: try GPT(config, seed: 3, on: CPUBackend(threads: 1)), comm: comm)
                 let opt = Adam.adamW(model.namedParameters(), lr: 3e-4)
                 var losses: [Float] = []
                 for s in 0..<steps {
