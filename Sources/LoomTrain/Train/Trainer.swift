@@ -38,7 +38,7 @@ public final class Trainer {
     public let runDirectory: String
     public let setup: Setup
     public let backend: any Backend
-    private var state: RunState
+    var state: RunState
     /// Stop (after checkpointing) once this step is done, as if interrupted.
     public var stopAt: Int?
     public var quiet = false
@@ -47,16 +47,16 @@ public final class Trainer {
     /// The ranks that hold the same model part and split the data (data parallelism).
     private let dataGroup: Communicator?
     /// The groups of each parallel axis, when the model is split (tp or pp > 1).
-    private let groups: ProcessGroups?
+    let groups: ProcessGroups?
     /// The tensor-parallel model, when the GPT is split across ranks.
-    private let tensorParallel: TensorParallelGPT?
+    let tensorParallel: TensorParallelGPT?
     private let dataParallel: DataParallel?
     /// Pipeline parallelism: runs this rank's stage of the schedule.
-    private let pipeline: PipelineEngine?
-    private var pipelineStats = PipelineStats()
+    let pipeline: PipelineEngine?
+    var pipelineStats = PipelineStats()
     /// Write a Chrome trace of the run's last steps here (rank 0 gathers every rank's).
     public var tracePath: String?
-    private var trace = TraceRecorder()
+    var trace = TraceRecorder()
     /// The optimizer training uses: the setup's, or its ZeRO-sharded form.
     public let optimizer: Optimizer
     /// This rank's index in the data group: which shard of each batch it takes.
@@ -265,26 +265,7 @@ public final class Trainer {
         return lossSum / Float(k)
     }
 
-    /// One step of this rank's pipeline stage over the batch cut into micro-batches. The
-    /// loss is the last stage's; every stage receives it (for logging and the NaN check).
-    private func pipelineStep(_ batch: (inputs: Tensor, targets: Tensor), _ engine: PipelineEngine) throws -> Float {
-        let m = config.microBatches, rows = batch.inputs.shape[0] / m
-        let xs = try (0..<m).map { try batch.inputs.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
-        let ys = try (0..<m).map { try batch.targets.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
-        let start = monotonicSeconds()
-        let loss = try engine.step(tokens: xs, targets: ys, hidden: [rows, config.context, config.dModel])
-        pipelineStats.add(events: engine.events, wall: monotonicSeconds() - start, peakBytes: engine.peakStepBytes, inFlight: engine.peakInFlight)
-        trace.record(step: state.step, engine.events)
-        // Only the last stage has the loss; the others add zero.
-        return Float(try groups!.pipeline.sum([engine.chunks.last!.isLast ? Double(loss!) : 0])[0])
-    }
 
-    /// "rank 3: dp 0, stage 1, tp 1" (the trace's track names).
-    private func rankLabel(_ rank: Int) -> String {
-        guard let t = groups?.topology else { return "rank \(rank)" }
-        let c = t.coordinates(of: rank)
-        return "rank \(rank): dp \(c.dp), stage \(c.pp), tp \(c.tp)"
-    }
 
     /// The whole model's parameter count (a split model's ranks each hold a part;
     /// collective then).
@@ -298,28 +279,6 @@ public final class Trainer {
         return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
     }
 
-    /// Collective: every stage's measured bubble, peak step memory and micro-batches in
-    /// flight, for the summary (taken from data-parallel replica 0, TP rank 0).
-    private func report(_ engine: PipelineEngine) throws -> (json: String, line: String) {
-        let world = communicator!, t = groups!.topology
-        let all = Tensor.zeros([3 * world.size])
-        try world.allGather(Tensor([Float(pipelineStats.bubble), Float(pipelineStats.peakBytes), Float(pipelineStats.peakInFlight)], shape: [3]),
-                            into: all)
-        let v = all.floats
-        let ranks = (0..<t.pp).map { t.rank(dp: 0, pp: $0, tp: 0) }
-        let bubble = ranks.map { Double(v[3 * $0]) }, bytes = ranks.map { Int(v[3 * $0 + 1]) }, inFlight = ranks.map { Int(v[3 * $0 + 2]) }
-        let s = engine.schedule
-        let f4 = { (x: Double) in String(format: "%.4f", x) }
-        let json = "{\"schedule\": \"\(s.kind.rawValue)\", \"stages\": \(s.stages), \"micro_batches\": \(s.microBatches), \"chunks\": \(s.chunks), "
-            + "\"recompute\": \(engine.recompute), \"bubble_theory\": \(f4(s.theoreticalBubble)), "
-            + "\"bubble_per_stage\": [\(bubble.map(f4).joined(separator: ", "))], "
-            + "\"peak_step_bytes_per_stage\": [\(bytes.map(String.init).joined(separator: ", "))], "
-            + "\"peak_in_flight_per_stage\": [\(inFlight.map(String.init).joined(separator: ", "))]}"
-        let line = "pipeline \(s.kind.rawValue), \(s.stages) stages, \(s.microBatches) micro-batches: bubble "
-            + bubble.map { String(format: "%.3f", $0) }.joined(separator: "/") + String(format: " (theory %.3f), peak step memory ", s.theoreticalBubble)
-            + bytes.map { String(format: "%.1f", Double($0) / 1048576) }.joined(separator: "/") + " MiB per stage"
-        return (json, line)
-    }
 
     /// Clips by the global gradient norm (train.grad_clip), counting each element of the
     /// whole model once when it is split across tensor- or pipeline-parallel ranks.
@@ -369,26 +328,6 @@ public final class Trainer {
         return e
     }
 
-    /// Stages other than 0 of rank 0's pipeline send their tensors and dropout generators
-    /// to it; rank 0 returns them all (the tied embedding and its state once, from stage
-    /// 0). Other ranks hold copies of these and send nothing.
-    private func gatherStages(_ mine: [(name: String, tensor: Tensor)], _ groups: ProcessGroups) throws
-        -> ([(name: String, tensor: Tensor)], String) {
-        let generators = TrainingCheckpoint.dropoutEntry(setup.task.module)
-        guard groups.data.rank == 0 && groups.tensor.rank == 0 else { return (mine, generators) }
-        let pipe = groups.pipeline, tag = 1 << 20
-        if pipe.rank != 0 {
-            try pipe.send(named: mine, metadata: ["dropout": generators], to: 0, tag: tag)
-            return (mine, generators)
-        }
-        var all = mine, names = Set(mine.map(\.name)), entries = [generators]
-        for stage in 1..<pipe.size {
-            let (tensors, meta) = try pipe.receiveNamed(from: stage, tag: tag, on: backend)
-            for (name, t) in tensors where names.insert(name).inserted { all.append((name, t)) }
-            entries.append(meta["dropout"] ?? "")
-        }
-        return (all, entries.filter { !$0.isEmpty }.joined(separator: ";"))
-    }
 
     /// Mean validation loss (and accuracy for classifiers) in evaluation mode, over
     /// `eval_batches` batches, or the whole validation split when `full` (the final
