@@ -91,6 +91,19 @@ public final class PipelineGPTStage: Module {
         return try logits.vocabParallelCrossEntropy(targets: targets, classes: vocabulary, comm: comm)
     }
 
+    /// Forward multiply-adds per token of a piece holding `blocks` blocks (and the head
+    /// and loss when it is the last): a block 12C² + 2TC, the head CV + 4V.
+    public static func pieceCost(_ c: GPTConfig, blocks: Int, last: Bool) -> Double {
+        let block = Double(12 * c.dModel * c.dModel + 2 * c.contextLength * c.dModel)
+        let head = Double(c.dModel * c.vocabSize + 4 * c.vocabSize)
+        return Double(blocks) * block + (last ? head : 0)
+    }
+
+    /// The cost model's forward cost of each piece of a split.
+    public static func pieceCosts(_ c: GPTConfig, split: [Int]) -> [Double] {
+        split.enumerated().map { pieceCost(c, blocks: $1, last: $0 == split.count - 1) }
+    }
+
     /// Blocks per piece that minimise the most expensive piece, by a forward cost model
     /// in multiply-adds per token: a block 12C² + 2TC, the last piece's head CV and its
     /// loss 4V; the embedding is free. Middle pieces get at least one block. Ties go to the
@@ -98,9 +111,7 @@ public final class PipelineGPTStage: Module {
     public static func balancedSplit(_ c: GPTConfig, pieces: Int) throws -> [Int] {
         let layers = c.layers
         guard pieces >= 1 else { throw LoomError.config("pipeline: \(pieces) pieces") }
-        let block = Double(12 * c.dModel * c.dModel + 2 * c.contextLength * c.dModel)
-        let head = Double(c.dModel * c.vocabSize + 4 * c.vocabSize)
-        func cost(_ piece: Int, _ n: Int) -> Double { Double(n) * block + (piece == pieces - 1 ? head : 0) }
+        func cost(_ piece: Int, _ n: Int) -> Double { pieceCost(c, blocks: n, last: piece == pieces - 1) }
         // best[j][l]: (max cost, sum of squared costs) of the first j pieces holding l blocks.
         typealias Score = (max: Double, squares: Double)
         let worst: Score = (.infinity, .infinity)

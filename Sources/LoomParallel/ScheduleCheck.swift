@@ -21,10 +21,14 @@ public struct ScheduleCheck: Sendable {
     /// Costs of one micro-batch on one stage, in any unit.
     public var forwardCost = 1.0
     public var backwardCost = 2.0
+    /// Relative cost of each piece of the model (piece j = chunk × stages + stage), when
+    /// the pieces are not balanced; nil: all equal.
+    public var pieceCosts: [Double]?
 
-    public init(forwardCost: Double = 1, backwardCost: Double = 2) {
+    public init(forwardCost: Double = 1, backwardCost: Double = 2, pieceCosts: [Double]? = nil) {
         self.forwardCost = forwardCost
         self.backwardCost = backwardCost
+        self.pieceCosts = pieceCosts
     }
 
     private struct Message: Equatable { let mb: Int; let chunk: Int; let ready: Double }
@@ -42,6 +46,12 @@ public struct ScheduleCheck: Sendable {
         var counts = [[String: Int]](repeating: [:], count: k)
         // A chunk is 1/chunks of a stage's layers.
         let (fwd, bwd) = (forwardCost / Double(schedule.chunks), backwardCost / Double(schedule.chunks))
+        // A piece's share of the work relative to a balanced piece.
+        let mean = (pieceCosts?.reduce(0, +) ?? 0) / Double(max(pieceCosts?.count ?? 1, 1))
+        func weight(_ s: Int, _ c: Int) -> Double {
+            guard let p = pieceCosts, p.count == schedule.pieces, mean > 0 else { return 1 }
+            return p[schedule.piece(stage: s, chunk: c)] / mean
+        }
         func piece(_ s: Int, _ c: Int) -> String { schedule.chunks == 1 ? "stage \(s)" : "stage \(s) chunk \(c)" }
         var progressed = true
         while progressed {
@@ -68,11 +78,11 @@ public struct ScheduleCheck: Sendable {
                         throw Failure(message: "\(piece(s, c)) sends \(gradient ? "a gradient" : "an activation") to no one")
                     }
                     channels[Channel(from: s, to: peer.stage, gradient: gradient), default: []].append(Message(mb: mb, chunk: c, ready: clock[s]))
-                case .forward:
-                    clock[s] += fwd; busy[s] += fwd
+                case let .forward(_, c):
+                    clock[s] += fwd * weight(s, c); busy[s] += fwd * weight(s, c)
                     alive[s] += 1; peak[s] = max(peak[s], alive[s])
-                case .backward:
-                    clock[s] += bwd; busy[s] += bwd
+                case let .backward(_, c):
+                    clock[s] += bwd * weight(s, c); busy[s] += bwd * weight(s, c)
                     alive[s] -= 1
                 case .reduceGradients, .optimizerStep:
                     break

@@ -67,6 +67,16 @@ final class ScheduleTests: XCTestCase {
         }
     }
 
+    func testUnbalancedPiecesPredictTheSlowStagesPace() throws {
+        let s = try Schedule(.oneFOneB, stages: 2, microBatches: 8)
+        // The last piece does 1.5× the work: stage 0 waits for it, stage 1 is busier than in theory.
+        let r = try ScheduleCheck(pieceCosts: [1, 1.5]).run(s)
+        XCTAssertGreaterThan(r.bubble[0], s.theoreticalBubble + 0.1)
+        XCTAssertLessThan(r.bubble[1], s.theoreticalBubble)
+        let balanced = try ScheduleCheck(pieceCosts: [2, 2]).run(s)
+        XCTAssertEqual(balanced.bubble[0], s.theoreticalBubble, accuracy: 1e-9)
+    }
+
     func testBrokenScheduleIsRejectedBeforeRunning() {
         XCTAssertThrowsError(try ScheduleCheck().run(try ScheduleTests.swapped())) { e in
             XCTAssertTrue("\(e)".contains("expects activation of micro-batch 1 but stage 0 sent micro-batch 0 first"), "\(e)")

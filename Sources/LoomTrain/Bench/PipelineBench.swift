@@ -12,6 +12,9 @@ public enum PipelineBench {
         /// Per stage: 1 - (time in forward and backward) / step time, measured.
         public var bubble: [Double]
         public var bubbleTheory: Double
+        /// The checker's prediction for this split, with the cost model's piece costs
+        /// (the last piece also carries the head and loss), per stage.
+        public var bubblePredicted: [Double]
         public var stages: Int, microBatches: Int, schedule: String
 
         public var json: String {
@@ -19,7 +22,8 @@ public enum PipelineBench {
             return "{\"workload\": \"gpt\", \"per_s\": \(String(format: "%.1f", perSecond)), \"unit\": \"tokens/s\", "
                 + "\"pp\": \(stages), \"micro_batches\": \(microBatches), \"schedule\": \"\(schedule)\", "
                 + "\"bubble_fraction\": \(String(format: "%.4f", mean)), \"bubble_per_stage\": [\(bubble.map { String(format: "%.4f", $0) }.joined(separator: ", "))], "
-                + "\"bubble_theory\": \(String(format: "%.4f", bubbleTheory))}"
+                + "\"bubble_theory\": \(String(format: "%.4f", bubbleTheory)), "
+                + "\"bubble_predicted_per_stage\": [\(bubblePredicted.map { String(format: "%.4f", $0) }.joined(separator: ", "))]}"
         }
     }
 
@@ -66,8 +70,10 @@ public enum PipelineBench {
         }
         let wall = runs.map(\.0).max()!
         if let trace { try writeTrace(runs.map(\.2), to: trace) }
+        let costs = PipelineGPTStage.pieceCosts(.bench, split: try PipelineGPTStage.balancedSplit(.bench, pieces: schedule.pieces))
+        let predicted = try ScheduleCheck(pieceCosts: costs).run(schedule).bubble
         return Result(perSecond: Double(batch * context * steps) / wall, bubble: runs.map { 1 - $0.1 / wall },
-                      bubbleTheory: schedule.theoreticalBubble, stages: stages, microBatches: m, schedule: kind.rawValue)
+                      bubbleTheory: schedule.theoreticalBubble, bubblePredicted: predicted, stages: stages, microBatches: m, schedule: kind.rawValue)
     }
 
     /// Chrome trace format (opens in Perfetto or chrome://tracing): one track per rank.
