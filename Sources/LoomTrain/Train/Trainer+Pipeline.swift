@@ -9,8 +9,8 @@ extension Trainer {
     /// loss is the last stage's; every stage receives it (for logging and the NaN check).
     func pipelineStep(_ batch: (inputs: Tensor, targets: Tensor), _ engine: PipelineEngine) throws -> Float {
         let m = config.microBatches, rows = batch.inputs.shape[0] / m
-        let xs = try (0..<m).map { try batch.inputs.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
-        let ys = try (0..<m).map { try batch.targets.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
+        let xs = try batch.inputs.split(Array(repeating: rows, count: m), axis: 0)
+        let ys = try batch.targets.split(Array(repeating: rows, count: m), axis: 0)
         let start = monotonicSeconds()
         let loss = try engine.step(tokens: xs, targets: ys, hidden: [rows, config.context, config.dModel])
         pipelineStats.add(events: engine.events, wall: monotonicSeconds() - start, peakBytes: engine.peakStepBytes, inFlight: engine.peakInFlight)
@@ -18,6 +18,7 @@ extension Trainer {
         // Only the last stage has the loss; the others add zero.
         return Float(try groups!.pipeline.sum([engine.chunks.last!.isLast ? Double(loss!) : 0])[0])
     }
+
     /// Stages other than 0 of rank 0's pipeline send their tensors and dropout generators
     /// to it; rank 0 returns them all (the tied embedding and its state once, from stage
     /// 0). Other ranks hold copies of these and send nothing.
@@ -38,12 +39,14 @@ extension Trainer {
         }
         return (all, entries.filter { !$0.isEmpty }.joined(separator: ";"))
     }
+
     /// "rank 3: dp 0, stage 1, tp 1" (the trace's track names).
     func rankLabel(_ rank: Int) -> String {
         guard let t = groups?.topology else { return "rank \(rank)" }
         let c = t.coordinates(of: rank)
         return "rank \(rank): dp \(c.dp), stage \(c.pp), tp \(c.tp)"
     }
+
     /// Collective: every stage's measured bubble, peak step memory and micro-batches in
     /// flight, for the summary (taken from data-parallel replica 0, TP rank 0).
     func report(_ engine: PipelineEngine) throws -> (json: String, line: String) {

@@ -271,14 +271,17 @@ public final class Trainer {
     /// collective then).
     private func countParameters() throws -> Int {
         guard let groups else { return setup.task.module.parameterCount }
-        // Count each element once: shards on every TP rank, replicated tensors on TP rank 0, the tied table on stage 0.
-        let tp = tensorParallel
-        let mine = setup.task.module.namedParameters().filter { name, _ in
-            (groups.pipeline.rank == 0 || name != "wte.weight") && (tp == nil || groups.tensor.rank == 0 || tp!.shardSpec(name) != nil)
-        }.reduce(0) { $0 + $1.tensor.count }
+        let mine = setup.task.module.namedParameters().filter { countsOnce($0.name, groups) }.reduce(0) { $0 + $1.tensor.count }
         return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
     }
 
+    /// Whether this rank's copy of tensor `name` is the one that counts when the whole
+    /// model's elements are summed (parameter count, gradient norm): shards on every TP
+    /// rank, TP-replicated tensors on TP rank 0, the tied token table on stage 0.
+    private func countsOnce(_ name: String, _ groups: ProcessGroups) -> Bool {
+        if groups.pipeline.rank != 0 && name == "wte.weight" { return false }
+        return tensorParallel == nil || groups.tensor.rank == 0 || tensorParallel!.shardSpec(name) != nil
+    }
 
     /// Clips by the global gradient norm (train.grad_clip), counting each element of the
     /// whole model once when it is split across tensor- or pipeline-parallel ranks.
@@ -290,11 +293,7 @@ public final class Trainer {
             else { clipGradNorm(setup.task.module.parameters, maxNorm: maxNorm) }
             return
         }
-        let tp = tensorParallel, tpRank = groups.tensor.rank, stage = groups.pipeline.rank
-        let counts = { (name: String) -> Bool in
-            if stage != 0 && name == "wte.weight" { return false }  // the tied copy: counted on stage 0
-            return tp == nil || tpRank == 0 || tp!.shardSpec(name) != nil  // replicated across TP: once
-        }
+        let counts = { [unowned self] (name: String) in self.countsOnce(name, groups) }
         let across = [groups.tensor, groups.pipeline]
         if let zero = optimizer as? ZeroOptimizer { try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: across) }
         else { try clipGradNorm(setup.task.module.namedParameters(), maxNorm: maxNorm, counting: counts, across: across) }
