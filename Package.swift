@@ -45,7 +45,7 @@ let package = Package(
         .testTarget(name: "LoomNNTests", dependencies: ["LoomCore", "LoomNN"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"]),
         .testTarget(name: "LoomParallelTests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomParallel"]),
-        .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomTrain"]),
+        .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomTrain"]),
         .testTarget(name: "LoomCUDATests", dependencies: ["LoomCore", "LoomNN", "LoomCUDA"]),
     ],
     swiftLanguageModes: [.v5]

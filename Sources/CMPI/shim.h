@@ -4,6 +4,7 @@
 
 static inline MPI_Comm loom_mpi_comm_world(void) { return MPI_COMM_WORLD; }
 static inline MPI_Datatype loom_mpi_float(void) { return MPI_FLOAT; }
+static inline MPI_Datatype loom_mpi_byte(void) { return MPI_BYTE; }
 static inline MPI_Op loom_mpi_sum(void) { return MPI_SUM; }
 static inline MPI_Status *loom_mpi_status_ignore(void) { return MPI_STATUS_IGNORE; }
 static inline MPI_Comm loom_mpi_comm_null(void) { return MPI_COMM_NULL; }

@@ -13,7 +13,10 @@ public enum ReduceKind: String, Sendable {
 /// `InProcessCommunicator` (ranks as threads of one process, for tests and single-machine
 /// runs without mpirun). Training code sees only this protocol.
 ///
-/// Tensors are host (CPU) tensors; collectives work in place unless they say otherwise.
+/// Tensors may live on any device: where the transport cannot read device memory, the
+/// communicator stages through host buffers it owns (`HostBuffer`). Reductions take
+/// float32; other operations move bytes of any dtype. Collectives work in place unless
+/// they say otherwise.
 public protocol Communicator: AnyObject, Sendable {
     var rank: Int { get }
     var size: Int { get }
@@ -85,6 +88,11 @@ extension Communicator {
 }
 
 import Dispatch
+
+/// Reductions add float32 values; any other dtype is an error naming the operation.
+func requireFloat32(_ t: Tensor, _ op: String) throws {
+    guard t.dtype == .float32 else { throw CommError("\(op): reduces float32 tensors, got \(t.dtype) \(describe(t.shape))") }
+}
 
 /// Failures of distributed operations. Messages name the rank, the operation and
 /// whom it waited on.

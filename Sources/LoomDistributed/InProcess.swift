@@ -124,8 +124,13 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
     public func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
         let request = CommRequest(label: label)
         queue.async { [self] in
-            do { try reduce(tensor.ptr, count: tensor.count, op: op, label: label, scatterInto: nil) ; request.complete(nil) }
-            catch { request.complete(error) }
+            do {
+                try requireFloat32(tensor, label)
+                let h = HostBuffer(tensor)
+                try reduce(h.floats, count: h.count, op: op, label: label, scatterInto: nil)
+                h.commit()
+                request.complete(nil)
+            } catch { request.complete(error) }
         }
         return request
     }
@@ -163,10 +168,12 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
 
     public func broadcast(_ tensor: Tensor, root: Int) throws {
         try blocking { [self] in
-            world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(tensor.ptr); world.lock.unlock()
+            let h = HostBuffer(tensor, download: rank == root)
+            world.lock.lock(); world.slots[rank] = h.bytes.baseAddress; world.lock.unlock()
             try sync("broadcast from rank \(root)")
-            if rank != root { tensor.ptr.update(from: world.slots[root]!.assumingMemoryBound(to: Float.self), count: tensor.count) }
-            try sync("broadcast from rank \(root)")
+            if rank != root { h.bytes.baseAddress!.copyMemory(from: world.slots[root]!, byteCount: h.bytes.count) }
+            try withExtendedLifetime(h) { try sync("broadcast from rank \(root)") }  // the root's bytes stay until all have copied
+            h.commit()
         }
     }
 
@@ -175,12 +182,14 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
         }
         try blocking { [self] in
-            world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(input.ptr); world.lock.unlock()
+            let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+            world.lock.lock(); world.slots[rank] = hi.bytes.baseAddress; world.lock.unlock()
             try sync("all-gather")
             for k in 0..<size {
-                (output.ptr + k * input.count).update(from: world.slots[k]!.assumingMemoryBound(to: Float.self), count: input.count)
+                (ho.bytes.baseAddress! + k * hi.bytes.count).copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count)
             }
-            try sync("all-gather")
+            try withExtendedLifetime(hi) { try sync("all-gather") }  // this rank's bytes stay until all have copied
+            ho.commit()
         }
     }
 
@@ -189,7 +198,10 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             throw CommError("rank \(rank): reduce-scatter of \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))")
         }
         try blocking { [self] in
-            try reduce(input.ptr, count: input.count, op: op, label: "reduce-scatter", scatterInto: output.ptr)
+            try requireFloat32(input, "reduce-scatter")
+            let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+            try withExtendedLifetime(hi) { try reduce(hi.floats, count: hi.count, op: op, label: "reduce-scatter", scatterInto: ho.floats) }
+            ho.commit()
         }
     }
 
@@ -200,14 +212,20 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             return request
         }
         queue.async { [self] in
-            do { try reduce(input.ptr, count: input.count, op: op, label: label, scatterInto: output.ptr); request.complete(nil) }
-            catch { request.complete(error) }
+            do {
+                try requireFloat32(input, label)
+                let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+                try withExtendedLifetime(hi) { try reduce(hi.floats, count: hi.count, op: op, label: label, scatterInto: ho.floats) }
+                ho.commit()
+                request.complete(nil)
+            } catch { request.complete(error) }
         }
         return request
     }
 
     public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {
-        let bytes = Array(UnsafeRawBufferPointer(start: tensor.ptr, count: tensor.count * 4))
+        let staged = HostBuffer(tensor)
+        let bytes = withExtendedLifetime(staged) { Array(staged.bytes) }
         world.lock.lock()
         world.mailbox[MailKey(from: rank, to: peer, tag: tag), default: []].append(bytes)
         world.lock.broadcast()
@@ -226,10 +244,12 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             }
         }
         let bytes = world.mailbox[key]!.removeFirst()
-        guard bytes.count == tensor.count * 4 else {
-            throw CommError("rank \(rank): message from rank \(peer) (tag \(tag)) has \(bytes.count / 4) floats, expected \(describe(tensor.shape))")
+        guard bytes.count == tensor.byteCount else {
+            throw CommError("rank \(rank): message from rank \(peer) (tag \(tag)) has \(bytes.count) bytes, expected \(tensor.dtype) \(describe(tensor.shape)) (\(tensor.byteCount) bytes)")
         }
-        bytes.withUnsafeBytes { UnsafeMutableRawPointer(tensor.ptr).copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        let h = HostBuffer(tensor, download: false)
+        bytes.withUnsafeBytes { h.bytes.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        h.commit()
     }
 
     public func barrier() throws { try blocking { [self] in try sync("barrier") } }

@@ -17,7 +17,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     private let worker: SerialWorker
     /// Sends posted with MPI_Isend and not yet complete, with the buffers they read
     /// (touched only on the MPI thread).
-    private let pendingSends = Box<[(request: MPI_Request?, buffer: Tensor)]>([])
+    private let pendingSends = Box<[(request: MPI_Request?, buffer: HostBuffer)]>([])
 
     /// True when this process was started by an MPI launcher.
     public static var launchedByMPI: Bool {
@@ -86,10 +86,17 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     public func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
-        let n = tensor.count, p = tensor.ptr, scale = 1 / Float(size)
+        if tensor.dtype != .float32 {
+            let r = CommRequest(label: label)
+            r.complete(CommError("rank \(rank): \(label): reduces float32 tensors, got \(tensor.dtype) \(describe(tensor.shape))"))
+            return r
+        }
+        let n = tensor.count, scale = 1 / Float(size)
         return run(label) { [comm] in
+            let h = HostBuffer(tensor), p = h.floats
             let rc = MPI_Allreduce(loom_mpi_in_place(), p, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
             if op == .average { for i in 0..<n { p[i] *= scale } }
+            h.commit()
             return rc
         }
     }
@@ -98,7 +105,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     /// `iterations`, timed on the MPI thread between barriers: the baseline that
     /// Loom's all-reduce (which adds a hop to that thread) is compared against.
     public func rawAllReduceSeconds(_ tensor: Tensor, iterations: Int) -> Double {
-        let n = tensor.count, p = tensor.ptr
+        let h = HostBuffer(tensor), n = tensor.count, p = h.floats
         var seconds = 0.0
         worker.sync { [comm] in
             MPI_Barrier(comm)
@@ -111,16 +118,22 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     public func broadcast(_ tensor: Tensor, root: Int) throws {
-        let n = tensor.count, p = tensor.ptr
-        try run("broadcast from rank \(root)") { [comm] in MPI_Bcast(p, Int32(n), loom_mpi_float(), Int32(root), comm) }.wait()
+        let h = HostBuffer(tensor, download: rank == root)
+        try run("broadcast from rank \(root)") { [comm] in
+            MPI_Bcast(h.bytes.baseAddress, Int32(h.bytes.count), loom_mpi_byte(), Int32(root), comm)
+        }.wait()
+        h.commit()
     }
 
     public func allGather(_ input: Tensor, into output: Tensor) throws {
         guard output.count == input.count * size else {
             throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
         }
-        let n = input.count, pi = input.ptr, po = output.ptr
-        try run("all-gather") { [comm] in MPI_Allgather(pi, Int32(n), loom_mpi_float(), po, Int32(n), loom_mpi_float(), comm) }.wait()
+        let hi = HostBuffer(input), ho = HostBuffer(output, download: false), n = Int32(hi.bytes.count)
+        try run("all-gather") { [comm] in
+            MPI_Allgather(hi.bytes.baseAddress, n, loom_mpi_byte(), ho.bytes.baseAddress, n, loom_mpi_byte(), comm)
+        }.wait()
+        ho.commit()
     }
 
     public func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws {
@@ -133,10 +146,17 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             r.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))"))
             return r
         }
-        let n = output.count, pi = input.ptr, po = output.ptr, scale = 1 / Float(size)
+        if input.dtype != .float32 || output.dtype != .float32 {
+            let r = CommRequest(label: label)
+            r.complete(CommError("rank \(rank): \(label): reduces float32 tensors, got \(input.dtype) into \(output.dtype)"))
+            return r
+        }
+        let n = output.count, scale = 1 / Float(size)
         return run(label) { [comm] in
-            let rc = MPI_Reduce_scatter_block(pi, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
+            let hi = HostBuffer(input), ho = HostBuffer(output, download: false), po = ho.floats
+            let rc = MPI_Reduce_scatter_block(hi.floats, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
             if op == .average { for i in 0..<n { po[i] *= scale } }
+            ho.commit()
             return rc
         }
     }
@@ -146,11 +166,12 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     /// each other on messages above MPI's eager limit. Later MPI calls progress it;
     /// `barrier` and `finalize` complete every pending send.
     public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {
-        let copy = tensor.copied()
-        let n = copy.count, p = copy.ptr
+        // A host copy the send owns until it completes (the tensor may change meanwhile).
+        let copy = HostBuffer(try tensor.copied())
+        let n = Int32(copy.bytes.count), p = copy.bytes.baseAddress
         try run("send to rank \(peer) (tag \(tag))") { [comm, pendingSends] in
             var request: MPI_Request?
-            let rc = MPI_Isend(p, Int32(n), loom_mpi_float(), Int32(peer), Int32(tag), comm, &request)
+            let rc = MPI_Isend(p, n, loom_mpi_byte(), Int32(peer), Int32(tag), comm, &request)
             pendingSends.value.append((request, copy))
             return rc
         }.wait()
@@ -179,10 +200,11 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     public func receive(into tensor: Tensor, from peer: Int, tag: Int) throws {
-        let n = tensor.count, p = tensor.ptr
+        let h = HostBuffer(tensor, download: false)
         try run("receive from rank \(peer) (tag \(tag))") { [comm] in
-            MPI_Recv(p, Int32(n), loom_mpi_float(), Int32(peer), Int32(tag), comm, loom_mpi_status_ignore())
+            MPI_Recv(h.bytes.baseAddress, Int32(h.bytes.count), loom_mpi_byte(), Int32(peer), Int32(tag), comm, loom_mpi_status_ignore())
         }.wait()
+        h.commit()
     }
 
     public func barrier() throws {

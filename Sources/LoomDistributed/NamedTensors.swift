@@ -8,18 +8,18 @@ import LoomCore
 extension Communicator {
     public func send(named tensors: [(name: String, tensor: Tensor)], metadata: [String: String] = [:], to peer: Int, tag: Int) throws {
         var header = metadata.sorted { $0.key < $1.key }.map { "#\(escape($0.key))\t\(escape($0.value))" }
-        header += tensors.map { "\($0.name)\t\($0.tensor.dtype == .int32 ? "i32" : "f32")\t\($0.tensor.shape.map(String.init).joined(separator: ","))" }
+        header += tensors.map { "\($0.name)\t\($0.tensor.dtype.rawValue)\t\($0.tensor.shape.map(String.init).joined(separator: ","))" }
         let bytes = Array(header.joined(separator: "\n").utf8).map(Int32.init)
         try send(Tensor(indices: [Int32(bytes.count)], shape: [1]), to: peer, tag: tag)
         try send(Tensor(indices: bytes, shape: [bytes.count]), to: peer, tag: tag)
         for (_, t) in tensors { try send(t, to: peer, tag: tag) }
     }
 
-    public func receiveNamed(from peer: Int, tag: Int, on backend: any Backend = CPUBackend.shared) throws
+    public func receiveNamed(from peer: Int, tag: Int, on backend: any Backend = DefaultBackend.current) throws
         -> (tensors: [(name: String, tensor: Tensor)], metadata: [String: String]) {
-        let length = Tensor(uninitialized: [1], dtype: .int32)
+        let length = try Tensor(uninitialized: [1], dtype: .int32)
         try receive(into: length, from: peer, tag: tag)
-        let header = Tensor(uninitialized: [Int(length.ints[0])], dtype: .int32)
+        let header = try Tensor(uninitialized: [Int(length.ints[0])], dtype: .int32)
         try receive(into: header, from: peer, tag: tag)
         let text = String(decoding: header.ints.map { UInt8(truncatingIfNeeded: $0) }, as: UTF8.self)
         var metadata: [String: String] = [:], tensors: [(String, Tensor)] = []
@@ -31,7 +31,7 @@ extension Communicator {
             }
             guard fields.count == 3 else { throw CommError("named tensors from rank \(peer): bad header line '\(line)'") }
             let shape = fields[2].split(separator: ",").compactMap { Int($0) }
-            let t = Tensor(uninitialized: shape, dtype: fields[1] == "i32" ? .int32 : .float32, on: backend)
+            let t = try Tensor(uninitialized: shape, dtype: fields[1] == "i32" ? .int32 : .float32, on: backend)
             try receive(into: t, from: peer, tag: tag)
             tensors.append((fields[0], t))
         }

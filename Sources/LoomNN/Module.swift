@@ -68,6 +68,16 @@ open class Module {
 
     public func eval() { train(false) }
 
+    /// Moves every parameter and buffer to `backend`, in place (PyTorch's
+    /// `module.to(device)`): the tensors keep their identity, so an optimizer made before
+    /// the move still holds them.
+    public func to(_ backend: any Backend) throws {
+        for (_, t) in namedTensors() { try t.move(to: backend) }
+    }
+
+    /// Moves every parameter and buffer to the backend registered for `device`.
+    public func to(_ device: Device) throws { try to(Backends.backend(for: device)) }
+
     /// Drops every parameter's gradient (PyTorch's `zero_grad(set_to_none=True)`).
     public func zeroGrad() { for p in parameters { p.grad = nil } }
 

@@ -51,21 +51,21 @@ public final class DataParallel {
         for (_, p) in parameters { try communicator.broadcast(p, root: 0) }
 
         var current: [Int] = [], offsets: [Int] = [], size = 0
-        func close() {
+        func close() throws {
             guard !current.isEmpty, let backend = parameters.first?.tensor.backend else { return }
             let ranks = communicator.size
             let padded = (size + ranks - 1) / ranks * ranks
-            let flat = Tensor.zeros([padded], on: backend)
-            let shard = zero ? Tensor.zeros([padded / ranks], on: backend) : nil
+            let flat = try Tensor.zeros([padded], on: backend)
+            let shard = zero ? try Tensor.zeros([padded / ranks], on: backend) : nil
             for (slot, i) in current.enumerated() { bucketOf[ObjectIdentifier(parameters[i].tensor)] = (buckets.count, slot) }
             buckets.append(Bucket(members: current, offsets: offsets, flat: flat, shardGrad: shard))
             current = []; offsets = []; size = 0
         }
         for i in parameters.indices.reversed() {
             current.append(i); offsets.append(size); size += parameters[i].tensor.count
-            if size * 4 >= bucketBytes { close() }
+            if size * 4 >= bucketBytes { try close() }
         }
-        close()
+        try close()
         for (_, p) in parameters {
             p.onGradAccumulated = { [weak self] t in self?.gradientReady(t) }
         }

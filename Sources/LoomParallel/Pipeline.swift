@@ -98,7 +98,7 @@ public final class PipelineEngine {
             switch ins {
             case let .recvActivation(mb, c):
                 let from = schedule.previous(stage: stage, chunk: c)!
-                let x = Tensor(uninitialized: hidden, on: backend)
+                let x = try Tensor(uninitialized: hidden, on: backend)
                 try comm.receive(into: x, from: from.stage, tag: schedule.tag(mb: mb, stage: from.stage, chunk: from.chunk, gradient: false))
                 x.requiresGrad = true
                 inputs[c][mb] = x
@@ -110,7 +110,7 @@ public final class PipelineEngine {
                 } else {
                     out = try forward(c, mb)
                 }
-                if chunks[c].isLast { lossSum += out.item; out = recompute ? out : out.scaled(1 / Float(m)) }
+                if chunks[c].isLast { lossSum += out.item; out = recompute ? out : try out.scaled(1 / Float(m)) }
                 outputs[c][mb] = out
                 alive += 1; peakInFlight = max(peakInFlight, alive)
             case let .sendActivation(mb, c):
@@ -119,7 +119,7 @@ public final class PipelineEngine {
                 if recompute { outputs[c][mb] = nil }  // nothing to keep: backward recomputes it
             case let .recvGradient(mb, c):
                 let from = schedule.next(stage: stage, chunk: c)!
-                let g = Tensor(uninitialized: hidden, on: backend)
+                let g = try Tensor(uninitialized: hidden, on: backend)
                 try comm.receive(into: g, from: from.stage, tag: schedule.tag(mb: mb, stage: stage, chunk: c, gradient: true))
                 gradients[c][mb] = g
             case let .backward(mb, c):
@@ -128,7 +128,7 @@ public final class PipelineEngine {
                     let current = dropoutStates(c)
                     setDropoutStates(c, masks[c][mb]!)
                     out = try forward(c, mb)
-                    if chunks[c].isLast { out = out!.scaled(1 / Float(m)) }
+                    if chunks[c].isLast { out = try out!.scaled(1 / Float(m)) }
                     setDropoutStates(c, current)
                     masks[c][mb] = nil
                 }
@@ -142,7 +142,7 @@ public final class PipelineEngine {
             case .reduceGradients:
                 // The tied embedding: first piece's lookup gradient + last piece's head gradient.
                 if let group = embeddingGroup, let w = tiedEmbedding {
-                    let g = w.grad ?? Tensor.zeros(w.shape, on: w.backend)
+                    let g = try w.grad ?? Tensor.zeros(w.shape, on: w.backend)
                     try group.allReduce(g, .sum, label: "tied-embedding all-reduce")
                     w.grad = g
                 }
@@ -178,7 +178,7 @@ public final class PipelineEngine {
             for (c, piece) in chunks.enumerated() {
                 var x = tokens
                 if let from = schedule.previous(stage: stage, chunk: c) {
-                    x = Tensor(uninitialized: hidden, on: backend)
+                    x = try Tensor(uninitialized: hidden, on: backend)
                     try comm.receive(into: x, from: from.stage, tag: schedule.tag(mb: 0, stage: from.stage, chunk: from.chunk, gradient: false))
                 }
                 let out = try piece(x)

@@ -59,7 +59,7 @@ public final class TensorParallelAttention: Module {
         qkv = ColumnParallelLinear(weight: try withoutGrad { try rows(full.qkv.weight) },
                                    bias: try full.qkv.bias.map { b in try withoutGrad { try rows(b) } }, comm: comm)
         proj = RowParallelLinear(weight: try withoutGrad { try full.proj.weight.slice(axis: 1, (r * local)..<((r + 1) * local)) },
-                                 bias: full.proj.bias.map { $0.copied() }, comm: comm)
+                                 bias: try full.proj.bias.map { try $0.copied() }, comm: comm)
         heads = full.heads / n
     }
 
@@ -80,7 +80,7 @@ public final class TensorParallelFeedForward: Module {
                                   bias: try full.fc.bias.map { b in try withoutGrad { try b.slice(axis: 0, (r * h)..<((r + 1) * h)) } },
                                   comm: comm)
         proj = RowParallelLinear(weight: try withoutGrad { try full.proj.weight.slice(axis: 1, (r * h)..<((r + 1) * h)) },
-                                 bias: full.proj.bias.map { $0.copied() }, comm: comm)
+                                 bias: try full.proj.bias.map { try $0.copied() }, comm: comm)
     }
 
     public func callAsFunction(_ x: Tensor) throws -> Tensor { try proj(fc(x).gelu()) }
@@ -170,7 +170,7 @@ public final class TensorParallelGPT: Module {
     /// Collective over the TP group: this rank's shard of `name` -> the full tensor.
     public func gather(_ name: String, _ shard: Tensor) throws -> Tensor {
         guard let spec = shardSpec(name) else { return shard }
-        let all = Tensor(uninitialized: [comm.size * shard.count], on: shard.backend)
+        let all = try Tensor(uninitialized: [comm.size * shard.count], on: shard.backend)
         try comm.allGather(shard.copied(), into: all)
         let pieces = try (0..<comm.size).map { all.view(shard.shape, offset: $0 * shard.count) }.map { s in
             try s.split(Array(repeating: s.shape[spec.axis] / spec.pieces, count: spec.pieces), axis: spec.axis)

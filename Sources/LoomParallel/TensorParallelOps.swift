@@ -13,7 +13,7 @@ extension Tensor {
     /// backward sums them.
     public func copyToTensorParallel(_ comm: Communicator) -> Tensor {
         Tensor.differentiable("copyToTensorParallel", output: detach(), inputs: [self]) { g in
-            let s = g.copied()
+            let s = try g.copied()
             try comm.allReduce(s, .sum, label: "tensor-parallel all-reduce (backward of copy)")
             return [s]
         }
@@ -21,56 +21,72 @@ extension Tensor {
 
     /// g: the partial outputs of a row-parallel GEMM are summed across the group.
     public func reduceFromTensorParallel(_ comm: Communicator) throws -> Tensor {
-        let s = copied()
+        let s = try copied()
         try comm.allReduce(s, .sum, label: "tensor-parallel all-reduce (forward of reduce)")
         return Tensor.differentiable("reduceFromTensorParallel", output: s, inputs: [self]) { g in [g] }
     }
 
     /// Rows `range` of a table; tokens outside the range look up zeros (vocab-parallel
-    /// embedding: the ranks' partial lookups sum to the full one).
+    /// embedding: the ranks' partial lookups sum to the full one). All on the backend.
     public static func embeddingShard(_ shard: Tensor, rows range: Range<Int>, indices: Tensor) throws -> Tensor {
-        let ids = indices.ints
-        let local = ids.map { range.contains(Int($0)) ? $0 - Int32(range.lowerBound) : 0 }
-        let mask = Tensor(ids.map { range.contains(Int($0)) ? 1 : 0 }, shape: indices.shape + [1], on: shard.backend)
-        let looked = try Tensor.embedding(shard, indices: Tensor(indices: local, shape: indices.shape, on: shard.backend))
-        return try looked.mul(mask)
+        let be = shard.backend
+        let local = try Tensor(uninitialized: indices.shape, dtype: .int32, on: be)
+        let mask = try Tensor(uninitialized: indices.shape + [1], on: be)
+        be.localIndices(indices, range: range, local: local, mask: mask)
+        return try Tensor.embedding(shard, indices: local).mul(mask)
     }
 
     /// Mean cross-entropy when the class axis is split across a TP group: this rank holds
-    /// logits for classes `range` ([..., range.count]). The global max and sum of
-    /// exponentials are combined across ranks; only the rank owning a target contributes
-    /// its logit. Backward: softmax minus one-hot, for this rank's classes.
+    /// logits x for classes `range` ([..., range.count]), all on its backend (Megatron's
+    /// vocab-parallel cross-entropy). With m the global row max, S = Σ_all exp(x - m) and
+    /// z the target's shifted logit (held by one rank, 0 on the others):
+    ///   loss_r = log S_r - z_r;   d loss_r / d x_rj = exp(x_rj - m_r) / S_r - [j = target_r]
+    /// The row maxima are all-gathered (the communicator has no max), S and z summed.
     public func vocabParallelCrossEntropy(targets: Tensor, classes range: Range<Int>, comm: Communicator) throws -> Tensor {
-        let v = shape.last!, rows = count / v
-        let x = floats, t = targets.ints
-        // Global row max: all-gather every rank's row maxima, take the max.
-        var localMax = [Float](repeating: -.infinity, count: rows)
-        for r in 0..<rows { for j in 0..<v { localMax[r] = Swift.max(localMax[r], x[r * v + j]) } }
-        let gathered = Tensor.zeros([rows * comm.size])
-        try comm.allGather(Tensor(localMax, shape: [rows]), into: gathered)
-        let gm = gathered.floats
-        let m = (0..<rows).map { r in (0..<comm.size).map { gm[$0 * rows + r] }.max()! }
-        // Sum of exp and the target logit, summed over ranks.
-        var sums = [Float](repeating: 0, count: 2 * rows)
-        for r in 0..<rows {
-            for j in 0..<v { sums[r] += Foundation.exp(x[r * v + j] - m[r]) }
-            if range.contains(Int(t[r])) { sums[rows + r] = x[r * v + Int(t[r]) - range.lowerBound] }
-        }
-        let s = Tensor(sums, shape: [2 * rows])
-        try comm.allReduce(s, .sum, label: "vocab-parallel cross-entropy")
-        let sv = s.floats
-        var total: Double = 0
-        for r in 0..<rows { total += Double(Foundation.log(sv[r]) + m[r] - sv[rows + r]) }
-        let loss = Tensor([Float(total / Double(rows))], shape: [], on: backend)
+        let v = shape.last!, rows = count / v, p = comm.size, be = backend
+        let x = detach().view([rows, v])
+        // m [rows]: the max over every rank's classes.
+        let localMax = try Tensor(uninitialized: [rows], on: be)
+        be.reduce(.max, x, outer: rows, n: v, inner: 1, into: localMax)
+        let maxima = try Tensor(uninitialized: [p, rows], on: be)
+        try comm.allGather(localMax, into: maxima)
+        let m = try Tensor(uninitialized: [rows, 1], on: be)
+        be.reduce(.max, maxima, outer: 1, n: p, inner: rows, into: m)
+        // e = exp(x - m) [rows, v]; sums = [S_local | z_local] [2, rows], summed over ranks.
+        let e = try x.empty()
+        be.binary(.sub, x, m, into: e)
+        let shifted = try e.copied()
+        be.unary(.exp, e, into: e)
+        let sums = try Tensor(uninitialized: [2, rows], on: be)
+        be.reduce(.sum, e, outer: rows, n: v, inner: 1, into: sums.view([rows]))
+        let local = try Tensor(uninitialized: [rows], dtype: .int32, on: be)
+        let mask = try Tensor(uninitialized: [rows], on: be)
+        be.localIndices(targets.view([rows]), range: range, local: local, mask: mask)
+        let z = sums.view([rows], offset: rows)
+        be.gatherAlongAxis(shifted, indices: local, outer: rows, n: v, inner: 1, into: z)
+        be.binary(.mul, z, mask, into: z)
+        try comm.allReduce(sums, .sum, label: "vocab-parallel cross-entropy")
+        let s = sums.view([rows])
+        // loss = mean_r (log S_r - z_r)
+        let perRow = try Tensor(uninitialized: [rows], on: be)
+        be.unary(.log, s, into: perRow)
+        be.binary(.sub, perRow, z, into: perRow)
+        let loss = try Tensor(uninitialized: [], on: be)
+        be.reduce(.sum, perRow, outer: 1, n: rows, inner: 1, into: loss)
+        be.scalar(.mul, loss, 1 / Float(rows), into: loss)
         let logits = self
         return Tensor.differentiable("vocabParallelCrossEntropy", output: loss, inputs: [self]) { g in
-            let scale = g.item / Float(rows)
-            var gx = [Float](repeating: 0, count: rows * v)
-            for r in 0..<rows {
-                for j in 0..<v { gx[r * v + j] = Foundation.exp(x[r * v + j] - m[r]) / sv[r] * scale }
-                if range.contains(Int(t[r])) { gx[r * v + Int(t[r]) - range.lowerBound] -= scale }
-            }
-            return [Tensor(gx, shape: logits.shape, on: logits.backend)]
+            // scale = g / rows; gx = e / S * scale, then -scale at this rank's targets.
+            let scale = try Tensor(uninitialized: [], on: be)
+            be.scalar(.mul, g, 1 / Float(rows), into: scale)
+            let gx = try Tensor(uninitialized: [rows, v], on: be)
+            be.binary(.div, e, s.view([rows, 1]), into: gx)
+            be.binary(.mul, gx, scale, into: gx)
+            let minus = try Tensor(uninitialized: [rows], on: be)
+            be.binary(.mul, mask, scale, into: minus)
+            be.scalar(.mul, minus, -1, into: minus)
+            be.scatterAlongAxis(minus, indices: local, outer: rows, n: v, inner: 1, into: gx)
+            return [gx.view(logits.shape)]
         }
     }
 }

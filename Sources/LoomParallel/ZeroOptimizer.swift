@@ -39,9 +39,9 @@ public final class ZeroOptimizer: Optimizer {
         let rank = communicator.rank, ranks = communicator.size
         var shards: [Tensor] = []
         for bucket in layout {
-            let flat = ZeroOptimizer.pack(bucket, dp.parameters.map(\.tensor))
+            let flat = try ZeroOptimizer.pack(bucket, dp.parameters.map(\.tensor))
             let chunk = bucket.padded / ranks
-            shards.append(parameter(flat.view([chunk], offset: rank * chunk).copied()))
+            shards.append(parameter(try flat.view([chunk], offset: rank * chunk).copied()))
         }
         self.shards = shards
         inner = template.withParameters(shards.enumerated().map { ("bucket.\($0.offset)", $0.element) })
@@ -49,12 +49,12 @@ public final class ZeroOptimizer: Optimizer {
         // Resuming: take this rank's chunk of the template's full per-parameter state.
         let saved = Dictionary(template.namedState().map { ($0.name, $0.tensor) }, uniquingKeysWith: { a, _ in a })
         if !saved.isEmpty {
-            inner.materializeState()
+            try inner.materializeState()
             for (name, t) in inner.namedState() {
                 let (b, suffix) = ZeroOptimizer.split(name)
                 let state = layout[b].members.map { saved[parameters[$0].name + suffix] }
                 guard !state.contains(where: { $0 == nil }) else { continue }
-                let flat = ZeroOptimizer.pack(layout[b], state.map { $0! }, indices: Array(state.indices))
+                let flat = try ZeroOptimizer.pack(layout[b], state.map { $0! }, indices: Array(state.indices))
                 t.backend.copy(flat.view([t.count], offset: rank * t.count), into: t)
             }
         }
@@ -64,7 +64,7 @@ public final class ZeroOptimizer: Optimizer {
         for (b, bucket) in layout.enumerated() { shards[b].grad = bucket.shardGrad }
         try inner.step()
         for (b, bucket) in layout.enumerated() {
-            let flat = Tensor(uninitialized: [bucket.padded], on: shards[b].backend)
+            let flat = try Tensor(uninitialized: [bucket.padded], on: shards[b].backend)
             try communicator.allGather(shards[b], into: flat)
             for (slot, i) in bucket.members.enumerated() {
                 let p = parameters[i].tensor
@@ -105,12 +105,12 @@ public final class ZeroOptimizer: Optimizer {
     /// Collective (every rank calls it): gathers the sharded state into full tensors
     /// named as the unsharded optimizer names them, for `namedState()` and checkpoints.
     public func gatherState() throws {
-        inner.materializeState()
+        try inner.materializeState()
         var out: [(String, Tensor)] = []
         var byParameter: [String: [(Int, Tensor)]] = [:]  // suffix -> per-bucket gathered
         for (name, t) in inner.namedState() {
             let (b, suffix) = ZeroOptimizer.split(name)
-            let flat = Tensor(uninitialized: [layout[b].padded], on: t.backend)
+            let flat = try Tensor(uninitialized: [layout[b].padded], on: t.backend)
             try communicator.allGather(t, into: flat)
             byParameter[suffix, default: []].append((b, flat))
         }
@@ -118,7 +118,7 @@ public final class ZeroOptimizer: Optimizer {
             for (b, flat) in flats {
                 for (slot, i) in layout[b].members.enumerated() {
                     let p = parameters[i].tensor
-                    out.append((parameters[i].name + suffix, flat.view(p.shape, offset: layout[b].offsets[slot]).copied()))
+                    out.append((parameters[i].name + suffix, try flat.view(p.shape, offset: layout[b].offsets[slot]).copied()))
                 }
             }
         }
@@ -128,14 +128,14 @@ public final class ZeroOptimizer: Optimizer {
     /// The state last gathered by `gatherState()`.
     public func namedState() -> [(name: String, tensor: Tensor)] { gathered }
 
-    public func materializeState() { inner.materializeState() }
+    public func materializeState() throws { try inner.materializeState() }
 
     public func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer { inner.withParameters(parameters) }
 
     /// The bucket's members' tensors laid out flat, zero-padded.
     static func pack(_ bucket: (members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?), _ tensors: [Tensor],
-                     indices: [Int]? = nil) -> Tensor {
-        let flat = Tensor.zeros([bucket.padded], on: tensors.first!.backend)
+                     indices: [Int]? = nil) throws -> Tensor {
+        let flat = try Tensor.zeros([bucket.padded], on: tensors.first!.backend)
         for (slot, i) in bucket.members.enumerated() {
             let t = tensors[indices?[slot] ?? i]
             t.backend.copy(t, into: flat.view(t.shape, offset: bucket.offsets[slot]))

@@ -32,7 +32,7 @@ final class AutodiffTests: XCTestCase {
 
     func testNoGradScopeRecordsNothing() throws {
         let x = Tensor([1], shape: [1]); x.requiresGrad = true
-        let y = withoutGrad { x.scaled(2) }
+        let y = try withoutGrad { try x.scaled(2) }
         XCTAssertFalse(y.requiresGrad)
         XCTAssertNil(y.gradFn)
         XCTAssertThrowsError(try y.sum().backward())
@@ -42,7 +42,7 @@ final class AutodiffTests: XCTestCase {
     func testCustomDifferentiableOp() throws {
         // A user-defined op: forward doubles, backward claims 10 (to prove it is used).
         let x = Tensor([1, 2], shape: [2]); x.requiresGrad = true
-        let y = Tensor.differentiable("custom", output: withoutGrad { x.scaled(2) }, inputs: [x]) { g in [g.scaled(10)] }
+        let y = Tensor.differentiable("custom", output: try withoutGrad { try x.scaled(2) }, inputs: [x]) { g in [try g.scaled(10)] }
         try y.sum().backward()
         XCTAssertEqual(x.grad?.floats, [10, 10])
     }
@@ -50,7 +50,7 @@ final class AutodiffTests: XCTestCase {
     func testDeepGraphDoesNotOverflowTheStack() throws {
         let x = Tensor([1], shape: [1]); x.requiresGrad = true
         var y = x
-        for _ in 0..<20_000 { y = y.shifted(0) }
+        for _ in 0..<20_000 { y = try y.shifted(0) }
         try y.sum().backward()
         XCTAssertEqual(x.grad?.floats, [1])
     }

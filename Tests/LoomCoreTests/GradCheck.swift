@@ -33,13 +33,13 @@ func checkGradients(_ name: String, inputs: [Tensor], eps: Float = 1e-3, atol: F
         var pick = Philox(seed: UInt64(k + 7))
         let positions = t.count <= maxPerInput ? Array(0..<t.count) : (0..<maxPerInput).map { _ in pick.nextInt(below: t.count) }
         for i in positions {
-            let p = t.ptr + i
-            let saved = p.pointee
-            p.pointee = saved + eps
+            let saved = try t.withHostMemory { $0.load(fromByteOffset: 4 * i, as: Float.self) }
+            let set = { (v: Float) in try t.withHostMemory { $0.storeBytes(of: v, toByteOffset: 4 * i, as: Float.self) } }
+            try set(saved + eps)
             let up = try objective()
-            p.pointee = saved - eps
+            try set(saved - eps)
             let down = try objective()
-            p.pointee = saved
+            try set(saved)
             let numeric = Float((up - down) / Double(2 * eps))
             let a = analytic[i]
             if abs(a - numeric) > atol + rtol * abs(numeric) {

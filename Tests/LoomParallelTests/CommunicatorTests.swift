@@ -12,9 +12,9 @@ final class CommunicatorTests: XCTestCase {
             try comm.allReduce(b, .average)
             let c = Tensor([r, r], shape: [2])
             try comm.broadcast(c, root: 2)
-            let g = Tensor.zeros([6])
+            let g = try Tensor.zeros([6])
             try comm.allGather(Tensor([r, -r], shape: [2]), into: g)
-            let s = Tensor.zeros([2])
+            let s = try Tensor.zeros([2])
             try comm.reduceScatter(Tensor([1, 2, 3, 4, 5, 6].map { $0 * (r + 1) }, shape: [6]), into: s, .sum)
             return [a.floats, b.floats, c.floats, g.floats, s.floats]
         }
@@ -36,7 +36,7 @@ final class CommunicatorTests: XCTestCase {
             let reqs = (0..<3).map { _ in sub.allReduceAsync(t, .sum, label: "x") }
             for r in reqs { try r.wait() }  // three sums in order: s, 2s, 4s (s = the pair's sum)
             if comm.rank == 0 { try comm.send(Tensor([42, 43], shape: [2]), to: 3, tag: 7) }
-            let got = Tensor.zeros([2])
+            let got = try Tensor.zeros([2])
             if comm.rank == 3 { try comm.receive(into: got, from: 0, tag: 7) }
             return [Float(sub.rank), Float(sub.size), t.item, got.floats[1]]
         }

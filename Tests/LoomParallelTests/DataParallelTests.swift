@@ -49,8 +49,8 @@ final class DataParallelTests: XCTestCase {
             var out: [Float] = []
             for step in 0..<steps {
                 let (x, y) = self.batch(kind, step: step, rows: (rank * local)..<((rank + 1) * local))
-                let xb = Tensor(uninitialized: x.shape, dtype: x.dtype, on: backend); xb.backend.copy(x, into: xb)
-                let yb = Tensor(uninitialized: y.shape, dtype: y.dtype, on: backend); yb.backend.copy(y, into: yb)
+                let xb = try Tensor(uninitialized: x.shape, dtype: x.dtype, on: backend); xb.backend.copy(x, into: xb)
+                let yb = try Tensor(uninitialized: y.shape, dtype: y.dtype, on: backend); yb.backend.copy(y, into: yb)
                 opt.zeroGrad()
                 let l = try loss(xb, yb)
                 try l.backward()
@@ -129,7 +129,7 @@ final class GradientAccumulationTests: XCTestCase {
             let counting = CountingCommunicator(comm)
             let model = MLP(sizes: [8, 16, 4], seed: 1)
             let dp = try DataParallel(parameters: model.namedParameters(), communicator: counting, bucketBytes: 256)
-            let x = Tensor.ones([2, 8]), y = Tensor(indices: [1, 2], shape: [2])
+            let x = try Tensor.ones([2, 8]), y = Tensor(indices: [1, 2], shape: [2])
             var seen: [Int] = []
             for micro in 0..<3 {
                 dp.syncGradients = micro == 2

@@ -124,6 +124,55 @@ final class DistributedEndToEndTests: CLITestCase {
         try assertMatches("tp2-mpi", "single")
     }
 
+    /// The gpt config with plain SGD (no momentum, no weight decay) and no clipping: AdamW
+    /// normalises away a constant factor in the gradient and clipping caps it, so only
+    /// plain SGD shows a layout that scales gradients wrongly.
+    func plainSGDConfig() throws -> String {
+        let path = try config("gpt"), plain = work + "/gpt-sgd.toml"
+        try String(contentsOfFile: path, encoding: .utf8)
+            .replacingOccurrences(of: "optimizer = \"adamw\"", with: "optimizer = \"sgd\"\nmomentum = 0.0")
+            .replacingOccurrences(of: "lr = 0.0003", with: "lr = 0.05")
+            .replacingOccurrences(of: "weight_decay = 0.01", with: "weight_decay = 0.0")
+            .write(toFile: plain, atomically: true, encoding: .utf8)
+        return plain
+    }
+
+    /// Each logged step's global gradient norm, by step.
+    func gradNorms(_ run: String) throws -> [Int: Double] {
+        var out: [Int: Double] = [:]
+        for line in try String(contentsOfFile: work + "/\(run)/metrics.jsonl", encoding: .utf8).split(separator: "\n") {
+            let o = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            if let g = o["grad_norm"] as? Double { out[o["step"] as! Int] = g }
+        }
+        return out
+    }
+
+    func testParallelLayoutsMatchSingleProcessUnderPlainSGDWithEqualGradientNorms() throws {
+        let cfg = try plainSGDConfig()
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "single"]).status, 0)
+        let reference = try gradNorms("single")
+        XCTAssertEqual(reference.count, 20, "every logged step records grad_norm")
+        XCTAssertTrue(reference.values.allSatisfy { $0 > 0 && $0.isFinite })
+        let layouts: [(String, [String])] = [
+            ("dp2", ["--dp", "2"]),
+            ("dp2-zero", ["--dp", "2", "--zero", "1"]),
+            ("tp2", ["--tp", "2"]),
+            ("pp2", ["--pp", "2", "--micro-batches", "4"]),
+            ("pp2-interleaved", ["--pp", "2", "--schedule", "interleaved", "--micro-batches", "4"]),
+            ("tp2-pp2", ["--tp", "2", "--pp", "2", "--micro-batches", "4"]),
+        ]
+        for (name, args) in layouts {
+            let r = try loom(["train", cfg, "--out", work, "--name", name] + args)
+            XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
+            try assertMatches(name, "single")
+            let norms = try gradNorms(name)
+            for (step, g) in reference {
+                let h = try XCTUnwrap(norms[step], "\(name) step \(step) has no grad_norm")
+                XCTAssertLessThanOrEqual(abs(g - h) / g, 1e-5, "\(name) step \(step): grad_norm \(h) vs single-process \(g)")
+            }
+        }
+    }
+
     /// The gpt config with gradient clipping tight enough to act at every step, so that
     /// split models must count each gradient element once in the global norm.
     func clippedConfig() throws -> String {

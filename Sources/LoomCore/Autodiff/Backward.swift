@@ -28,7 +28,7 @@ extension Tensor {
             for t in order.reversed() {
                 guard let g = pending.removeValue(forKey: ObjectIdentifier(t)) else { continue }
                 guard let fn = t.gradFn else {
-                    let adopt = owned.insert(ObjectIdentifier(g.storage)).inserted ? g : g.copied()
+                    let adopt = owned.insert(ObjectIdentifier(g.storage)).inserted ? g : try g.copied()
                     try t.accumulateGrad(adopt)
                     if let grad = t.grad { owned.insert(ObjectIdentifier(grad.storage)) }
                     continue
@@ -77,7 +77,7 @@ extension Tensor {
 
     /// Out-of-place sum used by the engine (no graph: it runs under withoutGrad).
     func adding(_ other: Tensor) throws -> Tensor {
-        let out = empty()
+        let out = try empty()
         backend.binary(.add, self, other, into: out)
         return out
     }

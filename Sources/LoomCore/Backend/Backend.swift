@@ -10,12 +10,20 @@ public protocol Backend: AnyObject, Sendable {
     var name: String { get }
 
     // MARK: Memory
-    func allocate(bytes: Int) -> Storage
+    /// A block of at least `bytes` bytes. Throws (naming the bytes and the device) when
+    /// the device is out of memory.
+    func allocate(bytes: Int) throws -> Storage
+    /// Host bytes into the tensor's view (exactly its byte count).
     func upload(_ source: UnsafeRawBufferPointer, to tensor: Tensor)
+    /// The tensor's view into host bytes (exactly its byte count).
     func download(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer)
+    /// Every element set to `value` (converted to the tensor's dtype).
     func fill(_ tensor: Tensor, value: Float)
-    /// dst = src (same element count; any shapes).
+    /// dst = src (same element count and dtype; any shapes).
     func copy(_ source: Tensor, into destination: Tensor)
+    /// y = x converted between floating-point dtypes (float32, bfloat16, float16), same
+    /// element count: narrowing rounds to nearest even, NaN and infinities are kept.
+    func cast(_ x: Tensor, into y: Tensor)
     /// Waits for queued work (a no-op on the CPU).
     func synchronize()
 
@@ -35,6 +43,17 @@ public protocol Backend: AnyObject, Sendable {
     func reduce(_ op: ReduceOp, _ x: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor)
     /// Index (int32) of the maximum over the middle axis of [outer, n, inner].
     func argmax(_ x: Tensor, outer: Int, n: Int, inner: Int, into indices: Tensor)
+    /// y[o, c] = x[o, index[o, c], c] for x viewed as [outer, n, inner] and int32
+    /// indices [outer, inner]; an index outside 0..<n reads 0 (PyTorch's gather along
+    /// one axis, with out-of-range entries masked).
+    func gatherAlongAxis(_ x: Tensor, indices: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor)
+    /// y[o, index[o, c], c] += src[o, c] (scatter-add along one axis; out-of-range
+    /// indices are skipped). The adjoint of `gatherAlongAxis`.
+    func scatterAlongAxis(_ src: Tensor, indices: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor)
+    /// For int32 indices and a range of rows one rank holds: local = index - lower inside
+    /// the range, else 0 (int32); mask = 1 inside, else 0 (float32). Vocabulary-parallel
+    /// embedding and cross-entropy.
+    func localIndices(_ indices: Tensor, range: Range<Int>, local: Tensor, mask: Tensor)
     /// Sum of squares of all elements of each tensor, as one host scalar (gradient norms).
     func sumOfSquares(_ tensors: [Tensor]) -> Double
 
@@ -85,13 +104,15 @@ public protocol Backend: AnyObject, Sendable {
     /// grad[index[i], :] += src[i, :] (embedding backward).
     func scatterAdd(_ src: Tensor, indices: Tensor, into grad: Tensor)
     /// Fused log-softmax + negative log likelihood per row over [rows, classes];
-    /// rows whose target is `ignoreIndex` give loss 0. Writes per-row losses and the
-    /// probabilities (for backward).
+    /// rows whose target is `ignoreIndex` give loss 0 and weight 0, others weight 1.
+    /// Writes per-row losses and weights and the probabilities (for backward).
     func crossEntropy(logits: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
-                      losses: Tensor, probabilities: Tensor) throws
-    /// gx = (probabilities - onehot(target)) * scale, zero on ignored rows.
+                      losses: Tensor, weights: Tensor, probabilities: Tensor) throws
+    /// gx = (probabilities - onehot(target)) * scale[0], zero on ignored rows. `scale` is
+    /// a one-element tensor on this backend (the loss gradient times 1/counted rows), so
+    /// backward needs no value on the host.
     func crossEntropyBackward(probabilities: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
-                              scale: Float, into gx: Tensor)
+                              scale: Tensor, into gx: Tensor)
     /// Dropout mask values {0, 1/(1-p)} from a counter-based stream (the same on every backend).
     func dropoutMask(_ mask: Tensor, p: Float, seed: UInt64, counter: UInt64)
 
@@ -103,15 +124,16 @@ public protocol Backend: AnyObject, Sendable {
 }
 
 public enum UnaryOp: String, Sendable, CaseIterable {
-    case neg, exp, log, tanh, relu, gelu, sqrt, sigmoid, square
+    case neg, exp, log, tanh, relu, gelu, sqrt, sigmoid, square, reciprocal
 }
 
 public enum BinaryOp: String, Sendable {
     case add, sub, mul, div
 }
 
-public enum ScalarOp: String, Sendable {
-    case add, mul, pow
+public enum ScalarOp: String, Sendable, CaseIterable {
+    /// x + s, x * s, x^s, max(x, s)
+    case add, mul, pow, maximum
 }
 
 public enum ReduceOp: String, Sendable {

@@ -20,6 +20,7 @@ extension CPUBackend {
             case .sqrt: map8(x, y, n) { $0.squareRoot() }
             case .sigmoid: map8(x, y, n) { sigmoid8($0) }
             case .square: map8(x, y, n) { $0 * $0 }
+            case .reciprocal: map8(x, y, n) { 1 / $0 }
             }
         }
     }
@@ -39,6 +40,7 @@ extension CPUBackend {
             case .sqrt: zip8(g, y, gx, n) { $0 * 0.5 / $1 }
             case .sigmoid: zip8(g, y, gx, n) { $0 * $1 * (1 - $1) }
             case .square: zip8(g, x, gx, n) { $0 * 2 * $1 }
+            case .reciprocal: zip8(g, y, gx, n) { -$0 * $1 * $1 }
             }
         }
     }
@@ -51,6 +53,7 @@ extension CPUBackend {
             case .add: map8(x, y, n) { $0 + s }
             case .mul: map8(x, y, n) { $0 * s }
             case .pow: for i in 0..<n { y[i] = powf(x[i], s) }
+            case .maximum: map8(x, y, n) { vmax($0, F8(repeating: s)) }
             }
         }
     }

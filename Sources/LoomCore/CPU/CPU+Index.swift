@@ -30,8 +30,8 @@ extension CPUBackend {
     }
 
     public func crossEntropy(logits: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
-                             losses: Tensor, probabilities: Tensor) throws {
-        let px = logits.ptr, pt = targets.intPtr, pl = losses.ptr, pp = probabilities.ptr
+                             losses: Tensor, weights: Tensor, probabilities: Tensor) throws {
+        let px = logits.ptr, pt = targets.intPtr, pl = losses.ptr, pw = weights.ptr, pp = probabilities.ptr
         for i in 0..<rows where pt[i] != ignoreIndex && (pt[i] < 0 || Int(pt[i]) >= classes) {
             throw LoomError.invalidArgument("cross-entropy: target \(pt[i]) at row \(i) is outside 0..<\(classes)")
         }
@@ -45,13 +45,14 @@ extension CPUBackend {
                 map8(p, p, classes) { $0 * inv }
                 let t = pt[row]
                 pl[row] = t == ignoreIndex ? 0 : (m + logf(s)) - x[Int(t)]
+                pw[row] = t == ignoreIndex ? 0 : 1
             }
         }
     }
 
     public func crossEntropyBackward(probabilities: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
-                                     scale: Float, into gx: Tensor) {
-        let pp = probabilities.ptr, pt = targets.intPtr, pg = gx.ptr
+                                     scale: Tensor, into gx: Tensor) {
+        let pp = probabilities.ptr, pt = targets.intPtr, pg = gx.ptr, scale = scale.ptr[0]
         parallelFor(rows, grain: max(1, 4096 / max(classes, 1)), threads: threads) { r in
             for row in r {
                 let g = pg + row * classes
@@ -75,6 +76,36 @@ extension CPUBackend {
                     pm[b * 4 + lane] = Philox.unitFloat(lanes[lane]) < p ? 0 : keep
                 }
             }
+        }
+    }
+
+    public func gatherAlongAxis(_ x: Tensor, indices: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor) {
+        let px = x.ptr, pi = indices.intPtr, py = y.ptr
+        for o in 0..<outer {
+            for c in 0..<inner {
+                let j = Int(pi[o * inner + c])
+                py[o * inner + c] = j >= 0 && j < n ? px[(o * n + j) * inner + c] : 0
+            }
+        }
+    }
+
+    public func scatterAlongAxis(_ src: Tensor, indices: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor) {
+        let ps = src.ptr, pi = indices.intPtr, py = y.ptr
+        for o in 0..<outer {
+            for c in 0..<inner {
+                let j = Int(pi[o * inner + c])
+                if j >= 0 && j < n { py[(o * n + j) * inner + c] += ps[o * inner + c] }
+            }
+        }
+    }
+
+    public func localIndices(_ indices: Tensor, range: Range<Int>, local: Tensor, mask: Tensor) {
+        let pi = indices.intPtr, pl = local.intPtr, pm = mask.ptr
+        let lo = Int32(range.lowerBound), hi = Int32(range.upperBound)
+        for i in 0..<indices.count {
+            let inside = pi[i] >= lo && pi[i] < hi
+            pl[i] = inside ? pi[i] - lo : 0
+            pm[i] = inside ? 1 : 0
         }
     }
 }

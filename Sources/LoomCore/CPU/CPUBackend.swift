@@ -49,39 +49,74 @@ public final class CPUBackend: Backend, @unchecked Sendable {
 
     // MARK: Memory
 
-    public func allocate(bytes: Int) -> Storage {
+    public func allocate(bytes: Int) throws -> Storage {
         let size = max(bytes, 64)
-        let raw = CPUBackend.cache.take(size) ?? {
+        let raw: UnsafeMutableRawPointer
+        if let cached = CPUBackend.cache.take(size) {
+            raw = cached
+        } else {
             var p: UnsafeMutableRawPointer?
             let rc = posix_memalign(&p, 64, size)
-            precondition(rc == 0 && p != nil, "CPUBackend: cannot allocate \(bytes) bytes")
-            return p!
-        }()
-        return Storage(device: .cpu, byteCount: size, raw: raw) { raw, size in CPUBackend.cache.give(raw, size) }
+            guard rc == 0, let p else { throw allocationError(bytes: bytes, device: .cpu, detail: "posix_memalign returned \(rc)") }
+            raw = p
+        }
+        return Storage(device: .cpu, byteCount: size, handle: UInt(bitPattern: raw)) { handle, size in
+            CPUBackend.cache.give(UnsafeMutableRawPointer(bitPattern: handle)!, size)
+        }
     }
 
     public func upload(_ source: UnsafeRawBufferPointer, to tensor: Tensor) {
+        precondition(source.count == tensor.byteCount, "upload: \(source.count) bytes into \(tensor.dtype) \(describe(tensor.shape))")
         UnsafeMutableRawPointer(tensor.ptr).copyMemory(from: source.baseAddress!, byteCount: source.count)
     }
 
     public func download(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) {
+        precondition(destination.count == tensor.byteCount, "download: \(tensor.dtype) \(describe(tensor.shape)) into \(destination.count) bytes")
         destination.baseAddress!.copyMemory(from: UnsafeRawPointer(tensor.ptr), byteCount: destination.count)
     }
 
     public func fill(_ tensor: Tensor, value: Float) {
         let p = tensor.ptr, n = tensor.count
-        if tensor.dtype == .int32 {
+        switch tensor.dtype {
+        case .int32:
             let q = tensor.intPtr
             for i in 0..<n { q[i] = Int32(value) }
-            return
+        case .bfloat16, .float16:
+            let bits = tensor.dtype == .bfloat16 ? BFloat16Bits.from(value) : Float16(value).bitPattern
+            tensor.halfPtr.update(repeating: bits, count: n)
+        case .float32:
+            if value == 0 { memset(p, 0, n * 4); return }
+            p.update(repeating: value, count: n)
         }
-        if value == 0 { memset(p, 0, n * 4); return }
-        p.update(repeating: value, count: n)
     }
 
     public func copy(_ source: Tensor, into destination: Tensor) {
-        precondition(source.count == destination.count)
-        memmove(destination.ptr, source.ptr, source.count * 4)
+        precondition(source.count == destination.count && source.dtype == destination.dtype,
+                     "copy: \(source.dtype) \(describe(source.shape)) into \(destination.dtype) \(describe(destination.shape))")
+        memmove(destination.ptr, source.ptr, source.byteCount)
+    }
+
+    public func cast(_ x: Tensor, into y: Tensor) {
+        precondition(x.count == y.count && x.dtype.isFloatingPoint && y.dtype.isFloatingPoint,
+                     "cast: \(x.dtype) \(describe(x.shape)) into \(y.dtype) \(describe(y.shape))")
+        if x.dtype == y.dtype { copy(x, into: y); return }
+        let n = x.count
+        // Through float32: every conversion here is exact except the narrowing one.
+        parallelFor(n, grain: 1 << 15, threads: threads) { r in
+            for i in r {
+                let f: Float
+                switch x.dtype {
+                case .bfloat16: f = BFloat16Bits.float(x.halfPtr[i])
+                case .float16: f = Float(Float16(bitPattern: x.halfPtr[i]))
+                default: f = x.ptr[i]
+                }
+                switch y.dtype {
+                case .bfloat16: y.halfPtr[i] = BFloat16Bits.from(f)
+                case .float16: y.halfPtr[i] = Float16(f).bitPattern
+                default: y.ptr[i] = f
+                }
+            }
+        }
     }
 
     public func synchronize() {}

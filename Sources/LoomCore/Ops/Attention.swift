@@ -8,6 +8,7 @@
 extension Tensor {
     /// softmax(Q Kᵀ / sqrt(D) + causal mask) V, heads side by side: [B, T, 3C] -> [B, T, C].
     public func causalSelfAttention(heads: Int) throws -> Tensor {
+        try requireFloat("causalSelfAttention", self)
         let qkv = self
         guard rank == 3, shape[2] % (3 * Swift.max(heads, 1)) == 0 else {
             throw LoomError.shapeMismatch("causalSelfAttention: qkv \(describe(shape)) must be [B, T, 3C] with C divisible by \(heads) heads")
@@ -16,8 +17,8 @@ extension Tensor {
         let c = c3 / 3, d = c / heads
         let scale = 1 / Float(d).squareRoot()
         let be = backend
-        let probs = empty([bsz, heads, t, t])
-        let y = empty([bsz, t, c])
+        let probs = try empty([bsz, heads, t, t])
+        let y = try empty([bsz, t, c])
         // Operands for batch element b, batched over heads.
         func q(_ x: Tensor, _ b: Int, transposed: Bool = false) -> GEMMOperand {
             GEMMOperand(x, offset: b * t * c3, ld: c3, batchStride: d, transposed: transposed)
@@ -43,8 +44,8 @@ extension Tensor {
             be.gemm(att(probs, b), v(qkv, b), out(y, b), m: t, n: d, k: t, batch: heads, alpha: 1, beta: 0)
         }
         return Tensor.differentiable("causalSelfAttention", output: y, inputs: [qkv]) { gy in
-            let gqkv = qkv.empty()
-            let gp = probs.empty()
+            let gqkv = try qkv.empty()
+            let gp = try probs.empty()
             for b in 0..<bsz {
                 // dP = dY Vᵀ;  dV = Pᵀ dY
                 be.gemm(out(gy, b), v(qkv, b, transposed: true), att(gp, b), m: t, n: t, k: d, batch: heads, alpha: 1, beta: 0)

@@ -11,9 +11,21 @@ func requireSameDevice(_ op: String, _ tensors: Tensor...) throws {
     }
 }
 
+/// Kernels compute in float32: bfloat16/float16 tensors are storage, cast before use.
 @inline(__always)
 func requireFloat(_ op: String, _ t: Tensor) throws {
-    guard t.dtype == .float32 else { throw LoomError.deviceMismatch("\(op): expected float32, got \(t.dtype) tensor \(describe(t.shape))") }
+    guard t.dtype == .float32 else {
+        throw LoomError.deviceMismatch("\(op): expected float32, got \(t.dtype) tensor \(describe(t.shape))"
+            + (t.dtype.byteSize == 2 ? " (cast it with .cast(to: .float32))" : ""))
+    }
+}
+
+/// Layout kernels move 4-byte elements (float32 or int32).
+@inline(__always)
+func require4ByteElements(_ op: String, _ t: Tensor) throws {
+    guard t.dtype.byteSize == 4 else {
+        throw LoomError.deviceMismatch("\(op): takes float32 or int32, got \(t.dtype) tensor \(describe(t.shape))")
+    }
 }
 
 /// Numpy broadcasting: shapes are right-aligned; each pair of sizes is equal or one is 1.

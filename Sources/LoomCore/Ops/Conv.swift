@@ -3,6 +3,7 @@
 extension Tensor {
     /// x [N, C, H, W] * weight [OC, C, KH, KW] (+ bias [OC]) -> [N, OC, OH, OW].
     public func conv2d(weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Int = 0) throws -> Tensor {
+        try requireFloat("conv2d", self); try requireFloat("conv2d", weight)
         let x = self
         try requireSameDevice("conv2d", x, weight)
         guard x.rank == 4, weight.rank == 4, x.shape[1] == weight.shape[1] else {
@@ -17,13 +18,13 @@ extension Tensor {
         if let bias, bias.shape != [oc] {
             throw LoomError.shapeMismatch("conv2d: bias \(describe(bias.shape)) for \(oc) output channels")
         }
-        let y = empty([geo.batch, oc, geo.outH, geo.outW])
+        let y = try empty([geo.batch, oc, geo.outH, geo.outW])
         backend.conv2d(x, weight: weight, bias: bias, geometry: geo, into: y)
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
         return Tensor.differentiable("conv2d", output: y, inputs: inputs) { g in
-            let gx = x.requiresGrad ? x.empty() : nil
-            let gw = weight.requiresGrad ? weight.empty() : nil
-            let gb = (bias?.requiresGrad ?? false) ? bias!.empty() : nil
+            let gx = x.requiresGrad ? try x.empty() : nil
+            let gw = weight.requiresGrad ? try weight.empty() : nil
+            let gb = (bias?.requiresGrad ?? false) ? try bias!.empty() : nil
             x.backend.conv2dBackward(x: x, weight: weight, gradOutput: g, geometry: geo, gradInput: gx, gradWeight: gw, gradBias: gb)
             return bias == nil ? [gx, gw] : [gx, gw, gb]
         }
@@ -31,18 +32,19 @@ extension Tensor {
 
     /// Max pooling with a square window; stride defaults to the window.
     public func maxPool2d(kernel: Int, stride: Int? = nil) throws -> Tensor {
+        try requireFloat("maxPool2d", self)
         guard rank == 4 else { throw LoomError.shapeMismatch("maxPool2d: expected [N, C, H, W], got \(describe(shape))") }
         let geo = PoolGeometry(batch: shape[0], channels: shape[1], height: shape[2], width: shape[3],
                                kernel: kernel, stride: stride ?? kernel)
         guard geo.outH > 0, geo.outW > 0, kernel > 0 else {
             throw LoomError.shapeMismatch("maxPool2d: window \(kernel) does not fit \(describe(shape))")
         }
-        let y = empty([geo.batch, geo.channels, geo.outH, geo.outW])
-        let indices = empty(y.shape, dtype: .int32)
+        let y = try empty([geo.batch, geo.channels, geo.outH, geo.outW])
+        let indices = try empty(y.shape, dtype: .int32)
         backend.maxPool2d(self, geometry: geo, into: y, indices: indices)
         let x = self
         return Tensor.differentiable("maxPool2d", output: y, inputs: [self]) { g in
-            let gx = x.empty()
+            let gx = try x.empty()
             x.backend.maxPool2dBackward(gradOutput: g, indices: indices, geometry: geo, into: gx)
             return [gx]
         }

@@ -19,7 +19,7 @@ extension Tensor {
         try requireSameDevice(op.rawValue, a, b)
         try requireFloat(op.rawValue, a); try requireFloat(op.rawValue, b)
         let shape = try broadcastShape(a.shape, b.shape, op: op.rawValue)
-        let out = empty(shape)
+        let out = try empty(shape)
         backend.binary(op, a, b, into: out)
         return Tensor.differentiable(op.rawValue, output: out, inputs: [a, b]) { g in
             // d(a op b): reduce each gradient back over the axes it was broadcast along.
@@ -44,53 +44,57 @@ extension Tensor {
     // MARK: Scalars
 
     /// self * s
-    public func scaled(_ s: Float) -> Tensor {
-        let out = empty()
+    public func scaled(_ s: Float) throws -> Tensor {
+        try requireFloat("scaled", self)
+        let out = try empty()
         backend.scalar(.mul, self, s, into: out)
-        return Tensor.differentiable("scale", output: out, inputs: [self]) { g in [g.scaled(s)] }
+        return Tensor.differentiable("scale", output: out, inputs: [self]) { g in [try g.scaled(s)] }
     }
 
     /// self + s
-    public func shifted(_ s: Float) -> Tensor {
-        let out = empty()
+    public func shifted(_ s: Float) throws -> Tensor {
+        try requireFloat("shifted", self)
+        let out = try empty()
         backend.scalar(.add, self, s, into: out)
         return Tensor.differentiable("shift", output: out, inputs: [self]) { g in [g] }
     }
 
     /// self ^ p, elementwise.
-    public func pow(_ p: Float) -> Tensor {
-        let out = empty()
+    public func pow(_ p: Float) throws -> Tensor {
+        try requireFloat("pow", self)
+        let out = try empty()
         backend.scalar(.pow, self, p, into: out)
         let x = self
         return Tensor.differentiable("pow", output: out, inputs: [self]) { g in
-            let d = x.empty()
+            let d = try x.empty()
             x.backend.scalar(.pow, x, p - 1, into: d)
             return [try g.mul(d.scaled(p))]
         }
     }
 
-    public static func * (a: Tensor, s: Float) -> Tensor { a.scaled(s) }
-    public static func + (a: Tensor, s: Float) -> Tensor { a.shifted(s) }
-    public static prefix func - (a: Tensor) -> Tensor { a.unaryOp(.neg) }
+    public static func * (a: Tensor, s: Float) throws -> Tensor { try a.scaled(s) }
+    public static func + (a: Tensor, s: Float) throws -> Tensor { try a.shifted(s) }
+    public static prefix func - (a: Tensor) throws -> Tensor { try a.unaryOp(.neg) }
 
     // MARK: Activations and other unary functions
 
-    public func relu() -> Tensor { unaryOp(.relu) }
+    public func relu() throws -> Tensor { try unaryOp(.relu) }
     /// GELU, tanh approximation.
-    public func gelu() -> Tensor { unaryOp(.gelu) }
-    public func tanh() -> Tensor { unaryOp(.tanh) }
-    public func sigmoid() -> Tensor { unaryOp(.sigmoid) }
-    public func exp() -> Tensor { unaryOp(.exp) }
-    public func log() -> Tensor { unaryOp(.log) }
-    public func sqrt() -> Tensor { unaryOp(.sqrt) }
-    public func square() -> Tensor { unaryOp(.square) }
+    public func gelu() throws -> Tensor { try unaryOp(.gelu) }
+    public func tanh() throws -> Tensor { try unaryOp(.tanh) }
+    public func sigmoid() throws -> Tensor { try unaryOp(.sigmoid) }
+    public func exp() throws -> Tensor { try unaryOp(.exp) }
+    public func log() throws -> Tensor { try unaryOp(.log) }
+    public func sqrt() throws -> Tensor { try unaryOp(.sqrt) }
+    public func square() throws -> Tensor { try unaryOp(.square) }
 
-    func unaryOp(_ op: UnaryOp) -> Tensor {
+    func unaryOp(_ op: UnaryOp) throws -> Tensor {
+        try requireFloat(op.rawValue, self)
         let x = self
-        let y = empty()
+        let y = try empty()
         backend.unary(op, x, into: y)
         return Tensor.differentiable(op.rawValue, output: y, inputs: [x]) { g in
-            let gx = x.empty()
+            let gx = try x.empty()
             x.backend.unaryBackward(op, x: x, y: y, gradOutput: g, into: gx)
             return [gx]
         }

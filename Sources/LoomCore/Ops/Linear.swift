@@ -4,6 +4,7 @@ extension Tensor {
     /// Affine map of the last axis. `weight` is [out, in] (PyTorch's layout); `bias` [out].
     /// x: [..., in] -> [..., out].
     public func linear(weight: Tensor, bias: Tensor?) throws -> Tensor {
+        try requireFloat("linear", self); try requireFloat("linear", weight)
         let x = self
         try requireSameDevice("linear", x, weight)
         guard weight.rank == 2, let inF = x.shape.last, inF == weight.shape[1] else {
@@ -14,10 +15,10 @@ extension Tensor {
             throw LoomError.shapeMismatch("linear: bias \(describe(bias.shape)) for weight \(describe(weight.shape)) (expected [\(outF)])")
         }
         let rows = x.count / inF
-        let y = empty(Array(x.shape.dropLast()) + [outF])
+        let y = try empty(Array(x.shape.dropLast()) + [outF])
         if let bias {
             // Rows of y start as the bias; the GEMM accumulates onto them (beta 1).
-            backend.binary(.add, Tensor.zeros([1], on: backend), bias, into: y.view([rows, outF]))
+            backend.binary(.add, try Tensor.zeros([1], on: backend), bias, into: y.view([rows, outF]))
         }
         backend.gemm(GEMMOperand(x, ld: inF), GEMMOperand(weight, ld: inF, transposed: true), GEMMOperand(y, ld: outF),
                      m: rows, n: outF, k: inF, batch: 1, alpha: 1, beta: bias == nil ? 0 : 1)
@@ -27,19 +28,19 @@ extension Tensor {
             let b = x.backend
             var gx: Tensor?, gw: Tensor?, gb: Tensor?
             if x.requiresGrad {  // dX [rows, in] = dY [rows, out] · W [out, in]
-                let t = x.empty()
+                let t = try x.empty()
                 b.gemm(GEMMOperand(g, ld: outF), GEMMOperand(weight, ld: inF), GEMMOperand(t, ld: inF),
                        m: rows, n: inF, k: outF, batch: 1, alpha: 1, beta: 0)
                 gx = t
             }
             if weight.requiresGrad {  // dW [out, in] = dYᵀ · X
-                let t = weight.empty()
+                let t = try weight.empty()
                 b.gemm(GEMMOperand(g, ld: outF, transposed: true), GEMMOperand(x, ld: inF), GEMMOperand(t, ld: inF),
                        m: outF, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
                 gw = t
             }
             if let bias, bias.requiresGrad {  // db = column sums of dY
-                let t = bias.empty()
+                let t = try bias.empty()
                 b.reduce(.sum, g, outer: 1, n: rows, inner: outF, into: t)
                 gb = t
             }

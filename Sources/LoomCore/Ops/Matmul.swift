@@ -30,7 +30,7 @@ extension Tensor {
         } else {
             throw fail("batch axes differ (\(describe(aBatch)) vs \(describe(bBatch)))")
         }
-        let out = empty(aBatch + [m, n])
+        let out = try empty(aBatch + [m, n])
         backend.gemm(GEMMOperand(a, ld: ac, batchStride: ar * ac, transposed: transposeA),
                      GEMMOperand(b, ld: bc, batchStride: b.rank == 2 ? 0 : br * bc, transposed: transposeB),
                      GEMMOperand(out, ld: n, batchStride: m * n),

@@ -4,16 +4,17 @@ extension Tensor {
     /// Normalises the last axis to zero mean and unit variance, then scales by `gamma`
     /// and shifts by `beta` (both [C]). x: [..., C].
     public func layerNorm(gamma: Tensor, beta: Tensor, eps: Float = 1e-5) throws -> Tensor {
+        try requireFloat("layerNorm", self)
         let cols = shape.last ?? 0
         guard gamma.shape == [cols], beta.shape == [cols] else {
             throw LoomError.shapeMismatch("layerNorm: input \(describe(shape)) with gamma \(describe(gamma.shape)), beta \(describe(beta.shape)) (expected [\(cols)])")
         }
         let rows = count / Swift.max(cols, 1)
-        let x = self, y = empty()
-        let mean = empty([rows]), rstd = empty([rows])
+        let x = self, y = try empty()
+        let mean = try empty([rows]), rstd = try empty([rows])
         backend.layerNorm(x, gamma: gamma, beta: beta, eps: eps, rows: rows, cols: cols, into: y, mean: mean, rstd: rstd)
         return Tensor.differentiable("layerNorm", output: y, inputs: [x, gamma, beta]) { g in
-            let gx = x.empty(), gg = gamma.empty(), gb = beta.empty()
+            let gx = try x.empty(), gg = try gamma.empty(), gb = try beta.empty()
             x.backend.layerNormBackward(x: x, gamma: gamma, mean: mean, rstd: rstd, gradOutput: g, rows: rows, cols: cols,
                                         gradInput: gx, gradGamma: gg, gradBeta: gb)
             return [gx, gg, gb]
@@ -25,6 +26,7 @@ extension Tensor {
     /// the running estimate); in evaluation, uses the running statistics.
     public func batchNorm(gamma: Tensor, beta: Tensor, runningMean: Tensor, runningVar: Tensor,
                           training: Bool, momentum: Float = 0.1, eps: Float = 1e-5) throws -> Tensor {
+        try requireFloat("batchNorm", self)
         guard rank >= 2 else { throw LoomError.shapeMismatch("batchNorm: needs [N, C, ...], got \(describe(shape))") }
         let n = shape[0], c = shape[1], inner = count / Swift.max(n * c, 1)
         for (name, t) in [("gamma", gamma), ("beta", beta), ("runningMean", runningMean), ("runningVar", runningVar)]
@@ -38,7 +40,7 @@ extension Tensor {
             let scale = try withoutGrad { try runningVar.shifted(eps).sqrt().pow(-1) }
             return try x.sub(runningMean.view(bshape)).mul(try gamma.mul(scale).reshaped(bshape)).add(try beta.reshaped(bshape))
         }
-        let mean = empty([c]), variance = empty([c])
+        let mean = try empty([c]), variance = try empty([c])
         backend.channelMoments(x, n: n, channels: c, inner: inner, mean: mean, variance: variance)
         let m = Float(n * inner)
         try withoutGrad {
@@ -47,12 +49,12 @@ extension Tensor {
             let rv = try runningVar.scaled(1 - momentum).add(variance.scaled(momentum * m / Swift.max(m - 1, 1)))
             backend.copy(rm, into: runningMean); backend.copy(rv, into: runningVar)
         }
-        let rstd = withoutGrad { variance.shifted(eps).sqrt().pow(-1) }
-        let y = empty()
+        let rstd = try withoutGrad { try variance.shifted(eps).sqrt().pow(-1) }
+        let y = try empty()
         let scale = try withoutGrad { try gamma.mul(rstd) }
         backend.channelAffine(x, mean: mean, scale: scale, shift: beta, n: n, channels: c, inner: inner, into: y)
         return Tensor.differentiable("batchNorm", output: y, inputs: [x, gamma, beta]) { g in
-            let s1 = x.empty([c]), s2 = x.empty([c])  // sum(g), sum(g * (x - mean)) per channel
+            let s1 = try x.empty([c]), s2 = try x.empty([c])  // sum(g), sum(g * (x - mean)) per channel
             x.backend.channelGradSums(x: x, mean: mean, gradOutput: g, n: n, channels: c, inner: inner, sumGrad: s1, sumGradXmu: s2)
             // dx = gamma*rstd*g - gamma*rstd*s1/m - gamma*rstd^3*s2/m * (x - mean)
             let k1 = scale

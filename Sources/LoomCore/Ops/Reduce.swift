@@ -3,6 +3,7 @@
 extension Tensor {
     /// Sum over `axes` (all axes when nil).
     public func sum(axes: [Int]? = nil, keepDims: Bool = false) throws -> Tensor {
+        try requireFloat("sum", self)
         let axes = try (axes ?? Array(0..<rank)).map { try normalizeAxis($0, rank: rank, op: "sum") }
         var kept = shape
         for a in axes { kept[a] = 1 }
@@ -23,33 +24,31 @@ extension Tensor {
 
     /// Maximum over one axis; the gradient flows to the (first) maximal element.
     public func max(axis: Int, keepDims: Bool = false) throws -> Tensor {
+        try requireFloat("max", self)
         let a = try normalizeAxis(axis, rank: rank, op: "max")
         let (outer, n, inner) = splitAround(a)
         var kept = shape; kept[a] = 1
-        let out = empty(kept)
+        let out = try empty(kept)
         backend.reduce(.max, self, outer: outer, n: n, inner: inner, into: out)
         let result = keepDims ? out : out.view(shape.enumerated().filter { $0.offset != a }.map(\.element))
         let x = self
+        // d max / d x = 1 at the (first) maximal element of each reduced line, else 0:
+        // the gradient scattered back along the axis, on the backend.
         return Tensor.differentiable("max", output: result, inputs: [self]) { g in
-            let idx = x.empty(kept, dtype: .int32)
+            let idx = try x.empty(kept, dtype: .int32)
             x.backend.argmax(x, outer: outer, n: n, inner: inner, into: idx)
-            let gx = Tensor.zeros(x.shape, on: x.backend)
-            // One-hot scatter on the host: max is not on any hot path.
-            let gi = idx.ints, gv = g.floats
-            var values = gx.floats
-            for o in 0..<outer { for c in 0..<inner {
-                let j = Int(gi[o * inner + c])
-                values[(o * n + j) * inner + c] = gv[o * inner + c]
-            } }
-            return [Tensor(values, shape: x.shape, on: x.backend)]
+            let gx = try Tensor.zeros(x.shape, on: x.backend)
+            x.backend.scatterAlongAxis(g, indices: idx, outer: outer, n: n, inner: inner, into: gx)
+            return [gx]
         }
     }
 
     /// Index of the maximum along `axis` (no gradient).
     public func argmax(axis: Int) throws -> Tensor {
+        try requireFloat("argmax", self)
         let a = try normalizeAxis(axis, rank: rank, op: "argmax")
         let (outer, n, inner) = splitAround(a)
-        let out = empty(shape.enumerated().filter { $0.offset != a }.map(\.element), dtype: .int32)
+        let out = try empty(shape.enumerated().filter { $0.offset != a }.map(\.element), dtype: .int32)
         backend.argmax(self, outer: outer, n: n, inner: inner, into: out)
         return out
     }
@@ -67,14 +66,14 @@ extension Tensor {
             // Leading axes fold into one: [L, rest] -> [rest].
             let rest = Array(shape[lead...])
             let l = shape[..<lead].reduce(1, *), r = rest.reduce(1, *)
-            let out = empty(rest)
+            let out = try empty(rest)
             backend.reduce(.sum, t, outer: 1, n: l, inner: r, into: out)
             t = out
         }
         for (i, d) in target.enumerated() where d == 1 && t.shape[i] != 1 {
             let (outer, n, inner) = t.splitAround(i)
             var s = t.shape; s[i] = 1
-            let out = empty(s)
+            let out = try empty(s)
             backend.reduce(.sum, t, outer: outer, n: n, inner: inner, into: out)
             t = out
         }
@@ -86,9 +85,10 @@ extension Tensor {
 
     /// Broadcasts to a larger shape (a copy).
     public func expand(to target: [Int]) throws -> Tensor {
+        try requireFloat("expand", self)
         if target == shape { return self }
-        let out = empty(target)
-        let zero = Tensor.zeros([1], on: backend)
+        let out = try empty(target)
+        let zero = try Tensor.zeros([1], on: backend)
         _ = try broadcastShape(shape, target, op: "expand")
         backend.binary(.add, self, zero, into: out)
         let inShape = shape
@@ -105,16 +105,16 @@ extension Tensor {
         for a in axes.sorted() {
             let (outer, n, inner) = t.splitAround(a)
             var s = t.shape; s[a] = 1
-            let out = empty(s)
+            let out = try empty(s)
             backend.reduce(op, t, outer: outer, n: n, inner: inner, into: out)
             t = out
         }
-        return axes.isEmpty ? t.copied() : t
+        return axes.isEmpty ? try t.copied() : t
     }
 
     /// A fresh copy of the values (no graph edge).
-    public func copied() -> Tensor {
-        let out = empty()
+    public func copied() throws -> Tensor {
+        let out = try empty()
         backend.copy(self, into: out)
         return out
     }

@@ -25,10 +25,11 @@ extension Tensor {
 
     /// Axis i of the result is axis perm[i] of self.
     public func permuted(_ perm: [Int]) throws -> Tensor {
+        try require4ByteElements("permuted", self)
         guard perm.sorted() == Array(0..<rank) else {
             throw LoomError.invalidArgument("permute: \(perm) is not a permutation of the axes of \(describe(shape))")
         }
-        let out = empty(perm.map { shape[$0] })
+        let out = try empty(perm.map { shape[$0] })
         backend.permute(self, perm: perm, into: out)
         var inverse = perm
         for (i, p) in perm.enumerated() { inverse[p] = i }
@@ -45,19 +46,20 @@ extension Tensor {
 
     /// Elements `range` along `axis`.
     public func slice(axis: Int, _ range: Range<Int>) throws -> Tensor {
+        try require4ByteElements("slice", self)
         let a = try normalizeAxis(axis, rank: rank, op: "slice")
         guard range.lowerBound >= 0, range.upperBound <= shape[a] else {
             throw LoomError.invalidArgument("slice: range \(range) outside axis \(a) of size \(shape[a]) in \(describe(shape))")
         }
         let (outer, n, inner) = splitAround(a)
         var s = shape; s[a] = range.count
-        let out = empty(s)
+        let out = try empty(s)
         backend.copyBlocks(self, srcOffset: range.lowerBound * inner, srcStride: n * inner,
                            into: out, dstOffset: 0, dstStride: range.count * inner,
                            rows: outer, width: range.count * inner, accumulate: false)
         let x = self
         return Tensor.differentiable("slice", output: out, inputs: [self]) { g in
-            let gx = Tensor.zeros(x.shape, on: x.backend)
+            let gx = try Tensor.zeros(x.shape, on: x.backend)
             x.backend.copyBlocks(g, srcOffset: 0, srcStride: range.count * inner, into: gx,
                                  dstOffset: range.lowerBound * inner, dstStride: n * inner,
                                  rows: outer, width: range.count * inner, accumulate: false)
@@ -67,6 +69,7 @@ extension Tensor {
 
     /// Joins tensors along `axis`; all other axes must agree.
     public static func concat(_ tensors: [Tensor], axis: Int) throws -> Tensor {
+        for t in tensors { try require4ByteElements("concat", t) }
         guard let first = tensors.first else { throw LoomError.invalidArgument("concat: no tensors") }
         let a = try normalizeAxis(axis, rank: first.rank, op: "concat")
         for t in tensors {
@@ -82,7 +85,7 @@ extension Tensor {
         }
         let total = tensors.reduce(0) { $0 + $1.shape[a] }
         var s = first.shape; s[a] = total
-        let out = first.empty(s)
+        let out = try first.empty(s)
         let (outer, _, inner) = out.splitAround(a)
         var at = 0
         for t in tensors {

@@ -1,26 +1,46 @@
-/// A block of memory owned by one backend. Host memory for the CPU backend; a device
-/// address (carried in the same pointer-sized field) for accelerator backends.
-/// Tensors are views into a storage: `offset` elements in, contiguous, row-major.
+/// A block of memory owned by one backend, known above the backend only by an opaque
+/// handle: a host address for the CPU backend, a device address (or any other token) for
+/// an accelerator. Tensors are views into a storage: `offset` elements in, contiguous,
+/// row-major.
+///
+/// Nothing outside a backend turns the handle into memory. Host code reads and writes
+/// tensor values through `Tensor.withHostMemory` (host storages only) or through the
+/// backend's `upload`/`download` (any device).
 public final class Storage: @unchecked Sendable {
     public let device: Device
     public let byteCount: Int
-    public let raw: UnsafeMutableRawPointer
-    private let release: (UnsafeMutableRawPointer, Int) -> Void
+    /// The backend's name for this block. Meaningful only to the backend that made it.
+    public let handle: UInt
+    private let release: (UInt, Int) -> Void
     /// The meter this allocation is charged to (the allocating thread's current one).
     private let meter: MemoryMeter?
 
-    public init(device: Device, byteCount: Int, raw: UnsafeMutableRawPointer,
-                release: @escaping (UnsafeMutableRawPointer, Int) -> Void) {
+    /// `metered: false` for a second name of memory already counted (a backend's
+    /// temporary host view of its own block).
+    public init(device: Device, byteCount: Int, handle: UInt, metered: Bool = true, release: @escaping (UInt, Int) -> Void) {
         self.device = device
         self.byteCount = byteCount
-        self.raw = raw
+        self.handle = handle
         self.release = release
-        meter = MemoryMeter.current
+        meter = metered ? MemoryMeter.current : nil
         meter?.charge(byteCount)
+    }
+
+    /// The host address of a host storage; nil for device memory. For backends that
+    /// live on the host (the CPU backend, and an accelerator stand-in mapping its blocks).
+    @inlinable
+    public var hostAddress: UnsafeMutableRawPointer? {
+        device.isHost ? UnsafeMutableRawPointer(bitPattern: handle) : nil
     }
 
     deinit {
         meter?.credit(byteCount)
-        release(raw, byteCount)
+        release(handle, byteCount)
     }
+}
+
+/// Allocation failure: names the bytes and the device, as PyTorch's out-of-memory error does.
+public func allocationError(bytes: Int, device: Device, detail: String = "") -> LoomError {
+    .backend("cannot allocate \(bytes) bytes (\((Double(bytes) / 104857.6).rounded() / 10) MiB) on \(device)"
+             + (detail.isEmpty ? "" : ": \(detail)"))
 }

@@ -1,11 +1,14 @@
-/// An n-dimensional array of float32 (or int32) values on one device, and a node of the
-/// autodiff graph.
+/// An n-dimensional array on one device, and a node of the autodiff graph.
 ///
 /// Tensors are reference types, as in PyTorch: parameters are updated in place by the
 /// optimizer, and the graph holds the tensors it needs for backward. Every tensor is a
 /// contiguous row-major view `offset` elements into a `Storage`; operations that would
 /// produce strided views (transpose, permute, slice) copy, except matmul, which folds
 /// transposes into the GEMM call.
+///
+/// Memory belongs to the backend: host code reads values with `floats`/`ints` (a
+/// download) or, for host tensors only, `withHostMemory`. Tensors made without `on:` are
+/// allocated on the current default backend (`withDefaultBackend`, else the CPU).
 ///
 /// ```swift
 /// let x = Tensor.randn([32, 784], rng: &rng)
@@ -16,10 +19,12 @@
 public final class Tensor: @unchecked Sendable {
     public let shape: [Int]
     public let dtype: DType
-    public let storage: Storage
+    /// Replaced only by `move(to:)`, which keeps the tensor's identity (parameters that an
+    /// optimizer holds stay the same objects when a module changes device).
+    public private(set) var storage: Storage
     /// Elements into `storage` where this view starts.
-    public let offset: Int
-    public let backend: any Backend
+    public private(set) var offset: Int
+    public private(set) var backend: any Backend
     /// Set on parameters (leaves) and, by the engine, on every result computed from them.
     public var requiresGrad: Bool
     /// The accumulated gradient of a leaf after `backward()`; nil after `zeroGrad`.
@@ -40,16 +45,26 @@ public final class Tensor: @unchecked Sendable {
         self.requiresGrad = requiresGrad
     }
 
-    /// A new tensor of `shape` whose contents are undefined.
-    public convenience init(uninitialized shape: [Int], dtype: DType = .float32, on backend: any Backend = CPUBackend.shared) {
+    /// A new tensor of `shape` whose contents are undefined. Throws when the backend
+    /// cannot allocate it (the error names the bytes and the device).
+    public convenience init(uninitialized shape: [Int], dtype: DType = .float32, on backend: any Backend = DefaultBackend.current) throws {
         let n = shape.reduce(1, *)
-        self.init(shape: shape, dtype: dtype, storage: backend.allocate(bytes: Swift.max(n, 1) * dtype.byteSize), backend: backend)
+        guard n >= 0 else { throw LoomError.shapeMismatch("tensor of shape \(describe(shape)): negative size") }
+        self.init(shape: shape, dtype: dtype, storage: try backend.allocate(bytes: Swift.max(n, 1) * dtype.byteSize), backend: backend)
+    }
+
+    /// For constructors from host values, which are small: allocation failure traps with
+    /// the backend's message.
+    convenience init(allocating shape: [Int], dtype: DType, on backend: any Backend) {
+        do { try self.init(uninitialized: shape, dtype: dtype, on: backend) } catch { fatalError("\(error)") }
     }
 
     public var rank: Int { shape.count }
     public var count: Int { shape.reduce(1, *) }
     public var device: Device { storage.device }
     public var isLeaf: Bool { gradFn == nil }
+    /// Bytes of this view.
+    public var byteCount: Int { count * dtype.byteSize }
 
     /// A view of the same storage with another shape of the same element count (no copy,
     /// no graph edge: use `reshaped` for a differentiable reshape).
@@ -61,43 +76,55 @@ public final class Tensor: @unchecked Sendable {
     public func detach() -> Tensor { view(shape) }
 
     /// A fresh tensor of this shape/dtype on this backend.
-    public func empty(_ shape: [Int]? = nil, dtype: DType? = nil) -> Tensor {
-        Tensor(uninitialized: shape ?? self.shape, dtype: dtype ?? self.dtype, on: backend)
+    public func empty(_ shape: [Int]? = nil, dtype: DType? = nil) throws -> Tensor {
+        try Tensor(uninitialized: shape ?? self.shape, dtype: dtype ?? self.dtype, on: backend)
     }
 }
 
 // MARK: - Construction
 
 extension Tensor {
-    public convenience init(_ values: [Float], shape: [Int], on backend: any Backend = CPUBackend.shared) {
+    public convenience init(_ values: [Float], shape: [Int], on backend: any Backend = DefaultBackend.current) {
         precondition(values.count == shape.reduce(1, *), "Tensor(_:shape:): \(values.count) values for shape \(describe(shape))")
-        self.init(uninitialized: shape, on: backend)
+        self.init(allocating: shape, dtype: .float32, on: backend)
         values.withUnsafeBytes { backend.upload($0, to: self) }
     }
 
-    public convenience init(indices values: [Int32], shape: [Int], on backend: any Backend = CPUBackend.shared) {
+    public convenience init(indices values: [Int32], shape: [Int], on backend: any Backend = DefaultBackend.current) {
         precondition(values.count == shape.reduce(1, *), "Tensor(indices:shape:): \(values.count) values for shape \(describe(shape))")
-        self.init(uninitialized: shape, dtype: .int32, on: backend)
+        self.init(allocating: shape, dtype: .int32, on: backend)
         values.withUnsafeBytes { backend.upload($0, to: self) }
     }
 
-    public convenience init(scalar: Float, on backend: any Backend = CPUBackend.shared) {
+    /// `shape` filled with one host value: for layers' initial parameters and buffers
+    /// (like the other constructors from host values, it traps if allocation fails).
+    public convenience init(repeating value: Float, shape: [Int], on backend: any Backend = DefaultBackend.current) {
+        self.init(allocating: shape, dtype: .float32, on: backend)
+        backend.fill(self, value: value)
+    }
+
+    public convenience init(scalar: Float, on backend: any Backend = DefaultBackend.current) {
         self.init([scalar], shape: [], on: backend)
     }
 
-    public static func full(_ shape: [Int], _ value: Float, on backend: any Backend = CPUBackend.shared) -> Tensor {
-        let t = Tensor(uninitialized: shape, on: backend)
+    public static func full(_ shape: [Int], _ value: Float, dtype: DType = .float32,
+                            on backend: any Backend = DefaultBackend.current) throws -> Tensor {
+        let t = try Tensor(uninitialized: shape, dtype: dtype, on: backend)
         backend.fill(t, value: value)
         return t
     }
 
-    public static func zeros(_ shape: [Int], on backend: any Backend = CPUBackend.shared) -> Tensor { full(shape, 0, on: backend) }
-    public static func ones(_ shape: [Int], on backend: any Backend = CPUBackend.shared) -> Tensor { full(shape, 1, on: backend) }
+    public static func zeros(_ shape: [Int], dtype: DType = .float32, on backend: any Backend = DefaultBackend.current) throws -> Tensor {
+        try full(shape, 0, dtype: dtype, on: backend)
+    }
+    public static func ones(_ shape: [Int], dtype: DType = .float32, on backend: any Backend = DefaultBackend.current) throws -> Tensor {
+        try full(shape, 1, dtype: dtype, on: backend)
+    }
 
     /// Normal(mean, std) values drawn from `rng` (on the host, then uploaded: the same
     /// seed gives the same values on every backend).
     public static func randn(_ shape: [Int], mean: Float = 0, std: Float = 1, rng: inout Philox,
-                             on backend: any Backend = CPUBackend.shared, requiresGrad: Bool = false) -> Tensor {
+                             on backend: any Backend = DefaultBackend.current, requiresGrad: Bool = false) -> Tensor {
         var v = [Float](repeating: 0, count: shape.reduce(1, *))
         rng.fillNormal(&v, mean: mean, std: std)
         let t = Tensor(v, shape: shape, on: backend)
@@ -107,7 +134,7 @@ extension Tensor {
 
     /// Uniform[low, high) values drawn from `rng`.
     public static func uniform(_ shape: [Int], low: Float, high: Float, rng: inout Philox,
-                               on backend: any Backend = CPUBackend.shared, requiresGrad: Bool = false) -> Tensor {
+                               on backend: any Backend = DefaultBackend.current, requiresGrad: Bool = false) -> Tensor {
         var v = [Float](repeating: 0, count: shape.reduce(1, *))
         rng.fillUniform(&v, low: low, high: high)
         let t = Tensor(v, shape: shape, on: backend)
@@ -116,15 +143,63 @@ extension Tensor {
     }
 }
 
+// MARK: - Devices
+
+extension Tensor {
+    /// The same values on `target` (a copy through the host), or this tensor when it is
+    /// already there. Not differentiable: for moving data and parameters, as in PyTorch.
+    public func to(_ target: any Backend) throws -> Tensor {
+        // Host backends (CPU ones of any thread count) share memory: nothing to copy.
+        if target === backend || (target.device == device && device.isHost) { return self }
+        let out = try Tensor(uninitialized: shape, dtype: dtype, on: target)
+        try Tensor.transfer(self, into: out)
+        out.requiresGrad = requiresGrad && isLeaf
+        return out
+    }
+
+    /// The same values on the backend registered for `device` (`Backends`).
+    public func to(_ device: Device) throws -> Tensor { try to(Backends.backend(for: device)) }
+
+    /// Moves this tensor's values to `target` in place: the tensor keeps its identity
+    /// (an optimizer's reference to a parameter stays valid) and its gradient, if any,
+    /// moves with it. What `Module.to` does to every parameter and buffer.
+    public func move(to target: any Backend) throws {
+        if target === backend || (target.device == device && device.isHost) { return }
+        let fresh = try to(target)
+        let g = try grad?.to(target)
+        storage = fresh.storage; offset = 0; backend = target
+        grad = g
+    }
+
+    /// dst = src across backends: direct when they share a device, else through a host
+    /// buffer (download, upload).
+    public static func transfer(_ src: Tensor, into dst: Tensor) throws {
+        guard src.count == dst.count, src.dtype == dst.dtype else {
+            throw LoomError.shapeMismatch("transfer: \(src.dtype) \(describe(src.shape)) into \(dst.dtype) \(describe(dst.shape))")
+        }
+        if src.device == dst.device && src.device.isHost { dst.backend.copy(src, into: dst); return }
+        var host = [UInt8](repeating: 0, count: src.byteCount)
+        host.withUnsafeMutableBytes { src.backend.download(src, into: $0) }
+        host.withUnsafeBytes { dst.backend.upload($0, to: dst) }
+    }
+}
+
 // MARK: - Reading values back
 
 extension Tensor {
-    /// The values as a host array (a copy).
+    /// The values as a host array (a copy; bfloat16 and float16 widened to float32).
     public var floats: [Float] {
-        precondition(dtype == .float32, "floats: tensor is \(dtype)")
-        var out = [Float](repeating: 0, count: count)
-        out.withUnsafeMutableBytes { backend.download(self, into: $0) }
-        return out
+        precondition(dtype.isFloatingPoint, "floats: tensor is \(dtype)")
+        switch dtype {
+        case .bfloat16, .float16:
+            var half = [UInt16](repeating: 0, count: count)
+            half.withUnsafeMutableBytes { backend.download(self, into: $0) }
+            return dtype == .bfloat16 ? half.map(BFloat16Bits.float) : half.map { Float(Float16(bitPattern: $0)) }
+        default:
+            var out = [Float](repeating: 0, count: count)
+            out.withUnsafeMutableBytes { backend.download(self, into: $0) }
+            return out
+        }
     }
 
     public var ints: [Int32] {
@@ -134,18 +209,40 @@ extension Tensor {
         return out
     }
 
+    /// The raw element bits of a 2-byte tensor (bfloat16, float16), downloaded.
+    public var halfBits: [UInt16] {
+        precondition(dtype.byteSize == 2, "halfBits: tensor is \(dtype)")
+        var out = [UInt16](repeating: 0, count: count)
+        out.withUnsafeMutableBytes { backend.download(self, into: $0) }
+        return out
+    }
+
     /// The single value of a one-element tensor.
     public var item: Float { floats[0] }
 
-    /// Host pointer to the first element; valid for CPU tensors only.
-    @inlinable
-    public var ptr: UnsafeMutablePointer<Float> {
-        storage.raw.assumingMemoryBound(to: Float.self) + offset
+    /// Runs `body` on this view's bytes in host memory. Only for host tensors: device
+    /// memory is read with `floats`/`ints` or the backend's download, never addressed.
+    public func withHostMemory<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) throws -> R {
+        guard let base = storage.hostAddress else {
+            throw LoomError.deviceMismatch("host access to a tensor \(describe(shape)) on \(device): download it (floats, ints) or use Tensor.to(.cpu)")
+        }
+        return try body(UnsafeMutableRawBufferPointer(start: base + offset * dtype.byteSize, count: byteCount))
     }
 
-    @inlinable
-    public var intPtr: UnsafeMutablePointer<Int32> {
-        storage.raw.assumingMemoryBound(to: Int32.self) + offset
+    /// Host pointer to the first element, for the CPU backend's kernels.
+    @inline(__always)
+    var ptr: UnsafeMutablePointer<Float> {
+        UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: Float.self) + offset
+    }
+
+    @inline(__always)
+    var intPtr: UnsafeMutablePointer<Int32> {
+        UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: Int32.self) + offset
+    }
+
+    @inline(__always)
+    var halfPtr: UnsafeMutablePointer<UInt16> {
+        UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: UInt16.self) + offset
     }
 }
 
@@ -153,7 +250,7 @@ extension Tensor: CustomStringConvertible {
     public var description: String {
         let head = "Tensor(\(describe(shape)), \(dtype), \(device)"
         if count > 8 { return head + ")" }
-        let vals = dtype == .float32 ? floats.map { "\($0)" } : ints.map { "\($0)" }
+        let vals = dtype.isFloatingPoint ? floats.map { "\($0)" } : ints.map { "\($0)" }
         return head + ", [" + vals.joined(separator: ", ") + "])"
     }
 }

@@ -4,7 +4,7 @@ import LoomCore
 public final class Embedding: Module {
     public let weight: Tensor
 
-    public init(_ count: Int, _ dimensions: Int, std: Float = 1, rng: inout Philox, on backend: any Backend = CPUBackend.shared) {
+    public init(_ count: Int, _ dimensions: Int, std: Float = 1, rng: inout Philox, on backend: any Backend = DefaultBackend.current) {
         weight = parameter(.randn([count, dimensions], std: std, rng: &rng, on: backend))
     }
 
@@ -31,12 +31,12 @@ public final class Dropout: Module, UnaryLayer {
 
 public final class ReLU: Module, UnaryLayer {
     public override init() {}
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { x.relu() }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try x.relu() }
 }
 
 public final class GELU: Module, UnaryLayer {
     public override init() {}
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { x.gelu() }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try x.gelu() }
 }
 
 /// [N, ...] -> [N, prod(...)]
@@ -66,7 +66,7 @@ public final class ResidualBlock: Module, UnaryLayer {
     public let conv2: Conv2d
     public let bn2: BatchNorm
 
-    public init(channels: Int, rng: inout Philox, on backend: any Backend = CPUBackend.shared) {
+    public init(channels: Int, rng: inout Philox, on backend: any Backend = DefaultBackend.current) {
         conv1 = Conv2d(channels, channels, kernel: 3, padding: 1, bias: false, rng: &rng, on: backend)
         bn1 = BatchNorm(channels, on: backend)
         conv2 = Conv2d(channels, channels, kernel: 3, padding: 1, bias: false, rng: &rng, on: backend)

@@ -8,7 +8,7 @@ public final class Conv2d: Module, UnaryLayer {
     public let padding: Int
 
     public init(_ inChannels: Int, _ outChannels: Int, kernel: Int, stride: Int = 1, padding: Int = 0,
-                bias: Bool = true, rng: inout Philox, on backend: any Backend = CPUBackend.shared) {
+                bias: Bool = true, rng: inout Philox, on backend: any Backend = DefaultBackend.current) {
         let bound = 1 / Float(inChannels * kernel * kernel).squareRoot()
         weight = parameter(.uniform([outChannels, inChannels, kernel, kernel], low: -bound, high: bound, rng: &rng, on: backend))
         self.bias = bias ? parameter(.uniform([outChannels], low: -bound, high: bound, rng: &rng, on: backend)) : nil

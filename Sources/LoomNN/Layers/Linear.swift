@@ -7,7 +7,7 @@ public final class Linear: Module, UnaryLayer {
     public let bias: Tensor?   // [out]
 
     public init(_ inputFeatures: Int, _ outputFeatures: Int, bias: Bool = true, rng: inout Philox,
-                on backend: any Backend = CPUBackend.shared) {
+                on backend: any Backend = DefaultBackend.current) {
         let bound = 1 / Float(inputFeatures).squareRoot()
         weight = parameter(.uniform([outputFeatures, inputFeatures], low: -bound, high: bound, rng: &rng, on: backend))
         self.bias = bias ? parameter(.uniform([outputFeatures], low: -bound, high: bound, rng: &rng, on: backend)) : nil
@@ -15,9 +15,9 @@ public final class Linear: Module, UnaryLayer {
 
     /// Initialised N(0, std) weights and zero bias (GPT-2's scheme).
     public init(_ inputFeatures: Int, _ outputFeatures: Int, bias: Bool = true, std: Float, rng: inout Philox,
-                on backend: any Backend = CPUBackend.shared) {
+                on backend: any Backend = DefaultBackend.current) {
         weight = parameter(.randn([outputFeatures, inputFeatures], std: std, rng: &rng, on: backend))
-        self.bias = bias ? parameter(.zeros([outputFeatures], on: backend)) : nil
+        self.bias = bias ? parameter(Tensor(repeating: 0, shape: [outputFeatures], on: backend)) : nil
     }
 
     /// [..., in] -> [..., out]

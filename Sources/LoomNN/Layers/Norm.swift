@@ -6,9 +6,9 @@ public final class LayerNorm: Module, UnaryLayer {
     public let bias: Tensor    // [C], zeros
     public let eps: Float
 
-    public init(_ features: Int, eps: Float = 1e-5, on backend: any Backend = CPUBackend.shared) {
-        weight = parameter(.ones([features], on: backend))
-        bias = parameter(.zeros([features], on: backend))
+    public init(_ features: Int, eps: Float = 1e-5, on backend: any Backend = DefaultBackend.current) {
+        weight = parameter(Tensor(repeating: 1, shape: [features], on: backend))
+        bias = parameter(Tensor(repeating: 0, shape: [features], on: backend))
         self.eps = eps
     }
 
@@ -24,11 +24,11 @@ public final class BatchNorm: Module, UnaryLayer {
     public let momentum: Float
     public let eps: Float
 
-    public init(_ channels: Int, momentum: Float = 0.1, eps: Float = 1e-5, on backend: any Backend = CPUBackend.shared) {
-        weight = parameter(.ones([channels], on: backend))
-        bias = parameter(.zeros([channels], on: backend))
-        runningMean = .zeros([channels], on: backend)
-        runningVar = .ones([channels], on: backend)
+    public init(_ channels: Int, momentum: Float = 0.1, eps: Float = 1e-5, on backend: any Backend = DefaultBackend.current) {
+        weight = parameter(Tensor(repeating: 1, shape: [channels], on: backend))
+        bias = parameter(Tensor(repeating: 0, shape: [channels], on: backend))
+        runningMean = Tensor(repeating: 0, shape: [channels], on: backend)
+        runningVar = Tensor(repeating: 1, shape: [channels], on: backend)
         self.momentum = momentum
         self.eps = eps
     }

@@ -30,7 +30,7 @@ public final class GPT: Module {
     public let blocks: [TransformerBlock]
     public let lnf: LayerNorm
 
-    public init(_ config: GPTConfig, seed: UInt64, on backend: any Backend = CPUBackend.shared) throws {
+    public init(_ config: GPTConfig, seed: UInt64, on backend: any Backend = DefaultBackend.current) throws {
         guard config.dModel % config.heads == 0 else {
             throw LoomError.config("gpt: d_model \(config.dModel) is not divisible by heads \(config.heads)")
         }

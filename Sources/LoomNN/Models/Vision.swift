@@ -5,7 +5,7 @@ public final class MLP: Module, UnaryLayer {
     public let net: Sequential
 
     /// `sizes` = [in, hidden..., out]; the benchmark model is [784, 512, 512, 10].
-    public init(sizes: [Int], seed: UInt64, on backend: any Backend = CPUBackend.shared) {
+    public init(sizes: [Int], seed: UInt64, on backend: any Backend = DefaultBackend.current) {
         var rng = Philox(seed: seed)
         var layers: [any UnaryLayer] = []
         for i in 0..<(sizes.count - 1) {
@@ -25,7 +25,7 @@ public final class CNN: Module, UnaryLayer {
     public let features: Sequential
     public let classifier: Sequential
 
-    public init(residual: Bool = false, classes: Int = 10, seed: UInt64, on backend: any Backend = CPUBackend.shared) {
+    public init(residual: Bool = false, classes: Int = 10, seed: UInt64, on backend: any Backend = DefaultBackend.current) {
         var rng = Philox(seed: seed)
         var f: [any UnaryLayer] = [
             Conv2d(1, 16, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),

@@ -13,7 +13,7 @@ public protocol Optimizer: AnyObject {
     /// or `materializeState()`).
     func namedState() -> [(name: String, tensor: Tensor)]
     /// Allocates every state tensor (zeros), so a checkpoint can be loaded into them.
-    func materializeState()
+    func materializeState() throws
     /// An optimizer of the same kind and settings over other parameters (ZeRO builds
     /// one over each rank's shard).
     func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer
@@ -43,7 +43,7 @@ public final class SGD: Optimizer {
         let first = stepCount == 0
         for (i, (_, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
-            if momentum != 0 && buffers[i] == nil { buffers[i] = Tensor.zeros(p.shape, on: p.backend) }
+            if momentum != 0 && buffers[i] == nil { buffers[i] = try Tensor.zeros(p.shape, on: p.backend) }
             // PyTorch starts the momentum buffer at the first gradient, undamped.
             p.backend.sgdStep(param: p, grad: g, momentum: buffers[i], lr: learningRate, momentumFactor: momentum,
                               dampening: first ? 0 : dampening, weightDecay: weightDecay, nesterov: nesterov)
@@ -55,9 +55,9 @@ public final class SGD: Optimizer {
         SGD(parameters, lr: learningRate, momentum: momentum, dampening: dampening, weightDecay: weightDecay, nesterov: nesterov)
     }
 
-    public func materializeState() {
+    public func materializeState() throws {
         guard momentum != 0 else { return }
-        for (i, (_, p)) in parameters.enumerated() where buffers[i] == nil { buffers[i] = Tensor.zeros(p.shape, on: p.backend) }
+        for (i, (_, p)) in parameters.enumerated() where buffers[i] == nil { buffers[i] = try Tensor.zeros(p.shape, on: p.backend) }
     }
 
     public func namedState() -> [(name: String, tensor: Tensor)] {
@@ -92,7 +92,7 @@ public final class Adam: Optimizer {
         stepCount += 1
         for (i, (_, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
-            if m[i] == nil { m[i] = .zeros(p.shape, on: p.backend); v[i] = .zeros(p.shape, on: p.backend) }
+            if m[i] == nil { m[i] = try .zeros(p.shape, on: p.backend); v[i] = try .zeros(p.shape, on: p.backend) }
             p.backend.adamStep(param: p, grad: g, m: m[i]!, v: v[i]!, lr: learningRate, beta1: beta1, beta2: beta2,
                                eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: stepCount)
         }
@@ -102,9 +102,9 @@ public final class Adam: Optimizer {
         Adam(parameters, lr: learningRate, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay, decoupled: decoupled)
     }
 
-    public func materializeState() {
+    public func materializeState() throws {
         for (i, (_, p)) in parameters.enumerated() where m[i] == nil {
-            m[i] = .zeros(p.shape, on: p.backend); v[i] = .zeros(p.shape, on: p.backend)
+            m[i] = try .zeros(p.shape, on: p.backend); v[i] = try .zeros(p.shape, on: p.backend)
         }
     }
 

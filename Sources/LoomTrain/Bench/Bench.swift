@@ -69,7 +69,8 @@ public enum Bench {
 
     /// Best-of-5 GFLOP/s of one n×n×n sgemm on `backend` (the machine's GEMM ceiling).
     public static func peakGflops(on backend: CPUBackend, n: Int = 1024) -> Double {
-        let a = Tensor.ones([n, n], on: backend), b = Tensor.ones([n, n], on: backend), c = Tensor.zeros([n, n], on: backend)
+        let a = Tensor(repeating: 1, shape: [n, n], on: backend), b = Tensor(repeating: 1, shape: [n, n], on: backend)
+        let c = Tensor(repeating: 0, shape: [n, n], on: backend)
         var best = Double.infinity
         for _ in 0..<6 {
             let t0 = monotonicSeconds()

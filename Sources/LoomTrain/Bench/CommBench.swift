@@ -32,7 +32,7 @@ public enum CommBench {
     public static func run(_ comm: Communicator, sizes: [Int] = sizes) throws -> [Row] {
         var rows: [Row] = []
         for bytes in sizes {
-            let t = Tensor.ones([bytes / 4])
+            let t = try Tensor.ones([bytes / 4])
             let iterations = max(5, min(200, (64 << 20) / bytes))
             for _ in 0..<2 { try comm.allReduce(t) }
             try comm.barrier()

@@ -61,7 +61,7 @@ public enum PipelineBench {
             // Under an MPI launcher each process is one stage; rank 0 collects the others'
             // busy time (wall times agree up to the closing barrier).
             let mine = try body(world)
-            let all = Tensor.zeros([2 * world.size])
+            let all = try Tensor.zeros([2 * world.size])
             try world.allGather(Tensor([Float(mine.0), Float(mine.1)], shape: [2]), into: all)
             let v = all.floats
             runs = (0..<world.size).map { (Double(v[2 * $0]), Double(v[2 * $0 + 1]), $0 == world.rank ? mine.2 : []) }

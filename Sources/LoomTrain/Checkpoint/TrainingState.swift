@@ -23,7 +23,7 @@ public enum TrainingCheckpoint {
     /// `dropout`: the dropout generators entry, when it covers more than this rank's modules.
     public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState,
                             tensors full: [(name: String, tensor: Tensor)]? = nil, dropout: String? = nil) throws {
-        if !(optimizer is ZeroOptimizer) { optimizer.materializeState() }
+        if !(optimizer is ZeroOptimizer) { try optimizer.materializeState() }
         let tensors = full ?? localTensors(setup: setup, optimizer: optimizer)
         var meta: [String: String] = [
             "format": "pt",
@@ -85,7 +85,7 @@ public enum TrainingCheckpoint {
     public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup,
                                slice: ((String, Tensor) throws -> Tensor)? = nil) throws -> RunState {
         try restoreModel(file, path: path, into: setup.task.module, slice: slice)
-        setup.optimizer.materializeState()
+        try setup.optimizer.materializeState()
         for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, slice: slice) }
         setup.optimizer.stepCount = Int(file.metadata["loom.optimizer_steps"] ?? "0") ?? 0
         let saved = Dictionary(uniqueKeysWithValues: (file.metadata["loom.dropout"] ?? "").split(separator: ";").compactMap { entry -> (String, Philox)? in

@@ -17,11 +17,15 @@ public struct MetricRecord: Equatable {
     /// for gradient all-reduces that backward did not hide.
     public var computeSeconds: Double?
     public var commWaitSeconds: Double?
+    /// The global L2 norm of the step's gradient (after data-parallel averaging, before
+    /// clipping), as Megatron-LM logs it.
+    public var gradNorm: Float?
 
     public var json: String {
         var f = ["\"step\": \(step)", "\"epoch\": \(String(format: "%.4f", epoch))"]
         if let loss { f.append("\"loss\": \(loss)") }
         if let lr { f.append("\"lr\": \(lr)") }
+        if let gradNorm { f.append("\"grad_norm\": \(gradNorm)") }
         if let throughput { f.append("\"\(throughputUnit == "tokens/s" ? "tokens_per_s" : "samples_per_s")\": \(String(format: "%.1f", throughput))") }
         if let validationLoss { f.append("\"val_loss\": \(validationLoss)") }
         if let validationAccuracy { f.append("\"val_accuracy\": \(validationAccuracy)") }

@@ -51,7 +51,7 @@ extension Trainer {
     /// flight, for the summary (taken from data-parallel replica 0, TP rank 0).
     func report(_ engine: PipelineEngine) throws -> (json: String, line: String) {
         let world = communicator!, t = groups!.topology
-        let all = Tensor.zeros([3 * world.size])
+        let all = try Tensor.zeros([3 * world.size])
         try world.allGather(Tensor([Float(pipelineStats.bubble), Float(pipelineStats.peakBytes), Float(pipelineStats.peakInFlight)], shape: [3]),
                             into: all)
         let v = all.floats

@@ -62,6 +62,10 @@ public final class Trainer {
     /// This rank's index in the data group: which shard of each batch it takes.
     private var rank: Int { dataGroup?.rank ?? 0 }
     private var isLeader: Bool { (communicator?.rank ?? 0) == 0 }
+    /// Whether the step in progress measures the gradient norm (it is logged).
+    private var measureGradNorm = false
+    /// The global gradient norm of the last step, when it was measured.
+    private var lastGradNorm: Float?
 
     /// A new run, or a resumed one when `resume` names a run directory. With a
     /// communicator of N ranks, this is one rank of an N-way data-parallel run: call `run()`
@@ -183,7 +187,8 @@ public final class Trainer {
             let step = state.step
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
-            lastLoss = try optimizerStep(batch)
+            measureGradNorm = (step + 1) % config.logEvery == 0 || step + 1 == end
+            lastLoss = try optimizerStep(try onBackend(batch))
             guard lastLoss.isFinite else {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
             }
@@ -200,6 +205,7 @@ public final class Trainer {
                 let rate = Double(windowSteps * itemsPerStep) / max(window, 1e-9)
                 var record = MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, loss: lastLoss, lr: lr,
                                           throughput: rate, throughputUnit: unit)
+                record.gradNorm = lastGradNorm
                 if let dp = dataParallel {
                     record.commWaitSeconds = dp.waitSeconds
                     record.computeSeconds = window - dp.waitSeconds
@@ -283,20 +289,23 @@ public final class Trainer {
         return tensorParallel == nil || groups.tensor.rank == 0 || tensorParallel!.shardSpec(name) != nil
     }
 
-    /// Clips by the global gradient norm (train.grad_clip), counting each element of the
-    /// whole model once when it is split across tensor- or pipeline-parallel ranks.
+    /// The global gradient norm of the whole model (every element counted once when it
+    /// is split across tensor- or pipeline-parallel ranks), measured on logged steps and
+    /// whenever train.grad_clip is set, which then clips by it. Sets `lastGradNorm`.
     private func clipGradients() throws {
-        guard config.gradClip > 0 else { return }
-        let maxNorm = Float(config.gradClip)
+        let measure = config.gradClip > 0 || measureGradNorm
+        lastGradNorm = nil
+        guard measure else { return }
+        let maxNorm = config.gradClip > 0 ? Float(config.gradClip) : .infinity
         guard let groups else {
-            if let zero = optimizer as? ZeroOptimizer { try zero.clipGradNorm(maxNorm: maxNorm) }
-            else { clipGradNorm(setup.task.module.parameters, maxNorm: maxNorm) }
+            if let zero = optimizer as? ZeroOptimizer { lastGradNorm = try zero.clipGradNorm(maxNorm: maxNorm) }
+            else { lastGradNorm = clipGradNorm(setup.task.module.parameters, maxNorm: maxNorm) }
             return
         }
         let counts = { [unowned self] (name: String) in self.countsOnce(name, groups) }
         let across = [groups.tensor, groups.pipeline]
-        if let zero = optimizer as? ZeroOptimizer { try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: across) }
-        else { try clipGradNorm(setup.task.module.namedParameters(), maxNorm: maxNorm, counting: counts, across: across) }
+        if let zero = optimizer as? ZeroOptimizer { lastGradNorm = try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: across) }
+        else { lastGradNorm = try clipGradNorm(setup.task.module.namedParameters(), maxNorm: maxNorm, counting: counts, across: across) }
     }
 
     /// Evaluates (on every rank), then rank 0 logs, checkpoints and redraws the plot.
@@ -304,7 +313,7 @@ public final class Trainer {
         let e = try evaluate(full: state.step == totalSteps)
         state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
         try (optimizer as? ZeroOptimizer)?.gatherState()  // collective: every rank
-        if !(optimizer is ZeroOptimizer) { optimizer.materializeState() }
+        if !(optimizer is ZeroOptimizer) { try optimizer.materializeState() }
         // Tensor parallelism: every rank gathers the shards into full tensors (collective).
         var full = try tensorParallel.map { tp in
             try TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer).map { name, t in
@@ -342,7 +351,7 @@ public final class Trainer {
         var lossSum = 0.0, correct = 0, count = 0
         let ranks = dataGroup?.size ?? 1
         for b in stride(from: rank, to: batches, by: ranks) {  // each data rank evaluates every ranks-th batch
-            let xy = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
+            let xy = try onBackend(data.batch(Array((b * batch)..<min((b + 1) * batch, data.count))))
             if let pipeline {
                 // Through the stages; the sums arrive on the last stage (summed over the group below).
                 let rows = xy.inputs.shape[0]
@@ -363,6 +372,11 @@ public final class Trainer {
             lossSum = sums[0]; correct = Int(sums[1].rounded()); count = Int(sums[2].rounded())
         }
         return (lossSum / Double(max(count, 1)), config.isLanguageModel ? nil : Double(correct) / Double(max(count, 1)))
+    }
+
+    /// A batch as the data pipeline made it (host memory), on the training backend.
+    private func onBackend(_ batch: (inputs: Tensor, targets: Tensor)) throws -> (inputs: Tensor, targets: Tensor) {
+        (try batch.inputs.to(backend), try batch.targets.to(backend))
     }
 
     /// Detaches data-parallel hooks (the trainer's parameters become plain again).
