@@ -25,7 +25,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .target(name: "LoomCore", dependencies: ["COpenBLAS"], swiftSettings: kernelFlags),
-        .target(name: "LoomNN", dependencies: ["LoomCore"]),
+        .target(name: "LoomNN", dependencies: ["LoomCore", "LoomDistributed"]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "LoomData", dependencies: ["LoomCore", "CZlib"]),
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev"])]),

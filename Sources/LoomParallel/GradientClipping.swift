@@ -3,13 +3,13 @@ import LoomDistributed
 
 /// Clips gradients by the global norm of a model split across ranks: each rank sums the
 /// squares of the gradients it `counts` (every element of the whole model exactly once:
-/// a TP-replicated layer norm on one TP rank, the tied embedding on one stage), the sums
+/// a TP-replicated layer norm on one TP rank, a tied embedding on one stage), the sums
 /// are added across `groups` (the tensor- and pipeline-parallel groups), and every rank
 /// scales its gradients by the same factor. Returns the norm before clipping.
 @discardableResult
-public func clipGradNorm(_ parameters: [(name: String, tensor: Tensor)], maxNorm: Float, counting counts: (String) -> Bool,
+public func clipGradNorm(_ parameters: [(name: String, tensor: Tensor)], maxNorm: Float, counting counts: (Tensor) -> Bool,
                          across groups: [Communicator]) throws -> Float {
-    let counted = parameters.filter { counts($0.name) }.compactMap(\.tensor.grad)
+    let counted = parameters.filter { counts($0.tensor) }.compactMap(\.tensor.grad)
     var total = counted.first.map { $0.backend.sumOfSquares(counted) } ?? 0
     for g in groups where g.size > 1 { total = try g.sum([total])[0] }
     let norm = Float(total.squareRoot())

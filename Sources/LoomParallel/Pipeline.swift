@@ -9,7 +9,7 @@ import LoomNN
 public final class PipelineEngine {
     public let schedule: Schedule
     /// This stage's pieces of the model, in chunk order.
-    public let chunks: [PipelineGPTStage]
+    public let chunks: [any PipelinePiece]
     public let optimizer: Optimizer
     let comm: Communicator
     let embeddingGroup: Communicator?
@@ -31,54 +31,60 @@ public final class PipelineEngine {
 
     /// Every stage of the pipeline group calls this together (it splits a sub-group for
     /// the tied embedding).
-    public init(schedule: Schedule, chunks: [PipelineGPTStage], optimizer: Optimizer, comm: Communicator) throws {
+    public init(schedule: Schedule, chunks: [any PipelinePiece], optimizer: Optimizer, comm: Communicator) throws {
         let s = comm.rank
-        guard comm.size == schedule.stages, chunks.count == schedule.chunks,
-              chunks.enumerated().allSatisfy({ $0.element.stage == schedule.piece(stage: s, chunk: $0.offset) && $0.element.stages == schedule.pieces })
-        else {
+        let placed = chunks.enumerated().allSatisfy { c, piece in
+            piece.isFirst == (schedule.previous(stage: s, chunk: c) == nil) && piece.isLast == (schedule.next(stage: s, chunk: c) == nil)
+        }
+        guard comm.size == schedule.stages, chunks.count == schedule.chunks, placed else {
             throw CommError("pipeline of \(schedule.stages) stages × \(schedule.chunks) chunks on a group of \(comm.size): "
-                + "stage \(s) holds pieces \(chunks.map(\.stage)) of \(chunks.first?.stages ?? 0)")
+                + "stage \(s) holds \(chunks.count) piece(s), first/last \(chunks.map { ($0.isFirst, $0.isLast) }), which the schedule does not place there")
         }
         _ = try ScheduleCheck().run(schedule)
         self.schedule = schedule
         self.chunks = chunks
         self.optimizer = optimizer
         self.comm = comm
-        let tied = schedule.stages > 1 && (s == 0 || s == schedule.stages - 1)
+        // The stages holding tied parameters (a GPT's first and last) sum their gradients.
+        tiedParameters = PipelineStageModel(chunks: chunks).tiedParameters
+        let tied = schedule.stages > 1 && !tiedParameters.isEmpty
         let group = try comm.split(color: tied ? 0 : 1, key: comm.rank)
         embeddingGroup = tied ? group : nil
     }
 
-    public convenience init(schedule: Schedule, model: PipelineGPTStage, optimizer: Optimizer, comm: Communicator) throws {
+    public convenience init(schedule: Schedule, model: any PipelinePiece, optimizer: Optimizer, comm: Communicator) throws {
         try self.init(schedule: schedule, chunks: [model], optimizer: optimizer, comm: comm)
     }
 
+    /// Parameters this stage shares with another (a tied embedding).
+    public let tiedParameters: [Tensor]
+
     var stage: Int { comm.rank }
 
-    /// One training step over micro-batches (`tokens[i]`, `targets[i]`; only the stage
-    /// holding the first piece reads tokens, only the one holding the last targets).
-    /// `hidden` is the activation shape between pieces. Returns the mean loss on the
-    /// last piece's stage, nil elsewhere.
+    /// One training step over micro-batches (`inputs[i]`, `targets[i]`; only the stage
+    /// holding the first piece reads inputs, only the one holding the last targets).
+    /// Returns the mean loss on the last piece's stage, nil elsewhere.
     @discardableResult
-    public func step(tokens: [Tensor], targets: [Tensor], hidden: [Int]) throws -> Float? {
+    public func step(inputs: [Tensor], targets: [Tensor]) throws -> Float? {
         let m = schedule.microBatches, first = chunks.first!.isFirst, last = chunks.last!.isLast
-        guard tokens.count == m || !first, targets.count == m || !last else {
-            throw LoomError.invalidArgument("pipeline step: \(m) micro-batches expected, got \(first ? tokens.count : targets.count)")
+        guard inputs.count == m || !first, targets.count == m || !last else {
+            throw LoomError.invalidArgument("pipeline step: \(m) micro-batches expected, got \(first ? inputs.count : targets.count)")
         }
         events.removeAll(keepingCapacity: true)
         return try MemoryMeter.measuring(memory) {
             let start = memory.liveBytes
             memory.resetPeak()
             defer { peakStepBytes = memory.peakBytes - start }
-            return try run(tokens: tokens, targets: targets, hidden: hidden)
+            return try run(inputs: inputs, targets: targets)
         }
     }
 
-    private func run(tokens: [Tensor], targets: [Tensor], hidden: [Int]) throws -> Float? {
+    private func run(inputs batch: [Tensor], targets: [Tensor]) throws -> Float? {
         let m = schedule.microBatches, v = chunks.count
         let backend = optimizer.parameters.first!.tensor.backend
         func grid<T>() -> [[T?]] { Array(repeating: Array(repeating: nil, count: m), count: v) }
         var inputs: [[Tensor?]] = grid(), outputs: [[Tensor?]] = grid(), gradients: [[Tensor?]] = grid()
+        var sentShapes: [[[Int]?]] = grid()  // the shape of each activation sent (its gradient comes back in it)
         var masks: [[[Philox]?]] = grid()  // dropout generators before each forward, for recomputation
         var lossSum: Float = 0, alive = 0
         peakInFlight = 0
@@ -88,7 +94,7 @@ public final class PipelineEngine {
         /// (scaled by 1/M: the step's loss is the mean over micro-batches) on the last piece.
         func forward(_ c: Int, _ mb: Int) throws -> Tensor {
             let piece = chunks[c]
-            let out = try piece(piece.isFirst ? tokens[mb] : inputs[c][mb]!)
+            let out = try piece(piece.isFirst ? batch[mb] : inputs[c][mb]!)
             guard piece.isLast else { return out }
             return try piece.loss(logits: out, targets: targets[mb])
         }
@@ -98,8 +104,8 @@ public final class PipelineEngine {
             switch ins {
             case let .recvActivation(mb, c):
                 let from = schedule.previous(stage: stage, chunk: c)!
-                let x = try Tensor(uninitialized: hidden, on: backend)
-                try comm.receive(into: x, from: from.stage, tag: schedule.tag(mb: mb, stage: from.stage, chunk: from.chunk, gradient: false))
+                let x = try receiveActivation(from: from.stage, tag: schedule.tag(mb: mb, stage: from.stage, chunk: from.chunk, gradient: false),
+                                              on: backend)
                 x.requiresGrad = true
                 inputs[c][mb] = x
             case let .forward(mb, c):
@@ -114,12 +120,14 @@ public final class PipelineEngine {
                 outputs[c][mb] = out
                 alive += 1; peakInFlight = max(peakInFlight, alive)
             case let .sendActivation(mb, c):
-                try comm.send(outputs[c][mb]!, to: schedule.next(stage: stage, chunk: c)!.stage,
-                              tag: schedule.tag(mb: mb, stage: stage, chunk: c, gradient: false))
+                try sendActivation(outputs[c][mb]!, to: schedule.next(stage: stage, chunk: c)!.stage,
+                                   tag: schedule.tag(mb: mb, stage: stage, chunk: c, gradient: false))
+                sentShapes[c][mb] = outputs[c][mb]!.shape
                 if recompute { outputs[c][mb] = nil }  // nothing to keep: backward recomputes it
             case let .recvGradient(mb, c):
                 let from = schedule.next(stage: stage, chunk: c)!
-                let g = try Tensor(uninitialized: hidden, on: backend)
+                let g = try Tensor(uninitialized: sentShapes[c][mb]!, on: backend)
+                sentShapes[c][mb] = nil
                 try comm.receive(into: g, from: from.stage, tag: schedule.tag(mb: mb, stage: stage, chunk: c, gradient: true))
                 gradients[c][mb] = g
             case let .backward(mb, c):
@@ -140,11 +148,14 @@ public final class PipelineEngine {
                 try comm.send(inputs[c][mb]!.grad!, to: to.stage, tag: schedule.tag(mb: mb, stage: to.stage, chunk: to.chunk, gradient: true))
                 inputs[c][mb] = nil
             case .reduceGradients:
-                // The tied embedding: first piece's lookup gradient + last piece's head gradient.
-                if let group = embeddingGroup, let w = tiedEmbedding {
-                    let g = try w.grad ?? Tensor.zeros(w.shape, on: w.backend)
-                    try group.allReduce(g, .sum, label: "tied-embedding all-reduce")
-                    w.grad = g
+                // Tied parameters (a GPT's token table: the first piece's lookup gradient
+                // plus the last piece's head gradient), summed across the stages holding them.
+                if let group = embeddingGroup {
+                    for w in tiedParameters {
+                        let g = try w.grad ?? Tensor.zeros(w.shape, on: w.backend)
+                        try group.allReduce(g, .sum, label: "tied-parameter all-reduce")
+                        w.grad = g
+                    }
                 }
                 try afterReduce?()
             case .optimizerStep:
@@ -155,9 +166,22 @@ public final class PipelineEngine {
         return chunks.last!.isLast ? lossSum / Float(m) : nil
     }
 
-    /// The token table this stage holds as the first or last piece (nil: a middle stage).
-    private var tiedEmbedding: Tensor? {
-        (chunks.first { $0.isFirst } ?? chunks.first { $0.isLast })?.wte?.weight
+    /// Activations travel with their shape (a header of 8 int32: rank, then the sizes), so
+    /// pieces may change shape (an image model's) and batches may be partial (evaluation).
+    private func sendActivation(_ x: Tensor, to peer: Int, tag: Int) throws {
+        guard x.rank < 8 else { throw LoomError.shapeMismatch("pipeline: activation \(describe(x.shape)) has more than 7 axes") }
+        let header = [Int32(x.rank)] + x.shape.map(Int32.init) + Array(repeating: 0, count: 7 - x.rank)
+        try comm.send(Tensor(indices: header, shape: [8], on: x.backend), to: peer, tag: tag)
+        try comm.send(x, to: peer, tag: tag)
+    }
+
+    private func receiveActivation(from peer: Int, tag: Int, on backend: any Backend) throws -> Tensor {
+        let header = try Tensor(uninitialized: [8], dtype: .int32)
+        try comm.receive(into: header, from: peer, tag: tag)
+        let h = header.ints
+        let x = try Tensor(uninitialized: h[0] == 0 ? [] : h[1...Int(h[0])].map(Int.init), on: backend)
+        try comm.receive(into: x, from: peer, tag: tag)
+        return x
     }
 
     private func dropoutStates(_ c: Int) -> [Philox] {
@@ -169,23 +193,24 @@ public final class PipelineEngine {
     }
 
     /// Forward only, for evaluation: the whole batch as one micro-batch through every
-    /// piece in order. Returns the summed token loss and token count on the last piece's
-    /// stage, nil elsewhere. Every stage of the group calls it together.
-    public func evaluate(tokens: Tensor, targets: Tensor, hidden: [Int]) throws -> (lossSum: Double, count: Int)? {
+    /// piece in order. Returns the summed loss, the count it is over (tokens, examples)
+    /// and the last piece's output on the last piece's stage, nil elsewhere. Every stage
+    /// of the group calls it together.
+    public func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, count: Int, output: Tensor)? {
         try withoutGrad {
             let backend = optimizer.parameters.first!.tensor.backend
-            var result: (Double, Int)?
+            var result: (Double, Int, Tensor)?
             for (c, piece) in chunks.enumerated() {
-                var x = tokens
+                var x = inputs
                 if let from = schedule.previous(stage: stage, chunk: c) {
-                    x = try Tensor(uninitialized: hidden, on: backend)
-                    try comm.receive(into: x, from: from.stage, tag: schedule.tag(mb: 0, stage: from.stage, chunk: from.chunk, gradient: false))
+                    x = try receiveActivation(from: from.stage, tag: schedule.tag(mb: 0, stage: from.stage, chunk: from.chunk, gradient: false),
+                                              on: backend)
                 }
                 let out = try piece(x)
                 if let to = schedule.next(stage: stage, chunk: c) {
-                    try comm.send(out, to: to.stage, tag: schedule.tag(mb: 0, stage: stage, chunk: c, gradient: false))
+                    try sendActivation(out, to: to.stage, tag: schedule.tag(mb: 0, stage: stage, chunk: c, gradient: false))
                 } else {
-                    result = (Double(try piece.loss(logits: out, targets: targets).item) * Double(targets.count), targets.count)
+                    result = (Double(try piece.loss(logits: out, targets: targets).item) * Double(targets.count), targets.count, out)
                 }
             }
             return result

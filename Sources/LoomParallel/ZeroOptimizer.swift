@@ -18,7 +18,7 @@ public final class ZeroOptimizer: Optimizer {
     private let layout: [(members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?)]
     private let shards: [Tensor]    // this rank's chunk of each bucket's parameters
     private let inner: Optimizer    // over `shards`
-    private var gathered: [(name: String, tensor: Tensor)] = []
+    private var gathered: [OptimizerState] = []
 
     public var learningRate: Float {
         get { inner.learningRate }
@@ -47,15 +47,16 @@ public final class ZeroOptimizer: Optimizer {
         inner = template.withParameters(shards.enumerated().map { ("bucket.\($0.offset)", $0.element) })
         inner.stepCount = template.stepCount
         // Resuming: take this rank's chunk of the template's full per-parameter state.
-        let saved = Dictionary(template.namedState().map { ($0.name, $0.tensor) }, uniquingKeysWith: { a, _ in a })
+        // (The inner optimizer's parameter b is bucket b's shard.)
+        var saved: [Int: [String: Tensor]] = [:]  // parameter -> slot -> state
+        for s in template.state() { saved[s.parameter, default: [:]][s.slot] = s.tensor }
         if !saved.isEmpty {
             try inner.materializeState()
-            for (name, t) in inner.namedState() {
-                let (b, suffix) = ZeroOptimizer.split(name)
-                let state = layout[b].members.map { saved[parameters[$0].name + suffix] }
+            for s in inner.state() {
+                let state = layout[s.parameter].members.map { saved[$0]?[s.slot] }
                 guard !state.contains(where: { $0 == nil }) else { continue }
-                let flat = try ZeroOptimizer.pack(layout[b], state.map { $0! }, indices: Array(state.indices))
-                t.backend.copy(flat.view([t.count], offset: rank * t.count), into: t)
+                let flat = try ZeroOptimizer.pack(layout[s.parameter], state.map { $0! }, indices: Array(state.indices))
+                s.tensor.backend.copy(flat.view([s.tensor.count], offset: rank * s.tensor.count), into: s.tensor)
             }
         }
     }
@@ -78,7 +79,7 @@ public final class ZeroOptimizer: Optimizer {
     /// accepts are summed here, and the sums are added across `groups` (see the free
     /// `clipGradNorm`). Returns the norm before clipping.
     @discardableResult
-    public func clipGradNorm(maxNorm: Float, counting counts: ((String) -> Bool)? = nil, across groups: [Communicator] = []) throws -> Float {
+    public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)? = nil, across groups: [Communicator] = []) throws -> Float {
         let grads = layout.compactMap(\.shardGrad)
         guard let backend = grads.first?.backend else { return 0 }
         var local = 0.0
@@ -86,7 +87,7 @@ public final class ZeroOptimizer: Optimizer {
             // The counted parameters' elements that lie in this rank's chunk of each bucket.
             for (bucket, g) in zip(layout, grads) {
                 let lo = communicator.rank * g.count, hi = lo + g.count
-                for (slot, i) in bucket.members.enumerated() where counts(parameters[i].name) {
+                for (slot, i) in bucket.members.enumerated() where counts(parameters[i].tensor) {
                     let a = max(lo, bucket.offsets[slot]), b = min(hi, bucket.offsets[slot] + parameters[i].tensor.count)
                     if a < b { local += backend.sumOfSquares([g.view([b - a], offset: a - lo)]) }
                 }
@@ -106,19 +107,20 @@ public final class ZeroOptimizer: Optimizer {
     /// named as the unsharded optimizer names them, for `namedState()` and checkpoints.
     public func gatherState() throws {
         try inner.materializeState()
-        var out: [(String, Tensor)] = []
-        var byParameter: [String: [(Int, Tensor)]] = [:]  // suffix -> per-bucket gathered
-        for (name, t) in inner.namedState() {
-            let (b, suffix) = ZeroOptimizer.split(name)
-            let flat = try Tensor(uninitialized: [layout[b].padded], on: t.backend)
-            try communicator.allGather(t, into: flat)
-            byParameter[suffix, default: []].append((b, flat))
+        var out: [OptimizerState] = []
+        var bySlot: [String: [(Int, Tensor)]] = [:]  // slot -> per-bucket gathered
+        for s in inner.state() {
+            let flat = try Tensor(uninitialized: [layout[s.parameter].padded], on: s.tensor.backend)
+            try communicator.allGather(s.tensor, into: flat)
+            bySlot[s.slot, default: []].append((s.parameter, flat))
         }
-        for (suffix, flats) in byParameter.sorted(by: { $0.key < $1.key }) {
+        for (slot, flats) in bySlot.sorted(by: { $0.key < $1.key }) {
             for (b, flat) in flats {
-                for (slot, i) in layout[b].members.enumerated() {
+                for (k, i) in layout[b].members.enumerated() {
                     let p = parameters[i].tensor
-                    out.append((parameters[i].name + suffix, try flat.view(p.shape, offset: layout[b].offsets[slot]).copied()))
+                    let t = try flat.view(p.shape, offset: layout[b].offsets[k]).copied()
+                    t.sharding = p.sharding
+                    out.append(OptimizerState(parameter: i, slot: slot, tensor: t))
                 }
             }
         }
@@ -126,7 +128,7 @@ public final class ZeroOptimizer: Optimizer {
     }
 
     /// The state last gathered by `gatherState()`.
-    public func namedState() -> [(name: String, tensor: Tensor)] { gathered }
+    public func state() -> [OptimizerState] { gathered }
 
     public func materializeState() throws { try inner.materializeState() }
 
@@ -143,10 +145,4 @@ public final class ZeroOptimizer: Optimizer {
         return flat
     }
 
-    /// "bucket.3.exp_avg" -> (3, ".exp_avg").
-    static func split(_ name: String) -> (Int, String) {
-        let rest = name.dropFirst("bucket.".count)
-        let digits = rest.prefix { $0.isNumber }
-        return (Int(digits)!, String(rest.dropFirst(digits.count)))
-    }
 }

@@ -35,7 +35,7 @@ struct BenchCommand: ParsableCommand {
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step with --pp.")
     var microBatches: Int = 8
     @Option(help: "Pipeline schedule with --pp: gpipe, 1f1b or interleaved (2 chunks per stage).")
-    var schedule: String = "1f1b"
+    var schedule: Schedule.Kind = .oneFOneB
     @Option(help: "With --pp: write a Chrome trace (Perfetto) of the last step to this file.")
     var trace: String?
 
@@ -56,23 +56,21 @@ struct BenchCommand: ParsableCommand {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
-    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; its kernels are not written yet, see README).")
-    var device: String = "cpu"
+    @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
-        try runReportingErrors { try checkDevice(device) }
+        try runReportingErrors { try deviceOptions.check() }
         if suite == "comm" { return try runComm() }
         if let dp, dp > 1 { return try runDataParallel(dp) }
         if let pp {
-            guard let kind = Schedule.Kind(rawValue: schedule) else { throw ValidationError("unknown schedule '\(schedule)'; valid: gpipe, 1f1b, interleaved") }
             let world = MPICommunicator.launchedByMPI ? try MPICommunicator.world() : nil
             if let world, world.size != pp { throw ValidationError("--pp \(pp) but the launcher started \(world.size) processes") }
-            let r = try PipelineBench.run(stages: pp, microBatches: microBatches, schedule: kind, steps: steps,
+            let r = try PipelineBench.run(stages: pp, microBatches: microBatches, schedule: schedule, steps: steps,
                                           trace: world == nil ? trace : nil, mpiWorld: world)
             world?.finalize()
             if let world, world.rank != 0 { return }
             if json { print(r.json) } else {
-                print(String(format: "gpt pp %d (%@, %d micro-batches): %.1f tokens/s, bubble measured %@ (theory %.3f)", pp, schedule,
+                print(String(format: "gpt pp %d (%@, %d micro-batches): %.1f tokens/s, bubble measured %@ (theory %.3f)", pp, schedule.rawValue,
                              microBatches, r.perSecond, r.bubble.map { String(format: "%.3f", $0) }.joined(separator: ", "), r.bubbleTheory))
             }
             return

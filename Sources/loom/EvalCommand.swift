@@ -3,6 +3,19 @@ import Foundation
 import LoomCore
 import LoomTrain
 
+/// `loom eval --json`: the checkpoint's step and what was measured.
+struct EvalReport: Encodable {
+    let step: Int
+    let evaluation: Evaluation
+
+    func encode(to encoder: Encoder) throws {
+        enum Key: String, CodingKey { case step }
+        var c = encoder.container(keyedBy: Key.self)
+        try c.encode(step, forKey: .step)
+        try evaluation.encode(to: encoder)
+    }
+}
+
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
@@ -23,17 +36,20 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            var c = try TrainingCheckpoint.peek(checkpoint).1
-            if let data { c.data = data }
-            c.evalBatches = 0
+            let (file, saved, tokenizer) = try TrainingCheckpoint.peek(checkpoint)
+            var c = saved
+            c.data = resolveDataPath(data ?? c.data)
+            if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
             // The checkpoint holds whole tensors whatever the layout it was trained with:
-            // evaluate in one process.
+            // build the whole model in one process, load it, and evaluate.
             c.dp = 1; c.tp = 1; c.pp = 1
-            let trainer = try Trainer(config: c, resume: checkpoint)
-            let step = trainer.step
-            let e = try trainer.evaluate(full: true)
+            let setup = try Setup(c, backend: CPUBackend.shared, tokenizer: tokenizer)
+            try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: setup.task.module)
+            let step = Int(file.metadata["loom.step"] ?? "0") ?? 0
+            let e = try Evaluator(task: setup.task, data: setup.validation, batchSize: c.batchSize, backend: CPUBackend.shared,
+                                  isClassifier: !c.isLanguageModel).evaluate()
             if json {
-                print("{\"step\": \(step), \"val_loss\": \(e.loss)" + (e.accuracy.map { ", \"val_accuracy\": \($0)" } ?? "") + "}")
+                print(JSONOutput.string(EvalReport(step: step, evaluation: e)))
             } else {
                 print(String(format: "step %d: val_loss %.4f", step, e.loss) + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? ""))
             }

@@ -27,12 +27,11 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Sampling seed.")
     var seed: UInt64 = 0
 
-    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; its kernels are not written yet, see README).")
-    var device: String = "cpu"
+    @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
         try runReportingErrors {
-            try checkDevice(device)
+            try deviceOptions.check()
             let (file, c, tokenizer) = try TrainingCheckpoint.peek(checkpoint)
             guard c.isLanguageModel, let tokenizer else {
                 throw LoomError.config("checkpoint '\(checkpoint)' is a \(c.model) model; generate needs a gpt checkpoint")

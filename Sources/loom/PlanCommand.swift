@@ -23,21 +23,18 @@ struct PlanCommand: ParsableCommand {
     @Option(name: .customLong("micro-batches"), help: "Micro-batches per step.")
     var microBatches: Int
     @Option(help: "gpipe, 1f1b or interleaved.")
-    var schedule: String = "1f1b"
+    var schedule: Schedule.Kind = .oneFOneB
     @Option(help: "Interleaved: model chunks (virtual stages) per stage.")
     var chunks: Int = 2
     @Flag(help: "Print every stage's instructions.")
     var show = false
 
     func validate() throws {
-        guard Schedule.Kind(rawValue: schedule) != nil else {
-            throw ValidationError("unknown schedule '\(schedule)'; valid: \(Schedule.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
         guard pp >= 1, microBatches >= 1 else { throw ValidationError("--pp and --micro-batches must be at least 1") }
     }
 
     func run() throws {
-        let kind = Schedule.Kind(rawValue: schedule)!
+        let kind = schedule
         let s: Schedule, r: ScheduleCheck.Report
         do {
             s = try Schedule(kind, stages: pp, microBatches: microBatches, chunks: kind == .interleaved ? chunks : nil)

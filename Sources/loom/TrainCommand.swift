@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import LoomCore
 import LoomDistributed
+import LoomParallel
 import LoomTrain
 
 struct TrainCommand: ParsableCommand {
@@ -29,7 +30,7 @@ struct TrainCommand: ParsableCommand {
     var config: String?
 
     @Option(help: "Model: cnn, mlp or gpt (without CONFIG, picks that model's built-in example).")
-    var model: String?
+    var model: ModelKind?
     @Option(help: "Data file (MNIST CSV or IDX images, or a text file for gpt).")
     var data: String?
     @Option(help: "Passes over the training data.")
@@ -60,42 +61,32 @@ struct TrainCommand: ParsableCommand {
     var tp: Int?
     @Option(help: "ZeRO stage with --dp: 1 shards optimizer state across ranks (reduce-scatter, local update, all-gather).")
     var zero: Int?
-    @Option(help: "Pipeline stages (gpt): the blocks cut into consecutive pieces, balanced by cost. Total ranks = dp x tp x pp.")
+    @Option(help: "Pipeline stages: the model cut into consecutive pieces (gpt: blocks balanced by cost; mlp, cnn: layers). Total ranks = dp x tp x pp.")
     var pp: Int?
     @Option(name: .customLong("micro-batches"), help: "Pipeline micro-batches per step (each data replica's batch split that many ways).")
     var microBatches: Int?
     @Option(help: "Pipeline schedule: gpipe, 1f1b or interleaved.")
-    var schedule: String?
+    var schedule: Schedule.Kind?
     @Option(help: "Interleaved schedule: model chunks (virtual stages) per stage.")
     var chunks: Int?
     @Flag(help: "Pipeline: recompute each micro-batch's activations during backward instead of keeping them.")
     var recompute = false
     @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one track per rank.")
     var trace: String?
-    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; its kernels are not written yet, see README).")
-    var device: String = "cpu"
+    @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
         try runReportingErrors {
-            try checkDevice(device)
+            try deviceOptions.check()
             var c: TrainConfig
             if let resume {
                 c = try TrainingCheckpoint.peek(resume).1
             } else if let config {
                 c = try ConfigFile.load(config)
             } else {
-                let preset = try model.map { m -> String in
-                    guard let p = TrainConfig.presetName(forModel: m) else {
-                        throw LoomError.config("--model \(m): valid models are cnn, mlp, gpt")
-                    }
-                    return p
-                } ?? "mnist-cnn"
-                c = try TrainConfig.preset(preset)
+                c = try TrainConfig.preset((model ?? .cnn).preset)
             }
-            if let model {
-                guard ["cnn", "mlp", "gpt"].contains(model) else { throw LoomError.config("--model \(model): valid models are cnn, mlp, gpt") }
-                c.model = model
-            }
+            if let model { c.model = model }
             if let data { c.data = data }
             if let epochs { c.epochs = epochs; if steps == nil { c.steps = 0 } }
             if let steps { c.steps = steps }
@@ -109,12 +100,7 @@ struct TrainCommand: ParsableCommand {
             if let tp { c.tp = tp }
             if let pp { c.pp = pp }
             if let microBatches { c.microBatches = microBatches }
-            if let schedule {
-                guard ["gpipe", "1f1b", "interleaved"].contains(schedule) else {
-                    throw LoomError.config("--schedule \(schedule): valid schedules are gpipe, 1f1b, interleaved")
-                }
-                c.pipelineSchedule = schedule
-            }
+            if let schedule { c.pipelineSchedule = schedule }
             if let chunks { c.chunks = chunks }
             if recompute { c.recompute = true }
             if let zero {

@@ -35,7 +35,7 @@ final class PipelineTests: XCTestCase {
         let schedule = try Schedule(kind, stages: stages, microBatches: m)
         let runs = try InProcessWorld.run(size: stages) { comm -> ([Float], Int, Int) in
             let full = try GPT(config ?? self.config, seed: 9, on: CPUBackend(threads: 1))
-            let model = try PipelineStageModel(sharding: full, schedule: schedule, stage: comm.rank)
+            let model = try PipelineStageModel(cutting: full, schedule: schedule, stage: comm.rank)
             let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks,
                                             optimizer: Adam.adamW(model.namedParameters(), lr: 3e-4), comm: comm)
             engine.recompute = recompute
@@ -45,7 +45,7 @@ final class PipelineTests: XCTestCase {
                 let (x, y) = self.data(s)
                 let xs = try (0..<m).map { try x.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
                 let ys = try (0..<m).map { try y.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
-                if let l = try engine.step(tokens: xs, targets: ys, hidden: [rows, 16, self.config.dModel]) { losses.append(l) }
+                if let l = try engine.step(inputs: xs, targets: ys) { losses.append(l) }
             }
             return (losses, engine.peakInFlight, engine.peakStepBytes)
         }
@@ -84,17 +84,17 @@ final class PipelineTests: XCTestCase {
         let full = try GPT(config, seed: 9)
         let names = Set(full.namedParameters().map(\.name))
         let schedule = try Schedule(.interleaved, stages: 2, microBatches: 2)
-        let parts = try (0..<2).map { try PipelineStageModel(sharding: full, schedule: schedule, stage: $0).namedParameters().map(\.name) }
+        let parts = try (0..<2).map { try PipelineStageModel(cutting: full, schedule: schedule, stage: $0).namedParameters().map(\.name) }
         XCTAssertTrue(parts[0].contains("blocks.2.mlp.fc.weight"), "\(parts[0])")  // stage 0 holds pieces 0 and 2
         XCTAssertEqual(Set(parts.flatMap { $0 }), names)
         XCTAssertEqual(parts.flatMap { $0 }.count, names.count + 1)  // wte on the first and the last piece
     }
 
     func testBalancedSplitWeighsTheHead() throws {
-        XCTAssertEqual(try PipelineGPTStage.balancedSplit(.bench, pieces: 2), [2, 2])
+        XCTAssertEqual(try GPT.balancedSplit(.bench, pieces: 2), [2, 2])
         // GPT-2 small: the head (768 × 50257) costs about 4.5 blocks, so the last stage gets fewer.
         let small = GPTConfig(vocabSize: 50257, contextLength: 1024, layers: 12, dModel: 768, heads: 12)
-        let split = try PipelineGPTStage.balancedSplit(small, pieces: 4)
+        let split = try GPT.balancedSplit(small, pieces: 4)
         XCTAssertEqual(split.reduce(0, +), 12)
         XCTAssertLessThan(split[3], split[0], "\(split)")
     }

@@ -71,7 +71,7 @@ final class TensorParallelTests: XCTestCase {
         }
         for tp in [2, 4] {
             let runs = try InProcessWorld.run(size: tp) { comm -> ([Float], [Float]) in
-                let model = try TensorParallelGPT(sharding: try GPT(config, seed: 3, on: CPUBackend(threads: 1)), comm: comm)
+                let model = try GPT(config, seed: 3, on: CPUBackend(threads: 1), tensorGroup: comm)
                 let opt = Adam.adamW(model.namedParameters(), lr: 3e-4)
                 var losses: [Float] = []
                 for s in 0..<steps {

@@ -62,7 +62,7 @@ class CLITestCase: XCTestCase {
             if o["loss"] != nil {
                 // Compare the exact text: bit-identical floats print identically.
                 let text = String(line)
-                let loss = text[text.range(of: "\"loss\": ")!.upperBound...].prefix { $0 != "," }
+                let loss = text[text.range(of: "\"loss\":")!.upperBound...].drop { $0 == " " }.prefix { $0 != "," && $0 != "}" }
                 out[o["step"] as! Int] = String(loss)
             }
         }

@@ -173,6 +173,46 @@ final class DistributedEndToEndTests: CLITestCase {
         }
     }
 
+    /// Image models cut into pipeline stages (layer chains: the CNN's convolutions on one
+    /// stage, its classifier on the other) follow the single-process run, evaluation and
+    /// accuracy included. The CNN without its batch-normalised residual block: batch norm
+    /// over micro-batches sees other statistics than over the whole batch, as under data
+    /// parallelism without synchronised batch norm.
+    func testImageModelPipelinesMatchSingleProcess() throws {
+        let cnn = work + "/cnn.toml"
+        try """
+            [model]
+            kind = "cnn"
+            residual = false
+            [train]
+            steps = 20
+            batch_size = 32
+            optimizer = "sgd"
+            lr = 0.05
+            momentum = 0.9
+            log_every = 1
+            eval_every = 10
+            eval_batches = 4
+            """.write(toFile: cnn, atomically: true, encoding: .utf8)
+        for (kind, cfg) in [("mlp", try config("mlp")), ("cnn", cnn)] {
+            XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "\(kind)-single"]).status, 0)
+            for (name, args) in [("\(kind)-pp2", ["--pp", "2", "--micro-batches", "4"]),
+                                 ("\(kind)-pp2-dp2", ["--pp", "2", "--dp", "2", "--micro-batches", "2", "--schedule", "gpipe"])] {
+                let r = try loom(["train", cfg, "--out", work, "--name", name] + args)
+                XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
+                try assertMatches(name, "\(kind)-single")
+                let a = try summary(name), b = try summary("\(kind)-single")
+                XCTAssertEqual(a["val_accuracy"] as! Double, b["val_accuracy"] as! Double, accuracy: 1e-9, name)
+                XCTAssertEqual(a["val_loss"] as! Double, b["val_loss"] as! Double, accuracy: 1e-5 * (b["val_loss"] as! Double), name)
+                XCTAssertEqual(a["parameters"] as? Int, b["parameters"] as? Int, name)
+            }
+        }
+    }
+
+    func summary(_ run: String) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/\(run)/summary.json"))) as! [String: Any]
+    }
+
     /// The gpt config with gradient clipping tight enough to act at every step, so that
     /// split models must count each gradient element once in the global norm.
     func clippedConfig() throws -> String {

@@ -23,7 +23,7 @@ final class IsolatedDeviceTrainingTests: XCTestCase {
             .appendingPathComponent(p).path
     }
 
-    func config(_ model: String, steps: Int = 4) -> TrainConfig {
+    func config(_ model: ModelKind, steps: Int = 4) -> TrainConfig {
         var c = TrainConfig()
         c.model = model
         c.steps = steps
@@ -33,13 +33,13 @@ final class IsolatedDeviceTrainingTests: XCTestCase {
         c.out = work
         c.seed = 3
         switch model {
-        case "gpt":
+        case .gpt:
             c.data = repoPath("data/shakespeare.txt"); c.validationFraction = 0.1
             c.layers = 2; c.dModel = 32; c.heads = 2; c.context = 16; c.batchSize = 8
-            c.optimizer = "adamw"; c.lr = 3e-3; c.weightDecay = 0.1; c.gradClip = 1
-        case "mlp":
+            c.optimizer = .adamw; c.lr = 3e-3; c.weightDecay = 0.1; c.gradClip = 1
+        case .mlp:
             c.data = repoPath("data/mnist_5k.csv.gz"); c.hidden = [64]; c.batchSize = 32
-            c.optimizer = "sgd"; c.lr = 0.05
+            c.optimizer = .sgd; c.lr = 0.05
         default:
             c.data = repoPath("data/mnist_5k.csv.gz"); c.batchSize = 16; c.lr = 2e-3
         }
@@ -79,19 +79,19 @@ final class IsolatedDeviceTrainingTests: XCTestCase {
     }
 
     func testMLPCNNAndGPTTrainOnIsolatedMemoryWithTheCPULosses() throws {
-        try assertSameLosses(config("mlp"), "mlp")
-        try assertSameLosses(config("cnn", steps: 3), "cnn")
-        try assertSameLosses(config("gpt"), "gpt")
+        try assertSameLosses(config(.mlp), "mlp")
+        try assertSameLosses(config(.cnn, steps: 3), "cnn")
+        try assertSameLosses(config(.gpt), "gpt")
     }
 
     func testDataTensorAndPipelineParallelGPTTrainOnIsolatedMemoryWithTheCPULosses() throws {
-        var dp = config("gpt"); dp.dp = 2
+        var dp = config(.gpt); dp.dp = 2
         try assertSameLosses(dp, "gpt-dp2", ranks: 2)
-        var zero = config("gpt"); zero.dp = 2; zero.zero = 1
+        var zero = config(.gpt); zero.dp = 2; zero.zero = 1
         try assertSameLosses(zero, "gpt-dp2-zero", ranks: 2)
-        var tp = config("gpt"); tp.tp = 2
+        var tp = config(.gpt); tp.tp = 2
         try assertSameLosses(tp, "gpt-tp2", ranks: 2)
-        var pp = config("gpt"); pp.pp = 2; pp.microBatches = 4
+        var pp = config(.gpt); pp.pp = 2; pp.microBatches = 4
         try assertSameLosses(pp, "gpt-pp2", ranks: 2)
     }
 }

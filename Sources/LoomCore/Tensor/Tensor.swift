@@ -31,6 +31,9 @@ public final class Tensor: @unchecked Sendable {
     public var grad: Tensor?
     /// How this tensor was computed, when it needs a gradient and is not a leaf.
     public internal(set) var gradFn: GradFn?
+    /// Set on a parameter that is this rank's part of a larger one (tensor parallelism),
+    /// and on its optimizer state; nil for whole tensors.
+    public var sharding: Sharding?
     /// Called on a leaf after `backward` has added to its gradient. Data parallelism
     /// starts a bucket's all-reduce from here while backward continues.
     public var onGradAccumulated: ((Tensor) -> Void)?

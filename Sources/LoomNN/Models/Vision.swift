@@ -15,7 +15,7 @@ public final class MLP: Module, UnaryLayer {
         net = Sequential(layers)
     }
 
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try net(x.rank > 2 ? x.flattened() : x) }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try net(MLP.prepareInput(x)) }
 }
 
 /// The reference CNN for 28x28 single-channel images:
@@ -40,7 +40,6 @@ public final class CNN: Module, UnaryLayer {
 
     /// [N, 1, 28, 28] (or [N, 784]) -> [N, classes]
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        let images = x.rank == 2 ? try x.reshaped([x.shape[0], 1, 28, 28]) : x
-        return try classifier(features(images))
+        try classifier(features(CNN.prepareInput(x)))
     }
 }

@@ -9,9 +9,10 @@ public protocol Optimizer: AnyObject {
     /// Updates done so far.
     var stepCount: Int { get set }
     func step() throws
-    /// Optimizer state by name, for checkpoints (created on first use, so call after a step
-    /// or `materializeState()`).
-    func namedState() -> [(name: String, tensor: Tensor)]
+    /// Optimizer state, each tensor with the parameter it belongs to (an index into
+    /// `parameters`) and its slot (created on first use, so call after a step or
+    /// `materializeState()`). A state tensor has its parameter's shape and sharding.
+    func state() -> [OptimizerState]
     /// Allocates every state tensor (zeros), so a checkpoint can be loaded into them.
     func materializeState() throws
     /// An optimizer of the same kind and settings over other parameters (ZeRO builds
@@ -19,8 +20,29 @@ public protocol Optimizer: AnyObject {
     func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer
 }
 
+/// One state tensor of an optimizer: PyTorch's `state[param][slot]`.
+public struct OptimizerState {
+    public let parameter: Int
+    /// `momentum_buffer`, `exp_avg`, `exp_avg_sq`: PyTorch's names.
+    public let slot: String
+    public let tensor: Tensor
+    public init(parameter: Int, slot: String, tensor: Tensor) { self.parameter = parameter; self.slot = slot; self.tensor = tensor }
+}
+
 extension Optimizer {
     public func zeroGrad() { for (_, p) in parameters { p.grad = nil } }
+
+    /// State by checkpoint name: the parameter's name and the slot (`blocks.0.mlp.fc.weight.exp_avg`).
+    public func namedState() -> [(name: String, tensor: Tensor)] {
+        state().map { (parameters[$0.parameter].name + "." + $0.slot, $0.tensor) }
+    }
+}
+
+/// A zero state tensor for `p`: same shape, backend and sharding.
+func zeroState(like p: Tensor) throws -> Tensor {
+    let t = try Tensor.zeros(p.shape, on: p.backend)
+    t.sharding = p.sharding
+    return t
 }
 
 /// SGD with momentum, Nesterov momentum and L2 weight decay (PyTorch's `torch.optim.SGD`).
@@ -43,7 +65,7 @@ public final class SGD: Optimizer {
         let first = stepCount == 0
         for (i, (_, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
-            if momentum != 0 && buffers[i] == nil { buffers[i] = try Tensor.zeros(p.shape, on: p.backend) }
+            if momentum != 0 && buffers[i] == nil { buffers[i] = try zeroState(like: p) }
             // PyTorch starts the momentum buffer at the first gradient, undamped.
             p.backend.sgdStep(param: p, grad: g, momentum: buffers[i], lr: learningRate, momentumFactor: momentum,
                               dampening: first ? 0 : dampening, weightDecay: weightDecay, nesterov: nesterov)
@@ -57,11 +79,11 @@ public final class SGD: Optimizer {
 
     public func materializeState() throws {
         guard momentum != 0 else { return }
-        for (i, (_, p)) in parameters.enumerated() where buffers[i] == nil { buffers[i] = try Tensor.zeros(p.shape, on: p.backend) }
+        for (i, (_, p)) in parameters.enumerated() where buffers[i] == nil { buffers[i] = try zeroState(like: p) }
     }
 
-    public func namedState() -> [(name: String, tensor: Tensor)] {
-        zip(parameters, buffers).compactMap { pb in pb.1.map { (pb.0.name + ".momentum_buffer", $0) } }
+    public func state() -> [OptimizerState] {
+        buffers.enumerated().compactMap { i, b in b.map { OptimizerState(parameter: i, slot: "momentum_buffer", tensor: $0) } }
     }
 }
 
@@ -92,7 +114,7 @@ public final class Adam: Optimizer {
         stepCount += 1
         for (i, (_, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
-            if m[i] == nil { m[i] = try .zeros(p.shape, on: p.backend); v[i] = try .zeros(p.shape, on: p.backend) }
+            if m[i] == nil { m[i] = try zeroState(like: p); v[i] = try zeroState(like: p) }
             p.backend.adamStep(param: p, grad: g, m: m[i]!, v: v[i]!, lr: learningRate, beta1: beta1, beta2: beta2,
                                eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: stepCount)
         }
@@ -104,15 +126,14 @@ public final class Adam: Optimizer {
 
     public func materializeState() throws {
         for (i, (_, p)) in parameters.enumerated() where m[i] == nil {
-            m[i] = try .zeros(p.shape, on: p.backend); v[i] = try .zeros(p.shape, on: p.backend)
+            m[i] = try zeroState(like: p); v[i] = try zeroState(like: p)
         }
     }
 
-    public func namedState() -> [(name: String, tensor: Tensor)] {
-        var out: [(String, Tensor)] = []
-        for (i, (name, _)) in parameters.enumerated() {
-            if let mi = m[i], let vi = v[i] { out.append((name + ".exp_avg", mi)); out.append((name + ".exp_avg_sq", vi)) }
+    public func state() -> [OptimizerState] {
+        parameters.indices.flatMap { i -> [OptimizerState] in
+            guard let mi = m[i], let vi = v[i] else { return [] }
+            return [OptimizerState(parameter: i, slot: "exp_avg", tensor: mi), OptimizerState(parameter: i, slot: "exp_avg_sq", tensor: vi)]
         }
-        return out
     }
 }

@@ -3,7 +3,7 @@ import LoomCore
 import LoomDistributed
 
 /// One benchmark result, as `loom bench --json` prints it.
-public struct BenchResult: Sendable {
+public struct BenchResult: Sendable, Encodable {
     public var workload: String
     public var perSecond: Double
     public var unit: String
@@ -21,13 +21,30 @@ public struct BenchResult: Sendable {
     public var ranks: Int = 1
     public var scalingEfficiency: Double?
 
-    public var json: String {
-        func f(_ x: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", x) }
-        return "{\"workload\": \"\(workload)\", \"per_s\": \(f(perSecond)), \"unit\": \"\(unit)\", \"gflops\": \(f(gflops)), "
-            + "\"peak_gflops\": \(f(peakGflops)), \"step_ms\": \(f(stepMilliseconds, 3)), \(gemmFraction.map { "\"gemm_fraction\": \(f($0, 3)), " } ?? "")"
-            + "\"threads\": \(threads), \"loss\": \(loss)"
-            + (scalingEfficiency.map { ", \"ranks\": \(ranks), \"scaling_efficiency\": \(f($0, 3))" } ?? "") + "}"
+    enum CodingKeys: String, CodingKey {
+        case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
+        case gemmFraction = "gemm_fraction", threads, loss, ranks, scalingEfficiency = "scaling_efficiency"
     }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(workload, forKey: .workload)
+        try c.encode(rounded(perSecond, 1), forKey: .perSecond)
+        try c.encode(unit, forKey: .unit)
+        try c.encode(rounded(gflops, 1), forKey: .gflops)
+        try c.encode(rounded(peakGflops, 1), forKey: .peakGflops)
+        try c.encode(rounded(stepMilliseconds, 3), forKey: .stepMilliseconds)
+        try c.encodeIfPresent(gemmFraction.map { rounded($0, 3) }, forKey: .gemmFraction)
+        try c.encode(threads, forKey: .threads)
+        try c.encode(loss, forKey: .loss)
+        if let scalingEfficiency {
+            try c.encode(ranks, forKey: .ranks)
+            try c.encode(rounded(scalingEfficiency, 3), forKey: .scalingEfficiency)
+        }
+    }
+
+    /// One line of `loom bench --json`.
+    public var json: String { JSONOutput.string(self) }
 }
 
 public enum Bench {

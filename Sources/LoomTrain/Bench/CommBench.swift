@@ -6,7 +6,7 @@ import LoomDistributed
 /// algorithm bandwidth = bytes / time; bus bandwidth = algbw x 2(n-1)/n, the rate each
 /// link moves data in a ring all-reduce (comparable across rank counts).
 public enum CommBench {
-    public struct Row {
+    public struct Row: Encodable {
         public var bytes: Int
         public var seconds: Double
         public var rawSeconds: Double?  // plain MPI_Allreduce, under MPI
@@ -14,15 +14,25 @@ public enum CommBench {
         public var algGBps: Double { Double(bytes) / seconds / 1e9 }
         public var busGBps: Double { algGBps * 2 * Double(ranks - 1) / Double(ranks) }
 
-        public var json: String {
-            var s = "{\"bytes\": \(bytes), \"ranks\": \(ranks), \"time_us\": \(String(format: "%.2f", seconds * 1e6)), "
-                + "\"algbw_GBps\": \(String(format: "%.3f", algGBps)), \"busbw_GBps\": \(String(format: "%.3f", busGBps))"
-            if let rawSeconds {
-                s += ", \"mpi_time_us\": \(String(format: "%.2f", rawSeconds * 1e6)), \"mpi_busbw_GBps\": "
-                    + String(format: "%.3f", Double(bytes) / rawSeconds / 1e9 * 2 * Double(ranks - 1) / Double(ranks))
-            }
-            return s + "}"
+        enum CodingKeys: String, CodingKey {
+            case bytes, ranks, timeMicroseconds = "time_us", algGBps = "algbw_GBps", busGBps = "busbw_GBps"
+            case mpiTimeMicroseconds = "mpi_time_us", mpiBusGBps = "mpi_busbw_GBps"
         }
+
+        public func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(bytes, forKey: .bytes)
+            try c.encode(ranks, forKey: .ranks)
+            try c.encode(rounded(seconds * 1e6, 2), forKey: .timeMicroseconds)
+            try c.encode(rounded(algGBps, 3), forKey: .algGBps)
+            try c.encode(rounded(busGBps, 3), forKey: .busGBps)
+            if let rawSeconds {
+                try c.encode(rounded(rawSeconds * 1e6, 2), forKey: .mpiTimeMicroseconds)
+                try c.encode(rounded(Double(bytes) / rawSeconds / 1e9 * 2 * Double(ranks - 1) / Double(ranks), 3), forKey: .mpiBusGBps)
+            }
+        }
+
+        public var json: String { JSONOutput.string(self) }
     }
 
     /// 4 KB to 64 MB, by factors of 4.

@@ -7,7 +7,7 @@ import LoomParallel
 /// The gpt workload as a pipeline: K stages (in-process ranks, one thread each), the
 /// workload's batch of 16 sequences cut into M micro-batches.
 public enum PipelineBench {
-    public struct Result {
+    public struct Result: Encodable {
         public var perSecond: Double
         /// Per stage: 1 - (time in forward and backward) / step time, measured.
         public var bubble: [Double]
@@ -17,14 +17,27 @@ public enum PipelineBench {
         public var bubblePredicted: [Double]
         public var stages: Int, microBatches: Int, schedule: String
 
-        public var json: String {
-            let mean = bubble.reduce(0, +) / Double(max(bubble.count, 1))
-            return "{\"workload\": \"gpt\", \"per_s\": \(String(format: "%.1f", perSecond)), \"unit\": \"tokens/s\", "
-                + "\"pp\": \(stages), \"micro_batches\": \(microBatches), \"schedule\": \"\(schedule)\", "
-                + "\"bubble_fraction\": \(String(format: "%.4f", mean)), \"bubble_per_stage\": [\(bubble.map { String(format: "%.4f", $0) }.joined(separator: ", "))], "
-                + "\"bubble_theory\": \(String(format: "%.4f", bubbleTheory)), "
-                + "\"bubble_predicted_per_stage\": [\(bubblePredicted.map { String(format: "%.4f", $0) }.joined(separator: ", "))]}"
+        enum CodingKeys: String, CodingKey {
+            case workload, perSecond = "per_s", unit, stages = "pp", microBatches = "micro_batches", schedule
+            case bubbleFraction = "bubble_fraction", bubble = "bubble_per_stage", bubbleTheory = "bubble_theory"
+            case bubblePredicted = "bubble_predicted_per_stage"
         }
+
+        public func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode("gpt", forKey: .workload)
+            try c.encode(rounded(perSecond, 1), forKey: .perSecond)
+            try c.encode("tokens/s", forKey: .unit)
+            try c.encode(stages, forKey: .stages)
+            try c.encode(microBatches, forKey: .microBatches)
+            try c.encode(schedule, forKey: .schedule)
+            try c.encode(rounded(bubble.reduce(0, +) / Double(max(bubble.count, 1)), 4), forKey: .bubbleFraction)
+            try c.encode(bubble.map { rounded($0, 4) }, forKey: .bubble)
+            try c.encode(rounded(bubbleTheory, 4), forKey: .bubbleTheory)
+            try c.encode(bubblePredicted.map { rounded($0, 4) }, forKey: .bubblePredicted)
+        }
+
+        public var json: String { JSONOutput.string(self) }
     }
 
     /// `mpiWorld`: run one stage per MPI process instead of in-process ranks.
@@ -41,14 +54,14 @@ public enum PipelineBench {
         let schedule = try Schedule(kind, stages: stages, microBatches: m)
         let body = { (comm: Communicator) throws -> (Double, Double, [(String, Double, Double)]) in
             let full = try GPT(.bench, seed: 0, on: CPUBackend(threads: 1))
-            let model = try PipelineStageModel(sharding: full, schedule: schedule, stage: comm.rank)
+            let model = try PipelineStageModel(cutting: full, schedule: schedule, stage: comm.rank)
             let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks, optimizer: Adam.adamW(model.namedParameters(), lr: 3e-4), comm: comm)
-            for _ in 0..<warmup { try engine.step(tokens: xs, targets: ys, hidden: [rows, context, GPTConfig.bench.dModel]) }
+            for _ in 0..<warmup { try engine.step(inputs: xs, targets: ys) }
             try comm.barrier()
             var busy = 0.0, events: [(String, Double, Double)] = []
             let t0 = monotonicSeconds()
             for _ in 0..<steps {
-                try engine.step(tokens: xs, targets: ys, hidden: [rows, context, GPTConfig.bench.dModel])
+                try engine.step(inputs: xs, targets: ys)
                 busy += engine.events.filter { $0.name.hasPrefix("forward") || $0.name.hasPrefix("backward") }
                     .reduce(0) { $0 + $1.end - $1.start }
                 events = engine.events.map { ($0.name, $0.start, $0.end) }  // the last step, for the trace
@@ -64,13 +77,15 @@ public enum PipelineBench {
             let all = try Tensor.zeros([2 * world.size])
             try world.allGather(Tensor([Float(mine.0), Float(mine.1)], shape: [2]), into: all)
             let v = all.floats
-            runs = (0..<world.size).map { (Double(v[2 * $0]), Double(v[2 * $0 + 1]), $0 == world.rank ? mine.2 : []) }
+            runs = (0..<world.size).map { r -> (Double, Double, [(String, Double, Double)]) in
+                (Double(v[2 * r]), Double(v[2 * r + 1]), r == world.rank ? mine.2 : [])
+            }
         } else {
             runs = try InProcessWorld.run(size: stages) { try body($0) }
         }
         let wall = runs.map(\.0).max()!
         if let trace { try writeTrace(runs.map(\.2), to: trace) }
-        let costs = PipelineGPTStage.pieceCosts(.bench, split: try PipelineGPTStage.balancedSplit(.bench, pieces: schedule.pieces))
+        let costs = GPT.pieceCosts(.bench, split: try GPT.balancedSplit(.bench, pieces: schedule.pieces))
         let predicted = try ScheduleCheck(pieceCosts: costs).run(schedule).bubble
         return Result(perSecond: Double(batch * context * steps) / wall, bubble: runs.map { 1 - $0.1 / wall },
                       bubbleTheory: schedule.theoreticalBubble, bubblePredicted: predicted, stages: stages, microBatches: m, schedule: kind.rawValue)

@@ -1,6 +1,7 @@
 import Foundation
 import LoomCore
 import LoomData
+import LoomDistributed
 import LoomNN
 import LoomParallel
 
@@ -23,7 +24,7 @@ public enum TrainingCheckpoint {
     /// `dropout`: the dropout generators entry, when it covers more than this rank's modules.
     public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState,
                             tensors full: [(name: String, tensor: Tensor)]? = nil, dropout: String? = nil) throws {
-        if !(optimizer is ZeroOptimizer) { try optimizer.materializeState() }
+        if full == nil { try optimizer.materializeState() }
         let tensors = full ?? localTensors(setup: setup, optimizer: optimizer)
         var meta: [String: String] = [
             "format": "pt",
@@ -55,20 +56,21 @@ public enum TrainingCheckpoint {
         return (file, config, file.metadata["loom.tokenizer"].map { CharTokenizer(vocabulary: Array($0)) })
     }
 
-    /// Loads parameters and buffers (`model.*`) into a module.
+    /// Loads parameters and buffers (`model.*`) into a module. `tensorGroup`: the group its
+    /// sharded tensors are split across (each takes its part of the stored whole tensor).
     public static func restoreModel(_ file: SafeTensors.File, path: String, into module: Module,
-                                    slice: ((String, Tensor) throws -> Tensor)? = nil) throws {
-        for (name, t) in module.namedTensors() { try load(file, path, "model." + name, t, slice: slice) }
+                                    tensorGroup: Communicator? = nil) throws {
+        for (name, t) in module.namedTensors() { try load(file, path, "model." + name, t, tensorGroup: tensorGroup) }
     }
 
-    /// Copies checkpoint tensor `name` into `t`; `slice` maps the stored (full) tensor to
-    /// this rank's part of it, given the name without its model./optim. prefix.
+    /// Copies checkpoint tensor `name` into `t`; a sharded `t` takes its part of the
+    /// stored (whole) tensor.
     private static func load(_ file: SafeTensors.File, _ path: String, _ name: String, _ t: Tensor,
-                             slice: ((String, Tensor) throws -> Tensor)? = nil) throws {
+                             tensorGroup: Communicator?) throws {
         guard let e = file.entries[name] else { throw LoomError.io("checkpoint '\(path)': no tensor '\(name)'") }
-        if let slice, e.dtype == .float32 {
+        if let sharding = t.sharding, e.dtype == .float32 {
             let full = Tensor(file.floats(name)!, shape: e.shape, on: t.backend)
-            let part = try slice(String(name.drop { $0 != "." }.dropFirst()), full)
+            let part = try full.shard(sharding, tensorGroup)
             guard part.shape == t.shape else {
                 throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)), which does not slice to this rank's \(describe(t.shape))")
             }
@@ -82,11 +84,10 @@ public enum TrainingCheckpoint {
     }
 
     /// Loads tensors and state into a freshly built setup.
-    public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup,
-                               slice: ((String, Tensor) throws -> Tensor)? = nil) throws -> RunState {
-        try restoreModel(file, path: path, into: setup.task.module, slice: slice)
+    public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup) throws -> RunState {
+        try restoreModel(file, path: path, into: setup.task.module, tensorGroup: setup.tensorGroup)
         try setup.optimizer.materializeState()
-        for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, slice: slice) }
+        for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, tensorGroup: setup.tensorGroup) }
         setup.optimizer.stepCount = Int(file.metadata["loom.optimizer_steps"] ?? "0") ?? 0
         let saved = Dictionary(uniqueKeysWithValues: (file.metadata["loom.dropout"] ?? "").split(separator: ";").compactMap { entry -> (String, Philox)? in
             let parts = entry.split(separator: "=")

@@ -44,8 +44,17 @@ public enum ConfigFile {
         }, write: { SafeTensors.jsonString($0[keyPath: kp]) })
     }
 
+    /// A key whose value is one of an enum's cases (the enum lists the valid values).
+    static func choice<E: CaseIterable & RawRepresentable>(_ s: String, _ n: String, _ help: String,
+                                                          _ kp: WritableKeyPath<TrainConfig, E>) -> Key where E.RawValue == String {
+        Key(section: s, name: n, help: help, read: { c, v, path in
+            guard let str = v.string, let e = E(rawValue: str) else { throw bad(path, "\(s).\(n)", "one of \(E.validValues)", v) }
+            c[keyPath: kp] = e
+        }, write: { SafeTensors.jsonString($0[keyPath: kp].rawValue) })
+    }
+
     static let keys: [Key] = [
-        string("model", "kind", "cnn, mlp or gpt", oneOf: ["cnn", "mlp", "gpt"], \.model),
+        choice("model", "kind", "cnn, mlp or gpt", \.model),
         bool("model", "residual", "cnn: add a residual block", \.residual),
         Key(section: "model", name: "hidden", help: "mlp: hidden sizes", read: { c, v, path in
             guard let a = v.array, !a.isEmpty, a.allSatisfy({ ($0.int ?? 0) > 0 }) else {
@@ -65,12 +74,12 @@ public enum ConfigFile {
         int("train", "steps", "optimizer steps (overrides epochs)", \.steps),
         int("train", "batch_size", "global batch", min: 1, \.batchSize),
         int("train", "accumulation_steps", "micro-batches per step (gradients accumulate; DP all-reduces once)", min: 1, \.accumulationSteps),
-        string("train", "optimizer", "sgd, adam or adamw", oneOf: ["sgd", "adam", "adamw"], \.optimizer),
+        choice("train", "optimizer", "sgd, adam or adamw", \.optimizer),
         double("train", "lr", "peak learning rate", \.lr),
         double("train", "momentum", "sgd momentum", \.momentum),
         bool("train", "nesterov", "sgd Nesterov momentum", \.nesterov),
         double("train", "weight_decay", "L2 (sgd, adam) or decoupled (adamw)", \.weightDecay),
-        string("train", "schedule", "constant or cosine", oneOf: ["constant", "cosine"], \.schedule),
+        choice("train", "schedule", "constant or cosine", \.schedule),
         int("train", "warmup_steps", "linear warm-up steps", \.warmupSteps),
         double("train", "min_lr", "learning rate at the end of the cosine", \.minLR),
         double("train", "grad_clip", "max global gradient norm (0: off)", \.gradClip),
@@ -80,12 +89,12 @@ public enum ConfigFile {
         int("train", "eval_batches", "validation batches per evaluation (0: all)", \.evalBatches),
         int("parallel", "dp", "data-parallel ranks", min: 1, \.dp),
         int("parallel", "tp", "tensor-parallel ranks (gpt only)", min: 1, \.tp),
-        int("parallel", "pp", "pipeline stages (gpt only)", min: 1, \.pp),
+        int("parallel", "pp", "pipeline stages", min: 1, \.pp),
         int("parallel", "micro_batches", "pipeline micro-batches per step", min: 1, \.microBatches),
-        string("parallel", "schedule", "pipeline schedule: gpipe, 1f1b or interleaved", oneOf: ["gpipe", "1f1b", "interleaved"], \.pipelineSchedule),
+        choice("parallel", "schedule", "pipeline schedule: gpipe, 1f1b or interleaved", \.pipelineSchedule),
         int("parallel", "chunks", "interleaved: model chunks per stage", min: 2, \.chunks),
         bool("parallel", "recompute", "pipeline: recompute activations during backward", \.recompute),
-        Key(section: "parallel", name: "pp_split", help: "blocks per pipeline piece ([]: balanced by cost)", read: { c, v, path in
+        Key(section: "parallel", name: "pp_split", help: "layers per pipeline piece (gpt: blocks; mlp, cnn: layers in order; []: balanced)", read: { c, v, path in
             guard let a = v.array, a.allSatisfy({ ($0.int ?? -1) >= 0 }) else {
                 throw bad(path, "parallel.pp_split", "an array of non-negative integers", v)
             }
@@ -148,26 +157,25 @@ public enum ConfigFile {
     /// Checks that hold across keys (run after flags are applied).
     public static func validate(_ c: TrainConfig) throws {
         if c.steps == 0 && c.epochs == 0 { throw LoomError.config("set train.steps or train.epochs (both are 0)") }
-        if c.model == "gpt" && c.dModel % c.heads != 0 {
+        if c.model == .gpt && c.dModel % c.heads != 0 {
             throw LoomError.config("model.d_model \(c.dModel) must be divisible by model.heads \(c.heads)")
         }
         if c.pp > 1 {
-            if c.model != "gpt" { throw LoomError.config("parallel.pp = \(c.pp): pipeline parallelism cuts gpt models only (model.kind is \(c.model))") }
             if c.accumulationSteps > 1 {
                 throw LoomError.config("train.accumulation_steps = \(c.accumulationSteps) with parallel.pp = \(c.pp): a pipeline accumulates over its micro-batches; set parallel.micro_batches instead")
             }
             if c.batchSize % (c.dp * c.microBatches) != 0 {
                 throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly into parallel.dp = \(c.dp) replicas x parallel.micro_batches = \(c.microBatches)")
             }
-            let pieces = c.pp * (c.pipelineSchedule == "interleaved" ? c.chunks : 1)
-            if !c.pipelineSplit.isEmpty && (c.pipelineSplit.count != pieces || c.pipelineSplit.reduce(0, +) != c.layers) {
+            let pieces = c.pp * c.chunksPerStage
+            if c.model == .gpt && !c.pipelineSplit.isEmpty && (c.pipelineSplit.count != pieces || c.pipelineSplit.reduce(0, +) != c.layers) {
                 throw LoomError.config("parallel.pp_split \(c.pipelineSplit) must give \(pieces) pieces that hold the \(c.layers) blocks (model.layers)")
             }
         }
         if c.batchSize % (c.dp * c.accumulationSteps) != 0 {
             throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly into parallel.dp = \(c.dp) ranks x train.accumulation_steps = \(c.accumulationSteps) micro-batches")
         }
-        if c.tp > 1 && c.model != "gpt" { throw LoomError.config("parallel.tp = \(c.tp): tensor parallelism splits gpt models only (model.kind is \(c.model))") }
+        if c.tp > 1 && c.model != .gpt { throw LoomError.config("parallel.tp = \(c.tp): tensor parallelism splits gpt models only (model.kind is \(c.model))") }
         if c.tp > 1 && c.heads % c.tp != 0 { throw LoomError.config("model.heads \(c.heads) must be divisible by parallel.tp \(c.tp)") }
         if c.dropout >= 1 { throw LoomError.config("model.dropout must be below 1, got \(c.dropout)") }
         if c.validationFraction <= 0 || c.validationFraction >= 1 {

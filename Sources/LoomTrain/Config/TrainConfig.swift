@@ -1,10 +1,11 @@
 import LoomCore
+import LoomParallel
 
 /// Everything a training run is configured by. Read from TOML (`examples/*.toml`),
 /// overridden by command-line flags, saved into the run directory and the checkpoint.
 public struct TrainConfig: Equatable, Sendable {
     // [model]
-    public var model = "cnn"            // cnn | mlp | gpt
+    public var model = ModelKind.cnn
     public var residual = true          // cnn: a residual block after the second conv
     public var hidden = [512, 512]      // mlp: hidden layer sizes
     public var layers = 4               // gpt
@@ -21,12 +22,12 @@ public struct TrainConfig: Equatable, Sendable {
     public var steps = 0
     public var batchSize = 64
     public var accumulationSteps = 1    // micro-batches per optimizer step (each rank's shard split K ways)
-    public var optimizer = "adam"       // sgd | adam | adamw
+    public var optimizer = OptimizerKind.adam
     public var lr = 1e-3
     public var momentum = 0.9
     public var nesterov = false
     public var weightDecay = 0.0
-    public var schedule = "constant"    // constant | cosine (linear warm-up, cosine decay)
+    public var schedule = LRScheduleKind.constant  // cosine: linear warm-up, cosine decay
     public var warmupSteps = 0
     public var minLR = 0.0
     public var gradClip = 0.0           // 0: off
@@ -39,7 +40,7 @@ public struct TrainConfig: Equatable, Sendable {
     public var tp = 1                   // tensor-parallel ranks (gpt): heads, MLP and vocabulary split
     public var pp = 1                   // pipeline stages (gpt): consecutive blocks per stage
     public var microBatches = 4         // pipeline: micro-batches per step (each data replica's batch split M ways)
-    public var pipelineSchedule = "1f1b" // gpipe | 1f1b | interleaved
+    public var pipelineSchedule = Schedule.Kind.oneFOneB
     public var chunks = 2               // interleaved: model chunks (virtual stages) per stage
     public var recompute = false        // pipeline: recompute activations in backward instead of keeping them
     public var pipelineSplit: [Int] = [] // blocks per pipeline piece ([]: balanced by a cost model)
@@ -57,16 +58,16 @@ public struct TrainConfig: Equatable, Sendable {
         var c = TrainConfig()
         switch name {
         case "mnist-cnn":
-            c.model = "cnn"; c.residual = true; c.epochs = 8; c.batchSize = 64; c.optimizer = "adam"; c.lr = 2e-3
-            c.schedule = "cosine"; c.warmupSteps = 20; c.minLR = 1e-4; c.evalEvery = 0
+            c.model = .cnn; c.residual = true; c.epochs = 8; c.batchSize = 64; c.optimizer = .adam; c.lr = 2e-3
+            c.schedule = .cosine; c.warmupSteps = 20; c.minLR = 1e-4; c.evalEvery = 0
         case "mnist-mlp":
-            c.model = "mlp"; c.hidden = [512, 512]; c.epochs = 10; c.batchSize = 128; c.optimizer = "sgd"; c.lr = 0.05
-            c.momentum = 0.9; c.schedule = "cosine"; c.minLR = 1e-3
+            c.model = .mlp; c.hidden = [512, 512]; c.epochs = 10; c.batchSize = 128; c.optimizer = .sgd; c.lr = 0.05
+            c.momentum = 0.9; c.schedule = .cosine; c.minLR = 1e-3
         case "shakespeare-gpt":
-            c.model = "gpt"; c.layers = 4; c.dModel = 128; c.heads = 4; c.context = 128; c.dropout = 0
+            c.model = .gpt; c.layers = 4; c.dModel = 128; c.heads = 4; c.context = 128; c.dropout = 0
             c.data = "data/shakespeare.txt"; c.validationFraction = 0.1
-            c.steps = 2500; c.batchSize = 16; c.optimizer = "adamw"; c.lr = 3e-3; c.weightDecay = 0.1
-            c.schedule = "cosine"; c.warmupSteps = 100; c.minLR = 3e-4; c.gradClip = 1.0
+            c.steps = 2500; c.batchSize = 16; c.optimizer = .adamw; c.lr = 3e-3; c.weightDecay = 0.1
+            c.schedule = .cosine; c.warmupSteps = 100; c.minLR = 3e-4; c.gradClip = 1.0
             c.logEvery = 25; c.evalEvery = 250; c.evalBatches = 20
         default:
             throw LoomError.config("unknown preset '\(name)'; valid: \(presetNames.joined(separator: ", "))")
@@ -77,15 +78,13 @@ public struct TrainConfig: Equatable, Sendable {
 
     public static let presetNames = ["mnist-cnn", "mnist-mlp", "shakespeare-gpt"]
 
-    /// The preset a bare `--model` picks.
-    public static func presetName(forModel model: String) -> String? {
-        ["cnn": "mnist-cnn", "mlp": "mnist-mlp", "gpt": "shakespeare-gpt"][model]
-    }
+    public var isLanguageModel: Bool { model.isLanguageModel }
 
-    public var isLanguageModel: Bool { model == "gpt" }
+    /// Model chunks per pipeline stage: `chunks` for the interleaved schedule, else 1.
+    public var chunksPerStage: Int { pipelineSchedule == .interleaved ? chunks : 1 }
 
     public var learningRateSchedule: LRScheduleValue {
-        schedule == "cosine" ? .cosine(peak: Float(lr), warmup: warmupSteps, minimum: Float(minLR)) : .constant(Float(lr))
+        schedule == .cosine ? .cosine(peak: Float(lr), warmup: warmupSteps, minimum: Float(minLR)) : .constant(Float(lr))
     }
 }
 

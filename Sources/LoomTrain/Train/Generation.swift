@@ -16,7 +16,7 @@ public enum Generation {
         model.eval()
         for _ in 0..<tokens {
             let window = Array(context.suffix(model.config.contextLength))
-            let logits = try withoutGrad { try model(Tensor(indices: window, shape: [1, window.count], on: model.wte.weight.backend)) }
+            let logits = try withoutGrad { try model(Tensor(indices: window, shape: [1, window.count], on: model.wpe?.weight.backend ?? DefaultBackend.current)) }
             let v = model.config.vocabSize
             let last = Array(logits.floats[((window.count - 1) * v)..<(window.count * v)])
             var scaled = last.map { $0 / temperature }

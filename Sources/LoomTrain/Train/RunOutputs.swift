@@ -3,7 +3,7 @@ import LoomCore
 
 /// One line of metrics.jsonl. Training lines carry loss/lr/throughput; evaluation lines
 /// carry val_loss (and val_accuracy for classifiers).
-public struct MetricRecord: Equatable {
+public struct MetricRecord: Equatable, Encodable {
     public var step: Int
     public var epoch: Double
     public var elapsedSeconds: Double
@@ -21,19 +21,29 @@ public struct MetricRecord: Equatable {
     /// clipping), as Megatron-LM logs it.
     public var gradNorm: Float?
 
-    public var json: String {
-        var f = ["\"step\": \(step)", "\"epoch\": \(String(format: "%.4f", epoch))"]
-        if let loss { f.append("\"loss\": \(loss)") }
-        if let lr { f.append("\"lr\": \(lr)") }
-        if let gradNorm { f.append("\"grad_norm\": \(gradNorm)") }
-        if let throughput { f.append("\"\(throughputUnit == "tokens/s" ? "tokens_per_s" : "samples_per_s")\": \(String(format: "%.1f", throughput))") }
-        if let validationLoss { f.append("\"val_loss\": \(validationLoss)") }
-        if let validationAccuracy { f.append("\"val_accuracy\": \(validationAccuracy)") }
-        if let computeSeconds { f.append("\"compute_s\": \(String(format: "%.4f", computeSeconds))") }
-        if let commWaitSeconds { f.append("\"comm_wait_s\": \(String(format: "%.4f", commWaitSeconds))") }
-        f.append("\"elapsed_s\": \(String(format: "%.3f", elapsedSeconds))")
-        return "{" + f.joined(separator: ", ") + "}"
+    enum CodingKeys: String, CodingKey {
+        case step, epoch, loss, lr, gradNorm = "grad_norm", tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s"
+        case validationLoss = "val_loss", validationAccuracy = "val_accuracy", computeSeconds = "compute_s"
+        case commWaitSeconds = "comm_wait_s", elapsedSeconds = "elapsed_s"
     }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(step, forKey: .step)
+        try c.encode(rounded(epoch, 4), forKey: .epoch)
+        try c.encodeIfPresent(loss, forKey: .loss)
+        try c.encodeIfPresent(lr, forKey: .lr)
+        try c.encodeIfPresent(gradNorm, forKey: .gradNorm)
+        try c.encodeIfPresent(throughput.map { rounded($0, 1) }, forKey: throughputUnit == "tokens/s" ? .tokensPerSecond : .samplesPerSecond)
+        try c.encodeIfPresent(validationLoss, forKey: .validationLoss)
+        try c.encodeIfPresent(validationAccuracy, forKey: .validationAccuracy)
+        try c.encodeIfPresent(computeSeconds.map { rounded($0, 4) }, forKey: .computeSeconds)
+        try c.encodeIfPresent(commWaitSeconds.map { rounded($0, 4) }, forKey: .commWaitSeconds)
+        try c.encode(rounded(elapsedSeconds, 3), forKey: .elapsedSeconds)
+    }
+
+    /// One line of metrics.jsonl.
+    public var json: String { JSONOutput.string(self) }
 }
 
 /// Appends metric lines to runs/NAME/metrics.jsonl, flushing each so a killed run keeps them.
@@ -47,9 +57,8 @@ public final class MetricsLog {
         var kept = ""
         if let keep = keepThrough, let old = try? String(contentsOfFile: path, encoding: .utf8) {
             for line in old.split(separator: "\n") {
-                if let r = line.range(of: "\"step\": "), let n = Int(line[r.upperBound...].prefix { $0.isNumber }), n <= keep {
-                    kept += line + "\n"
-                }
+                let o = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+                if let n = o?["step"] as? Int, n <= keep { kept += line + "\n" }
             }
         }
         guard FileManager.default.createFile(atPath: path, contents: kept.data(using: .utf8)),

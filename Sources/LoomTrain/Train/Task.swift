@@ -28,27 +28,22 @@ public final class ClassifierTask: TrainTask {
         let logits = try withoutGrad { try model(inputs) }
         let n = targets.count
         let loss = try logits.crossEntropy(targets: targets).item
-        let predicted = try logits.argmax(axis: -1).ints
-        let correct = zip(predicted, targets.ints).filter { $0 == $1 }.count
-        return (Double(loss) * Double(n), correct, n)
+        return (Double(loss) * Double(n), try ClassifierTask.correct(logits: logits, targets: targets), n)
+    }
+
+    /// How many rows' largest logit is at their target class.
+    public static func correct(logits: Tensor, targets: Tensor) throws -> Int {
+        zip(try logits.argmax(axis: -1).ints, targets.ints).filter { $0 == $1 }.count
     }
 }
 
-/// A model trained on next-token prediction: a GPT, whole or split across ranks.
-public protocol NextTokenModel: Module {
-    /// Mean next-token cross-entropy of int32 tokens [B, T] against targets [B, T].
-    func loss(tokens: Tensor, targets: Tensor) throws -> Tensor
-}
-
-extension GPT: NextTokenModel {}
-extension TensorParallelGPT: NextTokenModel {}
-
-/// Next-token prediction (gpt): cross-entropy per token (no accuracy is reported).
+/// Next-token prediction (gpt, whole or split across a tensor-parallel group):
+/// cross-entropy per token (no accuracy is reported).
 public final class LanguageModelTask: TrainTask {
-    public let model: any NextTokenModel
+    public let model: GPT
     public var module: Module { model }
 
-    public init(model: any NextTokenModel) { self.model = model }
+    public init(model: GPT) { self.model = model }
 
     public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
         try model.loss(tokens: inputs, targets: targets)
@@ -60,7 +55,7 @@ public final class LanguageModelTask: TrainTask {
     }
 }
 
-/// This rank's stage of a pipeline-parallel GPT. It trains through a `PipelineEngine`
+/// This rank's stage of a pipeline-parallel model. It trains through a `PipelineEngine`
 /// (micro-batches flow between the stages), so it has no loss of its own.
 public final class PipelineTask: TrainTask {
     public let model: PipelineStageModel
@@ -94,9 +89,8 @@ public struct Setup {
     public let tokenizer: CharTokenizer?
     public let task: TrainTask
     public let optimizer: Optimizer
-    /// The GPT split across a tensor-parallel group (whole, or the one the pipeline
-    /// stage is cut from): it knows how each tensor is sharded.
-    public let tensorParallel: TensorParallelGPT?
+    /// The group the model's sharded tensors are split across (tensor parallelism).
+    public let tensorGroup: Communicator?
 
     /// `tokenizer`: the vocabulary a checkpoint was trained with (so resumed and
     /// evaluated runs tokenize as the original run did).
@@ -105,21 +99,21 @@ public struct Setup {
     public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: CharTokenizer? = nil,
                 tensorGroup: Communicator? = nil, pipeline: PipelinePlacement? = nil) throws {
         let seed = UInt64(c.seed)
+        let split = c.pipelineSplit.isEmpty ? nil : c.pipelineSplit
         if c.isLanguageModel {
             let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved)
             tokenizer = corpus.tokenizer
             train = TokenWindows(tokens: corpus.train, context: c.context)
             validation = TokenWindows(tokens: corpus.validation, context: c.context)
+            let group = (tensorGroup?.size ?? 1) > 1 ? tensorGroup : nil
+            self.tensorGroup = group
             let gpt = try GPT(GPTConfig(vocabSize: corpus.tokenizer.count, contextLength: c.context, layers: c.layers,
-                                        dModel: c.dModel, heads: c.heads, dropout: Float(c.dropout)), seed: seed, on: backend)
-            let tp = try tensorGroup.flatMap { $0.size > 1 ? try TensorParallelGPT(sharding: gpt, comm: $0) : nil }
-            tensorParallel = tp
-            let split = c.pipelineSplit.isEmpty ? nil : c.pipelineSplit
+                                        dModel: c.dModel, heads: c.heads, dropout: Float(c.dropout)), seed: seed, on: backend,
+                              tensorGroup: group)
             if let p = pipeline {
-                task = PipelineTask(model: try tp.map { try PipelineStageModel(sharding: $0, schedule: p.schedule, stage: p.stage, split: split) }
-                                    ?? PipelineStageModel(sharding: gpt, schedule: p.schedule, stage: p.stage, split: split))
+                task = PipelineTask(model: try PipelineStageModel(cutting: gpt, schedule: p.schedule, stage: p.stage, split: split))
             } else {
-                task = LanguageModelTask(model: tp ?? gpt)
+                task = LanguageModelTask(model: gpt)
             }
         } else {
             // Rows are shuffled once, with a fixed seed, before the split: files are often
@@ -133,27 +127,31 @@ public struct Setup {
                 throw LoomError.config("data.validation_fraction \(c.validationFraction) leaves no training or no validation rows of \(all.count)")
             }
             tokenizer = nil
-            tensorParallel = nil
+            self.tensorGroup = nil
             train = all.subset(0..<cut)
             validation = all.subset(cut..<all.count)
-            let model: any UnaryLayer
+            let model: any UnaryLayer & PipelineModel
             switch c.model {
-            case "mlp": model = MLP(sizes: [all.features] + c.hidden + [all.classes], seed: seed, on: backend)
-            default:
+            case .mlp: model = MLP(sizes: [all.features] + c.hidden + [all.classes], seed: seed, on: backend)
+            case .cnn, .gpt:
                 guard all.features == 784 else {
                     throw LoomError.shapeMismatch("cnn expects 28x28 images (784 features), data has \(all.features) per row")
                 }
                 model = CNN(residual: c.residual, classes: all.classes, seed: seed, on: backend)
             }
-            task = ClassifierTask(model: model)
+            if let p = pipeline {
+                task = PipelineTask(model: try PipelineStageModel(cutting: model, schedule: p.schedule, stage: p.stage, split: split))
+            } else {
+                task = ClassifierTask(model: model)
+            }
         }
         let params = task.module.namedParameters()
         switch c.optimizer {
-        case "sgd":
+        case .sgd:
             optimizer = SGD(params, lr: Float(c.lr), momentum: Float(c.momentum), weightDecay: Float(c.weightDecay), nesterov: c.nesterov)
-        case "adam":
+        case .adam:
             optimizer = Adam(params, lr: Float(c.lr), weightDecay: Float(c.weightDecay))
-        default:
+        case .adamw:
             optimizer = Adam.adamW(params, lr: Float(c.lr), weightDecay: Float(c.weightDecay))
         }
     }

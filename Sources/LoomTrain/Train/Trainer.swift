@@ -6,7 +6,7 @@ import LoomNN
 import LoomParallel
 
 /// The result of a run, as summary.json records it.
-public struct RunSummary {
+public struct RunSummary: Encodable {
     public var name: String
     public var steps: Int
     public var epochs: Double
@@ -17,18 +17,30 @@ public struct RunSummary {
     public var unit: String
     public var wallSeconds: Double
     public var parameters: Int
-    /// Pipeline runs: schedule, measured bubble and memory per stage (a JSON object).
-    public var pipeline: String?
+    /// Pipeline runs: schedule, measured bubble and memory per stage.
+    public var pipeline: PipelineReport?
 
-    public var json: String {
-        var f = ["\"name\": \(SafeTensors.jsonString(name))", "\"steps\": \(steps)", "\"epochs\": \(String(format: "%.4f", epochs))",
-                 "\"train_loss\": \(trainLoss)", "\"val_loss\": \(validationLoss)"]
-        if let validationAccuracy { f.append("\"val_accuracy\": \(validationAccuracy)") }
-        f += ["\"\(unit == "tokens/s" ? "tokens_per_s" : "samples_per_s")\": \(String(format: "%.1f", throughput))",
-              "\"wall_s\": \(String(format: "%.3f", wallSeconds))", "\"parameters\": \(parameters)"]
-        if let pipeline { f.append("\"pipeline\": \(pipeline)") }
-        return "{\n  " + f.joined(separator: ",\n  ") + "\n}\n"
+    enum CodingKeys: String, CodingKey {
+        case name, steps, epochs, trainLoss = "train_loss", validationLoss = "val_loss", validationAccuracy = "val_accuracy"
+        case tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s", wallSeconds = "wall_s", parameters, pipeline
     }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(steps, forKey: .steps)
+        try c.encode(rounded(epochs, 4), forKey: .epochs)
+        try c.encode(trainLoss, forKey: .trainLoss)
+        try c.encode(validationLoss, forKey: .validationLoss)
+        try c.encodeIfPresent(validationAccuracy, forKey: .validationAccuracy)
+        try c.encode(rounded(throughput, 1), forKey: unit == "tokens/s" ? .tokensPerSecond : .samplesPerSecond)
+        try c.encode(rounded(wallSeconds, 3), forKey: .wallSeconds)
+        try c.encode(parameters, forKey: .parameters)
+        try c.encodeIfPresent(pipeline, forKey: .pipeline)
+    }
+
+    /// summary.json's text.
+    public var json: String { JSONOutput.string(self, pretty: true) + "\n" }
 }
 
 /// Runs a training job: data in the background, steps, periodic evaluation, atomic
@@ -48,9 +60,8 @@ public final class Trainer {
     private let dataGroup: Communicator?
     /// The groups of each parallel axis, when the model is split (tp or pp > 1).
     let groups: ProcessGroups?
-    /// The tensor-parallel model, when the GPT is split across ranks.
-    let tensorParallel: TensorParallelGPT?
-    private let dataParallel: DataParallel?
+    /// How this rank combines with the others: reduction, clipping, checkpoint gathering.
+    let plan: ParallelPlan
     /// Pipeline parallelism: runs this rank's stage of the schedule.
     let pipeline: PipelineEngine?
     var pipelineStats = PipelineStats()
@@ -58,7 +69,7 @@ public final class Trainer {
     public var tracePath: String?
     var trace = TraceRecorder()
     /// The optimizer training uses: the setup's, or its ZeRO-sharded form.
-    public let optimizer: Optimizer
+    public var optimizer: Optimizer { plan.optimizer }
     /// This rank's index in the data group: which shard of each batch it takes.
     private var rank: Int { dataGroup?.rank ?? 0 }
     private var isLeader: Bool { (communicator?.rank ?? 0) == 0 }
@@ -84,8 +95,8 @@ public final class Trainer {
         } else if c.tp * c.pp > 1 {
             throw LoomError.config("parallel.tp = \(c.tp) x parallel.pp = \(c.pp) needs that many ranks; the trainer was given one process")
         }
-        let schedule = c.pp > 1 ? try Schedule(Schedule.Kind(rawValue: c.pipelineSchedule)!, stages: c.pp, microBatches: c.microBatches,
-                                               chunks: c.pipelineSchedule == "interleaved" ? c.chunks : nil) : nil
+        let schedule = c.pp > 1 ? try Schedule(c.pipelineSchedule, stages: c.pp, microBatches: c.microBatches,
+                                               chunks: c.pipelineSchedule == .interleaved ? c.chunks : nil) : nil
         let placement = schedule.map { PipelinePlacement(schedule: $0, stage: groups!.pipeline.rank) }
         c.data = resolveDataPath(c.data)
         if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
@@ -96,7 +107,7 @@ public final class Trainer {
         if let resume {
             let (file, _, tokenizer) = try TrainingCheckpoint.peek(resume)
             setup = try Setup(c, backend: backend, tokenizer: tokenizer, tensorGroup: groups?.tensor, pipeline: placement)
-            state = try TrainingCheckpoint.restore(file, path: resume, into: setup, slice: setup.tensorParallel.map { m in { try m.shard($0, $1) } })
+            state = try TrainingCheckpoint.restore(file, path: resume, into: setup)
             runDirectory = resume
         } else {
             setup = try Setup(c, backend: backend, tensorGroup: groups?.tensor, pipeline: placement)
@@ -105,26 +116,21 @@ public final class Trainer {
         }
         self.config = c
         self.communicator = communicator
-        tensorParallel = setup.tensorParallel
-        // Every rank of a data group starts from its first rank's parameters (broadcast inside).
-        let params = setup.task.module.namedParameters()
-        if let comm = dataGroup, comm.size > 1 {
-            let dp = try DataParallel(parameters: params, communicator: comm, bucketBytes: c.bucketKB << 10, zero: c.zero == 1)
-            dataParallel = dp
-            optimizer = c.zero == 1 ? try ZeroOptimizer(dataParallel: dp, template: setup.optimizer) : setup.optimizer
+        let setup = self.setup
+        if let communicator {
+            plan = try DistributedPlan(setup: setup, world: communicator, groups: groups, bucketBytes: c.bucketKB << 10, zero: c.zero == 1)
         } else {
-            dataParallel = nil
-            optimizer = setup.optimizer
+            plan = SingleProcessPlan(setup: setup)
         }
         if let schedule, let groups, let stage = (setup.task as? PipelineTask)?.model {
             // Gradients stay local through the micro-batches; the data-parallel reduction
             // runs once, at the schedule's reduceGradients (after the tied embedding's sum).
-            dataParallel?.syncGradients = false
-            let engine = try PipelineEngine(schedule: schedule, chunks: stage.chunks, optimizer: optimizer, comm: groups.pipeline)
+            plan.setOverlapsBackward(false)
+            let engine = try PipelineEngine(schedule: schedule, chunks: stage.chunks, optimizer: plan.optimizer, comm: groups.pipeline)
             engine.recompute = c.recompute
             pipeline = engine
             engine.afterReduce = { [unowned self] in
-                try self.dataParallel?.synchronize()
+                try self.plan.reduceGradients()
                 try self.clipGradients()
             }
         } else {
@@ -167,11 +173,11 @@ public final class Trainer {
         let startStep = state.step, startElapsed = state.elapsedSeconds
         let t0 = monotonicSeconds()
         var windowStart = t0, windowSteps = 0
-        dataParallel?.resetTimers()
+        _ = plan.takeCommWaitSeconds()
         var lastLoss: Float = .nan
-        var lastEval: (loss: Double, accuracy: Double?)?
+        var lastEval: Evaluation?
         let quiet = self.quiet || !isLeader
-        let parameters = try countParameters()
+        let parameters = try plan.parameterCount()
         if !quiet {
             progress.note("loom train \(config.name): \(config.model), \(parameters) parameters, "
                 + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
@@ -206,10 +212,9 @@ public final class Trainer {
                 var record = MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, loss: lastLoss, lr: lr,
                                           throughput: rate, throughputUnit: unit)
                 record.gradNorm = lastGradNorm
-                if let dp = dataParallel {
-                    record.commWaitSeconds = dp.waitSeconds
-                    record.computeSeconds = window - dp.waitSeconds
-                    dp.resetTimers()
+                if let wait = plan.takeCommWaitSeconds() {
+                    record.commWaitSeconds = wait
+                    record.computeSeconds = window - wait
                 }
                 log?.append(record)
                 windowStart = now; windowSteps = 0
@@ -238,7 +243,7 @@ public final class Trainer {
                                  trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
                                  throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
                                  wallSeconds: state.elapsedSeconds, parameters: parameters)
-        summary.pipeline = pipelineReport?.json
+        summary.pipeline = pipelineReport?.report
         if isLeader { try writeTextAtomically(summary.json, to: runDirectory + "/summary.json") }
         return summary
     }
@@ -256,13 +261,13 @@ public final class Trainer {
         for micro in 0..<k {
             let x = k == 1 ? batch.inputs : try batch.inputs.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
             let y = k == 1 ? batch.targets : try batch.targets.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
-            dataParallel?.syncGradients = micro == k - 1
+            plan.setOverlapsBackward(micro == k - 1)
             let loss = try setup.task.loss(inputs: x, targets: y)
             try (k == 1 ? loss : loss.scaled(1 / Float(k))).backward()
             lossSum += loss.item
         }
         let computed = monotonicSeconds()
-        try dataParallel?.synchronize()
+        try plan.reduceGradients()
         try clipGradients()
         let reduced = monotonicSeconds()
         try optimizer.step()
@@ -273,22 +278,6 @@ public final class Trainer {
 
 
 
-    /// The whole model's parameter count (a split model's ranks each hold a part;
-    /// collective then).
-    private func countParameters() throws -> Int {
-        guard let groups else { return setup.task.module.parameterCount }
-        let mine = setup.task.module.namedParameters().filter { countsOnce($0.name, groups) }.reduce(0) { $0 + $1.tensor.count }
-        return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
-    }
-
-    /// Whether this rank's copy of tensor `name` is the one that counts when the whole
-    /// model's elements are summed (parameter count, gradient norm): shards on every TP
-    /// rank, TP-replicated tensors on TP rank 0, the tied token table on stage 0.
-    private func countsOnce(_ name: String, _ groups: ProcessGroups) -> Bool {
-        if groups.pipeline.rank != 0 && name == "wte.weight" { return false }
-        return tensorParallel == nil || groups.tensor.rank == 0 || tensorParallel!.shardSpec(name) != nil
-    }
-
     /// The global gradient norm of the whole model (every element counted once when it
     /// is split across tensor- or pipeline-parallel ranks), measured on logged steps and
     /// whenever train.grad_clip is set, which then clips by it. Sets `lastGradNorm`.
@@ -296,35 +285,15 @@ public final class Trainer {
         let measure = config.gradClip > 0 || measureGradNorm
         lastGradNorm = nil
         guard measure else { return }
-        let maxNorm = config.gradClip > 0 ? Float(config.gradClip) : .infinity
-        guard let groups else {
-            if let zero = optimizer as? ZeroOptimizer { lastGradNorm = try zero.clipGradNorm(maxNorm: maxNorm) }
-            else { lastGradNorm = clipGradNorm(setup.task.module.parameters, maxNorm: maxNorm) }
-            return
-        }
-        let counts = { [unowned self] (name: String) in self.countsOnce(name, groups) }
-        let across = [groups.tensor, groups.pipeline]
-        if let zero = optimizer as? ZeroOptimizer { lastGradNorm = try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: across) }
-        else { lastGradNorm = try clipGradNorm(setup.task.module.namedParameters(), maxNorm: maxNorm, counting: counts, across: across) }
+        lastGradNorm = try plan.clipGradients(maxNorm: config.gradClip > 0 ? Float(config.gradClip) : .infinity)
     }
 
     /// Evaluates (on every rank), then rank 0 logs, checkpoints and redraws the plot.
-    private func evaluateAndCheckpoint(log: MetricsLog?, epoch: Double) throws -> (loss: Double, accuracy: Double?) {
+    private func evaluateAndCheckpoint(log: MetricsLog?, epoch: Double) throws -> Evaluation {
         let e = try evaluate(full: state.step == totalSteps)
         state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
-        try (optimizer as? ZeroOptimizer)?.gatherState()  // collective: every rank
-        if !(optimizer is ZeroOptimizer) { try optimizer.materializeState() }
-        // Tensor parallelism: every rank gathers the shards into full tensors (collective).
-        var full = try tensorParallel.map { tp in
-            try TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer).map { name, t in
-                (name, try tp.gather(String(name.drop { $0 != "." }.dropFirst()), t))
-            }
-        }
-        // Pipeline parallelism: rank 0 collects the other stages' tensors (full, by global name).
-        var dropout: String?
-        if let groups, config.pp > 1 {
-            (full, dropout) = try gatherStages(full ?? TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), groups)
-        }
+        // Collective: shards, ZeRO state and other stages' tensors come whole to rank 0.
+        let (full, dropout) = try plan.checkpointTensors()
         if let log {
             log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
                                     validationLoss: e.loss, validationAccuracy: e.accuracy))
@@ -339,39 +308,15 @@ public final class Trainer {
 
     /// Mean validation loss (and accuracy for classifiers) in evaluation mode, over
     /// `eval_batches` batches, or the whole validation split when `full` (the final
-    /// evaluation of a run always is).
-    public func evaluate(full: Bool = false) throws -> (loss: Double, accuracy: Double?) {
-        let module = setup.task.module
-        module.eval()
-        defer { module.train() }
-        let data = setup.validation
-        let batch = min(config.batchSize, data.count)
-        var batches = (data.count + batch - 1) / batch  // the last batch may be partial
-        if config.evalBatches > 0 && !full { batches = min(batches, config.evalBatches) }
-        var lossSum = 0.0, correct = 0, count = 0
-        let ranks = dataGroup?.size ?? 1
-        for b in stride(from: rank, to: batches, by: ranks) {  // each data rank evaluates every ranks-th batch
-            let xy = try onBackend(data.batch(Array((b * batch)..<min((b + 1) * batch, data.count))))
-            if let pipeline {
-                // Through the stages; the sums arrive on the last stage (summed over the group below).
-                let rows = xy.inputs.shape[0]
-                if let r = try pipeline.evaluate(tokens: xy.inputs, targets: xy.targets, hidden: [rows, config.context, config.dModel]) {
-                    lossSum += r.lossSum; count += r.count
-                }
-                continue
-            }
-            let r = try setup.task.evaluate(inputs: xy.inputs, targets: xy.targets)
-            lossSum += r.lossSum; correct += r.correct; count += r.count
-        }
-        if let pipeline, pipeline.schedule.stages > 1 {
-            let sums = try groups!.pipeline.sum([lossSum, Double(count)])
-            lossSum = sums[0]; count = Int(sums[1].rounded())
-        }
-        if let comm = dataGroup, comm.size > 1 {
-            let sums = try comm.sum([lossSum, Double(correct), Double(count)])
-            lossSum = sums[0]; correct = Int(sums[1].rounded()); count = Int(sums[2].rounded())
-        }
-        return (lossSum / Double(max(count, 1)), config.isLanguageModel ? nil : Double(correct) / Double(max(count, 1)))
+    /// evaluation of a run always is). Collective: every rank of the run calls it.
+    public func evaluate(full: Bool = false) throws -> Evaluation {
+        try evaluator.evaluate(maxBatches: full ? nil : config.evalBatches)
+    }
+
+    private var evaluator: Evaluator {
+        Evaluator(task: setup.task, data: setup.validation, batchSize: config.batchSize, backend: backend,
+                  isClassifier: !config.isLanguageModel, pipeline: pipeline, dataGroup: dataGroup,
+                  pipelineGroup: pipeline == nil ? nil : groups?.pipeline)
     }
 
     /// A batch as the data pipeline made it (host memory), on the training backend.
@@ -380,7 +325,7 @@ public final class Trainer {
     }
 
     /// Detaches data-parallel hooks (the trainer's parameters become plain again).
-    public func finish() { dataParallel?.detach() }
+    public func finish() { plan.detach() }
 
     private func writePlot(_ log: MetricsLog) throws {
         let train = log.records.compactMap { r in r.loss.map { (r.step, Double($0)) } }

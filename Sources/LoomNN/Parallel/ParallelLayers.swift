@@ -1,0 +1,123 @@
+import LoomCore
+import LoomDistributed
+
+// Megatron-LM's parallel layers. Each is built from the whole layer's initial weights
+// (so every layout starts from the single-process initialisation) and keeps this rank's
+// part, marking it with its `Sharding`. With no group (tp = 1) each is exactly the plain
+// layer: the same parameters, the same kernels, the same numbers.
+
+/// y = x Wᵀ + b with W's rows (output features) split across the group: this rank holds
+/// weight [out/tp, in] and bias [out/tp] and produces its slice of the outputs.
+/// `pieces`: the rows form that many blocks, each split across the group (a fused qkv
+/// projection is 3: this rank's heads' queries, keys and values).
+public final class ColumnParallelLinear: Module, UnaryLayer {
+    public let weight: Tensor
+    public let bias: Tensor?
+    let group: Communicator?
+
+    public init(whole: Linear, pieces: Int = 1, group: Communicator?) throws {
+        let sharding = Sharding(axis: 0, pieces: pieces)
+        weight = parameter(try whole.weight.shard(sharding, group))
+        bias = try whole.bias.map { parameter(try $0.shard(sharding, group)) }
+        self.group = group
+    }
+
+    /// [..., in] (replicated) -> [..., out/tp]
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        guard let group else { return try x.linear(weight: weight, bias: bias) }
+        return try x.copyToTensorParallel(group).linear(weight: weight, bias: bias)
+    }
+}
+
+/// y = x Wᵀ + b with W's columns (input features) split: this rank holds weight
+/// [out, in/tp] and takes its slice of the input; partial outputs are summed across the
+/// group, then the (replicated) bias is added once.
+public final class RowParallelLinear: Module, UnaryLayer {
+    public let weight: Tensor
+    public let bias: Tensor?
+    let group: Communicator?
+
+    public init(whole: Linear, group: Communicator?) throws {
+        weight = parameter(try whole.weight.shard(Sharding(axis: 1), group))
+        bias = whole.bias.map { parameter($0) }
+        self.group = group
+    }
+
+    /// [..., in/tp] -> [..., out] (replicated)
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        guard let group else { return try x.linear(weight: weight, bias: bias) }
+        let y = try x.linear(weight: weight, bias: nil).reduceFromTensorParallel(group)
+        return try bias.map { try y.add($0) } ?? y
+    }
+}
+
+/// A token table split by vocabulary rows across the group (weight [V/tp, D], rows
+/// `vocabulary` of the whole table), which is also the output head when tied: lookups sum
+/// the ranks' partial results, logits stay split by vocabulary, and the loss is the
+/// vocabulary-parallel cross-entropy.
+public final class VocabParallelEmbedding: Module {
+    public let weight: Tensor
+    public let vocabulary: Range<Int>
+    let group: Communicator?
+
+    public init(whole: Embedding, group: Communicator?) throws {
+        let v = whole.weight.shape[0], n = group?.size ?? 1, r = group?.rank ?? 0
+        guard v % n == 0 else {
+            throw LoomError.config("tensor parallel \(n): the vocabulary of \(v) tokens is not divisible by \(n)")
+        }
+        weight = parameter(try whole.weight.shard(Sharding(axis: 0), group))
+        vocabulary = (r * v / n)..<((r + 1) * v / n)
+        self.group = group
+    }
+
+    /// int32 indices [S...] -> [S..., D]
+    public func callAsFunction(_ indices: Tensor) throws -> Tensor {
+        guard let group else { return try Tensor.embedding(weight, indices: indices) }
+        return try Tensor.embeddingShard(weight, rows: vocabulary, indices: indices).reduceFromTensorParallel(group)
+    }
+
+    /// The tied head: h [..., D] -> logits [..., V/tp].
+    public func logits(_ h: Tensor) throws -> Tensor {
+        guard let group else { return try h.matmul(weight, transposeB: true) }
+        return try h.copyToTensorParallel(group).matmul(weight, transposeB: true)
+    }
+
+    /// Mean cross-entropy of this rank's logits [..., V/tp] against targets [...].
+    public func loss(logits: Tensor, targets: Tensor) throws -> Tensor {
+        guard let group else { return try logits.crossEntropy(targets: targets) }
+        return try logits.vocabParallelCrossEntropy(targets: targets, classes: vocabulary, comm: group)
+    }
+}
+
+extension Tensor {
+    /// This rank's part of a whole tensor under `sharding` (the whole tensor itself, with
+    /// no sharding mark, when there is no group or it has one rank).
+    public func shard(_ sharding: Sharding, _ group: Communicator?) throws -> Tensor {
+        guard let group, group.size > 1 else { return self }
+        let full = shape[sharding.axis]
+        guard full % (sharding.pieces * group.size) == 0 else {
+            throw LoomError.shapeMismatch("shard: axis \(sharding.axis) of \(describe(shape)) does not split into \(sharding.pieces) piece(s) across \(group.size) ranks")
+        }
+        let part = try withoutGrad {
+            try Tensor.concat(sharding.ranges(fullSize: full, rank: group.rank, ranks: group.size).map { try slice(axis: sharding.axis, $0) },
+                              axis: sharding.axis)
+        }
+        part.sharding = sharding
+        return part
+    }
+
+    /// Collective over `group`: the whole tensor from every rank's part (this tensor when
+    /// it is not sharded). The inverse of `shard`.
+    public func unshard(_ group: Communicator?) throws -> Tensor {
+        guard let sharding, let group, group.size > 1 else { return self }
+        let all = try Tensor(uninitialized: [group.size * count], dtype: dtype, on: backend)
+        try group.allGather(try copied(), into: all)
+        let blocks = try (0..<group.size).map { all.view(shape, offset: $0 * count) }.map { part in
+            try part.split(Array(repeating: part.shape[sharding.axis] / sharding.pieces, count: sharding.pieces), axis: sharding.axis)
+        }
+        // The whole tensor: for each piece p, the ranks' p-th blocks in rank order.
+        return try withoutGrad {
+            try Tensor.concat((0..<sharding.pieces).flatMap { p in blocks.map { $0[p] } }, axis: sharding.axis)
+        }
+    }
+}

@@ -1,0 +1,159 @@
+import LoomCore
+import LoomDistributed
+import LoomNN
+import LoomParallel
+
+/// How this rank's part of a run combines with the other ranks': what the training loop
+/// asks after backward and at a checkpoint, the same questions for every layout. Two
+/// implementations: `SingleProcessPlan` (one rank: nothing to combine) and
+/// `DistributedPlan` (data parallel with or without ZeRO-1, tensor and pipeline
+/// parallel, and their combinations).
+public protocol ParallelPlan: AnyObject {
+    /// The optimizer training steps with (the setup's, or its ZeRO-sharded form).
+    var optimizer: Optimizer { get }
+    /// Data parallelism: whether the next backward also starts the gradient reduction
+    /// (off for all but the last accumulation micro-batch, and under a pipeline).
+    func setOverlapsBackward(_ on: Bool)
+    /// Makes every rank's gradients the global batch's (waits for the all-reduce or
+    /// reduce-scatter that backward started).
+    func reduceGradients() throws
+    /// The global L2 norm of the whole model's gradient, each element counted once; if
+    /// it exceeds `maxNorm`, every gradient is scaled down to it (pass .infinity to only
+    /// measure). Collective.
+    func clipGradients(maxNorm: Float) throws -> Float
+    /// The whole model's parameter count. Collective.
+    func parameterCount() throws -> Int
+    /// The whole model's tensors and optimizer state under their checkpoint names, and
+    /// the dropout generators entry, as one process would hold them: on the rank that
+    /// writes the checkpoint (`writesCheckpoint`). Collective.
+    func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: String)
+    /// Whether this rank writes the run's files (rank 0).
+    var writesCheckpoint: Bool { get }
+    /// Seconds blocked on gradient communication that backward did not hide, since the
+    /// last call (nil: no data parallelism); resets the count.
+    func takeCommWaitSeconds() -> Double?
+    /// Detaches the hooks data parallelism put on the parameters.
+    func detach()
+}
+
+/// One process: gradients, norms and state are already whole.
+public final class SingleProcessPlan: ParallelPlan {
+    public let optimizer: Optimizer
+    let setup: Setup
+
+    init(setup: Setup) {
+        self.setup = setup
+        optimizer = setup.optimizer
+    }
+
+    public func setOverlapsBackward(_ on: Bool) {}
+    public func reduceGradients() throws {}
+    public func takeCommWaitSeconds() -> Double? { nil }
+    public func detach() {}
+    public func clipGradients(maxNorm: Float) throws -> Float { clipGradNorm(setup.task.module.parameters, maxNorm: maxNorm) }
+    public func parameterCount() throws -> Int { setup.task.module.parameterCount }
+    public var writesCheckpoint: Bool { true }
+
+    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: String) {
+        try optimizer.materializeState()
+        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), TrainingCheckpoint.dropoutEntry(setup.task.module))
+    }
+}
+
+/// One rank of a run over several: a data group that splits the batch (bucketed
+/// all-reduce overlapping backward, or ZeRO-1's reduce-scatter and sharded optimizer),
+/// and when the model is split, a tensor group (sharded parameters) and a pipeline group
+/// (this rank's pieces).
+public final class DistributedPlan: ParallelPlan {
+    public let optimizer: Optimizer
+    let setup: Setup
+    let world: Communicator
+    let dataGroup: Communicator
+    /// The model-parallel groups (nil: data parallelism only).
+    let groups: ProcessGroups?
+    let dataParallel: DataParallel?
+    var zero: ZeroOptimizer? { optimizer as? ZeroOptimizer }
+    /// The pipeline stage this rank holds (nil: no pipeline).
+    var stage: PipelineStageModel? { (setup.task as? PipelineTask)?.model }
+
+    /// Every rank of a data group starts from its first rank's parameters (broadcast).
+    init(setup: Setup, world: Communicator, groups: ProcessGroups?, bucketBytes: Int, zero: Bool) throws {
+        self.setup = setup
+        self.world = world
+        self.groups = groups
+        dataGroup = groups?.data ?? world
+        if dataGroup.size > 1 {
+            let dp = try DataParallel(parameters: setup.task.module.namedParameters(), communicator: dataGroup,
+                                      bucketBytes: bucketBytes, zero: zero)
+            dataParallel = dp
+            optimizer = zero ? try ZeroOptimizer(dataParallel: dp, template: setup.optimizer) : setup.optimizer
+        } else {
+            dataParallel = nil
+            optimizer = setup.optimizer
+        }
+    }
+
+    public var writesCheckpoint: Bool { world.rank == 0 }
+    public func setOverlapsBackward(_ on: Bool) { dataParallel?.syncGradients = on }
+    public func reduceGradients() throws { try dataParallel?.synchronize() }
+    public func detach() { dataParallel?.detach() }
+
+    public func takeCommWaitSeconds() -> Double? {
+        guard let dp = dataParallel else { return nil }
+        defer { dp.resetTimers() }
+        return dp.waitSeconds
+    }
+
+    /// Whether this rank's copy of a parameter is the one that counts when the whole
+    /// model's elements are summed (parameter count, gradient norm): shards on every TP
+    /// rank, TP-replicated tensors on TP rank 0, a parameter tied across pipeline stages
+    /// on the first stage holding it.
+    func countsOnce(_ t: Tensor) -> Bool {
+        guard let groups else { return true }
+        if groups.pipeline.rank != 0, let stage, stage.tiedParameters.contains(where: { $0 === t }) { return false }
+        return groups.tensor.rank == 0 || t.sharding != nil
+    }
+
+    public func clipGradients(maxNorm: Float) throws -> Float {
+        let across = groups.map { [$0.tensor, $0.pipeline] } ?? []
+        if let zero { return try zero.clipGradNorm(maxNorm: maxNorm, counting: groups == nil ? nil : countsOnce, across: across) }
+        return try clipGradNorm(setup.task.module.namedParameters(), maxNorm: maxNorm, counting: countsOnce, across: across)
+    }
+
+    public func parameterCount() throws -> Int {
+        guard let groups else { return setup.task.module.parameterCount }
+        let mine = setup.task.module.parameters.filter(countsOnce).reduce(0) { $0 + $1.count }
+        return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
+    }
+
+    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: String) {
+        if let zero { try zero.gatherState() } else { try optimizer.materializeState() }
+        var tensors = TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer)
+        // Tensor parallelism: every rank gathers the shards into whole tensors.
+        if let group = setup.tensorGroup { tensors = try tensors.map { ($0.name, try $0.tensor.unshard(group)) } }
+        let dropout = TrainingCheckpoint.dropoutEntry(setup.task.module)
+        guard let groups, groups.pipeline.size > 1 else { return (tensors, dropout) }
+        return try gatherStages(tensors, dropout, groups)
+    }
+
+    /// Stages other than 0 of rank 0's pipeline send their tensors and dropout generators
+    /// to it; rank 0 returns them all (tied parameters and their state once, from the
+    /// first stage). Other ranks hold copies of these and send nothing.
+    private func gatherStages(_ mine: [(name: String, tensor: Tensor)], _ generators: String, _ groups: ProcessGroups) throws
+        -> (tensors: [(name: String, tensor: Tensor)], dropout: String) {
+        guard groups.data.rank == 0 && groups.tensor.rank == 0 else { return (mine, generators) }
+        let pipe = groups.pipeline, tag = 1 << 20
+        if pipe.rank != 0 {
+            try pipe.send(named: mine, metadata: ["dropout": generators], to: 0, tag: tag)
+            return (mine, generators)
+        }
+        let backend = optimizer.parameters.first?.tensor.backend ?? DefaultBackend.current
+        var all = mine, names = Set(mine.map(\.name)), entries = [generators]
+        for stage in 1..<pipe.size {
+            let (tensors, meta) = try pipe.receiveNamed(from: stage, tag: tag, on: backend)
+            for (name, t) in tensors where names.insert(name).inserted { all.append((name, t)) }
+            entries.append(meta["dropout"] ?? "")
+        }
+        return (all, entries.filter { !$0.isEmpty }.joined(separator: ";"))
+    }
+}
