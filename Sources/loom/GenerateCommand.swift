@@ -29,6 +29,12 @@ struct GenerateCommand: ParsableCommand {
 
     @OptionGroup var deviceOptions: DeviceOptions
 
+    func validate() throws {
+        guard tokens >= 0 else { throw ValidationError("--tokens \(tokens): the number of characters to generate must be >= 0") }
+        guard temperature > 0, temperature.isFinite else { throw ValidationError("--temperature \(temperature) must be a finite number > 0") }
+        guard topK >= 0 else { throw ValidationError("--top-k \(topK) must be >= 0 (0: all)") }
+    }
+
     func run() throws {
         try runReportingErrors {
             try deviceOptions.check()

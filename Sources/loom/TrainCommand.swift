@@ -107,6 +107,7 @@ struct TrainCommand: ParsableCommand {
                 guard zero == 0 || zero == 1 else { throw LoomError.config("--zero \(zero): valid stages are 0 and 1") }
                 c.zero = zero
             }
+            try ConfigFile.validate(c)
             let (s, directory) = try runTraining(c)
             guard let s else { return }  // not rank 0
             var line = String(format: "done: %d steps, train_loss %.4f, val_loss %.4f", s.steps, s.trainLoss, s.validationLoss)

@@ -34,7 +34,7 @@ final class ConfigTests: XCTestCase {
 
     func testBadValuesNameKeyAndExpectation() {
         XCTAssertThrowsError(try ConfigFile.parse("[train]\nlr = \"fast\"\n", path: "x.toml")) { e in
-            XCTAssertTrue("\(e)".contains("x.toml: train.lr must be a number >= 0.0"), "\(e)")
+            XCTAssertTrue("\(e)".contains("x.toml: train.lr must be a finite number >= 0.0"), "\(e)")
         }
         XCTAssertThrowsError(try ConfigFile.parse("[model]\nkind = \"rnn\"\n", path: "x.toml")) { e in
             XCTAssertTrue("\(e)".contains("model.kind must be one of \"cnn\", \"mlp\", \"gpt\""), "\(e)")

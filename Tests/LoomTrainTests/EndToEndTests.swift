@@ -105,6 +105,18 @@ final class EndToEndTests: CLITestCase {
         try expectError(["train", "--schedule", "zigzag"], contains: "Please provide one of 'gpipe', '1f1b' or 'interleaved'")
         try expectError(["bench", "--device", "tpu"], contains: "Please provide one of 'cpu', 'cuda' or 'cuda:N'")
         try expectError(["train", "--model", "mlp", "--tp", "2"], contains: "tensor parallelism splits gpt models only")
+        // Flags are held to the same rules as the file's keys.
+        try expectError(["train", "--dp", "0"], contains: "parallel.dp must be an integer >= 1, got 0")
+        try expectError(["train", "--tp", "0", "--dp", "2"], contains: "parallel.tp must be an integer >= 1, got 0")
+        try expectError(["train", "--accumulate", "0"], contains: "train.accumulation_steps must be an integer >= 1, got 0")
+        try expectError(["train", "--seed=-1"], contains: "train.seed must be an integer >= 0, got -1")
+        try expectError(["train", "--epochs=-1"], contains: "train.epochs must be an integer >= 0, got -1")
+        try expectError(["train", "--lr", "inf"], contains: "train.lr must be a finite number >= 0.0")
+        try expectError(["generate", "--checkpoint", work + "/x", "--tokens=-1"], contains: "--tokens -1")
+        // A text too short for the context: named, not a division by zero.
+        try String(repeating: "To be, or not to be. ", count: 50).write(toFile: work + "/short.txt", atomically: true, encoding: .utf8)
+        try expectError(["train", "--model", "gpt", "--data", work + "/short.txt", "--out", work],
+                        contains: "the validation split has 105 tokens, fewer than one window of model.context + 1 = 129")
         let rows = (0..<20).map { i in (0..<100).map { _ in "1" }.joined(separator: ",") + ",\(i % 10)" }.joined(separator: "\n")
         try (rows + "\n").write(toFile: work + "/small.csv", atomically: true, encoding: .utf8)
         try expectError(["train", "--data", work + "/small.csv", "--out", work, "--batch-size", "4"],

@@ -23,7 +23,7 @@ public enum ConfigFile {
 
     static func double(_ s: String, _ n: String, _ help: String, min: Double = 0, _ kp: WritableKeyPath<TrainConfig, Double>) -> Key {
         Key(section: s, name: n, help: help, read: { c, v, path in
-            guard let d = v.double ?? v.int.map(Double.init), d >= min else { throw bad(path, "\(s).\(n)", "a number >= \(min)", v) }
+            guard let d = v.double ?? v.int.map(Double.init), d.isFinite, d >= min else { throw bad(path, "\(s).\(n)", "a finite number >= \(min)", v) }
             c[keyPath: kp] = d
         }, write: { "\($0[keyPath: kp])" })
     }
@@ -154,8 +154,11 @@ public enum ConfigFile {
         }.joined(separator: "\n\n") + "\n"
     }
 
-    /// Checks that hold across keys (run after flags are applied).
+    /// Checks every key's own rule and those that hold across keys: run after the
+    /// command line's flags are applied, which bypass the file's checks otherwise
+    /// (`--dp 0` is refused as `parallel.dp = 0` would be).
     public static func validate(_ c: TrainConfig) throws {
+        _ = try parse(render(c), path: "configuration with the command line's flags")
         if c.steps == 0 && c.epochs == 0 { throw LoomError.config("set train.steps or train.epochs (both are 0)") }
         if c.model == .gpt && c.dModel % c.heads != 0 {
             throw LoomError.config("model.d_model \(c.dModel) must be divisible by model.heads \(c.heads)")

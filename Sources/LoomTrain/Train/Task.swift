@@ -105,6 +105,12 @@ public struct Setup {
             tokenizer = corpus.tokenizer
             train = TokenWindows(tokens: corpus.train, context: c.context)
             validation = TokenWindows(tokens: corpus.validation, context: c.context)
+            // A window is context + 1 tokens (inputs and the targets one further).
+            for (part, tokens, windows) in [("training", corpus.train.count, train.count), ("validation", corpus.validation.count, validation.count)]
+            where windows == 0 {
+                throw LoomError.config("'\(c.data)': the \(part) split has \(tokens) tokens, fewer than one window of model.context + 1 = "
+                    + "\(c.context + 1); use a longer text, a smaller model.context or another data.validation_fraction (\(c.validationFraction))")
+            }
             let group = (tensorGroup?.size ?? 1) > 1 ? tensorGroup : nil
             self.tensorGroup = group
             let gpt = try GPT(GPTConfig(vocabSize: corpus.tokenizer.count, contextLength: c.context, layers: c.layers,

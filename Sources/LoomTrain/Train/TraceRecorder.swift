@@ -14,12 +14,12 @@ struct TraceRecorder {
         if steps.count > keep { steps.removeFirst(steps.count - keep) }
     }
 
-    /// Chrome trace events (JSON objects, one per line) of this rank's recorded steps.
-    func lines(track: Int) -> [String] {
+    /// Chrome trace events of this rank's recorded steps, on track `track`.
+    func events(track: Int) -> [TraceEvent] {
         steps.flatMap { step in
             step.events.map { e in
-                String(format: "{\"name\": \"%@\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.1f, \"dur\": %.1f, \"args\": {\"step\": %d}}",
-                       e.name, track, e.start * 1e6, (e.end - e.start) * 1e6, step.step + 1)
+                TraceEvent(name: e.name, ph: "X", pid: 0, tid: track, ts: rounded(e.start * 1e6, 1), dur: rounded((e.end - e.start) * 1e6, 1),
+                           args: TraceEvent.Args(step: step.step + 1, name: nil))
             }
         }
     }
@@ -29,26 +29,49 @@ struct TraceRecorder {
     /// Ranks in one process, or MPI processes on one machine, share that clock;
     /// across machines the tracks are each right but not aligned.
     func write(to path: String, world: Communicator?, label: (Int) -> String) throws {
-        let mine = lines(track: world?.rank ?? 0).joined(separator: ",\n")
+        let mine = events(track: world?.rank ?? 0)
         guard let world, world.size > 1 else { return try TraceRecorder.writeFile([mine], labels: [label(0)], to: path) }
         let tag = 1 << 21
         if world.rank != 0 {
-            try world.send(named: [], metadata: ["trace": mine], to: 0, tag: tag)
+            try world.send(named: [], metadata: ["trace": JSONOutput.string(mine)], to: 0, tag: tag)
             return
         }
         var all = [mine]
-        for r in 1..<world.size { all.append(try world.receiveNamed(from: r, tag: tag).metadata["trace"] ?? "") }
+        for r in 1..<world.size {
+            let text = try world.receiveNamed(from: r, tag: tag).metadata["trace"] ?? "[]"
+            all.append(try JSONDecoder().decode([TraceEvent].self, from: Data(text.utf8)))
+        }
         try TraceRecorder.writeFile(all, labels: (0..<world.size).map(label), to: path)
     }
 
-    static func writeFile(_ perRank: [String], labels: [String], to path: String) throws {
-        var events = labels.enumerated().map { r, name in
-            "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": \(r), \"args\": {\"name\": \"\(name)\"}}"
+    static func writeFile(_ perRank: [[TraceEvent]], labels: [String], to path: String) throws {
+        let names = labels.enumerated().map { r, name in
+            TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: r, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: name))
         }
-        let body = perRank.filter { !$0.isEmpty }.joined(separator: ",\n")
-        if !body.isEmpty { events.append(body) }
-        try writeTextAtomically("{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n" + events.joined(separator: ",\n") + "\n]}\n", to: path)
+        try writeTextAtomically(JSONOutput.string(TraceFile(displayTimeUnit: "ms", traceEvents: names + perRank.flatMap { $0 }), pretty: true) + "\n",
+                                to: path)
     }
+}
+
+/// The Chrome trace format (Perfetto opens it): complete events ("X", microseconds) and
+/// thread-name metadata ("M").
+struct TraceEvent: Codable {
+    struct Args: Codable {
+        var step: Int?
+        var name: String?
+    }
+    var name: String
+    var ph: String
+    var pid: Int
+    var tid: Int
+    var ts: Double?
+    var dur: Double?
+    var args: Args
+}
+
+struct TraceFile: Encodable {
+    var displayTimeUnit: String
+    var traceEvents: [TraceEvent]
 }
 
 /// A pipeline stage's measurements over a run: the share of each step it sat idle (the

@@ -72,7 +72,6 @@ public final class Trainer {
     public var optimizer: Optimizer { plan.optimizer }
     /// This rank's index in the data group: which shard of each batch it takes.
     private var rank: Int { dataGroup?.rank ?? 0 }
-    private var isLeader: Bool { (communicator?.rank ?? 0) == 0 }
     /// Whether the step in progress measures the gradient norm (it is logged).
     private var measureGradNorm = false
     /// The global gradient norm of the last step, when it was measured.
@@ -155,18 +154,14 @@ public final class Trainer {
     @discardableResult
     public func run() throws -> RunSummary {
         let resumed = state.step > 0
-        var log: MetricsLog?
-        if isLeader {
-            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-            try writeTextAtomically(ConfigFile.render(config), to: runDirectory + "/config.toml")
-            log = try MetricsLog(path: runDirectory + "/metrics.jsonl", keepThrough: resumed ? state.step : nil)
-        }
+        let writer = plan.writesCheckpoint
+            ? try RunWriter(directory: runDirectory, config: config, resumedAt: resumed ? state.step : nil, totalSteps: totalSteps, quiet: quiet)
+            : nil
         let sampler = try EpochSampler(count: setup.train.count, globalBatch: config.batchSize, seed: UInt64(config.seed),
                                        rank: rank, worldSize: dataGroup?.size ?? 1)
         let end = min(totalSteps, stopAt ?? totalSteps)
         let loader = PrefetchLoader(dataset: setup.train, sampler: sampler, start: state.step, end: end)
         defer { loader.stop() }
-        let progress = Progress(total: totalSteps)
         let lrs = schedule()
         let itemsPerStep = config.batchSize * (config.isLanguageModel ? config.context : 1)
         let evalEvery = config.evalEvery > 0 ? config.evalEvery : stepsPerEpoch
@@ -176,10 +171,9 @@ public final class Trainer {
         _ = plan.takeCommWaitSeconds()
         var lastLoss: Float = .nan
         var lastEval: Evaluation?
-        let quiet = self.quiet || !isLeader
         let parameters = try plan.parameterCount()
-        if !quiet {
-            progress.note("loom train \(config.name): \(config.model), \(parameters) parameters, "
+        if let writer {
+            writer.note("loom train \(config.name): \(config.model), \(parameters) parameters, "
                 + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
                 + (resumed ? ", resuming at step \(startStep)" : "")
                 + ((dataGroup?.size ?? 1) > 1 ? ", data parallel over \(dataGroup!.size) ranks" : "")
@@ -216,35 +210,28 @@ public final class Trainer {
                     record.commWaitSeconds = wait
                     record.computeSeconds = window - wait
                 }
-                log?.append(record)
+                writer?.log(record)
                 windowStart = now; windowSteps = 0
             }
-            if !quiet {
-                let rate = Double((state.step - startStep) * itemsPerStep) / max(now - t0, 1e-9)
-                progress.update(step: state.step, epoch: epoch, loss: lastLoss, throughput: rate, unit: unit,
-                                elapsed: now - t0, startStep: startStep, force: isLog)
-            }
+            writer?.progress(step: state.step, epoch: epoch, loss: lastLoss,
+                             throughput: Double((state.step - startStep) * itemsPerStep) / max(now - t0, 1e-9), unit: unit,
+                             elapsed: now - t0, startStep: startStep, force: isLog)
             if state.step % evalEvery == 0 || state.step == end {
-                let e = try evaluateAndCheckpoint(log: log, epoch: epoch)
-                lastEval = e
-                if !quiet {
-                    progress.note(String(format: "step %d: val_loss %.4f", state.step, e.loss)
-                                  + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? "") + " (checkpoint saved)")
-                }
+                lastEval = try evaluateAndCheckpoint(writer, epoch: epoch)
             }
         }
-        if !quiet { progress.finish() }
+        writer?.endProgress()
         let wall = monotonicSeconds() - t0
         let e = try lastEval ?? evaluate(full: true)
         if let tracePath { try trace.write(to: tracePath, world: communicator, label: rankLabel) }
         let pipelineReport = try pipeline.map { try report($0) }
-        if let r = pipelineReport, !quiet { progress.note(r.line) }
+        if let r = pipelineReport { writer?.note(r.line) }
         var summary = RunSummary(name: config.name, steps: state.step, epochs: Double(state.step) / Double(stepsPerEpoch),
                                  trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
                                  throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
                                  wallSeconds: state.elapsedSeconds, parameters: parameters)
         summary.pipeline = pipelineReport?.report
-        if isLeader { try writeTextAtomically(summary.json, to: runDirectory + "/summary.json") }
+        try writer?.writeSummary(summary)
         return summary
     }
 
@@ -288,19 +275,17 @@ public final class Trainer {
         lastGradNorm = try plan.clipGradients(maxNorm: config.gradClip > 0 ? Float(config.gradClip) : .infinity)
     }
 
-    /// Evaluates (on every rank), then rank 0 logs, checkpoints and redraws the plot.
-    private func evaluateAndCheckpoint(log: MetricsLog?, epoch: Double) throws -> Evaluation {
+    /// Evaluates (on every rank), then rank 0 checkpoints and logs.
+    private func evaluateAndCheckpoint(_ writer: RunWriter?, epoch: Double) throws -> Evaluation {
         let e = try evaluate(full: state.step == totalSteps)
         state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
         // Collective: shards, ZeRO state and other stages' tensors come whole to rank 0.
         let (full, dropout) = try plan.checkpointTensors()
-        if let log {
-            log.append(MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, throughputUnit: unit,
-                                    validationLoss: e.loss, validationAccuracy: e.accuracy))
+        if let writer {
             // Written once, by rank 0: every rank holds the same parameters and state.
             try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state, tensors: full,
                                         dropout: dropout)
-            try writePlot(log)
+            try writer.evaluation(e, step: state.step, epoch: epoch, elapsed: state.elapsedSeconds, unit: unit)
         }
         return e
     }
@@ -326,12 +311,6 @@ public final class Trainer {
 
     /// Detaches data-parallel hooks (the trainer's parameters become plain again).
     public func finish() { plan.detach() }
-
-    private func writePlot(_ log: MetricsLog) throws {
-        let train = log.records.compactMap { r in r.loss.map { (r.step, Double($0)) } }
-        let val = log.records.compactMap { r in r.validationLoss.map { (r.step, $0) } }
-        try writeTextAtomically(LossPlot.svg(train: train, validation: val, title: "\(config.name): loss"), to: runDirectory + "/loss.svg")
-    }
 }
 
 /// A relative data path is looked up from the working directory first, then from the
