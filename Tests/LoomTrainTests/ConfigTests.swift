@@ -68,4 +68,44 @@ final class SafeTensorsTests: XCTestCase {
         var flipped = good; flipped[flipped.count - 1] ^= 0xFF
         XCTAssertTrue(reason(flipped).contains("checksum mismatch"))
     }
+
+    func testTheChecksumCoversTheHeaderAndAFileWithoutOneIsRefused() throws {
+        let good = SafeTensors.encode([("w", Tensor([1, 2, 3, 4], shape: [4]))], metadata: ["loom.step": "5"])
+        XCTAssertNoThrow(try SafeTensors.decode(good, path: "f"))
+        // The step count 5 -> 7 in the header: same length, valid JSON, data untouched.
+        let pattern = Array("\"loom.step\":\"5\"".utf8)
+        let at = (0...(good.count - pattern.count)).first { Array(good[$0..<($0 + pattern.count)]) == pattern }! + pattern.count - 2
+        var edited = good; edited[at] = UInt8(ascii: "7")
+        XCTAssertThrowsError(try SafeTensors.decode(edited, path: "f")) { XCTAssertTrue("\($0)".contains("checksum mismatch"), "\($0)") }
+        // A shape edited [4] -> [2] and its offsets left: caught by the checksum first.
+        let header = #"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#
+        var plain: [UInt8] = []
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { plain.append(contentsOf: $0) }
+        plain += Array(header.utf8) + [UInt8](repeating: 0, count: 16)
+        XCTAssertThrowsError(try SafeTensors.decode(plain, path: "f")) { XCTAssertTrue("\($0)".contains("has no Loom checksum"), "\($0)") }
+    }
+
+    func testHalfPrecisionTensorsRoundTrip() throws {
+        let h = try Tensor([1.5, -2, 65504, 0.1], shape: [2, 2]).cast(to: .bfloat16)
+        let f = try SafeTensors.decode(SafeTensors.encode([("h", h)], metadata: [:]), path: "mem")
+        XCTAssertEqual(f.entries["h"]?.dtype, .bfloat16)
+        XCTAssertEqual(f.entries["h"]?.range.count, 8)
+        XCTAssertEqual(f.data[f.entries["h"]!.range].withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }, h.halfBits)
+    }
+
+    func testCheckpointMetadataParsesOrFailsNamingTheKey() throws {
+        let meta = ["loom.step": "12", "loom.elapsed_s": "3.5", "loom.optimizer_steps": "12", "loom.dropout": "blocks.0.dropout=7:96"]
+        let file = try SafeTensors.decode(SafeTensors.encode([], metadata: meta), path: "ok")
+        XCTAssertEqual(try TrainingCheckpoint.Metadata(file: file, path: "ok").runState(), RunState(step: 12, elapsedSeconds: 3.5, bestValidationLoss: nil))
+        for (key, value, message) in [("loom.step", "twelve", "metadata loom.step = 'twelve' is not a count >= 0"),
+                                      ("loom.step", "-3", "loom.step = '-3'"),
+                                      ("loom.elapsed_s", "nan", "loom.elapsed_s = 'nan' is not a finite number")] {
+            var m = meta; m[key] = value
+            let f = try SafeTensors.decode(SafeTensors.encode([], metadata: m), path: "bad")
+            XCTAssertThrowsError(try TrainingCheckpoint.Metadata(file: f, path: "bad").runState()) { XCTAssertTrue("\($0)".contains(message), "\($0)") }
+        }
+        var m = meta; m.removeValue(forKey: "loom.step")
+        let f = try SafeTensors.decode(SafeTensors.encode([], metadata: m), path: "bad")
+        XCTAssertThrowsError(try TrainingCheckpoint.Metadata(file: f, path: "bad").runState()) { XCTAssertTrue("\($0)".contains("(missing)"), "\($0)") }
+    }
 }

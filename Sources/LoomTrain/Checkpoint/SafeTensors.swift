@@ -8,7 +8,10 @@ import LoomCore
 ///
 /// The header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]}
 /// (offsets into the raw bytes) and "__metadata__" to a string→string map. Loom adds
-/// "loom.crc32", the CRC-32 of the raw bytes, and verifies it on load.
+/// "loom.file_crc32", the CRC-32 of the whole file (length, header and data) computed with
+/// those 8 hex digits as zeros, and verifies it on load: a flipped bit anywhere, in a
+/// tensor, a shape or the step count, is caught. (Checkpoints of older Loom versions carry
+/// "loom.crc32", over the data only, and are still read.)
 public enum SafeTensors {
     public struct Entry: Equatable {
         public var dtype: DType
@@ -34,12 +37,13 @@ public enum SafeTensors {
         var fields: [String] = []
         for (name, t) in tensors {
             let begin = data.count
-            let bytes = t.dtype == .float32 ? t.floats.withUnsafeBytes { Array($0) } : t.ints.withUnsafeBytes { Array($0) }
+            var bytes = [UInt8](repeating: 0, count: t.byteCount)  // any dtype, as stored
+            bytes.withUnsafeMutableBytes { t.backend.download(t, into: $0) }
             data.append(contentsOf: bytes)
             fields.append("\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(data.count)]}")
         }
         var meta = metadata
-        meta["loom.crc32"] = String(crc(data), radix: 16)
+        meta[checksumKey] = String(repeating: "0", count: 8)
         let metaJSON = meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",")
         var header = Array("{\"__metadata__\":{\(metaJSON)}\(fields.isEmpty ? "" : ",")\(fields.joined(separator: ","))}".utf8)
         while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }  // align the data section
@@ -48,7 +52,29 @@ public enum SafeTensors {
         withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
         out.append(contentsOf: header)
         out.append(contentsOf: data)
+        let at = checksumOffset(in: out, headerEnd: 8 + header.count)!
+        out.replaceSubrange(at..<(at + 8), with: Array(hex8(crc(out)).utf8))
         return out
+    }
+
+    static let checksumKey = "loom.file_crc32"
+
+    /// Where the 8 hex digits of the whole-file checksum start, if the header has them in
+    /// the layout `encode` writes.
+    static func checksumOffset(in bytes: [UInt8], headerEnd: Int) -> Int? {
+        let needle = Array("\"\(checksumKey)\":\"".utf8)
+        guard headerEnd > needle.count + 8 else { return nil }
+        var i = 8
+        while i + needle.count + 8 <= headerEnd {
+            if bytes[i] == needle[0] && Array(bytes[i..<(i + needle.count)]) == needle { return i + needle.count }
+            i += 1
+        }
+        return nil
+    }
+
+    static func hex8(_ v: UInt32) -> String {
+        let h = String(v, radix: 16)
+        return String(repeating: "0", count: 8 - h.count) + h
     }
 
     /// Parses and verifies a buffer; `path` is only for messages.
@@ -76,17 +102,39 @@ public enum SafeTensors {
                   let offs = v["data_offsets"] as? [Int], offs.count == 2 else {
                 throw bad("entry '\(name)' lacks dtype, shape or data_offsets")
             }
-            guard let dtype = DType(rawValue: dt) else { throw bad("entry '\(name)' has dtype \(dt); Loom reads F32 and I32") }
+            guard let dtype = DType(rawValue: dt) else {
+                throw bad("entry '\(name)' has dtype \(dt); Loom reads \(DType.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard shape.allSatisfy({ $0 >= 0 && $0 <= 1 << 40 }), shape.count <= 16 else {
+                throw bad("entry '\(name)' has shape \(shape), which no tensor has")
+            }
             guard offs[0] >= 0, offs[0] <= offs[1], offs[1] <= data.count else {
                 throw bad("entry '\(name)' spans bytes \(offs[0])..<\(offs[1]) of a \(data.count)-byte data section (truncated?)")
             }
-            guard offs[1] - offs[0] == shape.reduce(1, *) * dtype.byteSize else {
+            let bytesNeeded = shape.reduce(Optional(dtype.byteSize)) { n, d in
+                n.flatMap { let (p, o) = $0.multipliedReportingOverflow(by: d); return o ? nil : p }
+            }
+            guard offs[1] - offs[0] == bytesNeeded else {
                 throw bad("entry '\(name)' has shape \(describe(shape)) but \(offs[1] - offs[0]) bytes")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, range: offs[0]..<offs[1])
         }
-        if let expected = metadata["loom.crc32"], expected != String(crc(data), radix: 16) {
-            throw bad("checksum mismatch (stored \(expected), computed \(String(crc(data), radix: 16))): the file is corrupt")
+        if let expected = metadata[checksumKey] {
+            guard let at = checksumOffset(in: bytes, headerEnd: headerEnd) else {
+                throw bad("its checksum field is not where Loom writes it (the header was rewritten?)")
+            }
+            var zeroed = bytes
+            zeroed.replaceSubrange(at..<(at + 8), with: Array(String(repeating: "0", count: 8).utf8))
+            let computed = hex8(crc(zeroed))
+            guard computed == expected else {
+                throw bad("checksum mismatch (stored \(expected), computed \(computed)): the file is corrupt")
+            }
+        } else if let expected = metadata["loom.crc32"] {  // an older Loom's: data only
+            guard expected == String(crc(data), radix: 16) else {
+                throw bad("checksum mismatch (stored \(expected), computed \(String(crc(data), radix: 16))): the file is corrupt")
+            }
+        } else {
+            throw bad("has no Loom checksum (\(checksumKey)): not written by loom train, or its header was rewritten")
         }
         return File(metadata: metadata, entries: entries, data: data)
     }

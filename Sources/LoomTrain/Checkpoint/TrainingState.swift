@@ -10,6 +10,10 @@ public struct RunState: Equatable {
     public var step: Int
     public var elapsedSeconds: Double
     public var bestValidationLoss: Double?
+
+    public init(step: Int, elapsedSeconds: Double, bestValidationLoss: Double?) {
+        self.step = step; self.elapsedSeconds = elapsedSeconds; self.bestValidationLoss = bestValidationLoss
+    }
 }
 
 /// Saving and restoring a run: parameters and buffers as `model.<name>`, optimizer state
@@ -88,19 +92,59 @@ public enum TrainingCheckpoint {
         try restoreModel(file, path: path, into: setup.task.module, tensorGroup: setup.tensorGroup)
         try setup.optimizer.materializeState()
         for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, tensorGroup: setup.tensorGroup) }
-        setup.optimizer.stepCount = Int(file.metadata["loom.optimizer_steps"] ?? "0") ?? 0
-        let saved = Dictionary(uniqueKeysWithValues: (file.metadata["loom.dropout"] ?? "").split(separator: ";").compactMap { entry -> (String, Philox)? in
-            let parts = entry.split(separator: "=")
-            let kv = parts.last?.split(separator: ":") ?? []
-            guard parts.count == 2, kv.count == 2, let k = UInt64(kv[0]), let p = UInt64(kv[1]) else { return nil }
-            return (String(parts[0]), Philox(seed: k, position: p))
-        })
+        let meta = Metadata(file: file, path: path)
+        setup.optimizer.stepCount = try meta.int("loom.optimizer_steps")
+        let saved = try meta.dropoutGenerators()
         for (name, module) in dropoutModules(setup.task.module) {
             if let rng = saved[name] { module.rng = rng }
         }
-        return RunState(step: Int(file.metadata["loom.step"] ?? "0") ?? 0,
-                        elapsedSeconds: Double(file.metadata["loom.elapsed_s"] ?? "0") ?? 0,
-                        bestValidationLoss: file.metadata["loom.best_val_loss"].flatMap(Double.init))
+        return try meta.runState()
+    }
+
+    /// A checkpoint's metadata, read strictly: every value Loom wrote parses, or the
+    /// checkpoint is refused naming the key and the value (a resumed run must not continue
+    /// from a step count or generator that silently became 0).
+    public struct Metadata {
+        let file: SafeTensors.File
+        let path: String
+
+        public init(file: SafeTensors.File, path: String) { self.file = file; self.path = path }
+
+        func bad(_ key: String, _ expected: String) -> LoomError {
+            LoomError.io("checkpoint '\(path)': metadata \(key) = \(file.metadata[key].map { "'\($0)'" } ?? "(missing)") is not \(expected)")
+        }
+
+        func int(_ key: String) throws -> Int {
+            guard let v = file.metadata[key].flatMap(Int.init), v >= 0 else { throw bad(key, "a count >= 0") }
+            return v
+        }
+
+        func double(_ key: String) throws -> Double {
+            guard let v = file.metadata[key].flatMap(Double.init), v.isFinite, v >= 0 else { throw bad(key, "a finite number >= 0") }
+            return v
+        }
+
+        public func runState() throws -> RunState {
+            let best: Double? = try file.metadata["loom.best_val_loss"].map { text in
+                guard let v = Double(text), !v.isNaN else { throw bad("loom.best_val_loss", "a number") }
+                return v
+            }
+            return RunState(step: try int("loom.step"), elapsedSeconds: try double("loom.elapsed_s"), bestValidationLoss: best)
+        }
+
+        /// `name=key:position;…` -> generators by module name.
+        func dropoutGenerators() throws -> [String: Philox] {
+            var out: [String: Philox] = [:]
+            for entry in (file.metadata["loom.dropout"] ?? "").split(separator: ";") {
+                let parts = entry.split(separator: "=")
+                let kv = parts.last?.split(separator: ":") ?? []
+                guard parts.count == 2, kv.count == 2, let k = UInt64(kv[0]), let p = UInt64(kv[1]),
+                      out.updateValue(Philox(seed: k, position: p), forKey: String(parts[0])) == nil else {
+                    throw bad("loom.dropout", "a list of distinct name=key:position entries (at '\(entry)')")
+                }
+            }
+            return out
+        }
     }
 
     /// The dropout generators of a module tree, as the checkpoint's metadata stores them.
