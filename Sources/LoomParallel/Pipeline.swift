@@ -19,6 +19,9 @@ public final class PipelineEngine {
     /// Runs at `reduceGradients`, after the tied embedding's gradients are summed: data
     /// parallel reduction, gradient clipping.
     public var afterReduce: (() throws -> Void)?
+    /// Set (by `afterReduce`) to leave the parameters as they are at this step's
+    /// optimizer step (a non-finite gradient under a skipping policy).
+    public var skipOptimizerStep = false
     /// The most micro-batches (× chunks) whose activations this stage held at once, last step.
     public private(set) var peakInFlight = 0
     /// The most bytes the last step held beyond what it started with: activations kept
@@ -159,7 +162,8 @@ public final class PipelineEngine {
                 }
                 try afterReduce?()
             case .optimizerStep:
-                try optimizer.step()
+                if !skipOptimizerStep { try optimizer.step() }
+                skipOptimizerStep = false
             }
             events.append(("\(ins)", t0, monotonicSeconds()))
         }

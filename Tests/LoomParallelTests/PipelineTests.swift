@@ -90,6 +90,16 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(parts.flatMap { $0 }.count, names.count + 1)  // wte on the first and the last piece
     }
 
+    func testImageModelPiecesKeepTheWholeModelsNames() throws {
+        for model in [CNN(residual: true, seed: 1) as any PipelineModel, MLP(sizes: [784, 64, 32, 10], seed: 1)] {
+            let whole = model.namedTensors().map(\.name)
+            let schedule = try Schedule(.oneFOneB, stages: 2, microBatches: 2)
+            let parts = try (0..<2).map { try PipelineStageModel(cutting: model, schedule: schedule, stage: $0).namedTensors().map(\.name) }
+            XCTAssertFalse(parts[0].isEmpty || parts[1].isEmpty, "\(parts)")
+            XCTAssertEqual(parts[0] + parts[1], whole)  // every parameter and buffer once, in order, under its own name
+        }
+    }
+
     func testBalancedSplitWeighsTheHead() throws {
         XCTAssertEqual(try GPT.balancedSplit(.bench, pieces: 2), [2, 2])
         // GPT-2 small: the head (768 × 50257) costs about 4.5 blocks, so the last stage gets fewer.

@@ -87,6 +87,29 @@ final class EndToEndTests: CLITestCase {
         XCTAssertEqual(r.status, 0, r.err)
     }
 
+    /// An update that would make the parameters non-finite is never applied: the run stops
+    /// before it, naming the step and the parameter, with the last good checkpoint intact;
+    /// or, with train.nonfinite = "skip", the step is skipped and counted.
+    func testNonFiniteGradientsStopBeforeTheUpdateOrAreSkipped() throws {
+        try "[model]\nkind = \"mlp\"\nhidden = [32]\n[train]\nsteps = 4\nbatch_size = 32\noptimizer = \"sgd\"\nmomentum = 0.0\nlr = 1e30\nlog_every = 1\neval_every = 1\n"
+            .write(toFile: work + "/diverge.toml", atomically: true, encoding: .utf8)
+        let r = try loom(["train", work + "/diverge.toml", "--out", work, "--name", "stop"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertEqual(r.err.split(separator: "\n").count, 1, r.err)
+        XCTAssertTrue(r.err.contains("the gradient became ") && r.err.contains(" at step 2 (first parameter affected: net."), r.err)
+        // The checkpoint is step 1's, finite, and loads.
+        let e = try loom(["eval", "--checkpoint", work + "/stop", "--json"])
+        XCTAssertEqual(e.status, 0, e.err)
+        XCTAssertTrue(e.out.contains("\"step\":1"), e.out)
+        try (String(contentsOfFile: work + "/diverge.toml", encoding: .utf8) + "nonfinite = \"skip\"\n")
+            .write(toFile: work + "/skip.toml", atomically: true, encoding: .utf8)
+        let s = try loom(["train", work + "/skip.toml", "--out", work, "--name", "skip"])
+        XCTAssertEqual(s.status, 0, s.err)
+        let last = try String(contentsOfFile: work + "/skip/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.last { $0["loss"] != nil }
+        XCTAssertEqual(last?["skipped_steps"] as? Int, 3, "steps 2, 3 and 4 skipped")
+    }
+
     func testBadInputsGetOneLineErrorsAndNonZeroExit() throws {
         func expectError(_ args: [String], contains: String, file: StaticString = #filePath, line: UInt = #line) throws {
             let r = try loom(args)

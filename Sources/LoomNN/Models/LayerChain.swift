@@ -3,7 +3,7 @@ import LoomCore
 /// A model that is a chain of one-input layers, which a pipeline can cut between any two
 /// of them: the image models (MLP, CNN).
 public protocol LayerChain: Module {
-    /// The layers in order, each with its name in this model (`features.3`).
+    /// The layers in order, each with its name in this model (`features.layers.3`).
     var chain: [(name: String, layer: any UnaryLayer)] { get }
     /// What the model does to its input before the first layer (a reshape of flat pixels).
     static func prepareInput(_ x: Tensor) throws -> Tensor
@@ -72,9 +72,9 @@ public final class ChainPiece: Module, UnaryLayer {
 }
 
 extension Sequential {
-    /// Its layers named as children of `prefix`.
+    /// Its layers named as in the model holding it under `prefix` (`features.layers.3`).
     func chain(_ prefix: String) -> [(name: String, layer: any UnaryLayer)] {
-        layers.enumerated().map { ("\(prefix).\($0.offset)", $0.element as! any UnaryLayer) }
+        layers.enumerated().map { ("\(prefix).layers.\($0.offset)", $0.element as! any UnaryLayer) }
     }
 }
 

@@ -25,6 +25,14 @@ public enum OptimizerKind: String, CaseIterable, Sendable {
     case sgd, adam, adamw
 }
 
+/// What a step whose gradient is not finite (inf or NaN) does: `stop` ends the run before
+/// the update, naming the step and the first parameter affected, keeping the last good
+/// checkpoint; `skip` leaves the parameters as they were and counts the step, as a
+/// mixed-precision loss scaler does.
+public enum NonFiniteAction: String, CaseIterable, Sendable {
+    case stop, skip
+}
+
 /// The learning-rate schedule: constant, or linear warm-up then cosine decay.
 public enum LRScheduleKind: String, CaseIterable, Sendable {
     case constant, cosine

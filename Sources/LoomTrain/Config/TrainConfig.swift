@@ -31,6 +31,7 @@ public struct TrainConfig: Equatable, Sendable {
     public var warmupSteps = 0
     public var minLR = 0.0
     public var gradClip = 0.0           // 0: off
+    public var nonFinite = NonFiniteAction.stop
     public var seed = 0
     public var logEvery = 10
     public var evalEvery = 0            // 0: every epoch

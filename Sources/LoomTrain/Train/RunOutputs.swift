@@ -20,11 +20,13 @@ public struct MetricRecord: Equatable, Encodable {
     /// The global L2 norm of the step's gradient (after data-parallel averaging, before
     /// clipping), as Megatron-LM logs it.
     public var gradNorm: Float?
+    /// Steps skipped so far for a non-finite gradient (train.nonfinite = "skip").
+    public var skippedSteps: Int?
 
     enum CodingKeys: String, CodingKey {
         case step, epoch, loss, lr, gradNorm = "grad_norm", tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s"
         case validationLoss = "val_loss", validationAccuracy = "val_accuracy", computeSeconds = "compute_s"
-        case commWaitSeconds = "comm_wait_s", elapsedSeconds = "elapsed_s"
+        case commWaitSeconds = "comm_wait_s", elapsedSeconds = "elapsed_s", skippedSteps = "skipped_steps"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -40,6 +42,7 @@ public struct MetricRecord: Equatable, Encodable {
         try c.encodeIfPresent(computeSeconds.map { rounded($0, 4) }, forKey: .computeSeconds)
         try c.encodeIfPresent(commWaitSeconds.map { rounded($0, 4) }, forKey: .commWaitSeconds)
         try c.encode(rounded(elapsedSeconds, 3), forKey: .elapsedSeconds)
+        try c.encodeIfPresent(skippedSteps, forKey: .skippedSteps)
     }
 
     /// One line of metrics.jsonl.

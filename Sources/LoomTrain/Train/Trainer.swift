@@ -72,10 +72,12 @@ public final class Trainer {
     public var optimizer: Optimizer { plan.optimizer }
     /// This rank's index in the data group: which shard of each batch it takes.
     private var rank: Int { dataGroup?.rank ?? 0 }
-    /// Whether the step in progress measures the gradient norm (it is logged).
-    private var measureGradNorm = false
-    /// The global gradient norm of the last step, when it was measured.
+    /// The global gradient norm of the last step.
     private var lastGradNorm: Float?
+    /// Whether the last step's update was skipped (non-finite gradient, train.nonfinite = "skip").
+    private var skippedLastStep = false
+    /// Steps skipped this run.
+    public private(set) var skippedSteps = 0
 
     /// A new run, or a resumed one when `resume` names a run directory. With a
     /// communicator of N ranks, this is one rank of an N-way data-parallel run: call `run()`
@@ -187,9 +189,9 @@ public final class Trainer {
             let step = state.step
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
-            measureGradNorm = (step + 1) % config.logEvery == 0 || step + 1 == end
             lastLoss = try optimizerStep(try onBackend(batch))
-            guard lastLoss.isFinite else {
+            if skippedLastStep { skippedSteps += 1 }
+            guard lastLoss.isFinite || skippedLastStep else {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
             }
             state.step += 1
@@ -206,6 +208,7 @@ public final class Trainer {
                 var record = MetricRecord(step: state.step, epoch: epoch, elapsedSeconds: state.elapsedSeconds, loss: lastLoss, lr: lr,
                                           throughput: rate, throughputUnit: unit)
                 record.gradNorm = lastGradNorm
+                record.skippedSteps = config.nonFinite == .skip ? skippedSteps : nil
                 if let wait = plan.takeCommWaitSeconds() {
                     record.commWaitSeconds = wait
                     record.computeSeconds = window - wait
@@ -257,7 +260,7 @@ public final class Trainer {
         try plan.reduceGradients()
         try clipGradients()
         let reduced = monotonicSeconds()
-        try optimizer.step()
+        if !skippedLastStep { try optimizer.step() }
         trace.record(step: state.step, [("forward+backward", start, computed), ("reduceGradients", computed, reduced),
                                          ("optimizerStep", reduced, monotonicSeconds())])
         return lossSum / Float(k)
@@ -266,13 +269,27 @@ public final class Trainer {
 
 
     /// The global gradient norm of the whole model (every element counted once when it
-    /// is split across tensor- or pipeline-parallel ranks), measured on logged steps and
-    /// whenever train.grad_clip is set, which then clips by it. Sets `lastGradNorm`.
+    /// is split across tensor- or pipeline-parallel ranks), measured at every step before
+    /// the update; clips by train.grad_clip when set. A norm that is not finite stops the
+    /// run here, before the parameters (and so any later checkpoint) are touched, or marks
+    /// the step skipped (train.nonfinite). Collective.
     private func clipGradients() throws {
-        let measure = config.gradClip > 0 || measureGradNorm
-        lastGradNorm = nil
-        guard measure else { return }
-        lastGradNorm = try plan.clipGradients(maxNorm: config.gradClip > 0 ? Float(config.gradClip) : .infinity)
+        let norm = try plan.clipGradients(maxNorm: config.gradClip > 0 ? Float(config.gradClip) : .infinity)
+        lastGradNorm = norm
+        skippedLastStep = false
+        guard !norm.isFinite else { return }
+        switch config.nonFinite {
+        case .skip:
+            skippedLastStep = true
+            pipeline?.skipOptimizerStep = true
+        case .stop:
+            let first = setup.task.module.namedParameters().first { _, p in
+                p.grad.map { !$0.backend.sumOfSquares([$0]).isFinite } ?? false
+            }?.name
+            throw LoomError.invalidArgument("the gradient became \(norm) at step \(state.step + 1)"
+                + (first.map { " (first parameter affected: \($0))" } ?? "")
+                + "; the update was not applied and the last checkpoint is kept. Lower train.lr, set train.grad_clip, or set train.nonfinite = \"skip\"")
+        }
     }
 
     /// Evaluates (on every rank), then rank 0 checkpoints and logs.
