@@ -20,19 +20,25 @@ public enum MNIST {
                 if line == 1 && labels.isEmpty && pixels.isEmpty { sawNonDigit = true; return }  // header
                 throw LoomError.io("'\(path)' line \(line): field \(field.count + 1) is not a non-negative integer")
             }
+            // Pixels are bytes; a value past 255 (or too long to hold) is a broken file.
+            if field.count < features && value > 255 {
+                throw LoomError.io("'\(path)' line \(line): pixel \(field.count + 1) is \(digits > 9 ? "a \(digits)-digit number" : String(value)), outside 0...255")
+            }
             field.append(Float(value)); value = 0; digits = 0
         }
         var header = false
         for b in bytes {
             switch b {
             case UInt8(ascii: "0")...UInt8(ascii: "9"):
-                value = value * 10 + Int(b - 48); digits += 1
+                // Saturates instead of overflowing: any field this long is rejected in endField.
+                value = min(value, 1 << 40) * 10 + Int(b - 48); digits += 1
             case UInt8(ascii: ","):
                 if header { continue }
                 try endField()
                 if sawNonDigit && field.isEmpty { header = true }
             case UInt8(ascii: "\n"):
-                defer { line += 1; field.removeAll(keepingCapacity: true); header = false; sawNonDigit = false }
+                // (A header's digits, as in "p1,p2", must not leak into the first pixel.)
+                defer { line += 1; field.removeAll(keepingCapacity: true); header = false; sawNonDigit = false; value = 0; digits = 0 }
                 if header { continue }
                 if digits == 0 && field.isEmpty { continue }  // blank line
                 try endField()
@@ -66,8 +72,11 @@ public enum MNIST {
         guard img.count >= 16, u32(img, 0) == 0x803 else { throw LoomError.io("'\(images)': not an IDX images file (magic 0x00000803)") }
         guard lab.count >= 8, u32(lab, 0) == 0x801 else { throw LoomError.io("'\(labels)': not an IDX labels file (magic 0x00000801)") }
         let (n, rows, cols) = (u32(img, 4), u32(img, 8), u32(img, 12))
-        guard img.count == 16 + n * rows * cols else {
-            throw LoomError.io("'\(images)': header says \(n) images of \(rows)x\(cols) (\(16 + n * rows * cols) bytes), file has \(img.count)")
+        // Up to 2^32 each: the product can overflow; a header that does not fit the file is refused.
+        let (pixelsPerImage, o1) = rows.multipliedReportingOverflow(by: cols)
+        let (total, o2) = n.multipliedReportingOverflow(by: pixelsPerImage)
+        guard !o1, !o2, img.count - 16 == total else {
+            throw LoomError.io("'\(images)': header says \(n) images of \(rows)x\(cols) (\(o1 || o2 ? "more than 2^63" : String(16 + total)) bytes), file has \(img.count)")
         }
         guard u32(lab, 4) == n, lab.count == 8 + n else {
             throw LoomError.io("'\(labels)': \(u32(lab, 4)) labels (\(lab.count) bytes) for \(n) images")

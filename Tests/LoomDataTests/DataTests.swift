@@ -24,6 +24,7 @@ final class DataTests: XCTestCase {
         let d = try MNIST.loadCSV(p, features: 3)
         XCTAssertEqual(d.labels, [7, 3])
         XCTAssertEqual(d.pixels[1], (1 - MNIST.mean) / MNIST.std, accuracy: 1e-6)
+        XCTAssertEqual(d.pixels[0], (0 - MNIST.mean) / MNIST.std, accuracy: 1e-6, "the header's digits leaked into the first pixel")
     }
 
     func testGzippedCSVReadsTheSame() throws {
@@ -58,6 +59,25 @@ final class DataTests: XCTestCase {
         img.removeLast()
         FileManager.default.createFile(atPath: ip, contents: Data(img))
         XCTAssertThrowsError(try MNIST.loadIDX(images: ip, labels: lp)) { e in XCTAssertTrue("\(e)".contains("header says 2 images")) }
+    }
+
+    func testOutOfRangeValuesAndOverflowingHeadersAreRefusedNotTrapped() throws {
+        let pixels = (0..<784).map { _ in "0" }
+        func csv(_ fields: [String]) throws -> String {
+            let path = dir + "/r.csv"
+            try (fields.joined(separator: ",") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+            do { _ = try MNIST.loadCSV(path); return "accepted" } catch { return "\(error)" }
+        }
+        XCTAssertEqual(try csv(pixels + ["3"]), "accepted")
+        XCTAssertTrue(try csv(["300"] + pixels.dropFirst() + ["3"]).contains("line 1: pixel 1 is 300, outside 0...255"))
+        XCTAssertTrue(try csv(pixels.dropLast() + ["1234567890123456789012"] + ["3"]).contains("pixel 784 is a 22-digit number"))
+        XCTAssertTrue(try csv(pixels + ["99999999999999999999"]).contains("outside 0..<10"))
+        // An IDX header whose n x rows x cols overflows 64 bits.
+        let img: [UInt8] = [0, 0, 8, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255] + [1, 2]
+        let ip = dir + "/huge.idx", lp = dir + "/l.idx"
+        FileManager.default.createFile(atPath: ip, contents: Data(img))
+        FileManager.default.createFile(atPath: lp, contents: Data([0, 0, 8, 1, 0, 0, 0, 1, 0]))
+        XCTAssertThrowsError(try MNIST.loadIDX(images: ip, labels: lp)) { e in XCTAssertTrue("\(e)".contains("more than 2^63 bytes"), "\(e)") }
     }
 
     func testTokenizerRoundTripAndUnknownCharacter() throws {
