@@ -59,8 +59,16 @@ public final class InProcessWorld: @unchecked Sendable {
         return results.value.map { try! $0!.get() }
     }
 
+    /// Fails every pending and later operation of this world and of every group split
+    /// from it (a rank that died inside a tensor- or pipeline-parallel group must not leave
+    /// the others of that group waiting for the timeout).
     func abort(_ why: String) {
-        lock.lock(); if failed == nil { failed = why }; lock.broadcast(); lock.unlock()
+        lock.lock()
+        if failed == nil { failed = why }
+        let subgroups = children.values.flatMap(\.values)
+        lock.broadcast()
+        lock.unlock()
+        for g in subgroups { g.abort(why) }
     }
 
     /// Every rank arrives, then all leave together. Throws on timeout, naming the ranks
@@ -71,6 +79,8 @@ public final class InProcessWorld: @unchecked Sendable {
         let gen = generation
         arrived += 1
         present[rank] = true
+        // The last to arrive checks too: a failed peer's buffers must not be read.
+        if let failed { throw CommError("rank \(rank): \(op) aborted because \(failed)") }
         if arrived == size {
             arrived = 0
             generation += 1

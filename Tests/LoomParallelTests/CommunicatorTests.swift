@@ -45,6 +45,20 @@ final class CommunicatorTests: XCTestCase {
         XCTAssertEqual(out[3], [0, 2, 4 * 5, 43])
     }
 
+    func testARankFailingInsideASubgroupAbortsThatGroupAtOnce() throws {
+        // 4 ranks in two groups of 2 (as tensor-parallel groups); rank 3 dies before its
+        // group's all-reduce. Rank 2 waits in that group, not the world: it must be told
+        // at once, not after the 60 s timeout.
+        let start = Date()
+        XCTAssertThrowsError(try InProcessWorld.run(size: 4, timeout: 60) { comm -> Void in
+            let group = try comm.split(color: comm.rank / 2, key: comm.rank)
+            if comm.rank == 3 { throw CommError("rank 3 lost its device") }
+            try group.allReduce(Tensor([1], shape: [1]))
+            try comm.barrier()
+        }) { e in XCTAssertTrue("\(e)".contains("rank 3 lost its device"), "\(e)") }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 10)
+    }
+
     func testDeadRankGivesAMessageNamingTheOperationNotAHang() {
         let start = Date()
         XCTAssertThrowsError(try InProcessWorld.run(size: 2, timeout: 1) { comm -> Void in
