@@ -13,6 +13,9 @@ public final class InProcessWorld: @unchecked Sendable {
     fileprivate var arrived = 0
     fileprivate var generation = 0
     fileprivate var slots: [UnsafeMutableRawPointer?]
+    /// What each rank's current collective is (kind and size), compared after the first
+    /// rendezvous so that mismatched collectives fail instead of pairing up.
+    fileprivate var descriptors: [String]
     fileprivate var extra: [(color: Int, key: Int)]
     fileprivate var mailbox: [MailKey: [[UInt8]]] = [:]
     fileprivate var children: [Int: [Int: InProcessWorld]] = [:]  // split generation -> color -> world
@@ -22,6 +25,7 @@ public final class InProcessWorld: @unchecked Sendable {
         self.size = size
         self.timeout = timeout
         slots = Array(repeating: nil, count: size)
+        descriptors = Array(repeating: "", count: size)
         extra = Array(repeating: (0, 0), count: size)
         present = Array(repeating: false, count: size)
     }
@@ -124,6 +128,18 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         try world.rendezvous(rank: rank, op: op)
     }
 
+    /// The first rendezvous of a collective: publishes this rank's buffer and what the
+    /// collective is ("all-reduce of 1024 float32"), and fails on every rank, naming both
+    /// sides, when another rank arrived in a different collective or with another size.
+    private func enter(_ label: String, _ what: String, buffer: UnsafeMutableRawPointer?) throws {
+        world.lock.lock(); world.slots[rank] = buffer; world.descriptors[rank] = what; world.lock.unlock()
+        try sync(label)
+        world.lock.lock(); let all = world.descriptors; world.lock.unlock()
+        if let other = all.indices.first(where: { all[$0] != what }) {
+            throw CommError("rank \(rank): \(what) (\(label)) met rank \(other)'s \(all[other]): the ranks called different collectives")
+        }
+    }
+
     /// Runs a collective on the rank's queue and waits for it.
     private func blocking(_ body: @escaping () throws -> Void) throws {
         var failure: Error?
@@ -154,8 +170,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         let lo = min(n, rank * chunk), hi = min(n, lo + chunk)
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: max(hi - lo, 1))
         defer { scratch.deallocate() }
-        world.lock.lock(); world.slots[rank] = UnsafeMutableRawPointer(p); world.lock.unlock()
-        try sync(label)
+        try enter(label, "\(out == nil ? "all-reduce" : "reduce-scatter") of \(n) float32", buffer: UnsafeMutableRawPointer(p))
         let inputs = (0..<w).map { world.slots[$0]!.assumingMemoryBound(to: Float.self) }
         if hi > lo {
             scratch.update(from: inputs[0] + lo, count: hi - lo)
@@ -179,8 +194,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
     public func broadcast(_ tensor: Tensor, root: Int) throws {
         try blocking { [self] in
             let h = HostBuffer(tensor, download: rank == root)
-            world.lock.lock(); world.slots[rank] = h.bytes.baseAddress; world.lock.unlock()
-            try sync("broadcast from rank \(root)")
+            try enter("broadcast from rank \(root)", "broadcast of \(h.bytes.count) bytes from rank \(root)", buffer: h.bytes.baseAddress)
             if rank != root { h.bytes.baseAddress!.copyMemory(from: world.slots[root]!, byteCount: h.bytes.count) }
             try withExtendedLifetime(h) { try sync("broadcast from rank \(root)") }  // the root's bytes stay until all have copied
             h.commit()
@@ -193,8 +207,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         }
         try blocking { [self] in
             let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
-            world.lock.lock(); world.slots[rank] = hi.bytes.baseAddress; world.lock.unlock()
-            try sync("all-gather")
+            try enter("all-gather", "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
             for k in 0..<size {
                 (ho.bytes.baseAddress! + k * hi.bytes.count).copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count)
             }
@@ -262,7 +275,11 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         h.commit()
     }
 
-    public func barrier() throws { try blocking { [self] in try sync("barrier") } }
+    public func barrier() throws {
+        // Two rendezvous: no rank may start its next collective (and overwrite its
+        // descriptor) while another is still comparing this one's.
+        try blocking { [self] in try enter("barrier", "barrier", buffer: nil); try sync("barrier") }
+    }
 
     public func split(color: Int, key: Int) throws -> Communicator {
         var result: Communicator?

@@ -59,6 +59,17 @@ final class CommunicatorTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(start), 10)
     }
 
+    func testMismatchedCollectivesFailOnEveryRankNamingBothSides() throws {
+        // Rank 1 all-reduces 3 elements where rank 0 all-reduces 4: both fail, at once.
+        XCTAssertThrowsError(try InProcessWorld.run(size: 2, timeout: 60) { comm -> Void in
+            try comm.allReduce(Tensor(Array(repeating: 1, count: 4 - comm.rank), shape: [4 - comm.rank]))
+        }) { e in XCTAssertTrue("\(e)".contains("all-reduce of 4 float32") && "\(e)".contains("all-reduce of 3 float32"), "\(e)") }
+        // An all-gather meeting a barrier.
+        XCTAssertThrowsError(try InProcessWorld.run(size: 2, timeout: 60) { comm -> Void in
+            if comm.rank == 0 { try comm.barrier() } else { try comm.allGather(Tensor([1], shape: [1]), into: Tensor.zeros([2])) }
+        }) { e in XCTAssertTrue("\(e)".contains("barrier") && "\(e)".contains("all-gather"), "\(e)") }
+    }
+
     func testDeadRankGivesAMessageNamingTheOperationNotAHang() {
         let start = Date()
         XCTAssertThrowsError(try InProcessWorld.run(size: 2, timeout: 1) { comm -> Void in
