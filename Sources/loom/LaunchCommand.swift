@@ -11,8 +11,14 @@ struct LaunchCommand: ParsableCommand {
         this machine's cores (without --hosts); each rank uses T CPU threads (default 1: one core per rank).
         `mpirun -n N loom train ...` and Slurm's `srun loom train ...` work as well.
 
+        Every LOOM_* variable of this environment is passed to the ranks. With --max-restarts N,
+        a job that fails (a rank died, a collective timed out) is started again, up to N times,
+        and continues from the run's last checkpoint (train resumes bit-exactly); the restart
+        and its cause go into metrics.jsonl.
+
         Examples:
           loom launch -n 2 -- train --model gpt --steps 200
+          loom launch -n 4 --max-restarts 2 -- train examples/shakespeare-gpt.toml
           loom launch -n 4 --hosts node1:2,node2:2 -- train examples/shakespeare-gpt.toml
         """
     )
@@ -23,6 +29,8 @@ struct LaunchCommand: ParsableCommand {
     var hosts: String?
     @Option(name: .customLong("threads-per-rank"), help: "CPU threads per rank.")
     var threadsPerRank: Int = 1
+    @Option(name: .customLong("max-restarts"), help: "Start a failed job again from its last checkpoint, up to N times.")
+    var maxRestarts: Int = 0
     @Argument(parsing: .captureForPassthrough, help: "The loom command and its arguments, after --.")
     var command: [String] = []
 
@@ -42,10 +50,31 @@ struct LaunchCommand: ParsableCommand {
             args.append("--oversubscribe")
         }
         if let hosts { args += ["--host", hosts] }
-        args += ["-x", "LOOM_THREADS=\(threadsPerRank)", selfExecutable()] + cmd
-        let cargs = args.map { strdup($0) } + [nil]
-        execv(mpirun, cargs)
-        FileHandle.standardError.write("loom: error: cannot run \(mpirun): \(String(cString: strerror(errno)))\n".data(using: .utf8)!)
+        args += ["-x", "LOOM_THREADS=\(threadsPerRank)"]
+        for name in ProcessInfo.processInfo.environment.keys.sorted() where name.hasPrefix("LOOM_") && name != "LOOM_THREADS" {
+            args += ["-x", name]
+        }
+        guard maxRestarts > 0 else {
+            let cargs = (args + [selfExecutable()] + cmd).map { strdup($0) } + [nil]
+            execv(mpirun, cargs)
+            FileHandle.standardError.write("loom: error: cannot run \(mpirun): \(String(cString: strerror(errno)))\n".data(using: .utf8)!)
+            throw ExitCode(1)
+        }
+        var restart = ""
+        for attempt in 0...maxRestarts {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: mpirun)
+            p.arguments = Array(args.dropFirst()) + (attempt == 0 ? [] : [
+                "-x", "LOOM_RESUME_IF_CHECKPOINT=1", "-x", "LOOM_RESTART_ATTEMPT=\(attempt)", "-x", "LOOM_RESTART_CAUSE=\(restart)",
+            ]) + [selfExecutable()] + cmd
+            try p.run()
+            p.waitUntilExit()
+            if p.terminationStatus == 0 { return }
+            restart = "the job exited with status \(p.terminationStatus) (a rank died or a collective timed out)"
+            if attempt < maxRestarts {
+                FileHandle.standardError.write("loom: \(restart); restart \(attempt + 1) of \(maxRestarts) from the last checkpoint\n".data(using: .utf8)!)
+            }
+        }
         throw ExitCode(1)
     }
 

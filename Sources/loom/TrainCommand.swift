@@ -73,6 +73,8 @@ struct TrainCommand: ParsableCommand {
     var recompute = false
     @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one track per rank.")
     var trace: String?
+    @Option(name: .customLong("max-restarts"), help: "When a rank dies or a collective times out, restart from the last checkpoint, up to N times (in-process ranks; under MPI, give it to loom launch).")
+    var maxRestarts: Int = 0
     @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
@@ -108,7 +110,29 @@ struct TrainCommand: ParsableCommand {
                 c.zero = zero
             }
             try ConfigFile.validate(c)
-            let (s, directory) = try runTraining(c)
+            guard maxRestarts >= 0 else { throw LoomError.config("--max-restarts \(maxRestarts) must be >= 0") }
+            let env = ProcessInfo.processInfo.environment
+            var from = resume
+            // Under `loom launch --max-restarts`, a relaunched job continues from the run's checkpoint.
+            if from == nil, env["LOOM_RESUME_IF_CHECKPOINT"] != nil,
+               FileManager.default.fileExists(atPath: c.runDirectory + "/" + TrainingCheckpoint.fileName) { from = c.runDirectory }
+            var restart = env["LOOM_RESTART_ATTEMPT"].flatMap(Int.init).map { ($0, env["LOOM_RESTART_CAUSE"] ?? "the previous attempt failed") }
+            var result: (RunSummary?, String)
+            while true {
+                do {
+                    result = try runTraining(c, resume: from, restart: restart)
+                    break
+                } catch let e as CommError where (restart?.0 ?? 0) < maxRestarts {
+                    // A rank died or a collective timed out: continue from the last checkpoint
+                    // (or from the start, if there is none yet). Resumes are bit-exact.
+                    let attempt = (restart?.0 ?? 0) + 1
+                    let saved = FileManager.default.fileExists(atPath: c.runDirectory + "/" + TrainingCheckpoint.fileName)
+                    from = saved ? c.runDirectory : nil
+                    restart = (attempt, "\(e)")
+                    FileHandle.standardError.write("loom: \(e); restart \(attempt) of \(maxRestarts) from \(saved ? "the last checkpoint" : "the start")\n".data(using: .utf8)!)
+                }
+            }
+            let (s, directory) = result
             guard let s else { return }  // not rank 0
             var line = String(format: "done: %d steps, train_loss %.4f, val_loss %.4f", s.steps, s.trainLoss, s.validationLoss)
             if let a = s.validationAccuracy { line += String(format: ", val_accuracy %.2f%%", 100 * a) }
@@ -119,7 +143,7 @@ struct TrainCommand: ParsableCommand {
 
     /// One process, N in-process ranks, or this process's rank of an MPI job. Returns
     /// rank 0's summary (nil on other ranks).
-    func runTraining(_ c: TrainConfig) throws -> (RunSummary?, String) {
+    func runTraining(_ c: TrainConfig, resume: String?, restart: (Int, String)?) throws -> (RunSummary?, String) {
         if MPICommunicator.launchedByMPI {
             let world = try MPICommunicator.world(timeout: Double(c.timeoutSeconds))
             guard dp == nil || dp! * c.tp * c.pp == world.size else {
@@ -130,6 +154,7 @@ struct TrainCommand: ParsableCommand {
                                           resume: resume, communicator: world)
                 trainer.stopAt = stopAt
                 trainer.tracePath = trace
+                trainer.restart = restart
                 let s = try trainer.run()
                 world.finalize()
                 return (world.rank == 0 ? s : nil, trainer.runDirectory)
@@ -145,6 +170,7 @@ struct TrainCommand: ParsableCommand {
                 let trainer = try Trainer(config: c, backend: CPUBackend(threads: perRank), resume: resume, communicator: comm)
                 trainer.stopAt = stopAt
                 trainer.tracePath = trace
+                trainer.restart = restart
                 defer { trainer.finish() }
                 return (try trainer.run(), trainer.runDirectory)
             }
@@ -153,6 +179,7 @@ struct TrainCommand: ParsableCommand {
         let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared, resume: resume)
         trainer.stopAt = stopAt
         trainer.tracePath = trace
+        trainer.restart = restart
         return (try trainer.run(), trainer.runDirectory)
     }
 }

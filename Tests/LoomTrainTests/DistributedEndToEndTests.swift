@@ -173,6 +173,37 @@ final class DistributedEndToEndTests: CLITestCase {
         }
     }
 
+    /// A job that loses a rank at a random step restarts from its last checkpoint and
+    /// ends with the losses of a run that lost nothing (resumes are bit-exact); the restart
+    /// and its cause are in metrics.jsonl. In-process ranks (`train --max-restarts`) and,
+    /// where mpirun exists, MPI processes killed with SIGKILL (`launch --max-restarts`).
+    func testAJobThatLosesARankRestartsFromItsCheckpointWithTheSameLosses() throws {
+        let cfg = work + "/restart.toml"
+        try (String(contentsOfFile: try config("mlp"), encoding: .utf8) + "\neval_every = 5\n").write(toFile: cfg, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try loom(["train", cfg, "--dp", "2", "--out", work, "--name", "whole"]).status, 0)
+        let step = Int.random(in: 6...18)
+        let r = try loom(["train", cfg, "--dp", "2", "--max-restarts", "1", "--out", work, "--name", "restarted"],
+                         env: ["LOOM_TEST_FAIL_ONCE": "1:\(step):\(work!)/marker"])
+        XCTAssertEqual(r.status, 0, "rank 1 failing at step \(step + 1): \(r.err)")
+        XCTAssertTrue(r.err.contains("restart 1 of 1 from the last checkpoint"), r.err)
+        try assertMatches("restarted", "whole")
+        let restarts = try String(contentsOfFile: work + "/restarted/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.filter { $0["restart"] != nil }
+        XCTAssertEqual(restarts.count, 1)
+        XCTAssertEqual(restarts.first?["step"] as? Int, step / 5 * 5, "continued from the checkpoint before step \(step + 1)")
+        XCTAssertTrue((restarts.first?["restart_cause"] as? String ?? "").contains("died at step \(step + 1)"), "\(restarts)")
+        // Without restarts the same failure ends the job with the cause.
+        let f = try loom(["train", cfg, "--dp", "2", "--out", work, "--name", "failed"], env: ["LOOM_TEST_FAIL_ONCE": "1:3:\(work!)/marker2"])
+        XCTAssertNotEqual(f.status, 0)
+        XCTAssertTrue(f.err.contains("died at step 4"), f.err)
+        guard mpirunAvailable else { throw XCTSkip("mpirun not installed: in-process restarts were checked, MPI restarts were not") }
+        let m = try loom(["launch", "-n", "2", "--max-restarts", "1", "--", "train", cfg, "--out", work, "--name", "mpi-restarted"],
+                         env: ["LOOM_TEST_FAIL_ONCE": "1:\(step):\(work!)/marker3"])
+        XCTAssertEqual(m.status, 0, "MPI rank 1 killed at step \(step + 1): \(m.err)")
+        XCTAssertTrue(m.err.contains("restart 1 of 1"), m.err)
+        try assertMatches("mpi-restarted", "whole")
+    }
+
     /// Image models cut into pipeline stages (layer chains: the CNN's convolutions on one
     /// stage, its classifier on the other) follow the single-process run, evaluation and
     /// accuracy included. The CNN without its batch-normalised residual block: batch norm

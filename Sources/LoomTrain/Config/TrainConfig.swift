@@ -81,6 +81,9 @@ public struct TrainConfig: Equatable, Sendable {
 
     public var isLanguageModel: Bool { model.isLanguageModel }
 
+    /// Where a new run writes: `out/name` (`out/run` without a name).
+    public var runDirectory: String { out + "/" + (name.isEmpty ? "run" : name) }
+
     /// Model chunks per pipeline stage: `chunks` for the interleaved schedule, else 1.
     public var chunksPerStage: Int { pipelineSchedule == .interleaved ? chunks : 1 }
 

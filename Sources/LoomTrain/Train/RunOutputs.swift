@@ -22,11 +22,14 @@ public struct MetricRecord: Equatable, Encodable {
     public var gradNorm: Float?
     /// Steps skipped so far for a non-finite gradient (train.nonfinite = "skip").
     public var skippedSteps: Int?
+    /// A restart line: which restart of the job this is, and what ended the previous attempt.
+    public var restart: Int?
+    public var restartCause: String?
 
     enum CodingKeys: String, CodingKey {
         case step, epoch, loss, lr, gradNorm = "grad_norm", tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s"
         case validationLoss = "val_loss", validationAccuracy = "val_accuracy", computeSeconds = "compute_s"
-        case commWaitSeconds = "comm_wait_s", elapsedSeconds = "elapsed_s", skippedSteps = "skipped_steps"
+        case commWaitSeconds = "comm_wait_s", elapsedSeconds = "elapsed_s", skippedSteps = "skipped_steps", restart, restartCause = "restart_cause"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -43,6 +46,8 @@ public struct MetricRecord: Equatable, Encodable {
         try c.encodeIfPresent(commWaitSeconds.map { rounded($0, 4) }, forKey: .commWaitSeconds)
         try c.encode(rounded(elapsedSeconds, 3), forKey: .elapsedSeconds)
         try c.encodeIfPresent(skippedSteps, forKey: .skippedSteps)
+        try c.encodeIfPresent(restart, forKey: .restart)
+        try c.encodeIfPresent(restartCause, forKey: .restartCause)
     }
 
     /// One line of metrics.jsonl.

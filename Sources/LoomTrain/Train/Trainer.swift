@@ -65,6 +65,9 @@ public final class Trainer {
     /// Pipeline parallelism: runs this rank's stage of the schedule.
     let pipeline: PipelineEngine?
     var pipelineStats = PipelineStats()
+    /// This run continues one that failed (a rank died, a collective timed out): which
+    /// restart it is and why, recorded in metrics.jsonl.
+    public var restart: (attempt: Int, cause: String)?
     /// Write a Chrome trace of the run's last steps here (rank 0 gathers every rank's).
     public var tracePath: String?
     var trace = TraceRecorder()
@@ -113,7 +116,7 @@ public final class Trainer {
         } else {
             setup = try Setup(c, backend: backend, tensorGroup: groups?.tensor, pipeline: placement)
             state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
-            runDirectory = c.out + "/" + (c.name.isEmpty ? "run" : c.name)
+            runDirectory = c.runDirectory
         }
         self.config = c
         self.communicator = communicator
@@ -184,9 +187,19 @@ public final class Trainer {
                 + " -> \(runDirectory)/")
         }
 
+        if let restart {
+            var r = MetricRecord(step: state.step, epoch: Double(state.step) / Double(stepsPerEpoch), elapsedSeconds: state.elapsedSeconds,
+                                 throughputUnit: unit)
+            r.restart = restart.attempt
+            r.restartCause = restart.cause
+            writer?.log(r)
+            writer?.note("restart \(restart.attempt) at step \(state.step): \(restart.cause)")
+        }
+        let failure = TestFailure.fromEnvironment(rank: communicator?.rank ?? 0)
         setup.task.module.train()
         while let batch = loader.next() {
             let step = state.step
+            try failure?.fire(at: step)
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
             lastLoss = try optimizerStep(try onBackend(batch))
