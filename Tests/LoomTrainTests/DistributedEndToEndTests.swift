@@ -81,6 +81,11 @@ final class DistributedEndToEndTests: CLITestCase {
                 XCTAssertEqual(r.status, 0, r.err)
                 try assertMatches("\(kind)-mpi2-\(zero)", "\(kind)-1")
             }
+            // As between two hosts: Open MPI over TCP only, its shared-memory transport off.
+            let tcp = try loom(["launch", "-n", "2", "--", "train", cfg, "--out", work, "--name", "\(kind)-mpi2-tcp"],
+                               env: ["OMPI_MCA_btl": "tcp,self"])
+            XCTAssertEqual(tcp.status, 0, tcp.err)
+            try assertMatches("\(kind)-mpi2-tcp", "\(kind)-1")
             let metrics = try String(contentsOfFile: work + "/\(kind)-mpi2-0/metrics.jsonl", encoding: .utf8)
             XCTAssertTrue(metrics.contains("\"comm_wait_s\""), "per-step timing breakdown missing")
         }
@@ -359,7 +364,9 @@ final class DistributedEndToEndTests: CLITestCase {
         p.waitUntilExit()
         XCTAssertLessThan(Date().timeIntervalSince(killedAt), 30, "the run did not end within the timeout")
         XCTAssertNotEqual(p.terminationStatus, 0)
-        XCTAssertTrue(err.contains("rank 1") || err.contains("rank 0"), "no message naming a rank: \(err)")
+        // Loom's own message on the survivor, naming it and the operation it was in (not
+        // only mpirun's report of the dead process).
+        XCTAssertTrue(err.contains("loom: error: ") && err.contains("rank 0: "), "no Loom message naming the surviving rank: \(err)")
         let e = try loom(["eval", "--checkpoint", work + "/dying"])
         XCTAssertEqual(e.status, 0, "last checkpoint not loadable: \(e.err)")
     }
