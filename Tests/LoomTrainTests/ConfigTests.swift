@@ -32,6 +32,20 @@ final class ConfigTests: XCTestCase {
         }
     }
 
+    func testTextThatCrashedTheTOMLParserIsRefusedWithItsPlace() {
+        // Each of these ended the process in toml++'s assertions (found by FuzzTests).
+        for (text, message) in [("[|rain]\nlr = 1\n", "line 1, column 2: a table header needs a name"),
+                                ("[train]\nepochs = 3\n[mod\u{E8}le]\n", "line 3, column 5: a non-ASCII character"),
+                                ("[\u{8}train]\n", "line 1, column 2: a table header needs a name"),
+                                ("[train]\nlr = 1\u{8}\n", "line 2, column 7: control character 0x8"),
+                                ("[train]\nlr.|x = 1\n", "line 2, column 4: expected a key after '.'"),
+                                ("[train]\n|lr = 1\n", "line 2, column 1: expected a key")] {
+            XCTAssertThrowsError(try ConfigFile.parse(text, path: "x.toml")) { e in XCTAssertTrue("\(e)".contains(message), "\(text): \(e)") }
+        }
+        // What is allowed stays allowed: non-ASCII in strings and comments, nested arrays.
+        XCTAssertNoThrow(try ConfigFile.parse("# modèle\n[model]\nhidden = [\n  64,\n  32,\n]\n[run]\nname = \"modèle\"\n", path: "x.toml"))
+    }
+
     func testBadValuesNameKeyAndExpectation() {
         XCTAssertThrowsError(try ConfigFile.parse("[train]\nlr = \"fast\"\n", path: "x.toml")) { e in
             XCTAssertTrue("\(e)".contains("x.toml: train.lr must be a finite number >= 0.0"), "\(e)")

@@ -119,6 +119,7 @@ public enum ConfigFile {
 
     /// Parses TOML text over `base` (the defaults); `path` names the file in messages.
     public static func parse(_ text: String, path: String, base: TrainConfig = TrainConfig()) throws -> TrainConfig {
+        try checkCharactersOutsideStrings(text, path: path)
         let table: TOMLTable
         do { table = try TOMLTable(string: text) } catch let e as TOMLParseError {
             throw LoomError.config("\(path): not valid TOML at line \(e.source.begin.line), column \(e.source.begin.column)")
@@ -149,6 +150,85 @@ public enum ConfigFile {
     }
 
     /// The whole configuration as TOML (every key, so the file is self-contained).
+    /// Checks what the parser under TOMLKit (toml++) asserts on instead of reporting,
+    /// ending the process (found by fuzzing): a control character other than tab
+    /// anywhere, a non-ASCII character outside strings and comments, and a key or table
+    /// name that does not start with a letter, digit, `_`, `-` or a quote (`[|rain]`,
+    /// `[modèle]`, `a.|b = 1`). Such text is refused here, naming the line and column.
+    static func checkCharactersOutsideStrings(_ text: String, path: String) throws {
+        let bytes = Array(text.utf8)
+        var line = 1, column = 0
+        func fail(_ why: String) -> LoomError {
+            LoomError.config("\(path): not valid TOML at line \(line), column \(column): \(why)")
+        }
+        func startsKey(_ b: UInt8) -> Bool {
+            (b >= 48 && b <= 57) || (b >= 65 && b <= 90) || (b >= 97 && b <= 122) || b == 95 || b == 45 || b == 34 || b == 39
+        }
+        var quote: [UInt8]? = nil      // the delimiter of the string we are in
+        var comment = false
+        var depth = 0                  // arrays and inline tables open in a value
+        var lineStart = true, inKey = false, inValue = false, header = false, afterDot = false
+        var i = 0
+        while i < bytes.count {
+            let b = bytes[i]
+            column += 1
+            if (b < 0x20 && b != 0x09 && b != 0x0A && b != 0x0D) || b == 0x7F {
+                throw fail("control character 0x\(String(b, radix: 16))")
+            }
+            if b == 0x0A {
+                line += 1; column = 0; comment = false
+                if let q = quote, q.count == 1 { quote = nil }  // a one-line string ends here (the parser reports it)
+                lineStart = true; inKey = false; inValue = false; header = false; afterDot = false
+                i += 1; continue
+            }
+            if comment { i += 1; continue }
+            if let q = quote {
+                if (q == [34] || q == [34, 34, 34]) && b == 92 { i += 2; column += 1; continue }  // an escape
+                if bytes[i...].starts(with: q) { quote = nil; i += q.count; column += q.count - 1; continue }
+                i += 1; continue
+            }
+            if b >= 0x80 { throw fail("a non-ASCII character outside a string or comment") }
+            let space = b == 32 || b == 9 || b == 13
+            if space { i += 1; continue }
+            if lineStart && depth == 0 {
+                lineStart = false
+                if b == UInt8(ascii: "[") {
+                    header = true
+                    var j = i + 1
+                    if j < bytes.count && bytes[j] == UInt8(ascii: "[") { j += 1 }
+                    while j < bytes.count && (bytes[j] == 32 || bytes[j] == 9) { j += 1 }
+                    column += j - i - 1  // to the byte before j: the loop counts j's own column
+                    guard j < bytes.count, startsKey(bytes[j]) else { column += 1; throw fail("a table header needs a name") }
+                    inKey = true
+                    i = j; continue
+                }
+                if b != UInt8(ascii: "#") {
+                    guard startsKey(b) else { throw fail("expected a key") }
+                    inKey = true
+                }
+            }
+            lineStart = false
+            if afterDot {
+                guard startsKey(b) else { throw fail("expected a key after '.'") }
+                afterDot = false
+            }
+            switch b {
+            case UInt8(ascii: "#"): comment = true
+            case 34, 39:
+                let triple = [UInt8](repeating: b, count: 3)
+                quote = bytes[i...].starts(with: triple) ? triple : [b]
+                i += quote!.count; column += quote!.count - 1; continue
+            case UInt8(ascii: "."): if inKey { afterDot = true }
+            case UInt8(ascii: "="): if depth == 0 && !header { inKey = false; inValue = true }
+            case UInt8(ascii: "]"): if header { inKey = false } else if inValue || depth > 0 { depth = max(0, depth - 1) }
+            case UInt8(ascii: "["), UInt8(ascii: "{"): if inValue || depth > 0 { depth += 1 }
+            case UInt8(ascii: "}"): if inValue || depth > 0 { depth = max(0, depth - 1) }
+            default: break
+            }
+            i += 1
+        }
+    }
+
     public static func render(_ c: TrainConfig) -> String {
         sections.map { s in
             "[\(s)]\n" + keys.filter { $0.section == s }.map { "\($0.name) = \($0.write(c))" }.joined(separator: "\n")
