@@ -31,6 +31,23 @@ public struct CharTokenizer: Equatable, Sendable {
         }
     }
 
+    /// The token unseen characters are read as: a space when the vocabulary has one (the
+    /// least surprising stand-in in running text), else the first token.
+    public var unknownToken: Int32 { index[" "] ?? 0 }
+
+    /// Tokens of `text`, reading a character outside the vocabulary as `unknownToken`;
+    /// returns how many were (text a model is evaluated on or prompted with may hold
+    /// characters its training text did not).
+    public func encodeLeniently(_ text: String) -> (tokens: [Int32], unseen: Int) {
+        var unseen = 0
+        let tokens = text.map { c -> Int32 in
+            if let t = index[c] { return t }
+            unseen += 1
+            return unknownToken
+        }
+        return (tokens, unseen)
+    }
+
     public func decode(_ tokens: [Int32]) -> String {
         String(tokens.map { vocabulary[Int($0)] })
     }
@@ -44,6 +61,9 @@ public struct TextCorpus {
     public let tokenizer: CharTokenizer
     public let train: [Int32]
     public let validation: [Int32]
+    /// Characters of the text outside a given tokenizer's vocabulary, read as its
+    /// `unknownToken` (0 when the tokenizer was fitted to this text).
+    public let unseenCharacters: Int
 
     /// The first `1 - validationFraction` of the text trains, the rest validates.
     public init(path: String, validationFraction: Double, tokenizer: CharTokenizer? = nil) throws {
@@ -52,7 +72,8 @@ public struct TextCorpus {
             throw LoomError.io("'\(path)': not UTF-8 text, or empty")
         }
         let tok = tokenizer ?? CharTokenizer(fitting: text)
-        let all = try tok.encode(text)
+        let (all, unseen) = tok.encodeLeniently(text)
+        unseenCharacters = unseen
         let cut = Int(Double(all.count) * (1 - validationFraction))
         self.tokenizer = tok
         train = Array(all[..<cut])

@@ -46,6 +46,10 @@ struct EvalCommand: ParsableCommand {
             let setup = try Setup(c, backend: CPUBackend.shared, tokenizer: tokenizer)
             try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: setup.task.module)
             let step = Int(file.metadata["loom.step"] ?? "0") ?? 0
+            if setup.unseenCharacters > 0, let t = setup.tokenizer {
+                FileHandle.standardError.write(("loom: note: \(setup.unseenCharacters) characters of '\(c.data)' are not in the checkpoint's "
+                    + "vocabulary of \(t.count); read as \(String(reflecting: String(t.vocabulary[Int(t.unknownToken)])))\n").data(using: .utf8)!)
+            }
             let e = try Evaluator(task: setup.task, data: setup.validation, batchSize: c.batchSize, backend: CPUBackend.shared,
                                   isClassifier: !c.isLanguageModel).evaluate()
             if json {

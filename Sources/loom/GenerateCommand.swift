@@ -45,6 +45,10 @@ struct GenerateCommand: ParsableCommand {
             let gpt = try GPT(GPTConfig(vocabSize: tokenizer.count, contextLength: c.context, layers: c.layers, dModel: c.dModel,
                                         heads: c.heads, dropout: Float(c.dropout)), seed: 0)
             try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: gpt)
+            let unseen = tokenizer.encodeLeniently(prompt).unseen
+            if unseen > 0 {
+                FileHandle.standardError.write("loom: note: \(unseen) characters of the prompt are not in the model's vocabulary; read as \(String(reflecting: String(tokenizer.vocabulary[Int(tokenizer.unknownToken)])))\n".data(using: .utf8)!)
+            }
             let text = try Generation.sample(model: gpt, tokenizer: tokenizer, prompt: prompt, tokens: tokens,
                                              temperature: temperature, topK: topK, seed: seed)
             print(prompt + text)

@@ -85,6 +85,9 @@ final class DataTests: XCTestCase {
         XCTAssertEqual(t.decode(try t.encode("low")), "low")
         XCTAssertEqual(t.count, 8)
         XCTAssertThrowsError(try t.encode("z"))
+        let (tokens, unseen) = t.encodeLeniently("low_z")
+        XCTAssertEqual(unseen, 2)
+        XCTAssertEqual(t.decode(tokens), "low  ", "unseen characters read as a space")
         XCTAssertEqual(CharTokenizer(vocabulary: Array(t.serialized)), t)
     }
 

@@ -110,6 +110,20 @@ final class EndToEndTests: CLITestCase {
         XCTAssertEqual(last?["skipped_steps"] as? Int, 3, "steps 2, 3 and 4 skipped")
     }
 
+    /// A character-level model evaluated on, or prompted with, text holding characters its
+    /// training text did not: each is read as a space, counted, and said once.
+    func testUnseenCharactersAreReadAsASpaceAndCounted() throws {
+        XCTAssertEqual(try loom(["train", "--model", "gpt", "--steps", "2", "--out", work, "--name", "lm"]).status, 0)
+        let plays = try String(contentsOfFile: Self.repo.appendingPathComponent("data/shakespeare.txt").path, encoding: .utf8)
+        try (String(plays.prefix(4000)) + "_\u{00E9}_\n").write(toFile: work + "/other.txt", atomically: true, encoding: .utf8)
+        let e = try loom(["eval", "--checkpoint", work + "/lm", "--data", work + "/other.txt"])
+        XCTAssertEqual(e.status, 0, e.err)
+        XCTAssertTrue(e.err.contains("note: 3 characters of '\(work!)/other.txt' are not in the checkpoint's vocabulary"), e.err)
+        let g = try loom(["generate", "--checkpoint", work + "/lm", "--prompt", "ROMEO_", "--tokens", "5"])
+        XCTAssertEqual(g.status, 0, g.err)
+        XCTAssertTrue(g.err.contains("note: 1 characters of the prompt"), g.err)
+    }
+
     func testBadInputsGetOneLineErrorsAndNonZeroExit() throws {
         func expectError(_ args: [String], contains: String, file: StaticString = #filePath, line: UInt = #line) throws {
             let r = try loom(args)

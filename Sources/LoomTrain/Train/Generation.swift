@@ -10,7 +10,7 @@ public enum Generation {
     public static func sample(model: GPT, tokenizer: CharTokenizer, prompt: String, tokens: Int, temperature: Float,
                               topK: Int, seed: UInt64) throws -> String {
         guard temperature > 0 else { throw LoomError.invalidArgument("--temperature must be > 0, got \(temperature)") }
-        var context = try tokenizer.encode(prompt.isEmpty ? "\n" : prompt)
+        var context = tokenizer.encodeLeniently(prompt.isEmpty ? "\n" : prompt).tokens
         var rng = Philox(seed: seed)
         var out: [Int32] = []
         model.eval()

@@ -87,6 +87,9 @@ public struct Setup {
     public let train: any Dataset
     public let validation: any Dataset
     public let tokenizer: CharTokenizer?
+    /// Characters of the text that a saved tokenizer had never seen, read as its unknown
+    /// token (resuming or evaluating on other text); said once by the commands.
+    public let unseenCharacters: Int
     public let task: TrainTask
     public let optimizer: Optimizer
     /// The group the model's sharded tensors are split across (tensor parallelism).
@@ -103,6 +106,7 @@ public struct Setup {
         if c.isLanguageModel {
             let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved)
             tokenizer = corpus.tokenizer
+            unseenCharacters = corpus.unseenCharacters
             train = TokenWindows(tokens: corpus.train, context: c.context)
             validation = TokenWindows(tokens: corpus.validation, context: c.context)
             // A window is context + 1 tokens (inputs and the targets one further).
@@ -133,6 +137,7 @@ public struct Setup {
                 throw LoomError.config("data.validation_fraction \(c.validationFraction) leaves no training or no validation rows of \(all.count)")
             }
             tokenizer = nil
+            unseenCharacters = 0
             self.tensorGroup = nil
             train = all.subset(0..<cut)
             validation = all.subset(cut..<all.count)

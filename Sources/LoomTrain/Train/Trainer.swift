@@ -187,6 +187,10 @@ public final class Trainer {
                 + " -> \(runDirectory)/")
         }
 
+        if setup.unseenCharacters > 0, let tokenizer = setup.tokenizer {
+            writer?.note("note: \(setup.unseenCharacters) characters of '\(config.data)' are not in the checkpoint's vocabulary; "
+                         + "read as \(String(reflecting: String(tokenizer.vocabulary[Int(tokenizer.unknownToken)])))")
+        }
         if let restart {
             var r = MetricRecord(step: state.step, epoch: Double(state.step) / Double(stepsPerEpoch), elapsedSeconds: state.elapsedSeconds,
                                  throughputUnit: unit)
