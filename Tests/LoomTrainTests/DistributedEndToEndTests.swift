@@ -348,27 +348,33 @@ final class DistributedEndToEndTests: CLITestCase {
 
     func testKilledRankEndsTheMPIRunWithAMessageAndKeepsTheCheckpoint() throws {
         guard mpirunAvailable else { throw XCTSkip("mpirun not installed") }
-        let cfg = try config("mlp")
-        try (try String(contentsOfFile: cfg, encoding: .utf8).replacingOccurrences(of: "steps = 20", with: "steps = 100000")
-             + "\neval_every = 20\n[parallel]\ntimeout_s = 20\n").write(toFile: cfg, atomically: true, encoding: .utf8)
-        let p = try start(["launch", "-n", "2", "--", "train", cfg, "--out", work, "--name", "dying"])
-        let checkpoint = work + "/dying/checkpoint.safetensors"
-        let deadline = Date().addingTimeInterval(60)
-        while !FileManager.default.fileExists(atPath: checkpoint) && Date() < deadline { usleep(50_000) }
-        XCTAssertTrue(FileManager.default.fileExists(atPath: checkpoint))
-        // Kill rank 1: the loom process with OMPI_COMM_WORLD_RANK=1.
-        let victim = try XCTUnwrap(loomRank(1), "rank 1 not found")
-        kill(victim, SIGKILL)
-        let killedAt = Date()
-        let err = String(data: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!
-        p.waitUntilExit()
-        XCTAssertLessThan(Date().timeIntervalSince(killedAt), 30, "the run did not end within the timeout")
-        XCTAssertNotEqual(p.terminationStatus, 0)
-        // Loom's own message on the survivor, naming it and the operation it was in (not
-        // only mpirun's report of the dead process).
-        XCTAssertTrue(err.contains("loom: error: ") && err.contains("rank 0: "), "no Loom message naming the surviving rank: \(err)")
-        let e = try loom(["eval", "--checkpoint", work + "/dying"])
-        XCTAssertEqual(e.status, 0, "last checkpoint not loadable: \(e.err)")
+        let mlp = try config("mlp"), gpt = try config("gpt")
+        try (try String(contentsOfFile: mlp, encoding: .utf8).replacingOccurrences(of: "steps = 20", with: "steps = 100000")
+             + "\neval_every = 20\n[parallel]\ntimeout_s = 20\n").write(toFile: mlp, atomically: true, encoding: .utf8)
+        try (try String(contentsOfFile: gpt, encoding: .utf8).replacingOccurrences(of: "steps = 20", with: "steps = 100000")
+                .replacingOccurrences(of: "eval_every = 20", with: "eval_every = 3")
+             + "\n[parallel]\ntimeout_s = 20\n").write(toFile: gpt, atomically: true, encoding: .utf8)
+        // Data parallel, and rank 1 dying inside a tensor- and a pipeline-parallel group.
+        for (name, cfg, args) in [("dying-dp", mlp, [String]()), ("dying-tp", gpt, ["--tp", "2"]), ("dying-pp", gpt, ["--pp", "2"])] {
+            let p = try start(["launch", "-n", "2", "--", "train", cfg, "--out", work, "--name", name] + args)
+            let checkpoint = work + "/\(name)/checkpoint.safetensors"
+            let deadline = Date().addingTimeInterval(90)
+            while !FileManager.default.fileExists(atPath: checkpoint) && Date() < deadline { usleep(50_000) }
+            XCTAssertTrue(FileManager.default.fileExists(atPath: checkpoint), name)
+            // Kill rank 1: the loom process with OMPI_COMM_WORLD_RANK=1.
+            let victim = try XCTUnwrap(loomRank(1), "\(name): rank 1 not found")
+            kill(victim, SIGKILL)
+            let killedAt = Date()
+            let err = String(data: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), encoding: .utf8)!
+            p.waitUntilExit()
+            XCTAssertLessThan(Date().timeIntervalSince(killedAt), 30, "\(name): the run did not end within the timeout")
+            XCTAssertNotEqual(p.terminationStatus, 0, name)
+            // Loom's own message on the survivor, naming it and the operation it was in (not
+            // only mpirun's report of the dead process).
+            XCTAssertTrue(err.contains("loom: error: ") && err.contains("rank 0: "), "\(name): no Loom message naming the surviving rank: \(err)")
+            let e = try loom(["eval", "--checkpoint", work + "/\(name)"])
+            XCTAssertEqual(e.status, 0, "\(name): last checkpoint not loadable: \(e.err)")
+        }
     }
 
     /// PID of the loom process that is rank `rank` of an MPI job (from /proc).
