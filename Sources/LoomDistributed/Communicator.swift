@@ -37,7 +37,9 @@ public protocol Communicator: AnyObject, Sendable {
     func reduceScatterAsync(_ input: Tensor, into output: Tensor, _ op: ReduceKind, label: String) -> CommRequest
     func send(_ tensor: Tensor, to peer: Int, tag: Int) throws
     func receive(into tensor: Tensor, from peer: Int, tag: Int) throws
-    func barrier() throws
+    /// Every rank arrives, then all leave. `timeout`: how long to wait instead of the
+    /// communicator's own (a rank writing a checkpoint may take longer than a collective).
+    func barrier(timeout: Double?) throws
     /// Sub-groups: ranks with the same `color` form one, ordered by `key` (MPI_Comm_split).
     func split(color: Int, key: Int) throws -> Communicator
 }
@@ -64,6 +66,8 @@ public final class CommRequest: @unchecked Sendable {
 }
 
 extension Communicator {
+    public func barrier() throws { try barrier(timeout: nil) }
+
     public func allReduce(_ tensor: Tensor, _ op: ReduceKind = .sum, label: String = "all-reduce") throws {
         try allReduceAsync(tensor, op, label: label).wait()
     }

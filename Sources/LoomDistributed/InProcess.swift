@@ -77,7 +77,8 @@ public final class InProcessWorld: @unchecked Sendable {
 
     /// Every rank arrives, then all leave together. Throws on timeout, naming the ranks
     /// that did not arrive.
-    fileprivate func rendezvous(rank: Int, op: String) throws {
+    fileprivate func rendezvous(rank: Int, op: String, timeout: Double? = nil) throws {
+        let timeout = timeout ?? self.timeout
         lock.lock()
         defer { lock.unlock() }
         let gen = generation
@@ -124,16 +125,16 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         queue = DispatchQueue(label: "loom.comm.rank\(rank)")
     }
 
-    private func sync(_ op: String) throws {
-        try world.rendezvous(rank: rank, op: op)
+    private func sync(_ op: String, timeout: Double? = nil) throws {
+        try world.rendezvous(rank: rank, op: op, timeout: timeout)
     }
 
     /// The first rendezvous of a collective: publishes this rank's buffer and what the
     /// collective is ("all-reduce of 1024 float32"), and fails on every rank, naming both
     /// sides, when another rank arrived in a different collective or with another size.
-    private func enter(_ label: String, _ what: String, buffer: UnsafeMutableRawPointer?) throws {
+    private func enter(_ label: String, _ what: String, buffer: UnsafeMutableRawPointer?, timeout: Double? = nil) throws {
         world.lock.lock(); world.slots[rank] = buffer; world.descriptors[rank] = what; world.lock.unlock()
-        try sync(label)
+        try sync(label, timeout: timeout)
         world.lock.lock(); let all = world.descriptors; world.lock.unlock()
         if let other = all.indices.first(where: { all[$0] != what }) {
             throw CommError("rank \(rank): \(what) (\(label)) met rank \(other)'s \(all[other]): the ranks called different collectives")
@@ -275,10 +276,10 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         h.commit()
     }
 
-    public func barrier() throws {
+    public func barrier(timeout: Double?) throws {
         // Two rendezvous: no rank may start its next collective (and overwrite its
         // descriptor) while another is still comparing this one's.
-        try blocking { [self] in try enter("barrier", "barrier", buffer: nil); try sync("barrier") }
+        try blocking { [self] in try enter("barrier", "barrier", buffer: nil, timeout: timeout); try sync("barrier") }
     }
 
     public func split(color: Int, key: Int) throws -> Communicator {

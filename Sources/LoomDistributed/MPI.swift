@@ -67,7 +67,8 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     /// Runs `body` on the MPI thread under the watchdog.
-    private func run(_ op: String, _ body: @escaping () -> Int32) -> CommRequest {
+    private func run(_ op: String, timeout: Double? = nil, _ body: @escaping () -> Int32) -> CommRequest {
+        let timeout = timeout ?? self.timeout
         let request = CommRequest(label: op)
         worker.async { [self] in
             reapSends()
@@ -207,8 +208,8 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         h.commit()
     }
 
-    public func barrier() throws {
-        try run("barrier") { [self] in
+    public func barrier(timeout: Double?) throws {
+        try run("barrier", timeout: timeout) { [self] in
             let rc = completeSends()
             return rc != MPI_SUCCESS ? rc : MPI_Barrier(comm)
         }.wait()

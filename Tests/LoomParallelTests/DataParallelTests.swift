@@ -117,7 +117,7 @@ final class CountingCommunicator: Communicator, @unchecked Sendable {
     }
     func send(_ t: Tensor, to peer: Int, tag: Int) throws { try base.send(t, to: peer, tag: tag) }
     func receive(into t: Tensor, from peer: Int, tag: Int) throws { try base.receive(into: t, from: peer, tag: tag) }
-    func barrier() throws { try base.barrier() }
+    func barrier(timeout: Double?) throws { try base.barrier(timeout: timeout) }
     func split(color: Int, key: Int) throws -> Communicator { try base.split(color: color, key: key) }
 }
 

@@ -209,6 +209,21 @@ final class DistributedEndToEndTests: CLITestCase {
         try assertMatches("mpi-restarted", "whole")
     }
 
+    /// Rank 0 writing a checkpoint for longer than a collective may wait (a slow disk) is
+    /// not taken for a dead rank: the others wait for it at a barrier with its own
+    /// timeout (parallel.checkpoint_timeout_s), in-process and under MPI.
+    func testASlowCheckpointWriteIsNotTakenForADeadRank() throws {
+        let cfg = work + "/slow.toml"
+        try (String(contentsOfFile: try config("mlp"), encoding: .utf8).replacingOccurrences(of: "steps = 20", with: "steps = 10")
+             + "\neval_every = 5\n[parallel]\ntimeout_s = 2\n").write(toFile: cfg, atomically: true, encoding: .utf8)
+        let slow = ["LOOM_TEST_CHECKPOINT_PAUSE_MS": "3500"]
+        let r = try loom(["train", cfg, "--dp", "2", "--out", work, "--name", "slow-inprocess"], env: slow)
+        XCTAssertEqual(r.status, 0, r.err)
+        guard mpirunAvailable else { throw XCTSkip("mpirun not installed: in-process ranks were checked, MPI ranks were not") }
+        let m = try loom(["launch", "-n", "2", "--", "train", cfg, "--out", work, "--name", "slow-mpi"], env: slow)
+        XCTAssertEqual(m.status, 0, m.err)
+    }
+
     /// Image models cut into pipeline stages (layer chains: the CNN's convolutions on one
     /// stage, its classifier on the other) follow the single-process run, evaluation and
     /// accuracy included. The CNN without its batch-normalised residual block: batch norm

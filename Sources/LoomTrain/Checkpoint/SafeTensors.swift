@@ -157,9 +157,10 @@ public enum SafeTensors {
         guard fd >= 0 else { throw LoomError.io("cannot write '\(tmp)': \(String(cString: strerror(errno)))") }
         var ok = false
         defer { if !ok { close(fd); unlink(tmp) } }
-        // Test hook: LOOM_TEST_CHECKPOINT_PAUSE_MS pauses halfway through the write, so
-        // the end-to-end tests can kill the process while a checkpoint is half written.
-        let pauseMs = ProcessInfo.processInfo.environment["LOOM_TEST_CHECKPOINT_PAUSE_MS"].flatMap(Int.init)
+        // Test hook: LOOM_TEST_CHECKPOINT_PAUSE_MS pauses halfway through a checkpoint's
+        // write, so the end-to-end tests can kill the process while one is half written, or
+        // play a slow disk.
+        let pauseMs = path.hasSuffix(".safetensors") ? ProcessInfo.processInfo.environment["LOOM_TEST_CHECKPOINT_PAUSE_MS"].flatMap(Int.init) : nil
         let half = pauseMs == nil ? bytes.count : bytes.count / 2
         try writeAll(fd, bytes[0..<half], path: tmp)
         if let pauseMs { usleep(UInt32(pauseMs * 1000)) }

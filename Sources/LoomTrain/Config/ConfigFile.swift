@@ -107,6 +107,7 @@ public enum ConfigFile {
             c.zero = z
         }, write: { "\($0.zero)" }),
         int("parallel", "timeout_s", "seconds a collective may wait before the run fails", min: 1, \.timeoutSeconds),
+        int("parallel", "checkpoint_timeout_s", "seconds the other ranks wait for rank 0 to write a checkpoint", min: 1, \.checkpointTimeoutSeconds),
         string("run", "out", "directory that holds run directories", \.out),
         string("run", "name", "run directory name", \.name),
     ]

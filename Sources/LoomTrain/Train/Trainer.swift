@@ -321,6 +321,9 @@ public final class Trainer {
                                         dropout: dropout)
             try writer.evaluation(e, step: state.step, epoch: epoch, elapsed: state.elapsedSeconds, unit: unit)
         }
+        // The others wait here, not in the next step's collective, while rank 0 writes: a
+        // slow disk must not look like a dead rank (parallel.checkpoint_timeout_s).
+        try communicator?.barrier(timeout: Double(config.checkpointTimeoutSeconds))
         return e
     }
 
