@@ -13,22 +13,9 @@ import LoomTrain
 /// `LOOM_FUZZ_TRACE=1` writes each mutant to /tmp/fuzz-last before it is read: after a
 /// crash, that file is the input that caused it. (It found two: toml++ asserting on a
 /// table name starting with a control or non-ASCII character, or with `|`.)
-final class FuzzTests: XCTestCase {
-    var dir = ""
+final class FuzzTests: ScratchDirectoryTestCase {
     /// Per reader: at most this many mutants, and at most this many seconds.
-    let mutants = 3000, seconds = 12.0
-
-    override func setUpWithError() throws {
-        dir = NSTemporaryDirectory() + "loom-fuzz-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: dir) }
-
-    func repoPath(_ p: String) -> String {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent(p).path
-    }
+    let mutants = 3000, seconds = 8.0  // 8 readers: at most about a minute in all
 
     /// One mutant of `seed`, drawn from `rng`.
     func mutate(_ seed: [UInt8], _ rng: inout Philox) -> [UInt8] {
@@ -76,7 +63,7 @@ final class FuzzTests: XCTestCase {
     }
 
     func write(_ bytes: [UInt8], _ name: String) -> String {
-        let path = dir + "/" + name
+        let path = work + "/" + name
         FileManager.default.createFile(atPath: path, contents: Data(bytes))
         return path
     }

@@ -8,20 +8,7 @@ import LoomTrain
 /// (`IsolatedBackend`): the proof that a GPU backend plugs in below the trainer, the
 /// layers, the optimizers and every parallel layout without touching them. Its kernels
 /// are the CPU backend's, so the losses must be bit-identical to a CPU run.
-final class IsolatedDeviceTrainingTests: XCTestCase {
-    var work = ""
-
-    override func setUpWithError() throws {
-        work = NSTemporaryDirectory() + "loom-isolated-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: work) }
-
-    func repoPath(_ p: String) -> String {
-        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent(p).path
-    }
+final class IsolatedDeviceTrainingTests: ScratchDirectoryTestCase {
 
     func config(_ model: ModelKind, steps: Int = 4) -> TrainConfig {
         var c = TrainConfig()
