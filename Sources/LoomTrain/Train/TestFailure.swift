@@ -19,7 +19,7 @@ struct TestFailure {
 
     func fire(at current: Int) throws {
         guard current == step, !FileManager.default.fileExists(atPath: marker) else { return }
-        FileManager.default.createFile(atPath: marker, contents: nil)
+        _ = FileManager.default.createFile(atPath: marker, contents: nil)
         if MPICommunicator.launchedByMPI { kill(getpid(), SIGKILL) }
         throw CommError("rank \(rank): died at step \(step + 1) (injected by LOOM_TEST_FAIL_ONCE)")
     }
