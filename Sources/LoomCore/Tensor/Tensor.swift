@@ -174,16 +174,15 @@ extension Tensor {
         grad = g
     }
 
-    /// dst = src across backends: direct when they share a device, else through a host
-    /// buffer (download, upload).
+    /// dst = src across backends: direct when they share a device, else through the
+    /// source's host bytes (`HostBuffer`: its own memory, or a staging download).
     public static func transfer(_ src: Tensor, into dst: Tensor) throws {
         guard src.count == dst.count, src.dtype == dst.dtype else {
             throw LoomError.shapeMismatch("transfer: \(src.dtype) \(describe(src.shape)) into \(dst.dtype) \(describe(dst.shape))")
         }
         if src.device == dst.device && src.device.isHost { dst.backend.copy(src, into: dst); return }
-        var host = [UInt8](repeating: 0, count: src.byteCount)
-        host.withUnsafeMutableBytes { src.backend.download(src, into: $0) }
-        host.withUnsafeBytes { dst.backend.upload($0, to: dst) }
+        let host = HostBuffer(src)
+        withExtendedLifetime(host) { dst.backend.upload(UnsafeRawBufferPointer(host.bytes), to: dst) }
     }
 }
 

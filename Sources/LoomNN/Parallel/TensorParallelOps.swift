@@ -53,10 +53,9 @@ extension Tensor {
         let m = try Tensor(uninitialized: [rows, 1], on: be)
         be.reduce(.max, maxima, outer: 1, n: p, inner: rows, into: m)
         // e = exp(x - m) [rows, v]; sums = [S_local | z_local] [2, rows], summed over ranks.
-        let e = try x.empty()
-        be.binary(.sub, x, m, into: e)
-        let shifted = try e.copied()
-        be.unary(.exp, e, into: e)
+        let shifted = try x.empty(), e = try x.empty()
+        be.binary(.sub, x, m, into: shifted)
+        be.unary(.exp, shifted, into: e)
         let sums = try Tensor(uninitialized: [2, rows], on: be)
         be.reduce(.sum, e, outer: rows, n: v, inner: 1, into: sums.view([rows]))
         let local = try Tensor(uninitialized: [rows], dtype: .int32, on: be)

@@ -37,9 +37,8 @@ public enum SafeTensors {
         var fields: [String] = []
         for (name, t) in tensors {
             let begin = data.count
-            var bytes = [UInt8](repeating: 0, count: t.byteCount)  // any dtype, as stored
-            bytes.withUnsafeMutableBytes { t.backend.download(t, into: $0) }
-            data.append(contentsOf: bytes)
+            let bytes = HostBuffer(t)  // any dtype, as stored; a device tensor is downloaded
+            withExtendedLifetime(bytes) { data.append(contentsOf: bytes.bytes) }
             fields.append("\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(data.count)]}")
         }
         var meta = metadata
