@@ -16,6 +16,8 @@ let package = Package(
         .library(name: "LoomParallel", targets: ["LoomParallel"]),
         .library(name: "LoomTrain", targets: ["LoomTrain"]),
         .library(name: "LoomCUDA", targets: ["LoomCUDA"]),
+        // Test-only: the CUDA driver, NVRTC and cuBLAS answered on the CPU (docs/cuda.md).
+        .library(name: "LoomCUDAEmulator", type: .dynamic, targets: ["CLoomCUDAEmulator"]),
         .executable(name: "loom", targets: ["loom"]),
     ],
     dependencies: [
@@ -36,7 +38,9 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         // CUDA through dlopen: no toolkit or headers at build time.
-        .target(name: "LoomCUDA"),
+        .target(name: "LoomCUDA", dependencies: ["LoomCore"]),
+        .target(name: "CLoomCUDAEmulator", exclude: ["KernelRuntime.inc"],
+                linkerSettings: [.linkedLibrary("openblas")]),
         .executableTarget(name: "loom", dependencies: [
             "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain", "LoomCUDA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -48,5 +52,6 @@ let package = Package(
         .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomTrain"]),
         .testTarget(name: "LoomCUDATests", dependencies: ["LoomCore", "LoomNN", "LoomCUDA"]),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v5],
+    cxxLanguageStandard: .cxx17
 )

@@ -14,8 +14,8 @@ public final class CUBLAS: @unchecked Sendable {
 
     public static let candidates = ["libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so"]
 
-    public init(stream: CUstream, allowTF32: Bool) throws {
-        library = try DynamicLibrary(candidates: CUBLAS.candidates, purpose: "cuBLAS (libcublas.so)")
+    public init(stream: CUstream, allowTF32: Bool, emulator: String? = DynamicLibrary.emulatorPath) throws {
+        library = try DynamicLibrary(candidates: CUBLAS.candidates, purpose: "cuBLAS (libcublas.so)", emulator: emulator)
         let l = library
         create = try l.function("cublasCreate_v2")
         setStream = try l.function("cublasSetStream_v2")

@@ -11,8 +11,10 @@ public final class CUDAContext: @unchecked Sendable {
     public let stream: CUstream
     public let allocator: CachingAllocator
 
-    public static func open(device ordinal: Int = 0) throws -> CUDAContext {
-        let driver = try CUDADriver()
+    /// `emulator`: the path of Loom's CPU emulator of the driver, NVRTC and cuBLAS, used
+    /// instead of the NVIDIA libraries (tests; `LOOM_CUDA_EMULATOR` by default).
+    public static func open(device ordinal: Int = 0, emulator: String? = DynamicLibrary.emulatorPath) throws -> CUDAContext {
+        let driver = try CUDADriver(emulator: emulator)
         let count = try driver.deviceCount()
         guard ordinal < count else {
             throw CUDAError(call: "open", message: "cuda:\(ordinal) requested, the driver sees \(count) device\(count == 1 ? "" : "s")")
@@ -41,5 +43,29 @@ public final class CUDAContext: @unchecked Sendable {
         }, release: { try driver.check(driver.cuMemFree($0), "cuMemFree_v2") })
     }
 
-    public var description: String { "cuda:\(ordinal) (\(name), sm_\(computeCapability.major)\(computeCapability.minor))" }
+    /// Host bytes to device memory, queued on the stream (the source may be reused at once:
+    /// pageable memory is staged before the call returns).
+    public func copy(_ source: UnsafeRawBufferPointer, toDevice address: CUdeviceptr) throws {
+        guard source.count > 0 else { return }
+        try driver.check(driver.cuMemcpyHtoDAsync(address, source.baseAddress, source.count, stream), "cuMemcpyHtoDAsync_v2")
+    }
+
+    /// Device memory to host bytes; waits for the stream.
+    public func copy(fromDevice address: CUdeviceptr, into destination: UnsafeMutableRawBufferPointer) throws {
+        guard destination.count > 0 else { return }
+        try driver.check(driver.cuMemcpyDtoHAsync(destination.baseAddress, address, destination.count, stream), "cuMemcpyDtoHAsync_v2")
+        try synchronize()
+    }
+
+    /// Waits for everything queued on the stream.
+    public func synchronize() throws {
+        try driver.check(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+    }
+
+    /// The emulator's path when this context is Loom's CPU emulator, not a GPU.
+    public var emulator: String? { driver.isEmulated ? driver.library.path : nil }
+
+    public var description: String {
+        "cuda:\(ordinal) (\(name), sm_\(computeCapability.major)\(computeCapability.minor)\(driver.isEmulated ? ", emulated on the CPU" : ""))"
+    }
 }

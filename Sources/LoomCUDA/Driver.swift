@@ -23,6 +23,8 @@ public final class CUDADriver: @unchecked Sendable {
     let cuMemFreeHost: @convention(c) (UnsafeMutableRawPointer?) -> Status
     let cuMemcpyHtoDAsync: @convention(c) (CUdeviceptr, UnsafeRawPointer?, Int, CUstream) -> Status
     let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer?, CUdeviceptr, Int, CUstream) -> Status
+    let cuMemcpyDtoDAsync: @convention(c) (CUdeviceptr, CUdeviceptr, Int, CUstream) -> Status
+    let cuMemsetD8Async: @convention(c) (CUdeviceptr, UInt8, Int, CUstream) -> Status
     let cuStreamCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
     let cuStreamSynchronize: @convention(c) (CUstream) -> Status
     let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Status
@@ -30,10 +32,17 @@ public final class CUDADriver: @unchecked Sendable {
     let cuLaunchKernel: @convention(c) (OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, CUstream,
                                         UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Status
     let cuGetErrorName: @convention(c) (Status, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Status
+    /// The emulator's explanation of its last failure (a divergent barrier, a missing
+    /// kernel); nil for the NVIDIA driver.
+    let emulatorLastError: (@convention(c) () -> UnsafePointer<CChar>?)?
+
+    /// Whether this is Loom's CPU emulator of the driver (`LOOM_CUDA_EMULATOR`), not a GPU's.
+    public var isEmulated: Bool { library.isEmulator }
 
     /// Loads the driver and initialises it. Throws on a machine without the NVIDIA driver.
-    public init() throws {
-        library = try DynamicLibrary(candidates: ["libcuda.so.1", "libcuda.so"], purpose: "the NVIDIA driver (libcuda.so.1)")
+    /// `emulator`: Loom's CPU emulator of the driver instead (tests).
+    public init(emulator: String? = DynamicLibrary.emulatorPath) throws {
+        library = try DynamicLibrary(candidates: ["libcuda.so.1", "libcuda.so"], purpose: "the NVIDIA driver (libcuda.so.1)", emulator: emulator)
         let l = library
         cuInit = try l.function("cuInit")
         cuDeviceGetCount = try l.function("cuDeviceGetCount")
@@ -48,12 +57,15 @@ public final class CUDADriver: @unchecked Sendable {
         cuMemFreeHost = try l.function("cuMemFreeHost")
         cuMemcpyHtoDAsync = try l.function("cuMemcpyHtoDAsync_v2")
         cuMemcpyDtoHAsync = try l.function("cuMemcpyDtoHAsync_v2")
+        cuMemcpyDtoDAsync = try l.function("cuMemcpyDtoDAsync_v2")
+        cuMemsetD8Async = try l.function("cuMemsetD8Async")
         cuStreamCreate = try l.function("cuStreamCreate")
         cuStreamSynchronize = try l.function("cuStreamSynchronize")
         cuModuleLoadData = try l.function("cuModuleLoadData")
         cuModuleGetFunction = try l.function("cuModuleGetFunction")
         cuLaunchKernel = try l.function("cuLaunchKernel")
         cuGetErrorName = try l.function("cuGetErrorName")
+        emulatorLastError = l.isEmulator ? try l.function("loomEmulatorLastError") : nil
         try check(cuInit(0), "cuInit")
     }
 
@@ -62,7 +74,9 @@ public final class CUDADriver: @unchecked Sendable {
         guard status != 0 else { return }
         var name: UnsafePointer<CChar>?
         let known = cuGetErrorName(status, &name) == 0 && name != nil
-        throw CUDAError(call: call, message: "\(known ? String(cString: name!) : "unknown CUDA status") (\(status))")
+        let detail = emulatorLastError.flatMap { $0() }.map { String(cString: $0) } ?? ""
+        throw CUDAError(call: call, message: "\(known ? String(cString: name!) : "unknown CUDA status") (\(status))"
+                                            + (detail.isEmpty ? "" : ": \(detail)"))
     }
 
     public func deviceCount() throws -> Int {

@@ -19,8 +19,9 @@ public final class NVRTC: @unchecked Sendable {
     /// The sonames NVRTC has shipped under (CUDA 13, 12, 11.2+), then the unversioned one.
     public static let candidates = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so"]
 
-    public init() throws {
-        library = try DynamicLibrary(candidates: NVRTC.candidates, purpose: "NVRTC (libnvrtc.so, from the CUDA toolkit or the nvidia-cuda-nvrtc wheel)")
+    public init(emulator: String? = DynamicLibrary.emulatorPath) throws {
+        library = try DynamicLibrary(candidates: NVRTC.candidates, purpose: "NVRTC (libnvrtc.so, from the CUDA toolkit or the nvidia-cuda-nvrtc wheel)",
+                                     emulator: emulator)
         let l = library
         create = try l.function("nvrtcCreateProgram")
         compile = try l.function("nvrtcCompileProgram")
@@ -39,10 +40,17 @@ public final class NVRTC: @unchecked Sendable {
 
     /// Compiles `source` for compute capability `arch` (e.g. 90) and returns the CUBIN.
     public func compile(source: String, name: String, arch: Int) throws -> [UInt8] {
+        try compileReportingLog(source: source, name: name, arch: arch).binary
+    }
+
+    /// The CUBIN and NVRTC's log; with `verbose`, the log has ptxas's registers, shared
+    /// memory and spills per kernel.
+    public func compileReportingLog(source: String, name: String, arch: Int, verbose: Bool = false) throws -> (binary: [UInt8], log: String) {
         var program: OpaquePointer?
         try check(create(&program, source, name, 0, nil, nil), "nvrtcCreateProgram(\(name))")
         defer { _ = destroy(&program) }
-        let options = ["--gpu-architecture=sm_\(arch)", "--use_fast_math", "-default-device", "--std=c++17"]
+        // Precise math (no --use_fast_math): kernels are checked against the CPU at 1e-5.
+        let options = ["--gpu-architecture=sm_\(arch)", "-default-device", "--std=c++17"] + (verbose ? ["--ptxas-options=-v"] : [])
         let cOptions = options.map { strdup($0) }
         defer { cOptions.forEach { free($0) } }
         let status = cOptions.map { UnsafePointer<CChar>($0) }.withUnsafeBufferPointer { compile(program, Int32(options.count), $0.baseAddress) }
@@ -53,11 +61,15 @@ public final class NVRTC: @unchecked Sendable {
             _ = log(program, &buffer)
             throw CUDAError(call: "nvrtcCompileProgram(\(name))", message: String(cString: buffer).trimmingCharacters(in: .whitespacesAndNewlines))
         }
+        var logBytes = 0
+        _ = logSize(program, &logBytes)
+        var logBuffer = [CChar](repeating: 0, count: max(logBytes, 1))
+        _ = log(program, &logBuffer)
         var n = 0
         try check(cubinSize(program, &n), "nvrtcGetCUBINSize")
         var buffer = [UInt8](repeating: 0, count: n)
         try check(cubin(program, &buffer), "nvrtcGetCUBIN")
-        return buffer
+        return (buffer, String(cString: logBuffer))
     }
 }
 

@@ -1,0 +1,212 @@
+import Foundation
+import LoomCore
+
+// Matrix products (cuBLAS), normalisation, convolution, pooling, embedding, losses,
+// dropout and optimizer steps.
+
+extension CUDABackend {
+    // MARK: Linear algebra
+
+    /// Row-major C = op(A) op(B) is column-major Cᵀ = op(B)ᵀ op(A)ᵀ: cuBLAS gets B as its
+    /// first operand and A as its second, each with its own transpose flag and leading
+    /// dimension unchanged (a row-major matrix read column-major is its transpose).
+    public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
+                     alpha: Float, beta: Float) {
+        guard m > 0, n > 0, batch > 0 else { return }
+        let pa = address(a.tensor) + CUdeviceptr(a.offset * 4), pb = address(b.tensor) + CUdeviceptr(b.offset * 4)
+        let pc = address(c.tensor) + CUdeviceptr(c.offset * 4)
+        do {
+            try blas.gemm(transA: b.transposed, transB: a.transposed, m: n, n: m, k: k, alpha: alpha,
+                          a: pb, lda: b.ld, strideA: b.batchStride, b: pa, ldb: a.ld, strideB: a.batchStride,
+                          beta: beta, c: pc, ldc: c.ld, strideC: c.batchStride, batch: batch)
+        } catch {
+            fatalError("\(name): \(error)")
+        }
+    }
+
+    // MARK: Softmax and normalisation
+
+    public func softmax(_ x: Tensor, rows: Int, cols: Int, log: Bool, into y: Tensor) {
+        guard rows > 0 else { return }
+        launch("softmax_f32", grid: min(rows, 65535), block: CUDABackend.rowBlock(cols),
+               [.pointer(address(x)), .pointer(address(y)), .int64(rows), .int64(cols), .int32(log ? 1 : 0)])
+    }
+
+    public func softmaxBackward(y: Tensor, gradOutput: Tensor, rows: Int, cols: Int, log: Bool, into gx: Tensor) {
+        guard rows > 0 else { return }
+        launch("softmax_backward_f32", grid: min(rows, 65535), block: CUDABackend.rowBlock(cols),
+               [.pointer(address(y)), .pointer(address(gradOutput)), .pointer(address(gx)), .int64(rows), .int64(cols), .int32(log ? 1 : 0)])
+    }
+
+    public func maskUpperTriangle(_ x: Tensor, rows: Int, cols: Int, value: Float) {
+        elementwise("mask_upper_f32", count: x.count, [.pointer(address(x)), .int64(rows), .int64(cols), .float(value), .int64(x.count)])
+    }
+
+    public func layerNorm(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float, rows: Int, cols: Int,
+                          into y: Tensor, mean: Tensor, rstd: Tensor) {
+        guard rows > 0 else { return }
+        launch("layer_norm_f32", grid: min(rows, 65535), block: CUDABackend.rowBlock(cols),
+               [.pointer(address(x)), .pointer(address(gamma)), .pointer(address(beta)), .float(eps), .int64(rows), .int64(cols),
+                .pointer(address(y)), .pointer(address(mean)), .pointer(address(rstd))])
+    }
+
+    public func layerNormBackward(x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, gradOutput: Tensor,
+                                  rows: Int, cols: Int, gradInput: Tensor, gradGamma: Tensor, gradBeta: Tensor) {
+        guard rows > 0 else { return }
+        launch("layer_norm_backward_input_f32", grid: min(rows, 65535), block: CUDABackend.rowBlock(cols),
+               [.pointer(address(x)), .pointer(address(gamma)), .pointer(address(mean)), .pointer(address(rstd)),
+                .pointer(address(gradOutput)), .pointer(address(gradInput)), .int64(rows), .int64(cols)])
+        elementwise("layer_norm_backward_params_f32", count: cols,
+                    [.pointer(address(x)), .pointer(address(mean)), .pointer(address(rstd)), .pointer(address(gradOutput)),
+                     .pointer(address(gradGamma)), .pointer(address(gradBeta)), .int64(rows), .int64(cols)])
+    }
+
+    public func channelMoments(_ x: Tensor, n: Int, channels: Int, inner: Int, mean: Tensor, variance: Tensor) {
+        launch("channel_moments_f32", grid: min(channels, 65535), block: 256,
+               [.pointer(address(x)), .int64(n), .int64(channels), .int64(inner), .pointer(address(mean)), .pointer(address(variance))])
+    }
+
+    public func channelAffine(_ x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, n: Int, channels: Int, inner: Int, into y: Tensor) {
+        elementwise("channel_affine_f32", count: x.count,
+                    [.pointer(address(x)), .pointer(address(mean)), .pointer(address(scale)), .pointer(address(shift)), .pointer(address(y)),
+                     .int64(channels), .int64(inner), .int64(x.count)])
+    }
+
+    public func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
+                                sumGrad: Tensor, sumGradXmu: Tensor) {
+        launch("channel_grad_sums_f32", grid: min(channels, 65535), block: 256,
+               [.pointer(address(x)), .pointer(address(mean)), .pointer(address(gradOutput)), .int64(n), .int64(channels), .int64(inner),
+                .pointer(address(sumGrad)), .pointer(address(sumGradXmu)), .int32(1)])
+    }
+
+    // MARK: Convolution and pooling
+
+    /// The kernels' `struct Conv`.
+    private func convArgument(_ g: ConvGeometry) -> KernelArgument {
+        .ints([g.batch, g.channels, g.height, g.width, g.kernelH, g.kernelW, g.stride, g.padding, g.outH, g.outW])
+    }
+
+    /// A scratch buffer of columns [patch, batch * OH * OW].
+    private func columns(_ g: ConvGeometry) -> Tensor {
+        do { return try Tensor(uninitialized: [g.patch, g.positions], on: self) } catch { fatalError("\(name): \(error)") }
+    }
+
+    /// y[b] = W [OC, patch] · cols[:, b] [patch, OH·OW] (+ bias), one strided-batched GEMM over the images.
+    public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry g: ConvGeometry, into y: Tensor) {
+        let oc = weight.shape[0], hw = g.outH * g.outW
+        let cols = columns(g)
+        elementwise("im2col_f32", count: cols.count, [.pointer(address(x)), .pointer(address(cols)), convArgument(g)])
+        gemm(GEMMOperand(weight, ld: g.patch), GEMMOperand(cols, ld: g.positions, batchStride: hw), GEMMOperand(y, ld: hw, batchStride: oc * hw),
+             m: oc, n: hw, k: g.patch, batch: g.batch, alpha: 1, beta: 0)
+        if let bias {
+            elementwise("add_channel_bias_f32", count: y.count,
+                        [.pointer(address(y)), .pointer(address(bias)), .int64(oc), .int64(hw), .int64(y.count)])
+        }
+    }
+
+    public func conv2dBackward(x: Tensor, weight: Tensor, gradOutput gy: Tensor, geometry g: ConvGeometry,
+                               gradInput: Tensor?, gradWeight: Tensor?, gradBias: Tensor?) {
+        let oc = weight.shape[0], hw = g.outH * g.outW
+        if let gradWeight {
+            // dW [OC, patch] = Σ_b gy[b] [OC, OH·OW] · cols[:, b]ᵀ, the images in order.
+            let cols = columns(g)
+            elementwise("im2col_f32", count: cols.count, [.pointer(address(x)), .pointer(address(cols)), convArgument(g)])
+            for b in 0..<g.batch {
+                gemm(GEMMOperand(gy, offset: b * oc * hw, ld: hw), GEMMOperand(cols, offset: b * hw, ld: g.positions, transposed: true),
+                     GEMMOperand(gradWeight, ld: g.patch), m: oc, n: g.patch, k: hw, batch: 1, alpha: 1, beta: b == 0 ? 0 : 1)
+            }
+        }
+        if let gradBias {
+            launch("channel_grad_sums_f32", grid: min(oc, 65535), block: 256,
+                   [.pointer(address(gy)), .pointer(address(gy)), .pointer(address(gy)), .int64(g.batch), .int64(oc), .int64(hw),
+                    .pointer(address(gradBias)), .pointer(address(gradBias)), .int32(0)])
+        }
+        if let gradInput {
+            // dcols[:, b] = Wᵀ [patch, OC] · gy[b]; then each input element gathers its columns.
+            let dcols = columns(g)
+            gemm(GEMMOperand(weight, ld: g.patch, transposed: true), GEMMOperand(gy, ld: hw, batchStride: oc * hw),
+                 GEMMOperand(dcols, ld: g.positions, batchStride: hw), m: g.patch, n: hw, k: oc, batch: g.batch, alpha: 1, beta: 0)
+            elementwise("col2im_f32", count: gradInput.count, [.pointer(address(dcols)), .pointer(address(gradInput)), convArgument(g)])
+        }
+    }
+
+    public func maxPool2d(_ x: Tensor, geometry g: PoolGeometry, into y: Tensor, indices: Tensor) {
+        elementwise("max_pool_f32", count: y.count,
+                    [.pointer(address(x)), .pointer(address(y)), .pointer(address(indices)), .int64(g.batch * g.channels),
+                     .int32(Int32(g.height)), .int32(Int32(g.width)), .int32(Int32(g.kernel)), .int32(Int32(g.stride)),
+                     .int32(Int32(g.outH)), .int32(Int32(g.outW))])
+    }
+
+    public func maxPool2dBackward(gradOutput: Tensor, indices: Tensor, geometry g: PoolGeometry, into gx: Tensor) {
+        fill(gx, value: 0)
+        elementwise("max_pool_backward_f32", count: gradOutput.count,
+                    [.pointer(address(gradOutput)), .pointer(address(indices)), .pointer(address(gx)), .int64(g.batch * g.channels),
+                     .int32(Int32(g.height)), .int32(Int32(g.width)), .int32(Int32(g.outH * g.outW))])
+    }
+
+    // MARK: Embedding and losses
+
+    public func gather(_ table: Tensor, indices: Tensor, into out: Tensor) throws {
+        let rows = table.shape[0], width = table.count / max(rows, 1)
+        if anyIndexOutside(indices, lower: 0, upper: rows, ignore: Int32.min) {
+            let all = indices.ints
+            let i = all.firstIndex { $0 < 0 || Int($0) >= rows }!
+            throw LoomError.invalidArgument("embedding: index \(all[i]) at position \(i) is outside the table of \(rows) rows")
+        }
+        elementwise("embedding_f32", count: indices.count * width,
+                    [.pointer(address(table)), .pointer(address(indices)), .pointer(address(out)), .int64(indices.count), .int64(width)])
+    }
+
+    public func scatterAdd(_ src: Tensor, indices: Tensor, into grad: Tensor) {
+        let width = grad.count / max(grad.shape[0], 1)
+        elementwise("embedding_backward_f32", count: indices.count * width,
+                    [.pointer(address(src)), .pointer(address(indices)), .pointer(address(grad)), .int64(indices.count), .int64(width)])
+    }
+
+    public func crossEntropy(logits: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
+                             losses: Tensor, weights: Tensor, probabilities: Tensor) throws {
+        guard rows > 0 else { return }
+        if anyIndexOutside(targets, lower: 0, upper: classes, ignore: ignoreIndex) {
+            let all = targets.ints
+            let i = all.firstIndex { $0 != ignoreIndex && ($0 < 0 || Int($0) >= classes) }!
+            throw LoomError.invalidArgument("cross-entropy: target \(all[i]) at row \(i) is outside 0..<\(classes)")
+        }
+        launch("cross_entropy_f32", grid: min(rows, 65535), block: CUDABackend.rowBlock(classes),
+               [.pointer(address(logits)), .pointer(address(targets)), .int64(rows), .int64(classes), .int32(ignoreIndex),
+                .pointer(address(losses)), .pointer(address(weights)), .pointer(address(probabilities))])
+    }
+
+    public func crossEntropyBackward(probabilities: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
+                                     scale: Tensor, into gx: Tensor) {
+        elementwise("cross_entropy_backward_f32", count: rows * classes,
+                    [.pointer(address(probabilities)), .pointer(address(targets)), .pointer(address(scale)), .pointer(address(gx)),
+                     .int64(rows), .int64(classes), .int32(ignoreIndex)])
+    }
+
+    public func dropoutMask(_ mask: Tensor, p: Float, seed: UInt64, counter: UInt64) {
+        elementwise("dropout_mask_f32", count: (mask.count + 3) / 4,
+                    [.pointer(address(mask)), .int64(mask.count), .float(p), .uint64(seed), .uint64(counter)])
+    }
+
+    // MARK: Optimizers
+
+    public func sgdStep(param: Tensor, grad: Tensor, momentum: Tensor?, lr: Float, momentumFactor: Float,
+                        dampening: Float, weightDecay: Float, nesterov: Bool) {
+        elementwise("sgd_f32", count: param.count,
+                    [.pointer(address(param)), .pointer(address(grad)), .pointer(momentum.map(address) ?? 0), .int32(momentum == nil ? 0 : 1),
+                     .float(lr), .float(momentumFactor), .float(1 - dampening), .float(weightDecay), .int32(nesterov ? 1 : 0),
+                     .int64(param.count)])
+    }
+
+    public func adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Float, beta1: Float, beta2: Float,
+                         eps: Float, weightDecay: Float, decoupled: Bool, step: Int) {
+        // The same scalar arithmetic as the CPU backend, on the host, in float32.
+        let bc1 = 1 - powf(beta1, Float(step)), bc2 = 1 - powf(beta2, Float(step))
+        let stepSize = lr / bc1, bc2Sqrt = bc2.squareRoot()
+        let decay: Float = decoupled ? 1 - lr * weightDecay : 1
+        elementwise("adam_f32", count: param.count,
+                    [.pointer(address(param)), .pointer(address(grad)), .pointer(address(m)), .pointer(address(v)), .float(beta1),
+                     .float(beta2), .float(eps), .float(weightDecay), .int32(decoupled ? 1 : 0), .float(stepSize), .float(bc2Sqrt),
+                     .float(decay), .int64(param.count)])
+    }
+}

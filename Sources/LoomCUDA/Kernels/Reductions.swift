@@ -1,0 +1,85 @@
+extension CUDAKernels {
+    /// Sums and maxima over the middle axis of [outer, n, inner], argmax, gathers and
+    /// scatters along an axis, local indices, and sums of squares (gradient norms).
+    static let reductions = #"""
+    // ---- Reductions over the middle axis of x viewed as [outer, n, inner] (op 0 sum, 1 max).
+    // Long contiguous rows: one block per output.
+    extern "C" __global__ void reduce_rows_f32(int op, const float* x, float* y, long long rows, long long n) {
+        __shared__ float scratch[32];
+        for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
+            const float* r = x + row * n;
+            float acc = op == 0 ? 0.0f : negativeInfinity();
+            for (long long j = threadIdx.x; j < n; j += blockDim.x) acc = op == 0 ? acc + r[j] : fmaxf(acc, r[j]);
+            acc = op == 0 ? blockSum(acc, scratch) : blockMax(acc, scratch);
+            if (threadIdx.x == 0) y[row] = acc;
+        }
+    }
+
+    // Otherwise: one thread per output, walking the reduced axis (adjacent threads read adjacent columns).
+    extern "C" __global__ void reduce_columns_f32(int op, const float* x, float* y, long long outer, long long n, long long inner) {
+        LOOM_GRID_STRIDE(out, outer * inner) {
+            long long o = out / inner, c = out % inner;
+            const float* p = x + o * n * inner + c;
+            float acc = op == 0 ? 0.0f : negativeInfinity();
+            for (long long j = 0; j < n; ++j) acc = op == 0 ? acc + p[j * inner] : fmaxf(acc, p[j * inner]);
+            y[out] = acc;
+        }
+    }
+
+    // Index of the first maximum over the middle axis.
+    extern "C" __global__ void argmax_f32(const float* x, int* indices, long long outer, long long n, long long inner) {
+        LOOM_GRID_STRIDE(out, outer * inner) {
+            long long o = out / inner, c = out % inner;
+            const float* p = x + o * n * inner + c;
+            float best = negativeInfinity();
+            long long at = 0;
+            for (long long j = 0; j < n; ++j)
+                if (p[j * inner] > best) { best = p[j * inner]; at = j; }
+            indices[out] = (int)at;
+        }
+    }
+
+    // y[o, c] = x[o, index[o, c], c]; an index outside 0..<n reads 0.
+    extern "C" __global__ void gather_axis_f32(const float* x, const int* index, float* y, long long outer, long long n, long long inner) {
+        LOOM_GRID_STRIDE(out, outer * inner) {
+            long long o = out / inner, c = out % inner;
+            int j = index[out];
+            y[out] = j >= 0 && j < n ? x[(o * n + j) * inner + c] : 0.0f;
+        }
+    }
+
+    // y[o, index[o, c], c] += src[o, c]; out-of-range indices skipped. Each (o, c) owns its target.
+    extern "C" __global__ void scatter_axis_f32(const float* src, const int* index, float* y, long long outer, long long n, long long inner) {
+        LOOM_GRID_STRIDE(out, outer * inner) {
+            long long o = out / inner, c = out % inner;
+            int j = index[out];
+            if (j >= 0 && j < n) y[(o * n + j) * inner + c] += src[out];
+        }
+    }
+
+    extern "C" __global__ void local_indices_i32(const int* index, int* local, float* mask, int lower, int upper, long long n) {
+        LOOM_GRID_STRIDE(i, n) {
+            bool inside = index[i] >= lower && index[i] < upper;
+            local[i] = inside ? index[i] - lower : 0;
+            mask[i] = inside ? 1.0f : 0.0f;
+        }
+    }
+
+    // partial[blockIdx.x] = the sum of squares of this block's share of x.
+    extern "C" __global__ void sum_squares_f32(const float* x, long long n, float* partial) {
+        __shared__ float scratch[32];
+        float acc = 0.0f;
+        LOOM_GRID_STRIDE(i, n) acc += x[i] * x[i];
+        acc = blockSum(acc, scratch);
+        if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+    }
+
+    // Sets *flag to 1 if an index is outside lower..<upper and is not `ignore`.
+    extern "C" __global__ void check_indices_i32(const int* index, long long n, int lower, int upper, int ignore, int* flag) {
+        LOOM_GRID_STRIDE(i, n) {
+            int v = index[i];
+            if (v != ignore && (v < lower || v >= upper)) atomicOr(flag, 1);
+        }
+    }
+    """#
+}
