@@ -18,6 +18,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -64,6 +66,46 @@ std::string temporaryDirectory() {
     return t && *t ? t : "/tmp";
 }
 
+// LOOM_CUDA_EMULATOR_PROFILE=1: the time spent in each kernel, printed to stderr at exit.
+struct Profile {
+    std::mutex lock;
+    std::map<std::string, std::pair<double, long>> byKernel;
+    bool enabled = getenv("LOOM_CUDA_EMULATOR_PROFILE") != nullptr;
+
+    static Profile& shared() {
+        static Profile* p = [] {
+            auto* p = new Profile();
+            if (p->enabled) atexit([] { shared().print(); });
+            return p;
+        }();
+        return *p;
+    }
+
+    void print() {
+        std::vector<std::pair<double, std::string>> rows;
+        double total = 0;
+        for (auto& [name, t] : byKernel) { rows.push_back({t.first, name}); total += t.first; }
+        std::sort(rows.rbegin(), rows.rend());
+        fprintf(stderr, "loom CUDA emulator: %.2f s in kernels\n", total);
+        for (auto& [seconds, name] : rows)
+            fprintf(stderr, "  %-34s %8.3f s %8ld launches\n", name.c_str(), seconds, byKernel[name].second);
+    }
+
+    struct Timer {
+        std::string name;
+        std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+        explicit Timer(const std::string& n) : name(n) {}
+        ~Timer() {
+            Profile& p = shared();
+            if (!p.enabled) return;
+            double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            std::lock_guard<std::mutex> g(p.lock);
+            p.byKernel[name].first += s;
+            p.byKernel[name].second += 1;
+        }
+    };
+};
+
 // The "CUBIN" the emulated NVRTC returns: this magic, the shared object's size, its bytes.
 const char imageMagic[8] = {'L', 'O', 'O', 'M', 'E', 'M', 'U', '1'};
 
@@ -72,6 +114,17 @@ const char imageMagic[8] = {'L', 'O', 'O', 'M', 'E', 'M', 'U', '1'};
 extern "C" {
 
 const char* loomEmulatorLastError(void) { return lastError.c_str(); }
+
+const char* loomEmulatorRuntimeDigest(void) {
+    static std::string digest = [] {
+        uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a over the kernel runtime's source
+        for (const char* c = runtimeSource; *c; ++c) h = (h ^ uint8_t(*c)) * 0x100000001b3ull;
+        char out[17];
+        snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(h));
+        return std::string(out);
+    }();
+    return digest.c_str();
+}
 
 // ---------------------------------------------------------------- Driver API
 
@@ -170,6 +223,7 @@ int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsign
     auto* f = static_cast<Function*>(function);
     const unsigned dims[6] = {gx, gy, gz, bx, by, bz};
     char error[1024] = {0};
+    Profile::Timer timer(f->name);
     if (f->launch(params, dims, sharedBytes, error, sizeof error) != 0)
         return failWith(CUDA_ERROR_LAUNCH_FAILED, f->name + ": " + error);
     return CUDA_SUCCESS;

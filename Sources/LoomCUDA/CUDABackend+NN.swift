@@ -95,7 +95,7 @@ extension CUDABackend {
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry g: ConvGeometry, into y: Tensor) {
         let oc = weight.shape[0], hw = g.outH * g.outW
         let cols = columns(g)
-        elementwise("im2col_f32", count: cols.count, [.pointer(address(x)), .pointer(address(cols)), convArgument(g)])
+        elementwise("im2col_f32", count: g.channels * g.positions, [.pointer(address(x)), .pointer(address(cols)), convArgument(g)])
         gemm(GEMMOperand(weight, ld: g.patch), GEMMOperand(cols, ld: g.positions, batchStride: hw), GEMMOperand(y, ld: hw, batchStride: oc * hw),
              m: oc, n: hw, k: g.patch, batch: g.batch, alpha: 1, beta: 0)
         if let bias {
@@ -110,7 +110,7 @@ extension CUDABackend {
         if let gradWeight {
             // dW [OC, patch] = Σ_b gy[b] [OC, OH·OW] · cols[:, b]ᵀ, the images in order.
             let cols = columns(g)
-            elementwise("im2col_f32", count: cols.count, [.pointer(address(x)), .pointer(address(cols)), convArgument(g)])
+            elementwise("im2col_f32", count: g.channels * g.positions, [.pointer(address(x)), .pointer(address(cols)), convArgument(g)])
             for b in 0..<g.batch {
                 gemm(GEMMOperand(gy, offset: b * oc * hw, ld: hw), GEMMOperand(cols, offset: b * hw, ld: g.positions, transposed: true),
                      GEMMOperand(gradWeight, ld: g.patch), m: oc, n: g.patch, k: hw, batch: 1, alpha: 1, beta: b == 0 ? 0 : 1)

@@ -25,7 +25,7 @@ public final class CUDAModule: @unchecked Sendable {
         let nvrtc = try NVRTC(emulator: context.emulator)
         let driver = context.driver
         // The emulator's images are not CUBINs: keep them apart in the cache.
-        let target = (driver.isEmulated ? "emulated-" : "") + "sm_\(arch)"
+        let target = (driver.emulatorRuntimeDigest.map { "emulated-\($0)-" } ?? "") + "sm_\(arch)"
         let cache = KernelCache<OpaquePointer?>(directory: CUDAModule.cacheDirectory,
             compile: { source, name in try nvrtc.compile(source: source, name: name, arch: arch) },
             load: { binary, name in

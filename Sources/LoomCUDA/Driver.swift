@@ -35,6 +35,8 @@ public final class CUDADriver: @unchecked Sendable {
     /// The emulator's explanation of its last failure (a divergent barrier, a missing
     /// kernel); nil for the NVIDIA driver.
     let emulatorLastError: (@convention(c) () -> UnsafePointer<CChar>?)?
+    /// The emulator's kernel-runtime digest (part of the kernel cache's key); nil on a GPU.
+    public let emulatorRuntimeDigest: String?
 
     /// Whether this is Loom's CPU emulator of the driver (`LOOM_CUDA_EMULATOR`), not a GPU's.
     public var isEmulated: Bool { library.isEmulator }
@@ -66,6 +68,8 @@ public final class CUDADriver: @unchecked Sendable {
         cuLaunchKernel = try l.function("cuLaunchKernel")
         cuGetErrorName = try l.function("cuGetErrorName")
         emulatorLastError = l.isEmulator ? try l.function("loomEmulatorLastError") : nil
+        let digest: (@convention(c) () -> UnsafePointer<CChar>?)? = l.isEmulator ? try l.function("loomEmulatorRuntimeDigest") : nil
+        emulatorRuntimeDigest = digest.flatMap { $0() }.map { String(cString: $0) }
         try check(cuInit(0), "cuInit")
     }
 

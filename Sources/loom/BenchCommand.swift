@@ -59,7 +59,7 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
-        try runReportingErrors { try deviceOptions.check() }
+        try runReportingErrors { try deviceOptions.requireCPU("bench") }
         if suite == "comm" { return try runComm() }
         if let dp, dp > 1 { return try runDataParallel(dp) }
         if let pp {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import LoomCore
 import LoomCUDA
 import LoomParallel
@@ -22,20 +23,41 @@ extension Device: ExpressibleByArgument {
     public static var allValueStrings: [String] { ["cpu", "cuda", "cuda:N"] }
 }
 
-/// `--device`, declared once for train, bench and generate.
+/// `--device` and `--tf32`, declared once for train, generate and bench.
 struct DeviceOptions: ParsableArguments {
-    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; its kernels are not written yet, see README).")
+    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; with several ranks, rank r uses GPU N + local rank r).")
     var device: Device = .cpu
+    @Flag(help: "CUDA: matrix products on TF32 tensor cores (10-bit mantissa inputs, float32 accumulation), as PyTorch's allow_tf32.")
+    var tf32 = false
 
-    /// CUDA opens the driver (through dlopen) to name the GPU or say why there is none;
-    /// the op kernels that would run on it are not written yet, so a CUDA run stops there
-    /// with a one-line error instead of pretending.
-    func check() throws {
-        guard case .cuda(let ordinal) = device else { return }
-        let context: CUDAContext
-        do { context = try CUDAContext.open(device: ordinal) } catch {
+    /// The backend for the process's `localRank`-th rank: a CPU backend with `cpuThreads`
+    /// threads (nil: the shared one), or a CUDA backend on GPU (N + localRank) mod the
+    /// number of GPUs. A machine without the driver gets a one-line error naming it.
+    func backend(localRank: Int = 0, cpuThreads: Int? = nil) throws -> any Backend {
+        guard case .cuda(let first) = device else {
+            return cpuThreads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared
+        }
+        do {
+            let count = try CUDADriver().deviceCount()
+            return try CUDABackend(device: count > 0 ? (first + localRank) % count : first, allowTF32: tf32)
+        } catch {
             throw LoomError.config("--device \(device): \(error)")
         }
-        throw LoomError.config("--device \(device): \(context.description) found, but Loom's CUDA op kernels are not written yet; run on the CPU (--device cpu)")
     }
+
+    /// Commands that run on the CPU only say so instead of ignoring the flag.
+    func requireCPU(_ command: String) throws {
+        guard device == .cpu else {
+            throw LoomError.config("--device \(device): loom \(command) runs on the CPU so far (train and generate run on CUDA)")
+        }
+    }
+}
+
+/// The process's rank among those on its machine under MPI (Open MPI, Slurm, MPICH), else 0.
+var mpiLocalRank: Int {
+    let env = ProcessInfo.processInfo.environment
+    for key in ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"] {
+        if let v = env[key].flatMap(Int.init) { return v }
+    }
+    return 0
 }

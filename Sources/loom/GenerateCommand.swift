@@ -37,7 +37,7 @@ struct GenerateCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try deviceOptions.check()
+            let backend = try deviceOptions.backend()
             let (file, c, tokenizer) = try TrainingCheckpoint.peek(checkpoint)
             guard c.isLanguageModel, let tokenizer else {
                 throw LoomError.config("checkpoint '\(checkpoint)' is a \(c.model) model; generate needs a gpt checkpoint")
@@ -45,6 +45,7 @@ struct GenerateCommand: ParsableCommand {
             let gpt = try GPT(GPTConfig(vocabSize: tokenizer.count, contextLength: c.context, layers: c.layers, dModel: c.dModel,
                                         heads: c.heads, dropout: Float(c.dropout)), seed: 0)
             try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: gpt)
+            try gpt.to(backend)
             let unseen = tokenizer.encodeLeniently(prompt).unseen
             if unseen > 0 {
                 FileHandle.standardError.write("loom: note: \(unseen) characters of the prompt are not in the model's vocabulary; read as \(String(reflecting: String(tokenizer.vocabulary[Int(tokenizer.unknownToken)])))\n".data(using: .utf8)!)

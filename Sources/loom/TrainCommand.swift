@@ -79,7 +79,6 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            try deviceOptions.check()
             var c: TrainConfig
             if let resume {
                 c = try TrainingCheckpoint.peek(resume).1
@@ -150,7 +149,7 @@ struct TrainCommand: ParsableCommand {
                 throw LoomError.config("--dp \(dp!) x tp \(c.tp) x pp \(c.pp) but the launcher started \(world.size) processes")
             }
             do {
-                let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared,
+                let trainer = try Trainer(config: c, backend: deviceOptions.backend(localRank: mpiLocalRank, cpuThreads: threads),
                                           resume: resume, communicator: world)
                 trainer.stopAt = stopAt
                 trainer.tracePath = trace
@@ -167,7 +166,8 @@ struct TrainCommand: ParsableCommand {
             let ranks = c.dp * c.tp * c.pp
             let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / ranks)
             let results = try InProcessWorld.run(size: ranks, timeout: Double(c.timeoutSeconds)) { comm -> (RunSummary, String) in
-                let trainer = try Trainer(config: c, backend: CPUBackend(threads: perRank), resume: resume, communicator: comm)
+                let trainer = try Trainer(config: c, backend: deviceOptions.backend(localRank: comm.rank, cpuThreads: perRank),
+                                          resume: resume, communicator: comm)
                 trainer.stopAt = stopAt
                 trainer.tracePath = trace
                 trainer.restart = restart
@@ -176,7 +176,7 @@ struct TrainCommand: ParsableCommand {
             }
             return (results[0].0, results[0].1)
         }
-        let trainer = try Trainer(config: c, backend: threads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared, resume: resume)
+        let trainer = try Trainer(config: c, backend: deviceOptions.backend(cpuThreads: threads), resume: resume)
         trainer.stopAt = stopAt
         trainer.tracePath = trace
         trainer.restart = restart

@@ -10,6 +10,10 @@ extern "C" {
 /// The message of the calling thread's last failed emulator call ("" if none).
 const char* loomEmulatorLastError(void);
 
+/// A digest of the kernel runtime compiled into every module: part of the kernel cache's
+/// key, so a changed emulator never loads modules built by an older one.
+const char* loomEmulatorRuntimeDigest(void);
+
 #ifdef __cplusplus
 }
 #endif

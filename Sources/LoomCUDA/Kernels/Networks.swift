@@ -4,14 +4,25 @@ extension CUDAKernels {
     // ---- Convolution: cols [C*KH*KW, N*OH*OW] (row: (c, kh, kw); column: (n, oh, ow)), then a GEMM.
     struct Conv { int n, c, h, w, kh, kw, stride, pad, oh, ow; };
 
+    // One thread per (c, b, oh, ow): its KH*KW entries of column (b, oh, ow); adjacent threads
+    // write adjacent columns.
     extern "C" __global__ void im2col_f32(const float* x, float* cols, Conv g) {
         long long positions = (long long)g.n * g.oh * g.ow;
-        LOOM_GRID_STRIDE(i, (long long)g.c * g.kh * g.kw * positions) {
-            long long row = i / positions, col = i % positions;
-            int kw = (int)(row % g.kw), kh = (int)((row / g.kw) % g.kh), c = (int)(row / ((long long)g.kw * g.kh));
+        LOOM_GRID_STRIDE(i, (long long)g.c * positions) {
+            long long col = i % positions;
+            int c = (int)(i / positions);
             int ow = (int)(col % g.ow), oh = (int)((col / g.ow) % g.oh), b = (int)(col / ((long long)g.ow * g.oh));
-            int ih = oh * g.stride - g.pad + kh, iw = ow * g.stride - g.pad + kw;
-            cols[i] = ih >= 0 && ih < g.h && iw >= 0 && iw < g.w ? x[(((long long)b * g.c + c) * g.h + ih) * g.w + iw] : 0.0f;
+            int h0 = oh * g.stride - g.pad, w0 = ow * g.stride - g.pad;
+            const float* plane = x + ((long long)b * g.c + c) * g.h * g.w;
+            float* out = cols + (long long)c * g.kh * g.kw * positions + col;
+            for (int kh = 0; kh < g.kh; ++kh) {
+                int ih = h0 + kh;
+                for (int kw = 0; kw < g.kw; ++kw) {
+                    int iw = w0 + kw;
+                    *out = ih >= 0 && ih < g.h && iw >= 0 && iw < g.w ? plane[ih * g.w + iw] : 0.0f;
+                    out += positions;
+                }
+            }
         }
     }
 

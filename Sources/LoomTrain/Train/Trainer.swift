@@ -184,6 +184,7 @@ public final class Trainer {
                 + ((dataGroup?.size ?? 1) > 1 ? ", data parallel over \(dataGroup!.size) ranks" : "")
                 + (config.tp > 1 ? ", tensor parallel over \(config.tp) ranks" : "")
                 + (config.pp > 1 ? ", pipeline of \(config.pp) stages (\(config.pipelineSchedule), \(config.microBatches) micro-batches)" : "")
+                + (backend.device == .cpu ? "" : ", on \(backend.name)")
                 + " -> \(runDirectory)/")
         }
 

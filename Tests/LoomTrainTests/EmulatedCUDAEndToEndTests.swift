@@ -1,0 +1,138 @@
+import Foundation
+import XCTest
+
+/// `loom train --device cuda` end to end, on Loom's CUDA emulator (the CUDA backend's
+/// code and its kernels' CUDA C source, run on the CPU; see docs/cuda.md): the same losses
+/// as the CPU run for every model and parallel layout, checkpoints that move between the
+/// devices, TF32 within its tolerance. It proves the backend's logic, not its speed.
+final class EmulatedCUDAEndToEndTests: CLITestCase {
+    var emulator: [String: String] {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let path = [dir, dir.deletingLastPathComponent()].map { $0.appendingPathComponent("libLoomCUDAEmulator.so").path }
+            .first { FileManager.default.fileExists(atPath: $0) }
+        if path == nil { XCTFail("libLoomCUDAEmulator.so is not built: run swift build -c release --product LoomCUDAEmulator") }
+        return ["LOOM_CUDA_EMULATOR": path ?? "missing"]
+    }
+
+    /// Small shapes: every CUDA thread is a fiber here. Text: the first 30 kB of Shakespeare.
+    func config(_ model: String) throws -> String {
+        let text = try String(contentsOfFile: Self.repo.path + "/data/shakespeare.txt", encoding: .utf8)
+        try String(text.prefix(30_000)).write(toFile: work + "/text.txt", atomically: true, encoding: .utf8)
+        let body: String
+        switch model {
+        case "gpt":
+            body = """
+                [model]
+                kind = "gpt"
+                layers = 2
+                d_model = 32
+                heads = 2
+                context = 16
+                [data]
+                path = "\(work!)/text.txt"
+                validation_fraction = 0.1
+                [train]
+                steps = 6
+                batch_size = 8
+                optimizer = "adamw"
+                lr = 0.003
+                weight_decay = 0.1
+                grad_clip = 1.0
+                """
+        case "mlp":
+            body = """
+                [model]
+                kind = "mlp"
+                hidden = [64]
+                [train]
+                steps = 6
+                batch_size = 32
+                optimizer = "sgd"
+                lr = 0.05
+                momentum = 0.9
+                """
+        default:
+            body = """
+                [model]
+                kind = "cnn"
+                residual = true
+                [train]
+                steps = 3
+                batch_size = 16
+                optimizer = "adam"
+                lr = 0.002
+                """
+        }
+        let path = work + "/\(model).toml"
+        try (body + "\nlog_every = 1\nseed = 3\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @discardableResult
+    func train(_ args: [String], name: String, cuda: Bool) throws -> String {
+        let r = try loom(["train"] + args + ["--out", work, "--name", name] + (cuda ? ["--device", "cuda"] : []), env: cuda ? emulator : [:])
+        XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
+        return r.out + r.err
+    }
+
+    func assertSameLosses(_ run: String, _ reference: String, tolerance: Double = 1e-5, file: StaticString = #filePath, line: UInt = #line) throws {
+        let a = try trainingLosses(work + "/" + run).mapValues { Double($0)! }, b = try trainingLosses(work + "/" + reference).mapValues { Double($0)! }
+        XCTAssertFalse(b.isEmpty, file: file, line: line)
+        XCTAssertEqual(Set(a.keys), Set(b.keys), "\(run) logged other steps", file: file, line: line)
+        for (step, x) in b {
+            let y = try XCTUnwrap(a[step], file: file, line: line)
+            XCTAssertLessThanOrEqual(abs(x - y) / abs(x), tolerance, "\(run) step \(step): \(y) vs \(x) on the CPU", file: file, line: line)
+        }
+    }
+
+    func testMLPCNNAndGPTTrainOnEmulatedCUDAWithTheCPUsLosses() throws {
+        for model in ["mlp", "cnn", "gpt"] {
+            let c = try config(model)
+            try train([c], name: "cpu-\(model)", cuda: false)
+            let out = try train([c], name: "cuda-\(model)", cuda: true)
+            XCTAssertTrue(out.contains("on cuda:0 (Loom CUDA emulator"), "the run names its device: \(out)")
+            try assertSameLosses("cuda-\(model)", "cpu-\(model)")
+        }
+    }
+
+    func testDataTensorAndPipelineParallelGPTOnEmulatedCUDAMatchTheSingleProcessCPURun() throws {
+        let c = try config("gpt")
+        try train([c], name: "cpu", cuda: false)
+        for (name, flags) in [("dp2", ["--dp", "2"]), ("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2", "--micro-batches", "2"])] {
+            try train([c] + flags, name: "cuda-\(name)", cuda: true)
+            try assertSameLosses("cuda-\(name)", "cpu")
+        }
+    }
+
+    func testCheckpointsMoveBetweenTheCPUAndCUDA() throws {
+        let c = try config("gpt")
+        try train([c], name: "whole", cuda: false)
+        // Three steps on one device, the other three on the other; both ways.
+        try train([c, "--stop-at", "3"], name: "cpu-then-cuda", cuda: false)
+        try train(["--resume", work + "/cpu-then-cuda"], name: "cpu-then-cuda", cuda: true)
+        try assertSameLosses("cpu-then-cuda", "whole")
+        try train([c, "--stop-at", "3"], name: "cuda-then-cpu", cuda: true)
+        try train(["--resume", work + "/cuda-then-cpu"], name: "cuda-then-cpu", cuda: false)
+        try assertSameLosses("cuda-then-cpu", "whole")
+    }
+
+    /// TF32 rounds the matrix products' inputs to 10 mantissa bits: the losses move, by
+    /// far less than training does.
+    func testTF32StaysWithinItsToleranceOfFloat32() throws {
+        let c = try config("gpt")
+        try train([c], name: "fp32", cuda: true)
+        try train([c, "--tf32"], name: "tf32", cuda: true)
+        try assertSameLosses("tf32", "fp32", tolerance: 1e-2)
+        XCTAssertNotEqual(try trainingLosses(work + "/tf32"), try trainingLosses(work + "/fp32"), "TF32 changed nothing: not applied")
+    }
+
+    func testGenerateOnEmulatedCUDASamplesTheCPUsText() throws {
+        let c = try config("gpt")
+        try train([c], name: "model", cuda: false)
+        let args = ["generate", "--checkpoint", work + "/model", "--prompt", "ROMEO:", "--tokens", "40", "--seed", "7"]
+        let cpu = try loom(args), gpu = try loom(args + ["--device", "cuda"], env: emulator)
+        XCTAssertEqual(gpu.status, 0, gpu.err)
+        XCTAssertEqual(gpu.out, cpu.out)
+        XCTAssertTrue(cpu.out.hasPrefix("ROMEO:") && cpu.out.count > 40, cpu.out)
+    }
+}
