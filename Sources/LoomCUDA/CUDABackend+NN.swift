@@ -13,6 +13,7 @@ extension CUDABackend {
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                      alpha: Float, beta: Float) {
         guard m > 0, n > 0, batch > 0 else { return }
+        gemmFlops += 2 * Double(m) * Double(n) * Double(k) * Double(batch)
         let pa = address(a.tensor) + CUdeviceptr(a.offset * 4), pb = address(b.tensor) + CUdeviceptr(b.offset * 4)
         let pc = address(c.tensor) + CUdeviceptr(c.offset * 4)
         do {

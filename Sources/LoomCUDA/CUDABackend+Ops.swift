@@ -168,15 +168,3 @@ extension CUDABackend {
                      .int64(dstStride), .int64(rows), .int64(width), .int32(accumulate ? 1 : 0)])
     }
 }
-
-/// Element strides of `shape` broadcast to `target` (0 on broadcast axes), numpy's rules.
-func broadcastStrides(_ shape: [Int], to target: [Int]) -> [Int] {
-    var strides = [Int](repeating: 0, count: target.count)
-    var s = 1
-    for i in stride(from: shape.count - 1, through: 0, by: -1) {
-        let t = target.count - shape.count + i
-        strides[t] = shape[i] == 1 ? 0 : s
-        s *= shape[i]
-    }
-    return strides
-}

@@ -12,7 +12,7 @@ import LoomCore
 /// Under the emulator (`LOOM_CUDA_EMULATOR`, tests only) the same code runs against
 /// Loom's CPU stand-in for the driver, NVRTC and cuBLAS: the kernels' CUDA C source is
 /// compiled by the host compiler and each CUDA thread runs as a fiber.
-public final class CUDABackend: Backend, @unchecked Sendable {
+public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
     public let context: CUDAContext
     public let device: Device
     public var name: String { context.description }
@@ -22,6 +22,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     private let flag: CUdeviceptr
     let partialsAddress: CUdeviceptr
     static let partialSlots = 4096
+    /// GEMM FLOPs queued since `resetCounters()` (the time they take is on the device).
+    public internal(set) var gemmFlops: Double = 0
+    public func resetCounters() { gemmFlops = 0 }
 
     /// Opens GPU `ordinal` (or the emulator's), compiles or loads the kernels and registers
     /// itself for `.cuda(ordinal)`. `allowTF32`: matrix products on TF32 tensor cores.

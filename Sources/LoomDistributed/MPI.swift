@@ -8,7 +8,11 @@ import LoomCore
 /// Every MPI call of a process runs on one worker thread, in the order issued
 /// (MPI_THREAD_SERIALIZED), so a non-blocking all-reduce started from backward proceeds
 /// while the training thread computes. A watchdog turns a collective that does not
-/// complete within `timeout` into a message naming the operation and an abort of the job.
+/// complete within `timeout` into a message naming the operation and the end of this
+/// process; the launcher then ends the others. No MPI call is ever made off the MPI thread
+/// (MPI_THREAD_SERIALIZED forbids it while that thread may be inside a collective), so
+/// neither the watchdog nor `abort` calls MPI_Abort: they exit, and mpirun, which treats a
+/// rank that exits without MPI_Finalize as a failed job, terminates the rest.
 public final class MPICommunicator: Communicator, @unchecked Sendable {
     public let rank: Int
     public let size: Int
@@ -53,13 +57,31 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         rank = Int(r); size = Int(s)
     }
 
-    /// Finalises MPI (call once, at the end of a run).
-    public func finalize() { worker.sync { _ = completeSends(); _ = MPI_Finalize() } }
+    /// Finalises MPI (call once, at the end of a run), under the watchdog: MPI_Finalize
+    /// waits for the other ranks, and a dead one would keep it waiting forever.
+    public func finalize() {
+        worker.sync { [rank, timeout] in
+            let watch = Watchdog.start(after: timeout) {
+                Self.exitReporting("loom: error: rank \(rank): MPI_Finalize did not complete within \(Int(timeout)) s (a rank died or stopped responding)")
+            }
+            _ = completeSends()
+            _ = MPI_Finalize()
+            watch.cancel()
+        }
+    }
 
-    /// Ends every rank of the job (after a failure on this one).
+    /// Ends this process after a failure on it; the launcher ends the other ranks.
     public func abort(code: Int32 = 1) -> Never {
-        MPI_Abort(loom_mpi_comm_world(), code)
-        exit(code)
+        fflush(stdout)
+        _exit(code)
+    }
+
+    /// Writes `message` to stderr and ends the process at once, from any thread, without
+    /// touching MPI.
+    static func exitReporting(_ message: String) -> Never {
+        FileHandle.standardError.write((message + "\n").data(using: .utf8)!)
+        fflush(stdout)
+        _exit(1)
     }
 
     private func check(_ rc: Int32, _ op: String) throws {
@@ -75,9 +97,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             OperationNote.set("rank \(rank): \(op)")
             defer { OperationNote.set("rank \(rank): idle between collectives") }
             let watch = Watchdog.start(after: timeout) { [rank, timeout] in
-                let msg = "loom: error: rank \(rank): \(op) did not complete within \(Int(timeout)) s (a rank died or stopped responding); aborting the job\n"
-                FileHandle.standardError.write(msg.data(using: .utf8)!)
-                MPI_Abort(loom_mpi_comm_world(), 1)
+                Self.exitReporting("loom: error: rank \(rank): \(op) did not complete within \(Int(timeout)) s (a rank died or stopped responding); aborting the job")
             }
             let rc = body()
             watch.cancel()

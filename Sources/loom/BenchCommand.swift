@@ -51,7 +51,7 @@ struct BenchCommand: ParsableCommand {
     func validate() throws {
         if let suite, suite != "comm" { throw ValidationError("unknown benchmark '\(suite)'; valid: comm (or none for the training workloads)") }
         guard workload == "all" || Workload(rawValue: workload) != nil else {
-            throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, all")
+            throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, gpt2 (GPT-2 small, for GPUs), all (mlp, cnn, gpt)")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
@@ -59,7 +59,7 @@ struct BenchCommand: ParsableCommand {
     @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
-        try runReportingErrors { try deviceOptions.requireCPU("bench") }
+        if suite == "comm" || dp != nil || pp != nil { try runReportingErrors { try deviceOptions.requireCPU("loom bench comm, --dp and --pp") } }
         if suite == "comm" { return try runComm() }
         if let dp, dp > 1 { return try runDataParallel(dp) }
         if let pp {
@@ -76,26 +76,30 @@ struct BenchCommand: ParsableCommand {
             return
         }
         let n = threads ?? CPUBackend.defaultThreads
-        let backend = CPUBackend(threads: n)
+        var backend: (any Backend)!
+        try runReportingErrors { backend = try deviceOptions.backend(cpuThreads: n) }
         let peak = Bench.peakGflops(on: backend)
-        let workloads = workload == "all" ? Workload.allCases : [Workload(rawValue: workload)!]
+        let workloads = workload == "all" ? Workload.reference : [Workload(rawValue: workload)!]
         if !json {
-            print("loom bench — \(n) thread(s), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))")
+            let on = deviceOptions.device == .cpu
+                ? "\(n) thread(s), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
+                : "\(backend.name), float32 sgemm peak \(String(format: "%.1f", peak)) GFLOP/s"
+            print("loom bench — \(on)")
         }
         for w in workloads {
             let r = try Bench.run(w, backend: backend, steps: steps, peak: peak)
             if json {
                 print(r.json)
             } else {
-                print(String(format: "%@  %10.1f %@  %6.2f ms/step  %6.1f GFLOP/s (%4.1f%% of peak)  GEMM %4.1f%% of step",
+                print(String(format: "%@  %10.1f %@  %6.2f ms/step  %6.1f GFLOP/s (%4.1f%% of peak)",
                              w.rawValue.padding(toLength: 4, withPad: " ", startingAt: 0), r.perSecond, r.unit, r.stepMilliseconds,
-                             r.gflops, 100 * r.gflops / peak, 100 * (r.gemmFraction ?? 0)))
+                             r.gflops, 100 * r.gflops / peak) + (r.gemmFraction.map { String(format: "  GEMM %4.1f%% of step", 100 * $0) } ?? ""))
             }
         }
     }
 
     func runDataParallel(_ ranks: Int) throws {
-        let workloads = workload == "all" ? Workload.allCases : [Workload(rawValue: workload)!]
+        let workloads = workload == "all" ? Workload.reference : [Workload(rawValue: workload)!]
         for w in workloads {
             let r = try Bench.runDataParallel(w, ranks: ranks, steps: steps)
             if json { print(r.json) } else {

@@ -23,7 +23,7 @@ extension Device: ExpressibleByArgument {
     public static var allValueStrings: [String] { ["cpu", "cuda", "cuda:N"] }
 }
 
-/// `--device` and `--tf32`, declared once for train, generate and bench.
+/// `--device` and `--tf32`, declared once for train, eval, generate and bench.
 struct DeviceOptions: ParsableArguments {
     @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; with several ranks, rank r uses GPU N + local rank r).")
     var device: Device = .cpu
@@ -45,10 +45,10 @@ struct DeviceOptions: ParsableArguments {
         }
     }
 
-    /// Commands that run on the CPU only say so instead of ignoring the flag.
-    func requireCPU(_ command: String) throws {
+    /// Commands (or modes) that run on the CPU only say so instead of ignoring the flag.
+    func requireCPU(_ what: String) throws {
         guard device == .cpu else {
-            throw LoomError.config("--device \(device): loom \(command) runs on the CPU so far (train and generate run on CUDA)")
+            throw LoomError.config("--device \(device): \(what) run on the CPU only so far (train, eval, generate and bench's training workloads run on CUDA)")
         }
     }
 }

@@ -33,6 +33,7 @@ struct EvalCommand: ParsableCommand {
     var data: String?
     @Flag(help: "Print one JSON object.")
     var json = false
+    @OptionGroup var deviceOptions: DeviceOptions
 
     func run() throws {
         try runReportingErrors {
@@ -43,14 +44,15 @@ struct EvalCommand: ParsableCommand {
             // The checkpoint holds whole tensors whatever the layout it was trained with:
             // build the whole model in one process, load it, and evaluate.
             c.dp = 1; c.tp = 1; c.pp = 1
-            let setup = try Setup(c, backend: CPUBackend.shared, tokenizer: tokenizer)
+            let backend = try deviceOptions.backend()
+            let setup = try Setup(c, backend: backend, tokenizer: tokenizer)
             try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: setup.task.module)
             let step = Int(file.metadata["loom.step"] ?? "0") ?? 0
             if setup.unseenCharacters > 0, let t = setup.tokenizer {
                 FileHandle.standardError.write(("loom: note: \(setup.unseenCharacters) characters of '\(c.data)' are not in the checkpoint's "
                     + "vocabulary of \(t.count); read as \(String(reflecting: String(t.vocabulary[Int(t.unknownToken)])))\n").data(using: .utf8)!)
             }
-            let e = try Evaluator(task: setup.task, data: setup.validation, batchSize: c.batchSize, backend: CPUBackend.shared,
+            let e = try Evaluator(task: setup.task, data: setup.validation, batchSize: c.batchSize, backend: backend,
                                   isClassifier: !c.isLanguageModel).evaluate()
             if json {
                 print(JSONOutput.string(EvalReport(step: step, evaluation: e)))

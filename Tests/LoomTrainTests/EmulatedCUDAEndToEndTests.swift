@@ -126,9 +126,15 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
         XCTAssertNotEqual(try trainingLosses(work + "/tf32"), try trainingLosses(work + "/fp32"), "TF32 changed nothing: not applied")
     }
 
-    func testGenerateOnEmulatedCUDASamplesTheCPUsText() throws {
+    func testEvalAndGenerateOnEmulatedCUDAGiveTheCPUsLossAndText() throws {
         let c = try config("gpt")
         try train([c], name: "model", cuda: false)
+        let evalArgs = ["eval", "--checkpoint", work + "/model", "--json"]
+        let cpuEval = try loom(evalArgs), gpuEval = try loom(evalArgs + ["--device", "cuda"], env: emulator)
+        XCTAssertEqual(gpuEval.status, 0, gpuEval.err)
+        let a = try JSONSerialization.jsonObject(with: Data(cpuEval.out.utf8)) as! [String: Any]
+        let b = try JSONSerialization.jsonObject(with: Data(gpuEval.out.utf8)) as! [String: Any]
+        XCTAssertEqual(b["val_loss"] as! Double, a["val_loss"] as! Double, accuracy: 1e-5 * (a["val_loss"] as! Double))
         let args = ["generate", "--checkpoint", work + "/model", "--prompt", "ROMEO:", "--tokens", "40", "--seed", "7"]
         let cpu = try loom(args), gpu = try loom(args + ["--device", "cuda"], env: emulator)
         XCTAssertEqual(gpu.status, 0, gpu.err)

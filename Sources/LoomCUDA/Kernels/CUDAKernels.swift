@@ -62,6 +62,19 @@ public enum CUDAKernels {
         return warpMax(v);
     }
 
+    // The maximum of a row and the sum of exp(x - max) over it (softmax's and cross-entropy's
+    // first two passes); every thread of the block gets both.
+    __device__ void rowMaxAndSum(const float* x, long long cols, float* scratch, float* maxOut, float* sumOut) {
+        float m = negativeInfinity();
+        for (long long j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, x[j]);
+        m = blockMax(m, scratch);
+        float s = 0.0f;
+        if (m != negativeInfinity())
+            for (long long j = threadIdx.x; j < cols; j += blockDim.x) s += expf(x[j] - m);
+        *maxOut = m;
+        *sumOut = blockSum(s, scratch);
+    }
+
     // float32 -> bfloat16 bits, to nearest even; NaN stays a quiet NaN with its sign.
     __device__ unsigned short floatToBF16(float f) {
         unsigned u = __float_as_uint(f);

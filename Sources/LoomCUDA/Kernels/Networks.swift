@@ -95,12 +95,8 @@ extension CUDAKernels {
         for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
             const float* x = logits + row * classes;
             float* p = probabilities + row * classes;
-            float m = negativeInfinity();
-            for (long long j = threadIdx.x; j < classes; j += blockDim.x) m = fmaxf(m, x[j]);
-            m = blockMax(m, scratch);
-            float s = 0.0f;
-            for (long long j = threadIdx.x; j < classes; j += blockDim.x) s += expf(x[j] - m);
-            s = blockSum(s, scratch);
+            float m, s;
+            rowMaxAndSum(x, classes, scratch, &m, &s);
             float inv = 1.0f / s;
             for (long long j = threadIdx.x; j < classes; j += blockDim.x) p[j] = expf(x[j] - m) * inv;
             if (threadIdx.x == 0) {

@@ -7,16 +7,12 @@ extension CUDAKernels {
         for (long long row = blockIdx.x; row < rows; row += gridDim.x) {
             const float* xr = x + row * cols;
             float* yr = y + row * cols;
-            float m = negativeInfinity();
-            for (long long j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, xr[j]);
-            m = blockMax(m, scratch);
+            float m, s;
+            rowMaxAndSum(xr, cols, scratch, &m, &s);
             if (m == negativeInfinity()) {  // a fully masked row
                 for (long long j = threadIdx.x; j < cols; j += blockDim.x) yr[j] = logarithm ? negativeInfinity() : 0.0f;
                 continue;
             }
-            float s = 0.0f;
-            for (long long j = threadIdx.x; j < cols; j += blockDim.x) s += expf(xr[j] - m);
-            s = blockSum(s, scratch);
             if (logarithm) {
                 float shift = m + logf(s);
                 for (long long j = threadIdx.x; j < cols; j += blockDim.x) yr[j] = xr[j] - shift;

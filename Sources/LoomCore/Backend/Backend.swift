@@ -123,6 +123,14 @@ public protocol Backend: AnyObject, Sendable {
                   eps: Float, weightDecay: Float, decoupled: Bool, step: Int)
 }
 
+/// A backend that counts the matrix-product work it issues (2mnk per GEMM), for
+/// `loom bench`'s GFLOP/s.
+public protocol GEMMCounting: AnyObject {
+    /// FLOPs issued by GEMMs since the last `resetCounters()`.
+    var gemmFlops: Double { get }
+    func resetCounters()
+}
+
 public enum UnaryOp: String, Sendable, CaseIterable {
     case neg, exp, log, tanh, relu, gelu, sqrt, sigmoid, square, reciprocal
 }

@@ -98,7 +98,7 @@ extension CPUBackend {
 }
 
 /// Element strides of `shape` viewed as broadcast to `target` (0 on broadcast axes).
-func broadcastStrides(_ shape: [Int], to target: [Int]) -> [Int] {
+public func broadcastStrides(_ shape: [Int], to target: [Int]) -> [Int] {
     var strides = [Int](repeating: 0, count: target.count)
     var s = 1
     for i in stride(from: shape.count - 1, through: 0, by: -1) {

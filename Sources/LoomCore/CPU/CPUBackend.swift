@@ -6,7 +6,7 @@ import Glibc
 
 /// The reference backend: OpenBLAS for GEMM, Swift SIMD loops for everything else,
 /// split across `threads` cores.
-public final class CPUBackend: Backend, @unchecked Sendable {
+public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// The process-wide CPU backend, using every core (or `LOOM_THREADS`).
     public static let shared = CPUBackend(threads: CPUBackend.defaultThreads)
 

@@ -20,6 +20,10 @@ public struct GPTConfig: Equatable, Sendable, Codable {
 
     /// The reference benchmark workload (../shared/bench): byte-level, context 128, 4 layers, d 128, 4 heads.
     public static let bench = GPTConfig()
+
+    /// GPT-2 small's shape: 12 layers, d_model 768, 12 heads, context 1024, and GPT-2's
+    /// vocabulary of 50257 padded to 50304 (a multiple of 64, as nanoGPT pads it).
+    public static let gpt2Small = GPTConfig(vocabSize: 50304, contextLength: 1024, layers: 12, dModel: 768, heads: 12)
 }
 
 /// A GPT-style decoder: token + learned position embeddings, pre-LN blocks, final LN,

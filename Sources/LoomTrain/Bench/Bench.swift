@@ -15,7 +15,13 @@ public struct BenchResult: Sendable, Encodable {
     /// Share of step time spent inside GEMM; the rest is elementwise kernels, softmax,
     /// norms, im2col, optimizer and allocation.
     public var gemmFraction: Double?
+    /// CPU threads (0 on a GPU).
     public var threads: Int
+    /// The backend the workload ran on (`cpu(2 threads)`, `cuda:0 (NVIDIA H100 …, sm_90)`).
+    public var device: String
+    /// The most bytes of tensors alive at once during the timed steps (model, optimizer
+    /// state, activations and gradients), as PyTorch's max_memory_allocated.
+    public var peakBytes: Int = 0
     public var loss: Float
     /// Data parallel runs: ranks, and throughput over ranks x one single-threaded rank.
     public var ranks: Int = 1
@@ -23,7 +29,7 @@ public struct BenchResult: Sendable, Encodable {
 
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
-        case gemmFraction = "gemm_fraction", threads, loss, ranks, scalingEfficiency = "scaling_efficiency"
+        case gemmFraction = "gemm_fraction", threads, device, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -36,6 +42,8 @@ public struct BenchResult: Sendable, Encodable {
         try c.encode(rounded(stepMilliseconds, 3), forKey: .stepMilliseconds)
         try c.encodeIfPresent(gemmFraction.map { rounded($0, 3) }, forKey: .gemmFraction)
         try c.encode(threads, forKey: .threads)
+        try c.encode(device, forKey: .device)
+        try c.encode(peakBytes, forKey: .peakBytes)
         try c.encode(loss, forKey: .loss)
         if let scalingEfficiency {
             try c.encode(ranks, forKey: .ranks)
@@ -85,36 +93,44 @@ public enum Bench {
     }
 
     /// Best-of-5 GFLOP/s of one n×n×n sgemm on `backend` (the machine's GEMM ceiling).
-    public static func peakGflops(on backend: CPUBackend, n: Int = 1024) -> Double {
+    public static func peakGflops(on backend: any Backend, n: Int = 1024) -> Double {
         let a = Tensor(repeating: 1, shape: [n, n], on: backend), b = Tensor(repeating: 1, shape: [n, n], on: backend)
         let c = Tensor(repeating: 0, shape: [n, n], on: backend)
         var best = Double.infinity
         for _ in 0..<6 {
             let t0 = monotonicSeconds()
             backend.gemm(GEMMOperand(a, ld: n), GEMMOperand(b, ld: n), GEMMOperand(c, ld: n), m: n, n: n, k: n, batch: 1, alpha: 1, beta: 0)
+            backend.synchronize()
             best = min(best, monotonicSeconds() - t0)
         }
         return 2 * Double(n * n * n) / best / 1e9
     }
 
     /// Times `steps` training steps after `warmup` untimed ones; reports the median of
-    /// `repeats` timed runs.
-    public static func run(_ workload: Workload, backend: CPUBackend, steps: Int = 30, warmup: Int = 5, repeats: Int = 3,
+    /// `repeats` timed runs. Each step ends by reading its loss, so device work is inside
+    /// the timing. The GEMM share of the step is known on the CPU only (a GPU's GEMM time
+    /// is on the device).
+    public static func run(_ workload: Workload, backend: any Backend, steps: Int = 30, warmup: Int = 5, repeats: Int = 3,
                            peak: Double) throws -> BenchResult {
-        let step = try workload.makeStep(on: backend)
+        let meter = MemoryMeter()
+        let step = try MemoryMeter.measuring(meter) { try workload.makeStep(on: backend) }
+        let counter = backend as? GEMMCounting, cpu = backend as? CPUBackend
         var loss: Float = 0
-        for _ in 0..<warmup { loss = try step() }
-        var runs: [(seconds: Double, flops: Double, gemm: Double)] = []
-        for _ in 0..<repeats {
-            backend.resetCounters()
-            let t0 = monotonicSeconds()
-            for _ in 0..<steps { loss = try step() }
-            runs.append((monotonicSeconds() - t0, backend.gemmFlops, backend.gemmSeconds))
+        var runs: [(seconds: Double, flops: Double, gemm: Double?)] = []
+        try MemoryMeter.measuring(meter) {
+            for _ in 0..<warmup { loss = try step() }
+            for _ in 0..<repeats {
+                counter?.resetCounters()
+                let t0 = monotonicSeconds()
+                for _ in 0..<steps { loss = try step() }
+                backend.synchronize()
+                runs.append((monotonicSeconds() - t0, counter?.gemmFlops ?? 0, cpu?.gemmSeconds))
+            }
         }
         let median = runs.sorted { $0.seconds < $1.seconds }[runs.count / 2]
         return BenchResult(workload: workload.rawValue, perSecond: Double(workload.itemsPerStep * steps) / median.seconds,
                            unit: workload.unit, gflops: median.flops / median.seconds / 1e9, peakGflops: peak,
-                           stepMilliseconds: 1000 * median.seconds / Double(steps), gemmFraction: median.gemm / median.seconds,
-                           threads: backend.threads, loss: loss)
+                           stepMilliseconds: 1000 * median.seconds / Double(steps), gemmFraction: median.gemm.map { $0 / median.seconds },
+                           threads: cpu?.threads ?? 0, device: backend.name, peakBytes: meter.peakBytes, loss: loss)
     }
 }

@@ -3,12 +3,17 @@ import LoomDistributed
 import LoomNN
 import LoomParallel
 
-/// The three reference workloads of the benchmark (same shapes, batch sizes and
-/// optimizers as the PyTorch and JAX references): one training step on a fixed batch.
+/// The benchmark's workloads: one training step on a fixed batch. mlp, cnn and gpt are the
+/// three reference workloads (same shapes, batch sizes and optimizers as the PyTorch and
+/// JAX references in ../shared/bench); gpt2 is GPT-2 small at batch 8 × 1024 tokens with
+/// AdamW, for GPUs (bench/gpt2_torch.py is the same model in PyTorch).
 public enum Workload: String, CaseIterable, Sendable {
-    case mlp, cnn, gpt
+    case mlp, cnn, gpt, gpt2
 
-    public var unit: String { self == .gpt ? "tokens/s" : "samples/s" }
+    /// What `loom bench` runs by default (`all`): the CPU reference workloads.
+    public static let reference: [Workload] = [.mlp, .cnn, .gpt]
+
+    public var unit: String { self == .gpt || self == .gpt2 ? "tokens/s" : "samples/s" }
 
     /// Samples (or tokens) a step processes.
     public var itemsPerStep: Int {
@@ -16,6 +21,7 @@ public enum Workload: String, CaseIterable, Sendable {
         case .mlp: return 128
         case .cnn: return 64
         case .gpt: return 16 * 128
+        case .gpt2: return 8 * 1024
         }
     }
 
@@ -42,12 +48,15 @@ public enum Workload: String, CaseIterable, Sendable {
             let x = Tensor.uniform([64, 1, 28, 28], low: 0, high: 1, rng: &rng, on: backend)
             let y = Tensor(indices: (0..<64).map { _ in Int32(rng.nextInt(below: 10)) }, shape: [64], on: backend)
             return { try trainStep(opt, dp) { try model(x).crossEntropy(targets: y) } }
-        case .gpt:
-            let model = try GPT(.bench, seed: seed, on: backend)
+        case .gpt, .gpt2:
+            let config: GPTConfig = self == .gpt ? .bench : .gpt2Small
+            let (b, t) = self == .gpt ? (16, 128) : (8, 1024)
+            let model = try GPT(config, seed: seed, on: backend)
             let opt = Adam.adamW(model.namedParameters(), lr: 3e-4)
             try parallel(model)
-            let x = Tensor(indices: (0..<2048).map { _ in Int32(rng.nextInt(below: 256)) }, shape: [16, 128], on: backend)
-            let y = Tensor(indices: (0..<2048).map { _ in Int32(rng.nextInt(below: 256)) }, shape: [16, 128], on: backend)
+            let vocabulary = self == .gpt ? 256 : 50257  // GPT-2's real tokens; the padded rows are never targets
+            let x = Tensor(indices: (0..<b * t).map { _ in Int32(rng.nextInt(below: vocabulary)) }, shape: [b, t], on: backend)
+            let y = Tensor(indices: (0..<b * t).map { _ in Int32(rng.nextInt(below: vocabulary)) }, shape: [b, t], on: backend)
             return { try trainStep(opt, dp) { try model.loss(tokens: x, targets: y) } }
         }
     }

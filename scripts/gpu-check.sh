@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The GPU check: one command on a machine with an NVIDIA GPU, Python with PyTorch, and no
+# Swift or Open MPI. It uses the static bundle (scripts/build-static.sh; LOOM=path/to/loom
+# to use another binary) and writes one JSON report (OUT, default gpu-check.json):
+#   1. correctness: loom train --device cuda against the same run on the CPU (mlp, cnn and
+#      a small gpt, and the gpt with --tf32): the losses must agree;
+#   2. speed: GPT-2 small (batch 8 x 1024 tokens, AdamW) in Loom (float32, TF32) next to
+#      PyTorch eager (float32, TF32, bf16 autocast) on the same GPU: tokens/s, MFU, peak memory.
+# Exits non-zero if a correctness check fails. Loom has no bf16 mode yet: its entry says so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LOOM=${LOOM:-.dist/loom/loom}
+OUT=${OUT:-gpu-check.json}
+STEPS=${STEPS:-10}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+[ -x "$LOOM" ] || { echo "gpu-check: $LOOM not found (bash scripts/build-static.sh makes it)" >&2; exit 1; }
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
+echo "gpu-check: $gpu" >&2
+# PyTorch's pip wheels carry NVRTC and cuBLAS outside the loader's path.
+site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+export LOOM_CUDA_LIBS="$(ls -d "$site"/nvidia/*/lib 2>/dev/null | tr '\n' ':')${LOOM_CUDA_LIBS:-}"
+
+cat > "$work/gpt.toml" <<TOML
+[model]
+kind = "gpt"
+layers = 4
+d_model = 128
+heads = 4
+context = 128
+[data]
+path = "data/shakespeare.txt"
+[train]
+steps = 30
+batch_size = 16
+optimizer = "adamw"
+lr = 0.001
+log_every = 1
+eval_every = 30
+eval_batches = 4
+TOML
+
+run_pair() {  # name, then loom train arguments: the CPU run and the CUDA run
+  local name=$1; shift
+  "$LOOM" train "$@" --out "$work" --name "cpu-$name" >/dev/null
+  "$LOOM" train "$@" --out "$work" --name "cuda-$name" --device cuda >/dev/null
+}
+run_pair mlp --model mlp --steps 30
+run_pair cnn --model cnn --steps 30
+run_pair gpt "$work/gpt.toml"
+"$LOOM" train "$work/gpt.toml" --out "$work" --name "cuda-gpt-tf32" --device cuda --tf32 >/dev/null
+
+bench_loom() {  # precision flag(s)
+  "$LOOM" bench --device cuda --workload gpt2 --steps "$STEPS" --json "$@" | tail -1
+}
+loom_fp32=$(bench_loom)
+loom_tf32=$(bench_loom --tf32)
+torch_fp32=$(python3 bench/gpt2_torch.py --precision fp32 --steps "$STEPS")
+torch_tf32=$(python3 bench/gpt2_torch.py --precision tf32 --steps "$STEPS")
+torch_bf16=$(python3 bench/gpt2_torch.py --precision bf16 --steps "$STEPS")
+
+python3 - "$work" "$OUT" "$gpu" "$loom_fp32" "$loom_tf32" "$torch_fp32" "$torch_tf32" "$torch_bf16" <<'PY'
+import json, sys
+work, out, gpu = sys.argv[1:4]
+loom_fp32, loom_tf32, torch_fp32, torch_tf32, torch_bf16 = (json.loads(s) for s in sys.argv[4:9])
+
+def losses(run):
+    return [json.loads(l)["loss"] for l in open(f"{work}/{run}/metrics.jsonl") if '"loss"' in l]
+
+checks, ok = [], True
+for name, reference, tolerance in [("cuda-mlp", "cpu-mlp", 1e-4), ("cuda-cnn", "cpu-cnn", 1e-4), ("cuda-gpt", "cpu-gpt", 1e-4),
+                                   ("cuda-gpt-tf32", "cpu-gpt", 2e-2)]:
+    a, b = losses(name), losses(reference)
+    worst = max(abs(x - y) / abs(y) for x, y in zip(a, b)) if a and len(a) == len(b) else float("inf")
+    checks.append({"run": name, "against": reference, "steps": len(a), "max_relative_difference": worst, "tolerance": tolerance,
+                   "passed": worst <= tolerance})
+    ok &= worst <= tolerance
+
+# GPT-2 small, vocabulary 50304: parameters without the position table (nanoGPT's count),
+# FLOPs per token 6N + 12 L d T (PaLM's estimate, attention included).
+V, T, L, d = 50304, 1024, 12, 768
+n = V * d + L * (12 * d * d + 13 * d) + 2 * d
+flops_per_token = 6 * n + 12 * L * d * T
+peaks = {"H100": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12}, "H200": {"fp32": 67e12, "tf32": 495e12, "bf16": 989e12},
+         "A100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12}}
+peak = next((p for k, p in peaks.items() if k in gpu), None)
+
+def entry(r, precision):
+    e = {"tokens_per_s": r.get("tokens_per_s", r.get("per_s")), "peak_bytes": r.get("peak_bytes"), "step_ms": r.get("step_ms")}
+    e["mfu"] = round(e["tokens_per_s"] * flops_per_token / peak[precision], 4) if peak else None
+    return e
+
+report = {
+    "gpu": gpu, "workload": "gpt2-small, batch 8 x 1024, AdamW", "flops_per_token": flops_per_token,
+    "correctness": checks,
+    "loom": {"fp32": entry(loom_fp32, "fp32"), "tf32": entry(loom_tf32, "tf32"), "bf16": "not implemented (--precision bf16 is not there yet)"},
+    "pytorch_eager": {"fp32": entry(torch_fp32, "fp32"), "tf32": entry(torch_tf32, "tf32"), "bf16": entry(torch_bf16, "bf16"),
+                      "version": torch_fp32["torch"]},
+}
+for p in ("fp32", "tf32"):
+    report[f"loom_over_pytorch_{p}"] = round(report["loom"][p]["tokens_per_s"] / report["pytorch_eager"][p]["tokens_per_s"], 3)
+json.dump(report, open(out, "w"), indent=2, sort_keys=True)
+print(json.dumps(report, indent=2, sort_keys=True))
+sys.exit(0 if ok else 1)
+PY
