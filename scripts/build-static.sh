@@ -5,6 +5,8 @@
 #
 #   bash scripts/build-static.sh            # -> .dist/loom/ (bin/loom, lib/, data/, loom)
 #   .dist/loom/loom train                   # the wrapper sets LD_LIBRARY_PATH to lib/
+#   bash scripts/build-static.sh --archive  # also .dist/loom.tar.xz (~23 MB, where .dist/loom is ~100 MB):
+#                                           # what travels to a GPU machine; scripts/gpu-check.sh unpacks it
 #
 # The C library, libm, libstdc++ and libgcc_s are the target machine's own (glibc 2.36
 # here; newer there is fine). A single-process run never initialises MPI, so Open MPI's
@@ -34,3 +36,7 @@ LD_LIBRARY_PATH="$here/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/bin
 WRAPPER
 chmod +x "$out/loom"
 echo "build-static: $out: bin/loom $(du -h "$out/bin/loom" | cut -f1), lib/ $(du -sh "$out/lib" | cut -f1) ($(ls "$out/lib" | wc -l) libraries)"
+if [ "${1:-}" = "--archive" ]; then
+  tar -C .dist -cJf .dist/loom.tar.xz loom
+  echo "build-static: .dist/loom.tar.xz $(du -h .dist/loom.tar.xz | cut -f1)"
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: one command on a machine with an NVIDIA GPU, Python with PyTorch, and no
-# Swift or Open MPI. It uses the static bundle (scripts/build-static.sh; LOOM=path/to/loom
-# to use another binary) and writes one JSON report (OUT, default gpu-check.json):
+# Swift or Open MPI. It uses the static bundle (scripts/build-static.sh --archive makes
+# .dist/loom.tar.xz, which this unpacks; LOOM=path/to/loom to use another binary) and
+# writes one JSON report (OUT, default gpu-check.json):
 #   1. correctness: loom train --device cuda against the same run on the CPU (mlp, cnn and
 #      a small gpt, and the gpt with --tf32): the losses must agree;
 #   2. speed: GPT-2 small (batch 8 x 1024 tokens, AdamW) in Loom (float32, TF32) next to
@@ -15,7 +16,8 @@ STEPS=${STEPS:-10}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-[ -x "$LOOM" ] || { echo "gpu-check: $LOOM not found (bash scripts/build-static.sh makes it)" >&2; exit 1; }
+if [ ! -x "$LOOM" ] && [ "$LOOM" = .dist/loom/loom ] && [ -f .dist/loom.tar.xz ]; then tar -C .dist -xJf .dist/loom.tar.xz; fi
+[ -x "$LOOM" ] || { echo "gpu-check: $LOOM not found (bash scripts/build-static.sh --archive makes it)" >&2; exit 1; }
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)
 echo "gpu-check: $gpu" >&2
 # PyTorch's pip wheels carry NVRTC and cuBLAS outside the loader's path.
