@@ -22,6 +22,11 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     /// Sends posted with MPI_Isend and not yet complete, with the buffers they read
     /// (touched only on the MPI thread).
     private let pendingSends = Box<[(request: MPI_Request?, buffer: HostBuffer)]>([])
+    /// `LOOM_CHECK_COLLECTIVES=1` (as PyTorch's TORCH_DISTRIBUTED_DEBUG=DETAIL): before
+    /// each collective the ranks all-gather what they are calling (kind, size, dtype), and
+    /// a mismatch fails on every rank naming both sides instead of pairing the wrong
+    /// calls. Off by default: it adds a small all-gather to every collective.
+    public let checksCollectives: Bool
 
     /// True when this process was started by an MPI launcher.
     public static var launchedByMPI: Bool {
@@ -55,6 +60,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         worker.sync { MPI_Comm_rank(comm, &r); MPI_Comm_size(comm, &s) }
         self.comm = comm; self.worker = worker; self.timeout = timeout
         rank = Int(r); size = Int(s)
+        checksCollectives = ProcessInfo.processInfo.environment["LOOM_CHECK_COLLECTIVES"].map { $0 != "0" && !$0.isEmpty } ?? false
     }
 
     /// Finalises MPI (call once, at the end of a run), under the watchdog: MPI_Finalize
@@ -88,8 +94,10 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         guard rc == MPI_SUCCESS else { throw CommError("rank \(rank): \(op) failed with MPI error \(rc)") }
     }
 
-    /// Runs `body` on the MPI thread under the watchdog.
-    private func run(_ op: String, timeout: Double? = nil, _ body: @escaping () -> Int32) -> CommRequest {
+    /// Runs `body` on the MPI thread under the watchdog. `collective`: what this rank is
+    /// calling ("all-reduce of 1024 float32"), compared across ranks first when
+    /// `checksCollectives` is on.
+    private func run(_ op: String, collective: String? = nil, timeout: Double? = nil, _ body: @escaping () -> Int32) -> CommRequest {
         let timeout = timeout ?? self.timeout
         let request = CommRequest(label: op)
         worker.async { [self] in
@@ -99,11 +107,34 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             let watch = Watchdog.start(after: timeout) { [rank, timeout] in
                 Self.exitReporting("loom: error: rank \(rank): \(op) did not complete within \(Int(timeout)) s (a rank died or stopped responding); aborting the job")
             }
+            defer { watch.cancel() }
+            if checksCollectives, let collective, let mismatch = mismatch(collective, label: op) {
+                request.complete(mismatch)
+                return
+            }
             let rc = body()
-            watch.cancel()
             do { try check(rc, op); request.complete(nil) } catch { request.complete(error) }
         }
         return request
+    }
+
+    /// All-gathers every rank's description of the collective it is in (on the MPI thread);
+    /// the error names this rank's and the first other rank's that differs.
+    private func mismatch(_ what: String, label: String) -> CommError? {
+        let width = 128
+        var mine = [CChar](repeating: 0, count: width)
+        for (i, b) in what.utf8.prefix(width - 1).enumerated() { mine[i] = CChar(bitPattern: b) }
+        var all = [CChar](repeating: 0, count: width * size)
+        let rc = MPI_Allgather(&mine, Int32(width), loom_mpi_byte(), &all, Int32(width), loom_mpi_byte(), comm)
+        guard rc == MPI_SUCCESS else { return CommError("rank \(rank): checking \(label) failed with MPI error \(rc)") }
+        let described = String(cString: mine)
+        for r in 0..<size {
+            let theirs = all[(r * width)..<((r + 1) * width)].withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            if theirs != described {
+                return CommError("rank \(rank): \(described) (\(label)) met rank \(r)'s \(theirs): the ranks called different collectives")
+            }
+        }
+        return nil
     }
 
     public func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
@@ -113,7 +144,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             return r
         }
         let n = tensor.count, scale = 1 / Float(size)
-        return run(label) { [comm] in
+        return run(label, collective: "all-reduce of \(n) float32") { [comm] in
             let h = HostBuffer(tensor), p = h.floats
             let rc = MPI_Allreduce(loom_mpi_in_place(), p, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
             if op == .average { for i in 0..<n { p[i] *= scale } }
@@ -140,7 +171,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     public func broadcast(_ tensor: Tensor, root: Int) throws {
         let h = HostBuffer(tensor, download: rank == root)
-        try run("broadcast from rank \(root)") { [comm] in
+        try run("broadcast from rank \(root)", collective: "broadcast of \(h.bytes.count) bytes from rank \(root)") { [comm] in
             MPI_Bcast(h.bytes.baseAddress, Int32(h.bytes.count), loom_mpi_byte(), Int32(root), comm)
         }.wait()
         h.commit()
@@ -151,7 +182,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
         }
         let hi = HostBuffer(input), ho = HostBuffer(output, download: false), n = Int32(hi.bytes.count)
-        try run("all-gather") { [comm] in
+        try run("all-gather", collective: "all-gather of \(n) bytes per rank") { [comm] in
             MPI_Allgather(hi.bytes.baseAddress, n, loom_mpi_byte(), ho.bytes.baseAddress, n, loom_mpi_byte(), comm)
         }.wait()
         ho.commit()
@@ -173,7 +204,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             return r
         }
         let n = output.count, scale = 1 / Float(size)
-        return run(label) { [comm] in
+        return run(label, collective: "reduce-scatter of \(input.count) float32") { [comm] in
             let hi = HostBuffer(input), ho = HostBuffer(output, download: false), po = ho.floats
             let rc = MPI_Reduce_scatter_block(hi.floats, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
             if op == .average { for i in 0..<n { po[i] *= scale } }
@@ -229,7 +260,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
 
     public func barrier(timeout: Double?) throws {
-        try run("barrier", timeout: timeout) { [self] in
+        try run("barrier", collective: "barrier", timeout: timeout) { [self] in
             let rc = completeSends()
             return rc != MPI_SUCCESS ? rc : MPI_Barrier(comm)
         }.wait()

@@ -158,7 +158,9 @@ struct TrainCommand: ParsableCommand {
                 world.finalize()
                 return (world.rank == 0 ? s : nil, trainer.runDirectory)
             } catch {
-                FileHandle.standardError.write("loom: error: rank \(world.rank): \(error)\n".data(using: .utf8)!)
+                // Communication errors name their rank already.
+                let text = error is CommError ? "\(error)" : "rank \(world.rank): \(error)"
+                FileHandle.standardError.write("loom: error: \(text)\n".data(using: .utf8)!)
                 world.abort()
             }
         }

@@ -92,6 +92,33 @@ final class DistributedEndToEndTests: CLITestCase {
         if !mpirunAvailable { throw XCTSkip("mpirun not installed: the in-process ranks were checked, the MPI ranks were not") }
     }
 
+    /// Two ranks started with different models (one rank's command line has a typo) call
+    /// all-reduces of different sizes. With `LOOM_CHECK_COLLECTIVES=1` every rank stops at
+    /// the first one with an error naming both sides, instead of pairing the wrong calls.
+    func testRanksInDifferentCollectivesFailNamingBothSidesUnderMPI() throws {
+        guard mpirunAvailable else { throw XCTSkip("mpirun not installed") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        // Two app contexts (MPMD); `-x` belongs to each.
+        let rank = { (model: String) in
+            ["-n", "1", "-x", "LOOM_CHECK_COLLECTIVES=1", "-x", "LOOM_THREADS=1", self.binary, "train", "--model", model, "--steps", "3",
+             "--out", self.work!, "--name", "mixed"]
+        }
+        p.arguments = ["mpirun", "--allow-run-as-root", "--oversubscribe"] + rank("mlp") + [":"] + rank("cnn")
+        p.currentDirectoryURL = Self.repo
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0, text)
+        // Each rank names its own call and the other's (mlp's first weight is 512 x 784 floats, the cnn's 16 x 1 x 5 x 5).
+        XCTAssertTrue(text.contains("rank 0: broadcast of 1605632 bytes from rank 0 (broadcast from rank 0) met rank 1's broadcast of 1600 bytes"), text)
+        XCTAssertTrue(text.contains("rank 1: broadcast of 1600 bytes from rank 0 (broadcast from rank 0) met rank 0's broadcast of 1605632 bytes"), text)
+        XCTAssertTrue(text.contains("the ranks called different collectives"), text)
+    }
+
     /// Checkpoints are keyed by global parameter names: saved under one layout (4 ranks
     /// with sharded optimizer state; or 1 process), resumed under another.
     func testCheckpointFromDataParallelRunResumesOnOtherRankCounts() throws {
