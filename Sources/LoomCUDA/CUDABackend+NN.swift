@@ -16,12 +16,10 @@ extension CUDABackend {
         gemmFlops += 2 * Double(m) * Double(n) * Double(k) * Double(batch)
         let pa = address(a.tensor) + CUdeviceptr(a.offset * 4), pb = address(b.tensor) + CUdeviceptr(b.offset * 4)
         let pc = address(c.tensor) + CUdeviceptr(c.offset * 4)
-        do {
+        orStop {
             try blas.gemm(transA: b.transposed, transB: a.transposed, m: n, n: m, k: k, alpha: alpha,
                           a: pb, lda: b.ld, strideA: b.batchStride, b: pa, ldb: a.ld, strideB: a.batchStride,
                           beta: beta, c: pc, ldc: c.ld, strideC: c.batchStride, batch: batch)
-        } catch {
-            fatalError("\(name): \(error)")
         }
     }
 
@@ -89,7 +87,7 @@ extension CUDABackend {
 
     /// A scratch buffer of columns [patch, batch * OH * OW].
     private func columns(_ g: ConvGeometry) -> Tensor {
-        do { return try Tensor(uninitialized: [g.patch, g.positions], on: self) } catch { fatalError("\(name): \(error)") }
+        orStop { try Tensor(uninitialized: [g.patch, g.positions], on: self) }
     }
 
     /// y[b] = W [OC, patch] · cols[:, b] [patch, OH·OW] (+ bias), one strided-batched GEMM over the images.

@@ -127,9 +127,7 @@ extension CUDABackend {
         func flush() {
             guard slot > 0 else { return }
             var host = [Float](repeating: 0, count: slot)
-            host.withUnsafeMutableBytes { b in
-                do { try context.copy(fromDevice: partialsAddress, into: b) } catch { fatalError("\(name): \(error)") }
-            }
+            host.withUnsafeMutableBytes { b in orStop { try context.copy(fromDevice: partialsAddress, into: b) } }
             var at = 0
             for blocks in pending {
                 total += Double(host[at..<(at + blocks)].reduce(0, +))

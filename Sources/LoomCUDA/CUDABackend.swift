@@ -53,13 +53,15 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
         return CUdeviceptr(t.storage.handle) + CUdeviceptr(t.offset * t.dtype.byteSize)
     }
 
+    /// `body`'s value; a CUDA failure stops the process with the driver's message (the
+    /// `Backend` calls do not throw, and a failed CUDA call leaves the context unusable).
+    func orStop<T>(_ body: () throws -> T) -> T {
+        do { return try body() } catch { fatalError("\(name): \(error)") }
+    }
+
     /// Launches `kernel` over `grid` blocks of `block` threads on the stream.
     func launch(_ kernel: String, grid: Int, block: Int, _ arguments: [KernelArgument]) {
-        do {
-            try module.launch(kernel, grid: grid, block: block, arguments, stream: context.stream)
-        } catch {
-            fatalError("\(name): \(error)")
-        }
+        orStop { try module.launch(kernel, grid: grid, block: block, arguments, stream: context.stream) }
     }
 
     /// Blocks for an elementwise grid-stride loop over `n` items.
@@ -74,7 +76,7 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
     }
 
     func check(_ status: Int32, _ call: String) {
-        do { try context.driver.check(status, call) } catch { fatalError("\(name): \(error)") }
+        orStop { try context.driver.check(status, call) }
     }
 
     // MARK: Memory
@@ -89,15 +91,15 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
     }
 
     public func upload(_ source: UnsafeRawBufferPointer, to tensor: Tensor) {
-        do { try context.copy(source, toDevice: address(tensor)) } catch { fatalError("\(name): \(error)") }
+        orStop { try context.copy(source, toDevice: address(tensor)) }
     }
 
     public func download(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) {
-        do { try context.copy(fromDevice: address(tensor), into: destination) } catch { fatalError("\(name): \(error)") }
+        orStop { try context.copy(fromDevice: address(tensor), into: destination) }
     }
 
     public func synchronize() {
-        do { try context.synchronize() } catch { fatalError("\(name): \(error)") }
+        orStop { try context.synchronize() }
     }
 
     public func fill(_ tensor: Tensor, value: Float) {
@@ -137,9 +139,7 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
         elementwise("check_indices_i32", count: indices.count,
                     [.pointer(address(indices)), .int64(indices.count), .int32(Int32(lower)), .int32(Int32(upper)), .int32(ignore), .pointer(flag)])
         var found: Int32 = 0
-        withUnsafeMutableBytes(of: &found) { b in
-            do { try context.copy(fromDevice: flag, into: b) } catch { fatalError("\(name): \(error)") }
-        }
+        withUnsafeMutableBytes(of: &found) { b in orStop { try context.copy(fromDevice: flag, into: b) } }
         return found != 0
     }
 }

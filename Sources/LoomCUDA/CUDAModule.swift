@@ -50,14 +50,13 @@ public final class CUDAModule: @unchecked Sendable {
     /// call (the driver copies parameter values when it queues the launch).
     public func launch(_ name: String, grid: Int, block: Int, _ arguments: [KernelArgument], stream: CUstream) throws {
         let f = try function(name)
-        let storage = arguments.map { a -> UnsafeMutableRawPointer in
-            let b = a.bytes
-            let p = UnsafeMutableRawPointer.allocate(byteCount: max(b.count, 1), alignment: 16)
-            b.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: b.count) }
-            return p
-        }
-        defer { storage.forEach { $0.deallocate() } }
-        var parameters: [UnsafeMutableRawPointer?] = storage
+        // All argument values in one 16-byte-aligned block, each at an 8-aligned offset.
+        let values = arguments.map(\.bytes)
+        let offsets = values.reduce(into: [0]) { o, v in o.append(o.last! + (v.count + 7) / 8 * 8) }
+        let packed = UnsafeMutableRawPointer.allocate(byteCount: max(offsets.last!, 8), alignment: 16)
+        defer { packed.deallocate() }
+        for (v, o) in zip(values, offsets) { v.withUnsafeBytes { packed.advanced(by: o).copyMemory(from: $0.baseAddress!, byteCount: v.count) } }
+        var parameters: [UnsafeMutableRawPointer?] = offsets.dropLast().map { packed.advanced(by: $0) }
         let driver = context.driver
         try parameters.withUnsafeMutableBufferPointer { p in
             try driver.check(driver.cuLaunchKernel(f, UInt32(grid), 1, 1, UInt32(block), 1, 1, 0, stream, p.baseAddress, nil),
