@@ -4,10 +4,12 @@
 # .dist/loom.tar.xz, which this unpacks; LOOM=path/to/loom to use another binary) and
 # writes one JSON report (OUT, default gpu-check.json):
 #   1. correctness: loom train --device cuda against the same run on the CPU (mlp, cnn and
-#      a small gpt, and the gpt with --tf32): the losses must agree;
-#   2. speed: GPT-2 small (batch 8 x 1024 tokens, AdamW) in Loom (float32, TF32) next to
-#      PyTorch eager (float32, TF32, bf16 autocast) on the same GPU: tokens/s, MFU, peak memory.
-# Exits non-zero if a correctness check fails. Loom has no bf16 mode yet: its entry says so.
+#      a small gpt, the gpt with --tf32, and the gpt with --precision bf16 against the CPU's
+#      bf16 run): the losses must agree;
+#   2. speed: GPT-2 small (batch 8 x 1024 tokens, AdamW) in Loom (float32, TF32, bf16) next
+#      to PyTorch eager (float32, TF32, bf16 autocast) on the same GPU: tokens/s, MFU, peak
+#      memory.
+# Exits non-zero if a correctness check fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOOM=${LOOM:-.dist/loom/loom}
@@ -52,27 +54,30 @@ run_pair mlp --model mlp --steps 30
 run_pair cnn --model cnn --steps 30
 run_pair gpt "$work/gpt.toml"
 "$LOOM" train "$work/gpt.toml" --out "$work" --name "cuda-gpt-tf32" --device cuda --tf32 >/dev/null
+run_pair gpt-bf16 "$work/gpt.toml" --precision bf16
 
 bench_loom() {  # precision flag(s)
   "$LOOM" bench --device cuda --workload gpt2 --steps "$STEPS" --json "$@" | tail -1
 }
 loom_fp32=$(bench_loom)
 loom_tf32=$(bench_loom --tf32)
+loom_bf16=$(bench_loom --precision bf16)
 torch_fp32=$(python3 bench/gpt2_torch.py --precision fp32 --steps "$STEPS")
 torch_tf32=$(python3 bench/gpt2_torch.py --precision tf32 --steps "$STEPS")
 torch_bf16=$(python3 bench/gpt2_torch.py --precision bf16 --steps "$STEPS")
 
-python3 - "$work" "$OUT" "$gpu" "$loom_fp32" "$loom_tf32" "$torch_fp32" "$torch_tf32" "$torch_bf16" <<'PY'
+python3 - "$work" "$OUT" "$gpu" "$loom_fp32" "$loom_tf32" "$loom_bf16" "$torch_fp32" "$torch_tf32" "$torch_bf16" <<'PY'
 import json, sys
 work, out, gpu = sys.argv[1:4]
-loom_fp32, loom_tf32, torch_fp32, torch_tf32, torch_bf16 = (json.loads(s) for s in sys.argv[4:9])
+loom_fp32, loom_tf32, loom_bf16, torch_fp32, torch_tf32, torch_bf16 = (json.loads(s) for s in sys.argv[4:10])
 
 def losses(run):
     return [json.loads(l)["loss"] for l in open(f"{work}/{run}/metrics.jsonl") if '"loss"' in l]
 
 checks, ok = [], True
 for name, reference, tolerance in [("cuda-mlp", "cpu-mlp", 1e-4), ("cuda-cnn", "cpu-cnn", 1e-4), ("cuda-gpt", "cpu-gpt", 1e-4),
-                                   ("cuda-gpt-tf32", "cpu-gpt", 2e-2)]:
+                                   ("cuda-gpt-tf32", "cpu-gpt", 2e-2), ("cuda-gpt-bf16", "cpu-gpt-bf16", 1e-4),
+                                   ("cuda-gpt-bf16", "cpu-gpt", 2e-2)]:
     a, b = losses(name), losses(reference)
     worst = max(abs(x - y) / abs(y) for x, y in zip(a, b)) if a and len(a) == len(b) else float("inf")
     checks.append({"run": name, "against": reference, "steps": len(a), "max_relative_difference": worst, "tolerance": tolerance,
@@ -96,11 +101,11 @@ def entry(r, precision):
 report = {
     "gpu": gpu, "workload": "gpt2-small, batch 8 x 1024, AdamW", "flops_per_token": flops_per_token,
     "correctness": checks,
-    "loom": {"fp32": entry(loom_fp32, "fp32"), "tf32": entry(loom_tf32, "tf32"), "bf16": "not implemented (--precision bf16 is not there yet)"},
+    "loom": {"fp32": entry(loom_fp32, "fp32"), "tf32": entry(loom_tf32, "tf32"), "bf16": entry(loom_bf16, "bf16")},
     "pytorch_eager": {"fp32": entry(torch_fp32, "fp32"), "tf32": entry(torch_tf32, "tf32"), "bf16": entry(torch_bf16, "bf16"),
                       "version": torch_fp32["torch"]},
 }
-for p in ("fp32", "tf32"):
+for p in ("fp32", "tf32", "bf16"):
     report[f"loom_over_pytorch_{p}"] = round(report["loom"][p]["tokens_per_s"] / report["pytorch_eager"][p]["tokens_per_s"], 3)
 json.dump(report, open(out, "w"), indent=2, sort_keys=True)
 print(json.dumps(report, indent=2, sort_keys=True))

@@ -378,12 +378,49 @@ float tf32(float x) {
     return x;
 }
 
-// A copy of the column-major rows x cols matrix at p (leading dimension ld), rounded to TF32.
-std::vector<float> roundedCopy(const float* p, int rows, int cols, int ld) {
+// cudaDataType_t and cublasComputeType_t values the backend uses.
+const int CUDA_R_32F = 0, CUDA_R_16BF = 14, CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77;
+
+// The column-major rows x cols matrix at p (leading dimension ld) as float32: bf16 widened
+// (exact), float32 rounded to TF32 when asked.
+std::vector<float> floatCopy(const void* p, int type, int rows, int cols, int ld, bool roundToTF32) {
     std::vector<float> out(size_t(ld) * cols);
     for (int j = 0; j < cols; ++j)
-        for (int i = 0; i < rows; ++i) out[size_t(j) * ld + i] = tf32(p[size_t(j) * ld + i]);
+        for (int i = 0; i < rows; ++i) {
+            size_t at = size_t(j) * ld + i;
+            if (type == CUDA_R_16BF) {
+                uint32_t u = uint32_t(static_cast<const uint16_t*>(p)[at]) << 16;
+                memcpy(&out[at], &u, 4);
+            } else {
+                float x = static_cast<const float*>(p)[at];
+                out[at] = roundToTF32 ? tf32(x) : x;
+            }
+        }
     return out;
+}
+
+// One column-major GEMM per batch entry through cblas_sgemm, the operands first made
+// float32 (and TF32-rounded when asked) unless they already are and need no rounding.
+int batchedGEMM(int type, bool roundToTF32, int transA, int transB, int m, int n, int k, float alpha, uint64_t a, int lda,
+                long long strideA, uint64_t b, int ldb, long long strideB, float beta, uint64_t c, int ldc, long long strideC,
+                int batch) {
+    const int colMajor = 102, noTrans = 111, trans = 112;
+    const size_t bytes = type == CUDA_R_16BF ? 2 : 4;
+    for (int i = 0; i < batch; ++i) {
+        const void* A = reinterpret_cast<const char*>(a) + bytes * strideA * i;
+        const void* B = reinterpret_cast<const char*>(b) + bytes * strideB * i;
+        float* C = reinterpret_cast<float*>(c) + strideC * i;
+        if ((roundToTF32 || type != CUDA_R_32F) && k > 0) {
+            std::vector<float> fa = floatCopy(A, type, transA ? k : m, transA ? m : k, lda, roundToTF32);
+            std::vector<float> fb = floatCopy(B, type, transB ? n : k, transB ? k : n, ldb, roundToTF32);
+            cblas_sgemm(colMajor, transA ? trans : noTrans, transB ? trans : noTrans, m, n, k, alpha, fa.data(), lda, fb.data(), ldb,
+                        beta, C, ldc);
+        } else {
+            cblas_sgemm(colMajor, transA ? trans : noTrans, transB ? trans : noTrans, m, n, k, alpha, static_cast<const float*>(A), lda,
+                        static_cast<const float*>(B), ldb, beta, C, ldc);
+        }
+    }
+    return 0;
 }
 
 }  // namespace
@@ -391,20 +428,22 @@ std::vector<float> roundedCopy(const float* p, int rows, int cols, int ld) {
 extern "C" int cublasSgemmStridedBatched(EmulatedBLAS* handle, int transA, int transB, int m, int n, int k, const float* alpha,
                                          uint64_t a, int lda, long long strideA, uint64_t b, int ldb, long long strideB,
                                          const float* beta, uint64_t c, int ldc, long long strideC, int batch) {
-    const int colMajor = 102, noTrans = 111, trans = 112;
     if (m < 0 || n < 0 || k < 0 || batch < 0) return failWith(7, "negative GEMM size");
-    for (int i = 0; i < batch; ++i) {
-        const float* A = reinterpret_cast<const float*>(a) + strideA * i;
-        const float* B = reinterpret_cast<const float*>(b) + strideB * i;
-        float* C = reinterpret_cast<float*>(c) + strideC * i;
-        if (handle->mathMode == 3 && k > 0) {  // CUBLAS_TF32_TENSOR_OP_MATH
-            std::vector<float> ra = roundedCopy(A, transA ? k : m, transA ? m : k, lda);
-            std::vector<float> rb = roundedCopy(B, transB ? n : k, transB ? k : n, ldb);
-            cblas_sgemm(colMajor, transA ? trans : noTrans, transB ? trans : noTrans, m, n, k, *alpha, ra.data(), lda, rb.data(), ldb,
-                        *beta, C, ldc);
-        } else {
-            cblas_sgemm(colMajor, transA ? trans : noTrans, transB ? trans : noTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-        }
-    }
-    return 0;
+    bool tf32Math = handle->mathMode == 3;  // CUBLAS_TF32_TENSOR_OP_MATH
+    return batchedGEMM(CUDA_R_32F, tf32Math, transA, transB, m, n, k, *alpha, a, lda, strideA, b, ldb, strideB, *beta, c, ldc,
+                       strideC, batch);
+}
+
+// The mixed-precision GEMM: bf16 (or float32) A and B, float32 C, float32 accumulation.
+extern "C" int cublasGemmStridedBatchedEx(EmulatedBLAS* handle, int transA, int transB, int m, int n, int k, const void* alpha,
+                                          uint64_t a, int aType, int lda, long long strideA, uint64_t b, int bType, int ldb,
+                                          long long strideB, const void* beta, uint64_t c, int cType, int ldc, long long strideC,
+                                          int batch, int computeType, int /* algo */) {
+    if (m < 0 || n < 0 || k < 0 || batch < 0) return failWith(7, "negative GEMM size");
+    if (aType != bType || (aType != CUDA_R_16BF && aType != CUDA_R_32F) || cType != CUDA_R_32F ||
+        (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_FAST_TF32))
+        return failWith(15, "the emulator's GemmEx takes bf16 or float32 A and B, float32 C and float32 compute");
+    bool tf32Math = aType == CUDA_R_32F && (computeType == CUBLAS_COMPUTE_32F_FAST_TF32 || handle->mathMode == 3);
+    return batchedGEMM(aType, tf32Math, transA, transB, m, n, k, *static_cast<const float*>(alpha), a, lda, strideA, b, ldb, strideB,
+                       *static_cast<const float*>(beta), c, ldc, strideC, batch);
 }

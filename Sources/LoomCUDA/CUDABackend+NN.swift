@@ -13,13 +13,17 @@ extension CUDABackend {
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                      alpha: Float, beta: Float) {
         guard m > 0, n > 0, batch > 0 else { return }
+        let dtype = a.tensor.dtype
+        precondition(b.tensor.dtype == dtype && (dtype == .float32 || dtype == .bfloat16) && c.tensor.dtype == .float32,
+                     "gemm: operands \(dtype) and \(b.tensor.dtype) into \(c.tensor.dtype): both float32 or both bfloat16, into float32")
         gemmFlops += 2 * Double(m) * Double(n) * Double(k) * Double(batch)
-        let pa = address(a.tensor) + CUdeviceptr(a.offset * 4), pb = address(b.tensor) + CUdeviceptr(b.offset * 4)
+        let size = CUdeviceptr(dtype.byteSize)
+        let pa = address(a.tensor) + CUdeviceptr(a.offset) * size, pb = address(b.tensor) + CUdeviceptr(b.offset) * size
         let pc = address(c.tensor) + CUdeviceptr(c.offset * 4)
         orStop {
-            try blas.gemm(transA: b.transposed, transB: a.transposed, m: n, n: m, k: k, alpha: alpha,
-                          a: pb, lda: b.ld, strideA: b.batchStride, b: pa, ldb: a.ld, strideB: a.batchStride,
-                          beta: beta, c: pc, ldc: c.ld, strideC: c.batchStride, batch: batch)
+            let product = dtype == .bfloat16 ? blas.gemmBF16 : blas.gemm
+            try product(b.transposed, a.transposed, n, m, k, alpha, pb, b.ld, b.batchStride, pa, a.ld, a.batchStride,
+                        beta, pc, c.ld, c.batchStride, batch)
         }
     }
 

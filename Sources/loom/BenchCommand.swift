@@ -42,6 +42,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "CPU threads for Loom's kernels and OpenBLAS (default: all cores or LOOM_THREADS).")
     var threads: Int?
 
+    @Option(help: "Matrix products: float32, or bf16 (bf16 operands, float32 accumulation), as loom train --precision.")
+    var precision: Precision = .float32
+
     @Option(help: "Timed steps per run.")
     var steps: Int = 30
 
@@ -54,6 +57,9 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, gpt2 (GPT-2 small, for GPUs), all (mlp, cnn, gpt)")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if precision != .float32, suite != nil || dp != nil || pp != nil {
+            throw ValidationError("--precision \(precision.rawValue) applies to the training workloads, not to comm, --dp or --pp")
+        }
     }
 
     @OptionGroup var deviceOptions: DeviceOptions
@@ -84,10 +90,10 @@ struct BenchCommand: ParsableCommand {
             let on = deviceOptions.device == .cpu
                 ? "\(n) thread(s), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
                 : "\(backend.name), float32 sgemm peak \(String(format: "%.1f", peak)) GFLOP/s"
-            print("loom bench — \(on)")
+            print("loom bench — \(on)" + (precision == .float32 ? "" : ", \(precision.rawValue) matrix products"))
         }
         for w in workloads {
-            let r = try Bench.run(w, backend: backend, steps: steps, peak: peak)
+            let r = try Bench.run(w, backend: backend, steps: steps, peak: peak, precision: precision)
             if json {
                 print(r.json)
             } else {

@@ -10,6 +10,7 @@ import LoomTrain
 extension ModelKind: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension Schedule.Kind: ExpressibleByArgument {}
+extension Precision: ExpressibleByArgument {}
 
 extension Device: ExpressibleByArgument {
     /// `cpu`, `cuda` (GPU 0) or `cuda:N`.

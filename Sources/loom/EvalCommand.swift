@@ -53,7 +53,7 @@ struct EvalCommand: ParsableCommand {
                     + "vocabulary of \(t.count); read as \(String(reflecting: String(t.vocabulary[Int(t.unknownToken)])))\n").data(using: .utf8)!)
             }
             let e = try Evaluator(task: setup.task, data: setup.validation, batchSize: c.batchSize, backend: backend,
-                                  isClassifier: !c.isLanguageModel).evaluate()
+                                  isClassifier: !c.isLanguageModel, precision: c.precision).evaluate()
             if json {
                 print(JSONOutput.string(EvalReport(step: step, evaluation: e)))
             } else {

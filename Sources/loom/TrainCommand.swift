@@ -71,6 +71,8 @@ struct TrainCommand: ParsableCommand {
     var chunks: Int?
     @Flag(help: "Pipeline: recompute each micro-batch's activations during backward instead of keeping them.")
     var recompute = false
+    @Option(help: "Matrix products: float32, or bf16 (bf16 operands, float32 accumulation; weights, optimizer state, softmax, norms and loss stay float32).")
+    var precision: Precision?
     @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one track per rank.")
     var trace: String?
     @Option(name: .customLong("max-restarts"), help: "When a rank dies or a collective times out, restart from the last checkpoint, up to N times (in-process ranks; under MPI, give it to loom launch).")
@@ -104,6 +106,7 @@ struct TrainCommand: ParsableCommand {
             if let schedule { c.pipelineSchedule = schedule }
             if let chunks { c.chunks = chunks }
             if recompute { c.recompute = true }
+            if let precision { c.precision = precision }
             if let zero {
                 guard zero == 0 || zero == 1 else { throw LoomError.config("--zero \(zero): valid stages are 0 and 1") }
                 c.zero = zero

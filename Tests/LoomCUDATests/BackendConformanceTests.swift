@@ -64,6 +64,16 @@ final class BackendConformanceTests: XCTestCase {
         OpCase(name: "cast to bfloat16 and float16 and back", inputs: [([64, 129], .parameter)]) { x in
             try x[0].cast(to: .bfloat16).cast(to: .float32).add(x[0].cast(to: .float16).cast(to: .float32))
         },
+        // Mixed precision: the products read bf16 operands (cuBLAS GemmEx on CUDA).
+        OpCase(name: "linear in bf16", inputs: [([300, 128], .parameter), ([256, 128], .parameter), ([256], .parameter)]) { x in
+            try withPrecision(.bfloat16) { try x[0].linear(weight: x[1], bias: x[2]) }
+        },
+        OpCase(name: "matmul transposed, batched, in bf16", inputs: [([3, 128, 96], .parameter), ([3, 112, 96], .parameter)]) { x in
+            try withPrecision(.bfloat16) { try x[0].matmul(x[1], transposeB: true) }
+        },
+        OpCase(name: "causalSelfAttention in bf16", inputs: [([4, 64, 3 * 32], .parameter)]) { x in
+            try withPrecision(.bfloat16) { try x[0].causalSelfAttention(heads: 4) }
+        },
     ]
 
     /// Output and input gradients of `op` on `backend`, from the same host inputs.

@@ -126,6 +126,26 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
         XCTAssertNotEqual(try trainingLosses(work + "/tf32"), try trainingLosses(work + "/fp32"), "TF32 changed nothing: not applied")
     }
 
+    /// bf16 products round their operands to 8 mantissa bits: the CUDA run (cuBLAS GemmEx)
+    /// gives the CPU's bf16 losses, and both stay near float32 without being it.
+    func testBF16OnEmulatedCUDAGivesTheCPUsBF16LossesAndStaysNearFloat32() throws {
+        let c = try config("gpt")
+        try train([c], name: "fp32", cuda: true)
+        try train([c, "--precision", "bf16"], name: "cpu-bf16", cuda: false)
+        let out = try train([c, "--precision", "bf16"], name: "bf16", cuda: true)
+        XCTAssertTrue(out.contains("bf16 matrix products"), "the run says its precision: \(out)")
+        try assertSameLosses("bf16", "cpu-bf16")
+        try assertSameLosses("bf16", "fp32", tolerance: 1e-2)
+        XCTAssertNotEqual(try trainingLosses(work + "/bf16"), try trainingLosses(work + "/fp32"), "bf16 changed nothing: not applied")
+        XCTAssertTrue(try String(contentsOfFile: work + "/bf16/config.toml", encoding: .utf8).contains("precision = \"bf16\""))
+        // Every rank keeps the precision: tensor- and pipeline-parallel bf16 runs give the
+        // single-process bf16 losses (on the CPU: this is about the layouts, not CUDA).
+        for (name, flags) in [("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2", "--micro-batches", "2"])] {
+            try train([c, "--precision", "bf16"] + flags, name: "cpu-bf16-\(name)", cuda: false)
+            try assertSameLosses("cpu-bf16-\(name)", "cpu-bf16", tolerance: 2e-5)
+        }
+    }
+
     func testEvalAndGenerateOnEmulatedCUDAGiveTheCPUsLossAndText() throws {
         let c = try config("gpt")
         try train([c], name: "model", cuda: false)

@@ -61,6 +61,8 @@ public protocol Backend: AnyObject, Sendable {
     /// C[i] = alpha * op(A[i]) op(B[i]) + beta * C[i] for i in 0..<batch, row-major,
     /// op(A) [m, k], op(B) [k, n]. Operands carry their offset, leading dimension and
     /// batch stride, so heads inside a fused [B, T, 3C] buffer are addressed in place.
+    /// A and B are both float32, or both bfloat16 (products accumulated in float32); C is
+    /// float32.
     func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
               alpha: Float, beta: Float)
 

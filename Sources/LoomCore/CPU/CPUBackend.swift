@@ -125,6 +125,17 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
 
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                      alpha: Float, beta: Float) {
+        if a.tensor.dtype == .bfloat16 || b.tensor.dtype == .bfloat16 {
+            // bf16 operands, widened: a product of two bf16 values (8-bit mantissas) is
+            // exact in float32, so sgemm on the widened values is a bf16 GEMM that
+            // accumulates in float32, which is what cuBLAS does with them too.
+            precondition(a.tensor.dtype == b.tensor.dtype && c.tensor.dtype == .float32,
+                         "gemm: operands \(a.tensor.dtype) and \(b.tensor.dtype) into \(c.tensor.dtype): both float32 or both bfloat16, into float32")
+            gemm(widened(a, rows: a.transposed ? k : m, cols: a.transposed ? m : k, batch: batch),
+                 widened(b, rows: b.transposed ? n : k, cols: b.transposed ? k : n, batch: batch),
+                 c, m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta)
+            return
+        }
         let start = monotonicSeconds()
         defer { countGEMM(flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), seconds: monotonicSeconds() - start) }
         let pa = a.tensor.ptr + a.offset, pb = b.tensor.ptr + b.offset, pc = c.tensor.ptr + c.offset
@@ -161,6 +172,22 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// A bf16 operand's matrices (stored `rows` x `cols` each, `batch` of them) as a new
+    /// float32 operand over just the span they cover.
+    private func widened(_ op: GEMMOperand, rows: Int, cols: Int, batch: Int) -> GEMMOperand {
+        let span = (batch - 1) * op.batchStride + (rows - 1) * op.ld + cols
+        let wide: Tensor
+        do { wide = try Tensor(uninitialized: [span], on: self) } catch { fatalError("gemm: \(error)") }
+        let src = op.tensor.halfPtr + op.offset, dst = wide.ptr
+        parallelFor(span, grain: 1 << 15, threads: threads) { r in
+            for i in r { dst[i] = BFloat16Bits.float(src[i]) }
+        }
+        var result = op
+        result.tensor = wide
+        result.offset = 0
+        return result
     }
 
     @inline(__always)

@@ -4,6 +4,8 @@
 // the concatenation of H heads of D = C/H. Every head's Q, K, V is a strided [T, D]
 // matrix inside qkv (leading dimension 3C), so the GEMMs read them in place: no split,
 // no permute, no copies. The [B, H, T, T] probabilities are saved for backward.
+// Under bf16 precision the four products of each pass read bf16 copies of qkv, P and the
+// incoming gradients; scores, softmax and every output stay float32.
 
 extension Tensor {
     /// softmax(Q Kᵀ / sqrt(D) + causal mask) V, heads side by side: [B, T, 3C] -> [B, T, C].
@@ -17,6 +19,8 @@ extension Tensor {
         let c = c3 / 3, d = c / heads
         let scale = 1 / Float(d).squareRoot()
         let be = backend
+        let precision = Autocast.precision
+        let qkvl = try qkv.gemmInput(precision)  // saved for backward
         let probs = try empty([bsz, heads, t, t])
         let y = try empty([bsz, t, c])
         // Operands for batch element b, batched over heads.
@@ -36,27 +40,30 @@ extension Tensor {
             GEMMOperand(x, offset: b * t * c, ld: c, batchStride: d, transposed: transposed)
         }
         for b in 0..<bsz {  // S = Q Kᵀ / sqrt(D)
-            be.gemm(q(qkv, b), k(qkv, b, transposed: true), att(probs, b), m: t, n: t, k: d, batch: heads, alpha: scale, beta: 0)
+            be.gemm(q(qkvl, b), k(qkvl, b, transposed: true), att(probs, b), m: t, n: t, k: d, batch: heads, alpha: scale, beta: 0)
         }
         be.maskUpperTriangle(probs, rows: t, cols: t, value: -.infinity)
         be.softmax(probs, rows: bsz * heads * t, cols: t, log: false, into: probs)
+        let probsl = try probs.gemmInput(precision)
         for b in 0..<bsz {  // Y = P V
-            be.gemm(att(probs, b), v(qkv, b), out(y, b), m: t, n: d, k: t, batch: heads, alpha: 1, beta: 0)
+            be.gemm(att(probsl, b), v(qkvl, b), out(y, b), m: t, n: d, k: t, batch: heads, alpha: 1, beta: 0)
         }
         return Tensor.differentiable("causalSelfAttention", output: y, inputs: [qkv]) { gy in
             let gqkv = try qkv.empty()
             let gp = try probs.empty()
+            let gyl = try gy.gemmInput(precision), probsl = try probs.gemmInput(precision)
             for b in 0..<bsz {
                 // dP = dY Vᵀ;  dV = Pᵀ dY
-                be.gemm(out(gy, b), v(qkv, b, transposed: true), att(gp, b), m: t, n: t, k: d, batch: heads, alpha: 1, beta: 0)
-                be.gemm(att(probs, b, transposed: true), out(gy, b), v(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: 1, beta: 0)
+                be.gemm(out(gyl, b), v(qkvl, b, transposed: true), att(gp, b), m: t, n: t, k: d, batch: heads, alpha: 1, beta: 0)
+                be.gemm(att(probsl, b, transposed: true), out(gyl, b), v(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: 1, beta: 0)
             }
             // dS = softmax'(dP) (zero where masked, since P is zero there); scale folds into the GEMMs.
             be.softmaxBackward(y: probs, gradOutput: gp, rows: bsz * heads * t, cols: t, log: false, into: gp)
+            let gsl = try gp.gemmInput(precision)
             for b in 0..<bsz {
                 // dQ = dS K / sqrt(D);  dK = dSᵀ Q / sqrt(D)
-                be.gemm(att(gp, b), k(qkv, b), q(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: scale, beta: 0)
-                be.gemm(att(gp, b, transposed: true), q(qkv, b), k(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: scale, beta: 0)
+                be.gemm(att(gsl, b), k(qkvl, b), q(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: scale, beta: 0)
+                be.gemm(att(gsl, b, transposed: true), q(qkvl, b), k(gqkv, b), m: t, n: d, k: t, batch: heads, alpha: scale, beta: 0)
             }
             return [gqkv]
         }

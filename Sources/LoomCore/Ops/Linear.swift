@@ -1,4 +1,6 @@
 // y = x · Wᵀ + b, fused: one GEMM forward, two GEMMs and a column sum backward.
+// Under bf16 precision (`withPrecision`) the GEMMs read bf16 copies of x, W and dY and
+// write float32; the bias and its gradient stay float32.
 
 extension Tensor {
     /// Affine map of the last axis. `weight` is [out, in] (PyTorch's layout); `bias` [out].
@@ -15,27 +17,30 @@ extension Tensor {
             throw LoomError.shapeMismatch("linear: bias \(describe(bias.shape)) for weight \(describe(weight.shape)) (expected [\(outF)])")
         }
         let rows = x.count / inF
+        let precision = Autocast.precision
+        let xl = try x.gemmInput(precision), wl = try weight.gemmInput(precision)  // saved for backward
         let y = try empty(Array(x.shape.dropLast()) + [outF])
         if let bias {
             // Rows of y start as the bias; the GEMM accumulates onto them (beta 1).
             backend.binary(.add, try Tensor.zeros([1], on: backend), bias, into: y.view([rows, outF]))
         }
-        backend.gemm(GEMMOperand(x, ld: inF), GEMMOperand(weight, ld: inF, transposed: true), GEMMOperand(y, ld: outF),
+        backend.gemm(GEMMOperand(xl, ld: inF), GEMMOperand(wl, ld: inF, transposed: true), GEMMOperand(y, ld: outF),
                      m: rows, n: outF, k: inF, batch: 1, alpha: 1, beta: bias == nil ? 0 : 1)
 
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
         return Tensor.differentiable("linear", output: y, inputs: inputs) { g in
             let b = x.backend
             var gx: Tensor?, gw: Tensor?, gb: Tensor?
+            let gl = try g.gemmInput(precision)
             if x.requiresGrad {  // dX [rows, in] = dY [rows, out] · W [out, in]
                 let t = try x.empty()
-                b.gemm(GEMMOperand(g, ld: outF), GEMMOperand(weight, ld: inF), GEMMOperand(t, ld: inF),
+                b.gemm(GEMMOperand(gl, ld: outF), GEMMOperand(wl, ld: inF), GEMMOperand(t, ld: inF),
                        m: rows, n: inF, k: outF, batch: 1, alpha: 1, beta: 0)
                 gx = t
             }
             if weight.requiresGrad {  // dW [out, in] = dYᵀ · X
                 let t = try weight.empty()
-                b.gemm(GEMMOperand(g, ld: outF, transposed: true), GEMMOperand(x, ld: inF), GEMMOperand(t, ld: inF),
+                b.gemm(GEMMOperand(gl, ld: outF, transposed: true), GEMMOperand(xl, ld: inF), GEMMOperand(t, ld: inF),
                        m: outF, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
                 gw = t
             }

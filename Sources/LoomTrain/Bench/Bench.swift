@@ -19,6 +19,8 @@ public struct BenchResult: Sendable, Encodable {
     public var threads: Int
     /// The backend the workload ran on (`cpu(2 threads)`, `cuda:0 (NVIDIA H100 …, sm_90)`).
     public var device: String
+    /// The precision of matrix products (`float32` or `bf16`).
+    public var precision: Precision = .float32
     /// The most bytes of tensors alive at once during the timed steps (model, optimizer
     /// state, activations and gradients), as PyTorch's max_memory_allocated.
     public var peakBytes: Int = 0
@@ -29,7 +31,7 @@ public struct BenchResult: Sendable, Encodable {
 
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
-        case gemmFraction = "gemm_fraction", threads, device, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
+        case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -43,6 +45,7 @@ public struct BenchResult: Sendable, Encodable {
         try c.encodeIfPresent(gemmFraction.map { rounded($0, 3) }, forKey: .gemmFraction)
         try c.encode(threads, forKey: .threads)
         try c.encode(device, forKey: .device)
+        try c.encode(precision.rawValue, forKey: .precision)
         try c.encode(peakBytes, forKey: .peakBytes)
         try c.encode(loss, forKey: .loss)
         if let scalingEfficiency {
@@ -111,9 +114,10 @@ public enum Bench {
     /// the timing. The GEMM share of the step is known on the CPU only (a GPU's GEMM time
     /// is on the device).
     public static func run(_ workload: Workload, backend: any Backend, steps: Int = 30, warmup: Int = 5, repeats: Int = 3,
-                           peak: Double) throws -> BenchResult {
+                           peak: Double, precision: Precision = .float32) throws -> BenchResult {
         let meter = MemoryMeter()
-        let step = try MemoryMeter.measuring(meter) { try workload.makeStep(on: backend) }
+        let plainStep = try MemoryMeter.measuring(meter) { try workload.makeStep(on: backend) }
+        let step = { try withPrecision(precision) { try plainStep() } }
         let counter = backend as? GEMMCounting, cpu = backend as? CPUBackend
         var loss: Float = 0
         var runs: [(seconds: Double, flops: Double, gemm: Double?)] = []
@@ -131,6 +135,6 @@ public enum Bench {
         return BenchResult(workload: workload.rawValue, perSecond: Double(workload.itemsPerStep * steps) / median.seconds,
                            unit: workload.unit, gflops: median.flops / median.seconds / 1e9, peakGflops: peak,
                            stepMilliseconds: 1000 * median.seconds / Double(steps), gemmFraction: median.gemm.map { $0 / median.seconds },
-                           threads: cpu?.threads ?? 0, device: backend.name, peakBytes: meter.peakBytes, loss: loss)
+                           threads: cpu?.threads ?? 0, device: backend.name, precision: precision, peakBytes: meter.peakBytes, loss: loss)
     }
 }

@@ -32,6 +32,7 @@ public struct TrainConfig: Equatable, Sendable {
     public var minLR = 0.0
     public var gradClip = 0.0           // 0: off
     public var nonFinite = NonFiniteAction.stop
+    public var precision = Precision.float32  // bf16: matrix products in bf16 (autocast)
     public var seed = 0
     public var logEvery = 10
     public var evalEvery = 0            // 0: every epoch

@@ -28,15 +28,23 @@ public struct Evaluator {
     public let dataGroup: Communicator?
     /// The pipeline's stages (the sums arrive on the last).
     public let pipelineGroup: Communicator?
+    /// The precision of matrix products (the run's `train.precision`).
+    public let precision: Precision
 
     public init(task: TrainTask, data: any Dataset, batchSize: Int, backend: any Backend, isClassifier: Bool,
-                pipeline: PipelineEngine? = nil, dataGroup: Communicator? = nil, pipelineGroup: Communicator? = nil) {
+                pipeline: PipelineEngine? = nil, dataGroup: Communicator? = nil, pipelineGroup: Communicator? = nil,
+                precision: Precision = .float32) {
         self.task = task; self.data = data; self.batchSize = batchSize; self.backend = backend
         self.isClassifier = isClassifier; self.pipeline = pipeline; self.dataGroup = dataGroup; self.pipelineGroup = pipelineGroup
+        self.precision = precision
     }
 
     /// Mean loss (and accuracy) over the first `maxBatches` batches, or all of them.
     public func evaluate(maxBatches: Int? = nil) throws -> Evaluation {
+        try withPrecision(precision) { try evaluateBatches(maxBatches: maxBatches) }
+    }
+
+    private func evaluateBatches(maxBatches: Int?) throws -> Evaluation {
         let module = task.module
         module.eval()
         defer { module.train() }

@@ -185,6 +185,7 @@ public final class Trainer {
                 + (config.tp > 1 ? ", tensor parallel over \(config.tp) ranks" : "")
                 + (config.pp > 1 ? ", pipeline of \(config.pp) stages (\(config.pipelineSchedule), \(config.microBatches) micro-batches)" : "")
                 + (backend.device == .cpu ? "" : ", on \(backend.name)")
+                + (config.precision == .float32 ? "" : ", \(config.precision.rawValue) matrix products")
                 + " -> \(runDirectory)/")
         }
 
@@ -207,7 +208,8 @@ public final class Trainer {
             try failure?.fire(at: step)
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
-            lastLoss = try optimizerStep(try onBackend(batch))
+            let onDevice = try onBackend(batch)
+            lastLoss = try withPrecision(config.precision) { try optimizerStep(onDevice) }
             if skippedLastStep { skippedSteps += 1 }
             guard lastLoss.isFinite || skippedLastStep else {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
@@ -339,7 +341,7 @@ public final class Trainer {
     private var evaluator: Evaluator {
         Evaluator(task: setup.task, data: setup.validation, batchSize: config.batchSize, backend: backend,
                   isClassifier: !config.isLanguageModel, pipeline: pipeline, dataGroup: dataGroup,
-                  pipelineGroup: pipeline == nil ? nil : groups?.pipeline)
+                  pipelineGroup: pipeline == nil ? nil : groups?.pipeline, precision: config.precision)
     }
 
     /// A batch as the data pipeline made it (host memory), on the training backend.

@@ -1,0 +1,65 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// Mixed precision, PyTorch's autocast narrowed to what pays: under `.bfloat16` the matrix
+// products (linear, matmul, attention's Q·Kᵀ and P·V, forward and backward) read bf16
+// copies of their operands and accumulate in float32 into float32 outputs. Everything else
+// stays float32: parameters (the master weights), optimizer state, gradients, softmax,
+// layer norm, the loss. A product saves its bf16 operands for backward, so each operand
+// is rounded once.
+//
+// Unlike PyTorch, a product's output is float32, not bf16: the elementwise ops after it
+// need no bf16 kernels and no dtype promotion rules. The price is memory: activations stay
+// float32, and the graph keeps the float32 input next to its bf16 copy. Convolutions stay
+// float32.
+
+/// The precision of matrix products.
+public enum Precision: String, CaseIterable, Sendable {
+    case float32
+    /// bf16 operands (8-bit mantissa), float32 accumulation and outputs.
+    case bfloat16 = "bf16"
+
+    /// The dtype a product's operands are read in.
+    public var operandDType: DType { self == .bfloat16 ? .bfloat16 : .float32 }
+}
+
+/// The precision of the calling thread's matrix products: the innermost `withPrecision`
+/// scope, else float32. Per thread, like `withoutGrad`, because in-process ranks are threads.
+public enum Autocast {
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        return k
+    }()
+    private static let bf16Marker = UnsafeMutableRawPointer(bitPattern: 1)!
+
+    public static var precision: Precision { pthread_getspecific(key) == nil ? .float32 : .bfloat16 }
+
+    public static func with<T>(_ precision: Precision, _ body: () throws -> T) rethrows -> T {
+        let previous = pthread_getspecific(key)
+        pthread_setspecific(key, precision == .bfloat16 ? bf16Marker : nil)
+        defer { pthread_setspecific(key, previous) }
+        return try body()
+    }
+}
+
+/// Runs `body` with its matrix products in `precision`. Backward passes use the precision
+/// each product was recorded with, wherever they run.
+public func withPrecision<T>(_ precision: Precision, _ body: () throws -> T) rethrows -> T {
+    try Autocast.with(precision, body)
+}
+
+extension Tensor {
+    /// This tensor as a matrix-product operand in `precision`: itself, or a copy rounded to
+    /// bf16. Not recorded in the graph: the product that reads it writes its own backward.
+    func gemmInput(_ precision: Precision) throws -> Tensor {
+        let dtype = precision.operandDType
+        if dtype == self.dtype { return self }
+        let y = try empty(dtype: dtype)
+        backend.cast(self, into: y)
+        return y
+    }
+}

@@ -1,0 +1,73 @@
+import XCTest
+import LoomCore
+
+/// bf16 precision (`withPrecision(.bfloat16)`): each matrix product reads its operands
+/// rounded to bf16 and accumulates in float32, forward and backward; nothing else changes.
+final class MixedPrecisionTests: XCTestCase {
+    func randomTensor(_ shape: [Int], seed: UInt64) -> Tensor {
+        var rng = Philox(seed: seed)
+        let t = Tensor((0..<shape.reduce(1, *)).map { _ in 2 * rng.nextFloat() - 1 }, shape: shape)
+        t.requiresGrad = true
+        return t
+    }
+
+    /// The values rounded to bf16 and widened again, as a float32 tensor with no graph.
+    func rounded(_ t: Tensor) throws -> Tensor { try t.detach().cast(to: .bfloat16).cast(to: .float32) }
+
+    func maxDifference(_ a: Tensor, _ b: Tensor) -> Float { zip(a.floats, b.floats).map { abs($0 - $1) }.max() ?? 0 }
+
+    func testLinearInBF16EqualsFloat32LinearOnRoundedOperandsForwardAndBackward() throws {
+        let x = randomTensor([37, 64], seed: 1), w = randomTensor([48, 64], seed: 2), b = randomTensor([48], seed: 3)
+        let g = randomTensor([37, 48], seed: 4).detach()
+        let y = try withPrecision(.bfloat16) { try x.linear(weight: w, bias: b) }
+        XCTAssertEqual(y.dtype, .float32)
+        try y.backward(seed: g)  // backward outside the scope: the product keeps its precision
+
+        // The same products on operands rounded by hand, in float32.
+        let xr = try rounded(x), wr = try rounded(w), gr = try rounded(g)
+        let want = try xr.linear(weight: wr, bias: b.detach())
+        let wantGX = try gr.matmul(wr), wantGW = try gr.matmul(xr, transposeA: true)
+        XCTAssertLessThanOrEqual(maxDifference(y, want), 1e-5)
+        XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(x.grad), wantGX), 1e-5)
+        XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(w.grad), wantGW), 1e-5)
+        XCTAssertEqual(try XCTUnwrap(b.grad).floats, try g.sum(axes: [0]).floats, "the bias gradient stays float32")
+        XCTAssertEqual(x.grad?.dtype, .float32)
+
+        // And bf16 is not float32: the unrounded product differs by far more.
+        let exact = try x.detach().linear(weight: w.detach(), bias: b.detach())
+        XCTAssertGreaterThan(maxDifference(y, exact), 1e-3)
+    }
+
+    func testMatmulInBF16EqualsFloat32MatmulOnRoundedOperands() throws {
+        let a = randomTensor([3, 20, 24], seed: 5), b = randomTensor([3, 28, 24], seed: 6)
+        let g = randomTensor([3, 20, 28], seed: 7).detach()
+        let y = try withPrecision(.bfloat16) { try a.matmul(b, transposeB: true) }
+        try y.backward(seed: g)
+        let ar = try rounded(a), br = try rounded(b), gr = try rounded(g)
+        XCTAssertLessThanOrEqual(maxDifference(y, try ar.matmul(br, transposeB: true)), 1e-5)
+        XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(a.grad), try gr.matmul(br)), 1e-5)
+        XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(b.grad), try gr.matmul(ar, transposeA: true)), 1e-5)
+    }
+
+    func testAttentionInBF16StaysCloseToFloat32AndDiffersFromIt() throws {
+        let qkv = randomTensor([2, 16, 3 * 32], seed: 8)
+        let fp32 = try qkv.causalSelfAttention(heads: 4)
+        let bf16 = try withPrecision(.bfloat16) { try qkv.causalSelfAttention(heads: 4) }
+        let d = maxDifference(fp32, bf16)
+        XCTAssertGreaterThan(d, 0, "bf16 changed nothing: not applied")
+        XCTAssertLessThan(d, 2e-2, "bf16 attention strayed from float32 by \(d)")
+    }
+
+    func testPrecisionIsScopedPerThreadAndRestored() throws {
+        XCTAssertEqual(Autocast.precision, .float32)
+        withPrecision(.bfloat16) {
+            XCTAssertEqual(Autocast.precision, .bfloat16)
+            let other = Thread { XCTAssertEqual(Autocast.precision, .float32, "another thread inherited the scope") }
+            other.start()
+            while !other.isFinished { usleep(1000) }
+            withPrecision(.float32) { XCTAssertEqual(Autocast.precision, .float32) }
+            XCTAssertEqual(Autocast.precision, .bfloat16)
+        }
+        XCTAssertEqual(Autocast.precision, .float32)
+    }
+}
