@@ -193,23 +193,54 @@ extension CUDABackend {
 
     // MARK: Optimizers
 
-    public func sgdStep(param: Tensor, grad: Tensor, momentum: Tensor?, lr: Float, momentumFactor: Float,
-                        dampening: Float, weightDecay: Float, nesterov: Bool) {
-        elementwise("sgd_f32", count: param.count,
-                    [.pointer(address(param)), .pointer(address(grad)), .pointer(momentum.map(address) ?? 0), .int32(momentum == nil ? 0 : 1),
-                     .float(lr), .float(momentumFactor), .float(1 - dampening), .float(weightDecay), .int32(nesterov ? 1 : 0),
-                     .int64(param.count)])
+    public func sgdStep(_ parameters: [SGDTensors], lr: Float, momentumFactor: Float, dampening: Float, weightDecay: Float,
+                        nesterov: Bool) {
+        let hasMomentum = parameters.first?.momentum != nil
+        precondition(parameters.allSatisfy { ($0.momentum != nil) == hasMomentum }, "sgdStep: momentum buffers for some parameters only")
+        launchOverTensorLists("sgd_f32", parameters.map { [$0.param, $0.grad] + ($0.momentum.map { [$0] } ?? []) },
+                              [.int32(hasMomentum ? 1 : 0), .float(lr), .float(momentumFactor), .float(1 - dampening), .float(weightDecay),
+                               .int32(nesterov ? 1 : 0)])
     }
 
-    public func adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Float, beta1: Float, beta2: Float,
-                         eps: Float, weightDecay: Float, decoupled: Bool, step: Int) {
+    public func adamStep(_ parameters: [AdamTensors], lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
+                         decoupled: Bool, step: Int) {
         // The same scalar arithmetic as the CPU backend, on the host, in float32.
         let bc1 = 1 - powf(beta1, Float(step)), bc2 = 1 - powf(beta2, Float(step))
         let stepSize = lr / bc1, bc2Sqrt = bc2.squareRoot()
         let decay: Float = decoupled ? 1 - lr * weightDecay : 1
-        elementwise("adam_f32", count: param.count,
-                    [.pointer(address(param)), .pointer(address(grad)), .pointer(address(m)), .pointer(address(v)), .float(beta1),
-                     .float(beta2), .float(eps), .float(weightDecay), .int32(decoupled ? 1 : 0), .float(stepSize), .float(bc2Sqrt),
-                     .float(decay), .int64(param.count)])
+        launchOverTensorLists("adam_f32", parameters.map { [$0.param, $0.grad, $0.m, $0.v] },
+                              [.float(beta1), .float(beta2), .float(eps), .float(weightDecay), .int32(decoupled ? 1 : 0),
+                               .float(stepSize), .float(bc2Sqrt), .float(decay)])
+    }
+
+    /// The kernels' LOOM_TENSORS_PER_LAUNCH: 96 tensors' four addresses and offsets and the
+    /// scalars make a 3.9 KB parameter block, inside the 4 KB every driver takes (GPT-2
+    /// small's 148 parameters: two launches).
+    static let tensorsPerLaunch = 96
+
+    /// Launches `kernel` once per `tensorsPerLaunch` entries of `lists` (each entry: a
+    /// parameter, its gradient, then up to two state tensors of the same size), with the
+    /// kernel's `struct TensorList` as its first argument and `scalars` after it.
+    private func launchOverTensorLists(_ kernel: String, _ lists: [[Tensor]], _ scalars: [KernelArgument]) {
+        let limit = CUDABackend.tensorsPerLaunch
+        for chunkStart in stride(from: 0, to: lists.count, by: limit) {
+            let chunk = lists[chunkStart..<min(chunkStart + limit, lists.count)]
+            var addresses = Array(repeating: [CUdeviceptr](repeating: 0, count: limit), count: 4)
+            var start = [Int64](repeating: 0, count: limit + 1)
+            for (j, tensors) in chunk.enumerated() {
+                precondition(tensors.allSatisfy { $0.count == tensors[0].count && $0.dtype == .float32 },
+                             "optimizer step: a parameter, its gradient and state differ in size or are not float32")
+                for (slot, t) in tensors.enumerated() { addresses[slot][j] = address(t) }
+                start[j + 1] = start[j] + Int64(tensors[0].count)
+            }
+            let total = Int(start[chunk.count])
+            guard total > 0 else { continue }
+            var table: [UInt8] = []
+            for slot in addresses { for a in slot { table += withUnsafeBytes(of: a) { Array($0) } } }
+            for s in start { table += withUnsafeBytes(of: s) { Array($0) } }
+            table += withUnsafeBytes(of: Int32(chunk.count)) { Array($0) } + [0, 0, 0, 0]
+            precondition(table.count + scalars.reduce(0) { $0 + $1.bytes.count } <= 4096, "\(kernel): parameter block over 4 KB")
+            elementwise(kernel, count: total, [.bytes(table)] + scalars)
+        }
     }
 }

@@ -119,6 +119,40 @@ final class BackendConformanceTests: XCTestCase {
                 if !(err <= 1e-5) { out.append("\(what): relative error \(err)") }
             }
         }
+        return out + optimizerDisagreements(of: backend)
+    }
+
+    /// Multi-tensor SGD (momentum, Nesterov, decay) and AdamW steps over 100 parameters of
+    /// sizes 0 to 3000 (two launches on CUDA: 96 and 4), three steps each, against the
+    /// reference: one line per parameter or state tensor that differs by more than 1e-6.
+    func optimizerDisagreements(of backend: any Backend) -> [String] {
+        let reference = CPUBackend(threads: 1)
+        var rng = Philox(seed: 11)
+        let sizes = (0..<100).map { i in i == 7 ? 0 : 1 + rng.nextInt(below: 3000) }
+        // Per parameter: value, gradient, momentum or first moment, second moment (positive).
+        let values = sizes.map { n in (0..<4).map { k in (0..<n).map { _ in k == 3 ? rng.nextFloat() : 2 * rng.nextFloat() - 1 } } }
+        func run(on b: any Backend, adam: Bool) -> [[Float]] {
+            let t = values.map { v in v.map { Tensor($0, shape: [$0.count], on: b) } }
+            for step in 1...3 {
+                if adam {
+                    b.adamStep(t.map { AdamTensors(param: $0[0], grad: $0[1], m: $0[2], v: $0[3]) }, lr: 0.01, beta1: 0.9, beta2: 0.99,
+                               eps: 1e-8, weightDecay: 0.1, decoupled: true, step: step)
+                } else {
+                    b.sgdStep(t.map { SGDTensors(param: $0[0], grad: $0[1], momentum: $0[2]) }, lr: 0.05, momentumFactor: 0.9,
+                              dampening: 0.1, weightDecay: 0.01, nesterov: true)
+                }
+            }
+            return t.flatMap { [$0[0].floats, $0[2].floats, $0[3].floats] }
+        }
+        var out: [String] = []
+        for adam in [false, true] {
+            for (i, (a, b)) in zip(run(on: reference, adam: adam), run(on: backend, adam: adam)).enumerated() {
+                let err = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+                if a.count != b.count || !(err <= 1e-6) {
+                    out.append("\(adam ? "adamw" : "sgd") step, parameter \(i / 3) (\(sizes[i / 3]) elements) \(["value", "state 1", "state 2"][i % 3]): error \(err)")
+                }
+            }
+        }
         return out
     }
 

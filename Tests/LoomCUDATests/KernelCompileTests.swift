@@ -5,7 +5,7 @@ import LoomCUDA
 /// Every kernel of the CUDA backend compiles with the real NVRTC, for the A100's and the
 /// H100's architectures, with no GPU and no driver: NVRTC from PyPI's nvidia-cuda-nvrtc
 /// wheel, which scripts/test.sh installs into a cache outside the tree and puts on
-/// `LOOM_CUDA_LIBS`. The registers, shared memory and spills of each kernel are printed
+/// `LOOM_CUDA_LIBS`. The registers, shared memory, stack and spills of each kernel are printed
 /// and written to kernel-resources-sm_XX.json next to the test bundle.
 final class KernelCompileTests: XCTestCase {
     struct Resources: Codable, Equatable {
@@ -14,6 +14,9 @@ final class KernelCompileTests: XCTestCase {
         var sharedBytes: Int
         var spillStores: Int
         var spillLoads: Int
+        /// Local memory for the thread's stack (a by-value argument indexed at run time
+        /// would be copied there).
+        var stackBytes: Int = 0
     }
 
     /// ptxas's `-v` report: "Compiling entry function 'k' for 'sm_90'" then "Used N registers, ... N bytes smem"
@@ -29,6 +32,7 @@ final class KernelCompileTests: XCTestCase {
                 out.append(Resources(kernel: String(line[r.upperBound...].prefix { $0 != "'" }), registers: 0, sharedBytes: 0,
                                      spillStores: 0, spillLoads: 0))
             } else if !out.isEmpty, line.contains("spill stores") {
+                out[out.count - 1].stackBytes = number(before: " bytes stack frame", in: line)
                 out[out.count - 1].spillStores = number(before: " bytes spill stores", in: line)
                 out[out.count - 1].spillLoads = number(before: " bytes spill loads", in: line)
             } else if !out.isEmpty, line.contains("Used") {
@@ -58,6 +62,7 @@ final class KernelCompileTests: XCTestCase {
             for r in resources {
                 XCTAssertGreaterThan(r.registers, 0, "sm_\(arch) \(r.kernel): registers reported")
                 XCTAssertEqual(r.spillStores + r.spillLoads, 0, "sm_\(arch) \(r.kernel) spills registers")
+                XCTAssertEqual(r.stackBytes, 0, "sm_\(arch) \(r.kernel) uses local memory for its stack")
             }
             let report = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
                 .appendingPathComponent("kernel-resources-sm_\(arch).json")
@@ -65,7 +70,7 @@ final class KernelCompileTests: XCTestCase {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             try encoder.encode(resources).write(to: report)
             let most = resources.max { $0.registers < $1.registers }
-            print("sm_\(arch): \(resources.count) kernels, \(binary.count) bytes of CUBIN; most registers: \(most?.kernel ?? "-") \(most?.registers ?? 0); no spills; \(report.path)")
+            print("sm_\(arch): \(resources.count) kernels, \(binary.count) bytes of CUBIN; most registers: \(most?.kernel ?? "-") \(most?.registers ?? 0); no spills, no stack; \(report.path)")
         }
     }
 }

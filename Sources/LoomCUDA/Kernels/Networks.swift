@@ -144,31 +144,62 @@ extension CUDAKernels {
     }
     """#
 
-    /// Optimizer updates over one parameter, fused (PyTorch's formulas, as the CPU backend).
+    /// Optimizer updates over many parameters in one launch (PyTorch's multi-tensor
+    /// fused optimizers, with its formulas as the CPU backend): the parameters' addresses
+    /// travel in the kernel's parameter block, up to LOOM_TENSORS_PER_LAUNCH at a time.
     static let optimizers = #"""
-    extern "C" __global__ void sgd_f32(float* param, const float* grad, float* momentum, int hasMomentum, float lr, float mu, float damp,
-                                       float wd, int nesterov, long long n) {
-        LOOM_GRID_STRIDE(i, n) {
-            float p = param[i], g = grad[i] + wd * p;
-            if (!hasMomentum) { param[i] = p - lr * g; continue; }
-            float b = mu * momentum[i] + damp * g;  // damp = 1 - dampening
-            momentum[i] = b;
-            param[i] = p - lr * (nesterov ? g + mu * b : b);
+    #define LOOM_TENSORS_PER_LAUNCH 96
+    // Element i of the list is element i - start[j] of tensor j, start[j] <= i < start[j + 1].
+    // state0/state1: SGD's momentum buffer (or null); Adam's first and second moments.
+    struct TensorList {
+        float* param[LOOM_TENSORS_PER_LAUNCH];
+        const float* grad[LOOM_TENSORS_PER_LAUNCH];
+        float* state0[LOOM_TENSORS_PER_LAUNCH];
+        float* state1[LOOM_TENSORS_PER_LAUNCH];
+        long long start[LOOM_TENSORS_PER_LAUNCH + 1];
+        int count;
+    };
+
+    __device__ int tensorOf(const TensorList& t, long long i) {
+        int lo = 0, hi = t.count - 1;
+        while (lo < hi) {
+            int mid = (lo + hi + 1) / 2;
+            if (t.start[mid] <= i) lo = mid; else hi = mid - 1;
+        }
+        return lo;
+    }
+
+    extern "C" __global__ void sgd_f32(TensorList t, int hasMomentum, float lr, float mu, float damp, float wd, int nesterov) {
+        LOOM_GRID_STRIDE(i, t.start[t.count]) {
+            int j = tensorOf(t, i);
+            long long e = i - t.start[j];
+            float* param = t.param[j];
+            float p = param[e], g = t.grad[j][e] + wd * p;
+            if (!hasMomentum) { param[e] = p - lr * g; continue; }
+            float* momentum = t.state0[j];
+            float b = mu * momentum[e] + damp * g;  // damp = 1 - dampening
+            momentum[e] = b;
+            param[e] = p - lr * (nesterov ? g + mu * b : b);
         }
     }
 
     // stepSize = lr / (1 - beta1^t), bc2Sqrt = sqrt(1 - beta2^t), decay = 1 - lr wd (decoupled) or 1.
-    extern "C" __global__ void adam_f32(float* param, const float* grad, float* m, float* v, float beta1, float beta2, float eps, float wd,
-                                        int decoupled, float stepSize, float bc2Sqrt, float decay, long long n) {
-        LOOM_GRID_STRIDE(i, n) {
-            float g = grad[i];
-            if (!decoupled) g += wd * param[i];
-            float p = param[i] * decay;
-            float mi = beta1 * m[i] + (1.0f - beta1) * g;
-            float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
-            m[i] = mi;
-            v[i] = vi;
-            param[i] = p - stepSize * mi / (sqrtf(vi) / bc2Sqrt + eps);
+    extern "C" __global__ void adam_f32(TensorList t, float beta1, float beta2, float eps, float wd, int decoupled, float stepSize,
+                                        float bc2Sqrt, float decay) {
+        LOOM_GRID_STRIDE(i, t.start[t.count]) {
+            int j = tensorOf(t, i);
+            long long e = i - t.start[j];
+            float* param = t.param[j];
+            float* m = t.state0[j];
+            float* v = t.state1[j];
+            float g = t.grad[j][e];
+            if (!decoupled) g += wd * param[e];
+            float p = param[e] * decay;
+            float mi = beta1 * m[e] + (1.0f - beta1) * g;
+            float vi = beta2 * v[e] + (1.0f - beta2) * g * g;
+            m[e] = mi;
+            v[e] = vi;
+            param[e] = p - stepSize * mi / (sqrtf(vi) / bc2Sqrt + eps);
         }
     }
     """#

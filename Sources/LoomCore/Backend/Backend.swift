@@ -119,10 +119,26 @@ public protocol Backend: AnyObject, Sendable {
     func dropoutMask(_ mask: Tensor, p: Float, seed: UInt64, counter: UInt64)
 
     // MARK: Optimizers (in place on parameters and state)
-    func sgdStep(param: Tensor, grad: Tensor, momentum: Tensor?, lr: Float, momentumFactor: Float,
-                 dampening: Float, weightDecay: Float, nesterov: Bool)
-    func adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Float, beta1: Float, beta2: Float,
-                  eps: Float, weightDecay: Float, decoupled: Bool, step: Int)
+    /// One SGD update of every listed parameter (PyTorch's formulas), as few launches as
+    /// the device allows: the multi-tensor step of PyTorch's fused optimizers.
+    func sgdStep(_ parameters: [SGDTensors], lr: Float, momentumFactor: Float, dampening: Float, weightDecay: Float,
+                 nesterov: Bool)
+    /// One Adam/AdamW update of every listed parameter; `step` counts from 1.
+    func adamStep(_ parameters: [AdamTensors], lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
+                  decoupled: Bool, step: Int)
+}
+
+/// A parameter, its gradient and its momentum buffer (nil without momentum), float32,
+/// all the same shape.
+public struct SGDTensors {
+    public var param: Tensor, grad: Tensor, momentum: Tensor?
+    public init(param: Tensor, grad: Tensor, momentum: Tensor?) { self.param = param; self.grad = grad; self.momentum = momentum }
+}
+
+/// A parameter, its gradient and Adam's two moments, float32, all the same shape.
+public struct AdamTensors {
+    public var param: Tensor, grad: Tensor, m: Tensor, v: Tensor
+    public init(param: Tensor, grad: Tensor, m: Tensor, v: Tensor) { self.param = param; self.grad = grad; self.m = m; self.v = v }
 }
 
 /// A backend that counts the matrix-product work it issues (2mnk per GEMM), for

@@ -5,8 +5,24 @@ import Glibc
 // Optimizer updates, fused into one pass over each parameter (PyTorch's formulas).
 
 extension CPUBackend {
-    public func sgdStep(param: Tensor, grad: Tensor, momentum: Tensor?, lr: Float, momentumFactor mu: Float,
-                        dampening: Float, weightDecay wd: Float, nesterov: Bool) {
+    public func sgdStep(_ parameters: [SGDTensors], lr: Float, momentumFactor: Float, dampening: Float, weightDecay: Float,
+                        nesterov: Bool) {
+        for t in parameters {
+            sgdStep(param: t.param, grad: t.grad, momentum: t.momentum, lr: lr, momentumFactor: momentumFactor,
+                    dampening: dampening, weightDecay: weightDecay, nesterov: nesterov)
+        }
+    }
+
+    public func adamStep(_ parameters: [AdamTensors], lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
+                         decoupled: Bool, step: Int) {
+        for t in parameters {
+            adamStep(param: t.param, grad: t.grad, m: t.m, v: t.v, lr: lr, beta1: beta1, beta2: beta2, eps: eps,
+                     weightDecay: weightDecay, decoupled: decoupled, step: step)
+        }
+    }
+
+    private func sgdStep(param: Tensor, grad: Tensor, momentum: Tensor?, lr: Float, momentumFactor mu: Float,
+                         dampening: Float, weightDecay wd: Float, nesterov: Bool) {
         let pp = param.ptr, pg = grad.ptr
         // One branch-free vector loop per case: a per-element branch on momentum or
         // Nesterov kept the loop scalar (12% of an MLP step).
@@ -33,8 +49,8 @@ extension CPUBackend {
         }
     }
 
-    public func adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Float, beta1: Float, beta2: Float,
-                         eps: Float, weightDecay wd: Float, decoupled: Bool, step: Int) {
+    private func adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Float, beta1: Float, beta2: Float,
+                          eps: Float, weightDecay wd: Float, decoupled: Bool, step: Int) {
         let pp = param.ptr, pg = grad.ptr, pm = m.ptr, pv = v.ptr
         let bc1 = 1 - powf(beta1, Float(step)), bc2 = 1 - powf(beta2, Float(step))
         let stepSize = lr / bc1, bc2Sqrt = bc2.squareRoot()

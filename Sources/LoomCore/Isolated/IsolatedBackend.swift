@@ -199,14 +199,14 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
     public func dropoutMask(_ mask: Tensor, p: Float, seed: UInt64, counter: UInt64) {
         inner.dropoutMask(host(mask), p: p, seed: seed, counter: counter)
     }
-    public func sgdStep(param: Tensor, grad: Tensor, momentum: Tensor?, lr: Float, momentumFactor: Float,
-                        dampening: Float, weightDecay: Float, nesterov: Bool) {
-        inner.sgdStep(param: host(param), grad: host(grad), momentum: host(momentum), lr: lr, momentumFactor: momentumFactor,
-                      dampening: dampening, weightDecay: weightDecay, nesterov: nesterov)
+    public func sgdStep(_ parameters: [SGDTensors], lr: Float, momentumFactor: Float, dampening: Float, weightDecay: Float,
+                        nesterov: Bool) {
+        inner.sgdStep(parameters.map { SGDTensors(param: host($0.param), grad: host($0.grad), momentum: host($0.momentum)) }, lr: lr,
+                      momentumFactor: momentumFactor, dampening: dampening, weightDecay: weightDecay, nesterov: nesterov)
     }
-    public func adamStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, lr: Float, beta1: Float, beta2: Float,
-                         eps: Float, weightDecay: Float, decoupled: Bool, step: Int) {
-        inner.adamStep(param: host(param), grad: host(grad), m: host(m), v: host(v), lr: lr, beta1: beta1, beta2: beta2,
-                       eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: step)
+    public func adamStep(_ parameters: [AdamTensors], lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
+                         decoupled: Bool, step: Int) {
+        inner.adamStep(parameters.map { AdamTensors(param: host($0.param), grad: host($0.grad), m: host($0.m), v: host($0.v)) },
+                       lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: step)
     }
 }

@@ -38,6 +38,17 @@ extension Optimizer {
     }
 }
 
+/// `items` grouped by the backend of their parameter, in order of first appearance (one
+/// multi-tensor step per backend; a model normally lives on one).
+func byBackend<T>(_ items: [T], _ param: KeyPath<T, Tensor>) -> [(any Backend, [T])] {
+    var groups: [(any Backend, [T])] = []
+    for item in items {
+        let backend = item[keyPath: param].backend
+        if let i = groups.firstIndex(where: { $0.0 === backend }) { groups[i].1.append(item) } else { groups.append((backend, [item])) }
+    }
+    return groups
+}
+
 /// A zero state tensor for `p`: same shape, backend and sharding.
 func zeroState(like p: Tensor) throws -> Tensor {
     let t = try Tensor.zeros(p.shape, on: p.backend)
@@ -62,13 +73,17 @@ public final class SGD: Optimizer {
     }
 
     public func step() throws {
-        let first = stepCount == 0
+        var updates: [SGDTensors] = []
         for (i, (_, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
             if momentum != 0 && buffers[i] == nil { buffers[i] = try zeroState(like: p) }
-            // PyTorch starts the momentum buffer at the first gradient, undamped.
-            p.backend.sgdStep(param: p, grad: g, momentum: buffers[i], lr: learningRate, momentumFactor: momentum,
-                              dampening: first ? 0 : dampening, weightDecay: weightDecay, nesterov: nesterov)
+            updates.append(SGDTensors(param: p, grad: g, momentum: buffers[i]))
+        }
+        // PyTorch starts the momentum buffer at the first gradient, undamped.
+        let dampening = stepCount == 0 ? 0 : self.dampening
+        for (backend, group) in byBackend(updates, \.param) {
+            backend.sgdStep(group, lr: learningRate, momentumFactor: momentum, dampening: dampening, weightDecay: weightDecay,
+                            nesterov: nesterov)
         }
         stepCount += 1
     }
@@ -112,11 +127,15 @@ public final class Adam: Optimizer {
 
     public func step() throws {
         stepCount += 1
+        var updates: [AdamTensors] = []
         for (i, (_, p)) in parameters.enumerated() {
             guard let g = p.grad else { continue }
             if m[i] == nil { m[i] = try zeroState(like: p); v[i] = try zeroState(like: p) }
-            p.backend.adamStep(param: p, grad: g, m: m[i]!, v: v[i]!, lr: learningRate, beta1: beta1, beta2: beta2,
-                               eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: stepCount)
+            updates.append(AdamTensors(param: p, grad: g, m: m[i]!, v: v[i]!))
+        }
+        for (backend, group) in byBackend(updates, \.param) {
+            backend.adamStep(group, lr: learningRate, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay,
+                             decoupled: decoupled, step: stepCount)
         }
     }
 
