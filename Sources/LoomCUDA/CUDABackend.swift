@@ -3,7 +3,8 @@ import LoomCore
 
 /// Loom's `Backend` on an NVIDIA GPU: device memory from the caching allocator, every op
 /// a kernel of `CUDAKernels` (compiled once per process by NVRTC for the device's own
-/// architecture and cached on disk), GEMMs through cuBLAS, all queued on one stream.
+/// architecture and cached on disk), GEMMs through cuBLAS, all queued on one stream;
+/// input batches arrive on a second, copy stream (`BatchStaging`).
 ///
 /// Host code sees device memory only through `upload` and `download` (which waits for
 /// the stream). A kernel that fails to launch stops the process with the driver's
@@ -18,6 +19,8 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
     public var name: String { context.description }
     let blas: CUBLAS
     private let module: CUDAModule
+    /// Input batches on the copy stream (`stage`).
+    let stager: BatchStager
     /// One-element int scratch for index checks, and partial sums for `sumOfSquares`.
     private let flag: CUdeviceptr
     let partialsAddress: CUdeviceptr
@@ -34,6 +37,7 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
         device = .cuda(ordinal)
         blas = try CUBLAS(stream: context.stream, allowTF32: allowTF32, emulator: context.emulator)
         module = try CUDAModule(context: context)
+        stager = try BatchStager(context: context)
         flag = try context.allocator.allocate(4)
         partialsAddress = try context.allocator.allocate(CUDABackend.partialSlots * 4)
         Backends.register(self)

@@ -1,14 +1,17 @@
 import Foundation
 
-/// One GPU, opened: the driver, the device's primary context, a stream and a caching
-/// allocator on it. `open` is what `--device cuda` calls first; on a machine without the
+/// One GPU, opened: the driver, the device's primary context, a compute stream, a copy
+/// stream for input batches, and a caching allocator. `open` is what `--device cuda` calls first; on a machine without the
 /// NVIDIA driver it throws a one-line error naming the library.
 public final class CUDAContext: @unchecked Sendable {
     public let driver: CUDADriver
     public let ordinal: Int
     public let name: String
     public let computeCapability: (major: Int, minor: Int)
+    /// Where every kernel, GEMM and ordinary copy is queued.
     public let stream: CUstream
+    /// Where `BatchStager` copies the next batch while the compute stream runs a step.
+    public let copyStream: CUstream
     public let allocator: CachingAllocator
 
     /// `emulator`: the path of Loom's CPU emulator of the driver, NVRTC and cuBLAS, used
@@ -36,6 +39,9 @@ public final class CUDAContext: @unchecked Sendable {
         var s: OpaquePointer?
         try driver.check(driver.cuStreamCreate(&s, 1), "cuStreamCreate")  // CU_STREAM_NON_BLOCKING
         stream = s
+        var c: OpaquePointer?
+        try driver.check(driver.cuStreamCreate(&c, 1), "cuStreamCreate")
+        copyStream = c
         allocator = CachingAllocator(allocate: { bytes in
             var p: CUdeviceptr = 0
             try driver.check(driver.cuMemAlloc(&p, bytes), "cuMemAlloc_v2(\(bytes) bytes)")

@@ -2,6 +2,7 @@ import Foundation
 
 public typealias CUdeviceptr = UInt64
 public typealias CUstream = OpaquePointer?
+public typealias CUevent = OpaquePointer?
 
 /// The subset of the CUDA driver API Loom calls, resolved from `libcuda.so.1` (the
 /// driver, present wherever a GPU is; no toolkit needed). Every call's status is checked
@@ -27,6 +28,11 @@ public final class CUDADriver: @unchecked Sendable {
     let cuMemsetD8Async: @convention(c) (CUdeviceptr, UInt8, Int, CUstream) -> Status
     let cuStreamCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
     let cuStreamSynchronize: @convention(c) (CUstream) -> Status
+    let cuStreamWaitEvent: @convention(c) (CUstream, CUevent, UInt32) -> Status
+    let cuEventCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
+    let cuEventRecord: @convention(c) (CUevent, CUstream) -> Status
+    let cuEventSynchronize: @convention(c) (CUevent) -> Status
+    let cuEventDestroy: @convention(c) (CUevent) -> Status
     let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Status
     let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UnsafePointer<CChar>) -> Status
     let cuLaunchKernel: @convention(c) (OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, CUstream,
@@ -63,6 +69,11 @@ public final class CUDADriver: @unchecked Sendable {
         cuMemsetD8Async = try l.function("cuMemsetD8Async")
         cuStreamCreate = try l.function("cuStreamCreate")
         cuStreamSynchronize = try l.function("cuStreamSynchronize")
+        cuStreamWaitEvent = try l.function("cuStreamWaitEvent")
+        cuEventCreate = try l.function("cuEventCreate")
+        cuEventRecord = try l.function("cuEventRecord")
+        cuEventSynchronize = try l.function("cuEventSynchronize")
+        cuEventDestroy = try l.function("cuEventDestroy_v2")
         cuModuleLoadData = try l.function("cuModuleLoadData")
         cuModuleGetFunction = try l.function("cuModuleGetFunction")
         cuLaunchKernel = try l.function("cuLaunchKernel")

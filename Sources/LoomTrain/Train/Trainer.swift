@@ -203,13 +203,13 @@ public final class Trainer {
         }
         let failure = TestFailure.fromEnvironment(rank: communicator?.rank ?? 0)
         setup.task.module.train()
-        while let batch = loader.next() {
+        var batches = DeviceBatches(loader, on: backend)
+        while let batch = try batches.next() {
             let step = state.step
             try failure?.fire(at: step)
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
-            let onDevice = try onBackend(batch)
-            lastLoss = try withPrecision(config.precision) { try optimizerStep(onDevice) }
+            lastLoss = try withPrecision(config.precision) { try optimizerStep(batch) }
             if skippedLastStep { skippedSteps += 1 }
             guard lastLoss.isFinite || skippedLastStep else {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
@@ -342,11 +342,6 @@ public final class Trainer {
         Evaluator(task: setup.task, data: setup.validation, batchSize: config.batchSize, backend: backend,
                   isClassifier: !config.isLanguageModel, pipeline: pipeline, dataGroup: dataGroup,
                   pipelineGroup: pipeline == nil ? nil : groups?.pipeline, precision: config.precision)
-    }
-
-    /// A batch as the data pipeline made it (host memory), on the training backend.
-    private func onBackend(_ batch: (inputs: Tensor, targets: Tensor)) throws -> (inputs: Tensor, targets: Tensor) {
-        (try batch.inputs.to(backend), try batch.targets.to(backend))
     }
 
     /// Detaches data-parallel hooks (the trainer's parameters become plain again).
