@@ -18,10 +18,11 @@ struct BenchCommand: ParsableCommand {
         Examples:
           loom bench
           loom bench --workload gpt --threads 1 --json
+          loom bench generate            # tokens/s and ms per token over the KV cache
         """
     )
 
-    @Argument(help: "comm: all-reduce bandwidth instead of training workloads (run under loom launch for MPI).")
+    @Argument(help: "comm: all-reduce bandwidth (run under loom launch for MPI); generate: generation over the KV cache. Neither: the training workloads.")
     var suite: String?
 
     @Option(help: "Workload to run: mlp, cnn, gpt or all.")
@@ -52,7 +53,9 @@ struct BenchCommand: ParsableCommand {
     var json = false
 
     func validate() throws {
-        if let suite, suite != "comm" { throw ValidationError("unknown benchmark '\(suite)'; valid: comm (or none for the training workloads)") }
+        if let suite, suite != "comm", suite != "generate" {
+            throw ValidationError("unknown benchmark '\(suite)'; valid: comm, generate (or none for the training workloads)")
+        }
         guard workload == "all" || Workload(rawValue: workload) != nil else {
             throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, gpt2 (GPT-2 small, for GPUs), all (mlp, cnn, gpt)")
         }
@@ -67,6 +70,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         if suite == "comm" || dp != nil || pp != nil { try runReportingErrors { try deviceOptions.requireCPU("loom bench comm, --dp and --pp") } }
         if suite == "comm" { return try runComm() }
+        if suite == "generate" { return try runGeneration() }
         if let dp, dp > 1 { return try runDataParallel(dp) }
         if let pp {
             let world = MPICommunicator.launchedByMPI ? try MPICommunicator.world() : nil
@@ -102,6 +106,19 @@ struct BenchCommand: ParsableCommand {
                              r.gflops, 100 * r.gflops / peak) + (r.gemmFraction.map { String(format: "  GEMM %4.1f%% of step", 100 * $0) } ?? ""))
             }
         }
+    }
+
+    func runGeneration() throws {
+        var backend: (any Backend)!
+        try runReportingErrors { backend = try deviceOptions.backend(cpuThreads: threads ?? CPUBackend.defaultThreads) }
+        let r = try GenerationBench.run(backend: backend)
+        if json { print(r.json); return }
+        let c = GenerationBench.config
+        print("loom bench generate — gpt \(c.layers) layers d\(c.dModel), context \(c.contextLength), batch 1, greedy, on \(r.device)")
+        print(String(format: "prompt of %d tokens: %.2f ms; then %d tokens at %.1f tokens/s", GenerationBench.promptLength,
+                     r.promptMilliseconds, r.tokens, r.perSecond))
+        print(String(format: "ms per token, first 64 / last 64: %.3f / %.3f with the KV cache; %.3f / %.3f recomputing the window",
+                     r.firstTokensMilliseconds, r.lastTokensMilliseconds, r.uncachedFirstMilliseconds, r.uncachedLastMilliseconds))
     }
 
     func runDataParallel(_ ranks: Int) throws {

@@ -19,10 +19,16 @@ public final class CausalSelfAttention: Module {
         self.heads = heads / n
     }
 
-    /// [B, T, C] -> [B, T, C]
-    public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        try proj(qkv(x).causalSelfAttention(heads: heads))
+    /// [B, T, C] -> [B, T, C]. With a cache: T new positions, attending to the cached ones
+    /// too (inference), their keys and values added to it.
+    func callAsFunction(_ x: Tensor, cache: KVCache.Layer?) throws -> Tensor {
+        let qkv = try self.qkv(x)
+        guard let cache else { return try proj(qkv.causalSelfAttention(heads: heads)) }
+        return try proj(qkv.cachedCausalSelfAttention(heads: heads, keys: cache.keys, values: cache.values, start: cache.start,
+                                                       keyBias: cache.keyBias))
     }
+
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try self(x, cache: nil) }
 }
 
 /// The transformer MLP: C -> 4C, GELU (tanh), 4C -> C; split column -> row under tensor
@@ -61,9 +67,11 @@ public final class TransformerBlock: Module, UnaryLayer {
         dropout = Dropout(p, rng: rng.derived(0xD0))
     }
 
-    /// [B, T, C] -> [B, T, C]
-    public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        let h = try x.add(dropout(attention(ln1(x))))
+    /// [B, T, C] -> [B, T, C] (with a cache: T new positions, as `CausalSelfAttention`).
+    func callAsFunction(_ x: Tensor, cache: KVCache.Layer?) throws -> Tensor {
+        let h = try x.add(dropout(attention(ln1(x), cache: cache)))
         return try h.add(dropout(mlp(ln2(h))))
     }
+
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try self(x, cache: nil) }
 }

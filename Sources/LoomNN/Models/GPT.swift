@@ -105,18 +105,31 @@ public final class GPT: Module {
 
     /// The whole model: int32 tokens [B, T] -> logits [B, T, V] ([B, T, V/tp] when split).
     /// A piece: first takes tokens, others [B, T, C]; last returns logits, others [B, T, C].
-    public func callAsFunction(_ input: Tensor) throws -> Tensor {
+    public func callAsFunction(_ input: Tensor) throws -> Tensor { try self(input, cache: nil) }
+
+    /// The whole model on T new positions after those in `cache` (inference: generation),
+    /// tokens [B, T] -> logits [B, T, V]; their keys and values are added to the cache.
+    /// Without a cache, as `callAsFunction(_:)`.
+    public func callAsFunction(_ input: Tensor, cache: KVCache?) throws -> Tensor {
+        if cache != nil, !(isFirst && isLast) { throw LoomError.invalidArgument("gpt: a kv cache runs on the whole model, not a pipeline piece") }
         var x = input
         if isFirst, let wte, let wpe {
-            guard input.rank == 2, input.shape[1] <= config.contextLength else {
-                throw LoomError.shapeMismatch("gpt: tokens \(describe(input.shape)) must be [B, T] with T <= context \(config.contextLength)")
+            let start = cache?.length ?? 0
+            guard input.rank == 2, start + input.shape[1] <= config.contextLength, cache.map({ $0.batch == input.shape[0] }) ?? true else {
+                throw LoomError.shapeMismatch("gpt: tokens \(describe(input.shape)) must be [B, T] with T <= context \(config.contextLength)"
+                    + (cache.map { " - \($0.length) cached positions, B = \($0.batch)" } ?? ""))
             }
             let t = input.shape[1]
-            let positions = Tensor(indices: (0..<Int32(t)).map { $0 }, shape: [t], on: input.backend)
-            x = try wte(input).add(wpe(positions))  // [B, T, C] + [T, C]
+            if let cache {
+                x = try wte(input).add(wpe(cache.positions(count: t, on: input.backend)))  // [B, T, C] + [B, T, C]
+            } else {
+                let positions = Tensor(indices: (0..<Int32(t)).map { $0 }, shape: [t], on: input.backend)
+                x = try wte(input).add(wpe(positions))  // [B, T, C] + [T, C]
+            }
         }
-        for block in blocks { x = try block(x) }
+        for (i, block) in blocks.enumerated() { x = try block(x, cache: cache?.layer(i)) }
         if isLast, let lnf, let wte { x = try wte.logits(lnf(x)) }  // [B, T, C] · [V, C]ᵀ
+        cache?.length += input.shape[1]
         return x
     }
 
