@@ -47,7 +47,7 @@ let package = Package(
         ]),
         .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),
         .testTarget(name: "LoomNNTests", dependencies: ["LoomCore", "LoomNN"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"]),
+        .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LoomParallelTests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomParallel"]),
         .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomTrain"]),
         .testTarget(name: "LoomCUDATests", dependencies: ["LoomCore", "LoomNN", "LoomCUDA"]),

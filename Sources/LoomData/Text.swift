@@ -58,25 +58,36 @@ public struct CharTokenizer: Equatable, Sendable {
 
 /// A text file split into training and validation token streams.
 public struct TextCorpus {
-    public let tokenizer: CharTokenizer
+    public let tokenizer: Tokenizer
     public let train: [Int32]
     public let validation: [Int32]
-    /// Characters of the text outside a given tokenizer's vocabulary, read as its
-    /// `unknownToken` (0 when the tokenizer was fitted to this text).
+    /// Characters of the validation text (bits per character = nats per token x
+    /// validation tokens / this / ln 2).
+    public let validationCharacters: Int
+    /// Characters of the text outside a given tokenizer's vocabulary, read as its unknown
+    /// token (0 when the tokenizer was fitted to this text).
     public let unseenCharacters: Int
 
-    /// The first `1 - validationFraction` of the text trains, the rest validates.
-    public init(path: String, validationFraction: Double, tokenizer: CharTokenizer? = nil) throws {
+    /// The first `1 - validationFraction` of the text's characters train, the rest
+    /// validates. Without a `tokenizer`, one of `kind` is fitted: a character vocabulary
+    /// to the whole text (so validation has no unknown characters), BPE to the training
+    /// part only.
+    public init(path: String, validationFraction: Double, tokenizer: Tokenizer? = nil, fit kind: TokenizerKind = .char,
+                vocabularySize: Int = 4096) throws {
         let bytes = try readFileBytes(path)
         guard let text = String(validating: bytes, as: UTF8.self), !text.isEmpty else {
             throw LoomError.io("'\(path)': not UTF-8 text, or empty")
         }
-        let tok = tokenizer ?? CharTokenizer(fitting: text)
-        let (all, unseen) = tok.encodeLeniently(text)
-        unseenCharacters = unseen
-        let cut = Int(Double(all.count) * (1 - validationFraction))
+        let characters = Array(text)
+        let cut = Int(Double(characters.count) * (1 - validationFraction))
+        let trainText = String(characters[..<cut]), validationText = String(characters[cut...])
+        let tok = try tokenizer ?? Tokenizer.fit(kind, to: kind == .char ? text : trainText, vocabularySize: vocabularySize)
+        let (train, unseenTrain) = tok.encodeLeniently(trainText)
+        let (validation, unseenValidation) = tok.encodeLeniently(validationText)
         self.tokenizer = tok
-        train = Array(all[..<cut])
-        validation = Array(all[cut...])
+        self.train = train
+        self.validation = validation
+        validationCharacters = characters.count - cut
+        unseenCharacters = unseenTrain + unseenValidation
     }
 }

@@ -50,7 +50,7 @@ struct EvalCommand: ParsableCommand {
             let step = Int(file.metadata["loom.step"] ?? "0") ?? 0
             if setup.unseenCharacters > 0, let t = setup.tokenizer {
                 FileHandle.standardError.write(("loom: note: \(setup.unseenCharacters) characters of '\(c.data)' are not in the checkpoint's "
-                    + "vocabulary of \(t.count); read as \(String(reflecting: String(t.vocabulary[Int(t.unknownToken)])))\n").data(using: .utf8)!)
+                    + "vocabulary of \(t.count); read as \(t.unknownDescription)\n").data(using: .utf8)!)
             }
             let e = try Evaluator(task: setup.task, data: setup.validation, batchSize: c.batchSize, backend: backend,
                                   isClassifier: !c.isLanguageModel, precision: c.precision).evaluate()

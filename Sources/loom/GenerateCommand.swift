@@ -61,7 +61,7 @@ struct GenerateCommand: ParsableCommand {
             let prompts = prompt.isEmpty ? ["\n"] : prompt
             let unseen = prompts.map { tokenizer.encodeLeniently($0).unseen }.reduce(0, +)
             if unseen > 0 {
-                FileHandle.standardError.write("loom: note: \(unseen) characters of the prompt are not in the model's vocabulary; read as \(String(reflecting: String(tokenizer.vocabulary[Int(tokenizer.unknownToken)])))\n".data(using: .utf8)!)
+                FileHandle.standardError.write("loom: note: \(unseen) characters of the prompt are not in the model's vocabulary; read as \(tokenizer.unknownDescription)\n".data(using: .utf8)!)
             }
             let texts = try Generation.generate(model: gpt, tokenizer: tokenizer, prompts: prompts, tokens: tokens,
                                                 sampling: Sampling(temperature: temperature, topK: topK, topP: topP, seed: seed),

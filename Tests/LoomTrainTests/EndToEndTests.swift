@@ -63,6 +63,70 @@ final class EndToEndTests: CLITestCase {
         }
     }
 
+    /// A GPT on byte-level BPE, fitted by the run or read from `loom tokenizer train`'s
+    /// file: the tokenizer travels in the checkpoint, so a resumed run is bit-exact and
+    /// eval and generate tokenize as training did.
+    func testBPEModelsResumeBitExactlyAndEvaluateAndGenerateWithTheirSavedTokenizer() throws {
+        let tok = try loom(["tokenizer", "train", "--vocab", "300", "data/shakespeare.txt", "--out", work + "/tok.json"])
+        XCTAssertEqual(tok.status, 0, tok.err)
+        XCTAssertTrue(tok.out.contains("300 tokens (44 merges)"), tok.out)
+        func config(_ name: String, _ tokenizer: String) throws -> String {
+            let path = work + "/\(name).toml"
+            try """
+            [model]
+            kind = "gpt"
+            layers = 1
+            d_model = 32
+            heads = 2
+            context = 24
+            [data]
+            path = "data/shakespeare.txt"
+            \(tokenizer)
+            [train]
+            steps = 24
+            batch_size = 8
+            optimizer = "adamw"
+            lr = 0.003
+            log_every = 1
+            eval_every = 12
+            eval_batches = 2
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let fitted = try config("fitted", "tokenizer = \"bpe\"\nvocab_size = 400")
+        let whole = try loom(["train", fitted, "--out", work, "--name", "whole"])
+        XCTAssertEqual(whole.status, 0, whole.err)
+        XCTAssertEqual(try loom(["train", fitted, "--out", work, "--name", "split", "--stop-at", "10"]).status, 0)
+        let resumed = try loom(["train", "--resume", work + "/split"])
+        XCTAssertEqual(resumed.status, 0, resumed.err)
+        let a = try trainingLosses(work + "/whole"), b = try trainingLosses(work + "/split")
+        for step in a.keys.sorted() where step > 10 { XCTAssertEqual(a[step], b[step], "step \(step)") }
+        let summary = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/whole/summary.json"))) as! [String: Any]
+        let loss = try XCTUnwrap(summary["val_loss"] as? Double), bpc = try XCTUnwrap(summary["val_bits_per_char"] as? Double)
+        XCTAssertGreaterThan(bpc, loss / log(2) / 4, "bits per character: nats per token x tokens per character / ln 2 (\(bpc))")
+        XCTAssertLessThan(bpc, loss / log(2), "a BPE token is more than one character")
+
+        let eval = try loom(["eval", "--checkpoint", work + "/whole", "--json"])
+        XCTAssertEqual(eval.status, 0, eval.err)
+        let e = try JSONSerialization.jsonObject(with: Data(eval.out.utf8)) as! [String: Any]
+        XCTAssertEqual(e["val_loss"] as! Double, loss, accuracy: 1e-4 * loss)
+        let g = try loom(["generate", "--checkpoint", work + "/whole", "--prompt", "ROMEO: é😀", "--tokens", "30", "--seed", "1"])
+        XCTAssertEqual(g.status, 0, g.err)
+        XCTAssertTrue(g.out.hasPrefix("ROMEO: é😀") && g.out.count > 15, g.out)
+        XCTAssertFalse(g.err.contains("not in the model's vocabulary"), "BPE encodes any character: \(g.err)")
+
+        let fromFile = try config("file", "tokenizer_file = \"\(work!)/tok.json\"")
+        let run = try loom(["train", fromFile, "--out", work, "--name", "file", "--steps", "2"])
+        XCTAssertEqual(run.status, 0, run.err)
+        let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/file/summary.json"))) as! [String: Any]
+        let fitSaved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: work + "/whole/summary.json"))) as! [String: Any]
+        // Only the token table differs: (400 - 300) tokens x 32.
+        XCTAssertEqual((fitSaved["parameters"] as! Int) - (saved["parameters"] as! Int), 100 * 32)
+        let missing = try loom(["train", try config("missing", "tokenizer_file = \"nope.json\""), "--out", work])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.err.contains("nope.json"), missing.err)
+    }
+
     func testKillDuringCheckpointWriteLeavesPreviousCheckpointLoadable() throws {
         let run = work + "/killed"
         let p = try start(["train", "--model", "mlp", "--steps", "200", "--out", work, "--name", "killed"],

@@ -7,7 +7,7 @@ import LoomTrain
 /// Sampling text: the KV cache gives the tokens the full recomputation gives; batches,
 /// stop strings and top-p behave as documented.
 final class GenerationTests: XCTestCase {
-    let tokenizer = CharTokenizer(fitting: "abcdefghijklmnopqrstuvwxyz ,.\nABCDEFGHIJKLMNOPQRSTUVWXYZ:;!?'")
+    let tokenizer = Tokenizer.character(CharTokenizer(fitting: "abcdefghijklmnopqrstuvwxyz ,.\nABCDEFGHIJKLMNOPQRSTUVWXYZ:;!?'"))
 
     func model(context: Int = 48) throws -> GPT {
         try GPT(GPTConfig(vocabSize: tokenizer.count, contextLength: context, layers: 2, dModel: 32, heads: 4, initStd: 0.3), seed: 9)

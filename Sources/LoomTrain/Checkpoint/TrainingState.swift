@@ -50,14 +50,14 @@ public enum TrainingCheckpoint {
     }
 
     /// The configuration and tokenizer stored in a checkpoint (read before building the model).
-    public static func peek(_ dir: String) throws -> (SafeTensors.File, TrainConfig, CharTokenizer?) {
+    public static func peek(_ dir: String) throws -> (SafeTensors.File, TrainConfig, Tokenizer?) {
         let path = dir.hasSuffix(".safetensors") ? dir : dir + "/" + fileName
         let file = try SafeTensors.read(path)
         guard let toml = file.metadata["loom.config"] else {
             throw LoomError.io("checkpoint '\(path)': no loom.config in its metadata (not written by loom train)")
         }
         let config = try ConfigFile.parse(toml, path: path + " [loom.config]")
-        return (file, config, file.metadata["loom.tokenizer"].map { CharTokenizer(vocabulary: Array($0)) })
+        return (file, config, try file.metadata["loom.tokenizer"].map { try Tokenizer(serialized: $0, source: "checkpoint '\(path)' [loom.tokenizer]") })
     }
 
     /// Loads parameters and buffers (`model.*`) into a module. `tensorGroup`: the group its

@@ -1,5 +1,6 @@
 import Foundation
 import LoomCore
+import LoomData
 import TOMLKit
 
 /// TOML <-> TrainConfig. Every key is declared once below, with its section, its type
@@ -70,6 +71,9 @@ public enum ConfigFile {
         string("data", "path", "CSV/IDX images or a text file", \.data),
         string("data", "labels", "IDX labels file", \.labels),
         double("data", "validation_fraction", "held-out share", \.validationFraction),
+        choice("data", "tokenizer", "gpt text: char (one token per character) or bpe (byte-level BPE fitted to the training text)", \.tokenizer),
+        int("data", "vocab_size", "bpe: tokens, the 256 bytes included", min: 256, \.vocabSize),
+        string("data", "tokenizer_file", "gpt text: a tokenizer written by loom tokenizer train (instead of fitting one)", \.tokenizerFile),
         int("train", "epochs", "passes over the data (when steps = 0)", \.epochs),
         int("train", "steps", "optimizer steps (overrides epochs)", \.steps),
         int("train", "batch_size", "global batch", min: 1, \.batchSize),

@@ -1,4 +1,5 @@
 import LoomCore
+import LoomData
 import LoomParallel
 
 /// Everything a training run is configured by. Read from TOML (`examples/*.toml`),
@@ -17,6 +18,9 @@ public struct TrainConfig: Equatable, Sendable {
     public var data = "data/mnist_5k.csv.gz"
     public var labels = ""              // IDX: the labels file (data is then the images file)
     public var validationFraction = 0.2
+    public var tokenizer = TokenizerKind.char  // gpt: how the text becomes tokens
+    public var vocabSize = 4096         // bpe: tokens, bytes included
+    public var tokenizerFile = ""       // gpt: a saved tokenizer instead of fitting one
     // [train]
     public var epochs = 0               // used when steps is 0
     public var steps = 0

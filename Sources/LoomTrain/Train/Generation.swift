@@ -58,7 +58,7 @@ public enum Generation {
     /// when the context fills, the cache is rebuilt from the last half of the window.
     /// Without it, each prompt recomputes its whole window (the last `context` tokens) for
     /// every token. The two give the same tokens while the text fits the context.
-    public static func generate(model: GPT, tokenizer: CharTokenizer, prompts: [String], tokens: Int, sampling: Sampling,
+    public static func generate(model: GPT, tokenizer: Tokenizer, prompts: [String], tokens: Int, sampling: Sampling,
                                 stop: String? = nil, cache: Bool = true) throws -> [String] {
         try sampling.validate()
         guard tokens >= 0 else { throw LoomError.invalidArgument("tokens \(tokens) must be >= 0") }
@@ -143,7 +143,7 @@ public enum Generation {
     }
 
     /// Continues `prompt` by `tokens` characters (one prompt, cached).
-    public static func sample(model: GPT, tokenizer: CharTokenizer, prompt: String, tokens: Int, temperature: Float,
+    public static func sample(model: GPT, tokenizer: Tokenizer, prompt: String, tokens: Int, temperature: Float,
                               topK: Int, seed: UInt64) throws -> String {
         try generate(model: model, tokenizer: tokenizer, prompts: [prompt], tokens: tokens,
                      sampling: Sampling(temperature: temperature, topK: topK, seed: seed))[0]

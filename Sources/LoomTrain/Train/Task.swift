@@ -86,10 +86,13 @@ public struct Setup {
     public static let splitSeed: UInt64 = 0x5EED
     public let train: any Dataset
     public let validation: any Dataset
-    public let tokenizer: CharTokenizer?
+    public let tokenizer: Tokenizer?
     /// Characters of the text that a saved tokenizer had never seen, read as its unknown
     /// token (resuming or evaluating on other text); said once by the commands.
     public let unseenCharacters: Int
+    /// Language models: validation tokens per validation character over ln 2, so that
+    /// bits per character = validation loss (nats per token) x this.
+    public let bitsPerCharacterPerNat: Double?
     public let task: TrainTask
     public let optimizer: Optimizer
     /// The group the model's sharded tensors are split across (tensor parallelism).
@@ -99,14 +102,17 @@ public struct Setup {
     /// evaluated runs tokenize as the original run did).
     /// `tensorGroup`: with more than one rank, the GPT is split across it.
     /// `pipeline`: the GPT is cut into pieces, and this rank holds its stage's.
-    public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: CharTokenizer? = nil,
+    public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: Tokenizer? = nil,
                 tensorGroup: Communicator? = nil, pipeline: PipelinePlacement? = nil) throws {
         let seed = UInt64(c.seed)
         let split = c.pipelineSplit.isEmpty ? nil : c.pipelineSplit
         if c.isLanguageModel {
-            let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved)
+            let file = saved == nil && !c.tokenizerFile.isEmpty ? try Tokenizer.load(resolveDataPath(c.tokenizerFile)) : nil
+            let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved ?? file, fit: c.tokenizer,
+                                        vocabularySize: c.vocabSize)
             tokenizer = corpus.tokenizer
             unseenCharacters = corpus.unseenCharacters
+            bitsPerCharacterPerNat = Double(corpus.validation.count) / Double(max(corpus.validationCharacters, 1)) / 0.6931471805599453  // ln 2
             train = TokenWindows(tokens: corpus.train, context: c.context)
             validation = TokenWindows(tokens: corpus.validation, context: c.context)
             // A window is context + 1 tokens (inputs and the targets one further).
@@ -138,6 +144,7 @@ public struct Setup {
             }
             tokenizer = nil
             unseenCharacters = 0
+            bitsPerCharacterPerNat = nil
             self.tensorGroup = nil
             train = all.subset(0..<cut)
             validation = all.subset(cut..<all.count)

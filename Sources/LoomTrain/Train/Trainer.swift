@@ -13,6 +13,9 @@ public struct RunSummary: Encodable {
     public var trainLoss: Float
     public var validationLoss: Double
     public var validationAccuracy: Double?
+    /// Language models: the validation loss in bits per character of text (comparable
+    /// across tokenizers).
+    public var validationBitsPerCharacter: Double?
     public var throughput: Double
     public var unit: String
     public var wallSeconds: Double
@@ -21,7 +24,7 @@ public struct RunSummary: Encodable {
     public var pipeline: PipelineReport?
 
     enum CodingKeys: String, CodingKey {
-        case name, steps, epochs, trainLoss = "train_loss", validationLoss = "val_loss", validationAccuracy = "val_accuracy"
+        case name, steps, epochs, trainLoss = "train_loss", validationLoss = "val_loss", validationAccuracy = "val_accuracy", validationBitsPerCharacter = "val_bits_per_char"
         case tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s", wallSeconds = "wall_s", parameters, pipeline
     }
 
@@ -33,6 +36,7 @@ public struct RunSummary: Encodable {
         try c.encode(trainLoss, forKey: .trainLoss)
         try c.encode(validationLoss, forKey: .validationLoss)
         try c.encodeIfPresent(validationAccuracy, forKey: .validationAccuracy)
+        try c.encodeIfPresent(validationBitsPerCharacter.map { rounded($0, 4) }, forKey: .validationBitsPerCharacter)
         try c.encode(rounded(throughput, 1), forKey: unit == "tokens/s" ? .tokensPerSecond : .samplesPerSecond)
         try c.encode(rounded(wallSeconds, 3), forKey: .wallSeconds)
         try c.encode(parameters, forKey: .parameters)
@@ -191,7 +195,7 @@ public final class Trainer {
 
         if setup.unseenCharacters > 0, let tokenizer = setup.tokenizer {
             writer?.note("note: \(setup.unseenCharacters) characters of '\(config.data)' are not in the checkpoint's vocabulary; "
-                         + "read as \(String(reflecting: String(tokenizer.vocabulary[Int(tokenizer.unknownToken)])))")
+                         + "read as \(tokenizer.unknownDescription)")
         }
         if let restart {
             var r = MetricRecord(step: state.step, epoch: Double(state.step) / Double(stepsPerEpoch), elapsedSeconds: state.elapsedSeconds,
@@ -254,6 +258,7 @@ public final class Trainer {
                                  throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
                                  wallSeconds: state.elapsedSeconds, parameters: parameters)
         summary.pipeline = pipelineReport?.report
+        summary.validationBitsPerCharacter = setup.bitsPerCharacterPerNat.map { e.loss * $0 }
         try writer?.writeSummary(summary)
         return summary
     }
