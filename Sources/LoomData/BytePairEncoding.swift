@@ -105,9 +105,9 @@ public struct BPETokenizer: Equatable, Sendable {
 
     // MARK: Training
 
-    /// Learns `vocabularySize - 256` merges from `text`: the 256 bytes, then repeatedly the
-    /// most frequent adjacent pair inside the chunks (ties: the pair of lowest token ids)
-    /// becomes a new token. Pair counts are kept up to date per merge, touching only the
+    /// Learns merges from `text` until the vocabulary has `vocabularySize` tokens (or no
+    /// pair is left): the 256 bytes, then repeatedly the most frequent adjacent pair inside
+    /// the chunks (ties: the pair of lowest token ids) becomes a new token. Pair counts are kept up to date per merge, touching only the
     /// chunks that hold the pair, so the Shakespeare corpus to 4096 tokens takes seconds.
     public static func train(_ text: String, vocabularySize: Int) throws -> BPETokenizer {
         guard vocabularySize >= 256 else {
@@ -120,6 +120,7 @@ public struct BPETokenizer: Equatable, Sendable {
         var words = unique.map { $0.key.map { Int32($0) } }
         let counts = unique.map(\.value)
         var tokenBytes = (0..<256).map { [UInt8($0)] }
+        var tokenOf = Dictionary(uniqueKeysWithValues: tokenBytes.enumerated().map { ($1, Int32($0)) })
         var merges: [Merge] = []
 
         var pairCount: [UInt64: Int] = [:]
@@ -138,8 +139,11 @@ public struct BPETokenizer: Equatable, Sendable {
             // The most frequent pair; stale heap entries (counts since changed) are skipped.
             guard let top = heap.popValid(pairCount) else { break }
             let left = Int32(truncatingIfNeeded: top.key >> 32), right = Int32(truncatingIfNeeded: top.key)
-            let result = Int32(tokenBytes.count)
-            tokenBytes.append(tokenBytes[Int(left)] + tokenBytes[Int(right)])
+            // A join that spells an existing token (made from other parts) merges into it:
+            // every token's bytes stay distinct, as a vocab.json needs.
+            let joined = tokenBytes[Int(left)] + tokenBytes[Int(right)]
+            let result = tokenOf[joined] ?? Int32(tokenBytes.count)
+            if result == Int32(tokenBytes.count) { tokenBytes.append(joined); tokenOf[joined] = result }
             merges.append(Merge(left: left, right: right, result: result))
             var changed: Set<UInt64> = []
             for w in pairWords[top.key] ?? [] {

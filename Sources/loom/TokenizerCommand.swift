@@ -40,14 +40,15 @@ struct TokenizerCommand: ParsableCommand {
                 let bytes = try readFileBytes(resolveDataPath(file))
                 guard let text = String(validating: bytes, as: UTF8.self) else { throw LoomError.io("'\(file)': not UTF-8 text") }
                 let start = monotonicSeconds()
-                let tokenizer = Tokenizer.bytePairs(try BPETokenizer.train(text, vocabularySize: vocab))
+                let bpe = try BPETokenizer.train(text, vocabularySize: vocab)
+                let tokenizer = Tokenizer.bytePairs(bpe)
                 let seconds = monotonicSeconds() - start
                 let tokens = tokenizer.encodeLeniently(text).tokens.count
                 do { try Data(tokenizer.serialized.utf8).write(to: URL(fileURLWithPath: out), options: .atomic) } catch {
                     throw LoomError.io("'\(out)': \(error.localizedDescription)")
                 }
                 print(String(format: "%d tokens (%d merges) learned from %d characters in %.2f s; the text is %d tokens, %.2f characters per token -> %@",
-                             tokenizer.count, tokenizer.count - 256, text.count, seconds, tokens, Double(text.count) / Double(max(tokens, 1)), out))
+                             tokenizer.count, bpe.merges.count, text.count, seconds, tokens, Double(text.count) / Double(max(tokens, 1)), out))
             }
         }
     }

@@ -51,6 +51,8 @@ struct TrainCommand: ParsableCommand {
     var name: String?
     @Option(help: "Continue the run in this directory from its checkpoint.")
     var resume: String?
+    @Option(name: .customLong("init"), help: "Start a new run from this checkpoint's model and tokenizer (e.g. one made by loom gpt2 import); the model's shape is the checkpoint's.")
+    var initFrom: String?
     @Option(name: .customLong("stop-at"), help: "Stop after this step, with a checkpoint, as if interrupted (resume later).")
     var stopAt: Int?
     @Option(help: "CPU threads per rank (default: all cores or LOOM_THREADS, divided among in-process ranks).")
@@ -82,12 +84,18 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             var c: TrainConfig
+            let initial = try initFrom.map { try TrainingCheckpoint.peek($0).1 }
             if let resume {
+                guard initFrom == nil else { throw LoomError.config("--resume and --init both given: continue a run, or start one from a model") }
                 c = try TrainingCheckpoint.peek(resume).1
             } else if let config {
                 c = try ConfigFile.load(config)
             } else {
-                c = try TrainConfig.preset((model ?? .cnn).preset)
+                c = try TrainConfig.preset((model ?? initial?.model ?? .cnn).preset)
+            }
+            if let initial {  // the model's shape is the checkpoint's
+                c.model = initial.model; c.layers = initial.layers; c.dModel = initial.dModel; c.heads = initial.heads
+                c.context = initial.context; c.hidden = initial.hidden; c.residual = initial.residual
             }
             if let model { c.model = model }
             if let data { c.data = data }
@@ -122,7 +130,7 @@ struct TrainCommand: ParsableCommand {
             var result: (RunSummary?, String)
             while true {
                 do {
-                    result = try runTraining(c, resume: from, restart: restart)
+                    result = try runTraining(c, resume: from, initFrom: from == nil ? initFrom : nil, restart: restart)
                     break
                 } catch let e as CommError where (restart?.0 ?? 0) < maxRestarts {
                     // A rank died or a collective timed out: continue from the last checkpoint
@@ -145,7 +153,7 @@ struct TrainCommand: ParsableCommand {
 
     /// One process, N in-process ranks, or this process's rank of an MPI job. Returns
     /// rank 0's summary (nil on other ranks).
-    func runTraining(_ c: TrainConfig, resume: String?, restart: (Int, String)?) throws -> (RunSummary?, String) {
+    func runTraining(_ c: TrainConfig, resume: String?, initFrom: String?, restart: (Int, String)?) throws -> (RunSummary?, String) {
         if MPICommunicator.launchedByMPI {
             let world = try MPICommunicator.world(timeout: Double(c.timeoutSeconds))
             guard dp == nil || dp! * c.tp * c.pp == world.size else {
@@ -153,7 +161,7 @@ struct TrainCommand: ParsableCommand {
             }
             do {
                 let trainer = try Trainer(config: c, backend: deviceOptions.backend(localRank: mpiLocalRank, cpuThreads: threads),
-                                          resume: resume, communicator: world)
+                                          resume: resume, initFrom: initFrom, communicator: world)
                 trainer.stopAt = stopAt
                 trainer.tracePath = trace
                 trainer.restart = restart
@@ -172,7 +180,7 @@ struct TrainCommand: ParsableCommand {
             let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / ranks)
             let results = try InProcessWorld.run(size: ranks, timeout: Double(c.timeoutSeconds)) { comm -> (RunSummary, String) in
                 let trainer = try Trainer(config: c, backend: deviceOptions.backend(localRank: comm.rank, cpuThreads: perRank),
-                                          resume: resume, communicator: comm)
+                                          resume: resume, initFrom: initFrom, communicator: comm)
                 trainer.stopAt = stopAt
                 trainer.tracePath = trace
                 trainer.restart = restart
@@ -181,7 +189,7 @@ struct TrainCommand: ParsableCommand {
             }
             return (results[0].0, results[0].1)
         }
-        let trainer = try Trainer(config: c, backend: deviceOptions.backend(cpuThreads: threads), resume: resume)
+        let trainer = try Trainer(config: c, backend: deviceOptions.backend(cpuThreads: threads), resume: resume, initFrom: initFrom)
         trainer.stopAt = stopAt
         trainer.tracePath = trace
         trainer.restart = restart

@@ -76,9 +76,11 @@ public enum SafeTensors {
         return String(repeating: "0", count: 8 - h.count) + h
     }
 
-    /// Parses and verifies a buffer; `path` is only for messages.
-    public static func decode(_ bytes: [UInt8], path: String) throws -> File {
-        func bad(_ why: String) -> LoomError { LoomError.io("checkpoint '\(path)': \(why)") }
+    /// Parses and verifies a buffer; `path` is only for messages. `foreign`: a file another
+    /// program wrote (Hugging Face's): no Loom checksum is required, and tensors of dtypes
+    /// Loom does not hold are left out.
+    public static func decode(_ bytes: [UInt8], path: String, foreign: Bool = false) throws -> File {
+        func bad(_ why: String) -> LoomError { LoomError.io("\(foreign ? "safetensors file" : "checkpoint") '\(path)': \(why)") }
         guard bytes.count >= 8 else { throw bad("\(bytes.count) bytes is too short to be a safetensors file (truncated?)") }
         let n = bytes[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
         guard n <= UInt64(bytes.count - 8) else {
@@ -102,6 +104,7 @@ public enum SafeTensors {
                 throw bad("entry '\(name)' lacks dtype, shape or data_offsets")
             }
             guard let dtype = DType(rawValue: dt) else {
+                if foreign { continue }
                 throw bad("entry '\(name)' has dtype \(dt); Loom reads \(DType.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             guard shape.allSatisfy({ $0 >= 0 && $0 <= 1 << 40 }), shape.count <= 16 else {
@@ -132,17 +135,17 @@ public enum SafeTensors {
             guard expected == String(crc(data), radix: 16) else {
                 throw bad("checksum mismatch (stored \(expected), computed \(String(crc(data), radix: 16))): the file is corrupt")
             }
-        } else {
+        } else if !foreign {
             throw bad("has no Loom checksum (\(checksumKey)): not written by loom train, or its header was rewritten")
         }
         return File(metadata: metadata, entries: entries, data: data)
     }
 
-    public static func read(_ path: String) throws -> File {
+    public static func read(_ path: String, foreign: Bool = false) throws -> File {
         guard let d = FileManager.default.contents(atPath: path) else {
-            throw LoomError.io("checkpoint '\(path)': cannot read (missing or unreadable)")
+            throw LoomError.io("\(foreign ? "safetensors file" : "checkpoint") '\(path)': cannot read (missing or unreadable)")
         }
-        return try decode(Array(d), path: path)
+        return try decode(Array(d), path: path, foreign: foreign)
     }
 
     /// Writes atomically: a temporary file in the same directory, fsync, rename over

@@ -43,6 +43,20 @@ public enum TrainingCheckpoint {
         try SafeTensors.writeAtomically(SafeTensors.encode(tensors, metadata: meta), to: dir + "/" + fileName)
     }
 
+    /// A checkpoint of a model alone (an imported one): its parameters, configuration and
+    /// tokenizer, at step 0 with no optimizer state. `loom generate` and `loom eval` read
+    /// it; `loom train --init` starts a run from it.
+    public static func saveModel(_ model: Module, config: TrainConfig, tokenizer: Tokenizer?, to dir: String) throws {
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw LoomError.io("'\(dir)': \(error.localizedDescription)")
+        }
+        var meta = ["format": "pt", "loom.config": ConfigFile.render(config), "loom.step": "0", "loom.elapsed_s": "0",
+                    "loom.model_only": "1"]
+        if let tokenizer { meta["loom.tokenizer"] = tokenizer.serialized }
+        try SafeTensors.writeAtomically(SafeTensors.encode(model.namedTensors().map { ("model." + $0.name, $0.tensor) }, metadata: meta),
+                                        to: dir + "/" + fileName)
+    }
+
     /// Parameters, buffers and optimizer state under their checkpoint names.
     public static func localTensors(setup: Setup, optimizer: Optimizer) -> [(name: String, tensor: Tensor)] {
         setup.task.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
@@ -89,6 +103,9 @@ public enum TrainingCheckpoint {
 
     /// Loads tensors and state into a freshly built setup.
     public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup) throws -> RunState {
+        if file.metadata["loom.model_only"] != nil {
+            throw LoomError.config("checkpoint '\(path)' holds a model without a run (an import): start a run from it with loom train --init")
+        }
         try restoreModel(file, path: path, into: setup.task.module, tensorGroup: setup.tensorGroup)
         try setup.optimizer.materializeState()
         for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, tensorGroup: setup.tensorGroup) }

@@ -89,7 +89,9 @@ public final class Trainer {
     /// A new run, or a resumed one when `resume` names a run directory. With a
     /// communicator of N ranks, this is one rank of an N-way data-parallel run: call `run()`
     /// on every rank.
-    public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil,
+    /// `initFrom`: a new run whose model starts from that checkpoint's parameters (and
+    /// tokenizer), e.g. an imported GPT-2 to fine-tune; its shape must be the config's.
+    public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil, initFrom: String? = nil,
                 communicator: Communicator? = nil) throws {
         var c = config
         // World = dp x pp x tp ranks; tensor parallelism varies fastest (Topology).
@@ -117,6 +119,12 @@ public final class Trainer {
             setup = try Setup(c, backend: backend, tokenizer: tokenizer, tensorGroup: groups?.tensor, pipeline: placement)
             state = try TrainingCheckpoint.restore(file, path: resume, into: setup)
             runDirectory = resume
+        } else if let initFrom {
+            let (file, _, tokenizer) = try TrainingCheckpoint.peek(initFrom)
+            setup = try Setup(c, backend: backend, tokenizer: tokenizer, tensorGroup: groups?.tensor, pipeline: placement)
+            try TrainingCheckpoint.restoreModel(file, path: initFrom, into: setup.task.module, tensorGroup: setup.tensorGroup)
+            state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
+            runDirectory = c.runDirectory
         } else {
             setup = try Setup(c, backend: backend, tensorGroup: groups?.tensor, pipeline: placement)
             state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
