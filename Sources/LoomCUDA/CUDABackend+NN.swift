@@ -137,7 +137,7 @@ extension CUDABackend {
         elementwise("max_pool_f32", count: y.count,
                     [.pointer(address(x)), .pointer(address(y)), .pointer(address(indices)), .int64(g.batch * g.channels),
                      .int32(Int32(g.height)), .int32(Int32(g.width)), .int32(Int32(g.kernel)), .int32(Int32(g.stride)),
-                     .int32(Int32(g.outH)), .int32(Int32(g.outW))])
+                     .int32(Int32(g.outH)), .int32(Int32(g.outW)), .int32(Int32(g.padding))])
     }
 
     public func maxPool2dBackward(gradOutput: Tensor, indices: Tensor, geometry g: PoolGeometry, into gx: Tensor) {

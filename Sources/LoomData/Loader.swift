@@ -55,7 +55,7 @@ public final class PrefetchLoader: @unchecked Sendable {
 
             let epoch = step / sampler.batchesPerEpoch
             if epoch != cachedEpoch { order = sampler.order(epoch: epoch); cachedEpoch = epoch }
-            let batch = dataset.batch(sampler.indices(step: step, order: order))
+            let batch = dataset.batch(sampler.indices(step: step, order: order), step: step)
 
             condition.lock()
             ready[step] = batch

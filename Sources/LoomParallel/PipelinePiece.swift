@@ -43,6 +43,10 @@ extension CNN: PipelineModel {
     public func pipelinePieces(_ count: Int, split: [Int]?) throws -> [any PipelinePiece] { try pieces(count, split: split) }
 }
 
+extension ResNet: PipelineModel {
+    public func pipelinePieces(_ count: Int, split: [Int]?) throws -> [any PipelinePiece] { try pieces(count, split: split) }
+}
+
 /// The pieces one pipeline stage holds (one, or several with an interleaved schedule),
 /// as one module whose names are the whole model's.
 public final class PipelineStageModel: Module {

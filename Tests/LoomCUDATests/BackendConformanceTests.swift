@@ -64,6 +64,10 @@ final class BackendConformanceTests: XCTestCase {
         OpCase(name: "cast to bfloat16 and float16 and back", inputs: [([64, 129], .parameter)]) { x in
             try x[0].cast(to: .bfloat16).cast(to: .float32).add(x[0].cast(to: .float16).cast(to: .float32))
         },
+        OpCase(name: "maxPool2d 3x3 stride 2 padding 1 (ResNet's stem)", inputs: [([2, 3, 13, 12], .parameter)]) {
+            try $0[0].maxPool2d(kernel: 3, stride: 2, padding: 1)
+        },
+        OpCase(name: "global average pool", inputs: [([3, 5, 7, 6], .parameter)]) { try $0[0].mean(axes: [2, 3]) },
         // Mixed precision: the products read bf16 operands (cuBLAS GemmEx on CUDA).
         OpCase(name: "linear in bf16", inputs: [([300, 128], .parameter), ([256, 128], .parameter), ([256], .parameter)]) { x in
             try withPrecision(.bfloat16) { try x[0].linear(weight: x[1], bias: x[2]) }

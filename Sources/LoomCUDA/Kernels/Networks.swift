@@ -54,16 +54,20 @@ extension CUDAKernels {
     }
 
     // ---- Max pooling over NCHW (square window, stride); indices are offsets within the plane.
-    extern "C" __global__ void max_pool_f32(const float* x, float* y, int* indices, long long planes, int h, int w, int k, int stride, int oh, int ow) {
+    // The window clipped to the image: padding never wins (as the CPU backend).
+    extern "C" __global__ void max_pool_f32(const float* x, float* y, int* indices, long long planes, int h, int w, int k, int stride, int oh, int ow,
+                                            int pad) {
         LOOM_GRID_STRIDE(i, planes * oh * ow) {
             long long plane = i / ((long long)oh * ow);
             int q = (int)(i % ((long long)oh * ow)), r = q / ow, c = q % ow;
             const float* p = x + plane * h * w;
+            int h0 = r * stride - pad, w0 = c * stride - pad;
+            int ha = max(h0, 0), hb = min(h0 + k, h), wa = max(w0, 0), wb = min(w0 + k, w);
             float best = negativeInfinity();
-            int at = 0;
-            for (int a = 0; a < k; ++a)
-                for (int b = 0; b < k; ++b) {
-                    int off = (r * stride + a) * w + c * stride + b;
+            int at = ha * w + wa;
+            for (int a = ha; a < hb; ++a)
+                for (int b = wa; b < wb; ++b) {
+                    int off = a * w + b;
                     if (p[off] > best) { best = p[off]; at = off; }
                 }
             y[i] = best;

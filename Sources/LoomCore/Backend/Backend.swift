@@ -98,7 +98,7 @@ public protocol Backend: AnyObject, Sendable {
     /// Gradients of conv2d; each output is optional (nil: not needed) and overwritten.
     func conv2dBackward(x: Tensor, weight: Tensor, gradOutput: Tensor, geometry: ConvGeometry,
                         gradInput: Tensor?, gradWeight: Tensor?, gradBias: Tensor?)
-    /// Max pooling over NCHW; saves the argmax offset of each output (int32).
+    /// Max pooling over NCHW; saves the argmax offset (in its input plane) of each output (int32).
     func maxPool2d(_ x: Tensor, geometry: PoolGeometry, into y: Tensor, indices: Tensor)
     func maxPool2dBackward(gradOutput: Tensor, indices: Tensor, geometry: PoolGeometry, into gx: Tensor)
     /// out[i, :] = table[index[i], :] (embedding lookup). Throws on an out-of-range index.
@@ -181,16 +181,17 @@ public struct ConvGeometry: Equatable, Sendable {
     }
 }
 
-/// The geometry of 2-D max pooling over NCHW input.
+/// The geometry of 2-D max pooling over NCHW input; padded positions never win.
 public struct PoolGeometry: Equatable, Sendable {
     public var batch, channels, height, width: Int
     public var kernel, stride: Int
-    public var outH: Int { (height - kernel) / stride + 1 }
-    public var outW: Int { (width - kernel) / stride + 1 }
+    public var padding: Int
+    public var outH: Int { (height + 2 * padding - kernel) / stride + 1 }
+    public var outW: Int { (width + 2 * padding - kernel) / stride + 1 }
 
-    public init(batch: Int, channels: Int, height: Int, width: Int, kernel: Int, stride: Int) {
+    public init(batch: Int, channels: Int, height: Int, width: Int, kernel: Int, stride: Int, padding: Int = 0) {
         self.batch = batch; self.channels = channels; self.height = height; self.width = width
-        self.kernel = kernel; self.stride = stride
+        self.kernel = kernel; self.stride = stride; self.padding = padding
     }
 }
 

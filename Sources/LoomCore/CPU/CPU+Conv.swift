@@ -143,17 +143,18 @@ extension CPUBackend {
 
     public func maxPool2d(_ x: Tensor, geometry g: PoolGeometry, into y: Tensor, indices: Tensor) {
         let px = x.ptr, py = y.ptr, pi = indices.intPtr
-        let (H, W, K, S, OH, OW) = (g.height, g.width, g.kernel, g.stride, g.outH, g.outW)
+        let (H, W, K, S, P, OH, OW) = (g.height, g.width, g.kernel, g.stride, g.padding, g.outH, g.outW)
         parallelFor(g.batch * g.channels, grain: 4, threads: threads) { r in
             for plane in r {
                 let x = px + plane * H * W, y = py + plane * OH * OW, idx = pi + plane * OH * OW
                 for oh in 0..<OH {
                     for ow in 0..<OW {
-                        var best = -Float.infinity, at = 0
-                        for kh in 0..<K {
-                            let rowOff = (oh * S + kh) * W + ow * S
-                            for kw in 0..<K where x[rowOff + kw] > best {
-                                best = x[rowOff + kw]; at = rowOff + kw
+                        // The window clipped to the image (padding never wins).
+                        let h0 = oh * S - P, w0 = ow * S - P
+                        var best = -Float.infinity, at = Swift.max(h0, 0) * W + Swift.max(w0, 0)
+                        for ih in Swift.max(h0, 0)..<Swift.min(h0 + K, H) {
+                            for iw in Swift.max(w0, 0)..<Swift.min(w0 + K, W) where x[ih * W + iw] > best {
+                                best = x[ih * W + iw]; at = ih * W + iw
                             }
                         }
                         y[oh * OW + ow] = best

@@ -30,14 +30,15 @@ extension Tensor {
         }
     }
 
-    /// Max pooling with a square window; stride defaults to the window.
-    public func maxPool2d(kernel: Int, stride: Int? = nil) throws -> Tensor {
+    /// Max pooling with a square window; stride defaults to the window. `padding` pads
+    /// each side with -inf (at most half the window, as PyTorch requires).
+    public func maxPool2d(kernel: Int, stride: Int? = nil, padding: Int = 0) throws -> Tensor {
         try requireFloat("maxPool2d", self)
         guard rank == 4 else { throw LoomError.shapeMismatch("maxPool2d: expected [N, C, H, W], got \(describe(shape))") }
         let geo = PoolGeometry(batch: shape[0], channels: shape[1], height: shape[2], width: shape[3],
-                               kernel: kernel, stride: stride ?? kernel)
-        guard geo.outH > 0, geo.outW > 0, kernel > 0 else {
-            throw LoomError.shapeMismatch("maxPool2d: window \(kernel) does not fit \(describe(shape))")
+                               kernel: kernel, stride: stride ?? kernel, padding: padding)
+        guard geo.outH > 0, geo.outW > 0, kernel > 0, padding >= 0, 2 * padding <= kernel else {
+            throw LoomError.shapeMismatch("maxPool2d: window \(kernel) with padding \(padding) does not fit \(describe(shape)) (padding at most half the window)")
         }
         let y = try empty([geo.batch, geo.channels, geo.outH, geo.outW])
         let indices = try empty(y.shape, dtype: .int32)

@@ -22,15 +22,17 @@ public final class Conv2d: Module, UnaryLayer {
     }
 }
 
-/// Max pooling with a square window.
+/// Max pooling with a square window (padding: -inf around the image).
 public final class MaxPool2d: Module, UnaryLayer {
     public let kernel: Int
     public let stride: Int
+    public let padding: Int
 
-    public init(_ kernel: Int, stride: Int? = nil) {
+    public init(_ kernel: Int, stride: Int? = nil, padding: Int = 0) {
         self.kernel = kernel
         self.stride = stride ?? kernel
+        self.padding = padding
     }
 
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try x.maxPool2d(kernel: kernel, stride: stride) }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try x.maxPool2d(kernel: kernel, stride: stride, padding: padding) }
 }

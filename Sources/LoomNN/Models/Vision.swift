@@ -18,23 +18,25 @@ public final class MLP: Module, UnaryLayer {
     public func callAsFunction(_ x: Tensor) throws -> Tensor { try net(MLP.prepareInput(x)) }
 }
 
-/// The reference CNN for 28x28 single-channel images:
-/// conv 1→16 5x5 pad 2, ReLU, pool 2; conv 16→32 5x5 pad 2, ReLU, pool 2;
-/// [optional residual block on the 32 channels]; linear 1568→128, ReLU; linear 128→10.
+/// The reference CNN, for images of any shape [C, H, W] (the benchmark's: 28x28, one channel):
+/// conv C→16 5x5 pad 2, ReLU, pool 2; conv 16→32 5x5 pad 2, ReLU, pool 2;
+/// [optional residual block on the 32 channels]; linear 32·(H/4)·(W/4)→128, ReLU; linear 128→classes.
 public final class CNN: Module, UnaryLayer {
     public let features: Sequential
     public let classifier: Sequential
 
-    public init(residual: Bool = false, classes: Int = 10, seed: UInt64, on backend: any Backend = DefaultBackend.current) {
+    public init(residual: Bool = false, imageShape: [Int] = [1, 28, 28], classes: Int = 10, seed: UInt64,
+                on backend: any Backend = DefaultBackend.current) {
         var rng = Philox(seed: seed)
+        let (c, h, w) = (imageShape[0], imageShape[1], imageShape[2])
         var f: [any UnaryLayer] = [
-            Conv2d(1, 16, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
+            Conv2d(c, 16, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
             Conv2d(16, 32, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
         ]
         if residual { f.append(ResidualBlock(channels: 32, rng: &rng, on: backend)) }
         features = Sequential(f)
         classifier = Sequential([
-            Flatten(), Linear(32 * 7 * 7, 128, rng: &rng, on: backend), ReLU(), Linear(128, classes, rng: &rng, on: backend),
+            Flatten(), Linear(32 * (h / 2 / 2) * (w / 2 / 2), 128, rng: &rng, on: backend), ReLU(), Linear(128, classes, rng: &rng, on: backend),
         ])
     }
 

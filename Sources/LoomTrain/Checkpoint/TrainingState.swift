@@ -39,6 +39,7 @@ public enum TrainingCheckpoint {
             "loom.dropout": dropout ?? dropoutEntry(setup.task.module),
         ]
         if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
+        if let n = setup.normalization { meta["loom.normalization"] = normalizationEntry(n) }
         if let b = state.bestValidationLoss { meta["loom.best_val_loss"] = String(b) }
         try SafeTensors.writeAtomically(SafeTensors.encode(tensors, metadata: meta), to: dir + "/" + fileName)
     }
@@ -55,6 +56,22 @@ public enum TrainingCheckpoint {
         if let tokenizer { meta["loom.tokenizer"] = tokenizer.serialized }
         try SafeTensors.writeAtomically(SafeTensors.encode(model.namedTensors().map { ("model." + $0.name, $0.tensor) }, metadata: meta),
                                         to: dir + "/" + fileName)
+    }
+
+    static func normalizationEntry(_ n: ChannelNormalization) -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: try! encoder.encode(n), as: UTF8.self)
+    }
+
+    /// The image normalisation a checkpoint's run applied (nil: none saved).
+    public static func normalization(_ file: SafeTensors.File, path: String) throws -> ChannelNormalization? {
+        guard let text = file.metadata["loom.normalization"] else { return nil }
+        guard let n = try? JSONDecoder().decode(ChannelNormalization.self, from: Data(text.utf8)), n.mean.count == n.std.count,
+              n.std.allSatisfy({ $0 > 0 && $0.isFinite }) else {
+            throw LoomError.io("checkpoint '\(path)': metadata loom.normalization is not per-channel means and positive deviations")
+        }
+        return n
     }
 
     /// Parameters, buffers and optimizer state under their checkpoint names.

@@ -1,6 +1,7 @@
 import Foundation
 import LoomCore
 import LoomData
+import LoomNN
 import TOMLKit
 
 /// TOML <-> TrainConfig. Every key is declared once below, with its section, its type
@@ -55,7 +56,7 @@ public enum ConfigFile {
     }
 
     static let keys: [Key] = [
-        choice("model", "kind", "cnn, mlp or gpt", \.model),
+        choice("model", "kind", "cnn, mlp, gpt or resnet", \.model),
         bool("model", "residual", "cnn: add a residual block", \.residual),
         Key(section: "model", name: "hidden", help: "mlp: hidden sizes", read: { c, v, path in
             guard let a = v.array, !a.isEmpty, a.allSatisfy({ ($0.int ?? 0) > 0 }) else {
@@ -63,13 +64,18 @@ public enum ConfigFile {
             }
             c.hidden = a.map { $0.int! }
         }, write: { "[" + $0.hidden.map(String.init).joined(separator: ", ") + "]" }),
+        int("model", "depth", "resnet: 20, 32 or 56 (CIFAR-style), 18 or 34 (ImageNet-style)", min: 1, \.depth),
+        int("model", "width", "resnet: channels of the first stage (0: the paper's, 16 for depth 20-56, 64 for 18-34)", min: 0, \.width),
         int("model", "layers", "gpt: transformer blocks", min: 1, \.layers),
         int("model", "d_model", "gpt: width", min: 1, \.dModel),
         int("model", "heads", "gpt: attention heads", min: 1, \.heads),
         int("model", "context", "gpt: context length", min: 1, \.context),
         double("model", "dropout", "dropout probability", \.dropout),
         string("data", "path", "CSV/IDX images or a text file", \.data),
-        string("data", "labels", "IDX labels file", \.labels),
+        string("data", "labels", "IDX labels file, or the .npy of labels", \.labels),
+        choice("data", "format", "images: auto, csv, idx, cifar, numpy or png (auto tells by the path)", \.format),
+        int("data", "crop_padding", "images: random crops of the image padded by this many pixels (0: off)", \.cropPadding),
+        bool("data", "flip", "images: random horizontal flips", \.flip),
         double("data", "validation_fraction", "held-out share", \.validationFraction),
         choice("data", "tokenizer", "gpt text: char (one token per character) or bpe (byte-level BPE fitted to the training text)", \.tokenizer),
         int("data", "vocab_size", "bpe: tokens, the 256 bytes included", min: 256, \.vocabSize),
@@ -247,6 +253,10 @@ public enum ConfigFile {
     public static func validate(_ c: TrainConfig) throws {
         _ = try parse(render(c), path: "configuration with the command line's flags")
         if c.steps == 0 && c.epochs == 0 { throw LoomError.config("set train.steps or train.epochs (both are 0)") }
+        if c.model == .resnet && !ResNet.depths.contains(c.depth) {
+            throw LoomError.config("model.depth \(c.depth): valid resnet depths are \(ResNet.depths.map(String.init).joined(separator: ", "))")
+        }
+        if c.cropPadding < 0 { throw LoomError.config("data.crop_padding must be >= 0, got \(c.cropPadding)") }
         if c.model == .gpt && c.dModel % c.heads != 0 {
             throw LoomError.config("model.d_model \(c.dModel) must be divisible by model.heads \(c.heads)")
         }

@@ -6,7 +6,7 @@ import LoomParallel
 
 /// The model a run trains.
 public enum ModelKind: String, CaseIterable, Sendable {
-    case cnn, mlp, gpt
+    case cnn, mlp, gpt, resnet
 
     /// Next-token prediction on text (tokens/s, no accuracy), as opposed to image classification.
     public var isLanguageModel: Bool { self == .gpt }
@@ -16,6 +16,7 @@ public enum ModelKind: String, CaseIterable, Sendable {
         case .cnn: return "mnist-cnn"
         case .mlp: return "mnist-mlp"
         case .gpt: return "shakespeare-gpt"
+        case .resnet: return "cifar-resnet20"
         }
     }
 }
@@ -31,6 +32,23 @@ public enum OptimizerKind: String, CaseIterable, Sendable {
 /// mixed-precision loss scaler does.
 public enum NonFiniteAction: String, CaseIterable, Sendable {
     case stop, skip
+}
+
+/// How image data is stored (`data.format`); `auto` tells by the path.
+public enum ImageFormat: String, CaseIterable, Sendable {
+    /// .csv(.gz) → csv; with data.labels → idx (numpy for .npy); .npy/.npz → numpy; a
+    /// directory of data_batch_*.bin or train.bin, or a .bin → cifar; another directory → png.
+    case auto
+    /// MNIST CSV: the label in the last column, 784 pixels.
+    case csv
+    /// IDX images and labels files (MNIST's own format).
+    case idx
+    /// CIFAR-10/100 binary batches.
+    case cifar
+    /// NumPy .npy (with data.labels) or .npz.
+    case numpy
+    /// A folder of class folders of PNG images.
+    case png
 }
 
 /// The learning-rate schedule: constant, or linear warm-up then cosine decay.

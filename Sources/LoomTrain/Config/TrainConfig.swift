@@ -8,6 +8,8 @@ public struct TrainConfig: Equatable, Sendable {
     // [model]
     public var model = ModelKind.cnn
     public var residual = true          // cnn: a residual block after the second conv
+    public var depth = 20               // resnet: 20, 32, 56 (CIFAR-style) or 18, 34 (ImageNet-style)
+    public var width = 0                // resnet: channels of the first stage (0: the paper's, 16 or 64)
     public var hidden = [512, 512]      // mlp: hidden layer sizes
     public var layers = 4               // gpt
     public var dModel = 128
@@ -16,7 +18,10 @@ public struct TrainConfig: Equatable, Sendable {
     public var dropout = 0.0
     // [data]
     public var data = "data/mnist_5k.csv.gz"
-    public var labels = ""              // IDX: the labels file (data is then the images file)
+    public var labels = ""              // IDX: the labels file (data is then the images file); .npy: the labels array
+    public var format = ImageFormat.auto
+    public var cropPadding = 0          // images: random crop of the image padded by this many pixels (0: off)
+    public var flip = false             // images: random horizontal flips
     public var validationFraction = 0.2
     public var tokenizer = TokenizerKind.char  // gpt: how the text becomes tokens
     public var vocabSize = 4096         // bpe: tokens, bytes included
@@ -70,6 +75,12 @@ public struct TrainConfig: Equatable, Sendable {
         case "mnist-mlp":
             c.model = .mlp; c.hidden = [512, 512]; c.epochs = 10; c.batchSize = 128; c.optimizer = .sgd; c.lr = 0.05
             c.momentum = 0.9; c.schedule = .cosine; c.minLR = 1e-3
+        case "cifar-resnet20":
+            c.model = .resnet; c.depth = 20; c.width = 0; c.data = "data/cifar-10-batches-bin"; c.validationFraction = 0.1
+            c.cropPadding = 4; c.flip = true
+            c.epochs = 30; c.batchSize = 128; c.optimizer = .sgd; c.lr = 0.1; c.momentum = 0.9; c.nesterov = true
+            c.weightDecay = 5e-4; c.schedule = .cosine; c.warmupSteps = 200; c.minLR = 1e-3
+            c.logEvery = 50; c.evalEvery = 0
         case "shakespeare-gpt":
             c.model = .gpt; c.layers = 4; c.dModel = 128; c.heads = 4; c.context = 128; c.dropout = 0
             c.data = "data/shakespeare.txt"; c.validationFraction = 0.1
@@ -83,7 +94,7 @@ public struct TrainConfig: Equatable, Sendable {
         return c
     }
 
-    public static let presetNames = ["mnist-cnn", "mnist-mlp", "shakespeare-gpt"]
+    public static let presetNames = ["mnist-cnn", "mnist-mlp", "shakespeare-gpt", "cifar-resnet20"]
 
     public var isLanguageModel: Bool { model.isLanguageModel }
 

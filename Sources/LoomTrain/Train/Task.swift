@@ -1,3 +1,4 @@
+import Foundation
 import LoomCore
 import LoomData
 import LoomDistributed
@@ -93,16 +94,34 @@ public struct Setup {
     /// Language models: validation tokens per validation character over ln 2, so that
     /// bits per character = validation loss (nats per token) x this.
     public let bitsPerCharacterPerNat: Double?
+    /// Images other than MNIST's: the per-channel normalisation applied (saved in checkpoints).
+    public let normalization: ChannelNormalization?
     public let task: TrainTask
     public let optimizer: Optimizer
     /// The group the model's sharded tensors are split across (tensor parallelism).
     public let tensorGroup: Communicator?
+
+    /// The image format `c` names or its path implies (`data.format = "auto"`).
+    public static func imageFormat(_ c: TrainConfig) throws -> ImageFormat {
+        guard c.format == .auto else { return c.format }
+        let path = c.data
+        if path.hasSuffix(".npz") || path.hasSuffix(".npy") { return .numpy }
+        if !c.labels.isEmpty { return .idx }
+        if path.hasSuffix(".bin") { return .cifar }
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+            return names.contains { $0.hasPrefix("data_batch_") || $0 == "train.bin" } ? .cifar : .png
+        }
+        return .csv
+    }
 
     /// `tokenizer`: the vocabulary a checkpoint was trained with (so resumed and
     /// evaluated runs tokenize as the original run did).
     /// `tensorGroup`: with more than one rank, the GPT is split across it.
     /// `pipeline`: the GPT is cut into pieces, and this rank holds its stage's.
     public init(_ c: TrainConfig, backend: any Backend, tokenizer saved: Tokenizer? = nil,
+                normalization savedNormalization: ChannelNormalization? = nil,
                 tensorGroup: Communicator? = nil, pipeline: PipelinePlacement? = nil) throws {
         let seed = UInt64(c.seed)
         let split = c.pipelineSplit.isEmpty ? nil : c.pipelineSplit
@@ -113,6 +132,7 @@ public struct Setup {
             tokenizer = corpus.tokenizer
             unseenCharacters = corpus.unseenCharacters
             bitsPerCharacterPerNat = Double(corpus.validation.count) / Double(max(corpus.validationCharacters, 1)) / 0.6931471805599453  // ln 2
+            normalization = nil
             train = TokenWindows(tokens: corpus.train, context: c.context)
             validation = TokenWindows(tokens: corpus.validation, context: c.context)
             // A window is context + 1 tokens (inputs and the targets one further).
@@ -132,10 +152,18 @@ public struct Setup {
                 task = LanguageModelTask(model: gpt)
             }
         } else {
+            let format = try Setup.imageFormat(c)
+            let loaded: ImageDataset
+            switch format {
+            case .csv: loaded = try MNIST.loadCSV(c.data)
+            case .idx: loaded = try MNIST.loadIDX(images: c.data, labels: c.labels)
+            case .cifar: loaded = try ImageFiles.loadCIFAR(c.data)
+            case .numpy: loaded = try ImageFiles.loadNumPy(c.data, labels: c.labels)
+            case .png, .auto: loaded = try ImageFiles.loadPNGFolder(c.data).0
+            }
             // Rows are shuffled once, with a fixed seed, before the split: files are often
             // sorted by label (the bundled MNIST subset is), and a split of sorted rows
             // would validate on classes the model never trained on.
-            let loaded = c.labels.isEmpty ? try MNIST.loadCSV(c.data) : try MNIST.loadIDX(images: c.data, labels: c.labels)
             var splitRNG = Philox(seed: Setup.splitSeed)
             let all = loaded.reordered(splitRNG.permutation(loaded.count))
             let cut = all.count - Int(Double(all.count) * c.validationFraction)
@@ -146,16 +174,31 @@ public struct Setup {
             unseenCharacters = 0
             bitsPerCharacterPerNat = nil
             self.tensorGroup = nil
-            train = all.subset(0..<cut)
-            validation = all.subset(cut..<all.count)
+            var train = all.subset(0..<cut), validation = all.subset(cut..<all.count)
+            // MNIST's readers normalise with MNIST's statistics; other images with the
+            // training split's per-channel statistics, kept in the checkpoint.
+            if format == .csv || format == .idx {
+                normalization = nil
+            } else {
+                let stats = savedNormalization ?? ChannelNormalization(of: train)
+                train = stats.apply(train); validation = stats.apply(validation)
+                normalization = stats
+            }
+            self.train = c.cropPadding > 0 || c.flip ? AugmentedImages(train, cropPadding: c.cropPadding, flip: c.flip, seed: seed) : train
+            self.validation = validation
             let model: any UnaryLayer & PipelineModel
+            let shape = all.shape
             switch c.model {
             case .mlp: model = MLP(sizes: [all.features] + c.hidden + [all.classes], seed: seed, on: backend)
-            case .cnn, .gpt:
-                guard all.features == 784 else {
-                    throw LoomError.shapeMismatch("cnn expects 28x28 images (784 features), data has \(all.features) per row")
+            case .cnn, .resnet, .gpt:
+                guard shape.count == 3, shape[1] >= 4, shape[2] >= 4 else {
+                    throw LoomError.shapeMismatch("\(c.model) takes images [C, H, W] of at least 4x4; '\(c.data)' has examples of shape \(describe(shape))")
                 }
-                model = CNN(residual: c.residual, classes: all.classes, seed: seed, on: backend)
+                if c.model == .resnet {
+                    model = try ResNet(depth: c.depth, width: c.width, channels: shape[0], classes: all.classes, seed: seed, on: backend)
+                } else {
+                    model = CNN(residual: c.residual, imageShape: shape, classes: all.classes, seed: seed, on: backend)
+                }
             }
             if let p = pipeline {
                 task = PipelineTask(model: try PipelineStageModel(cutting: model, schedule: p.schedule, stage: p.stage, split: split))

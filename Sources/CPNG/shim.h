@@ -1,0 +1,2 @@
+// libpng (Debian: libpng-dev): PNG image folders for image datasets.
+#include <png.h>
