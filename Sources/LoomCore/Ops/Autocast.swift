@@ -1,9 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
 // Mixed precision, PyTorch's autocast narrowed to what pays: under `.bfloat16` the matrix
 // products (linear, matmul, attention's Q·Kᵀ and P·V, forward and backward) read bf16
 // copies of their operands and accumulate in float32 into float32 outputs. Everything else
@@ -29,20 +23,12 @@ public enum Precision: String, CaseIterable, Sendable {
 /// The precision of the calling thread's matrix products: the innermost `withPrecision`
 /// scope, else float32. Per thread, like `withoutGrad`, because in-process ranks are threads.
 public enum Autocast {
-    private static let key: pthread_key_t = {
-        var k = pthread_key_t()
-        pthread_key_create(&k, nil)
-        return k
-    }()
-    private static let bf16Marker = UnsafeMutableRawPointer(bitPattern: 1)!
+    private static let bf16 = ThreadFlag()
 
-    public static var precision: Precision { pthread_getspecific(key) == nil ? .float32 : .bfloat16 }
+    public static var precision: Precision { bf16.isOn ? .bfloat16 : .float32 }
 
     public static func with<T>(_ precision: Precision, _ body: () throws -> T) rethrows -> T {
-        let previous = pthread_getspecific(key)
-        pthread_setspecific(key, precision == .bfloat16 ? bf16Marker : nil)
-        defer { pthread_setspecific(key, previous) }
-        return try body()
+        try bf16.with(precision == .bfloat16, body)
     }
 }
 
