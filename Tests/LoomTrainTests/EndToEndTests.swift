@@ -202,7 +202,7 @@ final class EndToEndTests: CLITestCase {
         try "[train]\nlearning_rate = 1\n".write(toFile: work + "/c.toml", atomically: true, encoding: .utf8)
         try expectError(["train", work + "/c.toml"], contains: "unknown key 'train.learning_rate'; valid keys in [train]:")
         try expectError(["train", work + "/nope.toml"], contains: "config '\(work!)/nope.toml': cannot read")
-        try expectError(["train", "--model", "rnn"], contains: "'rnn' is invalid for '--model <model>'. Please provide one of 'cnn', 'mlp' or 'gpt'")
+        try expectError(["train", "--model", "rnn"], contains: "'rnn' is invalid for '--model <model>'. Please provide one of 'cnn', 'mlp', 'gpt' or 'resnet'")
         try expectError(["train", "--schedule", "zigzag"], contains: "Please provide one of 'gpipe', '1f1b' or 'interleaved'")
         try expectError(["bench", "--device", "tpu"], contains: "Please provide one of 'cpu', 'cuda' or 'cuda:N'")
         try expectError(["train", "--model", "mlp", "--tp", "2"], contains: "tensor parallelism splits gpt models only")
