@@ -1,4 +1,5 @@
 import LoomCore
+import LoomDistributed
 
 /// Layer norm over the last axis with learned scale and shift.
 public final class LayerNorm: Module, UnaryLayer {
@@ -23,6 +24,9 @@ public final class BatchNorm: Module, UnaryLayer {
     public let runningVar: Tensor   // buffer
     public let momentum: Float
     public let eps: Float
+    /// Synchronised batch norm: the data-parallel ranks whose shards make up the batch
+    /// (statistics over the whole batch, as PyTorch's SyncBatchNorm); nil: this rank's shard.
+    public var syncGroup: Communicator?
 
     public init(_ channels: Int, momentum: Float = 0.1, eps: Float = 1e-5, on backend: any Backend = DefaultBackend.current) {
         weight = parameter(Tensor(repeating: 1, shape: [channels], on: backend))
@@ -34,7 +38,9 @@ public final class BatchNorm: Module, UnaryLayer {
     }
 
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        try x.batchNorm(gamma: weight, beta: bias, runningMean: runningMean, runningVar: runningVar,
-                        training: training, momentum: momentum, eps: eps)
+        let group = syncGroup.flatMap { $0.size > 1 ? $0 : nil }
+        return try x.batchNorm(gamma: weight, beta: bias, runningMean: runningMean, runningVar: runningVar,
+                               training: training, momentum: momentum, eps: eps,
+                               synchronized: group.map { g in (g.size, { try g.allReduce($0, .sum, label: "synchronised batch norm") }) })
     }
 }

@@ -106,6 +106,7 @@ public enum ConfigFile {
         choice("parallel", "schedule", "pipeline schedule: gpipe, 1f1b or interleaved", \.pipelineSchedule),
         int("parallel", "chunks", "interleaved: model chunks per stage", min: 2, \.chunks),
         bool("parallel", "recompute", "pipeline: recompute activations during backward", \.recompute),
+        bool("parallel", "sync_batchnorm", "data parallel: batch norm statistics over the whole batch (SyncBatchNorm), not each rank's shard", \.syncBatchNorm),
         Key(section: "parallel", name: "pp_split", help: "layers per pipeline piece (gpt: blocks; mlp, cnn: layers in order; []: balanced)", read: { c, v, path in
             guard let a = v.array, a.allSatisfy({ ($0.int ?? -1) >= 0 }) else {
                 throw bad(path, "parallel.pp_split", "an array of non-negative integers", v)

@@ -135,6 +135,11 @@ public final class Trainer {
         self.config = c
         self.communicator = communicator
         let setup = self.setup
+        if c.syncBatchNorm, let group = dataGroup, group.size > 1 {
+            // Each rank normalises with the whole batch's statistics: the layout does not
+            // change what the model computes.
+            for (_, module) in setup.task.module.descendants() { (module as? BatchNorm)?.syncGroup = group }
+        }
         if let communicator {
             plan = try DistributedPlan(setup: setup, world: communicator, groups: groups, bucketBytes: c.bucketKB << 10, zero: c.zero == 1)
         } else {
