@@ -26,7 +26,8 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
-        .target(name: "LoomCore", dependencies: ["COpenBLAS"], swiftSettings: kernelFlags),
+        .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
+        .target(name: "LoomCore", dependencies: ["COpenBLAS", "CDNNL"], swiftSettings: kernelFlags),
         .target(name: "LoomNN", dependencies: ["LoomCore", "LoomDistributed"]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CPNG", providers: [.apt(["libpng-dev"])]),

@@ -5,7 +5,7 @@
 #
 #   bash scripts/build-static.sh            # -> .dist/loom/ (bin/loom, lib/, data/, loom)
 #   .dist/loom/loom train                   # the wrapper sets LD_LIBRARY_PATH to lib/
-#   bash scripts/build-static.sh --archive  # also .dist/loom.tar.xz (~23 MB, where .dist/loom is ~100 MB):
+#   bash scripts/build-static.sh --archive  # also .dist/loom.tar.xz (~29 MB, where .dist/loom is ~140 MB with OpenBLAS and oneDNN):
 #                                           # what travels to a GPU machine; scripts/gpu-check.sh unpacks it
 #
 # The C library, libm, libstdc++ and libgcc_s are the target machine's own (glibc 2.36

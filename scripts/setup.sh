@@ -5,7 +5,7 @@
 set -euo pipefail
 
 need=()
-for pkg in libopenblas-dev zlib1g-dev libpng-dev pkg-config libopenmpi-dev openmpi-bin; do
+for pkg in libopenblas-dev libdnnl-dev zlib1g-dev libpng-dev pkg-config libopenmpi-dev openmpi-bin; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${1:-}" = "--python" ] && ! python3 -m pip --version >/dev/null 2>&1; then

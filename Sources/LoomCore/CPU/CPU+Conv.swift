@@ -1,3 +1,5 @@
+import CDNNL
+import Foundation
 import COpenBLAS
 #if canImport(Glibc)
 import Glibc
@@ -14,9 +16,13 @@ import Glibc
 
 extension CPUBackend {
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry g: ConvGeometry, into y: Tensor) {
+        let start = monotonicSeconds()
+        if withOneDNN(g, outChannels: weight.shape[0], bias: bias != nil, { $0.forward(x: x.ptr, weight: weight.ptr, bias: bias?.ptr, y: y.ptr) }) {
+            countGEMM(flops: 2 * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), seconds: monotonicSeconds() - start)
+            return
+        }
         let (k, hw, oc) = (g.patch, g.outH * g.outW, weight.shape[0])
         let px = x.ptr, pw = weight.ptr, py = y.ptr, pb = bias?.ptr
-        let start = monotonicSeconds()
         parallelFor(g.batch, grain: 1, threads: threads) { r in
             let cols = UnsafeMutablePointer<Float>.allocate(capacity: k * hw)
             defer { cols.deallocate() }
@@ -33,6 +39,14 @@ extension CPUBackend {
 
     public func conv2dBackward(x: Tensor, weight: Tensor, gradOutput: Tensor, geometry g: ConvGeometry,
                                gradInput: Tensor?, gradWeight: Tensor?, gradBias: Tensor?) {
+        let began = monotonicSeconds()
+        if withOneDNN(g, outChannels: weight.shape[0], bias: true, {
+            $0.backward(x: x.ptr, weight: weight.ptr, gy: gradOutput.ptr, gx: gradInput?.ptr, gw: gradWeight?.ptr, gb: gradBias?.ptr)
+        }) {
+            let products = Double((gradInput == nil ? 0 : 1) + (gradWeight == nil ? 0 : 1))
+            countGEMM(flops: 2 * products * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), seconds: monotonicSeconds() - began)
+            return
+        }
         let (k, hw, oc) = (g.patch, g.outH * g.outW, weight.shape[0])
         let px = x.ptr, pw = weight.ptr, pg = gradOutput.ptr
         let pgx = gradInput?.ptr
@@ -174,6 +188,44 @@ extension CPUBackend {
                 gx.update(repeating: 0, count: H * W)
                 for j in 0..<O { gx[Int(idx[j])] += gy[j] }
             }
+        }
+    }
+}
+
+/// oneDNN's primitives for each convolution a backend has run. An entry's buffers serve
+/// one call at a time, so each call checks one out: threads that share a backend (the
+/// in-process ranks all see host tensors on the shared CPU backend) get their own.
+final class ConvolutionCache: @unchecked Sendable {
+    private struct Key: Hashable { var geometry: [Int], outChannels: Int, bias: Bool }
+    private var idle: [Key: [OneDNNConvolution]] = [:]
+    private var unsupported: Set<Key> = []
+    private let lock = NSLock()
+
+    /// Runs `body` with an entry for the geometry to itself; false when oneDNN builds none.
+    func with(_ g: ConvGeometry, outChannels: Int, bias: Bool, _ body: (OneDNNConvolution) -> Void) -> Bool {
+        let key = Key(geometry: [g.batch, g.channels, g.height, g.width, g.kernelH, g.kernelW, g.stride, g.padding],
+                      outChannels: outChannels, bias: bias)
+        lock.lock()
+        if unsupported.contains(key) { lock.unlock(); return false }
+        let entry = idle[key]?.popLast()
+        lock.unlock()
+        guard let conv = entry ?? OneDNNConvolution(g, outChannels: outChannels, bias: bias) else {
+            lock.lock(); unsupported.insert(key); lock.unlock()
+            return false
+        }
+        body(conv)
+        lock.lock(); idle[key, default: []].append(conv); lock.unlock()
+        return true
+    }
+}
+
+extension CPUBackend {
+    /// Runs `body` on oneDNN's primitives for a convolution; false (nothing run) to use im2col.
+    func withOneDNN(_ g: ConvGeometry, outChannels: Int, bias: Bool, _ body: (OneDNNConvolution) -> Void) -> Bool {
+        guard CPUBackend.useOneDNN else { return false }
+        return convolutions.with(g, outChannels: outChannels, bias: bias) { conv in
+            omp_set_num_threads(Int32(threads))
+            body(conv)
         }
     }
 }

@@ -33,6 +33,13 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         CPUBackend.configureOnce
     }
 
+    /// oneDNN convolution primitives by geometry (`CPU+Conv.swift`).
+    let convolutions = ConvolutionCache()
+
+    /// Convolutions run on oneDNN's direct kernels unless `LOOM_CONV=im2col` (im2col +
+    /// OpenBLAS, Loom's own; kept for comparison and where oneDNN builds no primitive).
+    static let useOneDNN: Bool = getenv("LOOM_CONV").map { String(cString: $0) != "im2col" } ?? true
+
     /// One thread pool for everything: OpenBLAS runs single-threaded and Loom splits each
     /// GEMM across its own threads (see `gemm`). With OpenBLAS's own pool, its idle
     /// threads spin in sched_yield while Loom's elementwise kernels run, and took a sixth
