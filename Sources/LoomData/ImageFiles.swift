@@ -164,7 +164,7 @@ public enum ImageFiles {
 
     /// The arrays of an `.npz` (a zip of `.npy` files, stored or deflated).
     public static func readNPZ(_ path: String) throws -> [String: Array] {
-        let zip = try readRawFile(path)
+        let zip = try readFileBytes(path)
         func u16(_ at: Int) -> Int { Int(zip[at]) | Int(zip[at + 1]) << 8 }
         func u32(_ at: Int) -> Int { u16(at) | u16(at + 2) << 16 }
         var out: [String: Array] = [:], at = 0
@@ -200,11 +200,6 @@ public enum ImageFiles {
         }
         guard !out.isEmpty else { throw LoomError.io("'\(path)': not an .npz (zip) file") }
         return out
-    }
-
-    static func readRawFile(_ path: String) throws -> [UInt8] {
-        guard let d = FileManager.default.contents(atPath: path) else { throw LoomError.io("cannot open '\(path)': missing or unreadable") }
-        return [UInt8](d)
     }
 
     /// Raw deflate (zip's method 8) of a known size.
@@ -257,7 +252,7 @@ public enum ImageFiles {
 
     /// One PNG as [C, H, W] values in [0, 1] (libpng's simplified API).
     static func decodePNG(_ path: String) throws -> ([Float], [Int]) {
-        let bytes = try readRawFile(path)
+        let bytes = try readFileBytes(path)
         var image = png_image()
         image.version = UInt32(PNG_IMAGE_VERSION)
         let message = { (image: png_image) -> String in

@@ -37,7 +37,7 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         try runReportingErrors {
-            let (file, saved, tokenizer) = try TrainingCheckpoint.peek(checkpoint)
+            let (file, saved, _) = try TrainingCheckpoint.peek(checkpoint)
             var c = saved
             c.data = resolveDataPath(data ?? c.data)
             if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
@@ -45,7 +45,7 @@ struct EvalCommand: ParsableCommand {
             // build the whole model in one process, load it, and evaluate.
             c.dp = 1; c.tp = 1; c.pp = 1
             let backend = try deviceOptions.backend()
-            let setup = try Setup(c, backend: backend, tokenizer: tokenizer, normalization: try TrainingCheckpoint.normalization(file, path: checkpoint))
+            let setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: checkpoint)
             try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: setup.task.module)
             let step = Int(file.metadata["loom.step"] ?? "0") ?? 0
             if setup.unseenCharacters > 0, let t = setup.tokenizer {

@@ -40,7 +40,8 @@ extension CPUBackend {
     public func conv2dBackward(x: Tensor, weight: Tensor, gradOutput: Tensor, geometry g: ConvGeometry,
                                gradInput: Tensor?, gradWeight: Tensor?, gradBias: Tensor?) {
         let began = monotonicSeconds()
-        if withOneDNN(g, outChannels: weight.shape[0], bias: true, {
+        // The forward's entry (a layer with a bias wants its gradient): one set of primitives per layer.
+        if withOneDNN(g, outChannels: weight.shape[0], bias: gradBias != nil, {
             $0.backward(x: x.ptr, weight: weight.ptr, gy: gradOutput.ptr, gx: gradInput?.ptr, gw: gradWeight?.ptr, gb: gradBias?.ptr)
         }) {
             let products = Double((gradInput == nil ? 0 : 1) + (gradWeight == nil ? 0 : 1))

@@ -144,6 +144,9 @@ public final class GPT: Module {
         try loss(logits: self(tokens), targets: targets)
     }
 
+    /// Where the model's tokens and caches live: its embeddings' backend.
+    public var backend: any Backend { wte?.weight.backend ?? DefaultBackend.current }
+
     /// Parameters this piece shares with another piece: the token table, held by the first
     /// piece (embedding) and the last (head), whose gradients the two sum.
     public var tiedParameters: [Tensor] { isFirst != isLast ? wte.map { [$0.weight] } ?? [] : [] }

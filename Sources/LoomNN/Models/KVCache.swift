@@ -20,7 +20,7 @@ public final class KVCache {
 
     /// An empty cache for `model` and a batch whose rows start with `padding` empty slots.
     public init(for model: GPT, padding: [Int]) throws {
-        let backend = model.wte?.weight.backend ?? DefaultBackend.current
+        let backend = model.backend
         let width = model.blocks.first.map { $0.attention.qkv.weight.shape[0] / 3 } ?? model.config.dModel
         let capacity = model.config.contextLength
         self.capacity = capacity

@@ -74,6 +74,14 @@ public enum TrainingCheckpoint {
         return n
     }
 
+    /// A setup whose data is prepared as the checkpoint's run prepared it: its tokenizer
+    /// and its image normalisation (a resumed run, `--init`, `loom eval`).
+    public static func setup(_ c: TrainConfig, backend: any Backend, from file: SafeTensors.File, path: String,
+                             tensorGroup: Communicator? = nil, pipeline: PipelinePlacement? = nil) throws -> Setup {
+        try Setup(c, backend: backend, tokenizer: tokenizer(file, path: path), normalization: normalization(file, path: path),
+                  tensorGroup: tensorGroup, pipeline: pipeline)
+    }
+
     /// Parameters, buffers and optimizer state under their checkpoint names.
     public static func localTensors(setup: Setup, optimizer: Optimizer) -> [(name: String, tensor: Tensor)] {
         setup.task.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
@@ -88,7 +96,12 @@ public enum TrainingCheckpoint {
             throw LoomError.io("checkpoint '\(path)': no loom.config in its metadata (not written by loom train)")
         }
         let config = try ConfigFile.parse(toml, path: path + " [loom.config]")
-        return (file, config, try file.metadata["loom.tokenizer"].map { try Tokenizer(serialized: $0, source: "checkpoint '\(path)' [loom.tokenizer]") })
+        return (file, config, try tokenizer(file, path: path))
+    }
+
+    /// The tokenizer a checkpoint's run used (nil: an image model).
+    static func tokenizer(_ file: SafeTensors.File, path: String) throws -> Tokenizer? {
+        try file.metadata["loom.tokenizer"].map { try Tokenizer(serialized: $0, source: "checkpoint '\(path)' [loom.tokenizer]") }
     }
 
     /// Loads parameters and buffers (`model.*`) into a module. `tensorGroup`: the group its

@@ -93,8 +93,7 @@ public enum Generation {
     /// The last position's logits [V] for a window of the last `context` tokens.
     static func uncachedLogits(_ model: GPT, _ tokens: [Int32]) throws -> ArraySlice<Float> {
         let window = Array(tokens.suffix(model.config.contextLength))
-        let backend = model.wpe?.weight.backend ?? DefaultBackend.current
-        let logits = try model(Tensor(indices: window, shape: [1, window.count], on: backend))
+        let logits = try model(Tensor(indices: window, shape: [1, window.count], on: model.backend))
         return ArraySlice(try logits.slice(axis: 1, (window.count - 1)..<window.count).floats)
     }
 
@@ -117,9 +116,8 @@ public enum Generation {
             let kept = rows.map { Array($0.suffix(keep)) }
             let longest = kept.map(\.count).max() ?? 0
             let padding = kept.map { longest - $0.count }
-            let backend = model.wpe?.weight.backend ?? DefaultBackend.current
             let tokens = zip(kept, padding).flatMap { row, pad in [Int32](repeating: 0, count: pad) + row }
-            return (try KVCache(for: model, padding: padding), Tensor(indices: tokens, shape: [rows.count, longest], on: backend))
+            return (try KVCache(for: model, padding: padding), Tensor(indices: tokens, shape: [rows.count, longest], on: model.backend))
         }
 
         mutating func logits() throws -> [ArraySlice<Float>] {
@@ -137,7 +135,7 @@ public enum Generation {
             if cache.length == cache.capacity {  // full: start again from the last half of the window
                 (cache, pending) = try CachedSteps.prefill(model, sequences, keep: max(1, cache.capacity / 2))
             } else {
-                pending = Tensor(indices: next, shape: [next.count, 1], on: model.wpe?.weight.backend ?? DefaultBackend.current)
+                pending = Tensor(indices: next, shape: [next.count, 1], on: model.backend)
             }
         }
     }

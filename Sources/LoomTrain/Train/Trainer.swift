@@ -115,15 +115,13 @@ public final class Trainer {
         dataGroup = groups?.data ?? communicator
         self.groups = groups
         if let resume {
-            let (file, _, tokenizer) = try TrainingCheckpoint.peek(resume)
-            setup = try Setup(c, backend: backend, tokenizer: tokenizer, normalization: try TrainingCheckpoint.normalization(file, path: resume),
-                              tensorGroup: groups?.tensor, pipeline: placement)
+            let file = try TrainingCheckpoint.peek(resume).0
+            setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: resume, tensorGroup: groups?.tensor, pipeline: placement)
             state = try TrainingCheckpoint.restore(file, path: resume, into: setup)
             runDirectory = resume
         } else if let initFrom {
-            let (file, _, tokenizer) = try TrainingCheckpoint.peek(initFrom)
-            setup = try Setup(c, backend: backend, tokenizer: tokenizer, normalization: try TrainingCheckpoint.normalization(file, path: initFrom),
-                              tensorGroup: groups?.tensor, pipeline: placement)
+            let file = try TrainingCheckpoint.peek(initFrom).0
+            setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: initFrom, tensorGroup: groups?.tensor, pipeline: placement)
             try TrainingCheckpoint.restoreModel(file, path: initFrom, into: setup.task.module, tensorGroup: setup.tensorGroup)
             state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
             runDirectory = c.runDirectory
