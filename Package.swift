@@ -27,7 +27,10 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
-        .target(name: "LoomCore", dependencies: ["COpenBLAS", "CDNNL"], swiftSettings: kernelFlags),
+        // Elementwise, softmax, norm and optimizer kernels in C, compiled for SSE2, AVX2 and
+        // AVX-512 and picked at run time (Sources/CLoomKernels/Dispatch.h).
+        .target(name: "CLoomKernels", cSettings: [.unsafeFlags(["-fno-math-errno"])]),
+        .target(name: "LoomCore", dependencies: ["COpenBLAS", "CDNNL", "CLoomKernels"], swiftSettings: kernelFlags),
         .target(name: "LoomNN", dependencies: ["LoomCore", "LoomDistributed"]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CPNG", providers: [.apt(["libpng-dev"])]),
@@ -47,7 +50,7 @@ let package = Package(
             "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain", "LoomCUDA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore"]),
+        .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore", "CLoomKernels"]),
         .testTarget(name: "LoomNNTests", dependencies: ["LoomCore", "LoomNN"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LoomParallelTests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomParallel"]),

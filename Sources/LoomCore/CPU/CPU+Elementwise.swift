@@ -1,3 +1,4 @@
+import CLoomKernels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -12,11 +13,11 @@ extension CPUBackend {
             let x = px + r.lowerBound, y = py + r.lowerBound, n = r.count
             switch op {
             case .neg: map8(x, y, n) { -$0 }
-            case .exp: map8(x, y, n) { exp8($0) }
+            case .exp: loom_exp(x, y, Int64(n))
             case .log: for i in 0..<n { y[i] = logf(x[i]) }
             case .tanh: map8(x, y, n) { tanh8($0) }
             case .relu: map8(x, y, n) { vmax($0, F8()) }
-            case .gelu: map8(x, y, n) { gelu8($0) }
+            case .gelu: loom_gelu(x, y, Int64(n))
             case .sqrt: map8(x, y, n) { $0.squareRoot() }
             case .sigmoid: map8(x, y, n) { sigmoid8($0) }
             case .square: map8(x, y, n) { $0 * $0 }
@@ -36,7 +37,7 @@ extension CPUBackend {
             case .log: zip8(g, x, gx, n) { $0 / $1 }
             case .tanh: zip8(g, y, gx, n) { $0 * (1 - $1 * $1) }
             case .relu: zip8(g, x, gx, n) { g, x in g.replacing(with: 0, where: x .<= 0) }
-            case .gelu: zip8(g, x, gx, n) { $0 * geluGrad8($1) }
+            case .gelu: loom_gelu_backward(x, g, gx, Int64(n))
             case .sqrt: zip8(g, y, gx, n) { $0 * 0.5 / $1 }
             case .sigmoid: zip8(g, y, gx, n) { $0 * $1 * (1 - $1) }
             case .square: zip8(g, x, gx, n) { $0 * 2 * $1 }

@@ -1,10 +1,13 @@
+import CLoomKernels
 import COpenBLAS
 import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The reference backend: OpenBLAS for GEMM, Swift SIMD loops for everything else,
+/// The reference backend: OpenBLAS for GEMM, oneDNN for convolutions, the vectorised C
+/// kernels of CLoomKernels (GELU, softmax, layer norm, optimizer steps; compiled for
+/// SSE2, AVX2 and AVX-512, one picked by the processor) and Swift SIMD loops for the rest,
 /// split across `threads` cores.
 public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// The process-wide CPU backend, using every core (or `LOOM_THREADS`).
@@ -22,6 +25,10 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     public private(set) var gemmSeconds: Double = 0
     public func resetCounters() { gemmFlops = 0; gemmSeconds = 0 }
     func countGEMM(flops: Double, seconds: Double) { gemmFlops += flops; gemmSeconds += seconds }
+
+    /// The vector width the C kernels run at on this processor: "avx512", "avx2" or
+    /// "baseline" (SSE2); `LOOM_CPU_ISA` caps it.
+    public static var kernelISA: String { String(cString: loom_isa_name(loom_kernel_isa())) }
 
     public static var defaultThreads: Int {
         if let s = getenv("LOOM_THREADS"), let n = Int(String(cString: s)), n > 0 { return n }

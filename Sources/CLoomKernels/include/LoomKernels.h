@@ -1,0 +1,59 @@
+// Loom's vectorised CPU kernels, compiled once per x86 vector width (SSE2, AVX2+FMA,
+// AVX-512) and chosen at run time by the processor (Dispatch.c). Each works on a range
+// the caller gives it; LoomCore's CPU backend splits the ranges across threads.
+#ifndef LOOM_KERNELS_H
+#define LOOM_KERNELS_H
+
+#include <stdint.h>
+
+typedef enum {
+    LOOM_ISA_BASELINE = 0,  // x86-64 (SSE2), or any other architecture
+    LOOM_ISA_AVX2 = 1,      // x86-64-v3: AVX2, FMA, BMI2, F16C
+    LOOM_ISA_AVX512 = 2,    // x86-64-v4: AVX-512 F/BW/DQ/VL/CD
+} loom_isa;
+
+/// The variant the kernels run: the widest the processor and OS support, lowered by
+/// LOOM_CPU_ISA=baseline|avx2|avx512 (a cap: asking for more than the processor has gives what it has).
+loom_isa loom_kernel_isa(void);
+/// The widest variant this processor supports, ignoring LOOM_CPU_ISA.
+loom_isa loom_cpu_isa(void);
+/// Runs the kernels' `isa` variant from now on (capped at loom_cpu_isa()); returns the one in force.
+/// For tests that check every variant the processor can run.
+loom_isa loom_set_kernel_isa(loom_isa isa);
+/// "baseline", "avx2" or "avx512".
+const char *loom_isa_name(loom_isa isa);
+
+// y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+void loom_gelu(const float *x, float *y, int64_t n);
+// gx = g * GELU'(x)
+void loom_gelu_backward(const float *x, const float *g, float *gx, int64_t n);
+// y = exp(x)
+void loom_exp(const float *x, float *y, int64_t n);
+
+// Row-wise softmax (or log-softmax) of rows x cols. Where `causal` > 0, row r of each
+// block of `causal` rows sees only columns 0...(r mod causal) + offset, offset = cols - causal:
+// the rest of the row is written as 0 (-inf for log) and never read.
+void loom_softmax_rows(const float *x, float *y, int64_t rows, int64_t cols, int log, int64_t causal);
+// gx = y * (g - <g, y>) per row (or g - exp(y) * sum(g) for log-softmax); the causal
+// rows' masked columns are written as 0.
+void loom_softmax_backward_rows(const float *y, const float *g, float *gx, int64_t rows, int64_t cols, int log,
+                                int64_t causal);
+
+// Layer norm over rows of `cols`: y = (x - mean) * rstd * gamma + beta, two-pass variance.
+void loom_layernorm_rows(const float *x, const float *gamma, const float *beta, float eps, int64_t rows,
+                         int64_t cols, float *y, float *mean, float *rstd);
+// Its backward over rows; adds each row's g * xhat and g into dgamma and dbeta (the
+// caller's per-chunk buffers). xhat: scratch of cols floats.
+void loom_layernorm_backward_rows(const float *x, const float *gamma, const float *mean, const float *rstd,
+                                  const float *g, int64_t rows, int64_t cols, float *gx, float *dgamma,
+                                  float *dbeta, float *xhat);
+
+// Adam/AdamW over n elements (PyTorch's formulas): decay = 1 - lr*wd for AdamW (else 1),
+// l2 = wd for Adam's L2 penalty (else 0), step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t).
+void loom_adam(float *p, const float *g, float *m, float *v, int64_t n, float beta1, float beta2, float eps,
+               float decay, float l2, float step_size, float bc2_sqrt);
+// SGD with optional momentum buffer (NULL: none), dampening and Nesterov.
+void loom_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float momentum, float dampening,
+              float weight_decay, int nesterov);
+
+#endif
