@@ -92,7 +92,7 @@ struct BenchCommand: ParsableCommand {
         let workloads = workload == "all" ? Workload.reference : [Workload(rawValue: workload)!]
         if !json {
             let on = deviceOptions.device == .cpu
-                ? "\(n) thread(s), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
+                ? "\(n) thread(s) of \(CPUInfo.modelName ?? "an unnamed processor"), kernels \(CPUBackend.kernelISA), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
                 : "\(backend.name), float32 sgemm peak \(String(format: "%.1f", peak)) GFLOP/s"
             print("loom bench — \(on)" + (precision == .float32 ? "" : ", \(precision.rawValue) matrix products"))
         }
@@ -103,7 +103,13 @@ struct BenchCommand: ParsableCommand {
             } else {
                 print(String(format: "%@  %10.1f %@  %6.2f ms/step  %6.1f GFLOP/s (%4.1f%% of peak)",
                              w.rawValue.padding(toLength: 4, withPad: " ", startingAt: 0), r.perSecond, r.unit, r.stepMilliseconds,
-                             r.gflops, 100 * r.gflops / peak) + (r.gemmFraction.map { String(format: "  GEMM %4.1f%% of step", 100 * $0) } ?? ""))
+                             r.gflops, 100 * r.gflops / peak))
+                if let shares = r.timeShare {
+                    let named = KernelClass.allCases.map(\.name) + ["other"]
+                    print("      time: " + named.compactMap { name in
+                        shares[name].map { String(format: "%@ %.1f%%", name, 100 * $0) }
+                    }.joined(separator: ", "))
+                }
             }
         }
     }

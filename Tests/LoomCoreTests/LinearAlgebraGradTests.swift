@@ -35,16 +35,30 @@ final class LinearAlgebraGradTests: XCTestCase {
         XCTAssertEqual(y.floats, [13, 20])
     }
 
-    func testAttentionMatchesComposedOps() throws {
-        // The fused kernel against the same computation from matmul/mask/softmax/permute.
-        let (b, t, h, d) = (2, 5, 2, 3)
-        let c = h * d
-        let qkv = randn([b, t, 3 * c], seed: 11)
-        let fused = try qkv.causalSelfAttention(heads: h)
-        let parts = try qkv.split([c, c, c], axis: 2).map { try $0.reshaped([b, t, h, d]).permuted([0, 2, 1, 3]) }
-        let att = try parts[0].matmul(parts[1], transposeB: true).scaled(1 / Float(d).squareRoot()).maskedCausal().softmax()
-        let composed = try att.matmul(parts[2]).permuted([0, 2, 1, 3]).reshaped([b, t, c])
-        for (x, y) in zip(fused.floats, composed.floats) { XCTAssertEqual(x, y, accuracy: 1e-5) }
+    func testAttentionMatchesComposedOpsForwardAndBackward() throws {
+        // The attention kernel (on the CPU: causal blocks of 32 rows only) against the same
+        // computation from matmul/mask/softmax/permute, values and input gradients; T = 70
+        // spans two whole blocks and a partial one.
+        for (b, t, h, d) in [(2, 5, 2, 3), (1, 70, 2, 4)] {
+            let c = h * d
+            let qkv = randn([b, t, 3 * c], seed: 11)
+            let projection = randn([b, t, c], seed: 13)
+            func gradient(_ f: (Tensor) throws -> Tensor) throws -> (value: [Float], grad: [Float]) {
+                let x = try Tensor(qkv.floats, shape: qkv.shape)
+                x.requiresGrad = true
+                let y = try f(x)
+                try y.mul(projection).sum().backward()
+                return (y.floats, x.grad!.floats)
+            }
+            let fused = try gradient { try $0.causalSelfAttention(heads: h) }
+            let composed = try gradient { x in
+                let parts = try x.split([c, c, c], axis: 2).map { try $0.reshaped([b, t, h, d]).permuted([0, 2, 1, 3]) }
+                let att = try parts[0].matmul(parts[1], transposeB: true).scaled(1 / Float(d).squareRoot()).maskedCausal().softmax()
+                return try att.matmul(parts[2]).permuted([0, 2, 1, 3]).reshaped([b, t, c])
+            }
+            for (x, y) in zip(fused.value, composed.value) { XCTAssertEqual(x, y, accuracy: 1e-5, "T = \(t)") }
+            for (x, y) in zip(fused.grad, composed.grad) { XCTAssertEqual(x, y, accuracy: 1e-5, "T = \(t) gradient") }
+        }
         try checkGradients("attention", inputs: [randn([2, 4, 12], seed: 12)]) { try $0[0].causalSelfAttention(heads: 2) }
     }
 }

@@ -18,7 +18,7 @@ extension CPUBackend {
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry g: ConvGeometry, into y: Tensor) {
         let start = monotonicSeconds()
         if withOneDNN(g, outChannels: weight.shape[0], bias: bias != nil, { $0.forward(x: x.ptr, weight: weight.ptr, bias: bias?.ptr, y: y.ptr) }) {
-            countGEMM(flops: 2 * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), seconds: monotonicSeconds() - start)
+            count(.convolution, flops: 2 * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), since: start)
             return
         }
         let (k, hw, oc) = (g.patch, g.outH * g.outW, weight.shape[0])
@@ -30,11 +30,11 @@ extension CPUBackend {
                 im2colImage(px + b * g.channels * g.height * g.width, g, cols)
                 let yb = py + b * oc * hw
                 if let pb { for o in 0..<oc { (yb + o * hw).update(repeating: pb[o], count: hw) } }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(oc), Int32(hw), Int32(k), 1,
-                            pw, Int32(k), cols, Int32(hw), pb == nil ? 0 : 1, yb, Int32(hw))
+                sgemm(transA: false, transB: false, m: oc, n: hw, k: k, alpha: 1,
+                          pw, lda: k, cols, ldb: hw, beta: pb == nil ? 0 : 1, yb, ldc: hw)
             }
         }
-        countGEMM(flops: 2 * Double(oc * hw * k * g.batch), seconds: monotonicSeconds() - start)
+        count(.convolution, flops: 2 * Double(oc * hw * k * g.batch), since: start)
     }
 
     public func conv2dBackward(x: Tensor, weight: Tensor, gradOutput: Tensor, geometry g: ConvGeometry,
@@ -45,7 +45,7 @@ extension CPUBackend {
             $0.backward(x: x.ptr, weight: weight.ptr, gy: gradOutput.ptr, gx: gradInput?.ptr, gw: gradWeight?.ptr, gb: gradBias?.ptr)
         }) {
             let products = Double((gradInput == nil ? 0 : 1) + (gradWeight == nil ? 0 : 1))
-            countGEMM(flops: 2 * products * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), seconds: monotonicSeconds() - began)
+            count(.convolution, flops: 2 * products * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), since: began)
             return
         }
         let (k, hw, oc) = (g.patch, g.outH * g.outW, weight.shape[0])
@@ -68,20 +68,20 @@ extension CPUBackend {
                     let gy = pg + b * oc * hw
                     if gradWeight != nil {
                         im2colImage(px + b * g.channels * g.height * g.width, g, cols)
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(oc), Int32(k), Int32(hw), 1,
-                                    gy, Int32(hw), cols, Int32(hw), 1, dw, Int32(k))
+                        sgemm(transA: false, transB: true, m: oc, n: k, k: hw, alpha: 1,
+                          gy, lda: hw, cols, ldb: hw, beta: 1, dw, ldc: k)
                     }
                     if gradBias != nil { for o in 0..<oc { db[o] += sum8(gy + o * hw, hw) } }
                     if let pgx {
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(k), Int32(hw), Int32(oc), 1,
-                                    pw, Int32(k), gy, Int32(hw), 0, cols, Int32(hw))
+                        sgemm(transA: true, transB: false, m: k, n: hw, k: oc, alpha: 1,
+                          pw, lda: k, gy, ldb: hw, beta: 0, cols, ldc: hw)
                         col2imImage(cols, g, pgx + b * g.channels * g.height * g.width)
                     }
                 }
             }
         }
         let passes = (gradWeight != nil ? 1.0 : 0) + (gradInput != nil ? 1.0 : 0)
-        countGEMM(flops: passes * 2 * Double(oc * hw * k * g.batch), seconds: monotonicSeconds() - start)
+        count(.convolution, flops: passes * 2 * Double(oc * hw * k * g.batch), since: start)
         for (c0, target, width) in [(0, gradWeight, oc * k), (oc * k, gradBias, oc)] {
             guard let target else { continue }
             let t = target.ptr
@@ -157,6 +157,7 @@ extension CPUBackend {
     }
 
     public func maxPool2d(_ x: Tensor, geometry g: PoolGeometry, into y: Tensor, indices: Tensor) {
+        let started = monotonicSeconds(); defer { count(.convolution, since: started) }
         let px = x.ptr, py = y.ptr, pi = indices.intPtr
         let (H, W, K, S, P, OH, OW) = (g.height, g.width, g.kernel, g.stride, g.padding, g.outH, g.outW)
         parallelFor(g.batch * g.channels, grain: 4, threads: threads) { r in
@@ -181,6 +182,7 @@ extension CPUBackend {
     }
 
     public func maxPool2dBackward(gradOutput: Tensor, indices: Tensor, geometry g: PoolGeometry, into gx: Tensor) {
+        let started = monotonicSeconds(); defer { count(.convolution, since: started) }
         let pg = gradOutput.ptr, pi = indices.intPtr, px = gx.ptr
         let (H, W, O) = (g.height, g.width, g.outH * g.outW)
         parallelFor(g.batch * g.channels, grain: 4, threads: threads) { r in

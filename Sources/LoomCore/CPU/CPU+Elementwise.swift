@@ -8,6 +8,7 @@ private let grain = 1 << 15
 
 extension CPUBackend {
     public func unary(_ op: UnaryOp, _ x: Tensor, into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
         let px = x.ptr, py = y.ptr
         parallelFor(x.count, grain: grain, threads: threads) { r in
             let x = px + r.lowerBound, y = py + r.lowerBound, n = r.count
@@ -27,6 +28,7 @@ extension CPUBackend {
     }
 
     public func unaryBackward(_ op: UnaryOp, x: Tensor, y: Tensor, gradOutput: Tensor, into gx: Tensor) {
+        let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
         let px = x.ptr, py = y.ptr, pg = gradOutput.ptr, pgx = gx.ptr
         parallelFor(x.count, grain: grain, threads: threads) { r in
             let lo = r.lowerBound, n = r.count
@@ -47,6 +49,7 @@ extension CPUBackend {
     }
 
     public func scalar(_ op: ScalarOp, _ x: Tensor, _ s: Float, into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
         let px = x.ptr, py = y.ptr
         parallelFor(x.count, grain: grain, threads: threads) { r in
             let x = px + r.lowerBound, y = py + r.lowerBound, n = r.count
@@ -60,6 +63,7 @@ extension CPUBackend {
     }
 
     public func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor) {
+        let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
         let n = out.count
         let pa = a.ptr, pb = b.ptr, po = out.ptr
         // Same shape: one flat loop.

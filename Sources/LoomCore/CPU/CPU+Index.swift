@@ -6,6 +6,7 @@ import Glibc
 
 extension CPUBackend {
     public func gather(_ table: Tensor, indices: Tensor, into out: Tensor) throws {
+        let started = monotonicSeconds(); defer { count(.embedding, since: started) }
         let rows = table.shape[0], width = table.count / max(rows, 1)
         let pt = table.ptr, pi = indices.intPtr, po = out.ptr
         for i in 0..<indices.count where pi[i] < 0 || Int(pi[i]) >= rows {
@@ -17,6 +18,7 @@ extension CPUBackend {
     }
 
     public func scatterAdd(_ src: Tensor, indices: Tensor, into grad: Tensor) {
+        let started = monotonicSeconds(); defer { count(.embedding, since: started) }
         let rows = grad.shape[0], width = grad.count / max(rows, 1)
         let ps = src.ptr, pi = indices.intPtr, pg = grad.ptr
         // Parallel over columns: rows may repeat, columns never collide.
@@ -31,6 +33,7 @@ extension CPUBackend {
 
     public func crossEntropy(logits: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
                              losses: Tensor, weights: Tensor, probabilities: Tensor) throws {
+        let started = monotonicSeconds(); defer { count(.loss, since: started) }
         let px = logits.ptr, pt = targets.intPtr, pl = losses.ptr, pw = weights.ptr, pp = probabilities.ptr
         for i in 0..<rows where pt[i] != ignoreIndex && (pt[i] < 0 || Int(pt[i]) >= classes) {
             throw LoomError.invalidArgument("cross-entropy: target \(pt[i]) at row \(i) is outside 0..<\(classes)")
@@ -52,6 +55,7 @@ extension CPUBackend {
 
     public func crossEntropyBackward(probabilities: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
                                      scale: Tensor, into gx: Tensor) {
+        let started = monotonicSeconds(); defer { count(.loss, since: started) }
         let pp = probabilities.ptr, pt = targets.intPtr, pg = gx.ptr, scale = scale.ptr[0]
         parallelFor(rows, grain: max(1, 4096 / max(classes, 1)), threads: threads) { r in
             for row in r {
@@ -65,6 +69,7 @@ extension CPUBackend {
     }
 
     public func dropoutMask(_ mask: Tensor, p: Float, seed: UInt64, counter: UInt64) {
+        let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
         let pm = mask.ptr, n = mask.count
         let keep = 1 / (1 - p)
         let blocks = (n + 3) / 4
@@ -80,6 +85,7 @@ extension CPUBackend {
     }
 
     public func gatherAlongAxis(_ x: Tensor, indices: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.embedding, since: started) }
         let px = x.ptr, pi = indices.intPtr, py = y.ptr
         for o in 0..<outer {
             for c in 0..<inner {
@@ -90,6 +96,7 @@ extension CPUBackend {
     }
 
     public func scatterAlongAxis(_ src: Tensor, indices: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.embedding, since: started) }
         let ps = src.ptr, pi = indices.intPtr, py = y.ptr
         for o in 0..<outer {
             for c in 0..<inner {

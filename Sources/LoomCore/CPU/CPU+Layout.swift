@@ -4,6 +4,7 @@ import Glibc
 
 extension CPUBackend {
     public func permute(_ x: Tensor, perm: [Int], into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.memory, since: started) }
         let shape = x.shape, rank = shape.count
         var xStrides = [Int](repeating: 1, count: rank)
         for d in stride(from: rank - 2, through: 0, by: -1) { xStrides[d] = xStrides[d + 1] * shape[d + 1] }
@@ -33,6 +34,7 @@ extension CPUBackend {
 
     public func copyBlocks(_ src: Tensor, srcOffset: Int, srcStride: Int, into dst: Tensor, dstOffset: Int, dstStride: Int,
                            rows: Int, width: Int, accumulate: Bool) {
+        let started = monotonicSeconds(); defer { count(.memory, since: started) }
         let ps = src.ptr + srcOffset, pd = dst.ptr + dstOffset
         parallelFor(rows, grain: max(1, 16384 / max(width, 1)), threads: threads) { r in
             for row in r {

@@ -7,6 +7,7 @@ import Glibc
 
 extension CPUBackend {
     public func softmax(_ x: Tensor, rows: Int, cols: Int, log: Bool, into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.softmax, since: started) }
         let px = x.ptr, py = y.ptr
         parallelFor(rows, grain: max(1, 4096 / max(cols, 1)), threads: threads) { r in
             loom_softmax_rows(px + r.lowerBound * cols, py + r.lowerBound * cols, Int64(r.count), Int64(cols),
@@ -15,6 +16,7 @@ extension CPUBackend {
     }
 
     public func softmaxBackward(y: Tensor, gradOutput: Tensor, rows: Int, cols: Int, log: Bool, into gx: Tensor) {
+        let started = monotonicSeconds(); defer { count(.softmax, since: started) }
         let py = y.ptr, pg = gradOutput.ptr, pgx = gx.ptr
         parallelFor(rows, grain: max(1, 4096 / max(cols, 1)), threads: threads) { r in
             let o = r.lowerBound * cols
@@ -23,6 +25,7 @@ extension CPUBackend {
     }
 
     public func maskUpperTriangle(_ x: Tensor, rows: Int, cols: Int, value: Float) {
+        let started = monotonicSeconds(); defer { count(.softmax, since: started) }
         let px = x.ptr
         let matrices = x.count / max(rows * cols, 1)
         parallelFor(matrices, grain: 1, threads: threads) { r in
@@ -37,6 +40,7 @@ extension CPUBackend {
 
     public func layerNorm(_ x: Tensor, gamma: Tensor, beta: Tensor, eps: Float, rows: Int, cols: Int,
                           into y: Tensor, mean: Tensor, rstd: Tensor) {
+        let started = monotonicSeconds(); defer { count(.norm, since: started) }
         let px = x.ptr, py = y.ptr, pgm = gamma.ptr, pbt = beta.ptr, pm = mean.ptr, pr = rstd.ptr
         parallelFor(rows, grain: max(1, 4096 / max(cols, 1)), threads: threads) { r in
             let o = r.lowerBound * cols
@@ -47,6 +51,7 @@ extension CPUBackend {
 
     public func layerNormBackward(x: Tensor, gamma: Tensor, mean: Tensor, rstd: Tensor, gradOutput: Tensor,
                                   rows: Int, cols: Int, gradInput: Tensor, gradGamma: Tensor, gradBeta: Tensor) {
+        let started = monotonicSeconds(); defer { count(.norm, since: started) }
         let px = x.ptr, pgm = gamma.ptr, pm = mean.ptr, pr = rstd.ptr, pg = gradOutput.ptr, pgx = gradInput.ptr
         // Each chunk sums its rows' contributions to dgamma/dbeta in its own buffer;
         // buffers are added in chunk order, so the result does not depend on timing.
@@ -75,6 +80,7 @@ extension CPUBackend {
     }
 
     public func channelMoments(_ x: Tensor, n: Int, channels: Int, inner: Int, mean: Tensor, variance: Tensor) {
+        let started = monotonicSeconds(); defer { count(.norm, since: started) }
         let px = x.ptr, pm = mean.ptr, pv = variance.ptr
         let m = Float(n * inner)
         parallelFor(channels, grain: 1, threads: threads) { r in
@@ -98,6 +104,7 @@ extension CPUBackend {
 
     public func channelAffine(_ x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, n: Int, channels: Int, inner: Int,
                               into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.norm, since: started) }
         let px = x.ptr, py = y.ptr, pm = mean.ptr, ps = scale.ptr, pt = shift.ptr
         parallelFor(n * channels, grain: max(1, 4096 / max(inner, 1)), threads: threads) { r in
             for row in r {
@@ -110,6 +117,7 @@ extension CPUBackend {
 
     public func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
                                 sumGrad: Tensor, sumGradXmu: Tensor) {
+        let started = monotonicSeconds(); defer { count(.norm, since: started) }
         let px = x.ptr, pm = mean.ptr, pg = gradOutput.ptr, p1 = sumGrad.ptr, p2 = sumGradXmu.ptr
         parallelFor(channels, grain: 1, threads: threads) { r in
             for c in r {

@@ -8,6 +8,7 @@ import Glibc
 extension CPUBackend {
     public func sgdStep(_ parameters: [SGDTensors], lr: Float, momentumFactor: Float, dampening: Float, weightDecay: Float,
                         nesterov: Bool) {
+        let started = monotonicSeconds(); defer { count(.optimizer, since: started) }
         for t in parameters {
             sgdStep(param: t.param, grad: t.grad, momentum: t.momentum, lr: lr, momentumFactor: momentumFactor,
                     dampening: dampening, weightDecay: weightDecay, nesterov: nesterov)
@@ -16,6 +17,7 @@ extension CPUBackend {
 
     public func adamStep(_ parameters: [AdamTensors], lr: Float, beta1: Float, beta2: Float, eps: Float, weightDecay: Float,
                          decoupled: Bool, step: Int) {
+        let started = monotonicSeconds(); defer { count(.optimizer, since: started) }
         for t in parameters {
             adamStep(param: t.param, grad: t.grad, m: t.m, v: t.v, lr: lr, beta1: beta1, beta2: beta2, eps: eps,
                      weightDecay: weightDecay, decoupled: decoupled, step: step)

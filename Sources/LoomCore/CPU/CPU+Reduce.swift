@@ -1,5 +1,6 @@
 extension CPUBackend {
     public func reduce(_ op: ReduceOp, _ x: Tensor, outer: Int, n: Int, inner: Int, into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.reduction, since: started) }
         let px = x.ptr, py = y.ptr
         if inner == 1 {
             // Contiguous rows: one vector reduction per output element.
@@ -35,6 +36,7 @@ extension CPUBackend {
     }
 
     public func argmax(_ x: Tensor, outer: Int, n: Int, inner: Int, into indices: Tensor) {
+        let started = monotonicSeconds(); defer { count(.reduction, since: started) }
         let px = x.ptr, pi = indices.intPtr
         for o in 0..<outer {
             for c in 0..<inner {
@@ -49,6 +51,7 @@ extension CPUBackend {
     }
 
     public func sumOfSquares(_ tensors: [Tensor]) -> Double {
+        let started = monotonicSeconds(); defer { count(.reduction, since: started) }
         var total = 0.0
         for t in tensors { total += Double(dot8(t.ptr, t.ptr, t.count)) }
         return total

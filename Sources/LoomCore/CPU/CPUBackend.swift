@@ -18,13 +18,19 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// Threads for Loom's own kernels.
     public let threads: Int
 
-    /// FLOPs issued to GEMM (2mnk per product) and seconds spent in it, since the last
-    /// `resetCounters()`. The benchmark reports achieved GFLOP/s and the share of a step
-    /// spent outside GEMM from these.
+    /// FLOPs issued to matrix products (GEMMs, convolutions, attention's products; 2mnk
+    /// per product) and seconds spent in each class of kernel, since the last
+    /// `resetCounters()`. `loom bench` reports GFLOP/s and where a step's time goes from these.
     public private(set) var gemmFlops: Double = 0
-    public private(set) var gemmSeconds: Double = 0
-    public func resetCounters() { gemmFlops = 0; gemmSeconds = 0 }
-    func countGEMM(flops: Double, seconds: Double) { gemmFlops += flops; gemmSeconds += seconds }
+    public private(set) var kernelSeconds = [Double](repeating: 0, count: KernelClass.allCases.count)
+    public var gemmSeconds: Double { kernelSeconds[KernelClass.gemm.rawValue] }
+    public func resetCounters() { gemmFlops = 0; kernelSeconds = kernelSeconds.map { _ in 0 } }
+    /// Adds the time since `start` (and any product FLOPs) to a kernel class.
+    @inline(__always)
+    func count(_ kind: KernelClass, flops: Double = 0, since start: Double) {
+        gemmFlops += flops
+        kernelSeconds[kind.rawValue] += monotonicSeconds() - start
+    }
 
     /// The vector width the C kernels run at on this processor: "avx512", "avx2" or
     /// "baseline" (SSE2); `LOOM_CPU_ISA` caps it.
@@ -151,7 +157,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             return
         }
         let start = monotonicSeconds()
-        defer { countGEMM(flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), seconds: monotonicSeconds() - start) }
+        defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
         let pa = a.tensor.ptr + a.offset, pb = b.tensor.ptr + b.offset, pc = c.tensor.ptr + c.offset
         let work = Double(m) * Double(n) * Double(k)
         // Split across threads: by batch entry when there are several, else by rows of C
@@ -207,9 +213,16 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     @inline(__always)
     private func sgemm(_ a: GEMMOperand, _ pa: UnsafePointer<Float>, _ b: GEMMOperand, _ pb: UnsafePointer<Float>,
                        _ pc: UnsafeMutablePointer<Float>, _ ldc: Int, m: Int, n: Int, k: Int, alpha: Float, beta: Float) {
-        cblas_sgemm(CblasRowMajor, a.transposed ? CblasTrans : CblasNoTrans, b.transposed ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), alpha, pa, Int32(a.ld), pb, Int32(b.ld), beta, pc, Int32(ldc))
+        LoomCore.sgemm(transA: a.transposed, transB: b.transposed, m: m, n: n, k: k, alpha: alpha, pa, lda: a.ld, pb, ldb: b.ld,
+                       beta: beta, pc, ldc: ldc)
     }
+}
+
+/// What a CPU kernel's time counts as in `loom bench`'s breakdown of a step.
+public enum KernelClass: Int, CaseIterable, Sendable {
+    case gemm, attention, convolution, elementwise, softmax, norm, reduction, loss, optimizer, embedding, memory
+
+    public var name: String { String(describing: self) }
 }
 
 /// Seconds on a monotonic clock.

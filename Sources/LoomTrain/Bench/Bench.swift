@@ -12,9 +12,17 @@ public struct BenchResult: Sendable, Encodable {
     /// sgemm GFLOP/s measured on this machine with the same threads.
     public var peakGflops: Double
     public var stepMilliseconds: Double
-    /// Share of step time spent inside GEMM; the rest is elementwise kernels, softmax,
-    /// norms, im2col, optimizer and allocation.
+    /// Share of step time spent inside GEMM calls (linear layers, the LM head); the rest
+    /// is in `timeShare`.
     public var gemmFraction: Double?
+    /// Where a step's time goes on the CPU: the share of each kernel class (`KernelClass`:
+    /// gemm, attention, convolution, elementwise, softmax, norm, …) and "other", the rest
+    /// (autodiff bookkeeping, allocation, the data). Classes that took no time are left out.
+    public var timeShare: [String: Double]?
+    /// The vector width of the CPU's C kernels (`avx512`, `avx2`, `baseline`), and the
+    /// processor's name.
+    public var kernels: String?
+    public var processor: String?
     /// CPU threads (0 on a GPU).
     public var threads: Int
     /// The backend the workload ran on (`cpu(2 threads)`, `cuda:0 (NVIDIA H100 …, sm_90)`).
@@ -32,6 +40,7 @@ public struct BenchResult: Sendable, Encodable {
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
+        case timeShare = "time_share", kernels, processor
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -43,6 +52,9 @@ public struct BenchResult: Sendable, Encodable {
         try c.encode(rounded(peakGflops, 1), forKey: .peakGflops)
         try c.encode(rounded(stepMilliseconds, 3), forKey: .stepMilliseconds)
         try c.encodeIfPresent(gemmFraction.map { rounded($0, 3) }, forKey: .gemmFraction)
+        try c.encodeIfPresent(timeShare?.mapValues { rounded($0, 3) }, forKey: .timeShare)
+        try c.encodeIfPresent(kernels, forKey: .kernels)
+        try c.encodeIfPresent(processor, forKey: .processor)
         try c.encode(threads, forKey: .threads)
         try c.encode(device, forKey: .device)
         try c.encode(precision.rawValue, forKey: .precision)
@@ -87,6 +99,7 @@ public enum Bench {
         r.stepMilliseconds = 1000 * seconds / Double(steps)
         r.gflops = single.gflops * perSecond / single.perSecond  // same GEMM work per item
         r.gemmFraction = nil
+        r.timeShare = nil
         r.peakGflops = peakGflops(on: CPUBackend(threads: ranks))  // the ceiling of all the threads the run used
         r.ranks = ranks
         r.threads = 1
@@ -120,7 +133,7 @@ public enum Bench {
         let step = { try withPrecision(precision) { try plainStep() } }
         let counter = backend as? GEMMCounting, cpu = backend as? CPUBackend
         var loss: Float = 0
-        var runs: [(seconds: Double, flops: Double, gemm: Double?)] = []
+        var runs: [(seconds: Double, flops: Double, kernels: [Double]?)] = []
         try MemoryMeter.measuring(meter) {
             for _ in 0..<warmup { loss = try step() }
             for _ in 0..<repeats {
@@ -128,13 +141,34 @@ public enum Bench {
                 let t0 = monotonicSeconds()
                 for _ in 0..<steps { loss = try step() }
                 backend.synchronize()
-                runs.append((monotonicSeconds() - t0, counter?.gemmFlops ?? 0, cpu?.gemmSeconds))
+                runs.append((monotonicSeconds() - t0, counter?.gemmFlops ?? 0, cpu?.kernelSeconds))
             }
         }
         let median = runs.sorted { $0.seconds < $1.seconds }[runs.count / 2]
-        return BenchResult(workload: workload.rawValue, perSecond: Double(workload.itemsPerStep * steps) / median.seconds,
-                           unit: workload.unit, gflops: median.flops / median.seconds / 1e9, peakGflops: peak,
-                           stepMilliseconds: 1000 * median.seconds / Double(steps), gemmFraction: median.gemm.map { $0 / median.seconds },
-                           threads: cpu?.threads ?? 0, device: backend.name, precision: precision, peakBytes: meter.peakBytes, loss: loss)
+        var result = BenchResult(workload: workload.rawValue, perSecond: Double(workload.itemsPerStep * steps) / median.seconds,
+                                 unit: workload.unit, gflops: median.flops / median.seconds / 1e9, peakGflops: peak,
+                                 stepMilliseconds: 1000 * median.seconds / Double(steps),
+                                 gemmFraction: median.kernels.map { $0[KernelClass.gemm.rawValue] / median.seconds },
+                                 threads: cpu?.threads ?? 0, device: backend.name, precision: precision, peakBytes: meter.peakBytes, loss: loss)
+        if let seconds = median.kernels {
+            var shares: [String: Double] = [:]
+            for kind in KernelClass.allCases where seconds[kind.rawValue] > 0 { shares[kind.name] = seconds[kind.rawValue] / median.seconds }
+            shares["other"] = max(0, 1 - shares.values.reduce(0, +))
+            result.timeShare = shares
+            result.kernels = CPUBackend.kernelISA
+            result.processor = CPUInfo.modelName
+        }
+        return result
     }
+}
+
+/// The processor, as /proc/cpuinfo names it (nil where there is no such file).
+public enum CPUInfo {
+    public static let modelName: String? = {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("model name") {
+            return line.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        return nil
+    }()
 }

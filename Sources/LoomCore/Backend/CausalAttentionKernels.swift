@@ -1,0 +1,22 @@
+/// A backend that runs causal self-attention as kernels of its own instead of the four
+/// batched GEMMs and masked softmax of `Tensor.causalSelfAttention` (Ops/Attention.swift).
+/// The CPU's computes each head's lower-triangular blocks only. Layouts are the op's:
+/// qkv [B, T, 3C] (per token: H heads of D query values, then keys, then values), y and
+/// dY [B, T, C], P [B, H, T, T] with zeros above the diagonal.
+public protocol CausalAttentionKernels: Backend {
+    /// y = P V with P = softmax(scale · Q Kᵀ + causal mask), P kept in `probs` for backward.
+    func causalAttention(qkv: Tensor, shape: AttentionShape, scale: Float, probs: Tensor, into y: Tensor)
+    /// d qkv from dY and the saved P. `scratch` is [B, H, T, T] of any contents (dP, then dS).
+    func causalAttentionBackward(qkv: Tensor, probs: Tensor, gradOutput: Tensor, shape: AttentionShape, scale: Float,
+                                 scratch: Tensor, into gqkv: Tensor)
+}
+
+/// Batch, sequence length, heads and head size of a packed attention.
+public struct AttentionShape: Sendable, Equatable {
+    public var batch: Int, length: Int, heads: Int, headSize: Int
+    public init(batch: Int, length: Int, heads: Int, headSize: Int) {
+        self.batch = batch; self.length = length; self.heads = heads; self.headSize = headSize
+    }
+    /// Model width C = H · D.
+    public var width: Int { heads * headSize }
+}
