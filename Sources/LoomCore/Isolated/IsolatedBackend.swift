@@ -210,3 +210,15 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
                        lr: lr, beta1: beta1, beta2: beta2, eps: eps, weightDecay: weightDecay, decoupled: decoupled, step: step)
     }
 }
+
+// The CPU's attention kernel too: a device whose kernels are the CPU's runs all of them.
+extension IsolatedBackend: CausalAttentionKernels {
+    public func causalAttention(qkv: Tensor, shape: AttentionShape, scale: Float, probs: Tensor, into y: Tensor) {
+        inner.causalAttention(qkv: host(qkv), shape: shape, scale: scale, probs: host(probs), into: host(y))
+    }
+    public func causalAttentionBackward(qkv: Tensor, probs: Tensor, gradOutput: Tensor, shape: AttentionShape, scale: Float,
+                                        scratch: Tensor, into gqkv: Tensor) {
+        inner.causalAttentionBackward(qkv: host(qkv), probs: host(probs), gradOutput: host(gradOutput), shape: shape,
+                                      scale: scale, scratch: host(scratch), into: host(gqkv))
+    }
+}

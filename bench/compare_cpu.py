@@ -1,0 +1,59 @@
+"""Loom against PyTorch eager and JAX jit on the three CPU reference workloads, side by side.
+
+Runs `loom bench --json`, torch_ref.py and jax_ref.py (the peers' versions of the same
+workloads; pass the folder that holds them) in turn, `--rounds` times for each thread
+count, so that the machine's noise falls on all three alike, and prints the medians as a
+Markdown table with Loom's ratio to each peer. Every raw line goes to --raw as JSON.
+
+    python3 bench/compare_cpu.py --refs ../shared/bench --loom .build/release/loom
+    LOOM_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python3 bench/compare_cpu.py ...   # the AVX2 code paths
+"""
+import argparse, json, os, platform, statistics, subprocess, sys
+
+p = argparse.ArgumentParser()
+p.add_argument("--refs", required=True, help="folder with torch_ref.py and jax_ref.py")
+p.add_argument("--loom", default=".build/release/loom")
+p.add_argument("--threads", default="2,1")
+p.add_argument("--rounds", type=int, default=3)
+p.add_argument("--peers", default="torch,jax")
+p.add_argument("--raw", default=None, help="append every result line (JSON) to this file")
+a = p.parse_args()
+
+def lines(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+
+def runs(framework, threads):
+    if framework == "loom":
+        return lines([a.loom, "bench", "--json", "--threads", str(threads)])
+    script = os.path.join(a.refs, f"{framework}_ref.py")
+    return lines([sys.executable, script, "all", "--threads", str(threads)])
+
+frameworks = ["loom"] + [f for f in a.peers.split(",") if f]
+results = {}  # (framework, threads, workload) -> [per_s]
+raw = open(a.raw, "a") if a.raw else None
+for threads in [int(t) for t in a.threads.split(",")]:
+    for r in range(a.rounds):
+        for f in frameworks:
+            for line in runs(f, threads):
+                results.setdefault((f, threads, line["workload"]), []).append(line["per_s"])
+                if raw: raw.write(json.dumps({"framework": f, "round": r, **line}) + "\n")
+        print(f"threads {threads}: round {r + 1} of {a.rounds} done", file=sys.stderr)
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+flags = open("/proc/cpuinfo").read()
+width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+caps = " ".join(f"{k}={os.environ[k]}" for k in ("LOOM_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "LOOM_GEMM") if k in os.environ)
+print(f"\n{cpu} ({width}), {os.cpu_count()} cores; medians of {a.rounds} interleaved runs" + (f"; {caps}" if caps else ""))
+peers = frameworks[1:]
+print("\n| workload | threads | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
+print("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
+for threads in [int(t) for t in a.threads.split(",")]:
+    for w in ("mlp", "cnn", "gpt"):
+        med = {f: statistics.median(results[(f, threads, w)]) for f in frameworks if (f, threads, w) in results}
+        if "loom" not in med: continue
+        cells = [f"{med[p]:,.0f}" if p in med else "—" for p in peers]
+        ratios = [f"{med['loom'] / med[p]:.2f}×" if p in med else "—" for p in peers]
+        print(f"| {w} | {threads} | {med['loom']:,.0f} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
