@@ -92,7 +92,7 @@ struct BenchCommand: ParsableCommand {
         let workloads = workload == "all" ? Workload.reference : [Workload(rawValue: workload)!]
         if !json {
             let on = deviceOptions.device == .cpu
-                ? "\(n) thread(s) of \(CPUInfo.modelName ?? "an unnamed processor"), kernels \(CPUBackend.kernelISA), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
+                ? "\(n) thread(s) of \(CPUInfo.modelName ?? "an unnamed processor"), kernels \(CPUBackend.kernelISA), GEMMs on \(CPUBackend.gemmLibrary), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
                 : "\(backend.name), float32 sgemm peak \(String(format: "%.1f", peak)) GFLOP/s"
             print("loom bench — \(on)" + (precision == .float32 ? "" : ", \(precision.rawValue) matrix products"))
         }

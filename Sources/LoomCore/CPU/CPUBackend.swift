@@ -36,6 +36,9 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// "baseline" (SSE2); `LOOM_CPU_ISA` caps it.
     public static var kernelISA: String { String(cString: loom_isa_name(loom_kernel_isa())) }
 
+    /// The library the products run on: "onednn" or "openblas" (`LOOM_GEMM` chooses by hand).
+    public static var gemmLibrary: String { SGEMMLibrary.selected.rawValue }
+
     public static var defaultThreads: Int {
         if let s = getenv("LOOM_THREADS"), let n = Int(String(cString: s)), n > 0 { return n }
         return max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))

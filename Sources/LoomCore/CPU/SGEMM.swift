@@ -1,4 +1,5 @@
 import CDNNL
+import CLoomKernels
 import COpenBLAS
 #if canImport(Glibc)
 import Glibc
@@ -7,16 +8,18 @@ import Glibc
 /// The library behind every single-threaded float32 product on the CPU (the backend splits
 /// GEMMs, attention heads and images across its own threads and calls this per piece).
 ///
-/// oneDNN's sgemm (jit kernels for the processor: `avx512_core`, `avx2`) ran these models'
-/// shapes 4-20% faster than OpenBLAS 0.3.21's on a Zen 4 core (the GPT's weight gradients,
-/// K = 2048: 113 against 93 GFLOP/s; docs/benchmarks.md), so it is the default;
-/// `LOOM_GEMM=openblas` keeps OpenBLAS for comparison.
-enum SGEMMLibrary {
+/// Measured on a Zen 4 core (docs/benchmarks.md): with AVX-512, oneDNN's sgemm ran these
+/// models' shapes 4-20% faster than OpenBLAS 0.3.21's (the GPT's weight gradients, K = 2048:
+/// 113 against 93 GFLOP/s); held to AVX2 (`ONEDNN_MAX_CPU_ISA=AVX2`), oneDNN's products
+/// with a transposed A fell to 69-75 GFLOP/s where OpenBLAS's Haswell kernels ran 105. So:
+/// oneDNN where the kernels run AVX-512, OpenBLAS elsewhere. `LOOM_GEMM=openblas|onednn`
+/// chooses by hand. The choice is fixed per process, so a run is bit-reproducible.
+enum SGEMMLibrary: String {
     case onednn, openblas
 
     static let selected: SGEMMLibrary = {
-        if let s = getenv("LOOM_GEMM"), String(cString: s) == "openblas" { return .openblas }
-        return .onednn
+        if let s = getenv("LOOM_GEMM"), let library = SGEMMLibrary(rawValue: String(cString: s)) { return library }
+        return loom_kernel_isa() == LOOM_ISA_AVX512 ? .onednn : .openblas
     }()
 }
 

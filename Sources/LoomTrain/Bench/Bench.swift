@@ -19,9 +19,10 @@ public struct BenchResult: Sendable, Encodable {
     /// gemm, attention, convolution, elementwise, softmax, norm, …) and "other", the rest
     /// (autodiff bookkeeping, allocation, the data). Classes that took no time are left out.
     public var timeShare: [String: Double]?
-    /// The vector width of the CPU's C kernels (`avx512`, `avx2`, `baseline`), and the
-    /// processor's name.
+    /// The vector width of the CPU's C kernels (`avx512`, `avx2`, `baseline`), the GEMM
+    /// library (`onednn`, `openblas`), and the processor's name.
     public var kernels: String?
+    public var gemmLibrary: String?
     public var processor: String?
     /// CPU threads (0 on a GPU).
     public var threads: Int
@@ -40,7 +41,7 @@ public struct BenchResult: Sendable, Encodable {
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
-        case timeShare = "time_share", kernels, processor
+        case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -54,6 +55,7 @@ public struct BenchResult: Sendable, Encodable {
         try c.encodeIfPresent(gemmFraction.map { rounded($0, 3) }, forKey: .gemmFraction)
         try c.encodeIfPresent(timeShare?.mapValues { rounded($0, 3) }, forKey: .timeShare)
         try c.encodeIfPresent(kernels, forKey: .kernels)
+        try c.encodeIfPresent(gemmLibrary, forKey: .gemmLibrary)
         try c.encodeIfPresent(processor, forKey: .processor)
         try c.encode(threads, forKey: .threads)
         try c.encode(device, forKey: .device)
@@ -156,6 +158,7 @@ public enum Bench {
             shares["other"] = max(0, 1 - shares.values.reduce(0, +))
             result.timeShare = shares
             result.kernels = CPUBackend.kernelISA
+            result.gemmLibrary = CPUBackend.gemmLibrary
             result.processor = CPUInfo.modelName
         }
         return result
