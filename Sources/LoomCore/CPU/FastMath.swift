@@ -2,9 +2,10 @@
 import Glibc
 #endif
 
-// Vectorised transcendental functions for the elementwise kernels. libm's expf/tanhf
-// are scalar calls (~10-20 ns each); GELU over a [2048, 512] activation would spend
-// more time in tanh than the GEMMs around it spend computing.
+// Vectorised transcendental functions and loops for the Swift elementwise kernels. libm's
+// expf/tanhf are scalar calls (~10-20 ns each). The hottest kernels (GELU, softmax, layer
+// norm, optimizer steps) are C in CLoomKernels, compiled for each x86 vector width: the
+// package builds for baseline x86-64, so these SIMD8 loops run as SSE pairs without FMA.
 
 public typealias F8 = SIMD8<Float>
 
@@ -48,28 +49,6 @@ public func tanh8(_ x: F8) -> F8 {
 
 @inline(__always)
 public func sigmoid8(_ x: F8) -> F8 { 1 / (1 + exp8(-x)) }
-
-// GELU with the tanh approximation (what GPT-2 and the reference workloads use).
-@usableFromInline let geluC: Float = 0.7978845608028654  // sqrt(2/pi)
-@usableFromInline let geluA: Float = 0.044715
-
-@inline(__always)
-public func gelu8(_ x: F8) -> F8 {
-    let u: F8 = geluC * (x + geluA * x * x * x)
-    let t: F8 = tanh8(u)
-    return F8(repeating: 0.5) * x * (1 + t)
-}
-
-@inline(__always)
-public func geluGrad8(_ x: F8) -> F8 {
-    let x2 = x * x
-    let t = tanh8(geluC * (x + geluA * x2 * x))
-    let half = F8(repeating: 0.5), one = F8(repeating: 1)
-    let du: F8 = geluC * (one + (3 * geluA) * x2)   // d/dx of the tanh argument
-    let left: F8 = half * (one + t)
-    let right: F8 = half * x * (one - t * t) * du
-    return left + right
-}
 
 @inline(__always)
 func load8(_ p: UnsafePointer<Float>) -> F8 {
