@@ -1,4 +1,5 @@
 #include "Dispatch.h"
+#include <stdio.h>
 #include <stdlib.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -42,8 +43,13 @@ loom_isa loom_kernel_isa(void) {
         if (cap) {
             int limit = !strcmp(cap, "baseline") || !strcmp(cap, "sse2") ? LOOM_ISA_BASELINE
                         : !strcmp(cap, "avx2")                          ? LOOM_ISA_AVX2
-                                                                        : LOOM_ISA_AVX512;
-            if (limit < isa) isa = limit;
+                        : !strcmp(cap, "avx512")                        ? LOOM_ISA_AVX512
+                                                                        : -1;
+            if (limit < 0)
+                fprintf(stderr, "loom: LOOM_CPU_ISA=%s is not one of baseline, avx2, avx512; using %s\n", cap,
+                        loom_isa_name((loom_isa)isa));
+            else if (limit < isa)
+                isa = limit;
         }
         cached_kernel = isa;
     }

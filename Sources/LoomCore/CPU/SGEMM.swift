@@ -18,8 +18,11 @@ enum SGEMMLibrary: String {
     case onednn, openblas
 
     static let selected: SGEMMLibrary = {
-        if let s = getenv("LOOM_GEMM"), let library = SGEMMLibrary(rawValue: String(cString: s)) { return library }
-        return loom_kernel_isa() == LOOM_ISA_AVX512 ? .onednn : .openblas
+        let automatic: SGEMMLibrary = loom_kernel_isa() == LOOM_ISA_AVX512 ? .onednn : .openblas
+        guard let s = getenv("LOOM_GEMM") else { return automatic }
+        if let library = SGEMMLibrary(rawValue: String(cString: s)) { return library }
+        fputs("loom: LOOM_GEMM=\(String(cString: s)) is not one of onednn, openblas; using \(automatic.rawValue)\n", stderr)
+        return automatic
     }()
 }
 
