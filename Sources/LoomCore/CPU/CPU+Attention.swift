@@ -26,22 +26,23 @@ extension CPUBackend: CausalAttentionKernels {
         let (t, h, d, c) = (shape.length, shape.heads, shape.headSize, shape.width)
         let bl = Self.attentionBlock
         let pqkv = qkv.ptr, pp = probs.ptr, py = y.ptr
+        let ld = 3 * c  // qkv's row stride
         let start = monotonicSeconds()
         parallelFor(shape.batch * h, grain: 1, threads: threads) { tasks in
             for task in tasks {
                 let (b, head) = task.quotientAndRemainder(dividingBy: h)
-                let q = pqkv + b * t * 3 * c + head * d, k = q + c, v = q + 2 * c
+                let q = pqkv + b * t * ld + head * d, k = q + c, v = q + 2 * c
                 let p = pp + task * t * t, out = py + b * t * c + head * d
                 for r0 in stride(from: 0, to: t, by: bl) {
                     let rows = min(bl, t - r0), keys = r0 + rows
                     sgemm(transA: false, transB: true, m: rows, n: keys, k: d, alpha: scale,
-                          q + r0 * 3 * c, lda: 3 * c, k, ldb: 3 * c, beta: 0, p + r0 * t, ldc: t)
+                          q + r0 * ld, lda: ld, k, ldb: ld, beta: 0, p + r0 * t, ldc: t)
                 }
                 loom_softmax_rows(p, p, Int64(t), Int64(t), 0, Int64(t))
                 for r0 in stride(from: 0, to: t, by: bl) {
                     let rows = min(bl, t - r0), keys = r0 + rows
                     sgemm(transA: false, transB: false, m: rows, n: d, k: keys, alpha: 1,
-                          p + r0 * t, lda: t, v, ldb: 3 * c, beta: 0, out + r0 * c, ldc: c)
+                          p + r0 * t, lda: t, v, ldb: ld, beta: 0, out + r0 * c, ldc: c)
                 }
             }
         }
@@ -53,12 +54,12 @@ extension CPUBackend: CausalAttentionKernels {
         let (t, h, d, c) = (shape.length, shape.heads, shape.headSize, shape.width)
         let bl = Self.attentionBlock
         let pqkv = qkv.ptr, pp = probs.ptr, pgy = gradOutput.ptr, pds = scratch.ptr, pg = gqkv.ptr
-        let ld = 3 * c
+        let ld = 3 * c  // qkv's row stride
         let start = monotonicSeconds()
         parallelFor(shape.batch * h, grain: 1, threads: threads) { tasks in
             for task in tasks {
                 let (b, head) = task.quotientAndRemainder(dividingBy: h)
-                let base = b * t * 3 * c + head * d
+                let base = b * t * ld + head * d
                 let q = pqkv + base, k = q + c, v = q + 2 * c
                 let gq = pg + base, gk = gq + c, gv = gq + 2 * c
                 let p = pp + task * t * t, ds = pds + task * t * t, gy = pgy + b * t * c + head * d

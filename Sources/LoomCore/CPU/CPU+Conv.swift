@@ -31,7 +31,7 @@ extension CPUBackend {
                 let yb = py + b * oc * hw
                 if let pb { for o in 0..<oc { (yb + o * hw).update(repeating: pb[o], count: hw) } }
                 sgemm(transA: false, transB: false, m: oc, n: hw, k: k, alpha: 1,
-                          pw, lda: k, cols, ldb: hw, beta: pb == nil ? 0 : 1, yb, ldc: hw)
+                      pw, lda: k, cols, ldb: hw, beta: pb == nil ? 0 : 1, yb, ldc: hw)
             }
         }
         count(.convolution, flops: 2 * Double(oc * hw * k * g.batch), since: start)
@@ -69,12 +69,12 @@ extension CPUBackend {
                     if gradWeight != nil {
                         im2colImage(px + b * g.channels * g.height * g.width, g, cols)
                         sgemm(transA: false, transB: true, m: oc, n: k, k: hw, alpha: 1,
-                          gy, lda: hw, cols, ldb: hw, beta: 1, dw, ldc: k)
+                              gy, lda: hw, cols, ldb: hw, beta: 1, dw, ldc: k)
                     }
                     if gradBias != nil { for o in 0..<oc { db[o] += sum8(gy + o * hw, hw) } }
                     if let pgx {
                         sgemm(transA: true, transB: false, m: k, n: hw, k: oc, alpha: 1,
-                          pw, lda: k, gy, ldb: hw, beta: 0, cols, ldc: hw)
+                              pw, lda: k, gy, ldb: hw, beta: 0, cols, ldc: hw)
                         col2imImage(cols, g, pgx + b * g.channels * g.height * g.width)
                     }
                 }

@@ -5,10 +5,11 @@ import Dispatch
 import Glibc
 #endif
 
-/// The reference backend: OpenBLAS for GEMM, oneDNN for convolutions, the vectorised C
-/// kernels of CLoomKernels (GELU, softmax, layer norm, optimizer steps; compiled for
-/// SSE2, AVX2 and AVX-512, one picked by the processor) and Swift SIMD loops for the rest,
-/// split across `threads` cores.
+/// The reference backend: GEMMs on oneDNN or OpenBLAS (`SGEMM.swift`), convolutions on
+/// oneDNN, its own causal attention (`CPU+Attention.swift`), the vectorised C kernels of
+/// CLoomKernels (GELU, softmax, layer norm, optimizer steps; compiled for SSE2, AVX2 and
+/// AVX-512, one picked by the processor) and Swift SIMD loops for the rest, split across
+/// `threads` cores.
 public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// The process-wide CPU backend, using every core (or `LOOM_THREADS`).
     public static let shared = CPUBackend(threads: CPUBackend.defaultThreads)
