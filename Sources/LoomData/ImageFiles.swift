@@ -103,10 +103,19 @@ public enum ImageFiles {
         } else {
             shape = Swift.Array(images.shape.dropFirst())
         }
+        guard n > 0, images.shape.dropFirst().allSatisfy({ $0 > 0 }) else {
+            throw LoomError.io("\(where_): images \(describe(images.shape)) hold no pixels")
+        }
+        if let i = labels.values.firstIndex(where: { !($0 >= 0 && $0 < Float(maxClasses)) }) {
+            throw LoomError.io("\(where_): label \(String(format: "%.0f", labels.values[i])) (example \(i)) is outside 0..<\(maxClasses)")
+        }
         let ls = labels.values.map { Int32($0) }
-        guard let lowest = ls.min(), lowest >= 0 else { throw LoomError.io("\(where_): a label is negative") }
         return ImageDataset(pixels: pixels, labels: ls, shape: shape, classes: Int(ls.max() ?? 0) + 1)
     }
+
+    /// The most classes a label may name (a corrupt label must not size a classifier
+    /// of billions of outputs).
+    public static let maxClasses = 1 << 20
 
     /// One `.npy` array (format versions 1–3, C order, little-endian or byte types).
     public static func readNPY(_ bytes: [UInt8], path: String) throws -> Array {
@@ -131,16 +140,27 @@ public enum ImageFiles {
         let descr = String(descrField[descrField.index(after: descrField.startIndex)..<descrEnd])
         if let fortran = field("fortran_order"), fortran.hasPrefix("True") { throw bad("Fortran-ordered arrays are not read; save with np.ascontiguousarray") }
         guard let shapeField = field("shape"), shapeField.first == "(", let close = shapeField.firstIndex(of: ")") else { throw bad("header has no shape") }
-        let shape = shapeField[shapeField.index(after: shapeField.startIndex)..<close].split(separator: ",")
-            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }.compactMap { Int($0) }
-        let count = shape.reduce(1, *)
-        let body = bytes[(start + headerLength)...]
-        guard descr.count >= 3, descr.first != ">" || descr.dropFirst().first == "1" else { throw bad("big-endian dtype \(descr) is not read") }
-        let kind = descr.dropFirst().first!, size = Int(descr.dropFirst(2)) ?? 0
-        guard ["f", "i", "u", "b"].contains(kind), [1, 2, 4, 8].contains(size), !(kind == "f" && size < 4) else {
+        let dims = shapeField[shapeField.index(after: shapeField.startIndex)..<close].split(separator: ",")
+            .map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        let shape = try dims.map { d -> Int in
+            guard let n = Int(d), n >= 0 else { throw bad("shape (\(dims.joined(separator: ", "))) has \(d.prefix(24)), not a size") }
+            return n
+        }
+        guard descr.count >= 2 else { throw bad("dtype '\(descr)' is not read; want uint8, integers, float32 or float64") }
+        let order = descr.first!, kind = descr.dropFirst().first!, size = Int(descr.dropFirst(2)) ?? 0
+        if kind == "O" { throw bad("dtype \(descr) holds Python objects (pickled), which Loom does not read; save a numeric array") }
+        guard ["f", "i", "u", "b"].contains(kind), [1, 2, 4, 8].contains(size), !(kind == "f" && size < 4), !(kind == "b" && size != 1) else {
             throw bad("dtype \(descr) is not read; want uint8, integers, float32 or float64")
         }
-        guard body.count >= count * size else { throw bad("shape \(describe(shape)) of \(descr) needs \(count * size) bytes, the file has \(body.count) (truncated?)") }
+        guard "<|=".contains(order) || size == 1 else { throw bad("big-endian dtype \(descr) is not read; save with .astype('<\(descr.dropFirst())')") }
+        // The element count and byte size, without overflow: a corrupt shape must be an
+        // error, not a trap or an allocation of the product.
+        let body = bytes[(start + headerLength)...]
+        var count = 1, overflow = false
+        for d in shape where !overflow { (count, overflow) = count.multipliedReportingOverflow(by: d) }
+        let (needed, tooMany) = count.multipliedReportingOverflow(by: size)
+        guard !overflow, !tooMany else { throw bad("shape \(describe(shape)) of \(descr) has more elements than any file holds (a corrupt shape?)") }
+        guard body.count >= needed else { throw bad("shape \(describe(shape)) of \(descr) needs \(needed) bytes, the file has \(body.count) (truncated?)") }
         var values = [Float](repeating: 0, count: count)
         body.withUnsafeBytes { raw in
             for i in 0..<count {
@@ -184,8 +204,11 @@ public enum ImageFiles {
                     e += 4 + length
                 }
             }
-            guard flags & 0x08 == 0, at + 30 + nameLength + extra + compressed <= zip.count else {
-                throw LoomError.io("'\(path)': a zip entry at byte \(at) is truncated or uses a data descriptor (not written by numpy.savez?)")
+            // Sizes from the file are checked before any arithmetic or allocation uses them
+            // (zip64 fields are 64-bit; deflate expands at most 1032:1).
+            guard flags & 0x08 == 0, compressed >= 0, compressed <= zip.count - (at + 30 + nameLength + extra),
+                  size >= 0, size <= compressed * 1032 + 64 else {
+                throw LoomError.io("'\(path)': the zip entry at byte \(at) is truncated, has impossible sizes (\(compressed) compressed, \(size) inflated) or uses a data descriptor (not written by numpy.savez?)")
             }
             let name = String(decoding: zip[(at + 30)..<(at + 30 + nameLength)], as: UTF8.self)
             let data = Swift.Array(zip[(at + 30 + nameLength + extra)..<(at + 30 + nameLength + extra + compressed)])
@@ -250,7 +273,10 @@ public enum ImageFiles {
         return (ImageDataset(pixels: pixels, labels: labels, shape: shape, classes: classes.count), classes)
     }
 
-    /// One PNG as [C, H, W] values in [0, 1] (libpng's simplified API).
+    /// One PNG as [C, H, W] values in [0, 1] (libpng's simplified API). Both libpng calls
+    /// run inside one `withUnsafeBytes`: libpng's memory reader keeps the pointer it is
+    /// given at `begin_read` and reads through it again in `finish_read`, so the file's
+    /// bytes must stay alive and in place across both.
     static func decodePNG(_ path: String) throws -> ([Float], [Int]) {
         let bytes = try readFileBytes(path)
         var image = png_image()
@@ -258,19 +284,29 @@ public enum ImageFiles {
         let message = { (image: png_image) -> String in
             withUnsafeBytes(of: image.message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         }
-        guard bytes.withUnsafeBytes({ png_image_begin_read_from_memory(&image, $0.baseAddress, $0.count) }) != 0 else {
-            throw LoomError.io("'\(path)': not a readable PNG (\(message(image)))")
+        return try bytes.withUnsafeBytes { file -> ([Float], [Int]) in
+            guard png_image_begin_read_from_memory(&image, file.baseAddress, file.count) != 0 else {
+                throw LoomError.io("'\(path)': not a readable PNG (\(message(image)))")
+            }
+            let colour = image.format & 0x02 != 0  // PNG_FORMAT_FLAG_COLOR
+            image.format = colour ? 0x02 : 0        // PNG_FORMAT_RGB, PNG_FORMAT_GRAY (macros Swift does not import)
+            let channels = colour ? 3 : 1, (h, w) = (Int(image.height), Int(image.width))
+            guard h * w * channels <= maxImageBytes else {
+                png_image_free(&image)
+                throw LoomError.io("'\(path)': a \(w)x\(h) PNG is larger than Loom reads (\(maxImageBytes >> 20) MiB of pixels per image)")
+            }
+            var raw = [UInt8](repeating: 0, count: channels * h * w)
+            guard raw.withUnsafeMutableBytes({ png_image_finish_read(&image, nil, $0.baseAddress, 0, nil) }) != 0 else {
+                png_image_free(&image)
+                throw LoomError.io("'\(path)': corrupt PNG (\(message(image)))")
+            }
+            var out = [Float](repeating: 0, count: raw.count)
+            for y in 0..<h { for x in 0..<w { for c in 0..<channels { out[(c * h + y) * w + x] = Float(raw[(y * w + x) * channels + c]) / 255 } } }
+            return (out, [channels, h, w])
         }
-        let colour = image.format & 0x02 != 0  // PNG_FORMAT_FLAG_COLOR
-        image.format = colour ? 0x02 : 0        // PNG_FORMAT_RGB, PNG_FORMAT_GRAY (macros Swift does not import)
-        let channels = colour ? 3 : 1, (h, w) = (Int(image.height), Int(image.width))
-        var raw = [UInt8](repeating: 0, count: channels * h * w)
-        guard raw.withUnsafeMutableBytes({ png_image_finish_read(&image, nil, $0.baseAddress, 0, nil) }) != 0 else {
-            png_image_free(&image)
-            throw LoomError.io("'\(path)': corrupt PNG (\(message(image)))")
-        }
-        var out = [Float](repeating: 0, count: raw.count)
-        for y in 0..<h { for x in 0..<w { for c in 0..<channels { out[(c * h + y) * w + x] = Float(raw[(y * w + x) * channels + c]) / 255 } } }
-        return (out, [channels, h, w])
     }
+
+    /// The most pixel bytes one image may declare (a corrupt header must not make Loom
+    /// allocate gigabytes): 256 MiB, an 8192 x 8192 RGBA image.
+    static let maxImageBytes = 1 << 28
 }

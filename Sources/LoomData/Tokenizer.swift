@@ -84,9 +84,16 @@ public enum Tokenizer: Equatable, Sendable {
     /// existed (its metadata was the character vocabulary itself). `source` names where
     /// the text came from, for errors.
     public init(serialized text: String, source: String) throws {
-        guard text.hasPrefix("{"), let saved = try? JSONDecoder().decode(Saved.self, from: Data(text.utf8)) else {
+        // A vocabulary of old is sorted characters, so it never starts with `{"`: such a
+        // text is a tokenizer in JSON, and one that does not decode is an error, not a
+        // vocabulary of its own characters.
+        guard text.hasPrefix("{\"") else {
             self = .character(CharTokenizer(vocabulary: Array(text)))
             return
+        }
+        let saved: Saved
+        do { saved = try JSONDecoder().decode(Saved.self, from: Data(text.utf8)) } catch {
+            throw LoomError.io("\(source): not a tokenizer's JSON (\(Tokenizer.describe(error)))")
         }
         switch saved.kind {
         case "char":
@@ -104,6 +111,17 @@ public enum Tokenizer: Equatable, Sendable {
             } catch { throw LoomError.io("\(source): \(error)") }
         default:
             throw LoomError.io("\(source): unknown tokenizer kind '\(saved.kind)'; valid: \(TokenizerKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    /// A decoding error in one line: what was wrong and where.
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.dataCorrupted(let c), DecodingError.keyNotFound(_, let c), DecodingError.typeMismatch(_, let c),
+             DecodingError.valueNotFound(_, let c):
+            let at = c.codingPath.map(\.stringValue).joined(separator: ".")
+            return (at.isEmpty ? "" : "at \(at): ") + c.debugDescription.split(separator: "\n").joined(separator: " ")
+        default: return "\(error)".split(separator: "\n").joined(separator: " ")
         }
     }
 

@@ -159,12 +159,14 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     public func rawAllReduceSeconds(_ tensor: Tensor, iterations: Int) -> Double {
         let h = HostBuffer(tensor), n = tensor.count, p = h.floats
         var seconds = 0.0
-        worker.sync { [comm] in
-            MPI_Barrier(comm)
-            let t0 = monotonicSeconds()
-            for _ in 0..<iterations { MPI_Allreduce(loom_mpi_in_place(), p, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm) }
-            MPI_Barrier(comm)
-            seconds = (monotonicSeconds() - t0) / Double(iterations)
+        withExtendedLifetime(h) {  // p points into h's staging copy
+            worker.sync { [comm] in
+                MPI_Barrier(comm)
+                let t0 = monotonicSeconds()
+                for _ in 0..<iterations { MPI_Allreduce(loom_mpi_in_place(), p, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm) }
+                MPI_Barrier(comm)
+                seconds = (monotonicSeconds() - t0) / Double(iterations)
+            }
         }
         return seconds
     }
@@ -206,7 +208,8 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         let n = output.count, scale = 1 / Float(size)
         return run(label, collective: "reduce-scatter of \(input.count) float32") { [comm] in
             let hi = HostBuffer(input), ho = HostBuffer(output, download: false), po = ho.floats
-            let rc = MPI_Reduce_scatter_block(hi.floats, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm)
+            // hi's last use would otherwise be reading its pointer, before MPI reads through it.
+            let rc = withExtendedLifetime(hi) { MPI_Reduce_scatter_block(hi.floats, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm) }
             if op == .average { for i in 0..<n { po[i] *= scale } }
             ho.commit()
             return rc

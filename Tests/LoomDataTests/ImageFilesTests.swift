@@ -95,6 +95,49 @@ final class ImageFilesTests: XCTestCase {
         assertError(try ImageFiles.loadPNGFolder(self.work), contains: "no .png files")
     }
 
+    /// libpng reads through the pointer it was given at begin_read again in finish_read:
+    /// the file's bytes must outlive both calls. An 8x8 grey image (libpng's simplified API
+    /// and PIL read it) was refused as "corrupt PNG (IDAT: unknown compression method)"
+    /// when they did not; read many times over, with allocations between, it must give
+    /// its pixels every time.
+    func testAValidGreyPNGReadsWithItsPixelsEveryTime() throws {
+        let dir = work + "/grey/a"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data(makeGreyPNG(width: 8, height: 8)).write(to: URL(fileURLWithPath: dir + "/0.png"))
+        for _ in 0..<200 {
+            let (d, _) = try ImageFiles.loadPNGFolder(work + "/grey")
+            XCTAssertEqual(d.shape, [1, 8, 8])
+            XCTAssertEqual(d.pixels, [Float](repeating: Float(128) / 255, count: 64))
+            _ = [UInt8](repeating: 0xAB, count: 1 << 12)  // reuse the freed block, if it was freed
+        }
+    }
+
+    /// A `.npy` made by hand: the header for `descr` and `shape`, then `body`.
+    func npy(_ descr: String, _ shape: String, _ body: [UInt8]) -> [UInt8] {
+        var header = "{'descr': '\(descr)', 'fortran_order': False, 'shape': \(shape), }"
+        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        let n = header.utf8.count
+        return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(n & 255), UInt8(n >> 8)] + Array(header.utf8) + body
+    }
+
+    /// Labels that no classifier could have (negative, or past any class count) and dtypes
+    /// Loom does not read are errors naming the file and the value, not traps.
+    func testOutOfRangeLabelsAndUnreadDtypesAreErrorsNamingTheFile() throws {
+        let images = fixtures + "/x.npy", labels = work + "/y.npy"
+        func int64s(_ v: [Int64]) -> [UInt8] { v.flatMap { x in withUnsafeBytes(of: x.littleEndian) { Array($0) } } }
+        try Data(npy("<i8", "(6,)", int64s([1, 1 << 40, 0, 1, 1, 0]))).write(to: URL(fileURLWithPath: labels))
+        assertError(try ImageFiles.loadNumPy(images, labels: labels), contains: "y.npy': label 1099511627776 (example 1) is outside 0..<1048576")
+        try Data(npy("|i1", "(6,)", [1, 0xFB, 0, 1, 1, 0])).write(to: URL(fileURLWithPath: labels))
+        assertError(try ImageFiles.loadNumPy(images, labels: labels), contains: "y.npy': label -5 (example 1) is outside")
+        assertError(try ImageFiles.readNPY(npy("|O", "(3,)", [0x80, 0x04]), path: "o.npy"),
+                    contains: "'o.npy': dtype |O holds Python objects (pickled), which Loom does not read")
+        assertError(try ImageFiles.readNPY(npy(">i4", "(1,)", [0, 0, 0, 1]), path: "be.npy"), contains: "big-endian dtype >i4 is not read")
+        assertError(try ImageFiles.readNPY(npy("|u1", "(6, 5, -3)", []), path: "neg.npy"), contains: "'neg.npy': shape (6, 5, -3) has -3, not a size")
+        assertError(try ImageFiles.readNPY(npy("|u1", "(4294967296, 4294967296, 4294967296)", []), path: "huge.npy"),
+                    contains: "'huge.npy': shape [4294967296, 4294967296, 4294967296] of |u1 has more elements than any file holds")
+    }
+
     /// A tiny 8-bit grey PNG, made by hand (zlib through Foundation is not at hand: stored deflate blocks).
     func makeGreyPNG(width: Int, height: Int) -> [UInt8] {
         func be32(_ v: Int) -> [UInt8] { [UInt8(v >> 24 & 255), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)] }
