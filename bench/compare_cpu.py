@@ -3,7 +3,13 @@
 Runs `loom bench --json`, torch_ref.py and jax_ref.py (the peers' versions of the same
 workloads; pass the folder that holds them) in turn, `--rounds` times for each thread
 count, so that the machine's noise falls on all three alike, and prints the medians as a
-Markdown table with Loom's ratio to each peer. Every raw line goes to --raw as JSON.
+Markdown table with Loom's ratio to each peer.
+
+Every side is timed alike: 5 warm-up steps, then the median of `--repeats` timed runs of
+30 steps (`loom bench --repeats`, the peers' `--repeats`); each round's line is that
+median, and the table's figure the median over rounds. Every raw line (with the round, and
+Loom's runs_per_s) is appended to --raw as JSON, and the table to --raw's `.md` beside it,
+so that what the docs quote can be checked against what was run.
 
     python3 bench/compare_cpu.py --refs ../shared/bench --loom .build/release/loom
     LOOM_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python3 bench/compare_cpu.py ...   # the AVX2 code paths
@@ -15,6 +21,7 @@ p.add_argument("--refs", required=True, help="folder with torch_ref.py and jax_r
 p.add_argument("--loom", default=".build/release/loom")
 p.add_argument("--threads", default="2,1")
 p.add_argument("--rounds", type=int, default=3)
+p.add_argument("--repeats", type=int, default=3, help="timed runs per round on every side (median)")
 p.add_argument("--peers", default="torch,jax")
 p.add_argument("--raw", default=None, help="append every result line (JSON) to this file")
 a = p.parse_args()
@@ -27,9 +34,9 @@ def lines(cmd):
 
 def runs(framework, threads):
     if framework == "loom":
-        return lines([a.loom, "bench", "--json", "--threads", str(threads)])
+        return lines([a.loom, "bench", "--json", "--threads", str(threads), "--repeats", str(a.repeats)])
     script = os.path.join(a.refs, f"{framework}_ref.py")
-    return lines([sys.executable, script, "all", "--threads", str(threads)])
+    return lines([sys.executable, script, "all", "--threads", str(threads), "--repeats", str(a.repeats)])
 
 frameworks = ["loom"] + [f for f in a.peers.split(",") if f]
 results = {}  # (framework, threads, workload) -> [per_s]
@@ -39,21 +46,27 @@ for threads in [int(t) for t in a.threads.split(",")]:
         for f in frameworks:
             for line in runs(f, threads):
                 results.setdefault((f, threads, line["workload"]), []).append(line["per_s"])
-                if raw: raw.write(json.dumps({"framework": f, "round": r, **line}) + "\n")
+                if raw: raw.write(json.dumps({"framework": f, "round": r, "repeats": a.repeats, **line}) + "\n")
         print(f"threads {threads}: round {r + 1} of {a.rounds} done", file=sys.stderr)
 
+out = []
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 flags = open("/proc/cpuinfo").read()
 width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
 caps = " ".join(f"{k}={os.environ[k]}" for k in ("LOOM_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "LOOM_GEMM") if k in os.environ)
-print(f"\n{cpu} ({width}), {os.cpu_count()} cores; medians of {a.rounds} interleaved runs" + (f"; {caps}" if caps else ""))
+out.append(f"\n{cpu} ({width}), {os.cpu_count()} cores; medians of {a.rounds} interleaved rounds, each the median of {a.repeats} timed runs after 5 warm-up steps" + (f"; {caps}" if caps else ""))
 peers = frameworks[1:]
-print("\n| workload | threads | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
-print("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
+out.append("\n| workload | threads | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
+out.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
 for threads in [int(t) for t in a.threads.split(",")]:
     for w in ("mlp", "cnn", "gpt"):
         med = {f: statistics.median(results[(f, threads, w)]) for f in frameworks if (f, threads, w) in results}
         if "loom" not in med: continue
         cells = [f"{med[p]:,.0f}" if p in med else "—" for p in peers]
         ratios = [f"{med['loom'] / med[p]:.2f}×" if p in med else "—" for p in peers]
-        print(f"| {w} | {threads} | {med['loom']:,.0f} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        out.append(f"| {w} | {threads} | {med['loom']:,.0f} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+print("\n".join(out))
+if raw:
+    raw.close()
+    with open(os.path.splitext(a.raw)[0] + ".md", "a") as md:
+        md.write("\n".join(out) + "\n")

@@ -47,7 +47,18 @@ public final class InProcessWorld: @unchecked Sendable {
         for r in 0..<size {
             group.enter()
             let t = Thread {
+                // A rank whose thread ends without returning (Thread.exit, as a process is
+                // killed) is seen as dead by the thread-exit hook: the others fail at once
+                // instead of waiting for the timeout.
+                let watch = RankThreadWatch {
+                    let e = CommError("rank \(r): its thread ended without returning (the rank died)")
+                    world.abort("\(e)")
+                    resultLock.lock(); results.value[r] = .failure(e); resultLock.unlock()
+                    group.leave()
+                }
+                watch.install()
                 let res = Result { try body(comms[r]) }
+                watch.returned = true
                 if case .failure(let e) = res { world.abort("rank \(r) failed: \(e)") }
                 resultLock.lock(); results.value[r] = res; resultLock.unlock()
                 group.leave()
@@ -107,6 +118,26 @@ public final class InProcessWorld: @unchecked Sendable {
 
     /// Which ranks have arrived at the current rendezvous (guarded by `lock`).
     fileprivate var present: [Bool] = []
+}
+
+/// Calls `died` when the thread that installed it ends without having set `returned`
+/// (a thread-specific value's destructor runs at every thread exit, `pthread_exit` included).
+final class RankThreadWatch: @unchecked Sendable {
+    var returned = false
+    let died: () -> Void
+    init(died: @escaping () -> Void) { self.died = died }
+
+    func install() { pthread_setspecific(RankThreadWatch.key, Unmanaged.passRetained(self).toOpaque()) }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { p in
+            guard let p else { return }
+            let watch = Unmanaged<RankThreadWatch>.fromOpaque(p).takeRetainedValue()
+            if !watch.returned { watch.died() }
+        }
+        return key
+    }()
 }
 
 fileprivate struct MailKey: Hashable { let from: Int, to: Int, tag: Int }

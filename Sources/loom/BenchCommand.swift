@@ -23,6 +23,7 @@ struct BenchCommand: ParsableCommand {
         Examples:
           loom bench
           loom bench --workload gpt --threads 1 --json
+          loom bench --repeats 3         # the median of 3 timed runs (as bench/compare_cpu.py runs it)
           loom bench generate            # tokens/s and ms per token over the KV cache
         """
     )
@@ -54,6 +55,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Timed steps per run.")
     var steps: Int = 30
 
+    @Option(help: "Timed runs after the 5 warm-up steps; the median is reported (--json: runs_per_s lists each). bench/compare_cpu.py gives its peers the same.")
+    var repeats: Int = 1
+
     @Flag(help: "Print one JSON object per workload.")
     var json = false
 
@@ -65,6 +69,7 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, gpt2 (GPT-2 small, for GPUs), all (mlp, cnn, gpt)")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        guard repeats >= 1 else { throw ValidationError("--repeats \(repeats) must be at least 1") }
         if precision != .float32, suite != nil || dp != nil || pp != nil {
             throw ValidationError("--precision \(precision.rawValue) applies to the training workloads, not to comm, --dp or --pp")
         }
@@ -102,7 +107,7 @@ struct BenchCommand: ParsableCommand {
             print("loom bench — \(on)" + (precision == .float32 ? "" : ", \(precision.rawValue) matrix products"))
         }
         for w in workloads {
-            let r = try Bench.run(w, backend: backend, steps: steps, peak: peak, precision: precision)
+            let r = try Bench.run(w, backend: backend, steps: steps, repeats: repeats, peak: peak, precision: precision)
             if json {
                 print(r.json)
             } else {
@@ -135,7 +140,7 @@ struct BenchCommand: ParsableCommand {
     func runDataParallel(_ ranks: Int) throws {
         let workloads = workload == "all" ? Workload.reference : [Workload(rawValue: workload)!]
         for w in workloads {
-            let r = try Bench.runDataParallel(w, ranks: ranks, steps: steps)
+            let r = try Bench.runDataParallel(w, ranks: ranks, steps: steps, repeats: repeats)
             if json { print(r.json) } else {
                 print(String(format: "%@ dp %d: %10.1f %@ (%d ranks x 1 thread), scaling efficiency %.3f vs %d x one single-threaded rank",
                              w.rawValue, ranks, r.perSecond, r.unit, ranks, r.scalingEfficiency ?? 0, ranks))

@@ -44,9 +44,7 @@ struct TokenizerCommand: ParsableCommand {
                 let tokenizer = Tokenizer.bytePairs(bpe)
                 let seconds = monotonicSeconds() - start
                 let tokens = tokenizer.encodeLeniently(text).tokens.count
-                do { try Data(tokenizer.serialized.utf8).write(to: URL(fileURLWithPath: out), options: .atomic) } catch {
-                    throw LoomError.io("'\(out)': \(error.localizedDescription)")
-                }
+                try AtomicFile.write(tokenizer.serialized, to: out)
                 print(String(format: "%d tokens (%d merges) learned from %d characters in %.2f s; the text is %d tokens, %.2f characters per token -> %@",
                              tokenizer.count, bpe.merges.count, text.count, seconds, tokens, Double(text.count) / Double(max(tokens, 1)), out))
             }

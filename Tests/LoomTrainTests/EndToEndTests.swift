@@ -9,7 +9,7 @@ final class EndToEndTests: CLITestCase {
         let run = work + "/mnist-cnn"
         let summary = try json(run + "/summary.json")
         XCTAssertGreaterThanOrEqual(summary["val_accuracy"] as! Double, 0.95)
-        XCTAssertLessThan(summary["wall_s"] as! Double, 90)
+        XCTAssertGreaterThan(summary["wall_s"] as! Double, 0)  // speed is measured by loom bench, not asserted here
         for f in ["metrics.jsonl", "loss.svg", "config.toml", "checkpoint.safetensors"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: run + "/" + f), f)
         }
@@ -127,28 +127,43 @@ final class EndToEndTests: CLITestCase {
         XCTAssertTrue(missing.err.contains("nope.json"), missing.err)
     }
 
-    func testKillDuringCheckpointWriteLeavesPreviousCheckpointLoadable() throws {
-        let run = work + "/killed"
-        let p = try start(["train", "--model", "mlp", "--steps", "200", "--out", work, "--name", "killed"],
-                          env: ["LOOM_TEST_CHECKPOINT_PAUSE_MS": "1500"])
-        // First checkpoint completes (after its pause); wait for the second to be half written.
-        let deadline = Date().addingTimeInterval(60)
-        func tempFileExists() -> Bool {
-            ((try? FileManager.default.contentsOfDirectory(atPath: run)) ?? []).contains { $0.hasPrefix(".checkpoint.safetensors.tmp") }
+    /// `kill -9` at any point of a checkpoint's write (a test hook on the writer kills the
+    /// process after a given byte of step 10's checkpoint, or between its sync and rename,
+    /// or after the rename) leaves step 5's checkpoint or step 10's, whole; `loom eval`
+    /// reads it and a resume from it ends with the uninterrupted run's losses, bit for bit.
+    func testKillDuringACheckpointWriteLeavesTheOldOrTheNewOneAndResumeTakesIt() throws {
+        let cfg = work + "/killed.toml"
+        try "[model]\nkind = \"mlp\"\n[train]\nsteps = 20\nbatch_size = 32\nlog_every = 1\neval_every = 5\neval_batches = 2\n"
+            .write(toFile: cfg, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "whole"]).status, 0)
+        let whole = try trainingLosses(work + "/whole")
+        let size = try XCTUnwrap(try FileManager.default.attributesOfItem(atPath: work + "/whole/checkpoint.safetensors")[.size] as? Int)
+        for (at, step) in [("0", 5), ("1", 5), ("4096", 5), ("\(size / 2)", 5), ("\(size - 1)", 5), ("rename", 5), ("renamed", 10)] {
+            let name = "killed-\(at)", run = work + "/" + name
+            let k = try loom(["train", cfg, "--out", work, "--name", name], env: ["LOOM_TEST_KILL_WRITE": "checkpoint.safetensors:2:\(at)"])
+            XCTAssertEqual(k.status, SIGKILL, "\(name): the hook did not kill the run: \(k.err)")
+            let e = try loom(["eval", "--checkpoint", run, "--json"])
+            XCTAssertEqual(e.status, 0, "\(name): no loadable checkpoint: \(e.err)")
+            XCTAssertEqual((try? JSONSerialization.jsonObject(with: Data(e.out.utf8)) as? [String: Any])?["step"] as? Int, step, name)
+            let r = try loom(["train", "--resume", run])
+            XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
+            XCTAssertEqual(try trainingLosses(run), whole, "\(name): resumed losses differ from the uninterrupted run's")
+            let stale = try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.contains(".tmp-") }
+            XCTAssertEqual(stale, [], "\(name): the dead writer's temporary file was not cleared by the next write")
         }
-        while !FileManager.default.fileExists(atPath: run + "/checkpoint.safetensors") && Date() < deadline { usleep(20_000) }
-        while !tempFileExists() && Date() < deadline { usleep(20_000) }
-        XCTAssertTrue(tempFileExists(), "the second checkpoint write never started")
-        usleep(200_000)
-        kill(p.processIdentifier, SIGKILL)
-        p.waitUntilExit()
-        XCTAssertEqual(p.terminationReason, .uncaughtSignal)
-        let e = try loom(["eval", "--checkpoint", run, "--json"])
-        XCTAssertEqual(e.status, 0, "previous checkpoint not loadable: \(e.err)")
-        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(e.out.utf8)) as! [String: Any])["step"] as? Int, 31)
-        // Resuming from it works, and the stale temporary file is never read as a checkpoint.
-        let r = try loom(["train", "--resume", run, "--steps", "40"])
-        XCTAssertEqual(r.status, 0, r.err)
+    }
+
+    /// A tokenizer file killed mid-write is absent, or the previous one, never a partial
+    /// file under its name.
+    func testKillDuringATokenizerWriteLeavesNoPartialFile() throws {
+        let out = work + "/tok.json", args = ["tokenizer", "train", "--vocab", "300", "data/shakespeare.txt", "--out", out]
+        XCTAssertEqual(try loom(args, env: ["LOOM_TEST_KILL_WRITE": "tok.json:1:100"]).status, SIGKILL)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out))
+        XCTAssertEqual(try loom(args).status, 0)
+        let before = try Data(contentsOf: URL(fileURLWithPath: out))
+        XCTAssertEqual(try loom(["tokenizer", "train", "--vocab", "260", "data/shakespeare.txt", "--out", out],
+                                env: ["LOOM_TEST_KILL_WRITE": "tok.json:1:100"]).status, SIGKILL)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: out)), before, "the previous tokenizer, intact")
     }
 
     /// An update that would make the parameters non-finite is never applied: the run stops

@@ -95,6 +95,26 @@ final class GPT2ImportTests: CLITestCase {
         let exported = try loom(["gpt2", "export", "--checkpoint", work + "/tuned", "--out", work + "/tuned-hf"])
         XCTAssertEqual(exported.status, 0, exported.err)
         XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/tuned-hf/vocab.json"))
+        // An export killed in any of its files leaves no directory that looks whole: the
+        // previous export stays as it was, and a new one appears only when complete.
+        let before = try FileManager.default.contentsOfDirectory(atPath: work + "/tuned-hf").sorted().map {
+            try Data(contentsOf: URL(fileURLWithPath: work + "/tuned-hf/" + $0))
+        }
+        for kill in ["model.safetensors:1:1000", "vocab.json:1:10", "merges.txt:1:renamed"] {
+            for target in ["tuned-hf", "fresh-hf"] {
+                let k = try loom(["gpt2", "export", "--checkpoint", work + "/gpt2", "--out", work + "/" + target], env: ["LOOM_TEST_KILL_WRITE": kill])
+                XCTAssertEqual(k.status, SIGKILL, "\(kill): \(k.err)")
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: work + "/fresh-hf"), "\(kill): a partial export under the final name")
+            let after = try FileManager.default.contentsOfDirectory(atPath: work + "/tuned-hf").sorted().map {
+                try Data(contentsOf: URL(fileURLWithPath: work + "/tuned-hf/" + $0))
+            }
+            XCTAssertEqual(after, before, "\(kill): the previous export changed")
+        }
+        try "mine".write(toFile: work + "/tuned-hf/notes.txt", atomically: true, encoding: .utf8)
+        let other = try loom(["gpt2", "export", "--checkpoint", work + "/gpt2", "--out", work + "/tuned-hf"])
+        XCTAssertNotEqual(other.status, 0)
+        XCTAssertTrue(other.err.contains("holds other files (notes.txt)"), other.err)
         let missing = try loom(["gpt2", "import", work + "/nowhere", "--out", work + "/x"])
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(missing.err.contains("nowhere/config.json"), missing.err)

@@ -37,11 +37,16 @@ public struct BenchResult: Sendable, Encodable {
     /// Data parallel runs: ranks, and throughput over ranks x one single-threaded rank.
     public var ranks: Int = 1
     public var scalingEfficiency: Double?
+    /// How it was timed: untimed warm-up steps, then `repeats` timed runs of the same
+    /// steps; `perSecond` is their median, `runsPerSecond` each run's figure in order.
+    public var warmup = 0
+    public var runsPerSecond: [Double] = []
 
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
         case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor
+        case warmup, repeats, runsPerSecond = "runs_per_s"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -58,6 +63,9 @@ public struct BenchResult: Sendable, Encodable {
         try c.encodeIfPresent(gemmLibrary, forKey: .gemmLibrary)
         try c.encodeIfPresent(processor, forKey: .processor)
         try c.encode(threads, forKey: .threads)
+        try c.encode(warmup, forKey: .warmup)
+        try c.encode(runsPerSecond.count, forKey: .repeats)
+        try c.encode(runsPerSecond.map { rounded($0, 1) }, forKey: .runsPerSecond)
         try c.encode(device, forKey: .device)
         try c.encode(precision.rawValue, forKey: .precision)
         try c.encode(peakBytes, forKey: .peakBytes)
@@ -76,10 +84,10 @@ public enum Bench {
     /// Data parallel throughput with `ranks` in-process ranks of one thread each, each
     /// training the workload's batch (so the global batch is ranks x the workload's),
     /// against one single-threaded rank alone: efficiency = per_s / (ranks x single).
-    public static func runDataParallel(_ workload: Workload, ranks: Int, steps: Int = 30, warmup: Int = 5, repeats: Int = 3) throws -> BenchResult {
+    public static func runDataParallel(_ workload: Workload, ranks: Int, steps: Int = 30, warmup: Int = 5, repeats: Int = 1) throws -> BenchResult {
         let one = CPUBackend(threads: 1)
         let single = try run(workload, backend: one, steps: steps, warmup: warmup, repeats: repeats, peak: peakGflops(on: one))
-        let timings = try InProcessWorld.run(size: ranks) { comm -> (Double, Float) in
+        let timings = try InProcessWorld.run(size: ranks) { comm -> ([Double], Float) in
             let backend = CPUBackend(threads: 1)
             let step = try workload.makeStep(on: backend, communicator: comm)
             var loss: Float = 0
@@ -92,9 +100,9 @@ public enum Bench {
                 try comm.barrier()
                 runs.append(monotonicSeconds() - t0)
             }
-            return (runs.sorted()[runs.count / 2], loss)
+            return (runs, loss)
         }
-        let seconds = timings[0].0
+        let seconds = timings[0].0.sorted()[timings[0].0.count / 2]
         let perSecond = Double(ranks * workload.itemsPerStep * steps) / seconds
         var r = single
         r.perSecond = perSecond
@@ -107,6 +115,7 @@ public enum Bench {
         r.threads = 1
         r.loss = timings[0].1
         r.scalingEfficiency = perSecond / (Double(ranks) * single.perSecond)
+        r.runsPerSecond = timings[0].0.map { Double(ranks * workload.itemsPerStep * steps) / $0 }
         return r
     }
 
@@ -125,10 +134,10 @@ public enum Bench {
     }
 
     /// Times `steps` training steps after `warmup` untimed ones; reports the median of
-    /// `repeats` timed runs. Each step ends by reading its loss, so device work is inside
+    /// `repeats` timed runs (and each run). Each step ends by reading its loss, so device work is inside
     /// the timing. The GEMM share of the step is known on the CPU only (a GPU's GEMM time
     /// is on the device).
-    public static func run(_ workload: Workload, backend: any Backend, steps: Int = 30, warmup: Int = 5, repeats: Int = 3,
+    public static func run(_ workload: Workload, backend: any Backend, steps: Int = 30, warmup: Int = 5, repeats: Int = 1,
                            peak: Double, precision: Precision = .float32) throws -> BenchResult {
         let meter = MemoryMeter()
         let plainStep = try MemoryMeter.measuring(meter) { try workload.makeStep(on: backend) }
@@ -152,6 +161,8 @@ public enum Bench {
                                  stepMilliseconds: 1000 * median.seconds / Double(steps),
                                  gemmFraction: median.kernels.map { $0[KernelClass.gemm.rawValue] / median.seconds },
                                  threads: cpu?.threads ?? 0, device: backend.name, precision: precision, peakBytes: meter.peakBytes, loss: loss)
+        result.warmup = warmup
+        result.runsPerSecond = runs.map { Double(workload.itemsPerStep * steps) / $0.seconds }
         if let seconds = median.kernels {
             var shares: [String: Double] = [:]
             for kind in KernelClass.allCases where seconds[kind.rawValue] > 0 { shares[kind.name] = seconds[kind.rawValue] / median.seconds }

@@ -156,33 +156,37 @@ public enum HuggingFaceGPT2 {
 
     // MARK: Export
 
+    /// The files an export writes.
+    static let exportFiles = ["model.safetensors", "config.json", "vocab.json", "merges.txt"]
+
     /// Writes `model` as GPT2LMHeadModel would save it (model.safetensors, config.json) and,
-    /// for a BPE tokenizer, vocab.json and merges.txt in GPT-2's notation.
+    /// for a BPE tokenizer, vocab.json and merges.txt in GPT-2's notation. The directory
+    /// appears whole or not at all (`AtomicFile.writeDirectory`); an existing one is
+    /// replaced only if it holds nothing but a previous export's files.
     public static func save(_ model: GPT, tokenizer: Tokenizer?, to directory: String) throws {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let others = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { !exportFiles.contains($0) }
+        guard others.isEmpty else {
+            throw LoomError.io("'\(directory)' holds other files (\(others.sorted().prefix(5).joined(separator: ", "))): export into a new directory, or one holding only a previous export")
+        }
         let params = Dictionary(uniqueKeysWithValues: model.namedParameters().map { ($0.name, $0.tensor) })
         let tensors = try names(layers: model.config.layers).map { loom, hf, conv1D -> (name: String, tensor: Tensor) in
             let t = try params[loom].map { try $0.to(.cpu) }.orThrow(LoomError.invalidArgument("gpt2 export: the model has no \(loom)"))
             return ("transformer." + hf, conv1D ? try withoutGrad { try t.transposed() } : t)
         }
-        try SafeTensors.writeAtomically(SafeTensors.encode(tensors, metadata: ["format": "pt"]), to: directory + "/model.safetensors")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         var endOfText: Int?
         if case .bytePairs(let bpe) = tokenizer { endOfText = bpe.tokenBytes.firstIndex(of: Array("<|endoftext|>".utf8)) }
-        try write(encoder.encode(Config.from(model.config, endOfText: endOfText)), to: directory + "/config.json")
-        guard case .bytePairs(let bpe) = tokenizer else { return }
-        func text(_ id: Int32) -> String { String(bpe.tokenBytes[Int(id)].map { byteCharacters[Int($0)] }) }
-        var vocab: [String: Int] = [:]
-        for id in 0..<bpe.count { vocab[text(Int32(id))] = id }
-        try write(encoder.encode(vocab), to: directory + "/vocab.json")
-        let merges = "#version: 0.2\n" + bpe.merges.map { text($0.left) + " " + text($0.right) + "\n" }.joined()
-        try write(Data(merges.utf8), to: directory + "/merges.txt")
-    }
-
-    static func write(_ data: Data, to path: String) throws {
-        do { try data.write(to: URL(fileURLWithPath: path), options: .atomic) } catch {
-            throw LoomError.io("'\(path)': \(error.localizedDescription)")
+        let config = Array(try encoder.encode(Config.from(model.config, endOfText: endOfText)))
+        try AtomicFile.writeDirectory(directory) { staging in
+            try AtomicFile.write(SafeTensors.encode(tensors, metadata: ["format": "pt"]), to: staging + "/model.safetensors")
+            try AtomicFile.write(config, to: staging + "/config.json")
+            guard case .bytePairs(let bpe) = tokenizer else { return }
+            func text(_ id: Int32) -> String { String(bpe.tokenBytes[Int(id)].map { byteCharacters[Int($0)] }) }
+            var vocab: [String: Int] = [:]
+            for id in 0..<bpe.count { vocab[text(Int32(id))] = id }
+            try AtomicFile.write(Array(try encoder.encode(vocab)), to: staging + "/vocab.json")
+            try AtomicFile.write("#version: 0.2\n" + bpe.merges.map { text($0.left) + " " + text($0.right) + "\n" }.joined(), to: staging + "/merges.txt")
         }
     }
 }

@@ -148,44 +148,6 @@ public enum SafeTensors {
         return try decode(Array(d), path: path, foreign: foreign)
     }
 
-    /// Writes atomically: a temporary file in the same directory, fsync, rename over
-    /// `path`, fsync of the directory. A crash at any point leaves either the old file or
-    /// the new one, never a partial file under `path`.
-    public static func writeAtomically(_ bytes: [UInt8], to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let dir = url.deletingLastPathComponent().path
-        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        guard fd >= 0 else { throw LoomError.io("cannot write '\(tmp)': \(String(cString: strerror(errno)))") }
-        var ok = false
-        defer { if !ok { close(fd); unlink(tmp) } }
-        // Test hook: LOOM_TEST_CHECKPOINT_PAUSE_MS pauses halfway through a checkpoint's
-        // write, so the end-to-end tests can kill the process while one is half written, or
-        // play a slow disk.
-        let pauseMs = path.hasSuffix(".safetensors") ? ProcessInfo.processInfo.environment["LOOM_TEST_CHECKPOINT_PAUSE_MS"].flatMap(Int.init) : nil
-        let half = pauseMs == nil ? bytes.count : bytes.count / 2
-        try writeAll(fd, bytes[0..<half], path: tmp)
-        if let pauseMs { usleep(UInt32(pauseMs * 1000)) }
-        try writeAll(fd, bytes[half...], path: tmp)
-        guard fsync(fd) == 0 else { throw LoomError.io("cannot sync '\(tmp)': \(String(cString: strerror(errno)))") }
-        close(fd)
-        guard rename(tmp, path) == 0 else { throw LoomError.io("cannot rename '\(tmp)' to '\(path)': \(String(cString: strerror(errno)))") }
-        ok = true
-        let dfd = open(dir, O_RDONLY)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
-    }
-
-    private static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>, path: String) throws {
-        try bytes.withUnsafeBytes { buf in
-            var done = 0
-            while done < buf.count {
-                let w = write(fd, buf.baseAddress! + done, buf.count - done)
-                guard w > 0 else { throw LoomError.io("cannot write '\(path)': \(String(cString: strerror(errno)))") }
-                done += w
-            }
-        }
-    }
-
     static func crc(_ data: [UInt8]) -> UInt32 {
         data.withUnsafeBytes { UInt32(crc32(0, $0.bindMemory(to: UInt8.self).baseAddress, uInt($0.count))) }
     }

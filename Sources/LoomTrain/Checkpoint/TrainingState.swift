@@ -41,7 +41,7 @@ public enum TrainingCheckpoint {
         if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
         if let n = setup.normalization { meta["loom.normalization"] = normalizationEntry(n) }
         if let b = state.bestValidationLoss { meta["loom.best_val_loss"] = String(b) }
-        try SafeTensors.writeAtomically(SafeTensors.encode(tensors, metadata: meta), to: dir + "/" + fileName)
+        try AtomicFile.write(SafeTensors.encode(tensors, metadata: meta), to: dir + "/" + fileName)
     }
 
     /// A checkpoint of a model alone (an imported one): its parameters, configuration and
@@ -54,7 +54,7 @@ public enum TrainingCheckpoint {
         var meta = ["format": "pt", "loom.config": ConfigFile.render(config), "loom.step": "0", "loom.elapsed_s": "0",
                     "loom.model_only": "1"]
         if let tokenizer { meta["loom.tokenizer"] = tokenizer.serialized }
-        try SafeTensors.writeAtomically(SafeTensors.encode(model.namedTensors().map { ("model." + $0.name, $0.tensor) }, metadata: meta),
+        try AtomicFile.write(SafeTensors.encode(model.namedTensors().map { ("model." + $0.name, $0.tensor) }, metadata: meta),
                                         to: dir + "/" + fileName)
     }
 

@@ -84,8 +84,3 @@ public final class MetricsLog {
 
     deinit { try? handle.close() }
 }
-
-/// Writes `text` to `path` through a temporary file and a rename.
-func writeTextAtomically(_ text: String, to path: String) throws {
-    try SafeTensors.writeAtomically(Array(text.utf8), to: path)
-}

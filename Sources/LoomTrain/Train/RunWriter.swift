@@ -18,7 +18,7 @@ final class RunWriter {
         self.directory = directory
         name = config.name
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try writeTextAtomically(ConfigFile.render(config), to: directory + "/config.toml")
+        try AtomicFile.write(ConfigFile.render(config), to: directory + "/config.toml")
         log = try MetricsLog(path: directory + "/metrics.jsonl", keepThrough: step)
         progress = quiet ? nil : Progress(total: totalSteps)
     }
@@ -40,7 +40,7 @@ final class RunWriter {
                                 validationLoss: e.loss, validationAccuracy: e.accuracy))
         let train = log.records.compactMap { r in r.loss.map { (r.step, Double($0)) } }
         let val = log.records.compactMap { r in r.validationLoss.map { (r.step, $0) } }
-        try writeTextAtomically(LossPlot.svg(train: train, validation: val, title: "\(name): loss"), to: directory + "/loss.svg")
+        try AtomicFile.write(LossPlot.svg(train: train, validation: val, title: "\(name): loss"), to: directory + "/loss.svg")
         note(String(format: "step %d: val_loss %.4f", step, e.loss)
              + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? "") + " (checkpoint saved)")
     }
@@ -49,6 +49,6 @@ final class RunWriter {
     func endProgress() { progress?.finish() }
 
     func writeSummary(_ summary: RunSummary) throws {
-        try writeTextAtomically(summary.json, to: directory + "/summary.json")
+        try AtomicFile.write(summary.json, to: directory + "/summary.json")
     }
 }

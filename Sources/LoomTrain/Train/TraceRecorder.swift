@@ -48,7 +48,7 @@ struct TraceRecorder {
         let names = labels.enumerated().map { r, name in
             TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: r, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: name))
         }
-        try writeTextAtomically(JSONOutput.string(TraceFile(displayTimeUnit: "ms", traceEvents: names + perRank.flatMap { $0 }), pretty: true) + "\n",
+        try AtomicFile.write(JSONOutput.string(TraceFile(displayTimeUnit: "ms", traceEvents: names + perRank.flatMap { $0 }), pretty: true) + "\n",
                                 to: path)
     }
 }

@@ -218,12 +218,12 @@ public final class Trainer {
             writer?.log(r)
             writer?.note("restart \(restart.attempt) at step \(state.step): \(restart.cause)")
         }
-        let failure = TestFailure.fromEnvironment(rank: communicator?.rank ?? 0)
+        let failure = FaultInjection.rankDeath(rank: communicator?.rank ?? 0, inProcess: communicator is InProcessCommunicator)
         setup.task.module.train()
         var batches = DeviceBatches(loader, on: backend)
         while let batch = try batches.next() {
             let step = state.step
-            try failure?.fire(at: step)
+            failure?.fire(at: step)
             let lr = lrs.learningRate(at: step)
             optimizer.learningRate = lr
             lastLoss = try withPrecision(config.precision) { try optimizerStep(batch) }

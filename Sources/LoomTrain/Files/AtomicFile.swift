@@ -1,0 +1,88 @@
+import Foundation
+import LoomCore
+
+/// Files that appear whole or not at all. Every file Loom writes for a user (checkpoints,
+/// run outputs, tokenizers, GPT-2 exports) goes through here, so a crash or `kill -9` at
+/// any byte leaves the previous version or the new one, never a partial file under the
+/// final name.
+public enum AtomicFile {
+    /// Writes through a temporary file in the same directory: write, fsync, rename over
+    /// `path`, fsync of the directory.
+    public static func write(_ bytes: [UInt8], to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        let dir = url.deletingLastPathComponent().path
+        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+        removeStale(dir, prefix: "." + url.lastPathComponent + ".tmp-")
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard fd >= 0 else { throw LoomError.io("cannot write '\(tmp)': \(String(cString: strerror(errno)))") }
+        var ok = false
+        defer { if !ok { close(fd); unlink(tmp) } }
+        let fault = FaultInjection.write(path, size: bytes.count)
+        var done = 0
+        for stop in (fault?.stops ?? []) + [bytes.count] where stop >= done {
+            try writeAll(fd, bytes[done..<stop], path: tmp)
+            done = stop
+            fault?.reached(done)
+        }
+        guard fsync(fd) == 0 else { throw LoomError.io("cannot sync '\(tmp)': \(String(cString: strerror(errno)))") }
+        close(fd)
+        fault?.beforeRename()
+        guard rename(tmp, path) == 0 else { throw LoomError.io("cannot rename '\(tmp)' to '\(path)': \(String(cString: strerror(errno)))") }
+        ok = true
+        fault?.afterRename()
+        syncDirectory(dir)
+    }
+
+    public static func write(_ text: String, to path: String) throws { try write(Array(text.utf8), to: path) }
+
+    /// Builds a directory whole: `fill` writes into a hidden staging directory beside
+    /// `path`, which then takes `path`'s place by renames. A crash while filling leaves
+    /// `path` as it was; one between the two renames leaves the old directory (renamed
+    /// `.NAME.old-PID`) and the new one (`.NAME.partial-PID`), both whole, and no `path`.
+    public static func writeDirectory(_ path: String, _ fill: (String) throws -> Void) throws {
+        let url = URL(fileURLWithPath: path).standardizedFileURL
+        let parent = url.deletingLastPathComponent().path, name = url.lastPathComponent
+        let staging = parent + "/." + name + ".partial-\(getpid())", old = parent + "/." + name + ".old-\(getpid())"
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
+            removeStale(parent, prefix: "." + name + ".partial-")
+            try fm.createDirectory(atPath: staging, withIntermediateDirectories: false)
+        } catch { throw LoomError.io("cannot write '\(path)': \(error.localizedDescription)") }
+        do { try fill(staging) } catch { try? fm.removeItem(atPath: staging); throw error }
+        var isDirectory: ObjCBool = false
+        let exists = fm.fileExists(atPath: path, isDirectory: &isDirectory)
+        if exists && !isDirectory.boolValue {
+            try? fm.removeItem(atPath: staging)
+            throw LoomError.io("cannot write '\(path)': it is a file, not a directory")
+        }
+        if exists { guard rename(path, old) == 0 else { throw LoomError.io("cannot move '\(path)' aside: \(String(cString: strerror(errno)))") } }
+        guard rename(staging, path) == 0 else { throw LoomError.io("cannot rename '\(staging)' to '\(path)': \(String(cString: strerror(errno)))") }
+        syncDirectory(parent)
+        if exists { try? fm.removeItem(atPath: old) }
+    }
+
+    private static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>, path: String) throws {
+        try bytes.withUnsafeBytes { buf in
+            var done = 0
+            while done < buf.count {
+                let w = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
+                guard w > 0 else { throw LoomError.io("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+                done += w
+            }
+        }
+    }
+
+    /// Removes what an earlier writer killed mid-write left in `dir` (names starting with
+    /// `prefix`, a process ID after it). Only one process writes a given file.
+    private static func removeStale(_ dir: String, prefix: String) {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(prefix) {
+            try? FileManager.default.removeItem(atPath: dir + "/" + name)
+        }
+    }
+
+    private static func syncDirectory(_ dir: String) {
+        let dfd = open(dir, O_RDONLY)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+}
