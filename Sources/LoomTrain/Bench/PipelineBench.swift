@@ -102,6 +102,6 @@ public enum PipelineBench {
                                      name, rank, (start - origin) * 1e6, (end - start) * 1e6))
             }
         }
-        try ("{\"traceEvents\": [\n" + events.joined(separator: ",\n") + "\n]}\n").write(toFile: path, atomically: true, encoding: .utf8)
+        try AtomicFile.write("{\"traceEvents\": [\n" + events.joined(separator: ",\n") + "\n]}\n", to: path)
     }
 }

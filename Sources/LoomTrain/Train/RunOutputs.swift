@@ -69,10 +69,8 @@ public final class MetricsLog {
                 if let n = o?["step"] as? Int, n <= keep { kept += line + "\n" }
             }
         }
-        guard FileManager.default.createFile(atPath: path, contents: kept.data(using: .utf8)),
-              let h = FileHandle(forWritingAtPath: path) else {
-            throw LoomError.io("cannot write '\(path)'")
-        }
+        try AtomicFile.write(kept, to: path)  // a kill while trimming keeps the old log
+        guard let h = FileHandle(forWritingAtPath: path) else { throw LoomError.io("cannot write '\(path)'") }
         h.seekToEndOfFile()
         handle = h
     }
