@@ -1,9 +1,11 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Hot kernels live in LoomCore, compiled whole-module. Release builds keep Swift's checks
-// (preconditions, overflow): -Ounchecked bought nothing measurable (docs/benchmarks.md).
-let kernelFlags: [SwiftSetting] = [.unsafeFlags(["-wmo"], .when(configuration: .release))]
+// No unsafe flags: SwiftPM refuses a version-based dependency on a package whose targets
+// carry them. Release builds are whole-module already (what LoomCore's -wmo asked for) and
+// keep Swift's checks: -Ounchecked bought nothing measurable (docs/benchmarks.md). The C
+// kernels get their square roots as instructions from a builtin (Dispatch.h), not from
+// -fno-math-errno.
 
 let package = Package(
     name: "Loom",
@@ -29,8 +31,8 @@ let package = Package(
         .systemLibrary(name: "CDNNL", providers: [.apt(["libdnnl-dev"])]),
         // Elementwise, softmax, norm and optimizer kernels in C, compiled for SSE2, AVX2 and
         // AVX-512 and picked at run time (Sources/CLoomKernels/Dispatch.h).
-        .target(name: "CLoomKernels", cSettings: [.unsafeFlags(["-fno-math-errno"])]),
-        .target(name: "LoomCore", dependencies: ["COpenBLAS", "CDNNL", "CLoomKernels"], swiftSettings: kernelFlags),
+        .target(name: "CLoomKernels"),
+        .target(name: "LoomCore", dependencies: ["COpenBLAS", "CDNNL", "CLoomKernels"]),
         .target(name: "LoomNN", dependencies: ["LoomCore", "LoomDistributed"]),
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CPNG", providers: [.apt(["libpng-dev"])]),

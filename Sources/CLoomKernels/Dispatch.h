@@ -33,6 +33,12 @@
 // in-place calls down its scalar fallback.
 #define LOOM_SIMD _Pragma("clang loop vectorize(assume_safety)")
 
+// The square root as an instruction: sqrtf under C's default math-errno must be able to set
+// errno for a negative input, which keeps it a call and its loops scalar. Clang's
+// elementwise builtin has no errno (what -fno-math-errno did, without a compiler flag that
+// SwiftPM refuses in a package others depend on).
+#define loom_sqrtf(x) __builtin_elementwise_sqrt(x)
+
 // Reductions may be reordered (into vector lanes) inside a function that says so.
 #define LOOM_REASSOCIATE _Pragma("clang fp reassociate(on)")
 

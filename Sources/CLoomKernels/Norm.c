@@ -19,7 +19,7 @@ LOOM_INLINE void loom_layernorm_rows_body(const float *x, const float *gamma, co
             yr[j] = d;
             v += d * d;
         }
-        float rs = 1.0f / sqrtf(v / (float)cols + eps);
+        float rs = 1.0f / loom_sqrtf(v / (float)cols + eps);
         mean[r] = mu;
         rstd[r] = rs;
         LOOM_SIMD

@@ -10,7 +10,7 @@ LOOM_INLINE void loom_adam_body(float *p, const float *g, float *m, float *v, in
         float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        p[i] = p[i] * decay - step_size * mi / (loom_sqrtf(vi) / bc2_sqrt + eps);
     }
 }
 LOOM_VARIANTS(loom_adam,

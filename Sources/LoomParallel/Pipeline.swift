@@ -30,7 +30,7 @@ public final class PipelineEngine {
     private let memory = MemoryMeter()
     /// What ran in the last step, with start and end times (seconds), for traces and
     /// bubble measurement.
-    public private(set) var events: [(name: String, start: Double, end: Double)] = []
+    public private(set) var events: [PipelineEvent] = []
 
     /// Every stage of the pipeline group calls this together (it splits a sub-group for
     /// the tied embedding).
@@ -165,7 +165,7 @@ public final class PipelineEngine {
                 if !skipOptimizerStep { try optimizer.step() }
                 skipOptimizerStep = false
             }
-            events.append(("\(ins)", t0, monotonicSeconds()))
+            events.append(PipelineEvent(instruction: ins, start: t0, end: monotonicSeconds()))
         }
         return chunks.last!.isLast ? lossSum / Float(m) : nil
     }
@@ -220,4 +220,12 @@ public final class PipelineEngine {
             return result
         }
     }
+}
+
+/// One instruction a stage ran, with its start and end (monotonic seconds).
+public struct PipelineEvent: Sendable {
+    public var instruction: Instruction
+    public var start: Double
+    public var end: Double
+    public var seconds: Double { end - start }
 }

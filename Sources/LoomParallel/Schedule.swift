@@ -15,8 +15,26 @@ public enum Instruction: Hashable, Sendable, CustomStringConvertible {
     case reduceGradients
     case optimizerStep
 
-    /// The instruction's kind, without arguments ("forward").
-    public var name: String { String(description.prefix { $0 != "(" }) }
+    /// What an instruction does, without its micro-batch and chunk.
+    public enum Kind: String, CaseIterable, Sendable {
+        case recvActivation, forward, sendActivation, recvGradient, backward, sendGradient, reduceGradients, optimizerStep
+    }
+
+    public var kind: Kind {
+        switch self {
+        case .recvActivation: return .recvActivation
+        case .forward: return .forward
+        case .sendActivation: return .sendActivation
+        case .recvGradient: return .recvGradient
+        case .backward: return .backward
+        case .sendGradient: return .sendGradient
+        case .reduceGradients: return .reduceGradients
+        case .optimizerStep: return .optimizerStep
+        }
+    }
+
+    /// Work on a micro-batch (forward or backward): what a stage's bubble leaves idle.
+    public var isCompute: Bool { kind == .forward || kind == .backward }
 
     public var microBatch: Int? {
         switch self {
@@ -34,22 +52,10 @@ public enum Instruction: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// `forward(3)`, `backward(0, chunk 1)`, `optimizerStep`: the name traces show.
     public var description: String {
-        switch self {
-        case .reduceGradients: return "reduceGradients"
-        case .optimizerStep: return "optimizerStep"
-        default:
-            let kind: String
-            switch self {
-            case .recvActivation: kind = "recvActivation"
-            case .forward: kind = "forward"
-            case .sendActivation: kind = "sendActivation"
-            case .recvGradient: kind = "recvGradient"
-            case .backward: kind = "backward"
-            default: kind = "sendGradient"
-            }
-            return chunk! == 0 ? "\(kind)(\(microBatch!))" : "\(kind)(\(microBatch!), chunk \(chunk!))"
-        }
+        guard let mb = microBatch, let chunk else { return kind.rawValue }
+        return chunk == 0 ? "\(kind.rawValue)(\(mb))" : "\(kind.rawValue)(\(mb), chunk \(chunk))"
     }
 }
 

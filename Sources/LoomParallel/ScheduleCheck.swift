@@ -10,7 +10,7 @@ public struct ScheduleCheck: Sendable {
         /// chunk units, for interleaved schedules).
         public var peakInFlight: [Int]
         public var makespan: Double
-        public var instructionCounts: [[String: Int]]
+        public var instructionCounts: [[Instruction.Kind: Int]]
     }
 
     public struct Failure: Error, CustomStringConvertible {
@@ -43,7 +43,7 @@ public struct ScheduleCheck: Sendable {
         // Messages in flight, in the order they were sent, per (sender, receiver, kind).
         var channels: [Channel: [Message]] = [:]
         var alive = [Int](repeating: 0, count: k), peak = [Int](repeating: 0, count: k)
-        var counts = [[String: Int]](repeating: [:], count: k)
+        var counts = [[Instruction.Kind: Int]](repeating: [:], count: k)
         // A chunk is 1/chunks of a stage's layers.
         let (fwd, bwd) = (forwardCost / Double(schedule.chunks), backwardCost / Double(schedule.chunks))
         // A piece's share of the work relative to a balanced piece.
@@ -60,7 +60,7 @@ public struct ScheduleCheck: Sendable {
                 let ins = programs[s][pc[s]]
                 switch ins {
                 case let .recvActivation(mb, c), let .recvGradient(mb, c):
-                    let gradient = ins.name == "recvGradient"
+                    let gradient = ins.kind == .recvGradient
                     guard let peer = gradient ? schedule.next(stage: s, chunk: c) : schedule.previous(stage: s, chunk: c) else {
                         throw Failure(message: "\(piece(s, c)) receives \(gradient ? "a gradient" : "an activation") from no one")
                     }
@@ -73,7 +73,7 @@ public struct ScheduleCheck: Sendable {
                     channels[channel]!.removeFirst()
                     clock[s] = max(clock[s], msg.ready)
                 case let .sendActivation(mb, c), let .sendGradient(mb, c):
-                    let gradient = ins.name == "sendGradient"
+                    let gradient = ins.kind == .sendGradient
                     guard let peer = gradient ? schedule.previous(stage: s, chunk: c) : schedule.next(stage: s, chunk: c) else {
                         throw Failure(message: "\(piece(s, c)) sends \(gradient ? "a gradient" : "an activation") to no one")
                     }
@@ -87,7 +87,7 @@ public struct ScheduleCheck: Sendable {
                 case .reduceGradients, .optimizerStep:
                     break
                 }
-                counts[s][ins.name, default: 0] += 1
+                counts[s][ins.kind, default: 0] += 1
                 pc[s] += 1
                 progressed = true
             }

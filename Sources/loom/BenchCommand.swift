@@ -10,14 +10,14 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Train the reference workloads (mlp, cnn, gpt) and report throughput and GFLOP/s.",
         discussion: """
-        Each workload trains on a fixed random batch with the shapes, batch sizes and optimizers of
-        the PyTorch/JAX references: mlp 784-512-512-10 (batch 128, SGD momentum), cnn two 5x5 convs
-        (batch 64, SGD momentum), gpt 4 layers d128 context 128 (16 sequences, AdamW).
-        GFLOP/s counts the GEMM work the backend issued; peak is a 1024^3 sgemm on the same threads.
-        On the CPU each line is followed by where the step's time went, by kernel class (gemm,
-        attention, convolution, elementwise, softmax, norm, ...; --json: time_share), and the
-        header names the processor, the kernels' vector width and the GEMM library.
-        LOOM_CPU_ISA=baseline|avx2 caps the kernels' width; LOOM_GEMM=openblas|onednn picks
+        Each workload trains on a fixed random batch with the shapes, batch sizes and optimizers of \
+        the PyTorch/JAX references: mlp 784-512-512-10 (batch 128, SGD momentum), cnn two 5x5 convs \
+        (batch 64, SGD momentum), gpt 4 layers d128 context 128 (16 sequences, AdamW). \
+        GFLOP/s counts the GEMM work the backend issued; peak is a 1024^3 sgemm on the same threads. \
+        On the CPU each line is followed by where the step's time went, by kernel class (gemm, \
+        attention, convolution, elementwise, softmax, norm, ...; --json: time_share), and the \
+        header names the processor, the kernels' vector width and the GEMM library. \
+        LOOM_CPU_ISA=baseline|avx2 caps the kernels' width; LOOM_GEMM=openblas|onednn picks \
         the GEMM library (default: oneDNN with AVX-512, else OpenBLAS).
 
         Examples:

@@ -10,8 +10,8 @@ struct GPT2Command: ParsableCommand {
         commandName: "gpt2",
         abstract: "Import a GPT-2 checkpoint in Hugging Face's layout, or export a Loom GPT to it.",
         discussion: """
-        A GPT-2 directory is what GPT2LMHeadModel.save_pretrained writes (model.safetensors and
-        config.json) with the tokenizer's vocab.json and merges.txt beside them. Loom downloads
+        A GPT-2 directory is what GPT2LMHeadModel.save_pretrained writes (model.safetensors and \
+        config.json) with the tokenizer's vocab.json and merges.txt beside them. Loom downloads \
         nothing: give it the files.
 
         Examples:

@@ -9,8 +9,8 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate text from a trained GPT checkpoint.",
         discussion: """
-        Generation runs over a KV cache: the prompt once, then one position per new token. Several
-        --prompt options run as one batch (left-padded). --no-cache recomputes the whole window for
+        Generation runs over a KV cache: the prompt once, then one position per new token. Several \
+        --prompt options run as one batch (left-padded). --no-cache recomputes the whole window for \
         every token instead (the same tokens while the text fits the context).
 
         Examples:

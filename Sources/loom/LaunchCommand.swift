@@ -6,14 +6,14 @@ struct LaunchCommand: ParsableCommand {
         commandName: "launch",
         abstract: "Start N ranks of a loom command under mpirun, with defaults that work on small machines.",
         discussion: """
-        Runs: mpirun -n N [--allow-run-as-root] [--oversubscribe] [--host HOSTS] -x LOOM_THREADS=T <this loom> COMMAND...
-        --allow-run-as-root is added when running as root, --oversubscribe when N x T exceeds
-        this machine's cores (without --hosts); each rank uses T CPU threads (default 1: one core per rank).
+        Runs: mpirun -n N [--allow-run-as-root] [--oversubscribe] [--host HOSTS] -x LOOM_THREADS=T <this loom> COMMAND... \
+        --allow-run-as-root is added when running as root, --oversubscribe when N x T exceeds \
+        this machine's cores (without --hosts); each rank uses T CPU threads (default 1: one core per rank). \
         `mpirun -n N loom train ...` and Slurm's `srun loom train ...` work as well.
 
-        Every LOOM_* variable of this environment is passed to the ranks. With --max-restarts N,
-        a job that fails (a rank died, a collective timed out) is started again, up to N times,
-        and continues from the run's last checkpoint (train resumes bit-exactly); the restart
+        Every LOOM_* variable of this environment is passed to the ranks. With --max-restarts N, \
+        a job that fails (a rank died, a collective timed out) is started again, up to N times, \
+        and continues from the run's last checkpoint (train resumes bit-exactly); the restart \
         and its cause go into metrics.jsonl.
 
         Examples:

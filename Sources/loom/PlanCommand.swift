@@ -7,8 +7,8 @@ struct PlanCommand: ParsableCommand {
         commandName: "plan",
         abstract: "Check a pipeline schedule and predict its bubble and memory, without running it.",
         discussion: """
-        Every send must meet a matching receive (same micro-batch and kind, in order) and the
-        schedule must finish; a schedule that would hang is reported with where each stage is
+        Every send must meet a matching receive (same micro-batch and kind, in order) and the \
+        schedule must finish; a schedule that would hang is reported with where each stage is \
         stuck. The cost model takes a backward as twice a forward.
 
         Examples:

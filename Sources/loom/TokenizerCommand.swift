@@ -16,7 +16,7 @@ struct TokenizerCommand: ParsableCommand {
             commandName: "train",
             abstract: "Learn BPE merges from a text (GPT-2's byte-level scheme) and write them as a tokenizer file.",
             discussion: """
-            A run uses the file with data.tokenizer_file = "tokenizer.json" (or fits its own with
+            A run uses the file with data.tokenizer_file = "tokenizer.json" (or fits its own with \
             data.tokenizer = "bpe" and data.vocab_size); the tokenizer is saved in the checkpoint.
 
             Example:

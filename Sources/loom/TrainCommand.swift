@@ -29,7 +29,7 @@ struct TrainCommand: ParsableCommand {
     @Argument(help: "A TOML configuration file (default: the built-in MNIST CNN).")
     var config: String?
 
-    @Option(help: "Model: cnn, mlp or gpt (without CONFIG, picks that model's built-in example).")
+    @Option(help: "Model: cnn, mlp, resnet or gpt (without CONFIG, picks that model's built-in example).")
     var model: ModelKind?
     @Option(help: "Data file (MNIST CSV or IDX images, or a text file for gpt).")
     var data: String?
@@ -63,7 +63,7 @@ struct TrainCommand: ParsableCommand {
     var tp: Int?
     @Option(help: "ZeRO stage with --dp: 1 shards optimizer state across ranks (reduce-scatter, local update, all-gather).")
     var zero: Int?
-    @Option(help: "Pipeline stages: the model cut into consecutive pieces (gpt: blocks balanced by cost; mlp, cnn: layers). Total ranks = dp x tp x pp.")
+    @Option(help: "Pipeline stages: the model cut into consecutive pieces (gpt: blocks balanced by cost; mlp, cnn, resnet: layers). Total ranks = dp x tp x pp.")
     var pp: Int?
     @Option(name: .customLong("micro-batches"), help: "Pipeline micro-batches per step (each data replica's batch split that many ways).")
     var microBatches: Int?
@@ -146,7 +146,8 @@ struct TrainCommand: ParsableCommand {
             guard let s else { return }  // not rank 0
             var line = String(format: "done: %d steps, train_loss %.4f, val_loss %.4f", s.steps, s.trainLoss, s.validationLoss)
             if let a = s.validationAccuracy { line += String(format: ", val_accuracy %.2f%%", 100 * a) }
-            line += String(format: ", %.0f %@, %.1f s -> %@/", s.throughput, s.unit, s.wallSeconds, directory)
+            line += String(format: ", %.0f %@ training, %.1f s (%.1f s evaluating) -> %@/", s.throughput, s.unit, s.wallSeconds,
+                           s.evaluationSeconds, directory)
             print(line)
         }
     }

@@ -11,15 +11,15 @@ final class ScheduleTests: XCTestCase {
                 let v = s.chunks
                 for stage in 0..<k {
                     let c = report.instructionCounts[stage]
-                    XCTAssertEqual(c["forward"], m * v); XCTAssertEqual(c["backward"], m * v)
+                    XCTAssertEqual(c[.forward], m * v); XCTAssertEqual(c[.backward], m * v)
                     // Every piece but the last sends activations; every piece but the first, gradients.
                     let sending = (0..<v).filter { s.next(stage: stage, chunk: $0) != nil }.count
                     let receiving = (0..<v).filter { s.previous(stage: stage, chunk: $0) != nil }.count
-                    XCTAssertEqual(c["sendActivation"] ?? 0, sending * m, "\(kind) K=\(k) M=\(m) stage \(stage)")
-                    XCTAssertEqual(c["recvActivation"] ?? 0, receiving * m)
-                    XCTAssertEqual(c["sendGradient"] ?? 0, receiving * m)
-                    XCTAssertEqual(c["recvGradient"] ?? 0, sending * m)
-                    XCTAssertEqual(c["optimizerStep"], 1)
+                    XCTAssertEqual(c[.sendActivation] ?? 0, sending * m, "\(kind) K=\(k) M=\(m) stage \(stage)")
+                    XCTAssertEqual(c[.recvActivation] ?? 0, receiving * m)
+                    XCTAssertEqual(c[.sendGradient] ?? 0, receiving * m)
+                    XCTAssertEqual(c[.recvGradient] ?? 0, sending * m)
+                    XCTAssertEqual(c[.optimizerStep], 1)
                 }
             }
         }
@@ -39,7 +39,7 @@ final class ScheduleTests: XCTestCase {
         // Megatron's warm-up: 2(K - s - 1) + (v - 1)K forward units before the first backward.
         for stage in 0..<4 {
             let program = s.program(stage: stage)
-            let warm = program.prefix { $0.name != "backward" }.filter { $0.name == "forward" }.count
+            let warm = program.prefix { $0.kind != .backward }.filter { $0.kind == .forward }.count
             XCTAssertEqual(warm, 2 * (4 - stage - 1) + 4 + 1, "stage \(stage)")  // + the first steady-state forward
         }
         XCTAssertThrowsError(try Schedule(.interleaved, stages: 4, microBatches: 6)) { e in

@@ -6,7 +6,7 @@ public protocol LayerChain: Module {
     /// The layers in order, each with its name in this model (`features.layers.3`).
     var chain: [(name: String, layer: any UnaryLayer)] { get }
     /// What the model does to its input before the first layer (a reshape of flat pixels).
-    static func prepareInput(_ x: Tensor) throws -> Tensor
+    func prepareInput(_ x: Tensor) throws -> Tensor
 }
 
 extension LayerChain {
@@ -23,7 +23,7 @@ extension LayerChain {
         return counts.enumerated().map { i, n in
             defer { start += n }
             return ChainPiece(Array(layers[start..<(start + n)]), first: i == 0, last: i == count - 1,
-                              prepare: i == 0 ? Self.prepareInput : nil)
+                              prepare: i == 0 ? prepareInput : nil)
         }
     }
 
@@ -80,10 +80,11 @@ extension Sequential {
 
 extension MLP: LayerChain {
     public var chain: [(name: String, layer: any UnaryLayer)] { net.chain("net") }
-    public static func prepareInput(_ x: Tensor) throws -> Tensor { x.rank > 2 ? try x.flattened() : x }
+    public func prepareInput(_ x: Tensor) throws -> Tensor { x.rank > 2 ? try x.flattened() : x }
 }
 
 extension CNN: LayerChain {
     public var chain: [(name: String, layer: any UnaryLayer)] { features.chain("features") + classifier.chain("classifier") }
-    public static func prepareInput(_ x: Tensor) throws -> Tensor { x.rank == 2 ? try x.reshaped([x.shape[0], 1, 28, 28]) : x }
+    /// Flat pixels [N, C·H·W] reshaped to the images the model was built for.
+    public func prepareInput(_ x: Tensor) throws -> Tensor { x.rank == 2 ? try x.reshaped([x.shape[0]] + imageShape) : x }
 }

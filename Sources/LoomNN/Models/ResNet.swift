@@ -92,5 +92,5 @@ public final class ResNet: Module, UnaryLayer {
 
 extension ResNet: LayerChain {
     public var chain: [(name: String, layer: any UnaryLayer)] { stem.chain("stem") + blocks.chain("blocks") + head.chain("head") }
-    public static func prepareInput(_ x: Tensor) throws -> Tensor { x }
+    public func prepareInput(_ x: Tensor) throws -> Tensor { x }
 }

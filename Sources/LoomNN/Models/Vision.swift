@@ -15,7 +15,7 @@ public final class MLP: Module, UnaryLayer {
         net = Sequential(layers)
     }
 
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try net(MLP.prepareInput(x)) }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try net(prepareInput(x)) }
 }
 
 /// The reference CNN, for images of any shape [C, H, W] (the benchmark's: 28x28, one channel):
@@ -24,10 +24,13 @@ public final class MLP: Module, UnaryLayer {
 public final class CNN: Module, UnaryLayer {
     public let features: Sequential
     public let classifier: Sequential
+    /// The images it takes, [C, H, W].
+    public let imageShape: [Int]
 
     public init(residual: Bool = false, imageShape: [Int] = [1, 28, 28], classes: Int = 10, seed: UInt64,
                 on backend: any Backend = DefaultBackend.current) {
         var rng = Philox(seed: seed)
+        self.imageShape = imageShape
         let (c, h, w) = (imageShape[0], imageShape[1], imageShape[2])
         var f: [any UnaryLayer] = [
             Conv2d(c, 16, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
@@ -40,8 +43,8 @@ public final class CNN: Module, UnaryLayer {
         ])
     }
 
-    /// [N, 1, 28, 28] (or [N, 784]) -> [N, classes]
+    /// [N, C, H, W] (or flat, [N, C·H·W]) -> [N, classes]
     public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        try classifier(features(CNN.prepareInput(x)))
+        try classifier(features(prepareInput(x)))
     }
 }

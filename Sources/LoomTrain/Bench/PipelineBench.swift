@@ -52,24 +52,23 @@ public enum PipelineBench {
         let xs = try (0..<m).map { try x.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
         let ys = try (0..<m).map { try y.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
         let schedule = try Schedule(kind, stages: stages, microBatches: m)
-        let body = { (comm: Communicator) throws -> (Double, Double, [(String, Double, Double)]) in
+        let body = { (comm: Communicator) throws -> (Double, Double, [PipelineEvent]) in
             let full = try GPT(.bench, seed: 0, on: CPUBackend(threads: 1))
             let model = try PipelineStageModel(cutting: full, schedule: schedule, stage: comm.rank)
             let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks, optimizer: Adam.adamW(model.namedParameters(), lr: 3e-4), comm: comm)
             for _ in 0..<warmup { try engine.step(inputs: xs, targets: ys) }
             try comm.barrier()
-            var busy = 0.0, events: [(String, Double, Double)] = []
+            var busy = 0.0, events: [PipelineEvent] = []
             let t0 = monotonicSeconds()
             for _ in 0..<steps {
                 try engine.step(inputs: xs, targets: ys)
-                busy += engine.events.filter { $0.name.hasPrefix("forward") || $0.name.hasPrefix("backward") }
-                    .reduce(0) { $0 + $1.end - $1.start }
-                events = engine.events.map { ($0.name, $0.start, $0.end) }  // the last step, for the trace
+                busy += engine.events.filter(\.instruction.isCompute).reduce(0) { $0 + $1.seconds }
+                events = engine.events  // the last step, for the trace
             }
             try comm.barrier()
             return (monotonicSeconds() - t0, busy, events)
         }
-        var runs: [(Double, Double, [(String, Double, Double)])]
+        var runs: [(Double, Double, [PipelineEvent])]
         if let world = mpiWorld {
             // Under an MPI launcher each process is one stage; rank 0 collects the others'
             // busy time (wall times agree up to the closing barrier).
@@ -77,31 +76,20 @@ public enum PipelineBench {
             let all = try Tensor.zeros([2 * world.size])
             try world.allGather(Tensor([Float(mine.0), Float(mine.1)], shape: [2]), into: all)
             let v = all.floats
-            runs = (0..<world.size).map { r -> (Double, Double, [(String, Double, Double)]) in
+            runs = (0..<world.size).map { r -> (Double, Double, [PipelineEvent]) in
                 (Double(v[2 * r]), Double(v[2 * r + 1]), r == world.rank ? mine.2 : [])
             }
         } else {
             runs = try InProcessWorld.run(size: stages) { try body($0) }
         }
         let wall = runs.map(\.0).max()!
-        if let trace { try writeTrace(runs.map(\.2), to: trace) }
+        if let trace {
+            let perRank = runs.enumerated().map { TraceRecorder.events($1.2, step: steps - 1, track: $0) }
+            try TraceRecorder.writeFile(perRank, labels: runs.indices.map { "rank \($0)" }, to: trace)
+        }
         let costs = GPT.pieceCosts(.bench, split: try GPT.balancedSplit(.bench, pieces: schedule.pieces))
         let predicted = try ScheduleCheck(pieceCosts: costs).run(schedule).bubble
         return Result(perSecond: Double(batch * context * steps) / wall, bubble: runs.map { 1 - $0.1 / wall },
                       bubbleTheory: schedule.theoreticalBubble, bubblePredicted: predicted, stages: stages, microBatches: m, schedule: kind.rawValue)
-    }
-
-    /// Chrome trace format (opens in Perfetto or chrome://tracing): one track per rank.
-    public static func writeTrace(_ perRank: [[(String, Double, Double)]], to path: String) throws {
-        let origin = perRank.flatMap { $0.map(\.1) }.min() ?? 0
-        var events: [String] = []
-        for (rank, list) in perRank.enumerated() {
-            events.append("{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": 0, \"tid\": \(rank), \"args\": {\"name\": \"rank \(rank)\"}}")
-            for (name, start, end) in list {
-                events.append(String(format: "{\"name\": \"%@\", \"ph\": \"X\", \"pid\": 0, \"tid\": %d, \"ts\": %.1f, \"dur\": %.1f}",
-                                     name, rank, (start - origin) * 1e6, (end - start) * 1e6))
-            }
-        }
-        try AtomicFile.write("{\"traceEvents\": [\n" + events.joined(separator: ",\n") + "\n]}\n", to: path)
     }
 }

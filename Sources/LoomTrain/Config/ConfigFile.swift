@@ -107,7 +107,7 @@ public enum ConfigFile {
         int("parallel", "chunks", "interleaved: model chunks per stage", min: 2, \.chunks),
         bool("parallel", "recompute", "pipeline: recompute activations during backward", \.recompute),
         bool("parallel", "sync_batchnorm", "data parallel: batch norm statistics over the whole batch (SyncBatchNorm), not each rank's shard", \.syncBatchNorm),
-        Key(section: "parallel", name: "pp_split", help: "layers per pipeline piece (gpt: blocks; mlp, cnn: layers in order; []: balanced)", read: { c, v, path in
+        Key(section: "parallel", name: "pp_split", help: "layers per pipeline piece (gpt: blocks; mlp, cnn, resnet: layers in order; []: balanced)", read: { c, v, path in
             guard let a = v.array, a.allSatisfy({ ($0.int ?? -1) >= 0 }) else {
                 throw bad(path, "parallel.pp_split", "an array of non-negative integers", v)
             }

@@ -40,11 +40,12 @@ public struct Evaluator {
     }
 
     /// Mean loss (and accuracy) over the first `maxBatches` batches, or all of them.
-    public func evaluate(maxBatches: Int? = nil) throws -> Evaluation {
-        try withPrecision(precision) { try evaluateBatches(maxBatches: maxBatches) }
+    /// `progress(done, total)` follows this rank's share of the batches.
+    public func evaluate(maxBatches: Int? = nil, progress: ((Int, Int) -> Void)? = nil) throws -> Evaluation {
+        try withPrecision(precision) { try evaluateBatches(maxBatches: maxBatches, progress: progress) }
     }
 
-    private func evaluateBatches(maxBatches: Int?) throws -> Evaluation {
+    private func evaluateBatches(maxBatches: Int?, progress: ((Int, Int) -> Void)?) throws -> Evaluation {
         let module = task.module
         module.eval()
         defer { module.train() }
@@ -54,7 +55,9 @@ public struct Evaluator {
         if let maxBatches, maxBatches > 0 { batches = min(batches, maxBatches) }
         var lossSum = 0.0, correct = 0, count = 0
         let rank = dataGroup?.rank ?? 0, ranks = dataGroup?.size ?? 1
-        for b in stride(from: rank, to: batches, by: ranks) {
+        let mine = Array(stride(from: rank, to: batches, by: ranks))
+        for (done, b) in mine.enumerated() {
+            defer { progress?(done + 1, mine.count) }
             let host = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
             let inputs = try host.inputs.to(backend), targets = try host.targets.to(backend)
             if let pipeline {

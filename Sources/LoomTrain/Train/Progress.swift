@@ -1,4 +1,5 @@
 import Foundation
+import LoomDistributed
 
 /// Progress on the terminal: a live bar redrawn in place when stdout is a terminal,
 /// plain lines (one per log interval) when it is a file or a pipe.
@@ -9,9 +10,7 @@ public final class Progress {
 
     /// Interactive on a terminal; not under an MPI launcher, which hands ranks a pty
     /// but forwards their output line by line.
-    public init(total: Int, interactive: Bool = isatty(STDOUT_FILENO) == 1
-                    && ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"] == nil
-                    && ProcessInfo.processInfo.environment["PMI_SIZE"] == nil) {
+    public init(total: Int, interactive: Bool = isatty(STDOUT_FILENO) == 1 && !MPICommunicator.launchedByMPI) {
         self.total = total
         self.interactive = interactive
     }
@@ -33,6 +32,26 @@ public final class Progress {
             fflush(stdout)  // a file or pipe is block-buffered: keep `tail -f` live
         }
     }
+
+    /// A long evaluation's progress: on the bar's line on a terminal; into a file or pipe,
+    /// a line every 10 s (a short evaluation prints nothing).
+    public func evaluating(batch: Int, of total: Int) {
+        let now = Date().timeIntervalSince1970
+        let text = "evaluating the whole validation split: batch \(batch)/\(total)"
+        if interactive {
+            guard now - lastDraw > 0.1 || batch == total else { return }
+            lastDraw = now
+            print("\r\u{1B}[2K" + text, terminator: "")
+            fflush(stdout)
+        } else {
+            if batch == 1 || lastEvaluationLine == 0 { lastEvaluationLine = now }
+            guard now - lastEvaluationLine >= 10 else { return }
+            lastEvaluationLine = now
+            print(text)
+            fflush(stdout)
+        }
+    }
+    private var lastEvaluationLine = 0.0
 
     /// A line that must not be overwritten by the bar (evaluation results, checkpoints).
     public func note(_ line: String) {

@@ -45,6 +45,9 @@ final class RunWriter {
              + (e.accuracy.map { String(format: ", val_accuracy %.2f%%", 100 * $0) } ?? "") + " (checkpoint saved)")
     }
 
+    /// How far a long evaluation has got.
+    func evaluating(batch: Int, of total: Int) { progress?.evaluating(batch: batch, of: total) }
+
     /// Ends the live bar (notes still print after it).
     func endProgress() { progress?.finish() }
 

@@ -14,7 +14,7 @@ public protocol TrainTask: AnyObject {
     func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, correct: Int, count: Int)
 }
 
-/// Image classification (mlp, cnn): cross-entropy and accuracy.
+/// Image classification (mlp, cnn, resnet): cross-entropy and accuracy.
 public final class ClassifierTask: TrainTask {
     public let model: any UnaryLayer
     public var module: Module { model }

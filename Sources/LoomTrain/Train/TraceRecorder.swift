@@ -1,27 +1,47 @@
 import Foundation
 import LoomCore
 import LoomDistributed
+import LoomParallel
 
 /// The events of a run's last steps on one rank (what ran, start and end in seconds),
 /// for a Chrome trace: the last `keep` steps, so a long run's trace stays small and shows
 /// the steady state.
 struct TraceRecorder {
     var keep = 10
-    private(set) var steps: [(step: Int, events: [(name: String, start: Double, end: Double)])] = []
+    /// Something that ran, named as the trace shows it, with its start and end (monotonic seconds).
+    struct Span {
+        var name: String
+        var start: Double
+        var end: Double
+    }
 
-    mutating func record(step: Int, _ events: [(name: String, start: Double, end: Double)]) {
+    private(set) var steps: [(step: Int, events: [Span])] = []
+
+    /// A pipeline stage's step: each instruction it ran.
+    mutating func record(step: Int, _ events: [PipelineEvent]) {
+        record(step: step, events.map { Span(name: "\($0.instruction)", start: $0.start, end: $0.end) })
+    }
+
+    mutating func record(step: Int, _ events: [Span]) {
         steps.append((step, events))
         if steps.count > keep { steps.removeFirst(steps.count - keep) }
     }
 
     /// Chrome trace events of this rank's recorded steps, on track `track`.
     func events(track: Int) -> [TraceEvent] {
-        steps.flatMap { step in
-            step.events.map { e in
-                TraceEvent(name: e.name, ph: "X", pid: 0, tid: track, ts: rounded(e.start * 1e6, 1), dur: rounded((e.end - e.start) * 1e6, 1),
-                           args: TraceEvent.Args(step: step.step + 1, name: nil))
-            }
+        steps.flatMap { TraceRecorder.events($0.events, step: $0.step, track: track) }
+    }
+
+    /// Chrome trace events of one step's `events`, on track `track`.
+    static func events(_ events: [Span], step: Int, track: Int) -> [TraceEvent] {
+        events.map { e in
+            TraceEvent(name: e.name, ph: "X", pid: 0, tid: track, ts: rounded(e.start * 1e6, 1), dur: rounded((e.end - e.start) * 1e6, 1),
+                       args: TraceEvent.Args(step: step + 1, name: nil))
         }
+    }
+
+    static func events(_ events: [PipelineEvent], step: Int, track: Int) -> [TraceEvent] {
+        Self.events(events.map { Span(name: "\($0.instruction)", start: $0.start, end: $0.end) }, step: step, track: track)
     }
 
     /// Collective over `world`: every rank's events go to rank 0, which writes one trace
@@ -83,10 +103,10 @@ struct PipelineStats {
     private var busy = 0.0, wall = 0.0
     private(set) var peakBytes = 0, peakInFlight = 0
 
-    mutating func add(events: [(name: String, start: Double, end: Double)], wall w: Double, peakBytes p: Int, inFlight: Int) {
+    mutating func add(events: [PipelineEvent], wall w: Double, peakBytes p: Int, inFlight: Int) {
         steps += 1
         guard steps > 1 else { return }
-        busy += events.filter { $0.name.hasPrefix("forward") || $0.name.hasPrefix("backward") }.reduce(0) { $0 + $1.end - $1.start }
+        busy += events.filter(\.instruction.isCompute).reduce(0) { $0 + $1.seconds }
         wall += w
         peakBytes = max(peakBytes, p)
         peakInFlight = max(peakInFlight, inFlight)

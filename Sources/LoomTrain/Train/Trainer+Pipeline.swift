@@ -19,8 +19,9 @@ public struct PipelineReport: Encodable, Equatable {
     }
 }
 
-/// The trainer's pipeline-parallel side: a step through the stages, the checkpoint's
-/// gathering across stages, and the summary's per-stage measurements.
+/// The trainer's pipeline-parallel side: a step through the stages and the summary's
+/// per-stage measurements (the checkpoint's gathering across stages is the plan's,
+/// `DistributedPlan.checkpointTensors` in ParallelPlan.swift).
 extension Trainer {
     /// One step of this rank's pipeline stage over the batch cut into micro-batches. The
     /// loss is the last stage's; every stage receives it (for logging and the NaN check).

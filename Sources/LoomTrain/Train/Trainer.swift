@@ -19,13 +19,16 @@ public struct RunSummary: Encodable {
     public var throughput: Double
     public var unit: String
     public var wallSeconds: Double
+    /// Of this run's wall time, the seconds spent evaluating and writing checkpoints (the
+    /// throughput counts the rest: training).
+    public var evaluationSeconds: Double = 0
     public var parameters: Int
     /// Pipeline runs: schedule, measured bubble and memory per stage.
     public var pipeline: PipelineReport?
 
     enum CodingKeys: String, CodingKey {
         case name, steps, epochs, trainLoss = "train_loss", validationLoss = "val_loss", validationAccuracy = "val_accuracy", validationBitsPerCharacter = "val_bits_per_char"
-        case tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s", wallSeconds = "wall_s", parameters, pipeline
+        case tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s", wallSeconds = "wall_s", evaluationSeconds = "eval_s", parameters, pipeline
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -39,6 +42,7 @@ public struct RunSummary: Encodable {
         try c.encodeIfPresent(validationBitsPerCharacter.map { rounded($0, 4) }, forKey: .validationBitsPerCharacter)
         try c.encode(rounded(throughput, 1), forKey: unit == "tokens/s" ? .tokensPerSecond : .samplesPerSecond)
         try c.encode(rounded(wallSeconds, 3), forKey: .wallSeconds)
+        try c.encode(rounded(evaluationSeconds, 3), forKey: .evaluationSeconds)
         try c.encode(parameters, forKey: .parameters)
         try c.encodeIfPresent(pipeline, forKey: .pipeline)
     }
@@ -83,12 +87,14 @@ public final class Trainer {
     private var lastGradNorm: Float?
     /// Whether the last step's update was skipped (non-finite gradient, train.nonfinite = "skip").
     private var skippedLastStep = false
+    /// Seconds of this process's run spent in evaluations and checkpoints.
+    private var evaluationSeconds = 0.0
     /// Steps skipped this run.
     public private(set) var skippedSteps = 0
 
     /// A new run, or a resumed one when `resume` names a run directory. With a
-    /// communicator of N ranks, this is one rank of an N-way data-parallel run: call `run()`
-    /// on every rank.
+    /// communicator of N ranks, this is one rank of an N-rank run (laid out as the config's
+    /// dp × tp × pp): call `run()` on every rank.
     /// `initFrom`: a new run whose model starts from that checkpoint's parameters (and
     /// tokenizer), e.g. an imported GPT-2 to fine-tune; its shape must be the config's.
     public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil, initFrom: String? = nil,
@@ -254,22 +260,26 @@ public final class Trainer {
                 windowStart = now; windowSteps = 0
             }
             writer?.progress(step: state.step, epoch: epoch, loss: lastLoss,
-                             throughput: Double((state.step - startStep) * itemsPerStep) / max(now - t0, 1e-9), unit: unit,
+                             throughput: Double((state.step - startStep) * itemsPerStep) / max(now - t0 - evaluationSeconds, 1e-9), unit: unit,
                              elapsed: now - t0, startStep: startStep, force: isLog)
             if state.step % evalEvery == 0 || state.step == end {
+                let started = monotonicSeconds()
                 lastEval = try evaluateAndCheckpoint(writer, epoch: epoch)
+                let spent = monotonicSeconds() - started
+                evaluationSeconds += spent
+                windowStart += spent  // logged throughput counts training steps only
             }
         }
         writer?.endProgress()
+        let e = try lastEval ?? evaluate(full: true, showingOn: writer)
         let wall = monotonicSeconds() - t0
-        let e = try lastEval ?? evaluate(full: true)
         if let tracePath { try trace.write(to: tracePath, world: communicator, label: rankLabel) }
         let pipelineReport = try pipeline.map { try report($0) }
         if let r = pipelineReport { writer?.note(r.line) }
         var summary = RunSummary(name: config.name, steps: state.step, epochs: Double(state.step) / Double(stepsPerEpoch),
                                  trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
-                                 throughput: Double((state.step - startStep) * itemsPerStep) / max(wall, 1e-9), unit: unit,
-                                 wallSeconds: state.elapsedSeconds, parameters: parameters)
+                                 throughput: Double((state.step - startStep) * itemsPerStep) / max(wall - evaluationSeconds, 1e-9), unit: unit,
+                                 wallSeconds: state.elapsedSeconds, evaluationSeconds: evaluationSeconds, parameters: parameters)
         summary.pipeline = pipelineReport?.report
         summary.validationBitsPerCharacter = setup.bitsPerCharacterPerNat.map { e.loss * $0 }
         try writer?.writeSummary(summary)
@@ -299,8 +309,9 @@ public final class Trainer {
         try clipGradients()
         let reduced = monotonicSeconds()
         if !skippedLastStep { try optimizer.step() }
-        trace.record(step: state.step, [("forward+backward", start, computed), ("reduceGradients", computed, reduced),
-                                         ("optimizerStep", reduced, monotonicSeconds())])
+        trace.record(step: state.step, [TraceRecorder.Span(name: "forward+backward", start: start, end: computed),
+                                        TraceRecorder.Span(name: "reduceGradients", start: computed, end: reduced),
+                                        TraceRecorder.Span(name: "optimizerStep", start: reduced, end: monotonicSeconds())])
         return lossSum / Float(k)
     }
 
@@ -332,7 +343,7 @@ public final class Trainer {
 
     /// Evaluates (on every rank), then rank 0 checkpoints and logs.
     private func evaluateAndCheckpoint(_ writer: RunWriter?, epoch: Double) throws -> Evaluation {
-        let e = try evaluate(full: state.step == totalSteps)
+        let e = try evaluate(full: state.step == totalSteps, showingOn: writer)
         state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
         // Collective: shards, ZeRO state and other stages' tensors come whole to rank 0.
         let (full, dropout) = try plan.checkpointTensors()
@@ -352,8 +363,13 @@ public final class Trainer {
     /// Mean validation loss (and accuracy for classifiers) in evaluation mode, over
     /// `eval_batches` batches, or the whole validation split when `full` (the final
     /// evaluation of a run always is). Collective: every rank of the run calls it.
-    public func evaluate(full: Bool = false) throws -> Evaluation {
-        try evaluator.evaluate(maxBatches: full ? nil : config.evalBatches)
+    public func evaluate(full: Bool = false) throws -> Evaluation { try evaluate(full: full, showingOn: nil) }
+
+    /// The whole validation split can take a while (85 s for a 57M-parameter GPT on 2
+    /// cores): the writing rank shows how far it has got on `writer`.
+    private func evaluate(full: Bool, showingOn writer: RunWriter?) throws -> Evaluation {
+        let progress = full ? writer.map { w in { (done: Int, total: Int) in w.evaluating(batch: done, of: total) } } : nil
+        return try evaluator.evaluate(maxBatches: full ? nil : config.evalBatches, progress: progress)
     }
 
     private var evaluator: Evaluator {
