@@ -52,6 +52,8 @@ let package = Package(
             "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain", "LoomCUDA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // Loom embedded in another program (a test runs it against loom train).
+        .executableTarget(name: "EmbeddingExample", dependencies: ["LoomTrain"], path: "examples/embedding"),
         .testTarget(name: "LoomCoreTests", dependencies: ["LoomCore", "CLoomKernels"]),
         .testTarget(name: "LoomNNTests", dependencies: ["LoomCore", "LoomNN"], resources: [.copy("Fixtures")]),
         .testTarget(name: "LoomDataTests", dependencies: ["LoomCore", "LoomData"], resources: [.copy("Fixtures")]),

@@ -26,6 +26,7 @@ if [ ! -f "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
 fi
 export LOOM_CUDA_LIBS="$nvrtc_dir/nvidia/cu13/lib${LOOM_CUDA_LIBS:+:$LOOM_CUDA_LIBS}"
 swift build -c release --product loom
+swift build -c release --product EmbeddingExample  # examples/embedding, run by EmbeddingExampleTests
 # Loom's CUDA emulator (the CUDA backend's tests run it on the CPU).
 swift build -c release --product LoomCUDAEmulator
 log=$(mktemp)

@@ -29,6 +29,15 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     public let checksCollectives: Bool
 
     /// True when this process was started by an MPI launcher.
+    /// This process's rank among those on its machine (Open MPI, Slurm, MPICH), else 0.
+    public static var localRank: Int {
+        let env = ProcessInfo.processInfo.environment
+        for key in ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"] {
+            if let v = env[key].flatMap(Int.init) { return v }
+        }
+        return 0
+    }
+
     public static var launchedByMPI: Bool {
         let env = ProcessInfo.processInfo.environment
         return env["OMPI_COMM_WORLD_SIZE"] != nil || env["PMI_SIZE"] != nil || env["PMIX_RANK"] != nil

@@ -54,11 +54,16 @@ struct DeviceOptions: ParsableArguments {
     }
 }
 
-/// The process's rank among those on its machine under MPI (Open MPI, Slurm, MPICH), else 0.
-var mpiLocalRank: Int {
-    let env = ProcessInfo.processInfo.environment
-    for key in ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "LOCAL_RANK"] {
-        if let v = env[key].flatMap(Int.init) { return v }
+/// A relative data path is looked up from the working directory first, then from the
+/// directories above the loom executable (so `loom train` finds the repository's data/
+/// when run from elsewhere). The library takes paths as given; the command line resolves.
+func resolveDataPath(_ path: String) -> String {
+    if path.isEmpty || path.hasPrefix("/") || FileManager.default.fileExists(atPath: path) { return path }
+    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+    for _ in 0..<5 {
+        let candidate = dir.appendingPathComponent(path).path
+        if FileManager.default.fileExists(atPath: candidate) { return candidate }
+        dir = dir.deletingLastPathComponent()
     }
-    return 0
+    return path
 }

@@ -60,13 +60,7 @@ struct GPT2Command: ParsableCommand {
 
         func run() throws {
             try runReportingErrors {
-                let (file, c, tokenizer) = try TrainingCheckpoint.peek(checkpoint)
-                guard c.isLanguageModel, let tokenizer else {
-                    throw LoomError.config("checkpoint '\(checkpoint)' is a \(c.model) model; gpt2 export needs a gpt checkpoint")
-                }
-                let gpt = try GPT(GPTConfig(vocabSize: tokenizer.count, contextLength: c.context, layers: c.layers, dModel: c.dModel, heads: c.heads),
-                                  seed: 0)
-                try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: gpt)
+                let (gpt, tokenizer, _) = try TrainingCheckpoint.loadGPT(checkpoint, for: "gpt2 export")
                 try HuggingFaceGPT2.save(gpt, tokenizer: tokenizer, to: out)
                 var files = "model.safetensors, config.json"
                 if case .bytePairs = tokenizer {

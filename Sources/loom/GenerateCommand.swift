@@ -50,13 +50,7 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let backend = try deviceOptions.backend()
-            let (file, c, tokenizer) = try TrainingCheckpoint.peek(checkpoint)
-            guard c.isLanguageModel, let tokenizer else {
-                throw LoomError.config("checkpoint '\(checkpoint)' is a \(c.model) model; generate needs a gpt checkpoint")
-            }
-            let gpt = try GPT(GPTConfig(vocabSize: tokenizer.count, contextLength: c.context, layers: c.layers, dModel: c.dModel,
-                                        heads: c.heads, dropout: Float(c.dropout)), seed: 0)
-            try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: gpt)
+            let (gpt, tokenizer, _) = try TrainingCheckpoint.loadGPT(checkpoint, for: "generate")
             try gpt.to(backend)
             let prompts = prompt.isEmpty ? ["\n"] : prompt
             let unseen = prompts.map { tokenizer.encodeLeniently($0).unseen }.reduce(0, +)

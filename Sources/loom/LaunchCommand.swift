@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LoomTrain
 
 struct LaunchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -60,22 +61,27 @@ struct LaunchCommand: ParsableCommand {
             FileHandle.standardError.write("loom: error: cannot run \(mpirun): \(String(cString: strerror(errno)))\n".data(using: .utf8)!)
             throw ExitCode(1)
         }
-        var restart = ""
-        for attempt in 0...maxRestarts {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: mpirun)
-            p.arguments = Array(args.dropFirst()) + (attempt == 0 ? [] : [
-                "-x", "LOOM_RESUME_IF_CHECKPOINT=1", "-x", "LOOM_RESTART_ATTEMPT=\(attempt)", "-x", "LOOM_RESTART_CAUSE=\(restart)",
-            ]) + [selfExecutable()] + cmd
-            try p.run()
-            p.waitUntilExit()
-            if p.terminationStatus == 0 { return }
-            restart = "the job exited with status \(p.terminationStatus) (a rank died or a collective timed out)"
-            if attempt < maxRestarts {
-                FileHandle.standardError.write("loom: \(restart); restart \(attempt + 1) of \(maxRestarts) from the last checkpoint\n".data(using: .utf8)!)
+        // Each attempt is a new mpirun; from the second on, the ranks resume from the run's
+        // checkpoint and log the restart (TrainingJob reads these variables).
+        do {
+            try RestartPolicy(maxRestarts: maxRestarts).run(announce: { number, cause in
+                FileHandle.standardError.write(Data("loom: \(cause); restart \(number) of \(maxRestarts) from the last checkpoint\n".utf8))
+            }) { attempt, cause in
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: mpirun)
+                p.arguments = Array(args.dropFirst()) + (attempt == 0 ? [] : [
+                    "-x", "LOOM_RESUME_IF_CHECKPOINT=1", "-x", "LOOM_RESTART_ATTEMPT=\(attempt)", "-x", "LOOM_RESTART_CAUSE=\(cause ?? "")",
+                ]) + [selfExecutable()] + cmd
+                try p.run()
+                p.waitUntilExit()
+                guard p.terminationStatus == 0 else {
+                    throw RestartPolicy.Failure(cause: "the job exited with status \(p.terminationStatus) (a rank died or a collective timed out)",
+                                                restartable: true)
+                }
             }
+        } catch is RestartPolicy.Failure {
+            throw ExitCode(1)
         }
-        throw ExitCode(1)
     }
 
     func selfExecutable() -> String {

@@ -121,80 +121,22 @@ struct TrainCommand: ParsableCommand {
             }
             try ConfigFile.validate(c)
             guard maxRestarts >= 0 else { throw LoomError.config("--max-restarts \(maxRestarts) must be >= 0") }
-            let env = ProcessInfo.processInfo.environment
-            var from = resume
-            // Under `loom launch --max-restarts`, a relaunched job continues from the run's checkpoint.
-            if from == nil, env["LOOM_RESUME_IF_CHECKPOINT"] != nil,
-               FileManager.default.fileExists(atPath: c.runDirectory + "/" + TrainingCheckpoint.fileName) { from = c.runDirectory }
-            var restart = env["LOOM_RESTART_ATTEMPT"].flatMap(Int.init).map { ($0, env["LOOM_RESTART_CAUSE"] ?? "the previous attempt failed") }
-            var result: (RunSummary?, String)
-            while true {
-                do {
-                    result = try runTraining(c, resume: from, initFrom: from == nil ? initFrom : nil, restart: restart)
-                    break
-                } catch let e as CommError where (restart?.0 ?? 0) < maxRestarts {
-                    // A rank died or a collective timed out: continue from the last checkpoint
-                    // (or from the start, if there is none yet). Resumes are bit-exact.
-                    let attempt = (restart?.0 ?? 0) + 1
-                    let saved = FileManager.default.fileExists(atPath: c.runDirectory + "/" + TrainingCheckpoint.fileName)
-                    from = saved ? c.runDirectory : nil
-                    restart = (attempt, "\(e)")
-                    FileHandle.standardError.write("loom: \(e); restart \(attempt) of \(maxRestarts) from \(saved ? "the last checkpoint" : "the start")\n".data(using: .utf8)!)
-                }
-            }
-            let (s, directory) = result
-            guard let s else { return }  // not rank 0
+            var job = TrainingJob(config: c.resolvingPaths(resolveDataPath))
+            job.resume = resume
+            job.initFrom = initFrom
+            job.stopAt = stopAt
+            job.tracePath = trace
+            job.threads = threads
+            job.restarts = RestartPolicy(maxRestarts: maxRestarts)
+            job.backend = { [deviceOptions] in try deviceOptions.backend(localRank: $0, cpuThreads: $1) }
+            let (summary, directory) = try job.run()
+            guard let s = summary else { return }  // not rank 0
             var line = String(format: "done: %d steps, train_loss %.4f, val_loss %.4f", s.steps, s.trainLoss, s.validationLoss)
             if let a = s.validationAccuracy { line += String(format: ", val_accuracy %.2f%%", 100 * a) }
             line += String(format: ", %.0f %@ training, %.1f s (%.1f s evaluating) -> %@/", s.throughput, s.unit, s.wallSeconds,
                            s.evaluationSeconds, directory)
             print(line)
         }
-    }
-
-    /// One process, N in-process ranks, or this process's rank of an MPI job. Returns
-    /// rank 0's summary (nil on other ranks).
-    func runTraining(_ c: TrainConfig, resume: String?, initFrom: String?, restart: (Int, String)?) throws -> (RunSummary?, String) {
-        if MPICommunicator.launchedByMPI {
-            let world = try MPICommunicator.world(timeout: Double(c.timeoutSeconds))
-            guard dp == nil || dp! * c.tp * c.pp == world.size else {
-                throw LoomError.config("--dp \(dp!) x tp \(c.tp) x pp \(c.pp) but the launcher started \(world.size) processes")
-            }
-            do {
-                let trainer = try Trainer(config: c, backend: deviceOptions.backend(localRank: mpiLocalRank, cpuThreads: threads),
-                                          resume: resume, initFrom: initFrom, communicator: world)
-                trainer.stopAt = stopAt
-                trainer.tracePath = trace
-                trainer.restart = restart
-                let s = try trainer.run()
-                world.finalize()
-                return (world.rank == 0 ? s : nil, trainer.runDirectory)
-            } catch {
-                // Communication errors name their rank already.
-                let text = error is CommError ? "\(error)" : "rank \(world.rank): \(error)"
-                FileHandle.standardError.write("loom: error: \(text)\n".data(using: .utf8)!)
-                world.abort()
-            }
-        }
-        if c.dp * c.tp * c.pp > 1 {
-            let ranks = c.dp * c.tp * c.pp
-            let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / ranks)
-            let results = try InProcessWorld.run(size: ranks, timeout: Double(c.timeoutSeconds)) { comm -> (RunSummary, String) in
-                let trainer = try Trainer(config: c, backend: deviceOptions.backend(localRank: comm.rank, cpuThreads: perRank),
-                                          resume: resume, initFrom: initFrom, communicator: comm)
-                trainer.stopAt = stopAt
-                trainer.tracePath = trace
-                trainer.restart = restart
-                defer { trainer.finish() }
-                return (try trainer.run(), trainer.runDirectory)
-            }
-            return (results[0].0, results[0].1)
-        }
-        let trainer = try Trainer(config: c, backend: deviceOptions.backend(cpuThreads: threads), resume: resume, initFrom: initFrom)
-        trainer.stopAt = stopAt
-        trainer.tracePath = trace
-        trainer.restart = restart
-        return (try trainer.run(), trainer.runDirectory)
     }
 }
 

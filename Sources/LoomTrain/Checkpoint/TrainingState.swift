@@ -99,6 +99,18 @@ public enum TrainingCheckpoint {
         return (file, config, try tokenizer(file, path: path))
     }
 
+    /// A GPT checkpoint's model (on the CPU) with its tokenizer and configuration; `what`
+    /// names the command that needs a GPT, for the error when it is another model.
+    public static func loadGPT(_ path: String, for what: String) throws -> (GPT, Tokenizer, TrainConfig) {
+        let (file, c, tokenizer) = try peek(path)
+        guard c.isLanguageModel, let tokenizer else {
+            throw LoomError.config("checkpoint '\(path)' is a \(c.model) model; \(what) needs a gpt checkpoint")
+        }
+        let gpt = try GPT(c.gptConfig(vocabularySize: tokenizer.count), seed: 0, on: CPUBackend.shared)
+        try restoreModel(file, path: path, into: gpt)
+        return (gpt, tokenizer, c)
+    }
+
     /// The tokenizer a checkpoint's run used (nil: an image model).
     static func tokenizer(_ file: SafeTensors.File, path: String) throws -> Tokenizer? {
         try file.metadata["loom.tokenizer"].map { try Tokenizer(serialized: $0, source: "checkpoint '\(path)' [loom.tokenizer]") }

@@ -1,5 +1,6 @@
 import LoomCore
 import LoomData
+import LoomNN
 import LoomParallel
 
 /// Everything a training run is configured by. Read from TOML (`examples/*.toml`),
@@ -114,4 +115,22 @@ public struct TrainConfig: Equatable, Sendable {
 public enum LRScheduleValue: Equatable, Sendable {
     case constant(Float)
     case cosine(peak: Float, warmup: Int, minimum: Float)
+}
+
+extension TrainConfig {
+    /// The GPT this configuration describes, for a tokenizer of `vocabularySize` tokens.
+    public func gptConfig(vocabularySize: Int) -> GPTConfig {
+        GPTConfig(vocabSize: vocabularySize, contextLength: context, layers: layers, dModel: dModel, heads: heads, dropout: Float(dropout))
+    }
+
+    /// The configuration with its file paths (data, labels, tokenizer file) passed through
+    /// `resolve`: the command line finds relative paths from where the binary lives; the
+    /// library reads paths as given.
+    public func resolvingPaths(_ resolve: (String) -> String) -> TrainConfig {
+        var c = self
+        c.data = resolve(data)
+        if !labels.isEmpty { c.labels = resolve(labels) }
+        if !tokenizerFile.isEmpty { c.tokenizerFile = resolve(tokenizerFile) }
+        return c
+    }
 }

@@ -126,7 +126,7 @@ public struct Setup {
         let seed = UInt64(c.seed)
         let split = c.pipelineSplit.isEmpty ? nil : c.pipelineSplit
         if c.isLanguageModel {
-            let file = saved == nil && !c.tokenizerFile.isEmpty ? try Tokenizer.load(resolveDataPath(c.tokenizerFile)) : nil
+            let file = saved == nil && !c.tokenizerFile.isEmpty ? try Tokenizer.load(c.tokenizerFile) : nil
             let corpus = try TextCorpus(path: c.data, validationFraction: c.validationFraction, tokenizer: saved ?? file, fit: c.tokenizer,
                                         vocabularySize: c.vocabSize)
             tokenizer = corpus.tokenizer
@@ -143,9 +143,7 @@ public struct Setup {
             }
             let group = (tensorGroup?.size ?? 1) > 1 ? tensorGroup : nil
             self.tensorGroup = group
-            let gpt = try GPT(GPTConfig(vocabSize: corpus.tokenizer.count, contextLength: c.context, layers: c.layers,
-                                        dModel: c.dModel, heads: c.heads, dropout: Float(c.dropout)), seed: seed, on: backend,
-                              tensorGroup: group)
+            let gpt = try GPT(c.gptConfig(vocabularySize: corpus.tokenizer.count), seed: seed, on: backend, tensorGroup: group)
             if let p = pipeline {
                 task = PipelineTask(model: try PipelineStageModel(cutting: gpt, schedule: p.schedule, stage: p.stage, split: split))
             } else {

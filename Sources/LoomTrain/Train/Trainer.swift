@@ -114,8 +114,6 @@ public final class Trainer {
         let schedule = c.pp > 1 ? try Schedule(c.pipelineSchedule, stages: c.pp, microBatches: c.microBatches,
                                                chunks: c.pipelineSchedule == .interleaved ? c.chunks : nil) : nil
         let placement = schedule.map { PipelinePlacement(schedule: $0, stage: groups!.pipeline.rank) }
-        c.data = resolveDataPath(c.data)
-        if !c.labels.isEmpty { c.labels = resolveDataPath(c.labels) }
         try ConfigFile.validate(c)
         self.backend = backend
         dataGroup = groups?.data ?? communicator
@@ -380,18 +378,4 @@ public final class Trainer {
 
     /// Detaches data-parallel hooks (the trainer's parameters become plain again).
     public func finish() { plan.detach() }
-}
-
-/// A relative data path is looked up from the working directory first, then from the
-/// directories above the loom executable (so `loom train` finds the repository's data/
-/// when run from elsewhere).
-public func resolveDataPath(_ path: String) -> String {
-    if path.hasPrefix("/") || FileManager.default.fileExists(atPath: path) { return path }
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-    for _ in 0..<5 {
-        let candidate = dir.appendingPathComponent(path).path
-        if FileManager.default.fileExists(atPath: candidate) { return candidate }
-        dir = dir.deletingLastPathComponent()
-    }
-    return path
 }
