@@ -22,15 +22,23 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// FLOPs issued to matrix products (GEMMs, convolutions, attention's products; 2mnk
     /// per product) and seconds spent in each class of kernel, since the last
     /// `resetCounters()`. `loom bench` reports GFLOP/s and where a step's time goes from these.
-    public private(set) var gemmFlops: Double = 0
-    public private(set) var kernelSeconds = [Double](repeating: 0, count: KernelClass.allCases.count)
+    /// Threads may share a backend (a loader's prefetch thread and the step, or tasks that
+    /// issue kernels), so the counters are kept under a lock.
+    public var gemmFlops: Double { counterLock.withLock { flops } }
+    public var kernelSeconds: [Double] { counterLock.withLock { seconds } }
     public var gemmSeconds: Double { kernelSeconds[KernelClass.gemm.rawValue] }
-    public func resetCounters() { gemmFlops = 0; kernelSeconds = kernelSeconds.map { _ in 0 } }
+    public func resetCounters() { counterLock.withLock { flops = 0; seconds = seconds.map { _ in 0 } } }
+    private let counterLock = SpinLock()
+    private var flops: Double = 0
+    private var seconds = [Double](repeating: 0, count: KernelClass.allCases.count)
     /// Adds the time since `start` (and any product FLOPs) to a kernel class.
     @inline(__always)
     func count(_ kind: KernelClass, flops: Double = 0, since start: Double) {
-        gemmFlops += flops
-        kernelSeconds[kind.rawValue] += monotonicSeconds() - start
+        let elapsed = monotonicSeconds() - start
+        counterLock.withLock {
+            self.flops += flops
+            seconds[kind.rawValue] += elapsed
+        }
     }
 
     /// The vector width the C kernels run at on this processor: "avx512", "avx2" or
