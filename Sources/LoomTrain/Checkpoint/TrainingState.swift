@@ -25,9 +25,9 @@ public enum TrainingCheckpoint {
     /// `optimizer`: the one training uses (a sharded optimizer has gathered its state first).
     /// `tensors`: what to write instead of the local ones (tensor parallelism gathers
     /// shards into full tensors first; pipeline stages send theirs to rank 0).
-    /// `dropout`: the dropout generators entry, when it covers more than this rank's modules.
+    /// `dropout`: the dropout generators, when they cover more than this rank's modules.
     public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState,
-                            tensors full: [(name: String, tensor: Tensor)]? = nil, dropout: String? = nil) throws {
+                            tensors full: [(name: String, tensor: Tensor)]? = nil, dropout: DropoutGenerators? = nil) throws {
         if full == nil { try optimizer.materializeState() }
         let tensors = full ?? localTensors(setup: setup, optimizer: optimizer)
         var meta: [String: String] = [
@@ -36,7 +36,7 @@ public enum TrainingCheckpoint {
             "loom.step": String(state.step),
             "loom.elapsed_s": String(state.elapsedSeconds),
             "loom.optimizer_steps": String(optimizer.stepCount),
-            "loom.dropout": dropout ?? dropoutEntry(setup.task.module),
+            "loom.dropout": (dropout ?? DropoutGenerators(of: setup.task.module)).serialized,
         ]
         if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
         if let n = setup.normalization { meta["loom.normalization"] = normalizationEntry(n) }
@@ -153,10 +153,7 @@ public enum TrainingCheckpoint {
         for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, tensorGroup: setup.tensorGroup) }
         let meta = Metadata(file: file, path: path)
         setup.optimizer.stepCount = try meta.int("loom.optimizer_steps")
-        let saved = try meta.dropoutGenerators()
-        for (name, module) in dropoutModules(setup.task.module) {
-            if let rng = saved[name] { module.rng = rng }
-        }
+        try meta.dropoutGenerators().restore(into: setup.task.module)
         return try meta.runState()
     }
 
@@ -191,27 +188,9 @@ public enum TrainingCheckpoint {
             return RunState(step: try int("loom.step"), elapsedSeconds: try double("loom.elapsed_s"), bestValidationLoss: best)
         }
 
-        /// `name=key:position;…` -> generators by module name.
-        func dropoutGenerators() throws -> [String: Philox] {
-            var out: [String: Philox] = [:]
-            for entry in (file.metadata["loom.dropout"] ?? "").split(separator: ";") {
-                let parts = entry.split(separator: "=")
-                let kv = parts.last?.split(separator: ":") ?? []
-                guard parts.count == 2, kv.count == 2, let k = UInt64(kv[0]), let p = UInt64(kv[1]),
-                      out.updateValue(Philox(seed: k, position: p), forKey: String(parts[0])) == nil else {
-                    throw bad("loom.dropout", "a list of distinct name=key:position entries (at '\(entry)')")
-                }
-            }
-            return out
+        /// The dropout layers' generators.
+        func dropoutGenerators() throws -> DropoutGenerators {
+            try DropoutGenerators(serialized: file.metadata["loom.dropout"] ?? "") { bad("loom.dropout", $0) }
         }
-    }
-
-    /// The dropout generators of a module tree, as the checkpoint's metadata stores them.
-    public static func dropoutEntry(_ root: Module) -> String {
-        dropoutModules(root).map { "\($0.name)=\($0.module.rng.key):\($0.module.rng.position)" }.joined(separator: ";")
-    }
-
-    static func dropoutModules(_ root: Module) -> [(name: String, module: Dropout)] {
-        root.descendants().compactMap { name, m in (m as? Dropout).map { (name, $0) } }
     }
 }

@@ -24,9 +24,9 @@ public protocol ParallelPlan: AnyObject {
     /// The whole model's parameter count. Collective.
     func parameterCount() throws -> Int
     /// The whole model's tensors and optimizer state under their checkpoint names, and
-    /// the dropout generators entry, as one process would hold them: on the rank that
-    /// writes the checkpoint (`writesCheckpoint`). Collective.
-    func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: String)
+    /// the dropout generators, as one process would hold them: on the rank that writes
+    /// the checkpoint (`writesCheckpoint`). Collective.
+    func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators)
     /// Whether this rank writes the run's files (rank 0).
     var writesCheckpoint: Bool { get }
     /// Seconds blocked on gradient communication that backward did not hide, since the
@@ -54,9 +54,9 @@ public final class SingleProcessPlan: ParallelPlan {
     public func parameterCount() throws -> Int { setup.task.module.parameterCount }
     public var writesCheckpoint: Bool { true }
 
-    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: String) {
+    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
         try optimizer.materializeState()
-        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), TrainingCheckpoint.dropoutEntry(setup.task.module))
+        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), DropoutGenerators(of: setup.task.module))
     }
 }
 
@@ -126,12 +126,12 @@ public final class DistributedPlan: ParallelPlan {
         return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
     }
 
-    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: String) {
+    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
         if let zero { try zero.gatherState() } else { try optimizer.materializeState() }
         var tensors = TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer)
         // Tensor parallelism: every rank gathers the shards into whole tensors.
         if let group = setup.tensorGroup { tensors = try tensors.map { ($0.name, try $0.tensor.unshard(group)) } }
-        let dropout = TrainingCheckpoint.dropoutEntry(setup.task.module)
+        let dropout = DropoutGenerators(of: setup.task.module)
         guard let groups, groups.pipeline.size > 1 else { return (tensors, dropout) }
         return try gatherStages(tensors, dropout, groups)
     }
@@ -139,21 +139,24 @@ public final class DistributedPlan: ParallelPlan {
     /// Stages other than 0 of rank 0's pipeline send their tensors and dropout generators
     /// to it; rank 0 returns them all (tied parameters and their state once, from the
     /// first stage). Other ranks hold copies of these and send nothing.
-    private func gatherStages(_ mine: [(name: String, tensor: Tensor)], _ generators: String, _ groups: ProcessGroups) throws
-        -> (tensors: [(name: String, tensor: Tensor)], dropout: String) {
+    private func gatherStages(_ mine: [(name: String, tensor: Tensor)], _ generators: DropoutGenerators, _ groups: ProcessGroups) throws
+        -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
         guard groups.data.rank == 0 && groups.tensor.rank == 0 else { return (mine, generators) }
         let pipe = groups.pipeline, tag = 1 << 20
         if pipe.rank != 0 {
-            try pipe.send(named: mine, metadata: ["dropout": generators], to: 0, tag: tag)
+            try pipe.send(named: mine, metadata: ["dropout": generators.serialized], to: 0, tag: tag)
             return (mine, generators)
         }
         let backend = optimizer.parameters.first?.tensor.backend ?? DefaultBackend.current
-        var all = mine, names = Set(mine.map(\.name)), entries = [generators]
+        var all = mine, names = Set(mine.map(\.name)), merged = generators
         for stage in 1..<pipe.size {
             let (tensors, meta) = try pipe.receiveNamed(from: stage, tag: tag, on: backend)
             for (name, t) in tensors where names.insert(name).inserted { all.append((name, t)) }
-            entries.append(meta["dropout"] ?? "")
+            let theirs = try DropoutGenerators(serialized: meta["dropout"] ?? "") {
+                LoomError.io("stage \(stage)'s dropout generators are not \($0)")
+            }
+            merged = merged.merging(theirs)
         }
-        return (all, entries.filter { !$0.isEmpty }.joined(separator: ";"))
+        return (all, merged)
     }
 }
