@@ -15,8 +15,8 @@ public enum AtomicFile {
         removeStale(dir, prefix: "." + url.lastPathComponent + ".tmp-")
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw LoomError.io("cannot write '\(tmp)': \(String(cString: strerror(errno)))") }
-        var ok = false
-        defer { if !ok { close(fd); unlink(tmp) } }
+        var isOpen = true, ok = false
+        defer { if isOpen { close(fd) }; if !ok { unlink(tmp) } }
         let fault = FaultInjection.write(path, size: bytes.count)
         var done = 0
         for stop in (fault?.stops ?? []) + [bytes.count] where stop >= done {
@@ -26,6 +26,7 @@ public enum AtomicFile {
         }
         guard fsync(fd) == 0 else { throw LoomError.io("cannot sync '\(tmp)': \(String(cString: strerror(errno)))") }
         close(fd)
+        isOpen = false
         fault?.beforeRename()
         guard rename(tmp, path) == 0 else { throw LoomError.io("cannot rename '\(tmp)' to '\(path)': \(String(cString: strerror(errno)))") }
         ok = true
