@@ -75,8 +75,7 @@ struct LaunchCommand: ParsableCommand {
                 try p.run()
                 p.waitUntilExit()
                 guard p.terminationStatus == 0 else {
-                    throw RestartPolicy.Failure(cause: "the job exited with status \(p.terminationStatus) (a rank died or a collective timed out)",
-                                                restartable: true)
+                    throw RestartPolicy.Failure(cause: "the job exited with status \(p.terminationStatus) (a rank died or a collective timed out)")
                 }
             }
         } catch is RestartPolicy.Failure {

@@ -6,15 +6,13 @@ public struct RestartPolicy: Sendable {
 
     public init(maxRestarts: Int = 0) { self.maxRestarts = maxRestarts }
 
-    /// One failed attempt: its cause, and whether a restart can mend it (a rank that died,
-    /// a collective that timed out); any other error ends the job at once.
+    /// A failed attempt that a restart can mend (a rank that died, a collective that timed
+    /// out), with its cause; any other error ends the job at once.
     public struct Failure: Error {
         public var cause: String
-        public var restartable: Bool
+        /// Rethrown when the restarts are spent.
         public var underlying: Error?
-        public init(cause: String, restartable: Bool, underlying: Error? = nil) {
-            self.cause = cause; self.restartable = restartable; self.underlying = underlying
-        }
+        public init(cause: String, underlying: Error? = nil) { self.cause = cause; self.underlying = underlying }
     }
 
     /// Runs `attempt(number, previousCause)` (number 0 first; `first` carries on a count
@@ -28,7 +26,7 @@ public struct RestartPolicy: Sendable {
         while true {
             do {
                 return try attempt(number, cause)
-            } catch let f as Failure where f.restartable && number < maxRestarts {
+            } catch let f as Failure where number < maxRestarts {
                 number += 1
                 cause = f.cause
                 announce(number, f.cause)

@@ -72,7 +72,7 @@ public struct TrainingJob {
             do {
                 return try attempt(resume: from, initFrom: from == nil ? initFrom : nil, restart: cause.map { (number, $0) })
             } catch let e as CommError {
-                throw RestartPolicy.Failure(cause: "\(e)", restartable: true, underlying: e)
+                throw RestartPolicy.Failure(cause: "\(e)", underlying: e)
             }
         }
     }

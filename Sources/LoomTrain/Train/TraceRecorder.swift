@@ -15,11 +15,16 @@ struct TraceRecorder {
         var end: Double
     }
 
+    /// A span per instruction a pipeline stage ran, named as `forward(3)`.
+    static func spans(_ events: [PipelineEvent]) -> [Span] {
+        events.map { Span(name: "\($0.instruction)", start: $0.start, end: $0.end) }
+    }
+
     private(set) var steps: [(step: Int, events: [Span])] = []
 
     /// A pipeline stage's step: each instruction it ran.
     mutating func record(step: Int, _ events: [PipelineEvent]) {
-        record(step: step, events.map { Span(name: "\($0.instruction)", start: $0.start, end: $0.end) })
+        record(step: step, TraceRecorder.spans(events))
     }
 
     mutating func record(step: Int, _ events: [Span]) {
@@ -41,7 +46,7 @@ struct TraceRecorder {
     }
 
     static func events(_ events: [PipelineEvent], step: Int, track: Int) -> [TraceEvent] {
-        Self.events(events.map { Span(name: "\($0.instruction)", start: $0.start, end: $0.end) }, step: step, track: track)
+        Self.events(spans(events), step: step, track: track)
     }
 
     /// Collective over `world`: every rank's events go to rank 0, which writes one trace
