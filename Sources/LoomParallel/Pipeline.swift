@@ -4,24 +4,24 @@ import LoomNN
 
 /// Executes a `Schedule` on one stage: forward and backward of micro-batches on each of
 /// the stage's model chunks, activations and gradients exchanged with the pieces before
-/// and after, gradient reduction and the optimizer step. The schedule is checked
-/// (`ScheduleCheck`) before the first step.
+/// and after, and the gradient reduction. The schedule is checked (`ScheduleCheck`)
+/// before the first step.
+///
+/// The engine is a forward-backward function (Megatron's `forward_backward_func`): it
+/// runs the program up to its `optimizerStep`, which is the caller's. What happens
+/// there (clipping, skipping a non-finite step, the update) is the same for every
+/// layout, so it is not the engine's.
 public final class PipelineEngine {
     public let schedule: Schedule
     /// This stage's pieces of the model, in chunk order.
     public let chunks: [any PipelinePiece]
-    public let optimizer: Optimizer
+    /// Where received activations and gradients are made.
+    public let backend: any Backend
     let comm: Communicator
     let embeddingGroup: Communicator?
     /// Activation recomputation: forward keeps only each piece's input, and backward runs
     /// the piece's forward again (with the same dropout masks) before differentiating it.
     public var recompute = false
-    /// Runs at `reduceGradients`, after the tied embedding's gradients are summed: data
-    /// parallel reduction, gradient clipping.
-    public var afterReduce: (() throws -> Void)?
-    /// Set (by `afterReduce`) to leave the parameters as they are at this step's
-    /// optimizer step (a non-finite gradient under a skipping policy).
-    public var skipOptimizerStep = false
     /// The most micro-batches (× chunks) whose activations this stage held at once, last step.
     public private(set) var peakInFlight = 0
     /// The most bytes the last step held beyond what it started with: activations kept
@@ -34,7 +34,7 @@ public final class PipelineEngine {
 
     /// Every stage of the pipeline group calls this together (it splits a sub-group for
     /// the tied embedding).
-    public init(schedule: Schedule, chunks: [any PipelinePiece], optimizer: Optimizer, comm: Communicator) throws {
+    public init(schedule: Schedule, chunks: [any PipelinePiece], comm: Communicator, backend: any Backend = DefaultBackend.current) throws {
         let s = comm.rank
         let placed = chunks.enumerated().allSatisfy { c, piece in
             piece.isFirst == (schedule.previous(stage: s, chunk: c) == nil) && piece.isLast == (schedule.next(stage: s, chunk: c) == nil)
@@ -46,7 +46,7 @@ public final class PipelineEngine {
         _ = try ScheduleCheck().run(schedule)
         self.schedule = schedule
         self.chunks = chunks
-        self.optimizer = optimizer
+        self.backend = backend
         self.comm = comm
         // The stages holding tied parameters (a GPT's first and last) sum their gradients.
         tiedParameters = PipelineStageModel(chunks: chunks).tiedParameters
@@ -55,8 +55,8 @@ public final class PipelineEngine {
         embeddingGroup = tied ? group : nil
     }
 
-    public convenience init(schedule: Schedule, model: any PipelinePiece, optimizer: Optimizer, comm: Communicator) throws {
-        try self.init(schedule: schedule, chunks: [model], optimizer: optimizer, comm: comm)
+    public convenience init(schedule: Schedule, model: any PipelinePiece, comm: Communicator, backend: any Backend = DefaultBackend.current) throws {
+        try self.init(schedule: schedule, chunks: [model], comm: comm, backend: backend)
     }
 
     /// Parameters this stage shares with another (a tied embedding).
@@ -64,11 +64,24 @@ public final class PipelineEngine {
 
     var stage: Int { comm.rank }
 
-    /// One training step over micro-batches (`inputs[i]`, `targets[i]`; only the stage
-    /// holding the first piece reads inputs, only the one holding the last targets).
-    /// Returns the mean loss on the last piece's stage, nil elsewhere.
+    /// One optimizer step alone: gradients zeroed, `forwardBackward` with nothing to
+    /// reduce beyond the stages, the update. Returns the mean loss on the last piece's
+    /// stage, nil elsewhere.
     @discardableResult
-    public func step(inputs: [Tensor], targets: [Tensor]) throws -> Float? {
+    public func step(inputs: [Tensor], targets: [Tensor], optimizer: Optimizer) throws -> Float? {
+        optimizer.zeroGrad()
+        let loss = try forwardBackward(inputs: inputs, targets: targets, gradients: LocalGradients())
+        try optimizer.step()
+        return loss
+    }
+
+    /// Forward and backward of one step's micro-batches (`inputs[i]`, `targets[i]`; only
+    /// the stage holding the first piece reads inputs, only the one holding the last
+    /// targets), adding into the gradients the caller zeroed. At the schedule's
+    /// `reduceGradients` the tied parameters are summed across stages, then `gradients`
+    /// reduces across the data-parallel replicas; it returns at `optimizerStep`.
+    /// Returns the mean loss on the last piece's stage, nil elsewhere.
+    public func forwardBackward(inputs: [Tensor], targets: [Tensor], gradients: any GradientReduction) throws -> Float? {
         let m = schedule.microBatches, first = chunks.first!.isFirst, last = chunks.last!.isLast
         guard inputs.count == m || !first, targets.count == m || !last else {
             throw LoomError.invalidArgument("pipeline step: \(m) micro-batches expected, got \(first ? inputs.count : targets.count)")
@@ -78,20 +91,21 @@ public final class PipelineEngine {
             let start = memory.liveBytes
             memory.resetPeak()
             defer { peakStepBytes = memory.peakBytes - start }
-            return try run(inputs: inputs, targets: targets)
+            return try run(inputs: inputs, targets: targets, gradients: gradients)
         }
     }
 
-    private func run(inputs batch: [Tensor], targets: [Tensor]) throws -> Float? {
+    private func run(inputs batch: [Tensor], targets: [Tensor], gradients reduction: any GradientReduction) throws -> Float? {
         let m = schedule.microBatches, v = chunks.count
-        let backend = optimizer.parameters.first!.tensor.backend
         func grid<T>() -> [[T?]] { Array(repeating: Array(repeating: nil, count: m), count: v) }
         var inputs: [[Tensor?]] = grid(), outputs: [[Tensor?]] = grid(), gradients: [[Tensor?]] = grid()
         var sentShapes: [[[Int]?]] = grid()  // the shape of each activation sent (its gradient comes back in it)
         var masks: [[[Philox]?]] = grid()  // dropout generators before each forward, for recomputation
         var lossSum: Float = 0, alive = 0
         peakInFlight = 0
-        optimizer.zeroGrad()
+        // Gradients stay local through the micro-batches; the data-parallel reduction
+        // runs once, at reduceGradients (after the tied parameters' sum).
+        reduction.setOverlapsBackward(false)
 
         /// Forward of piece `c` on micro-batch `mb`: the output to send, or the loss
         /// (scaled by 1/M: the step's loss is the mean over micro-batches) on the last piece.
@@ -160,10 +174,9 @@ public final class PipelineEngine {
                         w.grad = g
                     }
                 }
-                try afterReduce?()
+                try reduction.reduceGradients()
             case .optimizerStep:
-                if !skipOptimizerStep { try optimizer.step() }
-                skipOptimizerStep = false
+                break  // the caller's (see the type's comment); it is the program's last instruction
             }
             events.append(PipelineEvent(instruction: ins, start: t0, end: monotonicSeconds()))
         }
@@ -202,7 +215,6 @@ public final class PipelineEngine {
     /// of the group calls it together.
     public func evaluate(inputs: Tensor, targets: Tensor) throws -> (lossSum: Double, count: Int, output: Tensor)? {
         try withoutGrad {
-            let backend = optimizer.parameters.first!.tensor.backend
             var result: (Double, Int, Tensor)?
             for (c, piece) in chunks.enumerated() {
                 var x = inputs

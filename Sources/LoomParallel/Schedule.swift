@@ -159,6 +159,8 @@ public struct Schedule: Equatable, Sendable {
             + (j > 0 ? [.sendGradient(mb: mb, chunk: c)] : [])
     }
 
+    /// Every program ends so: the gradients made whole, then the update, which the
+    /// engine leaves to its caller (the same clipping and update for every layout).
     static let epilogue: [Instruction] = [.reduceGradients, .optimizerStep]
 
     /// GPipe: every micro-batch forward, then every backward; M activations alive.

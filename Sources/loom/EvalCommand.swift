@@ -46,13 +46,13 @@ struct EvalCommand: ParsableCommand {
             c.dp = 1; c.tp = 1; c.pp = 1
             let backend = try deviceOptions.backend()
             let setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: checkpoint)
-            try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: setup.task.module)
+            try TrainingCheckpoint.restoreModel(file, path: checkpoint, into: setup.module)
             let step = Int(file.metadata["loom.step"] ?? "0") ?? 0
             if setup.unseenCharacters > 0, let t = setup.tokenizer {
                 FileHandle.standardError.write(("loom: note: \(setup.unseenCharacters) characters of '\(c.data)' are not in the checkpoint's "
                     + "vocabulary of \(t.count); read as \(t.unknownDescription)\n").data(using: .utf8)!)
             }
-            let e = try Evaluator(task: setup.task, data: setup.validation, batchSize: c.batchSize, backend: backend,
+            let e = try Evaluator(steps: setup.steps, data: setup.validation, batchSize: c.batchSize, backend: backend,
                                   isClassifier: !c.isLanguageModel, precision: c.precision).evaluate()
             if json {
                 print(JSONOutput.string(EvalReport(step: step, evaluation: e)))

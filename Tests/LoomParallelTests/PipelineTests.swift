@@ -34,10 +34,11 @@ final class PipelineTests: XCTestCase {
                   config: GPTConfig? = nil) throws -> (losses: [Float], peak: [Int], bytes: [Int]) {
         let schedule = try Schedule(kind, stages: stages, microBatches: m)
         let runs = try InProcessWorld.run(size: stages) { comm -> ([Float], Int, Int) in
-            let full = try GPT(config ?? self.config, seed: 9, on: CPUBackend(threads: 1))
+            let backend = CPUBackend(threads: 1)
+            let full = try GPT(config ?? self.config, seed: 9, on: backend)
             let model = try PipelineStageModel(cutting: full, schedule: schedule, stage: comm.rank)
-            let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks,
-                                            optimizer: Adam.adamW(model.namedParameters(), lr: 3e-4), comm: comm)
+            let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks, comm: comm, backend: backend)
+            let optimizer = Adam.adamW(model.namedParameters(), lr: 3e-4)
             engine.recompute = recompute
             var losses: [Float] = []
             let rows = self.batch / m
@@ -45,7 +46,7 @@ final class PipelineTests: XCTestCase {
                 let (x, y) = self.data(s)
                 let xs = try (0..<m).map { try x.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
                 let ys = try (0..<m).map { try y.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
-                if let l = try engine.step(inputs: xs, targets: ys) { losses.append(l) }
+                if let l = try engine.step(inputs: xs, targets: ys, optimizer: optimizer) { losses.append(l) }
             }
             return (losses, engine.peakInFlight, engine.peakStepBytes)
         }

@@ -13,8 +13,7 @@ final class SyncBatchNormTests: XCTestCase {
         let x = (0..<(n * c * h * w)).map { _ in 3 + 2 * rng.nextFloat() }  // a large mean: E[x²] - mean² loses digits
         let g = (0..<(n * c * h * w)).map { _ in rng.nextFloat() - 0.5 }
         func run(_ rows: Range<Int>, group: Communicator?) throws -> (y: [Float], dx: [Float], dgamma: [Float], dbeta: [Float], mean: [Float], variance: [Float]) {
-            let bn = BatchNorm(c)
-            bn.syncGroup = group
+            let bn = BatchNorm(c, syncGroup: group)
             var gammaRNG = Philox(seed: 9)
             bn.weight.backend.copy(Tensor((0..<c).map { _ in 0.5 + gammaRNG.nextFloat() }, shape: [c]), into: bn.weight)
             let per = c * h * w

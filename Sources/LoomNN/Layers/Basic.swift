@@ -1,4 +1,5 @@
 import LoomCore
+import LoomDistributed
 
 /// Token (or any index) embedding: table [V, D].
 public final class Embedding: Module {
@@ -66,11 +67,12 @@ public final class ResidualBlock: Module, UnaryLayer {
     public let conv2: Conv2d
     public let bn2: BatchNorm
 
-    public init(channels: Int, rng: inout Philox, on backend: any Backend = DefaultBackend.current) {
+    /// `batchNormGroup`: the ranks whose batch statistics its batch norms share (nil: none).
+    public init(channels: Int, rng: inout Philox, batchNormGroup: Communicator? = nil, on backend: any Backend = DefaultBackend.current) {
         conv1 = Conv2d(channels, channels, kernel: 3, padding: 1, bias: false, rng: &rng, on: backend)
-        bn1 = BatchNorm(channels, on: backend)
+        bn1 = BatchNorm(channels, syncGroup: batchNormGroup, on: backend)
         conv2 = Conv2d(channels, channels, kernel: 3, padding: 1, bias: false, rng: &rng, on: backend)
-        bn2 = BatchNorm(channels, on: backend)
+        bn2 = BatchNorm(channels, syncGroup: batchNormGroup, on: backend)
     }
 
     public func callAsFunction(_ x: Tensor) throws -> Tensor {

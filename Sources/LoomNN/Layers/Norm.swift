@@ -25,10 +25,13 @@ public final class BatchNorm: Module, UnaryLayer {
     public let momentum: Float
     public let eps: Float
     /// Synchronised batch norm: the data-parallel ranks whose shards make up the batch
-    /// (statistics over the whole batch, as PyTorch's SyncBatchNorm); nil: this rank's shard.
-    public var syncGroup: Communicator?
+    /// (statistics over the whole batch, as PyTorch's SyncBatchNorm); nil: this rank's
+    /// shard. Given when the layer is made (the run's parallel context).
+    public let syncGroup: Communicator?
 
-    public init(_ channels: Int, momentum: Float = 0.1, eps: Float = 1e-5, on backend: any Backend = DefaultBackend.current) {
+    public init(_ channels: Int, momentum: Float = 0.1, eps: Float = 1e-5, syncGroup: Communicator? = nil,
+                on backend: any Backend = DefaultBackend.current) {
+        self.syncGroup = syncGroup
         weight = parameter(Tensor(repeating: 1, shape: [channels], on: backend))
         bias = parameter(Tensor(repeating: 0, shape: [channels], on: backend))
         runningMean = Tensor(repeating: 0, shape: [channels], on: backend)

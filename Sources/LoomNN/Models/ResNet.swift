@@ -1,4 +1,5 @@
 import LoomCore
+import LoomDistributed
 
 /// ResNet's basic block (He et al., 2015): relu(bn(conv3x3(relu(bn(conv3x3(x))))) + s(x)),
 /// the first convolution striding when the block halves the image; the shortcut s is the
@@ -11,14 +12,16 @@ public final class BasicBlock: Module, UnaryLayer {
     public let bn2: BatchNorm
     public let downsample: Sequential?
 
-    public init(_ inChannels: Int, _ outChannels: Int, stride: Int, rng: inout Philox, on backend: any Backend) {
+    /// `batchNormGroup`: the ranks whose batch statistics its batch norms share (nil: none).
+    public init(_ inChannels: Int, _ outChannels: Int, stride: Int, rng: inout Philox, batchNormGroup: Communicator? = nil,
+                on backend: any Backend) {
         conv1 = Conv2d(inChannels, outChannels, kernel: 3, stride: stride, padding: 1, bias: false, rng: &rng, on: backend)
-        bn1 = BatchNorm(outChannels, on: backend)
+        bn1 = BatchNorm(outChannels, syncGroup: batchNormGroup, on: backend)
         conv2 = Conv2d(outChannels, outChannels, kernel: 3, padding: 1, bias: false, rng: &rng, on: backend)
-        bn2 = BatchNorm(outChannels, on: backend)
+        bn2 = BatchNorm(outChannels, syncGroup: batchNormGroup, on: backend)
         downsample = stride != 1 || inChannels != outChannels
             ? Sequential([Conv2d(inChannels, outChannels, kernel: 1, stride: stride, bias: false, rng: &rng, on: backend),
-                          BatchNorm(outChannels, on: backend)])
+                          BatchNorm(outChannels, syncGroup: batchNormGroup, on: backend)])
             : nil
     }
 
@@ -55,7 +58,9 @@ public final class ResNet: Module, UnaryLayer {
 
     public static let depths = [18, 20, 32, 34, 56]
 
-    public init(depth: Int, width: Int = 0, channels: Int, classes: Int, seed: UInt64,
+    /// `batchNormGroup`: the data-parallel ranks whose shards make up the batch, when batch
+    /// norm takes its statistics over the whole batch (nil: each rank's shard).
+    public init(depth: Int, width: Int = 0, channels: Int, classes: Int, seed: UInt64, batchNormGroup: Communicator? = nil,
                 on backend: any Backend = DefaultBackend.current) throws {
         var rng = Philox(seed: seed)
         let stages: [(channels: Int, blocks: Int)]
@@ -64,12 +69,12 @@ public final class ResNet: Module, UnaryLayer {
         case 20, 32, 56:
             let n = (depth - 2) / 6, w = width > 0 ? width : 16
             stages = [(w, n), (2 * w, n), (4 * w, n)]
-            stem = [Conv2d(channels, w, kernel: 3, padding: 1, bias: false, rng: &rng, on: backend), BatchNorm(w, on: backend), ReLU()]
+            stem = [Conv2d(channels, w, kernel: 3, padding: 1, bias: false, rng: &rng, on: backend), BatchNorm(w, syncGroup: batchNormGroup, on: backend), ReLU()]
         case 18, 34:
             let counts = depth == 18 ? [2, 2, 2, 2] : [3, 4, 6, 3], w = width > 0 ? width : 64
             stages = zip([w, 2 * w, 4 * w, 8 * w], counts).map { ($0, $1) }
             stem = [Conv2d(channels, w, kernel: 7, stride: 2, padding: 3, bias: false, rng: &rng, on: backend),
-                    BatchNorm(w, on: backend), ReLU(), MaxPool2d(3, stride: 2, padding: 1)]
+                    BatchNorm(w, syncGroup: batchNormGroup, on: backend), ReLU(), MaxPool2d(3, stride: 2, padding: 1)]
         default:
             throw LoomError.config("resnet: depth \(depth); valid: \(ResNet.depths.map(String.init).joined(separator: ", "))")
         }
@@ -77,7 +82,8 @@ public final class ResNet: Module, UnaryLayer {
         var inChannels = stages[0].channels
         for (s, stage) in stages.enumerated() {
             for b in 0..<stage.blocks {
-                blocks.append(BasicBlock(inChannels, stage.channels, stride: s > 0 && b == 0 ? 2 : 1, rng: &rng, on: backend))
+                blocks.append(BasicBlock(inChannels, stage.channels, stride: s > 0 && b == 0 ? 2 : 1, rng: &rng,
+                                         batchNormGroup: batchNormGroup, on: backend))
                 inChannels = stage.channels
             }
         }

@@ -1,4 +1,5 @@
 import LoomCore
+import LoomDistributed
 
 /// A multilayer perceptron: Linear-ReLU pairs, a final Linear. [N, in] -> [N, classes].
 public final class MLP: Module, UnaryLayer {
@@ -27,8 +28,10 @@ public final class CNN: Module, UnaryLayer {
     /// The images it takes, [C, H, W].
     public let imageShape: [Int]
 
+    /// `batchNormGroup`: the ranks whose batch statistics the residual block's batch norms
+    /// share (nil: each rank's shard).
     public init(residual: Bool = false, imageShape: [Int] = [1, 28, 28], classes: Int = 10, seed: UInt64,
-                on backend: any Backend = DefaultBackend.current) {
+                batchNormGroup: Communicator? = nil, on backend: any Backend = DefaultBackend.current) {
         var rng = Philox(seed: seed)
         self.imageShape = imageShape
         let (c, h, w) = (imageShape[0], imageShape[1], imageShape[2])
@@ -36,7 +39,7 @@ public final class CNN: Module, UnaryLayer {
             Conv2d(c, 16, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
             Conv2d(16, 32, kernel: 5, padding: 2, rng: &rng, on: backend), ReLU(), MaxPool2d(2),
         ]
-        if residual { f.append(ResidualBlock(channels: 32, rng: &rng, on: backend)) }
+        if residual { f.append(ResidualBlock(channels: 32, rng: &rng, batchNormGroup: batchNormGroup, on: backend)) }
         features = Sequential(f)
         classifier = Sequential([
             Flatten(), Linear(32 * (h / 2 / 2) * (w / 2 / 2), 128, rng: &rng, on: backend), ReLU(), Linear(128, classes, rng: &rng, on: backend),

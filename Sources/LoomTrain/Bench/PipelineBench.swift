@@ -53,15 +53,17 @@ public enum PipelineBench {
         let ys = try (0..<m).map { try y.slice(axis: 0, ($0 * rows)..<(($0 + 1) * rows)) }
         let schedule = try Schedule(kind, stages: stages, microBatches: m)
         let body = { (comm: Communicator) throws -> (Double, Double, [PipelineEvent]) in
-            let full = try GPT(.bench, seed: 0, on: CPUBackend(threads: 1))
+            let backend = CPUBackend(threads: 1)
+            let full = try GPT(.bench, seed: 0, on: backend)
             let model = try PipelineStageModel(cutting: full, schedule: schedule, stage: comm.rank)
-            let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks, optimizer: Adam.adamW(model.namedParameters(), lr: 3e-4), comm: comm)
-            for _ in 0..<warmup { try engine.step(inputs: xs, targets: ys) }
+            let engine = try PipelineEngine(schedule: schedule, chunks: model.chunks, comm: comm, backend: backend)
+            let optimizer = Adam.adamW(model.namedParameters(), lr: 3e-4)
+            for _ in 0..<warmup { try engine.step(inputs: xs, targets: ys, optimizer: optimizer) }
             try comm.barrier()
             var busy = 0.0, events: [PipelineEvent] = []
             let t0 = monotonicSeconds()
             for _ in 0..<steps {
-                try engine.step(inputs: xs, targets: ys)
+                try engine.step(inputs: xs, targets: ys, optimizer: optimizer)
                 busy += engine.events.filter(\.instruction.isCompute).reduce(0) { $0 + $1.seconds }
                 events = engine.events  // the last step, for the trace
             }

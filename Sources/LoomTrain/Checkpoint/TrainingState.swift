@@ -36,7 +36,7 @@ public enum TrainingCheckpoint {
             "loom.step": String(state.step),
             "loom.elapsed_s": String(state.elapsedSeconds),
             "loom.optimizer_steps": String(optimizer.stepCount),
-            "loom.dropout": (dropout ?? DropoutGenerators(of: setup.task.module)).serialized,
+            "loom.dropout": (dropout ?? DropoutGenerators(of: setup.module)).serialized,
         ]
         if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
         if let n = setup.normalization { meta["loom.normalization"] = normalizationEntry(n) }
@@ -77,14 +77,13 @@ public enum TrainingCheckpoint {
     /// A setup whose data is prepared as the checkpoint's run prepared it: its tokenizer
     /// and its image normalisation (a resumed run, `--init`, `loom eval`).
     public static func setup(_ c: TrainConfig, backend: any Backend, from file: SafeTensors.File, path: String,
-                             tensorGroup: Communicator? = nil, pipeline: PipelinePlacement? = nil) throws -> Setup {
-        try Setup(c, backend: backend, tokenizer: tokenizer(file, path: path), normalization: normalization(file, path: path),
-                  tensorGroup: tensorGroup, pipeline: pipeline)
+                             context: ParallelContext = .single) throws -> Setup {
+        try Setup(c, backend: backend, context: context, tokenizer: tokenizer(file, path: path), normalization: normalization(file, path: path))
     }
 
     /// Parameters, buffers and optimizer state under their checkpoint names.
     public static func localTensors(setup: Setup, optimizer: Optimizer) -> [(name: String, tensor: Tensor)] {
-        setup.task.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
+        setup.module.namedTensors().map { ("model." + $0.name, $0.tensor) }
             + optimizer.namedState().map { ("optim." + $0.name, $0.tensor) }
     }
 
@@ -148,12 +147,12 @@ public enum TrainingCheckpoint {
         if file.metadata["loom.model_only"] != nil {
             throw LoomError.config("checkpoint '\(path)' holds a model without a run (an import): start a run from it with loom train --init")
         }
-        try restoreModel(file, path: path, into: setup.task.module, tensorGroup: setup.tensorGroup)
+        try restoreModel(file, path: path, into: setup.module, tensorGroup: setup.tensorGroup)
         try setup.optimizer.materializeState()
         for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, tensorGroup: setup.tensorGroup) }
         let meta = Metadata(file: file, path: path)
         setup.optimizer.stepCount = try meta.int("loom.optimizer_steps")
-        try meta.dropoutGenerators().restore(into: setup.task.module)
+        try meta.dropoutGenerators().restore(into: setup.module)
         return try meta.runState()
     }
 

@@ -118,11 +118,6 @@ public enum LRScheduleValue: Equatable, Sendable {
 }
 
 extension TrainConfig {
-    /// The GPT this configuration describes, for a tokenizer of `vocabularySize` tokens.
-    public func gptConfig(vocabularySize: Int) -> GPTConfig {
-        GPTConfig(vocabSize: vocabularySize, contextLength: context, layers: layers, dModel: dModel, heads: heads, dropout: Float(dropout))
-    }
-
     /// The configuration with its file paths (data, labels, tokenizer file) passed through
     /// `resolve`: the command line finds relative paths from where the binary lives; the
     /// library reads paths as given.

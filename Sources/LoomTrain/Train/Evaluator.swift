@@ -13,30 +13,25 @@ public struct Evaluation: Equatable, Encodable {
 }
 
 /// Evaluates a model on a dataset in evaluation mode: on one rank, or as one rank of a
-/// run whose data ranks each take every n-th batch and whose pipeline stages pass the
-/// batch along (every rank of the run calls it together). `loom eval` uses it alone; the
+/// run whose data ranks each take every n-th batch (every rank of the run calls it
+/// together). The step schedule evaluates a batch on this rank's part of the model and
+/// totals the replica's sums, whatever the layout. `loom eval` uses it alone; the
 /// trainer at every checkpoint.
 public struct Evaluator {
-    public let task: TrainTask
-    /// Pipeline runs: the stage's engine, which runs the forward through the stages.
-    public let pipeline: PipelineEngine?
+    public let steps: StepSchedule
     public let data: any Dataset
     public let batchSize: Int
     public let backend: any Backend
     public let isClassifier: Bool
     /// The ranks that split the data (each evaluates every size-th batch).
     public let dataGroup: Communicator?
-    /// The pipeline's stages (the sums arrive on the last).
-    public let pipelineGroup: Communicator?
     /// The precision of matrix products (the run's `train.precision`).
     public let precision: Precision
 
-    public init(task: TrainTask, data: any Dataset, batchSize: Int, backend: any Backend, isClassifier: Bool,
-                pipeline: PipelineEngine? = nil, dataGroup: Communicator? = nil, pipelineGroup: Communicator? = nil,
-                precision: Precision = .float32) {
-        self.task = task; self.data = data; self.batchSize = batchSize; self.backend = backend
-        self.isClassifier = isClassifier; self.pipeline = pipeline; self.dataGroup = dataGroup; self.pipelineGroup = pipelineGroup
-        self.precision = precision
+    public init(steps: StepSchedule, data: any Dataset, batchSize: Int, backend: any Backend, isClassifier: Bool,
+                dataGroup: Communicator? = nil, precision: Precision = .float32) {
+        self.steps = steps; self.data = data; self.batchSize = batchSize; self.backend = backend
+        self.isClassifier = isClassifier; self.dataGroup = dataGroup; self.precision = precision
     }
 
     /// Mean loss (and accuracy) over the first `maxBatches` batches, or all of them.
@@ -46,38 +41,23 @@ public struct Evaluator {
     }
 
     private func evaluateBatches(maxBatches: Int?, progress: ((Int, Int) -> Void)?) throws -> Evaluation {
-        let module = task.module
+        let module = steps.module
         module.eval()
         defer { module.train() }
         guard data.count > 0 else { throw LoomError.config("evaluation: the validation split is empty") }
         let batch = min(batchSize, data.count)
         var batches = (data.count + batch - 1) / batch  // the last batch may be partial
         if let maxBatches, maxBatches > 0 { batches = min(batches, maxBatches) }
-        var lossSum = 0.0, correct = 0, count = 0
+        var sums = EvaluationSums()
         let rank = dataGroup?.rank ?? 0, ranks = dataGroup?.size ?? 1
         let mine = Array(stride(from: rank, to: batches, by: ranks))
         for (done, b) in mine.enumerated() {
             defer { progress?(done + 1, mine.count) }
             let host = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
-            let inputs = try host.inputs.to(backend), targets = try host.targets.to(backend)
-            if let pipeline {
-                if let r = try pipeline.evaluate(inputs: inputs, targets: targets) {
-                    lossSum += r.lossSum; count += r.count
-                    if isClassifier { correct += try ClassifierTask.correct(logits: r.output, targets: targets) }
-                }
-                continue
-            }
-            let r = try task.evaluate(inputs: inputs, targets: targets)
-            lossSum += r.lossSum; correct += r.correct; count += r.count
+            sums = sums + (try steps.evaluate(inputs: try host.inputs.to(backend), targets: try host.targets.to(backend)))
         }
-        if let group = pipelineGroup, group.size > 1 {
-            let sums = try group.sum([lossSum, Double(count), Double(correct)])
-            lossSum = sums[0]; count = Int(sums[1].rounded()); correct = Int(sums[2].rounded())
-        }
-        if let group = dataGroup, group.size > 1 {
-            let sums = try group.sum([lossSum, Double(correct), Double(count)])
-            lossSum = sums[0]; correct = Int(sums[1].rounded()); count = Int(sums[2].rounded())
-        }
-        return Evaluation(loss: lossSum / Double(max(count, 1)), accuracy: isClassifier ? Double(correct) / Double(max(count, 1)) : nil)
+        let total = try steps.replicaTotal(sums).summed(over: dataGroup)
+        let count = Double(max(total.count, 1))
+        return Evaluation(loss: total.lossSum / count, accuracy: isClassifier ? Double(total.correct) / count : nil)
     }
 }

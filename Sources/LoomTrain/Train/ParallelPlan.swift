@@ -8,15 +8,12 @@ import LoomParallel
 /// implementations: `SingleProcessPlan` (one rank: nothing to combine) and
 /// `DistributedPlan` (data parallel with or without ZeRO-1, tensor and pipeline
 /// parallel, and their combinations).
-public protocol ParallelPlan: AnyObject {
+///
+/// The plan is the step schedule's `GradientReduction`: a schedule asks it to reduce at
+/// the same points whatever the layout.
+public protocol ParallelPlan: GradientReduction {
     /// The optimizer training steps with (the setup's, or its ZeRO-sharded form).
     var optimizer: Optimizer { get }
-    /// Data parallelism: whether the next backward also starts the gradient reduction
-    /// (off for all but the last accumulation micro-batch, and under a pipeline).
-    func setOverlapsBackward(_ on: Bool)
-    /// Makes every rank's gradients the global batch's (waits for the all-reduce or
-    /// reduce-scatter that backward started).
-    func reduceGradients() throws
     /// The global L2 norm of the whole model's gradient, each element counted once; if
     /// it exceeds `maxNorm`, every gradient is scaled down to it (pass .infinity to only
     /// measure). Collective.
@@ -50,59 +47,43 @@ public final class SingleProcessPlan: ParallelPlan {
     public func reduceGradients() throws {}
     public func takeCommWaitSeconds() -> Double? { nil }
     public func detach() {}
-    public func clipGradients(maxNorm: Float) throws -> Float { clipGradNorm(setup.task.module.parameters, maxNorm: maxNorm) }
-    public func parameterCount() throws -> Int { setup.task.module.parameterCount }
+    public func clipGradients(maxNorm: Float) throws -> Float { clipGradNorm(setup.module.parameters, maxNorm: maxNorm) }
+    public func parameterCount() throws -> Int { setup.module.parameterCount }
     public var writesCheckpoint: Bool { true }
 
     public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
         try optimizer.materializeState()
-        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), DropoutGenerators(of: setup.task.module))
+        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), DropoutGenerators(of: setup.module))
     }
 }
 
-/// One rank of a run over several: a data group that splits the batch (bucketed
-/// all-reduce overlapping backward, or ZeRO-1's reduce-scatter and sharded optimizer),
-/// and when the model is split, a tensor group (sharded parameters) and a pipeline group
-/// (this rank's pieces).
+/// One rank of a run over several: a data group that splits the batch (its
+/// `DataParallelSharding`: bucketed all-reduce overlapping backward, or ZeRO-1's
+/// reduce-scatter and sharded optimizer), and when the model is split, a tensor group
+/// (sharded parameters) and a pipeline group (this rank's pieces).
 public final class DistributedPlan: ParallelPlan {
-    public let optimizer: Optimizer
     let setup: Setup
     let world: Communicator
-    let dataGroup: Communicator
     /// The model-parallel groups (nil: data parallelism only).
     let groups: ProcessGroups?
-    let dataParallel: DataParallel?
-    var zero: ZeroOptimizer? { optimizer as? ZeroOptimizer }
-    /// The pipeline stage this rank holds (nil: no pipeline).
-    var stage: PipelineStageModel? { (setup.task as? PipelineTask)?.model }
+    /// What the data group replicates and what it splits.
+    let sharding: any DataParallelSharding
 
     /// Every rank of a data group starts from its first rank's parameters (broadcast).
-    init(setup: Setup, world: Communicator, groups: ProcessGroups?, bucketBytes: Int, zero: Bool) throws {
+    init(setup: Setup, bucketBytes: Int, zero: Int) throws {
         self.setup = setup
-        self.world = world
-        self.groups = groups
-        dataGroup = groups?.data ?? world
-        if dataGroup.size > 1 {
-            let dp = try DataParallel(parameters: setup.task.module.namedParameters(), communicator: dataGroup,
-                                      bucketBytes: bucketBytes, zero: zero)
-            dataParallel = dp
-            optimizer = zero ? try ZeroOptimizer(dataParallel: dp, template: setup.optimizer) : setup.optimizer
-        } else {
-            dataParallel = nil
-            optimizer = setup.optimizer
-        }
+        world = setup.context.world!
+        groups = setup.context.groups
+        sharding = try dataParallelSharding(zero: zero, parameters: setup.module.namedParameters(), optimizer: setup.optimizer,
+                                            group: setup.context.data, bucketBytes: bucketBytes)
     }
 
+    public var optimizer: Optimizer { sharding.optimizer }
     public var writesCheckpoint: Bool { world.rank == 0 }
-    public func setOverlapsBackward(_ on: Bool) { dataParallel?.syncGradients = on }
-    public func reduceGradients() throws { try dataParallel?.synchronize() }
-    public func detach() { dataParallel?.detach() }
-
-    public func takeCommWaitSeconds() -> Double? {
-        guard let dp = dataParallel else { return nil }
-        defer { dp.resetTimers() }
-        return dp.waitSeconds
-    }
+    public func setOverlapsBackward(_ on: Bool) { sharding.setOverlapsBackward(on) }
+    public func reduceGradients() throws { try sharding.reduceGradients() }
+    public func detach() { sharding.detach() }
+    public func takeCommWaitSeconds() -> Double? { sharding.takeCommWaitSeconds() }
 
     /// Whether this rank's copy of a parameter is the one that counts when the whole
     /// model's elements are summed (parameter count, gradient norm): shards on every TP
@@ -110,28 +91,26 @@ public final class DistributedPlan: ParallelPlan {
     /// on the first stage holding it.
     func countsOnce(_ t: Tensor) -> Bool {
         guard let groups else { return true }
-        if groups.pipeline.rank != 0, let stage, stage.tiedParameters.contains(where: { $0 === t }) { return false }
+        if groups.pipeline.rank != 0, setup.steps.sharedParameters.contains(where: { $0 === t }) { return false }
         return groups.tensor.rank == 0 || t.sharding != nil
     }
 
     public func clipGradients(maxNorm: Float) throws -> Float {
-        let across = groups.map { [$0.tensor, $0.pipeline] } ?? []
-        if let zero { return try zero.clipGradNorm(maxNorm: maxNorm, counting: groups == nil ? nil : countsOnce, across: across) }
-        return try clipGradNorm(setup.task.module.namedParameters(), maxNorm: maxNorm, counting: countsOnce, across: across)
+        try sharding.clipGradNorm(maxNorm: maxNorm, counting: groups == nil ? nil : countsOnce, across: groups.map { [$0.tensor, $0.pipeline] } ?? [])
     }
 
     public func parameterCount() throws -> Int {
-        guard let groups else { return setup.task.module.parameterCount }
-        let mine = setup.task.module.parameters.filter(countsOnce).reduce(0) { $0 + $1.count }
+        guard let groups else { return setup.module.parameterCount }
+        let mine = setup.module.parameters.filter(countsOnce).reduce(0) { $0 + $1.count }
         return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
     }
 
     public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
-        if let zero { try zero.gatherState() } else { try optimizer.materializeState() }
+        try sharding.gatherOptimizerState()
         var tensors = TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer)
         // Tensor parallelism: every rank gathers the shards into whole tensors.
         if let group = setup.tensorGroup { tensors = try tensors.map { ($0.name, try $0.tensor.unshard(group)) } }
-        let dropout = DropoutGenerators(of: setup.task.module)
+        let dropout = DropoutGenerators(of: setup.module)
         guard let groups, groups.pipeline.size > 1 else { return (tensors, dropout) }
         return try gatherStages(tensors, dropout, groups)
     }

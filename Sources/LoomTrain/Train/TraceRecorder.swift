@@ -8,12 +8,7 @@ import LoomParallel
 /// the steady state.
 struct TraceRecorder {
     var keep = 10
-    /// Something that ran, named as the trace shows it, with its start and end (monotonic seconds).
-    struct Span {
-        var name: String
-        var start: Double
-        var end: Double
-    }
+    typealias Span = TimedSpan
 
     /// A span per instruction a pipeline stage ran, named as `forward(3)`.
     static func spans(_ events: [PipelineEvent]) -> [Span] {
@@ -97,25 +92,4 @@ struct TraceEvent: Codable {
 struct TraceFile: Encodable {
     var displayTimeUnit: String
     var traceEvents: [TraceEvent]
-}
-
-/// A pipeline stage's measurements over a run: the share of each step it sat idle (the
-/// bubble: 1 - time in forward and backward / step time), the most memory a step held
-/// beyond its start, and the most micro-batches in flight. The first step of a process
-/// is left out (it allocates optimizer state and warms caches).
-struct PipelineStats {
-    private(set) var steps = 0
-    private var busy = 0.0, wall = 0.0
-    private(set) var peakBytes = 0, peakInFlight = 0
-
-    mutating func add(events: [PipelineEvent], wall w: Double, peakBytes p: Int, inFlight: Int) {
-        steps += 1
-        guard steps > 1 else { return }
-        busy += events.filter(\.instruction.isCompute).reduce(0) { $0 + $1.seconds }
-        wall += w
-        peakBytes = max(peakBytes, p)
-        peakInFlight = max(peakInFlight, inFlight)
-    }
-
-    var bubble: Double { wall > 0 ? 1 - busy / wall : .nan }
 }

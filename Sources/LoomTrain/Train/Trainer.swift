@@ -5,54 +5,13 @@ import LoomDistributed
 import LoomNN
 import LoomParallel
 
-/// The result of a run, as summary.json records it.
-public struct RunSummary: Encodable {
-    public var name: String
-    public var steps: Int
-    public var epochs: Double
-    public var trainLoss: Float
-    public var validationLoss: Double
-    public var validationAccuracy: Double?
-    /// Language models: the validation loss in bits per character of text (comparable
-    /// across tokenizers).
-    public var validationBitsPerCharacter: Double?
-    public var throughput: Double
-    public var unit: String
-    public var wallSeconds: Double
-    /// Of this run's wall time, the seconds spent evaluating and writing checkpoints (the
-    /// throughput counts the rest: training).
-    public var evaluationSeconds: Double = 0
-    public var parameters: Int
-    /// Pipeline runs: schedule, measured bubble and memory per stage.
-    public var pipeline: PipelineReport?
-
-    enum CodingKeys: String, CodingKey {
-        case name, steps, epochs, trainLoss = "train_loss", validationLoss = "val_loss", validationAccuracy = "val_accuracy", validationBitsPerCharacter = "val_bits_per_char"
-        case tokensPerSecond = "tokens_per_s", samplesPerSecond = "samples_per_s", wallSeconds = "wall_s", evaluationSeconds = "eval_s", parameters, pipeline
-    }
-
-    public func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(name, forKey: .name)
-        try c.encode(steps, forKey: .steps)
-        try c.encode(rounded(epochs, 4), forKey: .epochs)
-        try c.encode(trainLoss, forKey: .trainLoss)
-        try c.encode(validationLoss, forKey: .validationLoss)
-        try c.encodeIfPresent(validationAccuracy, forKey: .validationAccuracy)
-        try c.encodeIfPresent(validationBitsPerCharacter.map { rounded($0, 4) }, forKey: .validationBitsPerCharacter)
-        try c.encode(rounded(throughput, 1), forKey: unit == "tokens/s" ? .tokensPerSecond : .samplesPerSecond)
-        try c.encode(rounded(wallSeconds, 3), forKey: .wallSeconds)
-        try c.encode(rounded(evaluationSeconds, 3), forKey: .evaluationSeconds)
-        try c.encode(parameters, forKey: .parameters)
-        try c.encodeIfPresent(pipeline, forKey: .pipeline)
-    }
-
-    /// summary.json's text.
-    public var json: String { JSONOutput.string(self, pretty: true) + "\n" }
-}
-
 /// Runs a training job: data in the background, steps, periodic evaluation, atomic
 /// checkpoints and the run directory's outputs.
+///
+/// A step is the same whatever the layout: the setup's `StepSchedule` runs forward and
+/// backward and has the `ParallelPlan` reduce the gradients; the plan clips; the
+/// optimizer updates. What differs between layouts was chosen when the run was built
+/// (`ParallelContext`, `Setup`, the plan) and is not asked again here.
 public final class Trainer {
     public let config: TrainConfig
     public let runDirectory: String
@@ -62,17 +21,10 @@ public final class Trainer {
     /// Stop (after checkpointing) once this step is done, as if interrupted.
     public var stopAt: Int?
     public var quiet = false
-    /// All ranks of the run (nil: one process).
-    public let communicator: Communicator?
-    /// The ranks that hold the same model part and split the data (data parallelism).
-    private let dataGroup: Communicator?
-    /// The groups of each parallel axis, when the model is split (tp or pp > 1).
-    let groups: ProcessGroups?
+    /// The run's ranks and this rank's groups.
+    public var context: ParallelContext { setup.context }
     /// How this rank combines with the others: reduction, clipping, checkpoint gathering.
     let plan: ParallelPlan
-    /// Pipeline parallelism: runs this rank's stage of the schedule.
-    let pipeline: PipelineEngine?
-    var pipelineStats = PipelineStats()
     /// This run continues one that failed (a rank died, a collective timed out): which
     /// restart it is and why, recorded in metrics.jsonl.
     public var restart: (attempt: Int, cause: String)?
@@ -81,8 +33,8 @@ public final class Trainer {
     var trace = TraceRecorder()
     /// The optimizer training uses: the setup's, or its ZeRO-sharded form.
     public var optimizer: Optimizer { plan.optimizer }
-    /// This rank's index in the data group: which shard of each batch it takes.
-    private var rank: Int { dataGroup?.rank ?? 0 }
+    /// The ranks that hold the same model part and split the data (data parallelism).
+    private var dataGroup: Communicator? { context.data }
     /// The global gradient norm of the last step.
     private var lastGradNorm: Float?
     /// Whether the last step's update was skipped (non-finite gradient, train.nonfinite = "skip").
@@ -101,66 +53,26 @@ public final class Trainer {
                 communicator: Communicator? = nil) throws {
         var c = config
         // World = dp x pp x tp ranks; tensor parallelism varies fastest (Topology).
-        var groups: ProcessGroups?
-        if let communicator {
-            guard communicator.size % (c.tp * c.pp) == 0 else {
-                throw LoomError.config("parallel.tp = \(c.tp) x parallel.pp = \(c.pp) does not divide the \(communicator.size) ranks")
-            }
-            c.dp = communicator.size / (c.tp * c.pp)
-            if c.tp * c.pp > 1 { groups = try ProcessGroups(topology: Topology(dp: c.dp, pp: c.pp, tp: c.tp), world: communicator) }
-        } else if c.tp * c.pp > 1 {
-            throw LoomError.config("parallel.tp = \(c.tp) x parallel.pp = \(c.pp) needs that many ranks; the trainer was given one process")
-        }
-        let schedule = c.pp > 1 ? try Schedule(c.pipelineSchedule, stages: c.pp, microBatches: c.microBatches,
-                                               chunks: c.pipelineSchedule == .interleaved ? c.chunks : nil) : nil
-        let placement = schedule.map { PipelinePlacement(schedule: $0, stage: groups!.pipeline.rank) }
+        let context = try ParallelContext(world: communicator, tensor: c.tp, pipeline: c.pp)
+        c.dp = context.topology.dp
         try ConfigFile.validate(c)
         self.backend = backend
-        dataGroup = groups?.data ?? communicator
-        self.groups = groups
-        if let resume {
-            let file = try TrainingCheckpoint.peek(resume).0
-            setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: resume, tensorGroup: groups?.tensor, pipeline: placement)
-            state = try TrainingCheckpoint.restore(file, path: resume, into: setup)
-            runDirectory = resume
-        } else if let initFrom {
-            let file = try TrainingCheckpoint.peek(initFrom).0
-            setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: initFrom, tensorGroup: groups?.tensor, pipeline: placement)
-            try TrainingCheckpoint.restoreModel(file, path: initFrom, into: setup.task.module, tensorGroup: setup.tensorGroup)
-            state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
-            runDirectory = c.runDirectory
-        } else {
-            setup = try Setup(c, backend: backend, tensorGroup: groups?.tensor, pipeline: placement)
-            state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
-            runDirectory = c.runDirectory
-        }
-        self.config = c
-        self.communicator = communicator
-        let setup = self.setup
-        if c.syncBatchNorm, let group = dataGroup, group.size > 1 {
-            // Each rank normalises with the whole batch's statistics: the layout does not
-            // change what the model computes.
-            for (_, module) in setup.task.module.descendants() { (module as? BatchNorm)?.syncGroup = group }
-        }
-        if let communicator {
-            plan = try DistributedPlan(setup: setup, world: communicator, groups: groups, bucketBytes: c.bucketKB << 10, zero: c.zero == 1)
-        } else {
-            plan = SingleProcessPlan(setup: setup)
-        }
-        if let schedule, let groups, let stage = (setup.task as? PipelineTask)?.model {
-            // Gradients stay local through the micro-batches; the data-parallel reduction
-            // runs once, at the schedule's reduceGradients (after the tied embedding's sum).
-            plan.setOverlapsBackward(false)
-            let engine = try PipelineEngine(schedule: schedule, chunks: stage.chunks, optimizer: plan.optimizer, comm: groups.pipeline)
-            engine.recompute = c.recompute
-            pipeline = engine
-            engine.afterReduce = { [unowned self] in
-                try self.plan.reduceGradients()
-                try self.clipGradients()
+        if let from = resume ?? initFrom {
+            let file = try TrainingCheckpoint.peek(from).0
+            setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: from, context: context)
+            if resume != nil {
+                state = try TrainingCheckpoint.restore(file, path: from, into: setup)
+            } else {
+                try TrainingCheckpoint.restoreModel(file, path: from, into: setup.module, tensorGroup: setup.tensorGroup)
+                state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
             }
         } else {
-            pipeline = nil
+            setup = try Setup(c, backend: backend, context: context)
+            state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
         }
+        runDirectory = resume ?? c.runDirectory
+        self.config = c
+        plan = communicator == nil ? SingleProcessPlan(setup: setup) : try DistributedPlan(setup: setup, bucketBytes: c.bucketKB << 10, zero: c.zero)
     }
 
     /// Steps completed (including those before a resume).
@@ -184,7 +96,7 @@ public final class Trainer {
             ? try RunWriter(directory: runDirectory, config: config, resumedAt: resumed ? state.step : nil, totalSteps: totalSteps, quiet: quiet)
             : nil
         let sampler = try EpochSampler(count: setup.train.count, globalBatch: config.batchSize, seed: UInt64(config.seed),
-                                       rank: rank, worldSize: dataGroup?.size ?? 1)
+                                       rank: dataGroup?.rank ?? 0, worldSize: dataGroup?.size ?? 1)
         let end = min(totalSteps, stopAt ?? totalSteps)
         let loader = PrefetchLoader(dataset: setup.train, sampler: sampler, start: state.step, end: end)
         defer { loader.stop() }
@@ -198,18 +110,7 @@ public final class Trainer {
         var lastLoss: Float = .nan
         var lastEval: Evaluation?
         let parameters = try plan.parameterCount()
-        if let writer {
-            writer.note("loom train \(config.name): \(config.model), \(parameters) parameters, "
-                + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
-                + (resumed ? ", resuming at step \(startStep)" : "")
-                + ((dataGroup?.size ?? 1) > 1 ? ", data parallel over \(dataGroup!.size) ranks" : "")
-                + (config.tp > 1 ? ", tensor parallel over \(config.tp) ranks" : "")
-                + (config.pp > 1 ? ", pipeline of \(config.pp) stages (\(config.pipelineSchedule), \(config.microBatches) micro-batches)" : "")
-                + (backend.device == .cpu ? "" : ", on \(backend.name)")
-                + (config.precision == .float32 ? "" : ", \(config.precision.rawValue) matrix products")
-                + " -> \(runDirectory)/")
-        }
-
+        writer?.note(openingLine(parameters: parameters, resumed: resumed))
         if setup.unseenCharacters > 0, let tokenizer = setup.tokenizer {
             writer?.note("note: \(setup.unseenCharacters) characters of '\(config.data)' are not in the checkpoint's vocabulary; "
                          + "read as \(tokenizer.unknownDescription)")
@@ -222,8 +123,8 @@ public final class Trainer {
             writer?.log(r)
             writer?.note("restart \(restart.attempt) at step \(state.step): \(restart.cause)")
         }
-        let failure = FaultInjection.rankDeath(rank: communicator?.rank ?? 0, inProcess: communicator is InProcessCommunicator)
-        setup.task.module.train()
+        let failure = FaultInjection.rankDeath(rank: context.rank, inProcess: context.world is InProcessCommunicator)
+        setup.module.train()
         var batches = DeviceBatches(loader, on: backend)
         while let batch = try batches.next() {
             let step = state.step
@@ -271,49 +172,46 @@ public final class Trainer {
         writer?.endProgress()
         let e = try lastEval ?? evaluate(full: true, showingOn: writer)
         let wall = monotonicSeconds() - t0
-        if let tracePath { try trace.write(to: tracePath, world: communicator, label: rankLabel) }
-        let pipelineReport = try pipeline.map { try report($0) }
-        if let r = pipelineReport { writer?.note(r.line) }
+        if let tracePath { try trace.write(to: tracePath, world: context.world, label: context.label) }
+        let report = try setup.steps.report()
+        if let report { writer?.note(report.line) }
         var summary = RunSummary(name: config.name, steps: state.step, epochs: Double(state.step) / Double(stepsPerEpoch),
                                  trainLoss: lastLoss, validationLoss: e.loss, validationAccuracy: e.accuracy,
                                  throughput: Double((state.step - startStep) * itemsPerStep) / max(wall - evaluationSeconds, 1e-9), unit: unit,
                                  wallSeconds: state.elapsedSeconds, evaluationSeconds: evaluationSeconds, parameters: parameters)
-        summary.pipeline = pipelineReport?.report
+        summary.pipeline = report
         summary.validationBitsPerCharacter = setup.bitsPerCharacterPerNat.map { e.loss * $0 }
         try writer?.writeSummary(summary)
         return summary
     }
 
-    /// One optimizer step on this rank's shard of the global batch. Gradient accumulation:
-    /// K micro-batches, each loss scaled by 1/K; gradients stay local until the last
-    /// micro-batch's backward. Returns the mean loss of the micro-batches.
-    private func optimizerStep(_ batch: (inputs: Tensor, targets: Tensor)) throws -> Float {
-        if let pipeline { return try pipelineStep(batch, pipeline) }
-        let start = monotonicSeconds()
-        optimizer.zeroGrad()
-        let k = config.accumulationSteps
-        let rows = batch.inputs.shape[0] / k
-        var lossSum: Float = 0
-        for micro in 0..<k {
-            let x = k == 1 ? batch.inputs : try batch.inputs.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
-            let y = k == 1 ? batch.targets : try batch.targets.slice(axis: 0, (micro * rows)..<((micro + 1) * rows))
-            plan.setOverlapsBackward(micro == k - 1)
-            let loss = try setup.task.loss(inputs: x, targets: y)
-            try (k == 1 ? loss : loss.scaled(1 / Float(k))).backward()
-            lossSum += loss.item
-        }
-        let computed = monotonicSeconds()
-        try plan.reduceGradients()
-        try clipGradients()
-        let reduced = monotonicSeconds()
-        if !skippedLastStep { try optimizer.step() }
-        trace.record(step: state.step, [TraceRecorder.Span(name: "forward+backward", start: start, end: computed),
-                                        TraceRecorder.Span(name: "reduceGradients", start: computed, end: reduced),
-                                        TraceRecorder.Span(name: "optimizerStep", start: reduced, end: monotonicSeconds())])
-        return lossSum / Float(k)
+    /// "loom train NAME: MODEL, N parameters, … -> runs/NAME/": what the run is, said once.
+    private func openingLine(parameters: Int, resumed: Bool) -> String {
+        let t = context.topology, c = config
+        return "loom train \(c.name): \(c.model), \(parameters) parameters, "
+            + "\(setup.train.count) train / \(setup.validation.count) validation examples, \(totalSteps) steps"
+            + (resumed ? ", resuming at step \(state.step)" : "")
+            + (t.dp > 1 ? ", data parallel over \(t.dp) ranks" : "")
+            + (t.tp > 1 ? ", tensor parallel over \(t.tp) ranks" : "")
+            + (t.pp > 1 ? ", pipeline of \(t.pp) stages (\(c.pipelineSchedule), \(c.microBatches) micro-batches)" : "")
+            + (backend.device == .cpu ? "" : ", on \(backend.name)")
+            + (c.precision == .float32 ? "" : ", \(c.precision.rawValue) matrix products")
+            + " -> \(runDirectory)/"
     }
 
-
+    /// One optimizer step on this rank's part of the global batch, the same for every
+    /// layout: the schedule's forward and backward (gradients reduced when it returns),
+    /// the norm measured and clipped, the update unless the step is skipped. Returns the
+    /// step's mean loss.
+    private func optimizerStep(_ batch: (inputs: Tensor, targets: Tensor)) throws -> Float {
+        optimizer.zeroGrad()
+        let loss = try setup.steps.forwardBackward(inputs: batch.inputs, targets: batch.targets, gradients: plan)
+        let reduced = monotonicSeconds()
+        try clipGradients()
+        if !skippedLastStep { try optimizer.step() }
+        trace.record(step: state.step, setup.steps.lastStepSpans + [TimedSpan(name: "optimizerStep", start: reduced, end: monotonicSeconds())])
+        return loss
+    }
 
     /// The global gradient norm of the whole model (every element counted once when it
     /// is split across tensor- or pipeline-parallel ranks), measured at every step before
@@ -328,9 +226,8 @@ public final class Trainer {
         switch config.nonFinite {
         case .skip:
             skippedLastStep = true
-            pipeline?.skipOptimizerStep = true
         case .stop:
-            let first = setup.task.module.namedParameters().first { _, p in
+            let first = setup.module.namedParameters().first { _, p in
                 p.grad.map { !$0.backend.sumOfSquares([$0]).isFinite } ?? false
             }?.name
             throw LoomError.invalidArgument("the gradient became \(norm) at step \(state.step + 1)"
@@ -353,10 +250,9 @@ public final class Trainer {
         }
         // The others wait here, not in the next step's collective, while rank 0 writes: a
         // slow disk must not look like a dead rank (parallel.checkpoint_timeout_s).
-        try communicator?.barrier(timeout: Double(config.checkpointTimeoutSeconds))
+        try context.world?.barrier(timeout: Double(config.checkpointTimeoutSeconds))
         return e
     }
-
 
     /// Mean validation loss (and accuracy for classifiers) in evaluation mode, over
     /// `eval_batches` batches, or the whole validation split when `full` (the final
@@ -367,13 +263,9 @@ public final class Trainer {
     /// cores): the writing rank shows how far it has got on `writer`.
     private func evaluate(full: Bool, showingOn writer: RunWriter?) throws -> Evaluation {
         let progress = full ? writer.map { w in { (done: Int, total: Int) in w.evaluating(batch: done, of: total) } } : nil
+        let evaluator = Evaluator(steps: setup.steps, data: setup.validation, batchSize: config.batchSize, backend: backend,
+                                  isClassifier: !config.isLanguageModel, dataGroup: dataGroup, precision: config.precision)
         return try evaluator.evaluate(maxBatches: full ? nil : config.evalBatches, progress: progress)
-    }
-
-    private var evaluator: Evaluator {
-        Evaluator(task: setup.task, data: setup.validation, batchSize: config.batchSize, backend: backend,
-                  isClassifier: !config.isLanguageModel, pipeline: pipeline, dataGroup: dataGroup,
-                  pipelineGroup: pipeline == nil ? nil : groups?.pipeline, precision: config.precision)
     }
 
     /// Detaches data-parallel hooks (the trainer's parameters become plain again).

@@ -1,0 +1,90 @@
+import LoomCore
+import LoomDistributed
+import LoomNN
+
+/// What a data group keeps whole on every rank and what it splits: the reduction of a
+/// step's gradients, the optimizer and its state. PyTorch's FSDP calls the choice a
+/// sharding strategy and DeepSpeed a ZeRO stage; here each is one conformer, and the plan
+/// that holds one never asks which.
+///
+/// - `ReplicatedGradients`: every rank holds every gradient and the whole optimizer state
+///   (DistributedDataParallel; with a data group of one, plain training).
+/// - `ShardedOptimizerState`: ZeRO stage 1, each rank updates 1/N of every bucket.
+public protocol DataParallelSharding: GradientReduction {
+    /// The optimizer a step updates with.
+    var optimizer: Optimizer { get }
+    /// The global L2 norm of the gradient, each element counted once: only parameters
+    /// `counts` accepts (nil: all) are summed on this rank, and the sums are added across
+    /// `groups` (the model-parallel ones). Every gradient is scaled down to `maxNorm` if
+    /// the norm exceeds it. Collective.
+    func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float
+    /// Makes `optimizer.state()` the whole optimizer state, as one process would hold it,
+    /// for a checkpoint. Collective.
+    func gatherOptimizerState() throws
+    /// Seconds blocked on gradient communication that backward did not hide, since the
+    /// last call (nil: nothing to communicate); resets the count.
+    func takeCommWaitSeconds() -> Double?
+    /// Detaches whatever it hooked onto the parameters.
+    func detach()
+}
+
+/// The sharding ZeRO stage `zero` (0 or 1) names, over `parameters` on `group` (every
+/// rank of the group starts from its first rank's parameters).
+public func dataParallelSharding(zero: Int, parameters: [(name: String, tensor: Tensor)], optimizer: Optimizer, group: Communicator?,
+                                 bucketBytes: Int) throws -> any DataParallelSharding {
+    guard let group, group.size > 1 else { return ReplicatedGradients(optimizer: optimizer, dataParallel: nil) }
+    let dp = try DataParallel(parameters: parameters, communicator: group, bucketBytes: bucketBytes, zero: zero >= 1)
+    return zero >= 1 ? try ShardedOptimizerState(dataParallel: dp, template: optimizer) : ReplicatedGradients(optimizer: optimizer, dataParallel: dp)
+}
+
+/// Every rank holds every gradient (averaged by a bucketed all-reduce that overlaps
+/// backward) and the whole optimizer state; without a `DataParallel`, one rank alone.
+public final class ReplicatedGradients: DataParallelSharding {
+    public let optimizer: Optimizer
+    let dataParallel: DataParallel?
+
+    public init(optimizer: Optimizer, dataParallel: DataParallel?) {
+        self.optimizer = optimizer
+        self.dataParallel = dataParallel
+    }
+
+    public func setOverlapsBackward(_ on: Bool) { dataParallel?.syncGradients = on }
+    public func reduceGradients() throws { try dataParallel?.synchronize() }
+    public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
+        try LoomParallel.clipGradNorm(optimizer.parameters, maxNorm: maxNorm, counting: counts ?? { _ in true }, across: groups)
+    }
+    public func gatherOptimizerState() throws { try optimizer.materializeState() }
+    public func detach() { dataParallel?.detach() }
+
+    public func takeCommWaitSeconds() -> Double? {
+        guard let dp = dataParallel else { return nil }
+        defer { dp.resetTimers() }
+        return dp.waitSeconds
+    }
+}
+
+/// ZeRO stage 1: gradients reduce-scattered, each rank updating its chunk of every bucket
+/// with 1/N of the optimizer state, then an all-gather of the parameters (`ZeroOptimizer`).
+public final class ShardedOptimizerState: DataParallelSharding {
+    let dataParallel: DataParallel
+    let zero: ZeroOptimizer
+    public var optimizer: Optimizer { zero }
+
+    public init(dataParallel: DataParallel, template: Optimizer) throws {
+        self.dataParallel = dataParallel
+        zero = try ZeroOptimizer(dataParallel: dataParallel, template: template)
+    }
+
+    public func setOverlapsBackward(_ on: Bool) { dataParallel.syncGradients = on }
+    public func reduceGradients() throws { try dataParallel.synchronize() }
+    public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
+        try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: groups)
+    }
+    public func gatherOptimizerState() throws { try zero.gatherState() }
+    public func detach() { dataParallel.detach() }
+
+    public func takeCommWaitSeconds() -> Double? {
+        defer { dataParallel.resetTimers() }
+        return dataParallel.waitSeconds
+    }
+}
