@@ -29,6 +29,41 @@ final class TopologyTests: XCTestCase {
         XCTAssertEqual(sums[5], [4 + 5, 5 + 7, 1 + 5])
         XCTAssertEqual(sums[0], [0 + 1, 0 + 2, 0 + 4])
     }
+
+    /// A layout is not fixed to dp, pp and tp: a fourth axis (experts, say) is a name and
+    /// a size, and its groups come from the same rule (the ranks that differ only there).
+    func testANewAxisIsANameAndASizeWithItsOwnGroups() throws {
+        let experts = Topology.Axis("ep")
+        let t = Topology(axes: [(.data, 2), (experts, 3), (.pipeline, 1), (.tensor, 2)])
+        XCTAssertEqual(t.size, 12)
+        XCTAssertEqual(t.description, "dp 2 × ep 3 × pp 1 × tp 2")
+        XCTAssertEqual(t.group(of: 9, along: experts), [7, 9, 11])
+        XCTAssertEqual(t.group(of: 9, along: .tensor), [8, 9])
+        XCTAssertEqual(t.group(of: 9, along: .data), [3, 9])
+        XCTAssertEqual(t.group(of: 9, along: .pipeline), [9])
+        XCTAssertEqual(t.label(9), "rank 9: dp 1, ep 1, pp 0, tp 1")
+        let sums = try InProcessWorld.run(size: 12) { world -> Float in
+            let x = Tensor([Float(world.rank)], shape: [1])
+            try XCTUnwrap(try ProcessGroups(topology: t, world: world)[experts]).allReduce(x)
+            return x.item
+        }
+        XCTAssertEqual(sums[9], 7 + 9 + 11)
+        XCTAssertEqual(sums[0], 0 + 2 + 4)
+    }
+
+    /// A run's context: dp is what the world leaves after tp × pp; one process has no groups.
+    func testAParallelContextLaysTheWorldOutAsDpPpTp() throws {
+        XCTAssertNil(ParallelContext.single.data)
+        XCTAssertThrowsError(try ParallelContext(world: nil, tensor: 2))
+        let sizes = try InProcessWorld.run(size: 8) { world -> [Int] in
+            let c = try ParallelContext(world: world, tensor: 2, pipeline: 2)
+            return [c.topology.dp, c.data!.size, c.tensor!.size, c.pipeline!.size]
+        }
+        XCTAssertEqual(sizes[3], [2, 2, 2, 2])
+        let dataOnly = try InProcessWorld.run(size: 2) { world in try ParallelContext(world: world).tensor == nil }
+        XCTAssertEqual(dataOnly, [true, true])
+        XCTAssertThrowsError(try InProcessWorld.run(size: 3) { world in try ParallelContext(world: world, tensor: 2) })
+    }
 }
 
 /// Tensor parallelism reproduces the single-process GPT: the same losses (to float32

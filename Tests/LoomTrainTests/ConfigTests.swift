@@ -59,6 +59,44 @@ final class ConfigTests: XCTestCase {
     }
 }
 
+/// The [model] section reads as a typed spec, and one builder makes every model from its
+/// spec and the data's input.
+final class ModelSpecTests: XCTestCase {
+    func testEveryModelKindReadsAsItsSpec() throws {
+        for kind in ModelKind.allCases { XCTAssertEqual(try TrainConfig.preset(kind.preset).modelSpec.kind, kind) }
+        var c = TrainConfig()
+        c.model = .resnet; c.depth = 32; c.width = 8
+        XCTAssertEqual(c.modelSpec, .resnet(depth: 32, width: 8))
+        c.model = .gpt; c.layers = 3; c.dModel = 48; c.heads = 6; c.context = 20
+        XCTAssertEqual(c.modelSpec.gptConfig(vocabularySize: 70)?.vocabSize, 70)
+        XCTAssertEqual(c.gptConfig(vocabularySize: 70).layers, 3)
+    }
+
+    func testEachSpecBuildsAModelThatTrainsOnItsInput() throws {
+        let images = ModelInput.images(shape: [3, 8, 8], classes: 5)
+        var rng = Philox(seed: 1)
+        let x = Tensor.randn([2, 3, 8, 8], rng: &rng), y = Tensor(indices: [1, 4], shape: [2])
+        for spec in [ModelSpec.mlp(hidden: [16]), .cnn(residual: true), .resnet(depth: 20, width: 4)] {
+            let built = try spec.build(for: images, seed: 1, on: CPUBackend.shared)
+            let loss = try built.task.loss(inputs: x, targets: y)
+            try loss.backward()
+            XCTAssertTrue(loss.item.isFinite, "\(spec)")
+            XCTAssertEqual(try built.task.evaluate(inputs: x, targets: y).count, 2, "\(spec)")
+            XCTAssertTrue(built.task.module.parameters.allSatisfy { $0.grad != nil }, "\(spec): every parameter got a gradient")
+        }
+        let gpt = try ModelSpec.gpt(layers: 1, dModel: 16, heads: 2, context: 8, dropout: 0)
+            .build(for: .tokens(vocabulary: 30), seed: 1, on: CPUBackend.shared)
+        let tokens = Tensor(indices: (0..<16).map { Int32($0 % 30) }, shape: [2, 8])
+        XCTAssertEqual(try gpt.task.evaluate(inputs: tokens, targets: tokens).count, 16)
+        XCTAssertThrowsError(try ModelSpec.mlp(hidden: [4]).build(for: .tokens(vocabulary: 30), seed: 1, on: CPUBackend.shared)) {
+            XCTAssertTrue("\($0)".contains("reads images, not text"), "\($0)")
+        }
+        XCTAssertThrowsError(try ModelSpec.cnn(residual: false).build(for: .images(shape: [10], classes: 2), seed: 1, on: CPUBackend.shared)) {
+            XCTAssertTrue("\($0)".contains("[10]"), "\($0)")
+        }
+    }
+}
+
 final class SafeTensorsTests: XCTestCase {
     func testRoundTripAndLayout() throws {
         let a = Tensor([1, 2, 3, 4, 5, 6], shape: [2, 3]), b = Tensor(indices: [7, 8], shape: [2])
