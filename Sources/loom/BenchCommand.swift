@@ -104,7 +104,8 @@ struct BenchCommand: ParsableCommand {
             let on = deviceOptions.device == .cpu
                 ? "\(n) thread(s) of \(CPUInfo.modelName ?? "an unnamed processor"), kernels \(CPUBackend.kernelISA), GEMMs on \(CPUBackend.gemmLibrary), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
                 : "\(backend.name), float32 sgemm peak \(String(format: "%.1f", peak)) GFLOP/s"
-            print("loom bench — \(on)" + (precision == .float32 ? "" : ", \(precision.rawValue) matrix products"))
+            print("loom bench — \(on)" + (precision == .float32 ? "" : ", \(precision.rawValue) matrix products"
+                + (deviceOptions.device == .cpu ? " (\(BF16GEMMPath.description))" : "")))
         }
         for w in workloads {
             let r = try Bench.run(w, backend: backend, steps: steps, repeats: repeats, peak: peak, precision: precision)

@@ -49,6 +49,47 @@ final class MixedPrecisionTests: XCTestCase {
         XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(b.grad), try gr.matmul(ar, transposeA: true)), 1e-5)
     }
 
+    /// The backend's bf16 GEMM (oneDNN's bf16 kernels where the processor has them, else
+    /// widened operands) on products large enough to be split across threads, by rows and
+    /// by batch entry, with transposes, a shared operand, alpha and beta: the exact
+    /// product of the rounded operands, to float32 rounding.
+    func testBF16GEMMSplitAcrossThreadsEqualsFloat32OnRoundedOperands() throws {
+        let backend = CPUBackend(threads: 2)
+        for (m, n, k, batch, transA, transB, sharedB, alpha, beta) in [
+            (300, 260, 200, 1, false, false, false, Float(1), Float(0)), (64, 300, 96, 1, true, true, false, 0.5, 1),
+            (40, 36, 52, 4, false, true, true, 1, 1), (129, 17, 70, 3, true, false, false, 0.25, 0),
+        ] {
+            let a = randomTensor([batch, transA ? k : m, transA ? m : k], seed: 11).detach()
+            let b = randomTensor([sharedB ? 1 : batch, transB ? n : k, transB ? k : n], seed: 12).detach()
+            let c0 = randomTensor([batch, m, n], seed: 13).detach()
+            func product(_ x: Tensor, _ y: Tensor) throws -> [Float] {
+                let c = try c0.copied()
+                backend.gemm(GEMMOperand(x, ld: transA ? m : k, batchStride: x.count / batch, transposed: transA),
+                             GEMMOperand(y, ld: transB ? k : n, batchStride: sharedB ? 0 : y.count / batch, transposed: transB),
+                             GEMMOperand(c, ld: n, batchStride: m * n), m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta)
+                return c.floats
+            }
+            let got = try product(try a.cast(to: .bfloat16), try b.cast(to: .bfloat16))
+            // The reference: a plain loop in double precision over the rounded operands.
+            let ar = try rounded(a).floats, br = try rounded(b).floats, c = c0.floats
+            var want = [Float](repeating: 0, count: batch * m * n)
+            for e in 0..<batch {
+                let ao = e * m * k, bo = sharedB ? 0 : e * k * n
+                for i in 0..<m {
+                    for j in 0..<n {
+                        var sum = 0.0
+                        for l in 0..<k {
+                            sum += Double(ar[ao + (transA ? l * m + i : i * k + l)]) * Double(br[bo + (transB ? j * k + l : l * n + j)])
+                        }
+                        want[(e * m + i) * n + j] = Float(Double(alpha) * sum + Double(beta) * Double(c[(e * m + i) * n + j]))
+                    }
+                }
+            }
+            let worst = zip(got, want).map { abs($0 - $1) }.max() ?? .infinity
+            XCTAssertLessThanOrEqual(worst, 1e-4, "m \(m) n \(n) k \(k) batch \(batch) (bf16 path: \(BF16GEMMPath.description))")
+        }
+    }
+
     func testAttentionInBF16StaysCloseToFloat32AndDiffersFromIt() throws {
         let qkv = randomTensor([2, 16, 3 * 32], seed: 8)
         let fp32 = try qkv.causalSelfAttention(heads: 4)

@@ -25,6 +25,9 @@ const char *loom_isa_name(loom_isa isa);
 
 // y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 void loom_gelu(const float *x, float *y, int64_t n);
+// float32 -> bf16 rounding to nearest even (NaN kept), and bf16 -> float32 (exact).
+void loom_f32_to_bf16(const float *x, uint16_t *y, int64_t n);
+void loom_bf16_to_f32(const uint16_t *x, float *y, int64_t n);
 // gx = g * GELU'(x)
 void loom_gelu_backward(const float *x, const float *g, float *gx, int64_t n);
 // y = exp(x)

@@ -1,3 +1,4 @@
+import CDNNL
 import CLoomKernels
 import COpenBLAS
 import Dispatch
@@ -60,6 +61,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
 
     /// oneDNN convolution primitives by geometry (`CPU+Conv.swift`).
     let convolutions = ConvolutionCache()
+    let matmuls = MatmulCache()
 
     /// Convolutions run on oneDNN's direct kernels unless `LOOM_CONV=im2col` (im2col +
     /// OpenBLAS, Loom's own; kept for comparison and where oneDNN builds no primitive).
@@ -133,6 +135,19 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
                      "cast: \(x.dtype) \(describe(x.shape)) into \(y.dtype) \(describe(y.shape))")
         if x.dtype == y.dtype { copy(x, into: y); return }
         let n = x.count
+        let start = monotonicSeconds()
+        defer { count(.memory, flops: 0, since: start) }
+        // The conversions a bf16 product reads its operands through: C kernels.
+        if x.dtype == .float32 && y.dtype == .bfloat16 {
+            let src = x.ptr, dst = y.halfPtr
+            parallelFor(n, grain: 1 << 15, threads: threads) { r in loom_f32_to_bf16(src + r.lowerBound, dst + r.lowerBound, Int64(r.count)) }
+            return
+        }
+        if x.dtype == .bfloat16 && y.dtype == .float32 {
+            let src = x.halfPtr, dst = y.ptr
+            parallelFor(n, grain: 1 << 15, threads: threads) { r in loom_bf16_to_f32(src + r.lowerBound, dst + r.lowerBound, Int64(r.count)) }
+            return
+        }
         // Through float32: every conversion here is exact except the narrowing one.
         parallelFor(n, grain: 1 << 15, threads: threads) { r in
             for i in r {
@@ -158,11 +173,12 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                      alpha: Float, beta: Float) {
         if a.tensor.dtype == .bfloat16 || b.tensor.dtype == .bfloat16 {
+            precondition(a.tensor.dtype == b.tensor.dtype && c.tensor.dtype == .float32,
+                         "gemm: operands \(a.tensor.dtype) and \(b.tensor.dtype) into \(c.tensor.dtype): both float32 or both bfloat16, into float32")
+            if BF16GEMMPath.selected == .onednn, bf16GEMM(a, b, c, m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta) { return }
             // bf16 operands, widened: a product of two bf16 values (8-bit mantissas) is
             // exact in float32, so sgemm on the widened values is a bf16 GEMM that
             // accumulates in float32, which is what cuBLAS does with them too.
-            precondition(a.tensor.dtype == b.tensor.dtype && c.tensor.dtype == .float32,
-                         "gemm: operands \(a.tensor.dtype) and \(b.tensor.dtype) into \(c.tensor.dtype): both float32 or both bfloat16, into float32")
             gemm(widened(a, rows: a.transposed ? k : m, cols: a.transposed ? m : k, batch: batch),
                  widened(b, rows: b.transposed ? n : k, cols: b.transposed ? k : n, batch: batch),
                  c, m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta)
@@ -170,40 +186,70 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         }
         let start = monotonicSeconds()
         defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
-        let pa = a.tensor.ptr + a.offset, pb = b.tensor.ptr + b.offset, pc = c.tensor.ptr + c.offset
-        let work = Double(m) * Double(n) * Double(k)
-        // Split across threads: by batch entry when there are several, else by rows of C
-        // (or columns, when C is short and wide). Each piece is a single-threaded sgemm.
-        let pieces: Int = work * Double(batch) < 131_072 ? 1 : threads
-        if batch >= pieces {
-            parallelFor(batch, grain: 1, threads: pieces) { r in
-                for i in r {
-                    sgemm(a, pa + i * a.batchStride, b, pb + i * b.batchStride, pc + i * c.batchStride, c.ld,
-                          m: m, n: n, k: k, alpha: alpha, beta: beta)
+        let pa = a.tensor.ptr, pb = b.tensor.ptr, pc = c.tensor.ptr
+        split(a, b, c, m: m, n: n, k: k, batch: batch) { p in
+            sgemm(a, pa + p.a, b, pb + p.b, pc + p.c, c.ld, m: p.m, n: p.n, k: k, alpha: alpha, beta: beta)
+        }
+    }
+
+    /// One single-threaded product of a split: its operands' element offsets in their
+    /// tensors, and its m and n.
+    struct GEMMPiece { var a: Int, b: Int, c: Int, m: Int, n: Int }
+
+    /// How a product is spread over the threads, the same for every element type: by
+    /// batch entry when there are several, else by rows of C (or columns, when C is short
+    /// and wide), in multiples of 8.
+    private func pieces(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int) -> (pieces: [GEMMPiece], threads: Int) {
+        let entries = (0..<batch).map { GEMMPiece(a: a.offset + $0 * a.batchStride, b: b.offset + $0 * b.batchStride, c: c.offset + $0 * c.batchStride, m: m, n: n) }
+        let threads: Int = Double(m) * Double(n) * Double(k) * Double(batch) < 131_072 ? 1 : self.threads
+        if batch >= threads { return (entries, threads) }
+        let byRows = m >= n || n < 16 * threads
+        let ranges = pieceRanges(byRows ? m : n, pieces: threads)
+        return (entries.flatMap { e in
+            ranges.map { lo, len in
+                byRows  // rows lo..<lo+len of C need rows of op(A); columns of C, columns of op(B)
+                    ? GEMMPiece(a: a.transposed ? e.a + lo : e.a + lo * a.ld, b: e.b, c: e.c + lo * c.ld, m: len, n: n)
+                    : GEMMPiece(a: e.a, b: b.transposed ? e.b + lo * b.ld : e.b + lo, c: e.c + lo, m: m, n: len)
+            }
+        }, threads)
+    }
+
+    /// Runs `body` on each piece of the product, across the threads.
+    private func split(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
+                       _ body: (GEMMPiece) -> Void) {
+        let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
+        parallelFor(list.count, grain: 1, threads: threads) { r in for i in r { body(list[i]) } }
+    }
+
+    /// `total` rows (or columns) in `pieces` ranges of whole SIMD panels (multiples of 8;
+    /// the last may be shorter).
+    private func pieceRanges(_ total: Int, pieces: Int) -> [(start: Int, count: Int)] {
+        let chunk = ((total + pieces - 1) / pieces + 7) / 8 * 8
+        return stride(from: 0, to: total, by: chunk).map { ($0, min(chunk, total - $0)) }
+    }
+
+    /// A bf16 product on oneDNN's bf16 kernels, spread over the threads as float32's is;
+    /// false (nothing done) when oneDNN has no fast kernel for one of its pieces.
+    private func bf16GEMM(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
+                          alpha: Float, beta: Float) -> Bool {
+        let start = monotonicSeconds()
+        func geometry(_ m: Int, _ n: Int) -> MatmulGeometry {
+            MatmulGeometry(m: m, n: n, k: k, transA: a.transposed, transB: b.transposed, lda: a.ld, ldb: b.ld, ldc: c.ld, alpha: alpha, beta: beta)
+        }
+        // Every piece's geometry first: all on oneDNN, or none.
+        let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
+        guard Set(list.map { geometry($0.m, $0.n) }).allSatisfy({ matmuls.with($0) { _ in } }) else { return false }
+        let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
+        parallelFor(list.count, grain: 1, threads: threads) { r in
+            for p in r.map({ list[$0] }) {
+                _ = matmuls.with(geometry(p.m, p.n)) { matmul in
+                    omp_set_num_threads(1)  // one thread per piece: an OpenMP team would spin on the cores the others use
+                    matmul.run(a: UnsafeMutableRawPointer(pa + p.a), b: UnsafeMutableRawPointer(pb + p.b), c: UnsafeMutableRawPointer(pc + p.c))
                 }
             }
-            return
         }
-        let byRows = m >= n || n < 16 * pieces
-        let total = byRows ? m : n
-        let perPiece: Int = (total + pieces - 1) / pieces
-        let chunk: Int = (perPiece + 7) / 8 * 8  // multiples of 8: whole SIMD panels
-        let count: Int = (total + chunk - 1) / chunk
-        for i in 0..<batch {
-            let pa: UnsafeMutablePointer<Float> = pa + i * a.batchStride
-            let pb: UnsafeMutablePointer<Float> = pb + i * b.batchStride
-            let pc: UnsafeMutablePointer<Float> = pc + i * c.batchStride
-            DispatchQueue.concurrentPerform(iterations: count) { piece in
-                let lo = piece * chunk, len = min(chunk, total - lo)
-                if byRows {  // rows lo..<lo+len of C need rows of op(A)
-                    let aStart = a.transposed ? pa + lo : pa + lo * a.ld
-                    sgemm(a, aStart, b, pb, pc + lo * c.ld, c.ld, m: len, n: n, k: k, alpha: alpha, beta: beta)
-                } else {     // columns of C need columns of op(B)
-                    let bStart = b.transposed ? pb + lo * b.ld : pb + lo
-                    sgemm(a, pa, b, bStart, pc + lo, c.ld, m: m, n: len, k: k, alpha: alpha, beta: beta)
-                }
-            }
-        }
+        count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start)
+        return true
     }
 
     /// A bf16 operand's matrices (stored `rows` x `cols` each, `batch` of them) as a new
@@ -213,9 +259,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         let wide: Tensor
         do { wide = try Tensor(uninitialized: [span], on: self) } catch { fatalError("gemm: \(error)") }
         let src = op.tensor.halfPtr + op.offset, dst = wide.ptr
-        parallelFor(span, grain: 1 << 15, threads: threads) { r in
-            for i in r { dst[i] = BFloat16Bits.float(src[i]) }
-        }
+        parallelFor(span, grain: 1 << 15, threads: threads) { r in loom_bf16_to_f32(src + r.lowerBound, dst + r.lowerBound, Int64(r.count)) }
         var result = op
         result.tensor = wide
         result.offset = 0

@@ -30,6 +30,9 @@ public struct BenchResult: Sendable, Encodable {
     public var device: String
     /// The precision of matrix products (`float32` or `bf16`).
     public var precision: Precision = .float32
+    /// bf16 on the CPU: which kernels its products ran on (`onednn (avx512_core_bf16)`,
+    /// or `widened to float32` where the processor has no bf16 instructions).
+    public var bf16GEMM: String?
     /// The most bytes of tensors alive at once during the timed steps (model, optimizer
     /// state, activations and gradients), as PyTorch's max_memory_allocated.
     public var peakBytes: Int = 0
@@ -45,7 +48,7 @@ public struct BenchResult: Sendable, Encodable {
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
-        case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor
+        case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm"
         case warmup, repeats, runsPerSecond = "runs_per_s"
     }
 
@@ -68,6 +71,7 @@ public struct BenchResult: Sendable, Encodable {
         try c.encode(runsPerSecond.map { rounded($0, 1) }, forKey: .runsPerSecond)
         try c.encode(device, forKey: .device)
         try c.encode(precision.rawValue, forKey: .precision)
+        try c.encodeIfPresent(bf16GEMM, forKey: .bf16GEMM)
         try c.encode(peakBytes, forKey: .peakBytes)
         try c.encode(loss, forKey: .loss)
         if let scalingEfficiency {
@@ -171,6 +175,7 @@ public enum Bench {
             result.kernels = CPUBackend.kernelISA
             result.gemmLibrary = CPUBackend.gemmLibrary
             result.processor = CPUInfo.modelName
+            if precision == .bfloat16 { result.bf16GEMM = BF16GEMMPath.description }
         }
         return result
     }
