@@ -1,7 +1,7 @@
-"""Loom against PyTorch eager and JAX jit on the three CPU reference workloads, side by side.
+"""Loom against PyTorch eager and JAX jit on the CPU reference workloads, side by side.
 
-Runs `loom bench --json`, torch_ref.py and jax_ref.py (the peers' versions of the same
-workloads; pass the folder that holds them) in turn, `--rounds` times for each thread
+Runs `loom bench --json`, torch_ref.py and jax_ref.py (the peers' versions of mlp, cnn and
+gpt; pass the folder that holds them) and bench/resnet20_torch.py (PyTorch's resnet20) in turn, `--rounds` times for each thread
 count, so that the machine's noise falls on all three alike, and prints the medians as a
 Markdown table with Loom's ratio to each peer.
 
@@ -36,7 +36,11 @@ def runs(framework, threads):
     if framework == "loom":
         return lines([a.loom, "bench", "--json", "--threads", str(threads), "--repeats", str(a.repeats)])
     script = os.path.join(a.refs, f"{framework}_ref.py")
-    return lines([sys.executable, script, "all", "--threads", str(threads), "--repeats", str(a.repeats)])
+    found = lines([sys.executable, script, "all", "--threads", str(threads), "--repeats", str(a.repeats)])
+    if framework == "torch":  # resnet20's PyTorch peer lives in this folder
+        found += lines([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "resnet20_torch.py"),
+                        "--threads", str(threads), "--repeats", str(a.repeats)])
+    return found
 
 frameworks = ["loom"] + [f for f in a.peers.split(",") if f]
 results = {}  # (framework, threads, workload) -> [per_s]
@@ -59,7 +63,7 @@ peers = frameworks[1:]
 out.append("\n| workload | threads | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
 out.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
 for threads in [int(t) for t in a.threads.split(",")]:
-    for w in ("mlp", "cnn", "gpt"):
+    for w in ("mlp", "cnn", "gpt", "resnet20"):
         med = {f: statistics.median(results[(f, threads, w)]) for f in frameworks if (f, threads, w) in results}
         if "loom" not in med: continue
         cells = [f"{med[p]:,.0f}" if p in med else "—" for p in peers]

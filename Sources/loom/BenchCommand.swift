@@ -8,17 +8,20 @@ import LoomTrain
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Train the reference workloads (mlp, cnn, gpt) and report throughput and GFLOP/s.",
+        abstract: "Train the reference workloads (mlp, cnn, gpt, resnet20) and report throughput and GFLOP/s.",
         discussion: """
         Each workload trains on a fixed random batch with the shapes, batch sizes and optimizers of \
         the PyTorch/JAX references: mlp 784-512-512-10 (batch 128, SGD momentum), cnn two 5x5 convs \
-        (batch 64, SGD momentum), gpt 4 layers d128 context 128 (16 sequences, AdamW). \
+        (batch 64, SGD momentum), gpt 4 layers d128 context 128 (16 sequences, AdamW), resnet20 \
+        ResNet-20 on 3x32x32 images (batch 128, SGD momentum, batch norm in training mode). \
         GFLOP/s counts the GEMM work the backend issued; peak is a 1024^3 sgemm on the same threads. \
         On the CPU each line is followed by where the step's time went, by kernel class (gemm, \
         attention, convolution, elementwise, softmax, norm, ...; --json: time_share), and the \
         header names the processor, the kernels' vector width and the GEMM library. \
         LOOM_CPU_ISA=baseline|avx2 caps the kernels' width; LOOM_GEMM=openblas|onednn picks \
-        the GEMM library (default: oneDNN with AVX-512, else OpenBLAS).
+        the GEMM library (default: oneDNN with AVX-512, else OpenBLAS). With --precision bf16 \
+        the header says where the bf16 products ran: oneDNN's bf16 kernels where the processor \
+        has AVX512-BF16 or AMX, else widened to float32 (LOOM_BF16_GEMM=onednn|widen chooses).
 
         Examples:
           loom bench
@@ -31,7 +34,7 @@ struct BenchCommand: ParsableCommand {
     @Argument(help: "comm: all-reduce bandwidth (run under loom launch for MPI); generate: generation over the KV cache. Neither: the training workloads.")
     var suite: String?
 
-    @Option(help: "Workload to run: mlp, cnn, gpt or all.")
+    @Option(help: "Workload to run: mlp, cnn, gpt, resnet20, gpt2 or all (the first four).")
     var workload: String = "all"
 
     @Option(help: "Data parallel ranks (in-process, one thread each): reports scaling efficiency; for comm, in-process ranks when not under mpirun.")
@@ -66,7 +69,7 @@ struct BenchCommand: ParsableCommand {
             throw ValidationError("unknown benchmark '\(suite)'; valid: comm, generate (or none for the training workloads)")
         }
         guard workload == "all" || Workload(rawValue: workload) != nil else {
-            throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, gpt2 (GPT-2 small, for GPUs), all (mlp, cnn, gpt)")
+            throw ValidationError("unknown workload '\(workload)'; valid: mlp, cnn, gpt, resnet20, gpt2 (GPT-2 small, for GPUs), all (mlp, cnn, gpt, resnet20)")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         guard repeats >= 1 else { throw ValidationError("--repeats \(repeats) must be at least 1") }
@@ -113,7 +116,7 @@ struct BenchCommand: ParsableCommand {
                 print(r.json)
             } else {
                 print(String(format: "%@  %10.1f %@  %6.2f ms/step  %6.1f GFLOP/s (%4.1f%% of peak)",
-                             w.rawValue.padding(toLength: 4, withPad: " ", startingAt: 0), r.perSecond, r.unit, r.stepMilliseconds,
+                             w.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0), r.perSecond, r.unit, r.stepMilliseconds,
                              r.gflops, 100 * r.gflops / peak))
                 if let shares = r.timeShare {
                     let named = KernelClass.allCases.map(\.name) + ["other"]

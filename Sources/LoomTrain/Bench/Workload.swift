@@ -5,13 +5,15 @@ import LoomParallel
 
 /// The benchmark's workloads: one training step on a fixed batch. mlp, cnn and gpt are the
 /// three reference workloads (same shapes, batch sizes and optimizers as the PyTorch and
-/// JAX references in ../shared/bench); gpt2 is GPT-2 small at batch 8 × 1024 tokens with
-/// AdamW, for GPUs (bench/gpt2_torch.py is the same model in PyTorch).
+/// JAX references in ../shared/bench); resnet20 is ResNet-20 on CIFAR-shaped images
+/// (3×32×32, batch 128, SGD momentum, batch norm in training mode; bench/resnet20_torch.py
+/// is the same in PyTorch); gpt2 is GPT-2 small at batch 8 × 1024 tokens with AdamW, for
+/// GPUs (bench/gpt2_torch.py is the same model in PyTorch).
 public enum Workload: String, CaseIterable, Sendable {
-    case mlp, cnn, gpt, gpt2
+    case mlp, cnn, gpt, resnet20, gpt2
 
     /// What `loom bench` runs by default (`all`): the CPU reference workloads.
-    public static let reference: [Workload] = [.mlp, .cnn, .gpt]
+    public static let reference: [Workload] = [.mlp, .cnn, .gpt, .resnet20]
 
     public var unit: String { self == .gpt || self == .gpt2 ? "tokens/s" : "samples/s" }
 
@@ -20,6 +22,7 @@ public enum Workload: String, CaseIterable, Sendable {
         switch self {
         case .mlp: return 128
         case .cnn: return 64
+        case .resnet20: return 128
         case .gpt: return 16 * 128
         case .gpt2: return 8 * 1024
         }
@@ -47,6 +50,13 @@ public enum Workload: String, CaseIterable, Sendable {
             try parallel(model)
             let x = Tensor.uniform([64, 1, 28, 28], low: 0, high: 1, rng: &rng, on: backend)
             let y = Tensor(indices: (0..<64).map { _ in Int32(rng.nextInt(below: 10)) }, shape: [64], on: backend)
+            return { try trainStep(opt, dp) { try model(x).crossEntropy(targets: y) } }
+        case .resnet20:
+            let model = try ResNet(depth: 20, channels: 3, classes: 10, seed: seed, on: backend)
+            let opt = SGD(model.namedParameters(), lr: 0.01, momentum: 0.9)
+            try parallel(model)
+            let x = Tensor.uniform([128, 3, 32, 32], low: 0, high: 1, rng: &rng, on: backend)
+            let y = Tensor(indices: (0..<128).map { _ in Int32(rng.nextInt(below: 10)) }, shape: [128], on: backend)
             return { try trainStep(opt, dp) { try model(x).crossEntropy(targets: y) } }
         case .gpt, .gpt2:
             let config: GPTConfig = self == .gpt ? .bench : .gpt2Small

@@ -1,0 +1,76 @@
+"""ResNet-20 on CIFAR-shaped images in PyTorch eager on the CPU: the peer of `loom bench --workload resnet20`.
+
+The same model (He et al. 2015, section 4.2: a 3x3 conv to 16 channels, three stages of 3
+basic blocks of 16, 32 and 64 channels, the last two halving the image with a strided
+convolution and a 1x1 projection shortcut, global average pooling, a linear layer; batch
+norm after every convolution, in training mode), the same batch (128 random 3x32x32
+images, random labels), SGD lr 0.01 momentum 0.9, timed as every Loom benchmark is: 5
+warm-up steps, then --repeats timed runs of --steps steps; the median run is reported as
+one JSON line.
+
+    python3 bench/resnet20_torch.py --threads 2 --repeats 3
+"""
+import argparse, json, statistics, time
+import torch, torch.nn as nn, torch.nn.functional as F
+
+p = argparse.ArgumentParser()
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--steps", type=int, default=30)
+p.add_argument("--repeats", type=int, default=3)
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+torch.manual_seed(0)
+
+
+class Block(nn.Module):
+    def __init__(s, cin, cout, stride):
+        super().__init__()
+        s.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        s.bn1 = nn.BatchNorm2d(cout)
+        s.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        s.bn2 = nn.BatchNorm2d(cout)
+        s.down = None
+        if stride != 1 or cin != cout:
+            s.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(s, x):
+        h = F.relu(s.bn1(s.conv1(x)))
+        h = s.bn2(s.conv2(h))
+        return F.relu(h + (s.down(x) if s.down is not None else x))
+
+
+def resnet20(classes=10):
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for stage, cout in enumerate([16, 32, 64]):
+        for b in range(3):
+            layers.append(Block(cin, cout, 2 if stage > 0 and b == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes)]
+    return nn.Sequential(*layers)
+
+
+model = resnet20().train()
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x = torch.rand(128, 3, 32, 32)
+y = torch.randint(0, 10, (128,))
+
+
+def step():
+    opt.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+for _ in range(5):
+    loss = step()
+runs = []
+for _ in range(a.repeats):
+    t0 = time.perf_counter()
+    for _ in range(a.steps):
+        loss = step()
+    runs.append(128 * a.steps / (time.perf_counter() - t0))
+print(json.dumps({"workload": "resnet20", "framework": f"torch {torch.__version__}", "threads": a.threads,
+                  "per_s": statistics.median(runs), "unit": "samples/s", "runs_per_s": runs, "loss": loss}))
