@@ -24,30 +24,49 @@ public final class DataParallel {
     /// backward did not hide), since the last `resetTimers()`.
     public private(set) var waitSeconds = 0.0
     private var buckets: [Bucket] = []
+    /// A bucket's buffer that could not be allocated during backward (ZeRO-2), for `synchronize`.
+    private var launchError: Error?
+    /// ZeRO-2: the buckets whose reductions run, oldest first; at most `maxInFlight`, so a
+    /// rank's whole-gradient buffers stay within two buckets (DeepSpeed's double-buffered
+    /// reduction bucket).
+    private var inFlight: [Int] = []
+    static let maxInFlight = 2
     private var bucketOf: [ObjectIdentifier: (bucket: Int, slot: Int)] = [:]
 
-    /// ZeRO stage 1: gradients are reduce-scattered, each rank keeping the average of
-    /// its 1/N chunk of every bucket in `Bucket.shardGrad`, for `ZeroOptimizer`.
+    /// ZeRO (stage 1 or 2): gradients are reduce-scattered, each rank keeping the average
+    /// of its 1/N chunk of every bucket in `Bucket.shardGrad`, for `ZeroOptimizer`.
     public let zero: Bool
+    /// ZeRO stage 2: each parameter's whole gradient is released as soon as its bucket has
+    /// copied it, and the bucket's whole buffer once its reduce-scatter is done, so a rank
+    /// keeps 1/N of the gradients between steps (stage 1 keeps them all).
+    public let releasesGradients: Bool
 
     final class Bucket {
         let members: [Int]           // indices into parameters
         let offsets: [Int]           // element offset of each member in `flat`
-        let flat: Tensor             // [padded]: the members, then zeros up to a multiple of the rank count
+        let padded: Int              // the members, then zeros up to a multiple of the rank count
+        var flat: Tensor?            // [padded]; under ZeRO-2 only while its reduction runs
         let shardGrad: Tensor?       // [padded / ranks], ZeRO only
         var pending: Int
         var request: CommRequest?
-        init(members: [Int], offsets: [Int], flat: Tensor, shardGrad: Tensor?) {
-            self.members = members; self.offsets = offsets; self.flat = flat; self.shardGrad = shardGrad; pending = members.count
+        /// Reduced this step (and its request waited for).
+        var done = false
+        init(members: [Int], offsets: [Int], padded: Int, flat: Tensor?, shardGrad: Tensor?) {
+            self.members = members; self.offsets = offsets; self.padded = padded; self.flat = flat; self.shardGrad = shardGrad
+            pending = members.count
         }
     }
 
-    /// Broadcasts rank 0's parameters to every rank, then lays out the buckets.
+    /// Broadcasts rank 0's parameters to every rank, then lays out the buckets. `zero`: the
+    /// ZeRO stage whose gradients this keeps (0: all-reduce; 1: reduce-scatter; 2:
+    /// reduce-scatter, whole gradients released).
     public init(parameters: [(name: String, tensor: Tensor)], communicator: Communicator,
-                bucketBytes: Int = DataParallel.defaultBucketBytes, zero: Bool = false) throws {
+                bucketBytes: Int = DataParallel.defaultBucketBytes, zero stage: Int = 0) throws {
+        precondition((0...2).contains(stage), "DataParallel: ZeRO stage \(stage)")
         self.communicator = communicator
         self.parameters = parameters
-        self.zero = zero
+        zero = stage >= 1
+        releasesGradients = stage >= 2
         for (_, p) in parameters { try communicator.broadcast(p, root: 0) }
 
         var current: [Int] = [], offsets: [Int] = [], size = 0
@@ -55,10 +74,10 @@ public final class DataParallel {
             guard !current.isEmpty, let backend = parameters.first?.tensor.backend else { return }
             let ranks = communicator.size
             let padded = (size + ranks - 1) / ranks * ranks
-            let flat = try Tensor.zeros([padded], on: backend)
+            let flat = releasesGradients ? nil : try Tensor.zeros([padded], on: backend)
             let shard = zero ? try Tensor.zeros([padded / ranks], on: backend) : nil
             for (slot, i) in current.enumerated() { bucketOf[ObjectIdentifier(parameters[i].tensor)] = (buckets.count, slot) }
-            buckets.append(Bucket(members: current, offsets: offsets, flat: flat, shardGrad: shard))
+            buckets.append(Bucket(members: current, offsets: offsets, padded: padded, flat: flat, shardGrad: shard))
             current = []; offsets = []; size = 0
         }
         for i in parameters.indices.reversed() {
@@ -88,16 +107,39 @@ public final class DataParallel {
 
     private func launch(_ b: Int) {
         let bucket = buckets[b]
-        guard bucket.request == nil else { return }
+        guard bucket.request == nil, !bucket.done else { return }
+        let flat: Tensor
+        if let kept = bucket.flat {
+            flat = kept
+        } else {
+            // ZeRO-2: a buffer for this reduction only, once the oldest of two in flight
+            // is done. Launched from backward's hook, which cannot throw: a failed
+            // allocation or reduction is thrown by `synchronize`.
+            let t0 = monotonicSeconds()
+            defer { waitSeconds += monotonicSeconds() - t0 }  // backward waits here: not hidden
+            while inFlight.count >= DataParallel.maxInFlight {
+                do { try finish(inFlight.removeFirst()) } catch {
+                    if launchError == nil { launchError = error }
+                    return
+                }
+            }
+            do { flat = try Tensor.zeros([bucket.padded], on: parameters[bucket.members[0]].tensor.backend) } catch {
+                if launchError == nil { launchError = error }
+                return
+            }
+            bucket.flat = flat
+        }
         for (slot, i) in bucket.members.enumerated() {
             let p = parameters[i].tensor
-            let dst = bucket.flat.view(p.shape, offset: bucket.offsets[slot])
+            let dst = flat.view(p.shape, offset: bucket.offsets[slot])
             if let g = p.grad { p.backend.copy(g, into: dst) } else { p.backend.fill(dst, value: 0) }
+            if releasesGradients { p.grad = nil }  // its bytes are in the bucket now
         }
+        if releasesGradients { inFlight.append(b) }
         if let shard = bucket.shardGrad {
-            bucket.request = communicator.reduceScatterAsync(bucket.flat, into: shard, .average, label: "reduce-scatter of gradient bucket \(b)")
+            bucket.request = communicator.reduceScatterAsync(flat, into: shard, .average, label: "reduce-scatter of gradient bucket \(b)")
         } else {
-            bucket.request = communicator.allReduceAsync(bucket.flat, .average, label: "all-reduce of gradient bucket \(b)")
+            bucket.request = communicator.allReduceAsync(flat, .average, label: "all-reduce of gradient bucket \(b)")
         }
     }
 
@@ -106,10 +148,11 @@ public final class DataParallel {
     public func synchronize() throws {
         let t0 = monotonicSeconds()
         defer { waitSeconds += monotonicSeconds() - t0 }
-        for b in buckets.indices where buckets[b].request == nil { launch(b) }
-        for bucket in buckets {
-            try bucket.request!.wait()
-            bucket.request = nil
+        for b in buckets.indices where buckets[b].request == nil && !buckets[b].done { launch(b) }
+        if let error = launchError { launchError = nil; throw error }
+        for (b, bucket) in buckets.enumerated() {
+            try finish(b)
+            bucket.done = false
             bucket.pending = bucket.members.count
             if zero { continue }  // the averaged chunk is in shardGrad, for ZeroOptimizer
             for (slot, i) in bucket.members.enumerated() {
@@ -117,14 +160,27 @@ public final class DataParallel {
                 // A view into the bucket, not a copy. Safe: the bucket is refilled only
                 // from the next backward's gradients, and a gradient accumulated onto
                 // this one is a new tensor (the engine adds out of place).
-                p.grad = bucket.flat.view(p.shape, offset: bucket.offsets[slot])
+                p.grad = bucket.flat!.view(p.shape, offset: bucket.offsets[slot])
             }
+        }
+    }
+
+    /// Waits for bucket `b`'s reduction (if it runs); under ZeRO-2 releases its buffer.
+    private func finish(_ b: Int) throws {
+        let bucket = buckets[b]
+        guard let request = bucket.request else { return }
+        bucket.request = nil
+        bucket.done = true
+        try request.wait()
+        if releasesGradients {
+            bucket.flat = nil
+            inFlight.removeAll { $0 == b }
         }
     }
 
     /// Bucket layout for ZeroOptimizer: members, offsets, padded size, this rank's shard gradient.
     var layout: [(members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?)] {
-        buckets.map { ($0.members, $0.offsets, $0.flat.count, $0.shardGrad) }
+        buckets.map { ($0.members, $0.offsets, $0.padded, $0.shardGrad) }
     }
 
     /// Detaches the hooks (the parameters go back to plain local gradients).

@@ -9,7 +9,8 @@ import LoomNN
 ///
 /// - `ReplicatedGradients`: every rank holds every gradient and the whole optimizer state
 ///   (DistributedDataParallel; with a data group of one, plain training).
-/// - `ShardedOptimizerState`: ZeRO stage 1, each rank updates 1/N of every bucket.
+/// - `ZeroSharding`: ZeRO stage 1 (each rank updates 1/N of every bucket, with 1/N of the
+///   optimizer state) or 2 (and keeps only 1/N of the gradients).
 public protocol DataParallelSharding: GradientReduction {
     /// The optimizer a step updates with.
     var optimizer: Optimizer { get }
@@ -28,13 +29,13 @@ public protocol DataParallelSharding: GradientReduction {
     func detach()
 }
 
-/// The sharding ZeRO stage `zero` (0 or 1) names, over `parameters` on `group` (every
+/// The sharding ZeRO stage `zero` (0, 1 or 2) names, over `parameters` on `group` (every
 /// rank of the group starts from its first rank's parameters).
 public func dataParallelSharding(zero: Int, parameters: [(name: String, tensor: Tensor)], optimizer: Optimizer, group: Communicator?,
                                  bucketBytes: Int) throws -> any DataParallelSharding {
     guard let group, group.size > 1 else { return ReplicatedGradients(optimizer: optimizer, dataParallel: nil) }
-    let dp = try DataParallel(parameters: parameters, communicator: group, bucketBytes: bucketBytes, zero: zero >= 1)
-    return zero >= 1 ? try ShardedOptimizerState(dataParallel: dp, template: optimizer) : ReplicatedGradients(optimizer: optimizer, dataParallel: dp)
+    let dp = try DataParallel(parameters: parameters, communicator: group, bucketBytes: bucketBytes, zero: zero)
+    return zero >= 1 ? try ZeroSharding(dataParallel: dp, template: optimizer) : ReplicatedGradients(optimizer: optimizer, dataParallel: dp)
 }
 
 /// Every rank holds every gradient (averaged by a bucketed all-reduce that overlaps
@@ -63,9 +64,11 @@ public final class ReplicatedGradients: DataParallelSharding {
     }
 }
 
-/// ZeRO stage 1: gradients reduce-scattered, each rank updating its chunk of every bucket
-/// with 1/N of the optimizer state, then an all-gather of the parameters (`ZeroOptimizer`).
-public final class ShardedOptimizerState: DataParallelSharding {
+/// ZeRO stages 1 and 2: gradients reduce-scattered, each rank updating its chunk of every
+/// bucket with 1/N of the optimizer state, then an all-gather of the parameters
+/// (`ZeroOptimizer`); under stage 2 the whole gradients are released as their buckets
+/// take them (`DataParallel.releasesGradients`).
+public final class ZeroSharding: DataParallelSharding {
     let dataParallel: DataParallel
     let zero: ZeroOptimizer
     public var optimizer: Optimizer { zero }

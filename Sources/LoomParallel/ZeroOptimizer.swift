@@ -2,8 +2,9 @@ import LoomCore
 import LoomDistributed
 import LoomNN
 
-/// ZeRO stage 1 (Rajbhandari et al., 2020): optimizer state sharded across the
-/// data-parallel group. Rank r owns chunk r of every gradient bucket: `DataParallel`
+/// ZeRO stages 1 and 2 (Rajbhandari et al., 2020): optimizer state sharded across the
+/// data-parallel group (and under stage 2, `DataParallel` keeps only the shard of the
+/// gradients). Rank r owns chunk r of every gradient bucket: `DataParallel`
 /// reduce-scatters the gradients so that r receives the average of its chunk, r updates
 /// the parameters of that chunk with an optimizer (and state) of 1/N the size, and an
 /// all-gather brings every rank the whole updated parameters.
@@ -32,7 +33,7 @@ public final class ZeroOptimizer: Optimizer {
 
     /// Shards `template`'s kind, settings, step count and (if it has any) state.
     public init(dataParallel dp: DataParallel, template: Optimizer) throws {
-        precondition(dp.zero, "ZeroOptimizer needs DataParallel(zero: true)")
+        precondition(dp.zero, "ZeroOptimizer needs DataParallel(zero: 1 or 2)")
         parameters = dp.parameters
         communicator = dp.communicator
         layout = dp.layout

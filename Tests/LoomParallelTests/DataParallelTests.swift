@@ -26,7 +26,7 @@ final class DataParallelTests: XCTestCase {
     }
 
     /// Per-step global losses of 20 steps on `ranks` ranks (1: plain single process).
-    func losses(_ kind: Kind, ranks: Int, zero: Bool = false, steps: Int = 20) throws -> [Float] {
+    func losses(_ kind: Kind, ranks: Int, zero: Int = 0, steps: Int = 20, meter: MemoryMeter? = nil) throws -> [Float] {
         let global = kind == .mlp ? 16 : 8
         let run = { (comm: Communicator?) throws -> [Float] in
             let backend = CPUBackend(threads: 1)
@@ -43,7 +43,7 @@ final class DataParallelTests: XCTestCase {
             }
             var opt: Optimizer = kind == .mlp ? SGD(model.namedParameters(), lr: 0.05, momentum: 0.9) : Adam.adamW(model.namedParameters(), lr: 3e-3)
             let dp = try comm.map { try DataParallel(parameters: model.namedParameters(), communicator: $0, bucketBytes: 16 << 10, zero: zero) }
-            if zero, let dp { opt = try ZeroOptimizer(dataParallel: dp, template: opt) }
+            if zero > 0, let dp { opt = try ZeroOptimizer(dataParallel: dp, template: opt) }
             let rank = comm?.rank ?? 0, size = comm?.size ?? 1
             let local = global / size
             var out: [Float] = []
@@ -61,7 +61,11 @@ final class DataParallelTests: XCTestCase {
             return out
         }
         if ranks == 1 { return try run(nil) }
-        let all = try InProcessWorld.run(size: ranks) { try run($0) }
+        // `meter` counts rank 0's allocations, from the model on.
+        let all = try InProcessWorld.run(size: ranks) { comm in
+            guard let meter, comm.rank == 0 else { return try run(comm) }
+            return try MemoryMeter.measuring(meter) { try run(comm) }
+        }
         XCTAssertEqual(Set(all.map { $0 }).count, 1, "ranks disagree on the global loss")
         return all[0]
     }
@@ -80,14 +84,36 @@ final class DataParallelTests: XCTestCase {
         assertClose(try losses(.mlp, ranks: 4), single, "mlp dp4")
     }
 
-    /// ZeRO-1 applies the same elementwise updates to the same averaged gradients: its
-    /// losses are bit-identical to plain data parallelism's.
-    func testZeroStage1IsBitIdenticalToPlainDataParallel() throws {
+    /// ZeRO-1 and ZeRO-2 apply the same elementwise updates to the same averaged
+    /// gradients: their losses are bit-identical to plain data parallelism's.
+    func testZeroStages1And2AreBitIdenticalToPlainDataParallel() throws {
         for kind in [Kind.mlp, .gpt] {
             for ranks in [2, 4] {
-                XCTAssertEqual(try losses(kind, ranks: ranks, zero: true), try losses(kind, ranks: ranks), "\(kind) dp\(ranks)")
+                let plain = try losses(kind, ranks: ranks)
+                for stage in [1, 2] {
+                    XCTAssertEqual(try losses(kind, ranks: ranks, zero: stage), plain, "\(kind) dp\(ranks) zero \(stage)")
+                }
             }
         }
+    }
+
+    /// ZeRO-2 keeps a rank's shard of the gradients, not the whole: at the end of backward
+    /// a ZeRO-1 rank holds every parameter's gradient (4Ψ bytes) and every bucket's buffer
+    /// (4Ψ); a ZeRO-2 rank, the gradients of the buckets not yet launched and at most two
+    /// buckets in flight. Its peak is lower by at least the whole gradient's bytes.
+    func testZeroStage2HoldsLessThanStage1ByTheWholeGradient() throws {
+        // The GPT: many tensors in many buckets (one huge tensor would be a bucket alone,
+        // and its gradient and its bucket are both alive while one is copied to the other).
+        let gpt = try GPT(GPTConfig(vocabSize: 64, contextLength: 32, layers: 2, dModel: 32, heads: 2, dropout: 0), seed: 5)
+        let gradientBytes = 4 * gpt.parameterCount
+        var peaks: [Int: Int] = [:]
+        for stage in [1, 2] {
+            let meter = MemoryMeter()
+            _ = try losses(.gpt, ranks: 4, zero: stage, steps: 3, meter: meter)
+            peaks[stage] = meter.peakBytes
+        }
+        XCTAssertGreaterThanOrEqual(peaks[1]! - peaks[2]!, gradientBytes,
+                                    "peak bytes: zero 1 \(peaks[1]!), zero 2 \(peaks[2]!), whole gradient \(gradientBytes)")
     }
 
     func testGPTDataParallelMatchesSingleProcess() throws {

@@ -65,7 +65,7 @@ final class DistributedEndToEndTests: CLITestCase {
             let cfg = try config(kind)
             XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "\(kind)-1"]).status, 0)
             for n in [2, 4] {
-                for zero in ["0", "1"] {
+                for zero in ["0", "1", "2"] {
                     let name = "\(kind)-dp\(n)-zero\(zero)"
                     let r = try loom(["train", cfg, "--dp", "\(n)", "--zero", zero, "--out", work, "--name", name])
                     XCTAssertEqual(r.status, 0, r.err)
@@ -199,6 +199,7 @@ final class DistributedEndToEndTests: CLITestCase {
         let layouts: [(String, [String])] = [
             ("dp2", ["--dp", "2"]),
             ("dp2-zero", ["--dp", "2", "--zero", "1"]),
+            ("dp4-zero2", ["--dp", "4", "--zero", "2"]),
             ("tp2", ["--tp", "2"]),
             ("pp2", ["--pp", "2", "--micro-batches", "4"]),
             ("pp2-interleaved", ["--pp", "2", "--schedule", "interleaved", "--micro-batches", "4"]),

@@ -114,8 +114,8 @@ public enum ConfigFile {
             c.pipelineSplit = a.map { $0.int! }
         }, write: { "[" + $0.pipelineSplit.map(String.init).joined(separator: ", ") + "]" }),
         int("parallel", "bucket_kb", "gradient all-reduce bucket size in KiB", min: 1, \.bucketKB),
-        Key(section: "parallel", name: "zero", help: "ZeRO stage: 0 or 1", read: { c, v, path in
-            guard let z = v.int, z == 0 || z == 1 else { throw bad(path, "parallel.zero", "0 or 1", v) }
+        Key(section: "parallel", name: "zero", help: "ZeRO stage: 0 (replicated), 1 (optimizer state sharded) or 2 (and gradients)", read: { c, v, path in
+            guard let z = v.int, (0...2).contains(z) else { throw bad(path, "parallel.zero", "0, 1 or 2", v) }
             c.zero = z
         }, write: { "\($0.zero)" }),
         int("parallel", "timeout_s", "seconds a collective may wait before the run fails", min: 1, \.timeoutSeconds),
