@@ -46,7 +46,7 @@ int failWith(int status, const std::string& message) {
 // CUresult values used here.
 enum : int {
     CUDA_SUCCESS = 0, CUDA_ERROR_INVALID_VALUE = 1, CUDA_ERROR_OUT_OF_MEMORY = 2, CUDA_ERROR_INVALID_DEVICE = 101,
-    CUDA_ERROR_INVALID_IMAGE = 200, CUDA_ERROR_NOT_FOUND = 500, CUDA_ERROR_LAUNCH_FAILED = 719
+    CUDA_ERROR_INVALID_IMAGE = 200, CUDA_ERROR_INVALID_CONTEXT = 201, CUDA_ERROR_NOT_FOUND = 500, CUDA_ERROR_LAUNCH_FAILED = 719
 };
 
 const int deviceCount = 4;
@@ -149,10 +149,20 @@ int cuDeviceGetAttribute(int* value, int attribute, int) {
     }
     return CUDA_SUCCESS;
 }
+// The driver's current context is per thread, as the real driver's is: a thread that never
+// called cuCtxSetCurrent (a communicator's worker, a loader's thread) has none, and every
+// call that works in a context answers CUDA_ERROR_INVALID_CONTEXT (201) there.
+thread_local void* currentContext = nullptr;
+#define REQUIRE_CONTEXT(call)                                                                          \
+    if (!currentContext)                                                                               \
+        return failWith(CUDA_ERROR_INVALID_CONTEXT, std::string(call) + ": no current context on this thread "  \
+                        "(the driver's context is per thread: call cuCtxSetCurrent on it first)");
+
 int cuDevicePrimaryCtxRetain(void** context, int device) { *context = reinterpret_cast<void*>(uintptr_t(0x100 + device)); return CUDA_SUCCESS; }
-int cuCtxSetCurrent(void*) { return CUDA_SUCCESS; }
+int cuCtxSetCurrent(void* context) { currentContext = context; return CUDA_SUCCESS; }
 
 int cuMemAlloc_v2(uint64_t* pointer, size_t bytes) {
+    REQUIRE_CONTEXT("cuMemAlloc_v2")
     void* p = nullptr;
     if (posix_memalign(&p, 256, bytes ? bytes : 1) != 0) return failWith(CUDA_ERROR_OUT_OF_MEMORY, "emulated device: out of memory");
     Arena& a = arena();
@@ -163,6 +173,7 @@ int cuMemAlloc_v2(uint64_t* pointer, size_t bytes) {
     return CUDA_SUCCESS;
 }
 int cuMemFree_v2(uint64_t pointer) {
+    REQUIRE_CONTEXT("cuMemFree_v2")
     Arena& a = arena();
     {
         std::lock_guard<std::mutex> g(a.lock);
@@ -175,26 +186,45 @@ int cuMemFree_v2(uint64_t pointer) {
     return CUDA_SUCCESS;
 }
 int cuMemHostAlloc(void** p, size_t bytes, unsigned) {
+    REQUIRE_CONTEXT("cuMemHostAlloc")
     return posix_memalign(p, 4096, bytes ? bytes : 1) == 0 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
 }
-int cuMemFreeHost(void* p) { free(p); return CUDA_SUCCESS; }
-int cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) { memcpy(reinterpret_cast<void*>(dst), src, n); return CUDA_SUCCESS; }
-int cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void*) { memcpy(dst, reinterpret_cast<void*>(src), n); return CUDA_SUCCESS; }
+int cuMemFreeHost(void* p) {
+    REQUIRE_CONTEXT("cuMemFreeHost")
+    free(p);
+    return CUDA_SUCCESS;
+}
+int cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) {
+    REQUIRE_CONTEXT("cuMemcpyHtoDAsync_v2")
+    memcpy(reinterpret_cast<void*>(dst), src, n);
+    return CUDA_SUCCESS;
+}
+int cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void*) {
+    REQUIRE_CONTEXT("cuMemcpyDtoHAsync_v2")
+    memcpy(dst, reinterpret_cast<void*>(src), n);
+    return CUDA_SUCCESS;
+}
 int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void*) {
+    REQUIRE_CONTEXT("cuMemcpyDtoDAsync_v2")
     memmove(reinterpret_cast<void*>(dst), reinterpret_cast<void*>(src), n);
     return CUDA_SUCCESS;
 }
-int cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void*) { memset(reinterpret_cast<void*>(dst), v, n); return CUDA_SUCCESS; }
+int cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void*) {
+    REQUIRE_CONTEXT("cuMemsetD8Async")
+    memset(reinterpret_cast<void*>(dst), v, n);
+    return CUDA_SUCCESS;
+}
 
-int cuStreamCreate(void** stream, unsigned) { static int tokens; *stream = &tokens; return CUDA_SUCCESS; }
-int cuStreamSynchronize(void*) { return CUDA_SUCCESS; }
-int cuEventCreate(void** event, unsigned) { static int tokens; *event = &tokens; return CUDA_SUCCESS; }
-int cuEventRecord(void*, void*) { return CUDA_SUCCESS; }
-int cuStreamWaitEvent(void*, void*, unsigned) { return CUDA_SUCCESS; }
-int cuEventSynchronize(void*) { return CUDA_SUCCESS; }
-int cuEventDestroy_v2(void*) { return CUDA_SUCCESS; }
+int cuStreamCreate(void** stream, unsigned) { REQUIRE_CONTEXT("cuStreamCreate") static int tokens; *stream = &tokens; return CUDA_SUCCESS; }
+int cuStreamSynchronize(void*) { REQUIRE_CONTEXT("cuStreamSynchronize") return CUDA_SUCCESS; }
+int cuEventCreate(void** event, unsigned) { REQUIRE_CONTEXT("cuEventCreate") static int tokens; *event = &tokens; return CUDA_SUCCESS; }
+int cuEventRecord(void*, void*) { REQUIRE_CONTEXT("cuEventRecord") return CUDA_SUCCESS; }
+int cuStreamWaitEvent(void*, void*, unsigned) { REQUIRE_CONTEXT("cuStreamWaitEvent") return CUDA_SUCCESS; }
+int cuEventSynchronize(void*) { REQUIRE_CONTEXT("cuEventSynchronize") return CUDA_SUCCESS; }
+int cuEventDestroy_v2(void*) { REQUIRE_CONTEXT("cuEventDestroy_v2") return CUDA_SUCCESS; }
 
 int cuModuleLoadData(void** module, const void* image) {
+    REQUIRE_CONTEXT("cuModuleLoadData")
     const char* bytes = static_cast<const char*>(image);
     if (memcmp(bytes, imageMagic, 8) != 0)
         return failWith(CUDA_ERROR_INVALID_IMAGE, "the emulated driver loads only images from the emulated NVRTC (a real CUBIN was given)");
@@ -214,6 +244,7 @@ int cuModuleLoadData(void** module, const void* image) {
     return CUDA_SUCCESS;
 }
 int cuModuleGetFunction(void** function, void* module, const char* name) {
+    REQUIRE_CONTEXT("cuModuleGetFunction")
     auto* m = static_cast<Module*>(module);
     void* launcher = dlsym(m->handle, (std::string("loom_emu_launch_") + name).c_str());
     if (!launcher) return failWith(CUDA_ERROR_NOT_FOUND, std::string("no kernel named ") + name + " in the module");
@@ -222,6 +253,7 @@ int cuModuleGetFunction(void** function, void* module, const char* name) {
 }
 int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                    unsigned sharedBytes, void*, void** params, void**) {
+    REQUIRE_CONTEXT("cuLaunchKernel")
     auto* f = static_cast<Function*>(function);
     const unsigned dims[6] = {gx, gy, gz, bx, by, bz};
     char error[1024] = {0};
@@ -238,6 +270,7 @@ int cuGetErrorName(int status, const char** name) {
     case CUDA_ERROR_OUT_OF_MEMORY: *name = "CUDA_ERROR_OUT_OF_MEMORY"; break;
     case CUDA_ERROR_INVALID_DEVICE: *name = "CUDA_ERROR_INVALID_DEVICE"; break;
     case CUDA_ERROR_INVALID_IMAGE: *name = "CUDA_ERROR_INVALID_IMAGE"; break;
+    case CUDA_ERROR_INVALID_CONTEXT: *name = "CUDA_ERROR_INVALID_CONTEXT"; break;
     case CUDA_ERROR_NOT_FOUND: *name = "CUDA_ERROR_NOT_FOUND"; break;
     case CUDA_ERROR_LAUNCH_FAILED: *name = "CUDA_ERROR_LAUNCH_FAILED"; break;
     default: return CUDA_ERROR_INVALID_VALUE;

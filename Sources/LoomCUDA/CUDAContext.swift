@@ -4,7 +4,13 @@ import Foundation
 /// stream for input batches, and a caching allocator. `open` is what `--device cuda` calls first; on a machine without the
 /// NVIDIA driver it throws a one-line error naming the library.
 public final class CUDAContext: @unchecked Sendable {
-    public let driver: CUDADriver
+    /// The driver, with this device's context made current on the calling thread first.
+    /// The driver keeps the current context per thread: a collective's worker, a
+    /// communicator's queue or a loader's thread has none until it is set, and every call
+    /// there fails with CUDA_ERROR_INVALID_CONTEXT (201). Every call Loom makes goes
+    /// through here, so no thread can miss it.
+    public var driver: CUDADriver { binding.current() }
+    private let binding: ContextBinding
     public let ordinal: Int
     public let name: String
     public let computeCapability: (major: Int, minor: Int)
@@ -26,7 +32,6 @@ public final class CUDAContext: @unchecked Sendable {
     }
 
     private init(driver: CUDADriver, ordinal: Int) throws {
-        self.driver = driver
         self.ordinal = ordinal
         let d = try driver.describe(device: ordinal)
         name = d.name
@@ -35,7 +40,9 @@ public final class CUDAContext: @unchecked Sendable {
         try driver.check(driver.cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet")
         var context: OpaquePointer?
         try driver.check(driver.cuDevicePrimaryCtxRetain(&context, dev), "cuDevicePrimaryCtxRetain")
-        try driver.check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+        let binding = ContextBinding(driver: driver, context: context)
+        self.binding = binding
+        let driver = binding.current()
         var s: OpaquePointer?
         try driver.check(driver.cuStreamCreate(&s, 1), "cuStreamCreate")  // CU_STREAM_NON_BLOCKING
         stream = s
@@ -43,10 +50,11 @@ public final class CUDAContext: @unchecked Sendable {
         try driver.check(driver.cuStreamCreate(&c, 1), "cuStreamCreate")
         copyStream = c
         allocator = CachingAllocator(allocate: { bytes in
+            let driver = binding.current()
             var p: CUdeviceptr = 0
             try driver.check(driver.cuMemAlloc(&p, bytes), "cuMemAlloc_v2(\(bytes) bytes)")
             return p
-        }, release: { try driver.check(driver.cuMemFree($0), "cuMemFree_v2") })
+        }, release: { let driver = binding.current(); try driver.check(driver.cuMemFree($0), "cuMemFree_v2") })
     }
 
     /// Host bytes to device memory, queued on the stream (the source may be reused at once:
@@ -69,9 +77,38 @@ public final class CUDAContext: @unchecked Sendable {
     }
 
     /// The emulator's path when this context is Loom's CPU emulator, not a GPU.
-    public var emulator: String? { driver.isEmulated ? driver.library.path : nil }
+    public var emulator: String? { binding.driver.isEmulated ? binding.driver.library.path : nil }
 
     public var description: String {
-        "cuda:\(ordinal) (\(name), sm_\(computeCapability.major)\(computeCapability.minor)\(driver.isEmulated ? ", emulated on the CPU" : ""))"
+        "cuda:\(ordinal) (\(name), sm_\(computeCapability.major)\(computeCapability.minor)\(binding.driver.isEmulated ? ", emulated on the CPU" : ""))"
+    }
+}
+
+/// A device context and the one thing every thread must do before using it: make it
+/// current. Which context each thread last made current is kept per thread (a pthread
+/// key), so the driver is called only when a thread's context changes.
+final class ContextBinding: @unchecked Sendable {
+    let driver: CUDADriver
+    let context: OpaquePointer?
+
+    init(driver: CUDADriver, context: OpaquePointer?) {
+        self.driver = driver
+        self.context = context
+    }
+
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        return k
+    }()
+
+    /// The driver, with this context current on the calling thread.
+    func current() -> CUDADriver {
+        let mine = UnsafeMutableRawPointer(context)
+        if pthread_getspecific(ContextBinding.key) != mine {
+            // A failure here (a destroyed context) shows in the call that follows, with its name.
+            if driver.cuCtxSetCurrent(context) == 0 { pthread_setspecific(ContextBinding.key, mine) }
+        }
+        return driver
     }
 }

@@ -66,6 +66,38 @@ final class CUDAEmulatorTests: XCTestCase {
         XCTAssertEqual(try host(shifted, count: 32), (0..<32).map { Float($0 + 3 < 32 ? $0 + 3 : $0) })
     }
 
+    /// The driver's current context is per thread. A call on a thread that never made the
+    /// context current is refused with CUDA_ERROR_INVALID_CONTEXT (201), as the real driver
+    /// refuses it (a communicator's worker thread staging a gradient); through
+    /// `CUDAContext` every thread makes it current first and the same copy works.
+    func testADriverCallOnAThreadWithoutAContextIsRefusedAndTheContextSetsItOnEveryThread() throws {
+        let p = try device([1, 2, 3, 4])
+        // The emulator's own entry points (the library CUDAContext opened), called as a
+        // defect would call them: on a new thread, with no cuCtxSetCurrent there.
+        let library = try XCTUnwrap(dlopen(try CUDAEmulator.path(), RTLD_NOW))
+        typealias DtoH = @convention(c) (UnsafeMutableRawPointer?, UInt64, Int, OpaquePointer?) -> Int32
+        typealias LastError = @convention(c) () -> UnsafePointer<CChar>?
+        let copyToHost = unsafeBitCast(try XCTUnwrap(dlsym(library, "cuMemcpyDtoHAsync_v2")), to: DtoH.self)
+        let lastError = unsafeBitCast(try XCTUnwrap(dlsym(library, "loomEmulatorLastError")), to: LastError.self)
+        final class Outcome: @unchecked Sendable {  // written by the worker, read after `done`
+            var status: Int32 = -1, message = "", copied: [Float] = [], failure: Error?
+        }
+        let outcome = Outcome(), done = DispatchSemaphore(value: 0)
+        let worker = Thread { [self] in
+            var out = [Float](repeating: 0, count: 4)
+            outcome.status = out.withUnsafeMutableBytes { copyToHost($0.baseAddress, p, 16, context.stream) }
+            outcome.message = lastError().map { String(cString: $0) } ?? ""
+            do { outcome.copied = try host(p, count: 4) } catch { outcome.failure = error }  // through CUDAContext
+            done.signal()
+        }
+        worker.start()
+        done.wait()
+        XCTAssertEqual(outcome.status, 201, "a call without a current context must be refused (CUDA_ERROR_INVALID_CONTEXT)")
+        XCTAssertTrue(outcome.message.contains("no current context"), outcome.message)
+        XCTAssertNil(outcome.failure)
+        XCTAssertEqual(outcome.copied, [1, 2, 3, 4])
+    }
+
     func testABarrierThatSomeThreadsSkipIsAnErrorNamingIt() throws {
         let out = try device([Float](repeating: 0, count: 64))
         XCTAssertThrowsError(try module.launch("divergent_barrier", grid: 1, block: 64, [.pointer(out)], stream: context.stream)) { e in
