@@ -24,8 +24,10 @@ public final class CUDAModule: @unchecked Sendable {
         let arch = context.computeCapability.major * 10 + context.computeCapability.minor
         let nvrtc = try NVRTC(emulator: context.emulator)
         let driver = context.driver
-        // The emulator's images are not CUBINs: keep them apart in the cache.
+        // The emulator's images are not CUBINs: keep them apart in the cache. A CUBIN
+        // depends on the compiler and its options as much as on the source.
         let target = (driver.emulatorRuntimeDigest.map { "emulated-\($0)-" } ?? "") + "sm_\(arch)"
+            + " nvrtc \(nvrtc.version) " + NVRTC.options(arch: arch).joined(separator: " ")
         let cache = KernelCache<OpaquePointer?>(directory: CUDAModule.cacheDirectory,
             compile: { source, name in try nvrtc.compile(source: source, name: name, arch: arch) },
             load: { binary, name in

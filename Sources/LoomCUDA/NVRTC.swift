@@ -15,6 +15,8 @@ public final class NVRTC: @unchecked Sendable {
     let log: @convention(c) (OpaquePointer?, UnsafeMutablePointer<CChar>) -> Status
     let destroy: @convention(c) (UnsafeMutablePointer<OpaquePointer?>) -> Status
     let errorString: @convention(c) (Status) -> UnsafePointer<CChar>?
+    /// nvrtcVersion (absent from the emulator).
+    let versionCall: (@convention(c) (UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>) -> Status)?
 
     /// The sonames NVRTC has shipped under (CUDA 13, 12, 11.2+), then the unversioned one.
     public static let candidates = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2", "libnvrtc.so"]
@@ -31,7 +33,20 @@ public final class NVRTC: @unchecked Sendable {
         log = try l.function("nvrtcGetProgramLog")
         destroy = try l.function("nvrtcDestroyProgram")
         errorString = try l.function("nvrtcGetErrorString")
+        versionCall = try? l.function("nvrtcVersion")
     }
+
+    /// "13.0": the compiler's version, part of a compiled kernel's cache key (a new NVRTC
+    /// must not be served an old one's CUBIN); "emulated" for the emulator.
+    public var version: String {
+        var major: Int32 = 0, minor: Int32 = 0
+        guard let versionCall, versionCall(&major, &minor) == 0 else { return "emulated" }
+        return "\(major).\(minor)"
+    }
+
+    /// The options every kernel is compiled with for `arch` (also part of the cache key).
+    /// Precise math (no --use_fast_math): kernels are checked against the CPU at 1e-5.
+    public static func options(arch: Int) -> [String] { ["--gpu-architecture=sm_\(arch)", "-default-device", "--std=c++17"] }
 
     func check(_ status: Status, _ call: String) throws {
         guard status != 0 else { return }
@@ -49,8 +64,7 @@ public final class NVRTC: @unchecked Sendable {
         var program: OpaquePointer?
         try check(create(&program, source, name, 0, nil, nil), "nvrtcCreateProgram(\(name))")
         defer { _ = destroy(&program) }
-        // Precise math (no --use_fast_math): kernels are checked against the CPU at 1e-5.
-        let options = ["--gpu-architecture=sm_\(arch)", "-default-device", "--std=c++17"] + (verbose ? ["--ptxas-options=-v"] : [])
+        let options = NVRTC.options(arch: arch) + (verbose ? ["--ptxas-options=-v"] : [])
         let cOptions = options.map { strdup($0) }
         defer { cOptions.forEach { free($0) } }
         let status = cOptions.map { UnsafePointer<CChar>($0) }.withUnsafeBufferPointer { compile(program, Int32(options.count), $0.baseAddress) }

@@ -38,7 +38,10 @@ public func withDefaultBackend<T>(_ backend: any Backend, _ body: () throws -> T
 }
 
 /// The backend that serves each device, for `Tensor.to(_: Device)` and `Module.to`.
-/// The CPU is always there; other backends register themselves when they are opened.
+/// The CPU is always there; other backends register themselves when they are opened. The
+/// calling thread's default backend comes first when it serves the device: in-process
+/// ranks that share one GPU each open their own backend (stream, allocator) and must not
+/// be handed the last one registered.
 public enum Backends {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var table: [Device: any Backend] = [:]
@@ -49,6 +52,7 @@ public enum Backends {
     }
 
     public static func backend(for device: Device) throws -> any Backend {
+        if DefaultBackend.current.device == device { return DefaultBackend.current }
         if device == .cpu { return CPUBackend.shared }
         lock.lock(); defer { lock.unlock() }
         guard let b = table[device] else {
