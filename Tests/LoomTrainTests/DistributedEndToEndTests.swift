@@ -76,7 +76,7 @@ final class DistributedEndToEndTests: CLITestCase {
             XCTAssertEqual(acc.status, 0, acc.err)
             try assertMatches("\(kind)-dp2-acc2", "\(kind)-1")
             guard mpirunAvailable else { continue }
-            for zero in ["0", "1"] {
+            for zero in ["0", "1", "2"] {
                 let r = try loom(["launch", "-n", "2", "--", "train", cfg, "--zero", zero, "--out", work, "--name", "\(kind)-mpi2-\(zero)"])
                 XCTAssertEqual(r.status, 0, r.err)
                 try assertMatches("\(kind)-mpi2-\(zero)", "\(kind)-1")
@@ -200,6 +200,7 @@ final class DistributedEndToEndTests: CLITestCase {
             ("dp2", ["--dp", "2"]),
             ("dp2-zero", ["--dp", "2", "--zero", "1"]),
             ("dp4-zero2", ["--dp", "4", "--zero", "2"]),
+            ("dp2-tp2-zero2", ["--dp", "2", "--tp", "2", "--zero", "2"]),
             ("tp2", ["--tp", "2"]),
             ("pp2", ["--pp", "2", "--micro-batches", "4"]),
             ("pp2-interleaved", ["--pp", "2", "--schedule", "interleaved", "--micro-batches", "4"]),
