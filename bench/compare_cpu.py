@@ -1,7 +1,8 @@
 """Loom against PyTorch eager and JAX jit on the CPU reference workloads, side by side.
 
 Runs `loom bench --json`, torch_ref.py and jax_ref.py (the peers' versions of mlp, cnn and
-gpt; pass the folder that holds them) and bench/resnet20_torch.py (PyTorch's resnet20) in turn, `--rounds` times for each thread
+gpt; pass the folder that holds them) and bench/resnet20_torch.py and resnet20_jax.py (the peers'
+resnet20) in turn, `--rounds` times for each thread
 count, so that the machine's noise falls on all three alike, and prints the medians as a
 Markdown table with Loom's ratio to each peer.
 
@@ -37,8 +38,8 @@ def runs(framework, threads):
         return lines([a.loom, "bench", "--json", "--threads", str(threads), "--repeats", str(a.repeats)])
     script = os.path.join(a.refs, f"{framework}_ref.py")
     found = lines([sys.executable, script, "all", "--threads", str(threads), "--repeats", str(a.repeats)])
-    if framework == "torch":  # resnet20's PyTorch peer lives in this folder
-        found += lines([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "resnet20_torch.py"),
+    if framework in ("torch", "jax"):  # resnet20's peers live in this folder
+        found += lines([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"resnet20_{framework}.py"),
                         "--threads", str(threads), "--repeats", str(a.repeats)])
     return found
 
