@@ -6,7 +6,7 @@ import LoomParallel
 /// How this rank's part of a run combines with the other ranks': what the training loop
 /// asks after backward and at a checkpoint, the same questions for every layout. Two
 /// implementations: `SingleProcessPlan` (one rank: nothing to combine) and
-/// `DistributedPlan` (data parallel with or without ZeRO-1, tensor and pipeline
+/// `DistributedPlan` (data parallel, replicated or ZeRO-sharded, tensor and pipeline
 /// parallel, and their combinations).
 ///
 /// The plan is the step schedule's `GradientReduction`: a schedule asks it to reduce at
@@ -58,7 +58,7 @@ public final class SingleProcessPlan: ParallelPlan {
 }
 
 /// One rank of a run over several: a data group that splits the batch (its
-/// `DataParallelSharding`: bucketed all-reduce overlapping backward, or ZeRO-1's
+/// `DataParallelSharding`: bucketed all-reduce overlapping backward, or ZeRO-1/2's
 /// reduce-scatter and sharded optimizer), and when the model is split, a tensor group
 /// (sharded parameters) and a pipeline group (this rank's pieces).
 public final class DistributedPlan: ParallelPlan {
