@@ -118,7 +118,7 @@ public final class DataParallel {
             let t0 = monotonicSeconds()
             defer { waitSeconds += monotonicSeconds() - t0 }  // backward waits here: not hidden
             while inFlight.count >= DataParallel.maxInFlight {
-                do { try finish(inFlight.removeFirst()) } catch {
+                do { try finish(inFlight[0]) } catch {
                     if launchError == nil { launchError = error }
                     return
                 }
@@ -171,11 +171,9 @@ public final class DataParallel {
         guard let request = bucket.request else { return }
         bucket.request = nil
         bucket.done = true
+        inFlight.removeAll { $0 == b }
         try request.wait()
-        if releasesGradients {
-            bucket.flat = nil
-            inFlight.removeAll { $0 == b }
-        }
+        if releasesGradients { bucket.flat = nil }
     }
 
     /// Bucket layout for ZeroOptimizer: members, offsets, padded size, this rank's shard gradient.

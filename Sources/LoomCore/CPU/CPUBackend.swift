@@ -238,10 +238,11 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         }
         // Every piece's geometry first: all on oneDNN, or none.
         let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
-        guard Set(list.map { geometry($0.m, $0.n) }).allSatisfy({ matmuls.with($0) { _ in } }) else { return false }
+        guard Set(list.map { geometry($0.m, $0.n) }).allSatisfy(matmuls.supports) else { return false }
         let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
         parallelFor(list.count, grain: 1, threads: threads) { r in
-            for p in r.map({ list[$0] }) {
+            for i in r {
+                let p = list[i]
                 _ = matmuls.with(geometry(p.m, p.n)) { matmul in
                     omp_set_num_threads(1)  // one thread per piece: an OpenMP team would spin on the cores the others use
                     matmul.run(a: UnsafeMutableRawPointer(pa + p.a), b: UnsafeMutableRawPointer(pb + p.b), c: UnsafeMutableRawPointer(pc + p.c))

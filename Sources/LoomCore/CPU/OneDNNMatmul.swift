@@ -131,6 +131,10 @@ final class MatmulCache: @unchecked Sendable {
     private var unsupported: Set<MatmulGeometry> = []
     private let lock = NSLock()
 
+    /// Whether oneDNN has a fast kernel for the geometry (its primitive is built and kept
+    /// the first time).
+    func supports(_ g: MatmulGeometry) -> Bool { with(g) { _ in } }
+
     /// Runs `body` with the geometry's primitive to itself; false when oneDNN has none.
     func with(_ g: MatmulGeometry, _ body: (OneDNNMatmul) -> Void) -> Bool {
         lock.lock()

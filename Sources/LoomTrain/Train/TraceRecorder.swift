@@ -8,21 +8,16 @@ import LoomParallel
 /// the steady state.
 struct TraceRecorder {
     var keep = 10
-    typealias Span = TimedSpan
 
     /// A span per instruction a pipeline stage ran, named as `forward(3)`.
-    static func spans(_ events: [PipelineEvent]) -> [Span] {
-        events.map { Span(name: "\($0.instruction)", start: $0.start, end: $0.end) }
+    static func spans(_ events: [PipelineEvent]) -> [TimedSpan] {
+        events.map { TimedSpan(name: "\($0.instruction)", start: $0.start, end: $0.end) }
     }
 
-    private(set) var steps: [(step: Int, events: [Span])] = []
+    private(set) var steps: [(step: Int, events: [TimedSpan])] = []
 
-    /// A pipeline stage's step: each instruction it ran.
-    mutating func record(step: Int, _ events: [PipelineEvent]) {
-        record(step: step, TraceRecorder.spans(events))
-    }
-
-    mutating func record(step: Int, _ events: [Span]) {
+    /// One step's spans (the schedule's and the update's).
+    mutating func record(step: Int, _ events: [TimedSpan]) {
         steps.append((step, events))
         if steps.count > keep { steps.removeFirst(steps.count - keep) }
     }
@@ -33,7 +28,7 @@ struct TraceRecorder {
     }
 
     /// Chrome trace events of one step's `events`, on track `track`.
-    static func events(_ events: [Span], step: Int, track: Int) -> [TraceEvent] {
+    static func events(_ events: [TimedSpan], step: Int, track: Int) -> [TraceEvent] {
         events.map { e in
             TraceEvent(name: e.name, ph: "X", pid: 0, tid: track, ts: rounded(e.start * 1e6, 1), dur: rounded((e.end - e.start) * 1e6, 1),
                        args: TraceEvent.Args(step: step + 1, name: nil))
