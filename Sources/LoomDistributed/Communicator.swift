@@ -28,8 +28,10 @@ public protocol Communicator: AnyObject, Sendable {
     func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest
     /// Rank `root`'s values into every rank's `tensor`.
     func broadcast(_ tensor: Tensor, root: Int) throws
-    /// Every rank's `input` (all the same shape), concatenated in rank order into `output`.
-    func allGather(_ input: Tensor, into output: Tensor) throws
+    /// Starts: every rank's `input` (all the same shape), concatenated in rank order into
+    /// `output`; in order with the other collectives and not waited for (ZeRO-3 gathers
+    /// the next unit's parameters while the current one computes).
+    func allGatherAsync(_ input: Tensor, into output: Tensor, label: String) -> CommRequest
     /// The reduction of `input` over ranks, of which this rank keeps chunk `rank` (of
     /// `size` equal chunks) in `output`.
     func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws
@@ -57,6 +59,13 @@ public final class CommRequest: @unchecked Sendable {
         done.signal()
     }
 
+    /// Whether the collective has completed (without waiting).
+    public var isComplete: Bool {
+        guard done.wait(timeout: .now()) == .success else { return false }
+        done.signal()
+        return true
+    }
+
     /// Blocks until the collective has completed; rethrows its failure.
     public func wait() throws {
         done.wait()
@@ -66,6 +75,11 @@ public final class CommRequest: @unchecked Sendable {
 }
 
 extension Communicator {
+    /// Every rank's `input` (all the same shape), concatenated in rank order into `output`.
+    public func allGather(_ input: Tensor, into output: Tensor) throws {
+        try allGatherAsync(input, into: output, label: "all-gather").wait()
+    }
+
     public func barrier() throws { try barrier(timeout: nil) }
 
     public func allReduce(_ tensor: Tensor, _ op: ReduceKind = .sum, label: String = "all-reduce") throws {

@@ -233,19 +233,25 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         }
     }
 
-    public func allGather(_ input: Tensor, into output: Tensor) throws {
+    public func allGatherAsync(_ input: Tensor, into output: Tensor, label: String) -> CommRequest {
+        let request = CommRequest(label: label)
         guard output.count == input.count * size else {
-            throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
+            request.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))"))
+            return request
         }
-        try blocking { [self] in
-            let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
-            try enter("all-gather", "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
-            for k in 0..<size {
-                (ho.bytes.baseAddress! + k * hi.bytes.count).copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count)
-            }
-            try withExtendedLifetime(hi) { try sync("all-gather") }  // this rank's bytes stay until all have copied
-            ho.commit()
+        queue.async { [self] in
+            do {
+                let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+                try enter(label, "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
+                for k in 0..<size {
+                    (ho.bytes.baseAddress! + k * hi.bytes.count).copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count)
+                }
+                try withExtendedLifetime(hi) { try sync(label) }  // this rank's bytes stay until all have copied
+                ho.commit()
+                request.complete(nil)
+            } catch { request.complete(error) }
         }
+        return request
     }
 
     public func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws {

@@ -188,15 +188,19 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         h.commit()
     }
 
-    public func allGather(_ input: Tensor, into output: Tensor) throws {
+    public func allGatherAsync(_ input: Tensor, into output: Tensor, label: String) -> CommRequest {
         guard output.count == input.count * size else {
-            throw CommError("rank \(rank): all-gather of \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))")
+            let r = CommRequest(label: label)
+            r.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))"))
+            return r
         }
-        let hi = HostBuffer(input), ho = HostBuffer(output, download: false), n = Int32(hi.bytes.count)
-        try run("all-gather", collective: "all-gather of \(n) bytes per rank") { [comm] in
-            MPI_Allgather(hi.bytes.baseAddress, n, loom_mpi_byte(), ho.bytes.baseAddress, n, loom_mpi_byte(), comm)
-        }.wait()
-        ho.commit()
+        let n = Int32(input.byteCount)
+        return run(label, collective: "all-gather of \(n) bytes per rank") { [comm] in
+            let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+            let rc = withExtendedLifetime(hi) { MPI_Allgather(hi.bytes.baseAddress, n, loom_mpi_byte(), ho.bytes.baseAddress, n, loom_mpi_byte(), comm) }
+            ho.commit()
+            return rc
+        }
     }
 
     public func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws {

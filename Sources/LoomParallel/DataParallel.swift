@@ -177,7 +177,7 @@ public final class DataParallel {
     }
 
     /// Bucket layout for ZeroOptimizer: members, offsets, padded size, this rank's shard gradient.
-    var layout: [(members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?)] {
+    var layout: [ZeroOptimizer.Segment] {
         buckets.map { ($0.members, $0.offsets, $0.padded, $0.shardGrad) }
     }
 

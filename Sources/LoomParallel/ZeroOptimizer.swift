@@ -2,23 +2,31 @@ import LoomCore
 import LoomDistributed
 import LoomNN
 
-/// ZeRO stages 1 and 2 (Rajbhandari et al., 2020): optimizer state sharded across the
-/// data-parallel group (and under stage 2, `DataParallel` keeps only the shard of the
-/// gradients). Rank r owns chunk r of every gradient bucket: `DataParallel`
-/// reduce-scatters the gradients so that r receives the average of its chunk, r updates
-/// the parameters of that chunk with an optimizer (and state) of 1/N the size, and an
-/// all-gather brings every rank the whole updated parameters.
+/// ZeRO stages 1, 2 and 3 (Rajbhandari et al., 2020): optimizer state sharded across the
+/// data-parallel group. Parameters are laid out in flat segments (stages 1 and 2:
+/// `DataParallel`'s gradient buckets; stage 3: `FullyShardedParameters`' units), each
+/// padded to a multiple of the rank count; rank r owns chunk r of every segment. The
+/// gradients are reduce-scattered so that r receives the average of its chunk, and r
+/// updates that chunk with an optimizer (and state) of 1/N the size. Under stages 1 and 2
+/// an all-gather then brings every rank the whole updated parameters; under stage 3 the
+/// chunks are the parameters, gathered unit by unit when they are used.
 ///
 /// The updates are the same elementwise operations as the unsharded optimizer's, on the
 /// same averaged gradients, so a ZeRO run follows the plain data parallel run.
 /// Checkpoints hold the full per-parameter state under the unsharded names
 /// (`gatherState()`), so they load into any number of ranks, sharded or not.
 public final class ZeroOptimizer: Optimizer {
+    /// A flat segment: its members (indices into `parameters`), each member's element
+    /// offset, the padded length, and this rank's chunk of the averaged gradient.
+    public typealias Segment = (members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?)
+
     public let parameters: [(name: String, tensor: Tensor)]
     private let communicator: Communicator
-    private let layout: [(members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?)]
-    private let shards: [Tensor]    // this rank's chunk of each bucket's parameters
+    private let layout: [Segment]
+    private let shards: [Tensor]    // this rank's chunk of each segment's parameters
     private let inner: Optimizer    // over `shards`
+    /// Stages 1 and 2: the whole parameters are updated from the shards after each step.
+    private let gathersParameters: Bool
     private var gathered: [OptimizerState] = []
 
     public var learningRate: Float {
@@ -31,24 +39,35 @@ public final class ZeroOptimizer: Optimizer {
         set { inner.stepCount = newValue }
     }
 
-    /// Shards `template`'s kind, settings, step count and (if it has any) state.
-    public init(dataParallel dp: DataParallel, template: Optimizer) throws {
+    /// Stages 1 and 2 over `dp`'s buckets: shards `template`'s kind, settings, step count
+    /// and (if it has any) state.
+    public convenience init(dataParallel dp: DataParallel, template: Optimizer) throws {
         precondition(dp.zero, "ZeroOptimizer needs DataParallel(zero: 1 or 2)")
-        parameters = dp.parameters
-        communicator = dp.communicator
-        layout = dp.layout
-        let rank = communicator.rank, ranks = communicator.size
-        var shards: [Tensor] = []
-        for bucket in layout {
+        let rank = dp.communicator.rank, ranks = dp.communicator.size
+        let shards = try dp.layout.map { bucket in
             let flat = try ZeroOptimizer.pack(bucket, dp.parameters.map(\.tensor))
             let chunk = bucket.padded / ranks
-            shards.append(parameter(try flat.view([chunk], offset: rank * chunk).copied()))
+            return parameter(try flat.view([chunk], offset: rank * chunk).copied())
         }
+        try self.init(parameters: dp.parameters, communicator: dp.communicator, layout: dp.layout, shards: shards,
+                      template: template, gathersParameters: true)
+    }
+
+    /// Over given segments whose chunks `shards` this rank holds (stage 3: the shards are
+    /// the parameters' only persistent values). `template`'s parameters are `parameters`,
+    /// in the same order.
+    public init(parameters: [(name: String, tensor: Tensor)], communicator: Communicator, layout: [Segment], shards: [Tensor],
+                template: Optimizer, gathersParameters: Bool) throws {
+        self.parameters = parameters
+        self.communicator = communicator
+        self.layout = layout
         self.shards = shards
+        self.gathersParameters = gathersParameters
+        let rank = communicator.rank
         inner = template.withParameters(shards.enumerated().map { ("bucket.\($0.offset)", $0.element) })
         inner.stepCount = template.stepCount
         // Resuming: take this rank's chunk of the template's full per-parameter state.
-        // (The inner optimizer's parameter b is bucket b's shard.)
+        // (The inner optimizer's parameter b is segment b's shard.)
         var saved: [Int: [String: Tensor]] = [:]  // parameter -> slot -> state
         for s in template.state() { saved[s.parameter, default: [:]][s.slot] = s.tensor }
         if !saved.isEmpty {
@@ -65,6 +84,7 @@ public final class ZeroOptimizer: Optimizer {
     public func step() throws {
         for (b, bucket) in layout.enumerated() { shards[b].grad = bucket.shardGrad }
         try inner.step()
+        guard gathersParameters else { return }
         for (b, bucket) in layout.enumerated() {
             let flat = try Tensor(uninitialized: [bucket.padded], on: shards[b].backend)
             try communicator.allGather(shards[b], into: flat)
@@ -136,7 +156,7 @@ public final class ZeroOptimizer: Optimizer {
     public func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer { inner.withParameters(parameters) }
 
     /// The bucket's members' tensors laid out flat, zero-padded.
-    static func pack(_ bucket: (members: [Int], offsets: [Int], padded: Int, shardGrad: Tensor?), _ tensors: [Tensor],
+    static func pack(_ bucket: Segment, _ tensors: [Tensor],
                      indices: [Int]? = nil) throws -> Tensor {
         let flat = try Tensor.zeros([bucket.padded], on: tensors.first!.backend)
         for (slot, i) in bucket.members.enumerated() {

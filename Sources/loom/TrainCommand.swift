@@ -61,7 +61,7 @@ struct TrainCommand: ParsableCommand {
     var dp: Int?
     @Option(help: "Tensor-parallel ranks (gpt): attention heads, MLP and vocabulary split across them. Total ranks = dp x tp.")
     var tp: Int?
-    @Option(help: "ZeRO stage with --dp: 1 shards optimizer state across ranks (reduce-scatter, local update, all-gather); 2 also keeps only each rank's shard of the gradients.")
+    @Option(help: "ZeRO stage with --dp: 1 shards optimizer state across ranks (reduce-scatter, local update, all-gather); 2 also keeps only each rank's shard of the gradients; 3 also of the parameters, gathered unit by unit around each forward and backward.")
     var zero: Int?
     @Option(help: "Pipeline stages: the model cut into consecutive pieces (gpt: blocks balanced by cost; mlp, cnn, resnet: layers). Total ranks = dp x tp x pp.")
     var pp: Int?
@@ -116,7 +116,7 @@ struct TrainCommand: ParsableCommand {
             if recompute { c.recompute = true }
             if let precision { c.precision = precision }
             if let zero {
-                guard (0...2).contains(zero) else { throw LoomError.config("--zero \(zero): valid stages are 0, 1 and 2") }
+                guard (0...3).contains(zero) else { throw LoomError.config("--zero \(zero): valid stages are 0, 1, 2 and 3") }
                 c.zero = zero
             }
             try ConfigFile.validate(c)

@@ -144,7 +144,7 @@ final class CountingCommunicator: Communicator, @unchecked Sendable {
         return base.allReduceAsync(t, op, label: label)
     }
     func broadcast(_ t: Tensor, root: Int) throws { try base.broadcast(t, root: root) }
-    func allGather(_ i: Tensor, into o: Tensor) throws { try base.allGather(i, into: o) }
+    func allGatherAsync(_ i: Tensor, into o: Tensor, label: String) -> CommRequest { base.allGatherAsync(i, into: o, label: label) }
     func reduceScatter(_ i: Tensor, into o: Tensor, _ op: ReduceKind) throws { try base.reduceScatter(i, into: o, op) }
     func reduceScatterAsync(_ i: Tensor, into o: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
         base.reduceScatterAsync(i, into: o, op, label: label)

@@ -65,18 +65,20 @@ final class DistributedEndToEndTests: CLITestCase {
             let cfg = try config(kind)
             XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "\(kind)-1"]).status, 0)
             for n in [2, 4] {
-                for zero in ["0", "1", "2"] {
+                for zero in ["0", "1", "2", "3"] {
                     let name = "\(kind)-dp\(n)-zero\(zero)"
                     let r = try loom(["train", cfg, "--dp", "\(n)", "--zero", zero, "--out", work, "--name", name])
                     XCTAssertEqual(r.status, 0, r.err)
                     try assertMatches(name, "\(kind)-1")
                 }
             }
-            let acc = try loom(["train", cfg, "--dp", "2", "--accumulate", "2", "--out", work, "--name", "\(kind)-dp2-acc2"])
-            XCTAssertEqual(acc.status, 0, acc.err)
-            try assertMatches("\(kind)-dp2-acc2", "\(kind)-1")
+            for zero in ["0", "3"] {
+                let acc = try loom(["train", cfg, "--dp", "2", "--zero", zero, "--accumulate", "2", "--out", work, "--name", "\(kind)-dp2-acc2-zero\(zero)"])
+                XCTAssertEqual(acc.status, 0, acc.err)
+                try assertMatches("\(kind)-dp2-acc2-zero\(zero)", "\(kind)-1")
+            }
             guard mpirunAvailable else { continue }
-            for zero in ["0", "1", "2"] {
+            for zero in ["0", "1", "2", "3"] {
                 let r = try loom(["launch", "-n", "2", "--", "train", cfg, "--zero", zero, "--out", work, "--name", "\(kind)-mpi2-\(zero)"])
                 XCTAssertEqual(r.status, 0, r.err)
                 try assertMatches("\(kind)-mpi2-\(zero)", "\(kind)-1")
@@ -132,6 +134,39 @@ final class DistributedEndToEndTests: CLITestCase {
         let z = try loom(["train", "--resume", work + "/other", "--dp", "2", "--zero", "1"])
         XCTAssertEqual(z.status, 0, z.err)
         try assertMatches("other", "whole")
+        // Fully sharded (each rank saves nothing of its own: the checkpoint is whole), resumed as a pipeline.
+        XCTAssertEqual(try loom(["train", cfg, "--dp", "4", "--zero", "3", "--out", work, "--name", "sharded", "--stop-at", "10"]).status, 0)
+        let p = try loom(["train", "--resume", work + "/sharded", "--dp", "2", "--pp", "2", "--zero", "0"])
+        XCTAssertEqual(p.status, 0, p.err)
+        try assertMatches("sharded", "whole")
+        // And back: a whole run's checkpoint resumed fully sharded.
+        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "to-sharded", "--stop-at", "10"]).status, 0)
+        let s = try loom(["train", "--resume", work + "/to-sharded", "--dp", "2", "--zero", "3"])
+        XCTAssertEqual(s.status, 0, s.err)
+        try assertMatches("to-sharded", "whole")
+    }
+
+    /// A rank's memory budget (`LOOM_MEMORY_LIMIT`) is enforced on its tensors: a run
+    /// past it stops on every rank with one line naming the rank, the bytes held and the
+    /// limit; one within it trains; a budget that is not a byte count is refused.
+    func testAMemoryLimitStopsARunPastItNamingTheBytesAndLetsOneWithinItTrain() throws {
+        let cfg = try config("gpt")
+        let over = try loom(["train", cfg, "--dp", "2", "--out", work, "--name", "over"], env: ["LOOM_MEMORY_LIMIT": "2M"])
+        XCTAssertNotEqual(over.status, 0)
+        XCTAssertTrue(over.err.contains("out of memory: rank ") && over.err.contains("would pass its limit of 2.00 MiB (2097152 bytes) (LOOM_MEMORY_LIMIT)"), over.err)
+        let within = try loom(["train", cfg, "--dp", "2", "--zero", "3", "--out", work, "--name", "within"], env: ["LOOM_MEMORY_LIMIT": "1G"])
+        XCTAssertEqual(within.status, 0, within.err)
+        let bad = try loom(["train", cfg, "--out", work, "--name", "bad"], env: ["LOOM_MEMORY_LIMIT": "lots"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.err.contains("LOOM_MEMORY_LIMIT = 'lots' is not a byte count"), bad.err)
+    }
+
+    /// ZeRO-3 keeps parameters sharded across a pipeline stage's micro-batches, which it
+    /// cannot: the combination is refused before any rank starts, saying what to use.
+    func testZeroStage3WithAPipelineIsRefusedNamingTheAlternative() throws {
+        let r = try loom(["train", try config("gpt"), "--dp", "2", "--pp", "2", "--zero", "3", "--out", work, "--name", "refused"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.err.contains("parallel.zero = 3 with parallel.pp = 2") && r.err.contains("parallel.zero = 1 or 2"), r.err)
     }
 
     /// Tensor parallelism (alone, and with data parallelism and ZeRO), in-process and
@@ -139,7 +174,8 @@ final class DistributedEndToEndTests: CLITestCase {
     func testTensorParallelMatchesSingleProcessAndReshards() throws {
         let cfg = try config("gpt")
         XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "single"]).status, 0)
-        for (name, args) in [("tp2", ["--tp", "2"]), ("dp2tp2", ["--dp", "2", "--tp", "2", "--zero", "1"])] {
+        for (name, args) in [("tp2", ["--tp", "2"]), ("dp2tp2", ["--dp", "2", "--tp", "2", "--zero", "1"]),
+                             ("dp2tp2zero3", ["--dp", "2", "--tp", "2", "--zero", "3"])] {
             let r = try loom(["train", cfg, "--out", work, "--name", name] + args)
             XCTAssertEqual(r.status, 0, r.err)
             try assertMatches(name, "single")
@@ -201,6 +237,9 @@ final class DistributedEndToEndTests: CLITestCase {
             ("dp2-zero", ["--dp", "2", "--zero", "1"]),
             ("dp4-zero2", ["--dp", "4", "--zero", "2"]),
             ("dp2-tp2-zero2", ["--dp", "2", "--tp", "2", "--zero", "2"]),
+            ("dp2-zero3", ["--dp", "2", "--zero", "3"]),
+            ("dp4-zero3", ["--dp", "4", "--zero", "3"]),
+            ("dp2-tp2-zero3", ["--dp", "2", "--tp", "2", "--zero", "3"]),
             ("tp2", ["--tp", "2"]),
             ("pp2", ["--pp", "2", "--micro-batches", "4"]),
             ("pp2-interleaved", ["--pp", "2", "--schedule", "interleaved", "--micro-batches", "4"]),

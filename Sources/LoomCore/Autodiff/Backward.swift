@@ -18,29 +18,44 @@ extension Tensor {
         guard requiresGrad else {
             throw LoomError.autodiff("backward(): tensor \(describe(shape)) does not require grad (no parameter reached it, or it was computed under withoutGrad)")
         }
-        let order = topologicalOrder()
+        // How many recorded uses of each node backward has still to pass through: a node
+        // runs (a leaf takes its gradient) as soon as the last of its consumers has, so a
+        // parameter's gradient is final, and its hook fires, right after the last op that
+        // read it, not wherever a static order happens to place it. (Data parallelism
+        // starts a bucket's reduction from that hook; ZeRO-3 releases a unit.)
+        var uses: [ObjectIdentifier: Int] = [:]
+        for t in topologicalOrder() {
+            for input in t.gradFn?.inputs ?? [] where input.requiresGrad { uses[ObjectIdentifier(input), default: 0] += 1 }
+        }
         var pending: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
         // Storages already owned by a leaf's grad (or the caller's seed): a gradient that
         // aliases one is copied before a leaf adopts it, because gradients are later
         // modified in place (clipping, all-reduce).
         var owned: Set<ObjectIdentifier> = [ObjectIdentifier(seed.storage)]
+        var ready: [Tensor] = [self]  // every consumer done; the most recent first (depth first)
         try withoutGrad {
-            for t in order.reversed() {
-                guard let g = pending.removeValue(forKey: ObjectIdentifier(t)) else { continue }
+            while let t = ready.popLast() {
+                let g = pending.removeValue(forKey: ObjectIdentifier(t))
                 guard let fn = t.gradFn else {
-                    let adopt = owned.insert(ObjectIdentifier(g.storage)).inserted ? g : try g.copied()
-                    try t.accumulateGrad(adopt)
-                    if let grad = t.grad { owned.insert(ObjectIdentifier(grad.storage)) }
+                    if let g {
+                        let adopt = owned.insert(ObjectIdentifier(g.storage)).inserted ? g : try g.copied()
+                        try t.accumulateGrad(adopt)
+                        if let grad = t.grad { owned.insert(ObjectIdentifier(grad.storage)) }
+                    }
                     continue
                 }
-                let grads = try fn.backward(g)
-                for (input, gi) in zip(fn.inputs, grads) where input.requiresGrad {
-                    guard let gi else { continue }
-                    guard gi.shape == input.shape else {
-                        throw LoomError.autodiff("\(fn.name) backward produced \(describe(gi.shape)) for input \(describe(input.shape))")
+                let grads = try g.map { try fn.backward($0) } ?? []  // no gradient reached it: its inputs get none from it
+                for (k, input) in fn.inputs.enumerated() where input.requiresGrad {
+                    if k < grads.count, let gi = grads[k] {
+                        guard gi.shape == input.shape else {
+                            throw LoomError.autodiff("\(fn.name) backward produced \(describe(gi.shape)) for input \(describe(input.shape))")
+                        }
+                        let id = ObjectIdentifier(input)
+                        pending[id] = try pending[id].map { try $0.adding(gi) } ?? gi
                     }
                     let id = ObjectIdentifier(input)
-                    pending[id] = try pending[id].map { try $0.adding(gi) } ?? gi
+                    uses[id]! -= 1
+                    if uses[id] == 0 { ready.append(input) }
                 }
                 if !retainGraph { t.gradFn = nil }
             }

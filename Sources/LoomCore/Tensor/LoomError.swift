@@ -15,6 +15,8 @@ public enum LoomError: Error, CustomStringConvertible, Equatable {
     case autodiff(String)
     /// A backend (CUDA, MPI) call that failed.
     case backend(String)
+    /// An allocation over a rank's memory budget (`LOOM_MEMORY_LIMIT`) or its device's memory.
+    case outOfMemory(String)
 
     public var description: String {
         switch self {
@@ -25,6 +27,7 @@ public enum LoomError: Error, CustomStringConvertible, Equatable {
         case .config(let m): return "config: \(m)"
         case .autodiff(let m): return "autodiff: \(m)"
         case .backend(let m): return "backend: \(m)"
+        case .outOfMemory(let m): return "out of memory: \(m)"
         }
     }
 }

@@ -33,6 +33,13 @@ public final class Storage: @unchecked Sendable {
         device.isHost ? UnsafeMutableRawPointer(bitPattern: handle) : nil
     }
 
+    /// No memory: what a tensor whose values were released points at (`Tensor.rebind`).
+    /// A kernel that reads it reads address 0 and faults at once instead of returning
+    /// stale values.
+    public static func released(on device: Device) -> Storage {
+        Storage(device: device, byteCount: 0, handle: 0, metered: false, release: { _, _ in })
+    }
+
     deinit {
         meter?.credit(byteCount)
         release(handle, byteCount)

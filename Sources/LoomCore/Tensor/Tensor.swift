@@ -53,6 +53,7 @@ public final class Tensor: @unchecked Sendable {
     public convenience init(uninitialized shape: [Int], dtype: DType = .float32, on backend: any Backend = DefaultBackend.current) throws {
         let n = shape.reduce(1, *)
         guard n >= 0 else { throw LoomError.shapeMismatch("tensor of shape \(describe(shape)): negative size") }
+        try MemoryMeter.current?.admit(Swift.max(n, 1) * dtype.byteSize, shape: shape)
         self.init(shape: shape, dtype: dtype, storage: try backend.allocate(bytes: Swift.max(n, 1) * dtype.byteSize), backend: backend)
     }
 
@@ -173,6 +174,22 @@ extension Tensor {
         storage = fresh.storage; offset = 0; backend = target
         grad = g
     }
+
+    /// Points this tensor at `offset` elements into `storage` (same device), keeping its
+    /// identity, shape and gradient: for a layout that holds a parameter's values only
+    /// while they are used. ZeRO-3 gathers a unit's parameters into one buffer before the
+    /// unit runs and points them at `Storage.released(on:)` afterwards, so the graph's
+    /// references to the parameter read the gathered values at backward too.
+    public func rebind(to storage: Storage, offset: Int) {
+        precondition(storage.device == device, "rebind: \(storage.device) storage for a tensor on \(device)")
+        precondition(storage.byteCount == 0 || (offset + count) * dtype.byteSize <= storage.byteCount,
+                     "rebind: \(describe(shape)) at \(offset) overruns a \(storage.byteCount)-byte storage")
+        self.storage = storage
+        self.offset = offset
+    }
+
+    /// Whether this tensor's values were released (`rebind` to a released storage).
+    public var isReleased: Bool { storage.byteCount == 0 && count > 0 }
 
     /// dst = src across backends: direct when they share a device, else through the
     /// source's host bytes (`HostBuffer`: its own memory, or a staging download).

@@ -47,27 +47,40 @@ public final class GPT: Module {
     public let isFirst: Bool
     public let isLast: Bool
 
+    /// Runs each block's forward with its parameters whole when they are kept sharded (ZeRO-3).
+    let sharding: (any UnitSharding)?
+
     /// The whole model, initialised from `seed` (the same values on every backend and in
-    /// every layout). `tensorGroup`: split across it (this rank's part).
+    /// every layout). `tensorGroup`: split across it (this rank's part). `sharding`: each
+    /// block is a unit of it, the embeddings and final norm its root, each sharded as soon
+    /// as it is made (ZeRO-3: the whole of one block at most is held while building).
     public init(_ config: GPTConfig, seed: UInt64, on backend: any Backend = DefaultBackend.current,
-                tensorGroup: Communicator? = nil) throws {
+                tensorGroup: Communicator? = nil, sharding: (any UnitSharding)? = nil) throws {
         guard config.dModel % config.heads == 0 else {
             throw LoomError.config("gpt: d_model \(config.dModel) is not divisible by heads \(config.heads)")
         }
         self.config = config
         var rng = Philox(seed: seed)
         let std = config.initStd
-        wte = try VocabParallelEmbedding(whole: Embedding(config.vocabSize, config.dModel, std: std, rng: &rng, on: backend),
-                                         group: tensorGroup)
-        wpe = Embedding(config.contextLength, config.dModel, std: std, rng: &rng, on: backend)
+        let wte = try VocabParallelEmbedding(whole: Embedding(config.vocabSize, config.dModel, std: std, rng: &rng, on: backend),
+                                             group: tensorGroup)
+        let wpe = Embedding(config.contextLength, config.dModel, std: std, rng: &rng, on: backend)
+        try sharding?.shard([wte, wpe], as: nil)
+        self.wte = wte
+        self.wpe = wpe
         var blocks: [TransformerBlock] = []
         for i in 0..<config.layers {
             var r = rng.derived(UInt64(i + 1))
-            blocks.append(try TransformerBlock(dModel: config.dModel, heads: config.heads, std: std, projStd: std,
-                                               dropout: config.dropout, rng: &r, on: backend, group: tensorGroup))
+            let block = try TransformerBlock(dModel: config.dModel, heads: config.heads, std: std, projStd: std,
+                                             dropout: config.dropout, rng: &r, on: backend, group: tensorGroup)
+            try sharding?.shard([block], as: block)
+            blocks.append(block)
         }
         self.blocks = blocks
-        lnf = LayerNorm(config.dModel, on: backend)
+        let lnf = LayerNorm(config.dModel, on: backend)
+        try sharding?.shard([lnf], as: nil)
+        self.lnf = lnf
+        self.sharding = sharding
         firstBlock = 0
         isFirst = true
         isLast = true
@@ -80,6 +93,7 @@ public final class GPT: Module {
         wpe = first ? whole.wpe : nil
         blocks = Array(whole.blocks[range])
         lnf = last ? whole.lnf : nil
+        sharding = whole.sharding
         firstBlock = range.lowerBound
         isFirst = first
         isLast = last
@@ -127,7 +141,10 @@ public final class GPT: Module {
                 x = try wte(input).add(wpe(positions))  // [B, T, C] + [T, C]
             }
         }
-        for (i, block) in blocks.enumerated() { x = try block(x, cache: cache?.layer(i)) }
+        for (i, block) in blocks.enumerated() {
+            let input = x
+            x = try sharding.forward(block) { try block(input, cache: cache?.layer(i)) }
+        }
         if isLast, let lnf, let wte { x = try wte.logits(lnf(x)) }  // [B, T, C] · [V, C]ᵀ
         cache?.length += input.shape[1]
         return x

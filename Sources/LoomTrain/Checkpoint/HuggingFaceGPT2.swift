@@ -179,7 +179,7 @@ public enum HuggingFaceGPT2 {
         if case .bytePairs(let bpe) = tokenizer { endOfText = bpe.tokenBytes.firstIndex(of: Array("<|endoftext|>".utf8)) }
         let config = Array(try encoder.encode(Config.from(model.config, endOfText: endOfText)))
         try AtomicFile.writeDirectory(directory) { staging in
-            try AtomicFile.write(SafeTensors.encode(tensors, metadata: ["format": "pt"]), to: staging + "/model.safetensors")
+            try SafeTensors.write(tensors, metadata: ["format": "pt"], to: staging + "/model.safetensors")
             try AtomicFile.write(config, to: staging + "/config.json")
             guard case .bytePairs(let bpe) = tokenizer else { return }
             func text(_ id: Int32) -> String { String(bpe.tokenBytes[Int(id)].map { byteCharacters[Int($0)] }) }

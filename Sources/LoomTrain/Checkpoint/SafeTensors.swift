@@ -33,27 +33,58 @@ public enum SafeTensors {
 
     /// Serialises tensors (in the given order) and metadata into one buffer.
     public static func encode(_ tensors: [(name: String, tensor: Tensor)], metadata: [String: String]) -> [UInt8] {
-        var data: [UInt8] = []
-        var fields: [String] = []
-        for (name, t) in tensors {
-            let begin = data.count
+        let head = header(tensors, metadata: metadata)
+        var out = head.bytes
+        out.reserveCapacity(head.bytes.count + head.dataBytes)
+        for (_, t) in tensors {
             let bytes = HostBuffer(t)  // any dtype, as stored; a device tensor is downloaded
-            withExtendedLifetime(bytes) { data.append(contentsOf: bytes.bytes) }
-            fields.append("\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(data.count)]}")
+            withExtendedLifetime(bytes) { out.append(contentsOf: bytes.bytes) }
+        }
+        out.replaceSubrange(head.checksumAt..<(head.checksumAt + 8), with: Array(hex8(crc(out)).utf8))
+        return out
+    }
+
+    /// Writes tensors (in the given order) and metadata to `path` as `encode` lays them
+    /// out, streamed: the header, then each tensor's bytes as it is read (downloaded from
+    /// a device), the checksum continued across them and written into the header last. A
+    /// writer holds at most one tensor's bytes beyond the tensors themselves. Atomic: the
+    /// file appears whole or not at all (`AtomicFile`).
+    public static func write(_ tensors: [(name: String, tensor: Tensor)], metadata: [String: String], to path: String) throws {
+        let head = header(tensors, metadata: metadata)
+        try AtomicFile.write(to: path, size: head.bytes.count + head.dataBytes) { sink in
+            var checksum = head.bytes.withUnsafeBytes { UInt32(crc32(0, $0.bindMemory(to: UInt8.self).baseAddress, uInt($0.count))) }
+            try head.bytes.withUnsafeBytes { try sink.append($0) }
+            for (_, t) in tensors {
+                let bytes = HostBuffer(t)
+                try withExtendedLifetime(bytes) {
+                    let raw = UnsafeRawBufferPointer(bytes.bytes)
+                    checksum = UInt32(crc32(uLong(checksum), raw.bindMemory(to: UInt8.self).baseAddress, uInt(raw.count)))
+                    try sink.append(raw)
+                }
+            }
+            try sink.patch(Array(hex8(checksum).utf8), at: head.checksumAt)
+        }
+    }
+
+    /// The length prefix and JSON header of a file of `tensors` (the checksum's 8 digits
+    /// zeros), where those digits are, and the data section's size.
+    static func header(_ tensors: [(name: String, tensor: Tensor)], metadata: [String: String])
+        -> (bytes: [UInt8], checksumAt: Int, dataBytes: Int) {
+        var fields: [String] = [], size = 0
+        for (name, t) in tensors {
+            let begin = size
+            size += t.byteCount
+            fields.append("\(jsonString(name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(size)]}")
         }
         var meta = metadata
         meta[checksumKey] = String(repeating: "0", count: 8)
         let metaJSON = meta.keys.sorted().map { "\(jsonString($0)):\(jsonString(meta[$0]!))" }.joined(separator: ",")
-        var header = Array("{\"__metadata__\":{\(metaJSON)}\(fields.isEmpty ? "" : ",")\(fields.joined(separator: ","))}".utf8)
-        while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }  // align the data section
+        var json = Array("{\"__metadata__\":{\(metaJSON)}\(fields.isEmpty ? "" : ",")\(fields.joined(separator: ","))}".utf8)
+        while json.count % 8 != 0 { json.append(UInt8(ascii: " ")) }  // align the data section
         var out: [UInt8] = []
-        out.reserveCapacity(8 + header.count + data.count)
-        withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
-        out.append(contentsOf: header)
-        out.append(contentsOf: data)
-        let at = checksumOffset(in: out, headerEnd: 8 + header.count)!
-        out.replaceSubrange(at..<(at + 8), with: Array(hex8(crc(out)).utf8))
-        return out
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: json)
+        return (out, checksumOffset(in: out, headerEnd: out.count)!, size)
     }
 
     static let checksumKey = "loom.file_crc32"

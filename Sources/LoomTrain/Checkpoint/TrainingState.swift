@@ -41,7 +41,7 @@ public enum TrainingCheckpoint {
         if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
         if let n = setup.normalization { meta["loom.normalization"] = normalizationEntry(n) }
         if let b = state.bestValidationLoss { meta["loom.best_val_loss"] = String(b) }
-        try AtomicFile.write(SafeTensors.encode(tensors, metadata: meta), to: dir + "/" + fileName)
+        try SafeTensors.write(tensors, metadata: meta, to: dir + "/" + fileName)
     }
 
     /// A checkpoint of a model alone (an imported one): its parameters, configuration and
@@ -54,8 +54,7 @@ public enum TrainingCheckpoint {
         var meta = ["format": "pt", "loom.config": ConfigFile.render(config), "loom.step": "0", "loom.elapsed_s": "0",
                     "loom.model_only": "1"]
         if let tokenizer { meta["loom.tokenizer"] = tokenizer.serialized }
-        try AtomicFile.write(SafeTensors.encode(model.namedTensors().map { ("model." + $0.name, $0.tensor) }, metadata: meta),
-                                        to: dir + "/" + fileName)
+        try SafeTensors.write(model.namedTensors().map { ("model." + $0.name, $0.tensor) }, metadata: meta, to: dir + "/" + fileName)
     }
 
     static func normalizationEntry(_ n: ChannelNormalization) -> String {
@@ -147,7 +146,7 @@ public enum TrainingCheckpoint {
         if file.metadata["loom.model_only"] != nil {
             throw LoomError.config("checkpoint '\(path)' holds a model without a run (an import): start a run from it with loom train --init")
         }
-        try restoreModel(file, path: path, into: setup.module, tensorGroup: setup.tensorGroup)
+        try setup.withWholeParameters { try restoreModel(file, path: path, into: setup.module, tensorGroup: setup.tensorGroup) }
         try setup.optimizer.materializeState()
         for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, tensorGroup: setup.tensorGroup) }
         let meta = Metadata(file: file, path: path)

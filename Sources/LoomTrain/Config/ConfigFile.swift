@@ -114,8 +114,8 @@ public enum ConfigFile {
             c.pipelineSplit = a.map { $0.int! }
         }, write: { "[" + $0.pipelineSplit.map(String.init).joined(separator: ", ") + "]" }),
         int("parallel", "bucket_kb", "gradient all-reduce bucket size in KiB", min: 1, \.bucketKB),
-        Key(section: "parallel", name: "zero", help: "ZeRO stage: 0 (replicated), 1 (optimizer state sharded) or 2 (and gradients)", read: { c, v, path in
-            guard let z = v.int, (0...2).contains(z) else { throw bad(path, "parallel.zero", "0, 1 or 2", v) }
+        Key(section: "parallel", name: "zero", help: "ZeRO stage: 0 (replicated), 1 (optimizer state sharded), 2 (and gradients) or 3 (and parameters)", read: { c, v, path in
+            guard let z = v.int, (0...3).contains(z) else { throw bad(path, "parallel.zero", "0, 1, 2 or 3", v) }
             c.zero = z
         }, write: { "\($0.zero)" }),
         int("parallel", "timeout_s", "seconds a collective may wait before the run fails", min: 1, \.timeoutSeconds),
@@ -275,6 +275,9 @@ public enum ConfigFile {
         }
         if c.batchSize % (c.dp * c.accumulationSteps) != 0 {
             throw LoomError.config("train.batch_size \(c.batchSize) must divide evenly into parallel.dp = \(c.dp) ranks x train.accumulation_steps = \(c.accumulationSteps) micro-batches")
+        }
+        if c.zero == 3 && c.pp > 1 {
+            throw LoomError.config("parallel.zero = 3 with parallel.pp = \(c.pp): a pipeline stage keeps its parameters whole across its micro-batches; use parallel.zero = 1 or 2 with a pipeline")
         }
         if c.tp > 1 && c.model != .gpt { throw LoomError.config("parallel.tp = \(c.tp): tensor parallelism splits gpt models only (model.kind is \(c.model))") }
         if c.tp > 1 && c.heads % c.tp != 0 { throw LoomError.config("model.heads \(c.heads) must be divisible by parallel.tp \(c.tp)") }

@@ -57,7 +57,7 @@ public struct TrainConfig: Equatable, Sendable {
     public var recompute = false        // pipeline: recompute activations in backward instead of keeping them
     public var pipelineSplit: [Int] = [] // blocks per pipeline piece ([]: balanced by a cost model)
     public var bucketKB = 1024          // gradient bucket size
-    public var zero = 0                 // ZeRO stage: 1 shards optimizer state across the data-parallel ranks, 2 also gradients
+    public var zero = 0                 // ZeRO stage: 1 shards optimizer state across the data-parallel ranks, 2 also gradients, 3 also parameters
     public var syncBatchNorm = true     // batch norm statistics over the whole batch, not each rank's shard
     public var timeoutSeconds = 120     // a collective that waits longer fails the run
     public var checkpointTimeoutSeconds = 600  // how long ranks wait for rank 0 to write a checkpoint

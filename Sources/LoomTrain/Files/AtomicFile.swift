@@ -9,6 +9,48 @@ public enum AtomicFile {
     /// Writes through a temporary file in the same directory: write, fsync, rename over
     /// `path`, fsync of the directory.
     public static func write(_ bytes: [UInt8], to path: String) throws {
+        try write(to: path, size: bytes.count) { sink in try bytes.withUnsafeBytes { try sink.append($0) } }
+    }
+
+    /// Where a streamed file's bytes go (`write(to:size:_:)`), in order.
+    public final class Sink {
+        let fd: Int32
+        let path: String
+        let fault: FaultInjection.WriteFault?
+        private var stops: [Int]
+        /// Bytes appended so far.
+        public private(set) var written = 0
+
+        init(fd: Int32, path: String, fault: FaultInjection.WriteFault?) {
+            self.fd = fd; self.path = path; self.fault = fault
+            stops = fault?.stops ?? []
+        }
+
+        /// Appends `bytes` at the end of what was written.
+        public func append(_ bytes: UnsafeRawBufferPointer) throws {
+            var at = 0
+            while at < bytes.count {
+                var end = bytes.count
+                if let stop = stops.first, stop < written + (end - at) { end = at + max(0, stop - written) }
+                try AtomicFile.writeAll(fd, UnsafeRawBufferPointer(rebasing: bytes[at..<end]), path: path)
+                written += end - at
+                at = end
+                if let stop = stops.first, stop <= written { stops.removeFirst(); fault?.reached(written) }
+            }
+        }
+
+        /// Overwrites bytes already written at `offset` (a checksum known only at the end).
+        public func patch(_ bytes: [UInt8], at offset: Int) throws {
+            precondition(offset + bytes.count <= written, "AtomicFile.Sink.patch past what was written")
+            let w = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
+            guard w == bytes.count else { throw LoomError.io("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+        }
+    }
+
+    /// A file of `size` bytes streamed by `fill` into a `Sink` (which must append exactly
+    /// `size`), appearing whole or not at all as `write` does, without its bytes ever
+    /// being in memory together.
+    public static func write(to path: String, size: Int, _ fill: (Sink) throws -> Void) throws {
         let url = URL(fileURLWithPath: path)
         let dir = url.deletingLastPathComponent().path
         let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
@@ -17,12 +59,11 @@ public enum AtomicFile {
         guard fd >= 0 else { throw LoomError.io("cannot write '\(tmp)': \(String(cString: strerror(errno)))") }
         var isOpen = true, ok = false
         defer { if isOpen { close(fd) }; if !ok { unlink(tmp) } }
-        let fault = FaultInjection.write(path, size: bytes.count)
-        var done = 0
-        for stop in (fault?.stops ?? []) + [bytes.count] where stop >= done {
-            try writeAll(fd, bytes[done..<stop], path: tmp)
-            done = stop
-            fault?.reached(done)
+        let fault = FaultInjection.write(path, size: size)
+        let sink = Sink(fd: fd, path: tmp, fault: fault)
+        try fill(sink)
+        guard sink.written == size else {
+            throw LoomError.io("writing '\(path)': \(sink.written) bytes written, \(size) expected (a tensor changed size while it was saved?)")
         }
         guard fsync(fd) == 0 else { throw LoomError.io("cannot sync '\(tmp)': \(String(cString: strerror(errno)))") }
         close(fd)
@@ -63,14 +104,12 @@ public enum AtomicFile {
         if exists { try? fm.removeItem(atPath: old) }
     }
 
-    private static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>, path: String) throws {
-        try bytes.withUnsafeBytes { buf in
-            var done = 0
-            while done < buf.count {
-                let w = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
-                guard w > 0 else { throw LoomError.io("cannot write '\(path)': \(String(cString: strerror(errno)))") }
-                done += w
-            }
+    static func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, path: String) throws {
+        var done = 0
+        while done < buf.count {
+            let w = Glibc.write(fd, buf.baseAddress! + done, buf.count - done)
+            guard w > 0 else { throw LoomError.io("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+            done += w
         }
     }
 

@@ -79,8 +79,26 @@ public struct TrainingJob {
 
     private var hasCheckpoint: Bool { FileManager.default.fileExists(atPath: config.runDirectory + "/" + TrainingCheckpoint.fileName) }
 
+    /// Each rank's memory budget: `LOOM_MEMORY_LIMIT` (bytes, or with a K/M/G/T suffix),
+    /// enforced on the tensors the rank allocates; nil: none.
+    public static func memoryLimit(_ env: [String: String] = ProcessInfo.processInfo.environment) throws -> Int? {
+        guard let text = env["LOOM_MEMORY_LIMIT"], !text.isEmpty else { return nil }
+        guard let bytes = MemoryMeter.parseBytes(text) else {
+            throw LoomError.config("LOOM_MEMORY_LIMIT = '\(text)' is not a byte count (e.g. 2147483648, 512M, 2G)")
+        }
+        return bytes
+    }
+
+    /// Runs `body`, one rank's work, charging its tensors to a meter with the rank's
+    /// memory budget (when there is one).
+    private static func budgeted<T>(_ limit: Int?, rank: Int, _ body: () throws -> T) throws -> T {
+        guard let limit else { return try body() }
+        return try MemoryMeter.measuring(MemoryMeter(limit: limit, label: "rank \(rank)"), body)
+    }
+
     /// One attempt on this job's world.
     private func attempt(resume: String?, initFrom: String?, restart: (Int, String)?) throws -> (summary: RunSummary?, directory: String) {
+        let limit = try TrainingJob.memoryLimit()
         func trainer(_ backend: any Backend, _ communicator: Communicator?) throws -> Trainer {
             let t = try Trainer(config: config, backend: backend, resume: resume, initFrom: initFrom, communicator: communicator)
             t.stopAt = stopAt
@@ -91,14 +109,18 @@ public struct TrainingJob {
         }
         switch world {
         case .single:
-            let t = try trainer(try backend(0, threads), nil)
-            return (try t.run(), t.runDirectory)
+            return try TrainingJob.budgeted(limit, rank: 0) {
+                let t = try trainer(try backend(0, threads), nil)
+                return (try t.run(), t.runDirectory)
+            }
         case .inProcess(let ranks):
             let perRank = max(1, (threads ?? CPUBackend.defaultThreads) / ranks)
             let results = try InProcessWorld.run(size: ranks, timeout: Double(config.timeoutSeconds)) { comm -> (RunSummary, String) in
-                let t = try trainer(try backend(comm.rank, perRank), comm)
-                defer { t.finish() }
-                return (try t.run(), t.runDirectory)
+                try TrainingJob.budgeted(limit, rank: comm.rank) {
+                    let t = try trainer(try backend(comm.rank, perRank), comm)
+                    defer { t.finish() }
+                    return (try t.run(), t.runDirectory)
+                }
             }
             return (results[0].0, results[0].1)
         case .mpi:
@@ -107,8 +129,11 @@ public struct TrainingJob {
                 throw LoomError.config("parallel.dp = \(config.dp) x tp \(config.tp) x pp \(config.pp) but the launcher started \(world.size) processes")
             }
             do {
-                let t = try trainer(try backend(MPICommunicator.localRank, threads), world)
-                let s = try t.run()
+                let s: RunSummary, t: Trainer
+                (s, t) = try TrainingJob.budgeted(limit, rank: world.rank) {
+                    let t = try trainer(try backend(MPICommunicator.localRank, threads), world)
+                    return (try t.run(), t)
+                }
                 world.finalize()
                 return (world.rank == 0 ? s : nil, t.runDirectory)
             } catch {

@@ -51,10 +51,16 @@ public struct Evaluator {
         var sums = EvaluationSums()
         let rank = dataGroup?.rank ?? 0, ranks = dataGroup?.size ?? 1
         let mine = Array(stride(from: rank, to: batches, by: ranks))
-        for (done, b) in mine.enumerated() {
-            defer { progress?(done + 1, mine.count) }
+        // Every data rank runs as many forwards (a fully sharded model's forward is
+        // collective): a rank with one batch fewer evaluates its first again, uncounted.
+        let forwards = (batches + ranks - 1) / ranks
+        for done in 0..<forwards {
+            let b = done < mine.count ? mine[done] : mine.first ?? 0
             let host = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
-            sums = sums + (try steps.evaluate(inputs: try host.inputs.to(backend), targets: try host.targets.to(backend)))
+            let batchSums = try steps.evaluate(inputs: try host.inputs.to(backend), targets: try host.targets.to(backend))
+            guard done < mine.count else { continue }
+            sums = sums + batchSums
+            progress?(done + 1, mine.count)
         }
         let total = try steps.replicaTotal(sums).summed(over: dataGroup)
         let count = Double(max(total.count, 1))

@@ -41,23 +41,26 @@ public enum ModelSpec: Equatable, Sendable {
     /// The model for data of `input`, initialised from `seed` (the same values in every
     /// layout), made with `context`'s groups as its layers are made: a GPT's parallel
     /// layers split across the tensor group; batch norm shares its statistics over the
-    /// data group when `syncBatchNorm`.
+    /// data group when `syncBatchNorm`. `sharding` (ZeRO-3): the model's parameters are
+    /// sharded as it is built, a GPT's blocks as units of their own, the rest (all of an
+    /// image model) as the root unit.
     public func build(for input: ModelInput, seed: UInt64, context: ParallelContext = .single, syncBatchNorm: Bool = true,
-                      on backend: any Backend) throws -> Built {
+                      sharding: (any UnitSharding)? = nil, on backend: any Backend) throws -> Built {
         let batchNormGroup = syncBatchNorm && (context.data?.size ?? 1) > 1 ? context.data : nil
         switch (self, input) {
         case let (.gpt, .tokens(vocabulary)):
-            let gpt = try GPT(gptConfig(vocabularySize: vocabulary)!, seed: seed, on: backend, tensorGroup: context.tensor)
-            return Built(model: gpt, task: LanguageModelTask(model: gpt))
+            let gpt = try GPT(gptConfig(vocabularySize: vocabulary)!, seed: seed, on: backend, tensorGroup: context.tensor, sharding: sharding)
+            return Built(model: gpt, task: LanguageModelTask(model: gpt, sharding: sharding))
         case let (.mlp(hidden), .images(shape, classes)):
-            return classifier(MLP(sizes: [shape.reduce(1, *)] + hidden + [classes], seed: seed, on: backend))
+            return try classifier(MLP(sizes: [shape.reduce(1, *)] + hidden + [classes], seed: seed, on: backend), sharding)
         case let (.cnn(residual), .images(shape, classes)):
             try requireImages(shape)
-            return classifier(CNN(residual: residual, imageShape: shape, classes: classes, seed: seed, batchNormGroup: batchNormGroup, on: backend))
+            return try classifier(CNN(residual: residual, imageShape: shape, classes: classes, seed: seed, batchNormGroup: batchNormGroup, on: backend),
+                                  sharding)
         case let (.resnet(depth, width), .images(shape, classes)):
             try requireImages(shape)
-            return classifier(try ResNet(depth: depth, width: width, channels: shape[0], classes: classes, seed: seed,
-                                         batchNormGroup: batchNormGroup, on: backend))
+            return try classifier(try ResNet(depth: depth, width: width, channels: shape[0], classes: classes, seed: seed,
+                                             batchNormGroup: batchNormGroup, on: backend), sharding)
         case (.gpt, .images):
             throw LoomError.config("model.kind = \"gpt\" reads text, not images")
         case (_, .tokens):
@@ -65,7 +68,10 @@ public enum ModelSpec: Equatable, Sendable {
         }
     }
 
-    private func classifier(_ model: any UnaryLayer & PipelineModel) -> Built { Built(model: model, task: ClassifierTask(model: model)) }
+    private func classifier(_ model: any UnaryLayer & PipelineModel, _ sharding: (any UnitSharding)?) throws -> Built {
+        try sharding?.shard([model], as: nil)
+        return Built(model: model, task: ClassifierTask(model: model, sharding: sharding))
+    }
 
     private func requireImages(_ shape: [Int]) throws {
         guard shape.count == 3, shape[1] >= 4, shape[2] >= 4 else {

@@ -58,8 +58,8 @@ public final class SingleProcessPlan: ParallelPlan {
 }
 
 /// One rank of a run over several: a data group that splits the batch (its
-/// `DataParallelSharding`: bucketed all-reduce overlapping backward, or ZeRO-1/2's
-/// reduce-scatter and sharded optimizer), and when the model is split, a tensor group
+/// `DataParallelSharding`: bucketed all-reduce overlapping backward, ZeRO-1/2's
+/// reduce-scatter and sharded optimizer, or ZeRO-3's sharded parameters), and when the model is split, a tensor group
 /// (sharded parameters) and a pipeline group (this rank's pieces).
 public final class DistributedPlan: ParallelPlan {
     let setup: Setup
@@ -75,7 +75,7 @@ public final class DistributedPlan: ParallelPlan {
         world = setup.context.world!
         groups = setup.context.groups
         sharding = try dataParallelSharding(zero: zero, parameters: setup.module.namedParameters(), optimizer: setup.optimizer,
-                                            group: setup.context.data, bucketBytes: bucketBytes)
+                                            group: setup.context.data, bucketBytes: bucketBytes, fullySharded: setup.fullySharded)
     }
 
     public var optimizer: Optimizer { sharding.optimizer }
@@ -107,7 +107,7 @@ public final class DistributedPlan: ParallelPlan {
 
     public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
         try sharding.gatherOptimizerState()
-        var tensors = TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer)
+        var tensors = try sharding.wholeValues(TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer))
         // Tensor parallelism: every rank gathers the shards into whole tensors.
         if let group = setup.tensorGroup { tensors = try tensors.map { ($0.name, try $0.tensor.unshard(group)) } }
         let dropout = DropoutGenerators(of: setup.module)

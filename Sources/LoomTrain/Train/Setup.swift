@@ -15,6 +15,9 @@ public struct Setup {
     public let optimizer: Optimizer
     /// The groups the model was built with.
     public let context: ParallelContext
+    /// ZeRO-3: the model's parameters, sharded over the data group as it was built (nil:
+    /// every rank holds its part of the model whole).
+    public let fullySharded: FullyShardedParameters?
 
     /// `tokenizer`, `normalization`: what a checkpoint's run used. `context`: the run's
     /// ranks and groups (every rank of the world makes its setup together when the model
@@ -24,9 +27,15 @@ public struct Setup {
         data = try TrainingData(c, tokenizer: saved, normalization: normalization)
         spec = c.modelSpec
         self.context = context
+        if c.zero == 3, context.pipeline == nil, let group = context.data, group.size > 1 {
+            fullySharded = FullyShardedParameters(communicator: group, backend: backend)
+        } else {
+            fullySharded = nil
+        }
         let built: ModelSpec.Built
         do {
-            built = try spec.build(for: data.input, seed: UInt64(c.seed), context: context, syncBatchNorm: c.syncBatchNorm, on: backend)
+            built = try spec.build(for: data.input, seed: UInt64(c.seed), context: context, syncBatchNorm: c.syncBatchNorm,
+                                   sharding: fullySharded, on: backend)
         } catch LoomError.shapeMismatch(let why) {
             throw LoomError.shapeMismatch("'\(c.data)': \(why)")
         }
@@ -57,6 +66,14 @@ public struct Setup {
 
     /// This rank's modules.
     public var module: Module { steps.module }
+
+    /// Runs `body` with every parameter's values whole on this rank (ZeRO-3 gathers them,
+    /// then keeps its chunk of what `body` left): for loading a checkpoint. Collective
+    /// under ZeRO-3.
+    public func withWholeParameters<T>(_ body: () throws -> T) throws -> T {
+        guard let fullySharded else { return try body() }
+        return try fullySharded.withWholeParameters(body)
+    }
     public var train: any Dataset { data.train }
     public var validation: any Dataset { data.validation }
     public var tokenizer: Tokenizer? { data.tokenizer }

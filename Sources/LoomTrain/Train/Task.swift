@@ -17,15 +17,19 @@ public protocol TrainTask: AnyObject {
 public final class ClassifierTask: TrainTask {
     public let model: any UnaryLayer
     public var module: Module { model }
+    /// The model's forward runs as this sharding's root unit (ZeRO-3).
+    let sharding: (any UnitSharding)?
 
-    public init(model: any UnaryLayer) { self.model = model }
+    public init(model: any UnaryLayer, sharding: (any UnitSharding)? = nil) { self.model = model; self.sharding = sharding }
 
     public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
-        try model(inputs).crossEntropy(targets: targets)
+        try logits(inputs).crossEntropy(targets: targets)
     }
 
+    private func logits(_ inputs: Tensor) throws -> Tensor { try sharding.forward(nil) { try model(inputs) } }
+
     public func evaluate(inputs: Tensor, targets: Tensor) throws -> EvaluationSums {
-        let logits = try withoutGrad { try model(inputs) }
+        let logits = try withoutGrad { try self.logits(inputs) }
         let n = targets.count
         let loss = try logits.crossEntropy(targets: targets).item
         return EvaluationSums(lossSum: Double(loss) * Double(n), correct: try ClassifierTask.correct(logits: logits, targets: targets), count: n)
@@ -42,15 +46,17 @@ public final class ClassifierTask: TrainTask {
 public final class LanguageModelTask: TrainTask {
     public let model: GPT
     public var module: Module { model }
+    /// The model's forward runs as this sharding's root unit (ZeRO-3).
+    let sharding: (any UnitSharding)?
 
-    public init(model: GPT) { self.model = model }
+    public init(model: GPT, sharding: (any UnitSharding)? = nil) { self.model = model; self.sharding = sharding }
 
     public func loss(inputs: Tensor, targets: Tensor) throws -> Tensor {
-        try model.loss(tokens: inputs, targets: targets)
+        try model.loss(logits: sharding.forward(nil) { try model(inputs) }, targets: targets)
     }
 
     public func evaluate(inputs: Tensor, targets: Tensor) throws -> EvaluationSums {
-        let loss = try withoutGrad { try model.loss(tokens: inputs, targets: targets) }
+        let loss = try withoutGrad { try self.loss(inputs: inputs, targets: targets) }
         return EvaluationSums(lossSum: Double(loss.item) * Double(targets.count), count: targets.count)
     }
 }

@@ -59,11 +59,12 @@ public final class Trainer {
         self.backend = backend
         if let from = resume ?? initFrom {
             let file = try TrainingCheckpoint.peek(from).0
-            setup = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: from, context: context)
+            let fresh = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: from, context: context)
+            setup = fresh
             if resume != nil {
-                state = try TrainingCheckpoint.restore(file, path: from, into: setup)
+                state = try TrainingCheckpoint.restore(file, path: from, into: fresh)
             } else {
-                try TrainingCheckpoint.restoreModel(file, path: from, into: setup.module, tensorGroup: setup.tensorGroup)
+                try fresh.withWholeParameters { try TrainingCheckpoint.restoreModel(file, path: from, into: fresh.module, tensorGroup: fresh.tensorGroup) }
                 state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
             }
         } else {

@@ -1,0 +1,346 @@
+import LoomCore
+import LoomDistributed
+import LoomNN
+
+/// ZeRO stage 3 (fully sharded data parallelism, PyTorch's FSDP): between uses, each rank
+/// of the data group keeps 1/N of every parameter, of its gradient and (with
+/// `ZeroOptimizer`) of its optimizer state.
+///
+/// The model names its units as it builds them (`UnitSharding`): a GPT's blocks, and the
+/// root (embeddings, final norm; the whole of a model that names no units). A unit's
+/// parameters are laid out in flat segments padded to a multiple of the rank count, and
+/// rank r keeps chunk r of each segment as a parameter of its own (`shards`). Then:
+///
+///     forward of unit u:   all-gather u's segments; parameters point into them;
+///                          start gathering the next unit (prefetch); run u; release u
+///     backward reaches u:  gather u again (and start on the unit before it)
+///     u's last gradient:   reduce-scatter u's gradients into chunk r (`shardGrad`), drop
+///                          the whole gradients, release u
+///     after backward:      `synchronize` waits for the reductions; the optimizer steps
+///                          the chunks; the next forward gathers the new values
+///
+/// So a rank holds its chunks, the root, and at most two other units whole at a time
+/// (the one running and the one being gathered).
+///
+/// The root stays whole from its forward's start to its backward's end (it holds a GPT's
+/// token table, read by the embedding first and the tied head last). Building the model
+/// through `shard` keeps the whole of at most one unit at a time beside the chunks.
+///
+/// Every rank runs the same forwards and backwards in the same order, so the collectives
+/// the hooks start match across ranks.
+public final class FullyShardedParameters: UnitSharding {
+    public let communicator: Communicator
+    /// False during the first micro-steps of gradient accumulation: gradients then stay
+    /// whole and local, and only the last micro-step's backward reduces.
+    public var syncGradients = true
+    /// Seconds the training thread spent blocked on gathers and reductions, since the last `resetTimers()`.
+    public private(set) var waitSeconds = 0.0
+    /// Gathers waited for since the last `resetTimers()`, and how many of them had already
+    /// completed under earlier compute when they were needed (prefetch hid them).
+    public private(set) var gathers = 0, gathersHidden = 0
+
+    final class Segment {
+        let tensors: [Tensor]
+        let offsets: [Int]
+        let padded: Int
+        /// This rank's chunk [padded / N]: a parameter, what the optimizer updates.
+        let shard: Tensor
+        /// This rank's chunk of the averaged gradient [padded / N].
+        let shardGrad: Tensor
+        /// [padded] while its unit is gathered, or being gathered.
+        var whole: Tensor?
+        var gathering: CommRequest?
+        init(tensors: [Tensor], offsets: [Int], padded: Int, shard: Tensor, shardGrad: Tensor) {
+            self.tensors = tensors; self.offsets = offsets; self.padded = padded; self.shard = shard; self.shardGrad = shardGrad
+        }
+    }
+
+    final class Unit {
+        let name: String
+        var segments: [Segment] = []
+        var parameterCount: Int { segments.reduce(0) { $0 + $1.tensors.count } }
+        /// Gradients still to arrive in the running backward.
+        var pendingGradients = 0
+        /// Its gradients were reduced this step.
+        var reduced = false
+        /// Its parameters point into the gathered segments.
+        var bound = false
+        init(name: String) { self.name = name }
+    }
+
+    private let backend: any Backend
+    private let root = Unit(name: "root")
+    private var units: [Unit]
+    private var unitOfModule: [ObjectIdentifier: Unit] = [:]
+    private var unitOfParameter: [ObjectIdentifier: Unit] = [:]
+    /// Units in the order the running forward entered them, and the last whole forward's.
+    private var order: [Unit] = [], lastOrder: [Unit] = []
+    /// Gradient reductions started and not yet waited for, oldest first.
+    private var inFlight: [(segment: Segment, whole: Tensor, request: CommRequest)] = []
+    private static let maxInFlight = 2
+    /// A failure in a backward hook (which cannot throw), for `synchronize`.
+    private var hookError: Error?
+
+    public init(communicator: Communicator, backend: any Backend) {
+        self.communicator = communicator
+        self.backend = backend
+        units = [root]
+    }
+
+    // MARK: Building
+
+    public func shard(_ modules: [Module], as module: Module?) throws {
+        let unit: Unit
+        if let module {
+            if let known = unitOfModule[ObjectIdentifier(module)] { unit = known } else {
+                unit = Unit(name: "unit \(units.count)")
+                units.append(unit)
+                unitOfModule[ObjectIdentifier(module)] = unit
+            }
+        } else {
+            unit = root
+        }
+        var seen = Set<ObjectIdentifier>()
+        let tensors = modules.flatMap { $0.namedParameters().map(\.tensor) }.filter {
+            unitOfParameter[ObjectIdentifier($0)] == nil && seen.insert(ObjectIdentifier($0)).inserted
+        }
+        guard !tensors.isEmpty else { return }
+        let ranks = communicator.size, rank = communicator.rank
+        var offsets: [Int] = [], size = 0
+        for t in tensors {
+            guard t.dtype == .float32 else {
+                throw LoomError.invalidArgument("zero 3: parameter \(describe(t.shape)) is \(t.dtype); sharded parameters are float32")
+            }
+            offsets.append(size); size += t.count
+        }
+        let padded = (size + ranks - 1) / ranks * ranks, chunk = padded / ranks
+        // This rank's chunk straight from the tensors (no whole flat copy: building holds
+        // one unit whole, not two).
+        let shard = parameter(try Tensor.zeros([chunk], on: backend)), shardGrad = try Tensor.zeros([chunk], on: backend)
+        let lo = rank * chunk, hi = lo + chunk
+        for (t, offset) in zip(tensors, offsets) {
+            let a = max(lo, offset), b = min(hi, offset + t.count)
+            if a < b { backend.copy(t.view([b - a], offset: a - offset), into: shard.view([b - a], offset: a - lo)) }
+        }
+        let segment = Segment(tensors: tensors, offsets: offsets, padded: padded, shard: shard, shardGrad: shardGrad)
+        unit.segments.append(segment)
+        for t in tensors {
+            unitOfParameter[ObjectIdentifier(t)] = unit
+            t.rebind(to: Storage.released(on: t.device), offset: 0)  // the whole values go
+            t.onGradAccumulated = { [weak self] p in self?.gradientArrived(p) }
+        }
+    }
+
+    // MARK: Forward and backward
+
+    public func forward(_ module: Module?, _ body: () throws -> Tensor) throws -> Tensor {
+        let unit = try self.unit(module)
+        if unit === root { order = [] } else { order.append(unit) }
+        try gather(unit)
+        if let next = following(unit, in: lastOrder) { prefetch(next) }
+        let out = try body()
+        if unit === root { lastOrder = order }
+        let tracked = GradMode.isEnabled && out.requiresGrad
+        if !tracked || unit !== root { try release(unit) }
+        guard tracked else { return out }
+        unit.pendingGradients = unit.parameterCount
+        unit.reduced = false
+        return Tensor.differentiable("gather \(unit.name) for backward", output: out.detach(), inputs: [out]) { [unowned self] g in
+            try self.gather(unit)
+            if let before = self.preceding(unit) { self.prefetch(before) }
+            return [g]
+        }
+    }
+
+    private func unit(_ module: Module?) throws -> Unit {
+        guard let module else { return root }
+        guard let unit = unitOfModule[ObjectIdentifier(module)] else {
+            throw LoomError.invalidArgument("zero 3: forward of a \(type(of: module)) that was not sharded as a unit")
+        }
+        return unit
+    }
+
+    /// The unit after `unit` in `sequence` (the root's successor is the first).
+    private func following(_ unit: Unit, in sequence: [Unit]) -> Unit? {
+        if unit === root { return sequence.first }
+        guard let i = sequence.firstIndex(where: { $0 === unit }), i + 1 < sequence.count else { return nil }
+        return sequence[i + 1]
+    }
+
+    /// The unit backward reaches after `unit`: the one before it in the forward (the
+    /// root's backward starts with the last).
+    private func preceding(_ unit: Unit) -> Unit? {
+        if unit === root { return lastOrder.last }
+        guard let i = lastOrder.firstIndex(where: { $0 === unit }), i > 0 else { return nil }
+        return lastOrder[i - 1]
+    }
+
+    /// Starts gathering `unit`'s segments that are neither whole nor on their way.
+    private func prefetch(_ unit: Unit) {
+        for segment in unit.segments where segment.whole == nil {
+            do {
+                let whole = try Tensor(uninitialized: [segment.padded], on: backend)
+                segment.whole = whole
+                segment.gathering = communicator.allGatherAsync(segment.shard, into: whole, label: "all-gather of \(unit.name)")
+            } catch {
+                return  // no room to prefetch: `gather` allocates when the unit is needed, and reports it
+            }
+        }
+    }
+
+    /// Makes `unit`'s parameters whole: waits for (or starts and waits for) its gathers.
+    private func gather(_ unit: Unit) throws {
+        if unit.bound { return }
+        let t0 = monotonicSeconds()
+        defer { waitSeconds += monotonicSeconds() - t0 }
+        for segment in unit.segments {
+            if segment.whole == nil {
+                let whole = try Tensor(uninitialized: [segment.padded], on: backend)
+                segment.whole = whole
+                segment.gathering = communicator.allGatherAsync(segment.shard, into: whole, label: "all-gather of \(unit.name)")
+            } else if segment.gathering?.isComplete ?? true {
+                gathersHidden += 1
+            }
+            gathers += 1
+            if let request = segment.gathering {
+                segment.gathering = nil
+                try request.wait()
+            }
+            let whole = segment.whole!
+            for (t, offset) in zip(segment.tensors, segment.offsets) { t.rebind(to: whole.storage, offset: whole.offset + offset) }
+        }
+        unit.bound = true
+    }
+
+    /// Drops `unit`'s whole values (their memory goes once the graph no longer reads them).
+    private func release(_ unit: Unit) throws {
+        for segment in unit.segments {
+            if let request = segment.gathering { segment.gathering = nil; try request.wait() }
+            segment.whole = nil
+            for t in segment.tensors { t.rebind(to: Storage.released(on: t.device), offset: 0) }
+        }
+        unit.bound = false
+    }
+
+    private func gradientArrived(_ p: Tensor) {
+        guard let unit = unitOfParameter[ObjectIdentifier(p)], unit.pendingGradients > 0 else { return }
+        unit.pendingGradients -= 1
+        guard unit.pendingGradients == 0 else { return }
+        do {
+            if syncGradients { try reduce(unit) }
+            try release(unit)
+        } catch {
+            if hookError == nil { hookError = error }
+        }
+    }
+
+    /// Starts reduce-scattering `unit`'s gradients (zeros for a parameter that got none)
+    /// into each segment's `shardGrad`, and drops the whole gradients.
+    private func reduce(_ unit: Unit) throws {
+        unit.reduced = true
+        for segment in unit.segments {
+            let t0 = monotonicSeconds()
+            while inFlight.count >= FullyShardedParameters.maxInFlight { try finishOldest() }
+            waitSeconds += monotonicSeconds() - t0
+            let flat = try Tensor(uninitialized: [segment.padded], on: backend)
+            if let last = segment.offsets.last, let tail = segment.tensors.last, last + tail.count < segment.padded {
+                backend.fill(flat.view([segment.padded - last - tail.count], offset: last + tail.count), value: 0)
+            }
+            for (t, offset) in zip(segment.tensors, segment.offsets) {
+                let dst = flat.view(t.shape, offset: offset)
+                if let g = t.grad { backend.copy(g, into: dst) } else { backend.fill(dst, value: 0) }
+                t.grad = nil
+            }
+            let request = communicator.reduceScatterAsync(flat, into: segment.shardGrad, .average, label: "reduce-scatter of \(unit.name)'s gradients")
+            inFlight.append((segment, flat, request))
+        }
+    }
+
+    private func finishOldest() throws {
+        let oldest = inFlight.removeFirst()
+        try oldest.request.wait()
+    }
+
+    /// Waits for every reduction (starting those of units whose backward did not run this
+    /// step) and releases every unit: each rank's `shardGrad`s are then its chunks of the
+    /// global batch's gradient.
+    public func synchronize() throws {
+        let t0 = monotonicSeconds()
+        defer { waitSeconds += monotonicSeconds() - t0 }
+        if let error = hookError { hookError = nil; throw error }
+        for unit in units where !unit.reduced { try reduce(unit) }
+        while !inFlight.isEmpty { try finishOldest() }
+        for unit in units {
+            unit.reduced = false
+            unit.pendingGradients = 0
+            try release(unit)
+        }
+    }
+
+    public func resetTimers() { waitSeconds = 0; gathers = 0; gathersHidden = 0 }
+
+    // MARK: Whole values, for checkpoints
+
+    /// Runs `body` with every parameter whole (gathered), then keeps each rank's chunk of
+    /// what `body` left in them: for loading a checkpoint into a sharded model. Collective.
+    public func withWholeParameters<T>(_ body: () throws -> T) throws -> T {
+        for unit in units { try gather(unit) }
+        let result = try body()
+        let chunk = { (s: Segment) in s.padded / self.communicator.size }
+        for unit in units {
+            for segment in unit.segments {
+                backend.copy(segment.whole!.view([chunk(segment)], offset: communicator.rank * chunk(segment)), into: segment.shard)
+            }
+            try release(unit)
+        }
+        return result
+    }
+
+    /// A whole copy of every parameter, gathered one unit at a time (the copies, plus one
+    /// unit's gathered segments). Collective.
+    public func wholeCopies() throws -> [ObjectIdentifier: Tensor] {
+        var out: [ObjectIdentifier: Tensor] = [:]
+        for unit in units {
+            try gather(unit)
+            for segment in unit.segments { for t in segment.tensors { out[ObjectIdentifier(t)] = try t.copied() } }
+            try release(unit)
+        }
+        return out
+    }
+
+    // MARK: The optimizer's view
+
+    /// The ZeRO optimizer over the chunks, its parameters named as `named` (the module's
+    /// `namedParameters()`, the template's parameters) names them.
+    public func optimizer(named: [(name: String, tensor: Tensor)], template: Optimizer) throws -> ZeroOptimizer {
+        var index: [ObjectIdentifier: Int] = [:]
+        for (i, p) in named.enumerated() { index[ObjectIdentifier(p.tensor)] = i }
+        var layout: [ZeroOptimizer.Segment] = [], shards: [Tensor] = []
+        for unit in units {
+            for segment in unit.segments {
+                let members = try segment.tensors.map { t in
+                    guard let i = index[ObjectIdentifier(t)] else {
+                        throw LoomError.invalidArgument("zero 3: a sharded parameter \(describe(t.shape)) is not among the model's parameters")
+                    }
+                    return i
+                }
+                layout.append((members, segment.offsets, segment.padded, segment.shardGrad))
+                shards.append(segment.shard)
+            }
+        }
+        let covered = Set(layout.flatMap(\.members))
+        if let missing = named.indices.first(where: { !covered.contains($0) }) {
+            throw LoomError.invalidArgument("zero 3: parameter '\(named[missing].name)' was not sharded (the model did not name it in a unit)")
+        }
+        return try ZeroOptimizer(parameters: named, communicator: communicator, layout: layout, shards: shards, template: template,
+                                 gathersParameters: false)
+    }
+
+    /// Bytes of this rank's chunks of the parameters (its gradient chunks are as many).
+    public var shardBytes: Int { units.flatMap(\.segments).reduce(0) { $0 + $1.shard.byteCount } }
+
+    /// Detaches the gradient hooks; the parameters stay sharded (`wholeCopies` reads them).
+    public func detach() {
+        for unit in units { for segment in unit.segments { for t in segment.tensors { t.onGradAccumulated = nil } } }
+    }
+}

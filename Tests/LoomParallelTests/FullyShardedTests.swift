@@ -1,0 +1,105 @@
+import XCTest
+import LoomCore
+import LoomDistributed
+import LoomNN
+import LoomParallel
+
+/// ZeRO-3: parameters, gradients and optimizer state sharded across the data group,
+/// units gathered around their forward and backward.
+final class FullyShardedTests: XCTestCase {
+    static let config = GPTConfig(vocabSize: 64, contextLength: 32, layers: 3, dModel: 32, heads: 2, dropout: 0)
+
+    /// Fixed global batches of 8 rows, a pure function of the step.
+    func batch(step: Int, rows: Range<Int>) -> (Tensor, Tensor) {
+        var rng = Philox(seed: 77).derived(UInt64(step))
+        let t = (0..<(8 * 33)).map { _ in Int32(rng.nextInt(below: 64)) }
+        var x: [Int32] = [], y: [Int32] = []
+        for r in rows { x += t[(r * 33)..<(r * 33 + 32)]; y += t[(r * 33 + 1)..<(r * 33 + 33)] }
+        return (Tensor(indices: x, shape: [rows.count, 32]), Tensor(indices: y, shape: [rows.count, 32]))
+    }
+
+    /// What rank 0 measured of one run: bytes live after the model was built, the peak
+    /// while it was built, and bytes live once each step's update is done.
+    final class Bytes: @unchecked Sendable {
+        var built = 0, buildPeak = 0, betweenSteps = 0, stepPeak = 0
+        var hidden = 0, gathers = 0
+    }
+
+    /// Per-step global losses of a GPT under AdamW on `ranks` in-process ranks at ZeRO
+    /// stage `zero` (1 rank: one process).
+    func losses(ranks: Int, zero: Int, steps: Int = 8, bytes: Bytes? = nil) throws -> [Float] {
+        let run = { (comm: Communicator?) throws -> [Float] in
+            let meter = MemoryMeter()
+            return try MemoryMeter.measuring(meter) {
+                let backend = CPUBackend(threads: 1)
+                let full = zero == 3 ? comm.map { FullyShardedParameters(communicator: $0, backend: backend) } : nil
+                let gpt = try GPT(FullyShardedTests.config, seed: 5, on: backend, sharding: full)
+                let built = meter.liveBytes, buildPeak = meter.peakBytes
+                let named = gpt.namedParameters()
+                let template = Adam.adamW(named, lr: 3e-3)
+                let sharding = try dataParallelSharding(zero: zero, parameters: named, optimizer: template, group: comm,
+                                                        bucketBytes: 16 << 10, fullySharded: full)
+                let opt = sharding.optimizer
+                let rank = comm?.rank ?? 0, local = 8 / ranks
+                var out: [Float] = []
+                for step in 0..<steps {
+                    let (x, y) = self.batch(step: step, rows: (rank * local)..<((rank + 1) * local))
+                    meter.resetPeak()
+                    opt.zeroGrad()
+                    let loss = try gpt.loss(logits: (full as (any UnitSharding)?).forward(nil) { try gpt(x) }, targets: y)
+                    try loss.backward()
+                    try sharding.reduceGradients()
+                    try opt.step()
+                    out.append(try comm.map { Float(try $0.average(Double(loss.item))) } ?? loss.item)
+                    if let bytes, rank == 0 { bytes.betweenSteps = meter.liveBytes; bytes.stepPeak = meter.peakBytes }
+                }
+                if let bytes, rank == 0 {
+                    bytes.built = built; bytes.buildPeak = buildPeak
+                    bytes.hidden = full?.gathersHidden ?? 0; bytes.gathers = full?.gathers ?? 0
+                }
+                return out
+            }
+        }
+        if ranks == 1 { return try run(nil) }
+        let all = try InProcessWorld.run(size: ranks) { try run($0) }
+        XCTAssertEqual(Set(all).count, 1, "ranks disagree on the global loss")
+        return all[0]
+    }
+
+    /// The same averaged gradients (reduce-scattered per unit instead of per bucket: the
+    /// same rank-order sums) and the same elementwise updates: ZeRO-3's losses are
+    /// bit-identical to plain data parallelism's, and within float32 rounding of one process.
+    func testZeroStage3IsBitIdenticalToPlainDataParallelAndMatchesOneProcess() throws {
+        let single = try losses(ranks: 1, zero: 0)
+        XCTAssertLessThan(single.last!, single.first!, "training should make progress")
+        for ranks in [2, 4] {
+            let plain = try losses(ranks: ranks, zero: 0)
+            XCTAssertEqual(try losses(ranks: ranks, zero: 3), plain, "dp\(ranks) zero 3")
+            for (i, (a, b)) in zip(plain, single).enumerated() {
+                XCTAssertLessThanOrEqual(abs(a - b) / abs(b), 1e-5, "dp\(ranks) step \(i): \(a) vs one process's \(b)")
+            }
+        }
+    }
+
+    /// Between steps a ZeRO-3 rank holds its chunks of the parameters, gradients and both
+    /// Adam moments: 16Ψ/N bytes (the ZeRO paper's accounting), within the padding. While
+    /// the model is built it never holds more than that plus one unit whole (the largest:
+    /// a block here).
+    func testZeroStage3HoldsSixteenPsiOverNAndBuildsWithOneUnitWhole() throws {
+        let ranks = 4
+        let psi = try GPT(FullyShardedTests.config, seed: 5).parameterCount
+        var rng = Philox(seed: 1)
+        let block = try TransformerBlock(dModel: 32, heads: 2, std: 0.02, projStd: 0.02, dropout: 0, rng: &rng, on: CPUBackend.shared)
+        let unitBytes = 4 * block.parameterCount
+        let b = Bytes()
+        _ = try losses(ranks: ranks, zero: 3, steps: 3, bytes: b)
+        let states = 16 * psi / ranks
+        // Between steps: the batch's few int32 tensors aside, only the model states.
+        XCTAssertLessThanOrEqual(abs(Double(b.betweenSteps - states)) / Double(states), 0.1,
+                                 "between steps \(b.betweenSteps) bytes, 16Ψ/N = \(states)")
+        // Built: the parameter chunks and the gradient chunks (Adam's moments come at its first step).
+        XCTAssertLessThanOrEqual(abs(Double(b.built - 8 * psi / ranks)) / Double(8 * psi / ranks), 0.05, "after building: \(b.built)")
+        XCTAssertLessThanOrEqual(b.buildPeak, b.built + unitBytes, "peak while building \(b.buildPeak), built \(b.built), one block \(unitBytes)")
+        XCTAssertGreaterThan(b.gathers, 0)
+    }
+}
