@@ -46,6 +46,14 @@ public protocol Communicator: AnyObject, Sendable {
     func split(color: Int, key: Int) throws -> Communicator
 }
 
+/// Two tensors a collective holds until it has run, then lets go (`take`), so that they
+/// are not kept alive by the queued work after their request completes.
+final class TensorPair: @unchecked Sendable {
+    private var pair: (Tensor, Tensor)?
+    init(_ a: Tensor, _ b: Tensor) { pair = (a, b) }
+    func take() -> (Tensor, Tensor)? { defer { pair = nil }; return pair }
+}
+
 /// A collective in flight.
 public final class CommRequest: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)

@@ -239,17 +239,24 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             request.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))"))
             return request
         }
+        // The tensors are let go before the request completes: a waiter that drops its
+        // last reference to `output` then frees it at once (ZeRO-3 counts on it).
+        let tensors = TensorPair(input, output)
         queue.async { [self] in
-            do {
-                let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
-                try enter(label, "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
-                for k in 0..<size {
-                    (ho.bytes.baseAddress! + k * hi.bytes.count).copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count)
-                }
-                try withExtendedLifetime(hi) { try sync(label) }  // this rank's bytes stay until all have copied
-                ho.commit()
-                request.complete(nil)
-            } catch { request.complete(error) }
+            let failure: Error? = {
+                guard let (input, output) = tensors.take() else { return nil }
+                do {
+                    let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+                    try enter(label, "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
+                    for k in 0..<size {
+                        (ho.bytes.baseAddress! + k * hi.bytes.count).copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count)
+                    }
+                    try withExtendedLifetime(hi) { try sync(label) }  // this rank's bytes stay until all have copied
+                    ho.commit()
+                    return nil
+                } catch { return error }
+            }()
+            request.complete(failure)
         }
         return request
     }

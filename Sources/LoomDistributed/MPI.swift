@@ -194,8 +194,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             r.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))"))
             return r
         }
-        let n = Int32(input.byteCount)
+        let n = Int32(input.byteCount), tensors = TensorPair(input, output)  // let go before the request completes
         return run(label, collective: "all-gather of \(n) bytes per rank") { [comm] in
+            guard let (input, output) = tensors.take() else { return 0 }
             let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
             let rc = withExtendedLifetime(hi) { MPI_Allgather(hi.bytes.baseAddress, n, loom_mpi_byte(), ho.bytes.baseAddress, n, loom_mpi_byte(), comm) }
             ho.commit()

@@ -20,22 +20,27 @@ public protocol DataParallelSharding: GradientReduction {
     /// `groups` (the model-parallel ones). Every gradient is scaled down to `maxNorm` if
     /// the norm exceeds it. Collective.
     func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float
-    /// Makes `optimizer.state()` the whole optimizer state, as one process would hold it,
-    /// for a checkpoint. Collective.
-    func gatherOptimizerState() throws
+    /// The optimizer state as one process would hold it, under the unsharded optimizer's
+    /// names (`blocks.0.mlp.fc.weight.exp_avg`), each tensor made when a checkpoint writer
+    /// takes it: sharded state is gathered one segment at a time. The makes are
+    /// collective: every rank of the group makes them all, in order.
+    func optimizerStateTensors() throws -> [LazyTensor]
     /// Seconds blocked on gradient communication that backward did not hide, since the
     /// last call (nil: nothing to communicate); resets the count.
     func takeCommWaitSeconds() -> Double?
     /// `tensors` (the module's, under their checkpoint names) with every parameter's
-    /// values whole on this rank: ZeRO-3 gathers copies, the others hold them already.
-    /// Collective.
-    func wholeValues(_ tensors: [(name: String, tensor: Tensor)]) throws -> [(name: String, tensor: Tensor)]
+    /// values whole when made: ZeRO-3 gathers a unit when the first of its parameters is
+    /// made (collective, as `optimizerStateTensors`); the others hold them already.
+    func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor]
+    /// After a checkpoint's tensors were made: ZeRO-3 releases the unit it gathered last.
+    func checkpointWritten() throws
     /// Detaches whatever it hooked onto the parameters (ZeRO-3's stay sharded).
     func detach()
 }
 
 extension DataParallelSharding {
-    public func wholeValues(_ tensors: [(name: String, tensor: Tensor)]) throws -> [(name: String, tensor: Tensor)] { tensors }
+    public func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor] { tensors.map { LazyTensor($0.name, $0.tensor) } }
+    public func checkpointWritten() throws {}
 }
 
 /// The sharding ZeRO stage `zero` (0 to 3) names, over `parameters` on `group` (under
@@ -68,7 +73,10 @@ public final class ReplicatedGradients: DataParallelSharding {
     public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
         try LoomParallel.clipGradNorm(optimizer.parameters, maxNorm: maxNorm, counting: counts ?? { _ in true }, across: groups)
     }
-    public func gatherOptimizerState() throws { try optimizer.materializeState() }
+    public func optimizerStateTensors() throws -> [LazyTensor] {
+        try optimizer.materializeState()
+        return optimizer.namedState().map { LazyTensor($0.name, $0.tensor) }
+    }
     public func detach() { dataParallel?.detach() }
 
     public func takeCommWaitSeconds() -> Double? {
@@ -97,7 +105,7 @@ public final class ZeroSharding: DataParallelSharding {
     public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
         try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: groups)
     }
-    public func gatherOptimizerState() throws { try zero.gatherState() }
+    public func optimizerStateTensors() throws -> [LazyTensor] { try zero.stateTensors() }
     public func detach() { dataParallel.detach() }
 
     public func takeCommWaitSeconds() -> Double? {
@@ -124,13 +132,21 @@ public final class FullySharding: DataParallelSharding {
     public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
         try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: groups)
     }
-    public func gatherOptimizerState() throws { try zero.gatherState() }
-    public func detach() { try parameters.detach() }
-
-    public func wholeValues(_ tensors: [(name: String, tensor: Tensor)]) throws -> [(name: String, tensor: Tensor)] {
-        let copies = try parameters.wholeCopies()
-        return tensors.map { ($0.name, copies[ObjectIdentifier($0.tensor)] ?? $0.tensor) }
+    /// The state after the parameters in a checkpoint: the unit gathered last goes before
+    /// the first state segment comes (one unit's worth whole at a time).
+    public func optimizerStateTensors() throws -> [LazyTensor] {
+        try zero.stateTensors().map { item in
+            var out = LazyTensor(name: item.name, dtype: item.dtype, shape: item.shape) { [parameters] in
+                try parameters.releaseAll()
+                return try item.make()
+            }
+            out.sharding = item.sharding
+            return out
+        }
     }
+    public func detach() { parameters.detach() }
+    public func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor] { parameters.checkpointValues(tensors) }
+    public func checkpointWritten() throws { try parameters.releaseAll() }
 
     public func takeCommWaitSeconds() -> Double? {
         defer { parameters.resetTimers() }

@@ -281,32 +281,41 @@ public final class FullyShardedParameters: UnitSharding {
 
     // MARK: Whole values, for checkpoints
 
-    /// Runs `body` with every parameter whole (gathered), then keeps each rank's chunk of
-    /// what `body` left in them: for loading a checkpoint into a sharded model. Collective.
-    public func withWholeParameters<T>(_ body: () throws -> T) throws -> T {
-        for unit in units { try gather(unit) }
-        let result = try body()
-        let chunk = { (s: Segment) in s.padded / self.communicator.size }
-        for unit in units {
-            for segment in unit.segments {
-                backend.copy(segment.whole!.view([chunk(segment)], offset: communicator.rank * chunk(segment)), into: segment.shard)
-            }
-            try release(unit)
+    /// Whether `t` is one of the parameters this shards.
+    public func holds(_ t: Tensor) -> Bool { unitOfParameter[ObjectIdentifier(t)] != nil }
+
+    /// Sets parameter `t` to `value` (its shape): this rank keeps the part its chunk holds.
+    /// Not collective: a checkpoint is loaded by every rank reading its own chunks.
+    public func load(_ t: Tensor, from value: Tensor) throws {
+        guard let unit = unitOfParameter[ObjectIdentifier(t)],
+              let (segment, k) = unit.segments.lazy.compactMap({ s in s.tensors.firstIndex { $0 === t }.map { (s, $0) } }).first else {
+            throw LoomError.invalidArgument("zero 3: loading a parameter \(describe(t.shape)) that is not sharded")
         }
-        return result
+        guard value.count == t.count else { throw LoomError.shapeMismatch("zero 3: \(describe(value.shape)) into parameter \(describe(t.shape))") }
+        let chunk = segment.shard.count, lo = communicator.rank * chunk, offset = segment.offsets[k]
+        let a = max(lo, offset), b = min(lo + chunk, offset + t.count)
+        if a < b { backend.copy(value.view([b - a], offset: a - offset), into: segment.shard.view([b - a], offset: a - lo)) }
+        if unit.bound { backend.copy(value, into: t) }
     }
 
-    /// A whole copy of every parameter, gathered one unit at a time (the copies, plus one
-    /// unit's gathered segments). Collective.
-    public func wholeCopies() throws -> [ObjectIdentifier: Tensor] {
-        var out: [ObjectIdentifier: Tensor] = [:]
-        for unit in units {
-            try gather(unit)
-            for segment in unit.segments { for t in segment.tensors { out[ObjectIdentifier(t)] = try t.copied() } }
-            try release(unit)
+    /// `tensors` (parameters under their checkpoint names, and buffers), a parameter made
+    /// by gathering its unit (and releasing the unit gathered before): one unit whole at a
+    /// time while a checkpoint is written. Collective; `releaseAll` ends it.
+    public func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor] {
+        tensors.map { name, t in
+            guard let unit = unitOfParameter[ObjectIdentifier(t)] else { return LazyTensor(name, t) }
+            var item = LazyTensor(name: name, dtype: t.dtype, shape: t.shape) { [unowned self] in
+                for other in units where other.bound && other !== unit { try release(other) }
+                try gather(unit)
+                return t
+            }
+            item.sharding = t.sharding
+            return item
         }
-        return out
     }
+
+    /// Releases every gathered unit (after a checkpoint's tensors were made).
+    public func releaseAll() throws { for unit in units where unit.bound { try release(unit) } }
 
     // MARK: The optimizer's view
 
@@ -339,7 +348,7 @@ public final class FullyShardedParameters: UnitSharding {
     /// Bytes of this rank's chunks of the parameters (its gradient chunks are as many).
     public var shardBytes: Int { units.flatMap(\.segments).reduce(0) { $0 + $1.shard.byteCount } }
 
-    /// Detaches the gradient hooks; the parameters stay sharded (`wholeCopies` reads them).
+    /// Detaches the gradient hooks; the parameters stay sharded (`checkpointValues` reads them).
     public func detach() {
         for unit in units { for segment in unit.segments { for t in segment.tensors { t.onGradAccumulated = nil } } }
     }

@@ -148,6 +148,51 @@ public final class ZeroOptimizer: Optimizer {
         gathered = out
     }
 
+    /// Each rank reads its chunk of every state tensor, one parameter's at a time.
+    public func loadState(_ value: (_ name: String, _ like: Tensor) throws -> Tensor) throws {
+        try inner.materializeState()
+        let lo = communicator.rank
+        for s in inner.state() {
+            let segment = layout[s.parameter], chunk = s.tensor.count, start = lo * chunk
+            for (k, i) in segment.members.enumerated() {
+                let p = parameters[i].tensor, offset = segment.offsets[k]
+                let a = max(start, offset), b = min(start + chunk, offset + p.count)
+                guard a < b else { continue }
+                let v = try value(parameters[i].name + "." + s.slot, p)
+                s.tensor.backend.copy(v.view([b - a], offset: a - offset), into: s.tensor.view([b - a], offset: a - start))
+            }
+        }
+    }
+
+    /// The full per-parameter state under the unsharded optimizer's names, each tensor
+    /// made when it is taken: a segment's slot is all-gathered when the first of its
+    /// parameters is made and kept until another is needed, so a checkpoint writer holds
+    /// one segment of one slot at a time. Every rank makes them all, in order.
+    public func stateTensors() throws -> [LazyTensor] {
+        try inner.materializeState()
+        final class Gathered { var key: (Int, String)?; var flat: Tensor? }
+        let cache = Gathered()
+        return inner.state().flatMap { s -> [LazyTensor] in
+            let b = s.parameter, segment = layout[b]
+            return segment.members.enumerated().map { k, i in
+                let p = parameters[i].tensor
+                var item = LazyTensor(name: parameters[i].name + "." + s.slot, dtype: s.tensor.dtype, shape: p.shape) { [communicator] in
+                    if cache.key.map({ $0 != (b, s.slot) }) ?? true {
+                        cache.flat = nil  // the last segment's goes before this one's comes
+                        let flat = try Tensor(uninitialized: [segment.padded], on: s.tensor.backend)
+                        try communicator.allGather(s.tensor, into: flat)
+                        cache.key = (b, s.slot); cache.flat = flat
+                    }
+                    let t = cache.flat!.view(p.shape, offset: segment.offsets[k])
+                    t.sharding = p.sharding
+                    return t
+                }
+                item.sharding = p.sharding
+                return item
+            }
+        }
+    }
+
     /// The state last gathered by `gatherState()`.
     public func state() -> [OptimizerState] { gathered }
 

@@ -22,6 +22,8 @@ final class FullyShardedTests: XCTestCase {
     /// while it was built, and bytes live once each step's update is done.
     final class Bytes: @unchecked Sendable {
         var built = 0, buildPeak = 0, betweenSteps = 0, stepPeak = 0
+        /// The most a checkpoint's tensors, made one after another, added to what the rank held.
+        var checkpointExtra = 0
         var hidden = 0, gathers = 0
     }
 
@@ -53,6 +55,13 @@ final class FullyShardedTests: XCTestCase {
                     out.append(try comm.map { Float(try $0.average(Double(loss.item))) } ?? loss.item)
                     if let bytes, rank == 0 { bytes.betweenSteps = meter.liveBytes; bytes.stepPeak = meter.peakBytes }
                 }
+                // A checkpoint's tensors, made as a writer takes them (every rank: collective).
+                let items = sharding.checkpointValues(gpt.namedTensors()) + (try sharding.optimizerStateTensors())
+                let before = meter.liveBytes
+                meter.resetPeak()
+                for item in items { _ = try item.make() }
+                try sharding.checkpointWritten()
+                if let bytes, rank == 0 { bytes.checkpointExtra = meter.peakBytes - before }
                 if let bytes, rank == 0 {
                     bytes.built = built; bytes.buildPeak = buildPeak
                     bytes.hidden = full?.gathersHidden ?? 0; bytes.gathers = full?.gathers ?? 0
@@ -83,9 +92,9 @@ final class FullyShardedTests: XCTestCase {
 
     /// Between steps a ZeRO-3 rank holds its chunks of the parameters, gradients and both
     /// Adam moments: 16Ψ/N bytes (the ZeRO paper's accounting), within the padding. While
-    /// the model is built it never holds more than that plus one unit whole (the largest:
-    /// a block here).
-    func testZeroStage3HoldsSixteenPsiOverNAndBuildsWithOneUnitWhole() throws {
+    /// the model is built, and while a checkpoint's tensors are made, it never holds more
+    /// than that plus one unit whole (the largest: a block here).
+    func testZeroStage3HoldsSixteenPsiOverNAndBuildsAndSavesWithOneUnitWhole() throws {
         let ranks = 4
         let psi = try GPT(FullyShardedTests.config, seed: 5).parameterCount
         var rng = Philox(seed: 1)
@@ -100,6 +109,10 @@ final class FullyShardedTests: XCTestCase {
         // Built: the parameter chunks and the gradient chunks (Adam's moments come at its first step).
         XCTAssertLessThanOrEqual(abs(Double(b.built - 8 * psi / ranks)) / Double(8 * psi / ranks), 0.05, "after building: \(b.built)")
         XCTAssertLessThanOrEqual(b.buildPeak, b.built + unitBytes, "peak while building \(b.buildPeak), built \(b.built), one block \(unitBytes)")
+        // Making a checkpoint's tensors (whole, as the file holds them) gathers one unit, or
+        // one unit's worth of one optimizer slot, at a time.
+        XCTAssertGreaterThan(b.checkpointExtra, 0)
+        XCTAssertLessThanOrEqual(b.checkpointExtra, unitBytes + 64, "a checkpoint's tensors added \(b.checkpointExtra) bytes; one block is \(unitBytes)")
         XCTAssertGreaterThan(b.gathers, 0)
     }
 }

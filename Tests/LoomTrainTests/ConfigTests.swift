@@ -142,7 +142,7 @@ final class SafeTensorsTests: XCTestCase {
         let f = try SafeTensors.decode(SafeTensors.encode([("h", h)], metadata: [:]), path: "mem")
         XCTAssertEqual(f.entries["h"]?.dtype, .bfloat16)
         XCTAssertEqual(f.entries["h"]?.range.count, 8)
-        XCTAssertEqual(f.data[f.entries["h"]!.range].withUnsafeBytes { Array($0.bindMemory(to: UInt16.self)) }, h.halfBits)
+        XCTAssertEqual(withExtendedLifetime(f) { Array(f.bytes(f.entries["h"]!).bindMemory(to: UInt16.self)) }, h.halfBits)
     }
 
     func testCheckpointMetadataParsesOrFailsNamingTheKey() throws {

@@ -161,6 +161,34 @@ final class DistributedEndToEndTests: CLITestCase {
         XCTAssertTrue(bad.err.contains("LOOM_MEMORY_LIMIT = 'lots' is not a byte count"), bad.err)
     }
 
+    /// A GPT whose model states (16Ψ = 51 MB: Ψ = 3.2M, AdamW) are past a 40 MB budget per
+    /// rank cannot start at ZeRO-0; at ZeRO-3 over 4 ranks (16Ψ/4 = 13 MB each) it trains,
+    /// saves its checkpoint and resumes within the same budget, with the losses of the run
+    /// that was not interrupted.
+    func testAModelPastOneRanksBudgetTrainsSavesAndResumesFullySharded() throws {
+        let cfg = work + "/wide.toml"
+        try String(contentsOfFile: try config("gpt"), encoding: .utf8)
+            .replacingOccurrences(of: "d_model = 128", with: "d_model = 256")
+            .replacingOccurrences(of: "context = 128", with: "context = 32")
+            .replacingOccurrences(of: "steps = 20", with: "steps = 4")
+            .replacingOccurrences(of: "batch_size = 16", with: "batch_size = 4")
+            .replacingOccurrences(of: "eval_every = 20", with: "eval_every = 2")
+            .replacingOccurrences(of: "eval_batches = 2", with: "eval_batches = 1")
+            .write(toFile: cfg, atomically: true, encoding: .utf8)
+        let budget = ["LOOM_MEMORY_LIMIT": "40M"]
+        let whole = try loom(["train", cfg, "--dp", "4", "--out", work, "--name", "whole"], env: budget)
+        XCTAssertNotEqual(whole.status, 0)
+        XCTAssertTrue(whole.err.contains("out of memory: rank ") && whole.err.contains("(LOOM_MEMORY_LIMIT)"), whole.err)
+        let full = try loom(["train", cfg, "--dp", "4", "--zero", "3", "--out", work, "--name", "sharded"], env: budget)
+        XCTAssertEqual(full.status, 0, full.err)
+        let cut = try loom(["train", cfg, "--dp", "4", "--zero", "3", "--out", work, "--name", "cut", "--stop-at", "2"], env: budget)
+        XCTAssertEqual(cut.status, 0, cut.err)
+        let resumed = try loom(["train", "--resume", work + "/cut", "--dp", "4", "--zero", "3"], env: budget)
+        XCTAssertEqual(resumed.status, 0, resumed.err)
+        XCTAssertEqual(try losses("cut"), try losses("sharded"))
+        XCTAssertEqual(try losses("cut").count, 4)
+    }
+
     /// ZeRO-3 keeps parameters sharded across a pipeline stage's micro-batches, which it
     /// cannot: the combination is refused before any rank starts, saying what to use.
     func testZeroStage3WithAPipelineIsRefusedNamingTheAlternative() throws {

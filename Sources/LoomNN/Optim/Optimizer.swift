@@ -18,6 +18,17 @@ public protocol Optimizer: AnyObject {
     /// An optimizer of the same kind and settings over other parameters (ZeRO builds
     /// one over each rank's shard).
     func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer
+    /// Sets the state from `value(name, like)`: the values of the state tensor named as
+    /// `namedState` names it, shaped like parameter-shaped `like` (a checkpoint's). A
+    /// sharded optimizer keeps only its chunk of each.
+    func loadState(_ value: (_ name: String, _ like: Tensor) throws -> Tensor) throws
+}
+
+extension Optimizer {
+    public func loadState(_ value: (_ name: String, _ like: Tensor) throws -> Tensor) throws {
+        try materializeState()
+        for (name, t) in namedState() { t.backend.copy(try value(name, t), into: t) }
+    }
 }
 
 /// One state tensor of an optimizer: PyTorch's `state[param][slot]`.

@@ -96,7 +96,7 @@ public enum HuggingFaceGPT2 {
                 throw LoomError.shapeMismatch("'\(weightsPath)': \(hf) is \(describe(e.shape)) \(e.dtype), want \(describe(want)) float")
             }
             var stored = try Tensor(uninitialized: e.shape, dtype: e.dtype)
-            file.data[e.range].withUnsafeBytes { stored.backend.upload($0, to: stored) }
+            withExtendedLifetime(file) { stored.backend.upload(file.bytes(e), to: stored) }
             stored = try withoutGrad { try stored.cast(to: .float32) }
             let value = conv1D ? try withoutGrad { try stored.transposed() } : stored
             t.backend.copy(value, into: t)

@@ -27,9 +27,9 @@ public enum TrainingCheckpoint {
     /// shards into full tensors first; pipeline stages send theirs to rank 0).
     /// `dropout`: the dropout generators, when they cover more than this rank's modules.
     public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState,
-                            tensors full: [(name: String, tensor: Tensor)]? = nil, dropout: DropoutGenerators? = nil) throws {
+                            tensors full: [LazyTensor]? = nil, dropout: DropoutGenerators? = nil) throws {
         if full == nil { try optimizer.materializeState() }
-        let tensors = full ?? localTensors(setup: setup, optimizer: optimizer)
+        let tensors = full ?? localTensors(setup: setup, optimizer: optimizer).map { LazyTensor($0.name, $0.tensor) }
         var meta: [String: String] = [
             "format": "pt",
             "loom.config": ConfigFile.render(config),
@@ -116,43 +116,73 @@ public enum TrainingCheckpoint {
 
     /// Loads parameters and buffers (`model.*`) into a module. `tensorGroup`: the group its
     /// sharded tensors are split across (each takes its part of the stored whole tensor).
+    /// `sharded` (ZeRO-3): the parameters it holds take only this rank's chunk, read
+    /// straight from the file (nothing gathered, nothing collective).
     public static func restoreModel(_ file: SafeTensors.File, path: String, into module: Module,
-                                    tensorGroup: Communicator? = nil) throws {
-        for (name, t) in module.namedTensors() { try load(file, path, "model." + name, t, tensorGroup: tensorGroup) }
+                                    tensorGroup: Communicator? = nil, sharded: FullyShardedParameters? = nil) throws {
+        for (name, t) in module.namedTensors() {
+            if let sharded, sharded.holds(t) {
+                try sharded.load(t, from: value(file, path, "model." + name, like: t, tensorGroup: tensorGroup))
+            } else {
+                try load(file, path, "model." + name, t, tensorGroup: tensorGroup)
+            }
+        }
     }
 
     /// Copies checkpoint tensor `name` into `t`; a sharded `t` takes its part of the
     /// stored (whole) tensor.
     private static func load(_ file: SafeTensors.File, _ path: String, _ name: String, _ t: Tensor,
                              tensorGroup: Communicator?) throws {
+        guard t.sharding == nil, let e = file.entries[name], e.shape == t.shape, e.dtype == t.dtype else {
+            t.backend.copy(try value(file, path, name, like: t, tensorGroup: tensorGroup), into: t)
+            return
+        }
+        withExtendedLifetime(file) { t.backend.upload(file.bytes(e), to: t) }  // straight from the file's pages
+    }
+
+    /// The values checkpoint tensor `name` gives a tensor like `t` (its shape, dtype,
+    /// sharding and backend): the stored tensor, or this rank's part of it when `t` is a
+    /// tensor-parallel shard. A new tensor: one tensor's bytes (two while slicing).
+    static func value(_ file: SafeTensors.File, _ path: String, _ name: String, like t: Tensor,
+                      tensorGroup: Communicator?) throws -> Tensor {
         guard let e = file.entries[name] else { throw LoomError.io("checkpoint '\(path)': no tensor '\(name)'") }
         if let sharding = t.sharding, e.dtype == .float32 {
-            let full = Tensor(file.floats(name)!, shape: e.shape, on: t.backend)
+            let full = try Tensor(uninitialized: e.shape, on: t.backend)
+            withExtendedLifetime(file) { t.backend.upload(file.bytes(e), to: full) }
             let part = try full.shard(sharding, tensorGroup)
             guard part.shape == t.shape else {
                 throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)), which does not slice to this rank's \(describe(t.shape))")
             }
-            t.backend.copy(part, into: t)
-            return
+            return part
         }
         guard e.shape == t.shape, e.dtype == t.dtype else {
             throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)) \(e.dtype), the model expects \(describe(t.shape)) \(t.dtype)")
         }
-        file.data[e.range].withUnsafeBytes { t.backend.upload($0, to: t) }
+        let out = try Tensor(uninitialized: t.shape, dtype: t.dtype, on: t.backend)
+        withExtendedLifetime(file) { t.backend.upload(file.bytes(e), to: out) }
+        return out
     }
 
-    /// Loads tensors and state into a freshly built setup.
+    /// Loads parameters, buffers and run metadata into a freshly built setup; the
+    /// optimizer state is loaded by `restoreOptimizer` into the optimizer training uses
+    /// (the plan's, which may be sharded).
     public static func restore(_ file: SafeTensors.File, path: String, into setup: Setup) throws -> RunState {
         if file.metadata["loom.model_only"] != nil {
             throw LoomError.config("checkpoint '\(path)' holds a model without a run (an import): start a run from it with loom train --init")
         }
-        try setup.withWholeParameters { try restoreModel(file, path: path, into: setup.module, tensorGroup: setup.tensorGroup) }
-        try setup.optimizer.materializeState()
-        for (name, t) in setup.optimizer.namedState() { try load(file, path, "optim." + name, t, tensorGroup: setup.tensorGroup) }
+        try restoreModel(file, path: path, into: setup.module, tensorGroup: setup.tensorGroup, sharded: setup.fullySharded)
         let meta = Metadata(file: file, path: path)
         setup.optimizer.stepCount = try meta.int("loom.optimizer_steps")
         try meta.dropoutGenerators().restore(into: setup.module)
         return try meta.runState()
+    }
+
+    /// Loads the optimizer state (`optim.*`) into `optimizer`: whole, or (ZeRO) each rank
+    /// reading only its chunks, a tensor at a time.
+    public static func restoreOptimizer(_ file: SafeTensors.File, path: String, into optimizer: Optimizer,
+                                        tensorGroup: Communicator?) throws {
+        try optimizer.loadState { name, like in try value(file, path, "optim." + name, like: like, tensorGroup: tensorGroup) }
+        optimizer.stepCount = try Metadata(file: file, path: path).int("loom.optimizer_steps")
     }
 
     /// A checkpoint's metadata, read strictly: every value Loom wrote parses, or the

@@ -22,8 +22,12 @@ public protocol ParallelPlan: GradientReduction {
     func parameterCount() throws -> Int
     /// The whole model's tensors and optimizer state under their checkpoint names, and
     /// the dropout generators, as one process would hold them: on the rank that writes
-    /// the checkpoint (`writesCheckpoint`). Collective.
-    func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators)
+    /// the checkpoint (`writesCheckpoint`). Each tensor is made when the writer takes it
+    /// (sharded ones are gathered then); the makes are collective, so every other rank
+    /// makes them all too, in order, and then every rank calls `checkpointWritten`.
+    func checkpointTensors() throws -> (tensors: [LazyTensor], dropout: DropoutGenerators)
+    /// After a checkpoint's tensors were made (ZeRO-3 releases what it gathered).
+    func checkpointWritten() throws
     /// Whether this rank writes the run's files (rank 0).
     var writesCheckpoint: Bool { get }
     /// Seconds blocked on gradient communication that backward did not hide, since the
@@ -51,10 +55,12 @@ public final class SingleProcessPlan: ParallelPlan {
     public func parameterCount() throws -> Int { setup.module.parameterCount }
     public var writesCheckpoint: Bool { true }
 
-    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
+    public func checkpointTensors() throws -> (tensors: [LazyTensor], dropout: DropoutGenerators) {
         try optimizer.materializeState()
-        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer), DropoutGenerators(of: setup.module))
+        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer).map { LazyTensor($0.name, $0.tensor) },
+                DropoutGenerators(of: setup.module))
     }
+    public func checkpointWritten() throws {}
 }
 
 /// One rank of a run over several: a data group that splits the batch (its
@@ -105,15 +111,26 @@ public final class DistributedPlan: ParallelPlan {
         return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
     }
 
-    public func checkpointTensors() throws -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
-        try sharding.gatherOptimizerState()
-        var tensors = try sharding.wholeValues(TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer))
+    public func checkpointTensors() throws -> (tensors: [LazyTensor], dropout: DropoutGenerators) {
+        var tensors = sharding.checkpointValues(setup.module.namedTensors().map { ("model." + $0.name, $0.tensor) })
+            + (try sharding.optimizerStateTensors()).map { $0.renamed("optim." + $0.name) }
         // Tensor parallelism: every rank gathers the shards into whole tensors.
-        if let group = setup.tensorGroup { tensors = try tensors.map { ($0.name, try $0.tensor.unshard(group)) } }
+        if let group = setup.tensorGroup {
+            tensors = tensors.map { item in
+                guard let sharding = item.sharding, group.size > 1 else { return item }
+                var whole = item.shape
+                whole[sharding.axis] *= group.size
+                return item.map(shape: whole) { try $0.unshard(group) }
+            }
+        }
         let dropout = DropoutGenerators(of: setup.module)
         guard let groups, groups.pipeline.size > 1 else { return (tensors, dropout) }
-        return try gatherStages(tensors, dropout, groups)
+        let made = try tensors.map { ($0.name, try $0.make()) }
+        let (all, merged) = try gatherStages(made, dropout, groups)
+        return (all.map { LazyTensor($0.name, $0.tensor) }, merged)
     }
+
+    public func checkpointWritten() throws { try sharding.checkpointWritten() }
 
     /// Stages other than 0 of rank 0's pipeline send their tensors and dropout generators
     /// to it; rank 0 returns them all (tied parameters and their state once, from the

@@ -66,14 +66,6 @@ public struct Setup {
 
     /// This rank's modules.
     public var module: Module { steps.module }
-
-    /// Runs `body` with every parameter's values whole on this rank (ZeRO-3 gathers them,
-    /// then keeps its chunk of what `body` left): for loading a checkpoint. Collective
-    /// under ZeRO-3.
-    public func withWholeParameters<T>(_ body: () throws -> T) throws -> T {
-        guard let fullySharded else { return try body() }
-        return try fullySharded.withWholeParameters(body)
-    }
     public var train: any Dataset { data.train }
     public var validation: any Dataset { data.validation }
     public var tokenizer: Tokenizer? { data.tokenizer }

@@ -57,14 +57,16 @@ public final class Trainer {
         c.dp = context.topology.dp
         try ConfigFile.validate(c)
         self.backend = backend
+        var resumed: SafeTensors.File?
         if let from = resume ?? initFrom {
             let file = try TrainingCheckpoint.peek(from).0
             let fresh = try TrainingCheckpoint.setup(c, backend: backend, from: file, path: from, context: context)
             setup = fresh
             if resume != nil {
                 state = try TrainingCheckpoint.restore(file, path: from, into: fresh)
+                resumed = file
             } else {
-                try fresh.withWholeParameters { try TrainingCheckpoint.restoreModel(file, path: from, into: fresh.module, tensorGroup: fresh.tensorGroup) }
+                try TrainingCheckpoint.restoreModel(file, path: from, into: fresh.module, tensorGroup: fresh.tensorGroup, sharded: fresh.fullySharded)
                 state = RunState(step: 0, elapsedSeconds: 0, bestValidationLoss: nil)
             }
         } else {
@@ -74,6 +76,10 @@ public final class Trainer {
         runDirectory = resume ?? c.runDirectory
         self.config = c
         plan = communicator == nil ? SingleProcessPlan(setup: setup) : try DistributedPlan(setup: setup, bucketBytes: c.bucketKB << 10, zero: c.zero)
+        // Into the optimizer that trains: a sharded one reads only its chunks.
+        if let file = resumed, let from = resume {
+            try TrainingCheckpoint.restoreOptimizer(file, path: from, into: plan.optimizer, tensorGroup: setup.tensorGroup)
+        }
     }
 
     /// Steps completed (including those before a resume).
@@ -244,11 +250,14 @@ public final class Trainer {
         // Collective: shards, ZeRO state and other stages' tensors come whole to rank 0.
         let (full, dropout) = try plan.checkpointTensors()
         if let writer {
-            // Written once, by rank 0: every rank holds the same parameters and state.
+            // Written once, by rank 0, a tensor at a time as the others make them with it.
             try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state, tensors: full,
                                         dropout: dropout)
             try writer.evaluation(e, step: state.step, epoch: epoch, elapsed: state.elapsedSeconds, unit: unit)
+        } else {
+            for tensor in full { _ = try tensor.make() }  // the collectives rank 0's writer runs
         }
+        try plan.checkpointWritten()
         // The others wait here, not in the next step's collective, while rank 0 writes: a
         // slow disk must not look like a dead rank (parallel.checkpoint_timeout_s).
         try context.world?.barrier(timeout: Double(config.checkpointTimeoutSeconds))
