@@ -78,6 +78,13 @@ open class Module {
     /// Moves every parameter and buffer to the backend registered for `device`.
     public func to(_ device: Device) throws { try to(Backends.backend(for: device)) }
 
+    /// Drops the values of every parameter and buffer (their tensors keep their shapes and
+    /// names; reading them faults): for the parts of a model another rank holds, built
+    /// only to draw the same random streams and give the same names.
+    public func releaseValues() {
+        for (_, t) in namedTensors() { t.rebind(to: Storage.released(on: t.device), offset: 0) }
+    }
+
     /// Drops every parameter's gradient (PyTorch's `zero_grad(set_to_none=True)`).
     public func zeroGrad() { for p in parameters { p.grad = nil } }
 

@@ -36,9 +36,10 @@ public final class DataParallel {
     /// ZeRO (stage 1 or 2): gradients are reduce-scattered, each rank keeping the average
     /// of its 1/N chunk of every bucket in `Bucket.shardGrad`, for `ZeroOptimizer`.
     public let zero: Bool
-    /// ZeRO stage 2: each parameter's whole gradient is released as soon as its bucket has
-    /// copied it, and the bucket's whole buffer once its reduce-scatter is done, so a rank
-    /// keeps 1/N of the gradients between steps (stage 1 keeps them all).
+    /// ZeRO stage 2: the bucket's whole buffer is released once its reduce-scatter is done,
+    /// so a rank keeps 1/N of the gradients between steps (stage 1 keeps them all, in the
+    /// buckets). Under both, a parameter's own gradient is dropped once its bucket has
+    /// copied it.
     public let releasesGradients: Bool
 
     final class Bucket {
@@ -133,7 +134,7 @@ public final class DataParallel {
             let p = parameters[i].tensor
             let dst = flat.view(p.shape, offset: bucket.offsets[slot])
             if let g = p.grad { p.backend.copy(g, into: dst) } else { p.backend.fill(dst, value: 0) }
-            if releasesGradients { p.grad = nil }  // its bytes are in the bucket now
+            if zero { p.grad = nil }  // its bytes are in the bucket now (ZeRO reads only its chunk of the reduction)
         }
         if releasesGradients { inFlight.append(b) }
         if let shard = bucket.shardGrad {

@@ -39,6 +39,8 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Data parallel ranks (in-process, one thread each): reports scaling efficiency; for comm, in-process ranks when not under mpirun.")
     var dp: Int?
+    @Option(help: "ZeRO stage of the --dp ranks (0-3): reports each rank's bytes held between steps and its peak in a step.")
+    var zero: Int = 0
 
     @Option(help: "Pipeline stages (in-process, one thread each; gpt workload): reports measured and theoretical bubble.")
     var pp: Int?
@@ -73,6 +75,8 @@ struct BenchCommand: ParsableCommand {
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
         guard repeats >= 1 else { throw ValidationError("--repeats \(repeats) must be at least 1") }
+        guard (0...3).contains(zero) else { throw ValidationError("--zero \(zero): valid stages are 0, 1, 2 and 3") }
+        if zero > 0 && (dp ?? 1) < 2 { throw ValidationError("--zero \(zero) shards over data-parallel ranks: give --dp 2 or more") }
         if precision != .float32, suite != nil || dp != nil || pp != nil {
             throw ValidationError("--precision \(precision.rawValue) applies to the training workloads, not to comm, --dp or --pp")
         }
@@ -144,10 +148,11 @@ struct BenchCommand: ParsableCommand {
     func runDataParallel(_ ranks: Int) throws {
         let workloads = workload == "all" ? Workload.reference : [Workload(rawValue: workload)!]
         for w in workloads {
-            let r = try Bench.runDataParallel(w, ranks: ranks, steps: steps, repeats: repeats)
+            let r = try Bench.runDataParallel(w, ranks: ranks, zero: zero, steps: steps, repeats: repeats)
             if json { print(r.json) } else {
-                print(String(format: "%@ dp %d: %10.1f %@ (%d ranks x 1 thread), scaling efficiency %.3f vs %d x one single-threaded rank",
-                             w.rawValue, ranks, r.perSecond, r.unit, ranks, r.scalingEfficiency ?? 0, ranks))
+                print(String(format: "%@ dp %d zero %d: %10.1f %@ (%d ranks x 1 thread), scaling efficiency %.3f vs %d x one single-threaded rank; per rank %@ held between steps, %@ at the step's peak",
+                             w.rawValue, ranks, zero, r.perSecond, r.unit, ranks, r.scalingEfficiency ?? 0, ranks,
+                             MemoryMeter.format(r.heldBytes ?? 0), MemoryMeter.format(r.peakBytes)))
             }
         }
     }

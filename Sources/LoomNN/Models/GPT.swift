@@ -50,12 +50,35 @@ public final class GPT: Module {
     /// Runs each block's forward with its parameters whole when they are kept sharded (ZeRO-3).
     let sharding: (any UnitSharding)?
 
+    /// The parts of the model whose values a rank keeps: a pipeline stage's blocks, and the
+    /// embeddings (first piece) and head (last piece) when it holds them. The other parts
+    /// are built with their shapes and names and their values dropped at once, so
+    /// building holds the stage's part and one block beyond it at most, and every kept
+    /// value is the one the whole model has (each block draws from its own stream).
+    public struct Part: Equatable, Sendable {
+        public var blocks: Set<Int>
+        public var embeddings: Bool
+        public var head: Bool
+
+        public init(blocks: Set<Int>, embeddings: Bool, head: Bool) { self.blocks = blocks; self.embeddings = embeddings; self.head = head }
+
+        /// The part of pieces `held` of the model cut into `count` pieces (`split[i]`
+        /// blocks in piece i; nil: `balancedSplit`).
+        public init(_ config: GPTConfig, pieces count: Int, holding held: [Int], split: [Int]? = nil) throws {
+            let counts = try split ?? GPT.balancedSplit(config, pieces: count)
+            let starts = counts.indices.map { counts[..<$0].reduce(0, +) }
+            self.init(blocks: Set(held.flatMap { starts[$0]..<(starts[$0] + counts[$0]) }), embeddings: held.contains(0),
+                      head: held.contains(count - 1))
+        }
+    }
+
     /// The whole model, initialised from `seed` (the same values on every backend and in
     /// every layout). `tensorGroup`: split across it (this rank's part). `sharding`: each
     /// block is a unit of it, the embeddings and final norm its root, each sharded as soon
     /// as it is made (ZeRO-3: the whole of one block at most is held while building).
+    /// `keeping`: the values of only that part are kept (a pipeline stage's).
     public init(_ config: GPTConfig, seed: UInt64, on backend: any Backend = DefaultBackend.current,
-                tensorGroup: Communicator? = nil, sharding: (any UnitSharding)? = nil) throws {
+                tensorGroup: Communicator? = nil, sharding: (any UnitSharding)? = nil, keeping part: Part? = nil) throws {
         guard config.dModel % config.heads == 0 else {
             throw LoomError.config("gpt: d_model \(config.dModel) is not divisible by heads \(config.heads)")
         }
@@ -66,6 +89,7 @@ public final class GPT: Module {
                                              group: tensorGroup)
         let wpe = Embedding(config.contextLength, config.dModel, std: std, rng: &rng, on: backend)
         try sharding?.shard([wte, wpe], as: nil)
+        if let part, !part.embeddings { wpe.releaseValues(); if !part.head { wte.releaseValues() } }
         self.wte = wte
         self.wpe = wpe
         var blocks: [TransformerBlock] = []
@@ -74,11 +98,13 @@ public final class GPT: Module {
             let block = try TransformerBlock(dModel: config.dModel, heads: config.heads, std: std, projStd: std,
                                              dropout: config.dropout, rng: &r, on: backend, group: tensorGroup)
             try sharding?.shard([block], as: block)
+            if let part, !part.blocks.contains(i) { block.releaseValues() }
             blocks.append(block)
         }
         self.blocks = blocks
         let lnf = LayerNorm(config.dModel, on: backend)
         try sharding?.shard([lnf], as: nil)
+        if let part, !part.head { lnf.releaseValues() }
         self.lnf = lnf
         self.sharding = sharding
         firstBlock = 0

@@ -39,6 +39,12 @@ public struct BenchResult: Sendable, Encodable {
     public var loss: Float
     /// Data parallel runs: ranks, and throughput over ranks x one single-threaded rank.
     public var ranks: Int = 1
+    /// Data parallel runs: the ZeRO stage, and the most bytes of tensors any rank held
+    /// between steps (its model states: parameters, gradients, optimizer state, and
+    /// buffers such as gradient buckets); `peakBytes` is then any rank's peak in a step
+    /// (those plus activations, gathered units and transient buffers).
+    public var zero: Int?
+    public var heldBytes: Int?
     public var scalingEfficiency: Double?
     /// How it was timed: untimed warm-up steps, then `repeats` timed runs of the same
     /// steps; `perSecond` is their median, `runsPerSecond` each run's figure in order.
@@ -49,7 +55,7 @@ public struct BenchResult: Sendable, Encodable {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
         case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm"
-        case warmup, repeats, runsPerSecond = "runs_per_s"
+        case warmup, repeats, runsPerSecond = "runs_per_s", zero, heldBytes = "held_bytes"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -78,6 +84,8 @@ public struct BenchResult: Sendable, Encodable {
             try c.encode(ranks, forKey: .ranks)
             try c.encode(rounded(scalingEfficiency, 3), forKey: .scalingEfficiency)
         }
+        try c.encodeIfPresent(zero, forKey: .zero)
+        try c.encodeIfPresent(heldBytes, forKey: .heldBytes)
     }
 
     /// One line of `loom bench --json`.
@@ -88,25 +96,33 @@ public enum Bench {
     /// Data parallel throughput with `ranks` in-process ranks of one thread each, each
     /// training the workload's batch (so the global batch is ranks x the workload's),
     /// against one single-threaded rank alone: efficiency = per_s / (ranks x single).
-    public static func runDataParallel(_ workload: Workload, ranks: Int, steps: Int = 30, warmup: Int = 5, repeats: Int = 1) throws -> BenchResult {
+    /// `zero`: the ZeRO stage of the ranks; each rank's tensors are metered, and the
+    /// result gives the most any rank held between steps and at its peak in a step.
+    public static func runDataParallel(_ workload: Workload, ranks: Int, zero: Int = 0, steps: Int = 30, warmup: Int = 5,
+                                       repeats: Int = 1) throws -> BenchResult {
         let one = CPUBackend(threads: 1)
         let single = try run(workload, backend: one, steps: steps, warmup: warmup, repeats: repeats, peak: peakGflops(on: one))
-        let timings = try InProcessWorld.run(size: ranks) { comm -> ([Double], Float) in
-            let backend = CPUBackend(threads: 1)
-            let step = try workload.makeStep(on: backend, communicator: comm)
-            var loss: Float = 0
-            for _ in 0..<warmup { loss = try step() }
-            var runs: [Double] = []
-            for _ in 0..<repeats {
-                try comm.barrier()
-                let t0 = monotonicSeconds()
-                for _ in 0..<steps { loss = try step() }
-                try comm.barrier()
-                runs.append(monotonicSeconds() - t0)
+        let timings = try InProcessWorld.run(size: ranks) { comm -> (runs: [Double], loss: Float, held: Int, peak: Int) in
+            let meter = MemoryMeter()
+            return try MemoryMeter.measuring(meter) {
+                let backend = CPUBackend(threads: 1)
+                let step = try workload.makeStep(on: backend, communicator: comm, zero: zero)
+                var loss: Float = 0
+                for _ in 0..<warmup { loss = try step() }
+                let held = meter.liveBytes
+                meter.resetPeak()
+                var runs: [Double] = []
+                for _ in 0..<repeats {
+                    try comm.barrier()
+                    let t0 = monotonicSeconds()
+                    for _ in 0..<steps { loss = try step() }
+                    try comm.barrier()
+                    runs.append(monotonicSeconds() - t0)
+                }
+                return (runs, loss, held, meter.peakBytes)
             }
-            return (runs, loss)
         }
-        let seconds = timings[0].0.sorted()[timings[0].0.count / 2]
+        let seconds = timings[0].runs.sorted()[timings[0].runs.count / 2]
         let perSecond = Double(ranks * workload.itemsPerStep * steps) / seconds
         var r = single
         r.perSecond = perSecond
@@ -117,9 +133,12 @@ public enum Bench {
         r.peakGflops = peakGflops(on: CPUBackend(threads: ranks))  // the ceiling of all the threads the run used
         r.ranks = ranks
         r.threads = 1
-        r.loss = timings[0].1
+        r.loss = timings[0].loss
         r.scalingEfficiency = perSecond / (Double(ranks) * single.perSecond)
-        r.runsPerSecond = timings[0].0.map { Double(ranks * workload.itemsPerStep * steps) / $0 }
+        r.zero = zero
+        r.heldBytes = timings.map(\.held).max()
+        r.peakBytes = timings.map(\.peak).max() ?? 0
+        r.runsPerSecond = timings[0].runs.map { Double(ranks * workload.itemsPerStep * steps) / $0 }
         return r
     }
 

@@ -29,56 +29,51 @@ public enum Workload: String, CaseIterable, Sendable {
     }
 
     /// A closure that runs one training step and returns its loss. With a communicator,
-    /// one rank of data parallel training (each rank its own batch of the workload's size).
-    public func makeStep(on backend: any Backend, seed: UInt64 = 0, communicator: Communicator? = nil) throws -> () throws -> Float {
+    /// one rank of data parallel training (each rank its own batch of the workload's size)
+    /// at ZeRO stage `zero`.
+    public func makeStep(on backend: any Backend, seed: UInt64 = 0, communicator: Communicator? = nil,
+                         zero: Int = 0) throws -> () throws -> Float {
         var rng = Philox(seed: seed &+ 1000 &+ UInt64(communicator?.rank ?? 0))
-        var dp: DataParallel?
-        func parallel(_ m: Module) throws {
-            if let c = communicator, c.size > 1 { dp = try DataParallel(parameters: m.namedParameters(), communicator: c) }
+        let full = zero == 3 ? communicator.flatMap { $0.size > 1 ? FullyShardedParameters(communicator: $0, backend: backend) : nil } : nil
+        let root = full as (any UnitSharding)?
+        /// The step of `model` under `optimizer` (a template the layout shards), with its loss.
+        func step(_ model: Module, _ optimizer: Optimizer, _ loss: @escaping () throws -> Tensor) throws -> () throws -> Float {
+            try full?.shard([model], as: nil)  // what the model did not shard as units: its root
+            let layout = try dataParallelSharding(zero: zero, parameters: model.namedParameters(), optimizer: optimizer, group: communicator,
+                                                  bucketBytes: DataParallel.defaultBucketBytes, fullySharded: full)
+            return {
+                layout.optimizer.zeroGrad()
+                let l = try root.forward(nil) { try loss() }
+                try l.backward()
+                try layout.reduceGradients()
+                try layout.optimizer.step()
+                return l.item
+            }
         }
         switch self {
         case .mlp:
             let model = MLP(sizes: [784, 512, 512, 10], seed: seed, on: backend)
-            let opt = SGD(model.namedParameters(), lr: 0.01, momentum: 0.9)
-            try parallel(model)
             let x = Tensor.uniform([128, 784], low: 0, high: 1, rng: &rng, on: backend)
             let y = Tensor(indices: (0..<128).map { _ in Int32(rng.nextInt(below: 10)) }, shape: [128], on: backend)
-            return { try trainStep(opt, dp) { try model(x).crossEntropy(targets: y) } }
+            return try step(model, SGD(model.namedParameters(), lr: 0.01, momentum: 0.9)) { try model(x).crossEntropy(targets: y) }
         case .cnn:
             let model = CNN(seed: seed, on: backend)
-            let opt = SGD(model.namedParameters(), lr: 0.01, momentum: 0.9)
-            try parallel(model)
             let x = Tensor.uniform([64, 1, 28, 28], low: 0, high: 1, rng: &rng, on: backend)
             let y = Tensor(indices: (0..<64).map { _ in Int32(rng.nextInt(below: 10)) }, shape: [64], on: backend)
-            return { try trainStep(opt, dp) { try model(x).crossEntropy(targets: y) } }
+            return try step(model, SGD(model.namedParameters(), lr: 0.01, momentum: 0.9)) { try model(x).crossEntropy(targets: y) }
         case .resnet20:
             let model = try ResNet(depth: 20, channels: 3, classes: 10, seed: seed, on: backend)
-            let opt = SGD(model.namedParameters(), lr: 0.01, momentum: 0.9)
-            try parallel(model)
             let x = Tensor.uniform([128, 3, 32, 32], low: 0, high: 1, rng: &rng, on: backend)
             let y = Tensor(indices: (0..<128).map { _ in Int32(rng.nextInt(below: 10)) }, shape: [128], on: backend)
-            return { try trainStep(opt, dp) { try model(x).crossEntropy(targets: y) } }
+            return try step(model, SGD(model.namedParameters(), lr: 0.01, momentum: 0.9)) { try model(x).crossEntropy(targets: y) }
         case .gpt, .gpt2:
             let config: GPTConfig = self == .gpt ? .bench : .gpt2Small
             let (b, t) = self == .gpt ? (16, 128) : (8, 1024)
-            let model = try GPT(config, seed: seed, on: backend)
-            let opt = Adam.adamW(model.namedParameters(), lr: 3e-4)
-            try parallel(model)
+            let model = try GPT(config, seed: seed, on: backend, sharding: full)
             let vocabulary = self == .gpt ? 256 : 50257  // GPT-2's real tokens; the padded rows are never targets
             let x = Tensor(indices: (0..<b * t).map { _ in Int32(rng.nextInt(below: vocabulary)) }, shape: [b, t], on: backend)
             let y = Tensor(indices: (0..<b * t).map { _ in Int32(rng.nextInt(below: vocabulary)) }, shape: [b, t], on: backend)
-            return { try trainStep(opt, dp) { try model.loss(tokens: x, targets: y) } }
+            return try step(model, Adam.adamW(model.namedParameters(), lr: 3e-4)) { try model.loss(logits: model(x), targets: y) }
         }
     }
-}
-
-/// zero grads, forward, backward, (gradient all-reduce,) update; returns the loss.
-@inline(__always)
-func trainStep(_ opt: Optimizer, _ dp: DataParallel?, _ loss: () throws -> Tensor) throws -> Float {
-    opt.zeroGrad()
-    let l = try loss()
-    try l.backward()
-    try dp?.synchronize()
-    try opt.step()
-    return l.item
 }

@@ -31,6 +31,15 @@ public enum ModelSpec: Equatable, Sendable {
         return GPTConfig(vocabSize: vocabularySize, contextLength: context, layers: layers, dModel: dModel, heads: heads, dropout: dropout)
     }
 
+    /// A pipeline stage's share of the model: of `pieces` pieces (`split[i]` layers in
+    /// piece i; nil: the model's balanced split), the ones it holds.
+    public struct StageShare: Equatable, Sendable {
+        public var pieces: Int
+        public var held: [Int]
+        public var split: [Int]?
+        public init(pieces: Int, held: [Int], split: [Int]?) { self.pieces = pieces; self.held = held; self.split = split }
+    }
+
     /// A model built for one rank: the module (whole, or this rank's tensor-parallel part)
     /// as a pipeline can cut it, and the loss and evaluation it trains with.
     public struct Built {
@@ -43,13 +52,16 @@ public enum ModelSpec: Equatable, Sendable {
     /// layers split across the tensor group; batch norm shares its statistics over the
     /// data group when `syncBatchNorm`. `sharding` (ZeRO-3): the model's parameters are
     /// sharded as it is built, a GPT's blocks as units of their own, the rest (all of an
-    /// image model) as the root unit.
+    /// image model) as the root unit. `stage`: the pipeline pieces this rank holds, whose
+    /// values alone a GPT keeps (an image model is built whole and cut).
     public func build(for input: ModelInput, seed: UInt64, context: ParallelContext = .single, syncBatchNorm: Bool = true,
-                      sharding: (any UnitSharding)? = nil, on backend: any Backend) throws -> Built {
+                      sharding: (any UnitSharding)? = nil, stage: StageShare? = nil, on backend: any Backend) throws -> Built {
         let batchNormGroup = syncBatchNorm && (context.data?.size ?? 1) > 1 ? context.data : nil
         switch (self, input) {
         case let (.gpt, .tokens(vocabulary)):
-            let gpt = try GPT(gptConfig(vocabularySize: vocabulary)!, seed: seed, on: backend, tensorGroup: context.tensor, sharding: sharding)
+            let config = gptConfig(vocabularySize: vocabulary)!
+            let part = try stage.map { try GPT.Part(config, pieces: $0.pieces, holding: $0.held, split: $0.split) }
+            let gpt = try GPT(config, seed: seed, on: backend, tensorGroup: context.tensor, sharding: sharding, keeping: part)
             return Built(model: gpt, task: LanguageModelTask(model: gpt, sharding: sharding))
         case let (.mlp(hidden), .images(shape, classes)):
             return try classifier(MLP(sizes: [shape.reduce(1, *)] + hidden + [classes], seed: seed, on: backend), sharding)

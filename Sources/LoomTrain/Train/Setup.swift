@@ -32,18 +32,24 @@ public struct Setup {
         } else {
             fullySharded = nil
         }
+        let schedule = try context.pipeline.map { _ in
+            try Schedule(c.pipelineSchedule, stages: c.pp, microBatches: c.microBatches, chunks: c.pipelineSchedule == .interleaved ? c.chunks : nil)
+        }
+        let split = c.pipelineSplit.isEmpty ? nil : c.pipelineSplit
+        var share: ModelSpec.StageShare?  // a pipeline stage keeps the values of its pieces only
+        if let schedule, let pipeline = context.pipeline {
+            share = ModelSpec.StageShare(pieces: schedule.pieces, held: (0..<schedule.chunks).map { schedule.piece(stage: pipeline.rank, chunk: $0) },
+                                         split: split)
+        }
         let built: ModelSpec.Built
         do {
             built = try spec.build(for: data.input, seed: UInt64(c.seed), context: context, syncBatchNorm: c.syncBatchNorm,
-                                   sharding: fullySharded, on: backend)
+                                   sharding: fullySharded, stage: share, on: backend)
         } catch LoomError.shapeMismatch(let why) {
             throw LoomError.shapeMismatch("'\(c.data)': \(why)")
         }
-        if let pipeline = context.pipeline {
-            let schedule = try Schedule(c.pipelineSchedule, stages: c.pp, microBatches: c.microBatches,
-                                        chunks: c.pipelineSchedule == .interleaved ? c.chunks : nil)
-            let stage = try PipelineStageModel(cutting: built.model, schedule: schedule, stage: pipeline.rank,
-                                               split: c.pipelineSplit.isEmpty ? nil : c.pipelineSplit)
+        if let pipeline = context.pipeline, let schedule {
+            let stage = try PipelineStageModel(cutting: built.model, schedule: schedule, stage: pipeline.rank, split: split)
             steps = try PipelinedSteps(stage: stage, schedule: schedule, context: context, recompute: c.recompute,
                                        isClassifier: !c.isLanguageModel, backend: backend)
         } else {
