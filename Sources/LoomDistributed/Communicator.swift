@@ -30,7 +30,8 @@ public protocol Communicator: AnyObject, Sendable {
     func broadcast(_ tensor: Tensor, root: Int) throws
     /// Starts: every rank's `input` (all the same shape), concatenated in rank order into
     /// `output`; in order with the other collectives and not waited for (ZeRO-3 gathers
-    /// the next unit's parameters while the current one computes).
+    /// the next unit's parameters while the current one computes). `input` may be this
+    /// rank's block of `output` (in place: ZeRO-1/2's chunk of a flat buffer).
     func allGatherAsync(_ input: Tensor, into output: Tensor, label: String) -> CommRequest
     /// The reduction of `input` over ranks, of which this rank keeps chunk `rank` (of
     /// `size` equal chunks) in `output`.

@@ -249,7 +249,9 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
                     let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
                     try enter(label, "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
                     for k in 0..<size {
-                        (ho.bytes.baseAddress! + k * hi.bytes.count).copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count)
+                        let destination = ho.bytes.baseAddress! + k * hi.bytes.count
+                        // In place (the input is this rank's block of the output): nothing to copy.
+                        if destination != world.slots[k]! { destination.copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count) }
                     }
                     try withExtendedLifetime(hi) { try sync(label) }  // this rank's bytes stay until all have copied
                     ho.commit()
@@ -279,14 +281,19 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             request.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))"))
             return request
         }
+        let tensors = TensorPair(input, output)  // let go before the request completes (ZeRO-2 frees the bucket then)
         queue.async { [self] in
-            do {
-                try requireFloat32(input, label)
-                let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
-                try withExtendedLifetime(hi) { try reduce(hi.floats, count: hi.count, op: op, label: label, scatterInto: ho.floats) }
-                ho.commit()
-                request.complete(nil)
-            } catch { request.complete(error) }
+            let failure: Error? = {
+                guard let (input, output) = tensors.take() else { return nil }
+                do {
+                    try requireFloat32(input, label)
+                    let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+                    try withExtendedLifetime(hi) { try reduce(hi.floats, count: hi.count, op: op, label: label, scatterInto: ho.floats) }
+                    ho.commit()
+                    return nil
+                } catch { return error }
+            }()
+            request.complete(failure)
         }
         return request
     }

@@ -195,10 +195,14 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             return r
         }
         let n = Int32(input.byteCount), tensors = TensorPair(input, output)  // let go before the request completes
-        return run(label, collective: "all-gather of \(n) bytes per rank") { [comm] in
+        return run(label, collective: "all-gather of \(n) bytes per rank") { [comm, rank] in
             guard let (input, output) = tensors.take() else { return 0 }
             let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
-            let rc = withExtendedLifetime(hi) { MPI_Allgather(hi.bytes.baseAddress, n, loom_mpi_byte(), ho.bytes.baseAddress, n, loom_mpi_byte(), comm) }
+            // The input may be this rank's block of the output (ZeRO's chunk of a flat
+            // buffer): MPI then wants MPI_IN_PLACE, not aliased buffers.
+            let inPlace = !ho.isStaged && hi.bytes.baseAddress == ho.bytes.baseAddress.map { $0 + Int(n) * rank }
+            let send = inPlace ? loom_mpi_in_place() : UnsafeMutableRawPointer(hi.bytes.baseAddress)
+            let rc = withExtendedLifetime(hi) { MPI_Allgather(send, n, loom_mpi_byte(), ho.bytes.baseAddress, n, loom_mpi_byte(), comm) }
             ho.commit()
             return rc
         }
@@ -219,8 +223,10 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
             r.complete(CommError("rank \(rank): \(label): reduces float32 tensors, got \(input.dtype) into \(output.dtype)"))
             return r
         }
-        let n = output.count, scale = 1 / Float(size)
-        return run(label, collective: "reduce-scatter of \(input.count) float32") { [comm] in
+        let n = output.count, scale = 1 / Float(size), count = input.count
+        let tensors = TensorPair(input, output)  // let go before the request completes (ZeRO-2 frees the bucket then)
+        return run(label, collective: "reduce-scatter of \(count) float32") { [comm] in
+            guard let (input, output) = tensors.take() else { return 0 }
             let hi = HostBuffer(input), ho = HostBuffer(output, download: false), po = ho.floats
             // hi's last use would otherwise be reading its pointer, before MPI reads through it.
             let rc = withExtendedLifetime(hi) { MPI_Reduce_scatter_block(hi.floats, po, Int32(n), loom_mpi_float(), loom_mpi_sum(), comm) }

@@ -48,6 +48,10 @@ public final class DataParallel {
         let padded: Int              // the members, then zeros up to a multiple of the rank count
         var flat: Tensor?            // [padded]; under ZeRO-2 only while its reduction runs
         let shardGrad: Tensor?       // [padded / ranks], ZeRO only
+        /// ZeRO: the members' values, laid out as the gradients are; each member parameter
+        /// points into it (so a rank's chunk of the parameters is a view, not a copy, and
+        /// the all-gather after the update writes the parameters in place).
+        var parameters: Tensor?
         var pending: Int
         var request: CommRequest?
         /// Reduced this step (and its request waited for).
@@ -78,7 +82,19 @@ public final class DataParallel {
             let flat = releasesGradients ? nil : try Tensor.zeros([padded], on: backend)
             let shard = zero ? try Tensor.zeros([padded / ranks], on: backend) : nil
             for (slot, i) in current.enumerated() { bucketOf[ObjectIdentifier(parameters[i].tensor)] = (buckets.count, slot) }
-            buckets.append(Bucket(members: current, offsets: offsets, padded: padded, flat: flat, shardGrad: shard))
+            let bucket = Bucket(members: current, offsets: offsets, padded: padded, flat: flat, shardGrad: shard)
+            if zero {
+                // One parameter at a time into the flat buffer: building it holds one
+                // parameter twice at most.
+                let values = try Tensor.zeros([padded], on: backend)
+                for (i, offset) in zip(current, offsets) {
+                    let p = parameters[i].tensor
+                    backend.copy(p, into: values.view(p.shape, offset: offset))
+                    p.rebind(to: values.storage, offset: values.offset + offset)
+                }
+                bucket.parameters = values
+            }
+            buckets.append(bucket)
             current = []; offsets = []; size = 0
         }
         for i in parameters.indices.reversed() {
@@ -181,6 +197,9 @@ public final class DataParallel {
     var layout: [ZeroOptimizer.Segment] {
         buckets.map { ($0.members, $0.offsets, $0.padded, $0.shardGrad) }
     }
+
+    /// ZeRO: each bucket's parameters, flat (the members point into them).
+    var parameterBuffers: [Tensor] { buckets.compactMap(\.parameters) }
 
     /// Detaches the hooks (the parameters go back to plain local gradients).
     public func detach() { for (_, p) in parameters { p.onGradAccumulated = nil } }

@@ -341,8 +341,7 @@ public final class FullyShardedParameters: UnitSharding {
         if let missing = named.indices.first(where: { !covered.contains($0) }) {
             throw LoomError.invalidArgument("zero 3: parameter '\(named[missing].name)' was not sharded (the model did not name it in a unit)")
         }
-        return try ZeroOptimizer(parameters: named, communicator: communicator, layout: layout, shards: shards, template: template,
-                                 gathersParameters: false)
+        return try ZeroOptimizer(parameters: named, communicator: communicator, layout: layout, shards: shards, template: template)
     }
 
     /// Bytes of this rank's chunks of the parameters (its gradient chunks are as many).

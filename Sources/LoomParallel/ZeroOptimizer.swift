@@ -25,8 +25,9 @@ public final class ZeroOptimizer: Optimizer {
     private let layout: [Segment]
     private let shards: [Tensor]    // this rank's chunk of each segment's parameters
     private let inner: Optimizer    // over `shards`
-    /// Stages 1 and 2: the whole parameters are updated from the shards after each step.
-    private let gathersParameters: Bool
+    /// Stages 1 and 2: each segment's flat parameters, of which `shards` are views; the
+    /// all-gather after a step fills them in place (stage 3: none, the chunks are all).
+    private let buffers: [Tensor]
     private var gathered: [OptimizerState] = []
 
     public var learningRate: Float {
@@ -44,25 +45,26 @@ public final class ZeroOptimizer: Optimizer {
     public convenience init(dataParallel dp: DataParallel, template: Optimizer) throws {
         precondition(dp.zero, "ZeroOptimizer needs DataParallel(zero: 1 or 2)")
         let rank = dp.communicator.rank, ranks = dp.communicator.size
-        let shards = try dp.layout.map { bucket in
-            let flat = try ZeroOptimizer.pack(bucket, dp.parameters.map(\.tensor))
-            let chunk = bucket.padded / ranks
-            return parameter(try flat.view([chunk], offset: rank * chunk).copied())
+        // This rank's chunk of each bucket's flat parameters: a view, updated in place.
+        let shards = zip(dp.layout, dp.parameterBuffers).map { bucket, values in
+            parameter(values.view([bucket.padded / ranks], offset: rank * (bucket.padded / ranks)))
         }
         try self.init(parameters: dp.parameters, communicator: dp.communicator, layout: dp.layout, shards: shards,
-                      template: template, gathersParameters: true)
+                      gatheringInto: dp.parameterBuffers, template: template)
     }
 
-    /// Over given segments whose chunks `shards` this rank holds (stage 3: the shards are
-    /// the parameters' only persistent values). `template`'s parameters are `parameters`,
-    /// in the same order.
+    /// Over given segments whose chunks `shards` this rank holds. `buffers`: each
+    /// segment's whole flat parameters, of which the shards are views, all-gathered after
+    /// each step (stage 3: none; the shards are the parameters' only persistent values).
+    /// `template`'s parameters are `parameters`, in the same order.
     public init(parameters: [(name: String, tensor: Tensor)], communicator: Communicator, layout: [Segment], shards: [Tensor],
-                template: Optimizer, gathersParameters: Bool) throws {
+                gatheringInto buffers: [Tensor] = [], template: Optimizer) throws {
+        precondition(buffers.isEmpty || buffers.count == shards.count, "ZeroOptimizer: a buffer per segment, or none")
         self.parameters = parameters
         self.communicator = communicator
         self.layout = layout
         self.shards = shards
-        self.gathersParameters = gathersParameters
+        self.buffers = buffers
         let rank = communicator.rank
         inner = template.withParameters(shards.enumerated().map { ("bucket.\($0.offset)", $0.element) })
         inner.stepCount = template.stepCount
@@ -84,15 +86,8 @@ public final class ZeroOptimizer: Optimizer {
     public func step() throws {
         for (b, bucket) in layout.enumerated() { shards[b].grad = bucket.shardGrad }
         try inner.step()
-        guard gathersParameters else { return }
-        for (b, bucket) in layout.enumerated() {
-            let flat = try Tensor(uninitialized: [bucket.padded], on: shards[b].backend)
-            try communicator.allGather(shards[b], into: flat)
-            for (slot, i) in bucket.members.enumerated() {
-                let p = parameters[i].tensor
-                p.backend.copy(flat.view(p.shape, offset: bucket.offsets[slot]), into: p)
-            }
-        }
+        // In place: the chunk is this rank's part of the buffer the parameters point into.
+        for (shard, values) in zip(shards, buffers) { try communicator.allGather(shard, into: values) }
     }
 
     /// Clips by the global gradient norm, computed from the shards (one all-reduce of a

@@ -90,6 +90,25 @@ final class FullyShardedTests: XCTestCase {
         }
     }
 
+    /// What a rank holds between steps follows the ZeRO paper's accounting of model states
+    /// (4Ψ parameters, 4Ψ gradients, 8Ψ Adam moments; N ranks): stage 0 16Ψ, stage 2
+    /// 4Ψ + 12Ψ/N, stage 3 16Ψ/N, each within 10%; stage 1 8Ψ + 8Ψ/N plus the 4Ψ/N chunk of
+    /// the reduced gradient it reads beside the whole one (12%).
+    func testEachZeroStageHoldsWhatTheZeROPaperAccountsFor() throws {
+        let ranks = 4.0
+        let psi = Double(try GPT(FullyShardedTests.config, seed: 5).parameterCount)
+        let formula: [Int: (bytes: Double, tolerance: Double)] = [
+            0: (16 * psi, 0.1), 1: (8 * psi + 8 * psi / ranks, 0.12), 2: (4 * psi + 12 * psi / ranks, 0.1), 3: (16 * psi / ranks, 0.1),
+        ]
+        for stage in 0...3 {
+            let b = Bytes()
+            _ = try losses(ranks: Int(ranks), zero: stage, steps: 2, bytes: b)
+            let (want, tolerance) = formula[stage]!
+            XCTAssertLessThanOrEqual(abs(Double(b.betweenSteps) - want) / want, tolerance,
+                                     "zero \(stage): \(b.betweenSteps) bytes between steps, formula \(Int(want)) (Ψ = \(Int(psi)))")
+        }
+    }
+
     /// Between steps a ZeRO-3 rank holds its chunks of the parameters, gradients and both
     /// Adam moments: 16Ψ/N bytes (the ZeRO paper's accounting), within the padding. While
     /// the model is built, and while a checkpoint's tensors are made, it never holds more
