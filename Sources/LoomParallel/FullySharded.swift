@@ -137,7 +137,7 @@ public final class FullyShardedParameters: UnitSharding {
         let unit = try self.unit(module)
         if unit === root { order = [] } else { order.append(unit) }
         try gather(unit)
-        if let next = following(unit, in: lastOrder) { prefetch(next) }
+        if let next = following(unit, in: lastOrder) { try prefetch(next) }
         let out = try body()
         if unit === root { lastOrder = order }
         let tracked = GradMode.isEnabled && out.requiresGrad
@@ -147,7 +147,7 @@ public final class FullyShardedParameters: UnitSharding {
         unit.reduced = false
         return Tensor.differentiable("gather \(unit.name) for backward", output: out.detach(), inputs: [out]) { [unowned self] g in
             try self.gather(unit)
-            if let before = self.preceding(unit) { self.prefetch(before) }
+            if let before = self.preceding(unit) { try self.prefetch(before) }
             return [g]
         }
     }
@@ -175,17 +175,16 @@ public final class FullyShardedParameters: UnitSharding {
         return lastOrder[i - 1]
     }
 
-    /// Starts gathering `unit`'s segments that are neither whole nor on their way.
-    private func prefetch(_ unit: Unit) {
-        for segment in unit.segments where segment.whole == nil {
-            do {
-                let whole = try Tensor(uninitialized: [segment.padded], on: backend)
-                segment.whole = whole
-                segment.gathering = communicator.allGatherAsync(segment.shard, into: whole, label: "all-gather of \(unit.name)")
-            } catch {
-                return  // no room to prefetch: `gather` allocates when the unit is needed, and reports it
-            }
-        }
+    /// Starts gathering `unit`'s segments that are neither whole nor on their way. (A
+    /// failed allocation is thrown, not skipped: every rank must start the same gathers.)
+    private func prefetch(_ unit: Unit) throws {
+        for segment in unit.segments where segment.whole == nil { try startGathering(segment, of: unit) }
+    }
+
+    private func startGathering(_ segment: Segment, of unit: Unit) throws {
+        let whole = try Tensor(uninitialized: [segment.padded], on: backend)
+        segment.whole = whole
+        segment.gathering = communicator.allGatherAsync(segment.shard, into: whole, label: "all-gather of \(unit.name)")
     }
 
     /// Makes `unit`'s parameters whole: waits for (or starts and waits for) its gathers.
@@ -195,9 +194,7 @@ public final class FullyShardedParameters: UnitSharding {
         defer { waitSeconds += monotonicSeconds() - t0 }
         for segment in unit.segments {
             if segment.whole == nil {
-                let whole = try Tensor(uninitialized: [segment.padded], on: backend)
-                segment.whole = whole
-                segment.gathering = communicator.allGatherAsync(segment.shard, into: whole, label: "all-gather of \(unit.name)")
+                try startGathering(segment, of: unit)
             } else if segment.gathering?.isComplete ?? true {
                 gathersHidden += 1
             }
