@@ -179,6 +179,23 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         if let failure { throw failure }
     }
 
+    /// Runs `body` on the rank's queue and completes `request` with its outcome. The queued
+    /// work lets go of `input` and `output` before the request completes, so a waiter that
+    /// then drops its last reference to a buffer frees it at once (ZeRO frees buckets and
+    /// gathered units so).
+    private func enqueue(_ request: CommRequest, _ input: Tensor, _ output: Tensor,
+                         _ body: @escaping (Tensor, Tensor) throws -> Void) -> CommRequest {
+        let tensors = TensorPair(input, output)
+        queue.async {
+            let failure: Error? = {
+                guard let (input, output) = tensors.take() else { return nil }
+                do { try body(input, output); return nil } catch { return error }
+            }()
+            request.complete(failure)
+        }
+        return request
+    }
+
     public func allReduceAsync(_ tensor: Tensor, _ op: ReduceKind, label: String) -> CommRequest {
         let request = CommRequest(label: label)
         queue.async { [self] in
@@ -239,28 +256,17 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             request.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) x \(size) ranks into \(describe(output.shape))"))
             return request
         }
-        // The tensors are let go before the request completes: a waiter that drops its
-        // last reference to `output` then frees it at once (ZeRO-3 counts on it).
-        let tensors = TensorPair(input, output)
-        queue.async { [self] in
-            let failure: Error? = {
-                guard let (input, output) = tensors.take() else { return nil }
-                do {
-                    let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
-                    try enter(label, "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
-                    for k in 0..<size {
-                        let destination = ho.bytes.baseAddress! + k * hi.bytes.count
-                        // In place (the input is this rank's block of the output): nothing to copy.
-                        if destination != world.slots[k]! { destination.copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count) }
-                    }
-                    try withExtendedLifetime(hi) { try sync(label) }  // this rank's bytes stay until all have copied
-                    ho.commit()
-                    return nil
-                } catch { return error }
-            }()
-            request.complete(failure)
+        return enqueue(request, input, output) { [self] input, output in
+            let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+            try enter(label, "all-gather of \(hi.bytes.count) bytes per rank", buffer: hi.bytes.baseAddress)
+            for k in 0..<size {
+                let destination = ho.bytes.baseAddress! + k * hi.bytes.count
+                // In place (the input is this rank's block of the output): nothing to copy.
+                if destination != world.slots[k]! { destination.copyMemory(from: world.slots[k]!, byteCount: hi.bytes.count) }
+            }
+            try withExtendedLifetime(hi) { try sync(label) }  // this rank's bytes stay until all have copied
+            ho.commit()
         }
-        return request
     }
 
     public func reduceScatter(_ input: Tensor, into output: Tensor, _ op: ReduceKind) throws {
@@ -281,21 +287,12 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             request.complete(CommError("rank \(rank): \(label): \(describe(input.shape)) over \(size) ranks into \(describe(output.shape))"))
             return request
         }
-        let tensors = TensorPair(input, output)  // let go before the request completes (ZeRO-2 frees the bucket then)
-        queue.async { [self] in
-            let failure: Error? = {
-                guard let (input, output) = tensors.take() else { return nil }
-                do {
-                    try requireFloat32(input, label)
-                    let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
-                    try withExtendedLifetime(hi) { try reduce(hi.floats, count: hi.count, op: op, label: label, scatterInto: ho.floats) }
-                    ho.commit()
-                    return nil
-                } catch { return error }
-            }()
-            request.complete(failure)
+        return enqueue(request, input, output) { [self] input, output in
+            try requireFloat32(input, label)
+            let hi = HostBuffer(input), ho = HostBuffer(output, download: false)
+            try withExtendedLifetime(hi) { try reduce(hi.floats, count: hi.count, op: op, label: label, scatterInto: ho.floats) }
+            ho.commit()
         }
-        return request
     }
 
     public func send(_ tensor: Tensor, to peer: Int, tag: Int) throws {

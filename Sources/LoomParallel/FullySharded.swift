@@ -341,9 +341,6 @@ public final class FullyShardedParameters: UnitSharding {
         return try ZeroOptimizer(parameters: named, communicator: communicator, layout: layout, shards: shards, template: template)
     }
 
-    /// Bytes of this rank's chunks of the parameters (its gradient chunks are as many).
-    public var shardBytes: Int { units.flatMap(\.segments).reduce(0) { $0 + $1.shard.byteCount } }
-
     /// Detaches the gradient hooks; the parameters stay sharded (`checkpointValues` reads them).
     public func detach() {
         for unit in units { for segment in unit.segments { for t in segment.tensors { t.onGradAccumulated = nil } } }

@@ -14,7 +14,7 @@ import LoomNN
 /// The updates are the same elementwise operations as the unsharded optimizer's, on the
 /// same averaged gradients, so a ZeRO run follows the plain data parallel run.
 /// Checkpoints hold the full per-parameter state under the unsharded names
-/// (`gatherState()`), so they load into any number of ranks, sharded or not.
+/// (`stateTensors()`, `loadState`), so they load into any number of ranks, sharded or not.
 public final class ZeroOptimizer: Optimizer {
     /// A flat segment: its members (indices into `parameters`), each member's element
     /// offset, the padded length, and this rank's chunk of the averaged gradient.
@@ -28,7 +28,6 @@ public final class ZeroOptimizer: Optimizer {
     /// Stages 1 and 2: each segment's flat parameters, of which `shards` are views; the
     /// all-gather after a step fills them in place (stage 3: none, the chunks are all).
     private let buffers: [Tensor]
-    private var gathered: [OptimizerState] = []
 
     public var learningRate: Float {
         get { inner.learningRate }
@@ -65,20 +64,14 @@ public final class ZeroOptimizer: Optimizer {
         self.layout = layout
         self.shards = shards
         self.buffers = buffers
-        let rank = communicator.rank
         inner = template.withParameters(shards.enumerated().map { ("bucket.\($0.offset)", $0.element) })
         inner.stepCount = template.stepCount
         // Resuming: take this rank's chunk of the template's full per-parameter state.
-        // (The inner optimizer's parameter b is segment b's shard.)
-        var saved: [Int: [String: Tensor]] = [:]  // parameter -> slot -> state
-        for s in template.state() { saved[s.parameter, default: [:]][s.slot] = s.tensor }
+        let saved = Dictionary(uniqueKeysWithValues: template.namedState())
         if !saved.isEmpty {
-            try inner.materializeState()
-            for s in inner.state() {
-                let state = layout[s.parameter].members.map { saved[$0]?[s.slot] }
-                guard !state.contains(where: { $0 == nil }) else { continue }
-                let flat = try ZeroOptimizer.pack(layout[s.parameter], state.map { $0! }, indices: Array(state.indices))
-                s.tensor.backend.copy(flat.view([s.tensor.count], offset: rank * s.tensor.count), into: s.tensor)
+            try loadState { name, _ in
+                guard let t = saved[name] else { throw LoomError.invalidArgument("ZeRO: the optimizer to shard has no state '\(name)'") }
+                return t
             }
         }
     }
@@ -117,30 +110,6 @@ public final class ZeroOptimizer: Optimizer {
         let scale = maxNorm / (norm + 1e-6)
         if scale < 1 { for g in grads { g.backend.scalar(.mul, g, scale, into: g) } }
         return norm
-    }
-
-    /// Collective (every rank calls it): gathers the sharded state into full tensors
-    /// named as the unsharded optimizer names them, for `namedState()` and checkpoints.
-    public func gatherState() throws {
-        try inner.materializeState()
-        var out: [OptimizerState] = []
-        var bySlot: [String: [(Int, Tensor)]] = [:]  // slot -> per-bucket gathered
-        for s in inner.state() {
-            let flat = try Tensor(uninitialized: [layout[s.parameter].padded], on: s.tensor.backend)
-            try communicator.allGather(s.tensor, into: flat)
-            bySlot[s.slot, default: []].append((s.parameter, flat))
-        }
-        for (slot, flats) in bySlot.sorted(by: { $0.key < $1.key }) {
-            for (b, flat) in flats {
-                for (k, i) in layout[b].members.enumerated() {
-                    let p = parameters[i].tensor
-                    let t = try flat.view(p.shape, offset: layout[b].offsets[k]).copied()
-                    t.sharding = p.sharding
-                    out.append(OptimizerState(parameter: i, slot: slot, tensor: t))
-                }
-            }
-        }
-        gathered = out
     }
 
     /// Each rank reads its chunk of every state tensor, one parameter's at a time.
@@ -188,22 +157,11 @@ public final class ZeroOptimizer: Optimizer {
         }
     }
 
-    /// The state last gathered by `gatherState()`.
-    public func state() -> [OptimizerState] { gathered }
+    /// None here: the state is sharded (`stateTensors()` gives it whole, as a checkpoint
+    /// holds it).
+    public func state() -> [OptimizerState] { [] }
 
     public func materializeState() throws { try inner.materializeState() }
 
     public func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer { inner.withParameters(parameters) }
-
-    /// The bucket's members' tensors laid out flat, zero-padded.
-    static func pack(_ bucket: Segment, _ tensors: [Tensor],
-                     indices: [Int]? = nil) throws -> Tensor {
-        let flat = try Tensor.zeros([bucket.padded], on: tensors.first!.backend)
-        for (slot, i) in bucket.members.enumerated() {
-            let t = tensors[indices?[slot] ?? i]
-            t.backend.copy(t, into: flat.view(t.shape, offset: bucket.offsets[slot]))
-        }
-        return flat
-    }
-
 }

@@ -122,28 +122,22 @@ final class DistributedEndToEndTests: CLITestCase {
     }
 
     /// Checkpoints are keyed by global parameter names: saved under one layout (4 ranks
-    /// with sharded optimizer state; or 1 process), resumed under another.
+    /// with sharded optimizer state or fully sharded; or 1 process), resumed under another.
     func testCheckpointFromDataParallelRunResumesOnOtherRankCounts() throws {
         let cfg = try config("gpt")
         XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "whole"]).status, 0)
-        XCTAssertEqual(try loom(["train", cfg, "--dp", "4", "--zero", "1", "--out", work, "--name", "split", "--stop-at", "10"]).status, 0)
-        let r = try loom(["train", "--resume", work + "/split", "--dp", "2", "--zero", "0"])
-        XCTAssertEqual(r.status, 0, r.err)
-        try assertMatches("split", "whole")
-        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "other", "--stop-at", "10"]).status, 0)
-        let z = try loom(["train", "--resume", work + "/other", "--dp", "2", "--zero", "1"])
-        XCTAssertEqual(z.status, 0, z.err)
-        try assertMatches("other", "whole")
-        // Fully sharded (each rank saves nothing of its own: the checkpoint is whole), resumed as a pipeline.
-        XCTAssertEqual(try loom(["train", cfg, "--dp", "4", "--zero", "3", "--out", work, "--name", "sharded", "--stop-at", "10"]).status, 0)
-        let p = try loom(["train", "--resume", work + "/sharded", "--dp", "2", "--pp", "2", "--zero", "0"])
-        XCTAssertEqual(p.status, 0, p.err)
-        try assertMatches("sharded", "whole")
-        // And back: a whole run's checkpoint resumed fully sharded.
-        XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "to-sharded", "--stop-at", "10"]).status, 0)
-        let s = try loom(["train", "--resume", work + "/to-sharded", "--dp", "2", "--zero", "3"])
-        XCTAssertEqual(s.status, 0, s.err)
-        try assertMatches("to-sharded", "whole")
+        /// Run `name` saved at step 10 under `saved`, resumed under `resumed`: the uninterrupted losses.
+        func assertResumes(_ name: String, saved: [String], resumed: [String], line: UInt = #line) throws {
+            XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", name, "--stop-at", "10"] + saved).status, 0, line: line)
+            let r = try loom(["train", "--resume", work + "/" + name] + resumed)
+            XCTAssertEqual(r.status, 0, r.err, line: line)
+            try assertMatches(name, "whole", line: line)
+        }
+        try assertResumes("split", saved: ["--dp", "4", "--zero", "1"], resumed: ["--dp", "2", "--zero", "0"])
+        try assertResumes("other", saved: [], resumed: ["--dp", "2", "--zero", "1"])
+        // Fully sharded (the checkpoint is whole all the same), resumed as a pipeline; and back.
+        try assertResumes("sharded", saved: ["--dp", "4", "--zero", "3"], resumed: ["--dp", "2", "--pp", "2", "--zero", "0"])
+        try assertResumes("to-sharded", saved: [], resumed: ["--dp", "2", "--zero", "3"])
     }
 
     /// A rank's memory budget (`LOOM_MEMORY_LIMIT`) is enforced on its tensors: a run

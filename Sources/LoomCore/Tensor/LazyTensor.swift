@@ -21,8 +21,6 @@ public struct LazyTensor {
         sharding = tensor.sharding
     }
 
-    public var byteCount: Int { shape.reduce(1, *) * dtype.byteSize }
-
     /// The same tensor under another name.
     public func renamed(_ newName: String) -> LazyTensor {
         var out = LazyTensor(name: newName, dtype: dtype, shape: shape, make: make)

@@ -188,9 +188,6 @@ extension Tensor {
         self.offset = offset
     }
 
-    /// Whether this tensor's values were released (`rebind` to a released storage).
-    public var isReleased: Bool { storage.byteCount == 0 && count > 0 }
-
     /// dst = src across backends: direct when they share a device, else through the
     /// source's host bytes (`HostBuffer`: its own memory, or a staging download).
     public static func transfer(_ src: Tensor, into dst: Tensor) throws {
