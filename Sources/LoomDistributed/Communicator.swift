@@ -60,11 +60,15 @@ public final class CommRequest: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     private var error: Error?
     public let label: String
+    /// When it was started, and when it completed (monotonic seconds; nil until then).
+    public let issued = monotonicSeconds()
+    public private(set) var completed: Double?
 
     public init(label: String) { self.label = label }
 
     func complete(_ error: Error?) {
         self.error = error
+        completed = monotonicSeconds()
         done.signal()
     }
 

@@ -117,5 +117,6 @@ public protocol UnaryLayer: Module {
 @inlinable
 public func parameter(_ t: Tensor) -> Tensor {
     t.requiresGrad = true
+    t.tagMemory(.parameters)
     return t
 }

@@ -23,6 +23,8 @@ public final class DataParallel {
     /// Seconds the training thread spent blocked in `synchronize()` (communication that
     /// backward did not hide), since the last `resetTimers()`.
     public private(set) var waitSeconds = 0.0
+    /// Its collectives and the waits for them, for a trace.
+    public let timeline = CommTimeline()
     private var buckets: [Bucket] = []
     /// A bucket's buffer that could not be allocated during backward (ZeRO-2), for `synchronize`.
     private var launchError: Error?
@@ -81,12 +83,15 @@ public final class DataParallel {
             let padded = (size + ranks - 1) / ranks * ranks
             let flat = releasesGradients ? nil : try Tensor.zeros([padded], on: backend)
             let shard = zero ? try Tensor.zeros([padded / ranks], on: backend) : nil
+            flat?.tagMemory(.communication)
+            shard?.tagMemory(.gradients)
             for (slot, i) in current.enumerated() { bucketOf[ObjectIdentifier(parameters[i].tensor)] = (buckets.count, slot) }
             let bucket = Bucket(members: current, offsets: offsets, padded: padded, flat: flat, shardGrad: shard)
             if zero {
                 // One parameter at a time into the flat buffer: building it holds one
                 // parameter twice at most.
                 let values = try Tensor.zeros([padded], on: backend)
+                values.tagMemory(.parameters)
                 for (i, offset) in zip(current, offsets) {
                     let p = parameters[i].tensor
                     backend.copy(p, into: values.view(p.shape, offset: offset))
@@ -144,6 +149,7 @@ public final class DataParallel {
                 if launchError == nil { launchError = error }
                 return
             }
+            flat.tagMemory(.communication)
             bucket.flat = flat
         }
         for (slot, i) in bucket.members.enumerated() {
@@ -189,7 +195,7 @@ public final class DataParallel {
         bucket.request = nil
         bucket.done = true
         inFlight.removeAll { $0 == b }
-        try request.wait()
+        try timeline.wait(request)
         if releasesGradients { bucket.flat = nil }
     }
 

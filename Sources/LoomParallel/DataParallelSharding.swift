@@ -28,6 +28,8 @@ public protocol DataParallelSharding: GradientReduction {
     /// Seconds blocked on gradient communication that backward did not hide, since the
     /// last call (nil: nothing to communicate); resets the count.
     func takeCommWaitSeconds() -> Double?
+    /// Its collectives and the waits for them, for a trace (nil: nothing to communicate).
+    var commTimeline: CommTimeline? { get }
     /// `tensors` (the module's, under their checkpoint names) with every parameter's
     /// values whole when made: ZeRO-3 gathers a unit when the first of its parameters is
     /// made (collective, as `optimizerStateTensors`); the others hold them already.
@@ -79,6 +81,7 @@ public final class ReplicatedGradients: DataParallelSharding {
     }
     public func detach() { dataParallel?.detach() }
 
+    public var commTimeline: CommTimeline? { dataParallel?.timeline }
     public func takeCommWaitSeconds() -> Double? {
         guard let dp = dataParallel else { return nil }
         defer { dp.resetTimers() }
@@ -108,6 +111,7 @@ public final class ZeroSharding: DataParallelSharding {
     public func optimizerStateTensors() throws -> [LazyTensor] { try zero.stateTensors() }
     public func detach() { dataParallel.detach() }
 
+    public var commTimeline: CommTimeline? { dataParallel.timeline }
     public func takeCommWaitSeconds() -> Double? {
         defer { dataParallel.resetTimers() }
         return dataParallel.waitSeconds
@@ -148,6 +152,7 @@ public final class FullySharding: DataParallelSharding {
     public func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor] { parameters.checkpointValues(tensors) }
     public func checkpointWritten() throws { try parameters.releaseAll() }
 
+    public var commTimeline: CommTimeline? { parameters.timeline }
     public func takeCommWaitSeconds() -> Double? {
         defer { parameters.resetTimers() }
         return parameters.waitSeconds

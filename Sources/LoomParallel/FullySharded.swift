@@ -35,6 +35,8 @@ public final class FullyShardedParameters: UnitSharding {
     public var syncGradients = true
     /// Seconds the training thread spent blocked on gathers and reductions, since the last `resetTimers()`.
     public private(set) var waitSeconds = 0.0
+    /// Its collectives and the waits for them, for a trace.
+    public let timeline = CommTimeline()
     /// Gathers waited for since the last `resetTimers()`, and how many of them had already
     /// completed under earlier compute when they were needed (prefetch hid them).
     public private(set) var gathers = 0, gathersHidden = 0
@@ -117,6 +119,7 @@ public final class FullyShardedParameters: UnitSharding {
         // This rank's chunk straight from the tensors (no whole flat copy: building holds
         // one unit whole, not two).
         let shard = parameter(try Tensor.zeros([chunk], on: backend)), shardGrad = try Tensor.zeros([chunk], on: backend)
+        shardGrad.tagMemory(.gradients)
         let lo = rank * chunk, hi = lo + chunk
         for (t, offset) in zip(tensors, offsets) {
             let a = max(lo, offset), b = min(hi, offset + t.count)
@@ -183,6 +186,7 @@ public final class FullyShardedParameters: UnitSharding {
 
     private func startGathering(_ segment: Segment, of unit: Unit) throws {
         let whole = try Tensor(uninitialized: [segment.padded], on: backend)
+        whole.tagMemory(.parameters)
         segment.whole = whole
         segment.gathering = communicator.allGatherAsync(segment.shard, into: whole, label: "all-gather of \(unit.name)")
     }
@@ -201,7 +205,7 @@ public final class FullyShardedParameters: UnitSharding {
             gathers += 1
             if let request = segment.gathering {
                 segment.gathering = nil
-                try request.wait()
+                try timeline.wait(request)
             }
             let whole = segment.whole!
             for (t, offset) in zip(segment.tensors, segment.offsets) { t.rebind(to: whole.storage, offset: whole.offset + offset) }
@@ -212,7 +216,7 @@ public final class FullyShardedParameters: UnitSharding {
     /// Drops `unit`'s whole values (their memory goes once the graph no longer reads them).
     private func release(_ unit: Unit) throws {
         for segment in unit.segments {
-            if let request = segment.gathering { segment.gathering = nil; try request.wait() }
+            if let request = segment.gathering { segment.gathering = nil; try timeline.wait(request) }
             segment.whole = nil
             for t in segment.tensors { t.rebind(to: Storage.released(on: t.device), offset: 0) }
         }
@@ -240,6 +244,7 @@ public final class FullyShardedParameters: UnitSharding {
             while inFlight.count >= FullyShardedParameters.maxInFlight { try finishOldest() }
             waitSeconds += monotonicSeconds() - t0
             let flat = try Tensor(uninitialized: [segment.padded], on: backend)
+            flat.tagMemory(.communication)
             if let last = segment.offsets.last, let tail = segment.tensors.last, last + tail.count < segment.padded {
                 backend.fill(flat.view([segment.padded - last - tail.count], offset: last + tail.count), value: 0)
             }
@@ -255,7 +260,7 @@ public final class FullyShardedParameters: UnitSharding {
 
     private func finishOldest() throws {
         let oldest = inFlight.removeFirst()
-        try oldest.request.wait()
+        try timeline.wait(oldest.request)
     }
 
     /// Waits for every reduction (starting those of units whose backward did not run this

@@ -153,6 +153,11 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "%@ dp %d zero %d: %10.1f %@ (%d ranks x 1 thread), scaling efficiency %.3f vs %d x one single-threaded rank; per rank %@ held between steps, %@ at the step's peak",
                              w.rawValue, ranks, zero, r.perSecond, r.unit, ranks, r.scalingEfficiency ?? 0, ranks,
                              MemoryMeter.format(r.heldBytes ?? 0), MemoryMeter.format(r.peakBytes)))
+                for (what, split) in [("held", r.heldSplit), ("peak", r.peakSplit)] {
+                    guard let split else { continue }
+                    print("  \(what): " + MemoryCategory.allCases.map { String(format: "%@ %.1f MiB", $0.name, Double(split[$0]) / 1048576) }
+                        .joined(separator: ", "))
+                }
             }
         }
     }

@@ -22,9 +22,12 @@ final class FullyShardedTests: XCTestCase {
     /// while it was built, and bytes live once each step's update is done.
     final class Bytes: @unchecked Sendable {
         var built = 0, buildPeak = 0, betweenSteps = 0, stepPeak = 0
+        var heldSplit = MemorySplit()
         /// The most a checkpoint's tensors, made one after another, added to what the rank held.
         var checkpointExtra = 0
         var hidden = 0, gathers = 0
+        /// The collectives of the last step and the waits for them.
+        var lastStepSpans: [TimedSpan] = []
     }
 
     /// Per-step global losses of a GPT under AdamW on `ranks` in-process ranks at ZeRO
@@ -43,17 +46,20 @@ final class FullyShardedTests: XCTestCase {
                                                         bucketBytes: 16 << 10, fullySharded: full)
                 let opt = sharding.optimizer
                 let rank = comm?.rank ?? 0, local = 8 / ranks
+                full?.timeline.isRecording = bytes != nil
                 var out: [Float] = []
                 for step in 0..<steps {
                     let (x, y) = self.batch(step: step, rows: (rank * local)..<((rank + 1) * local))
                     meter.resetPeak()
+                    _ = full?.timeline.take()
                     opt.zeroGrad()
                     let loss = try gpt.loss(logits: (full as (any UnitSharding)?).forward(nil) { try gpt(x) }, targets: y)
                     try loss.backward()
                     try sharding.reduceGradients()
                     try opt.step()
                     out.append(try comm.map { Float(try $0.average(Double(loss.item))) } ?? loss.item)
-                    if let bytes, rank == 0 { bytes.betweenSteps = meter.liveBytes; bytes.stepPeak = meter.peakBytes }
+                    if let bytes, rank == 0 { bytes.betweenSteps = meter.liveBytes; bytes.stepPeak = meter.peakBytes; bytes.heldSplit = meter.liveSplit
+                        bytes.lastStepSpans = full?.timeline.take() ?? [] }
                 }
                 // A checkpoint's tensors, made as a writer takes them (every rank: collective).
                 let items = sharding.checkpointValues(gpt.namedTensors()) + (try sharding.optimizerStateTensors())
@@ -93,7 +99,10 @@ final class FullyShardedTests: XCTestCase {
     /// What a rank holds between steps follows the ZeRO paper's accounting of model states
     /// (4Ψ parameters, 4Ψ gradients, 8Ψ Adam moments; N ranks): stage 0 16Ψ, stage 2
     /// 4Ψ + 12Ψ/N, stage 3 16Ψ/N, each within 10%; stage 1 8Ψ + 8Ψ/N plus the 4Ψ/N chunk of
-    /// the reduced gradient it reads beside the whole one (12%).
+    /// the reduced gradient it reads beside the whole one (12%). The meter's split names
+    /// each part: parameters 4Ψ (stage 3: 4Ψ/N), Adam moments 8Ψ (stages 1-3: 8Ψ/N),
+    /// gradients with the buckets that hold them 4Ψ (stage 1: plus the 4Ψ/N chunk; stages
+    /// 2-3: 4Ψ/N), no activations.
     func testEachZeroStageHoldsWhatTheZeROPaperAccountsFor() throws {
         let ranks = 4.0
         let psi = Double(try GPT(FullyShardedTests.config, seed: 5).parameterCount)
@@ -106,6 +115,18 @@ final class FullyShardedTests: XCTestCase {
             let (want, tolerance) = formula[stage]!
             XCTAssertLessThanOrEqual(abs(Double(b.betweenSteps) - want) / want, tolerance,
                                      "zero \(stage): \(b.betweenSteps) bytes between steps, formula \(Int(want)) (Ψ = \(Int(psi)))")
+            let n = ranks, split = b.heldSplit
+            let parts: [(MemoryCategory?, Int, Double)] = [
+                (.parameters, split[.parameters], stage == 3 ? 4 * psi / n : 4 * psi),
+                (.optimizerState, split[.optimizerState], stage == 0 ? 8 * psi : 8 * psi / n),
+                (nil, split[.gradients] + split[.communication], [0: 4 * psi, 1: 4 * psi + 4 * psi / n][stage] ?? 4 * psi / n),
+            ]
+            for (category, bytes, want) in parts {
+                XCTAssertLessThanOrEqual(abs(Double(bytes) - want) / want, 0.1,
+                                         "zero \(stage) \(category?.name ?? "gradients and buckets"): \(bytes) bytes, formula \(Int(want)); split \(split.named)")
+            }
+            XCTAssertLessThan(Double(split[.activations]), 0.02 * psi, "zero \(stage): activations held between steps \(split.named)")
+            XCTAssertEqual(split.total, b.betweenSteps)
         }
     }
 
@@ -133,5 +154,34 @@ final class FullyShardedTests: XCTestCase {
         XCTAssertGreaterThan(b.checkpointExtra, 0)
         XCTAssertLessThanOrEqual(b.checkpointExtra, unitBytes + 64, "a checkpoint's tensors added \(b.checkpointExtra) bytes; one block is \(unitBytes)")
         XCTAssertGreaterThan(b.gathers, 0)
+    }
+
+    /// A step's trace: each block gathered before its forward and again before its
+    /// backward, the root (two segments: embeddings, final norm) once; each segment
+    /// reduce-scattered once, after its gathers; the collectives one after another on the
+    /// communication lane; a wait only for a collective that ran.
+    func testTheTimelineShowsEachUnitsGathersAndReductionsInOrder() throws {
+        let b = Bytes()
+        _ = try losses(ranks: 2, zero: 3, steps: 2, bytes: b)
+        let comm = b.lastStepSpans.filter { $0.lane == .communication }, waits = b.lastStepSpans.filter { $0.lane == .compute }
+        let gathers = comm.filter { $0.name.hasPrefix("all-gather") }, reductions = comm.filter { $0.name.hasPrefix("reduce-scatter") }
+        let names = comm.map(\.name)
+        XCTAssertEqual(gathers.map(\.name).filter { $0.hasSuffix("root") }.count, 2, "\(names)")
+        for unit in ["unit 1", "unit 2", "unit 3"] {
+            XCTAssertEqual(gathers.filter { $0.name.hasSuffix(unit) }.count, 2, "\(unit): \(names)")
+            let reduced = names.firstIndex(of: "reduce-scatter of \(unit)'s gradients")
+            XCTAssertNotNil(reduced, "\(unit) not reduced: \(names)")
+            XCTAssertLessThan(names.lastIndex(of: "all-gather of \(unit)") ?? .max, reduced ?? 0, "\(names)")
+        }
+        XCTAssertEqual(reductions.count, 5, "\(names)")
+        XCTAssertEqual(gathers.count + reductions.count, comm.count)
+        for (a, next) in zip(comm, comm.dropFirst()) {
+            XCTAssertLessThanOrEqual(a.start, a.end)
+            XCTAssertLessThanOrEqual(a.end, next.start + 1e-9, "\(a.name) overlaps \(next.name)")
+        }
+        for w in waits {
+            XCTAssertTrue(w.name.hasPrefix("wait: "), w.name)
+            XCTAssertTrue(comm.contains { "wait: " + $0.name == w.name }, "\(w.name) without its collective")
+        }
     }
 }

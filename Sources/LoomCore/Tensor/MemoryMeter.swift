@@ -7,6 +7,11 @@ import Foundation
 /// current when it was allocated and credited back to that meter when it is freed, on
 /// whatever thread frees it. Threads with no current meter are not counted.
 ///
+/// Each storage's bytes are counted under a `MemoryCategory` (what the block holds), so a
+/// meter also gives the split of what is live and of its high-water mark: parameters,
+/// gradients, optimizer state, activations and communication buffers (the ZeRO paper's
+/// accounting; PyTorch's memory profiler has the same categories).
+///
 /// A meter may have a `limit`: then an allocation that would take its count past the
 /// limit fails with `LoomError.outOfMemory`, naming the bytes (a rank's memory budget,
 /// `LOOM_MEMORY_LIMIT`). A meter made current inside another (a pipeline stage's inside
@@ -15,6 +20,8 @@ public final class MemoryMeter: @unchecked Sendable {
     private let lock = NSLock()
     private var live = 0
     private var high = 0
+    /// `live` by category, and what it was when `high` was last reached.
+    private var split = MemorySplit(), highSplit = MemorySplit()
     /// Bytes this meter's count may not exceed (nil: no limit).
     public let limit: Int?
     /// Whose bytes these are, for the error ("rank 2").
@@ -32,20 +39,32 @@ public final class MemoryMeter: @unchecked Sendable {
     /// The most `liveBytes` has been since the last `resetPeak()`.
     public var peakBytes: Int { lock.lock(); defer { lock.unlock() }; return high }
 
-    /// Starts a new high-water mark at the current live count.
-    public func resetPeak() { lock.lock(); high = live; lock.unlock() }
+    /// `liveBytes` by what the bytes hold.
+    public var liveSplit: MemorySplit { lock.lock(); defer { lock.unlock() }; return split }
+    /// `liveBytes` by what the bytes held at the moment of the peak (`peakBytes`).
+    public var peakSplit: MemorySplit { lock.lock(); defer { lock.unlock() }; return highSplit }
 
-    func charge(_ bytes: Int) {
+    /// Starts a new high-water mark at the current live count.
+    public func resetPeak() { lock.lock(); high = live; highSplit = split; lock.unlock() }
+
+    func charge(_ bytes: Int, _ category: MemoryCategory) {
         lock.lock()
         live += bytes
-        if live > high { high = live }
+        split[category] += bytes
+        if live > high { high = live; highSplit = split }
         lock.unlock()
-        parent?.charge(bytes)
+        parent?.charge(bytes, category)
     }
 
-    func credit(_ bytes: Int) {
-        lock.lock(); live -= bytes; lock.unlock()
-        parent?.credit(bytes)
+    func credit(_ bytes: Int, _ category: MemoryCategory) {
+        lock.lock(); live -= bytes; split[category] -= bytes; lock.unlock()
+        parent?.credit(bytes, category)
+    }
+
+    /// Counts `bytes` already charged under `from` under `to` instead (the total is unchanged).
+    func move(_ bytes: Int, from: MemoryCategory, to: MemoryCategory) {
+        lock.lock(); split[from] -= bytes; split[to] += bytes; lock.unlock()
+        parent?.move(bytes, from: from, to: to)
     }
 
     /// Throws if allocating `bytes` more would take this meter, or one it passes its
@@ -105,5 +124,39 @@ public final class MemoryMeter: @unchecked Sendable {
         pthread_setspecific(key, Unmanaged.passUnretained(meter).toOpaque())
         defer { pthread_setspecific(key, previous) }
         return try withExtendedLifetime(meter) { try body() }
+    }
+}
+
+/// What a block of tensor memory holds. A storage starts as `activations` (everything a
+/// step computes: saved activations, temporaries, inputs); the code that gives it a role
+/// says so (`Tensor.tagMemory`): a layout its parameters, an optimizer its state, data
+/// parallelism its buckets, and a leaf's `grad` is a gradient when it is assigned.
+public enum MemoryCategory: Int, CaseIterable, Sendable {
+    case parameters, gradients, optimizerState, activations, communication
+
+    /// The name in `loom bench --json` (`optimizer_state`).
+    public var name: String {
+        switch self {
+        case .parameters: "parameters"
+        case .gradients: "gradients"
+        case .optimizerState: "optimizer_state"
+        case .activations: "activations"
+        case .communication: "communication"
+        }
+    }
+}
+
+/// Bytes by `MemoryCategory`.
+public struct MemorySplit: Equatable, Sendable {
+    private var bytes = [Int](repeating: 0, count: MemoryCategory.allCases.count)
+    public init() {}
+    public subscript(_ category: MemoryCategory) -> Int {
+        get { bytes[category.rawValue] }
+        set { bytes[category.rawValue] = newValue }
+    }
+    public var total: Int { bytes.reduce(0, +) }
+    /// Name to bytes, every category present.
+    public var named: [String: Int] {
+        Dictionary(uniqueKeysWithValues: MemoryCategory.allCases.map { ($0.name, self[$0]) })
     }
 }

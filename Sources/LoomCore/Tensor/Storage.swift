@@ -14,6 +14,9 @@ public final class Storage: @unchecked Sendable {
     private let release: (UInt, Int) -> Void
     /// The meter this allocation is charged to (the allocating thread's current one).
     private let meter: MemoryMeter?
+    /// What the block holds, for its meter's split; changed only under the meter's count
+    /// through `tag` (a storage no meter counts keeps `.activations`).
+    public private(set) var category = MemoryCategory.activations
 
     /// `metered: false` for a second name of memory already counted (a backend's
     /// temporary host view of its own block).
@@ -23,7 +26,16 @@ public final class Storage: @unchecked Sendable {
         self.handle = handle
         self.release = release
         meter = metered ? MemoryMeter.current : nil
-        meter?.charge(byteCount)
+        meter?.charge(byteCount, category)
+    }
+
+    /// Counts this block under `category` from now on. `onlyUntagged`: only if nothing has
+    /// said what it holds yet (a gradient that is a view of a communication bucket stays
+    /// counted as the bucket).
+    public func tag(_ category: MemoryCategory, onlyUntagged: Bool = false) {
+        guard let meter, category != self.category, !onlyUntagged || self.category == .activations else { return }
+        meter.move(byteCount, from: self.category, to: category)
+        self.category = category
     }
 
     /// The host address of a host storage; nil for device memory. For backends that
@@ -41,7 +53,7 @@ public final class Storage: @unchecked Sendable {
     }
 
     deinit {
-        meter?.credit(byteCount)
+        meter?.credit(byteCount, category)
         release(handle, byteCount)
     }
 }

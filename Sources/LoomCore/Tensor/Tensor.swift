@@ -28,7 +28,10 @@ public final class Tensor: @unchecked Sendable {
     /// Set on parameters (leaves) and, by the engine, on every result computed from them.
     public var requiresGrad: Bool
     /// The accumulated gradient of a leaf after `backward()`; nil after `zeroGrad`.
-    public var grad: Tensor?
+    /// Its memory counts as gradients from then on (`MemoryMeter`'s split).
+    public var grad: Tensor? {
+        didSet { grad?.storage.tag(.gradients, onlyUntagged: true) }
+    }
     /// How this tensor was computed, when it needs a gradient and is not a leaf.
     public internal(set) var gradFn: GradFn?
     /// Set on a parameter that is this rank's part of a larger one (tensor parallelism),
@@ -69,6 +72,9 @@ public final class Tensor: @unchecked Sendable {
     public var isLeaf: Bool { gradFn == nil }
     /// Bytes of this view.
     public var byteCount: Int { count * dtype.byteSize }
+
+    /// Counts this tensor's whole storage as holding `category` (`MemoryMeter`'s split).
+    public func tagMemory(_ category: MemoryCategory) { storage.tag(category) }
 
     /// A view of the same storage with another shape of the same element count (no copy,
     /// no graph edge: use `reshaped` for a differentiable reshape).

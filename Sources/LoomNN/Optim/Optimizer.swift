@@ -63,6 +63,7 @@ func byBackend<T>(_ items: [T], _ param: KeyPath<T, Tensor>) -> [(any Backend, [
 /// A zero state tensor for `p`: same shape, backend and sharding.
 func zeroState(like p: Tensor) throws -> Tensor {
     let t = try Tensor.zeros(p.shape, on: p.backend)
+    t.tagMemory(.optimizerState)
     t.sharding = p.sharding
     return t
 }

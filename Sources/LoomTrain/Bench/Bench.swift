@@ -36,6 +36,11 @@ public struct BenchResult: Sendable, Encodable {
     /// The most bytes of tensors alive at once during the timed steps (model, optimizer
     /// state, activations and gradients), as PyTorch's max_memory_allocated.
     public var peakBytes: Int = 0
+    /// `peakBytes` by what the bytes held at that moment: parameters, gradients,
+    /// optimizer state, activations (with temporaries and inputs) and communication
+    /// buffers (gradient buckets); `heldSplit` likewise for `heldBytes`.
+    public var peakSplit: MemorySplit?
+    public var heldSplit: MemorySplit?
     public var loss: Float
     /// Data parallel runs: ranks, and throughput over ranks x one single-threaded rank.
     public var ranks: Int = 1
@@ -56,6 +61,7 @@ public struct BenchResult: Sendable, Encodable {
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
         case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm"
         case warmup, repeats, runsPerSecond = "runs_per_s", zero, heldBytes = "held_bytes"
+        case peakSplit = "peak_split", heldSplit = "held_split"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -79,6 +85,7 @@ public struct BenchResult: Sendable, Encodable {
         try c.encode(precision.rawValue, forKey: .precision)
         try c.encodeIfPresent(bf16GEMM, forKey: .bf16GEMM)
         try c.encode(peakBytes, forKey: .peakBytes)
+        try c.encodeIfPresent(peakSplit?.named, forKey: .peakSplit)
         try c.encode(loss, forKey: .loss)
         if let scalingEfficiency {
             try c.encode(ranks, forKey: .ranks)
@@ -86,6 +93,7 @@ public struct BenchResult: Sendable, Encodable {
         }
         try c.encodeIfPresent(zero, forKey: .zero)
         try c.encodeIfPresent(heldBytes, forKey: .heldBytes)
+        try c.encodeIfPresent(heldSplit?.named, forKey: .heldSplit)
     }
 
     /// One line of `loom bench --json`.
@@ -102,14 +110,14 @@ public enum Bench {
                                        repeats: Int = 1) throws -> BenchResult {
         let one = CPUBackend(threads: 1)
         let single = try run(workload, backend: one, steps: steps, warmup: warmup, repeats: repeats, peak: peakGflops(on: one))
-        let timings = try InProcessWorld.run(size: ranks) { comm -> (runs: [Double], loss: Float, held: Int, peak: Int) in
+        let timings = try InProcessWorld.run(size: ranks) { comm -> (runs: [Double], loss: Float, held: MemorySplit, peak: MemorySplit) in
             let meter = MemoryMeter()
             return try MemoryMeter.measuring(meter) {
                 let backend = CPUBackend(threads: 1)
                 let step = try workload.makeStep(on: backend, communicator: comm, zero: zero)
                 var loss: Float = 0
                 for _ in 0..<warmup { loss = try step() }
-                let held = meter.liveBytes
+                let held = meter.liveSplit
                 meter.resetPeak()
                 var runs: [Double] = []
                 for _ in 0..<repeats {
@@ -119,7 +127,7 @@ public enum Bench {
                     try comm.barrier()
                     runs.append(monotonicSeconds() - t0)
                 }
-                return (runs, loss, held, meter.peakBytes)
+                return (runs, loss, held, meter.peakSplit)
             }
         }
         let seconds = timings[0].runs.sorted()[timings[0].runs.count / 2]
@@ -136,8 +144,12 @@ public enum Bench {
         r.loss = timings[0].loss
         r.scalingEfficiency = perSecond / (Double(ranks) * single.perSecond)
         r.zero = zero
-        r.heldBytes = timings.map(\.held).max()
-        r.peakBytes = timings.map(\.peak).max() ?? 0
+        // The rank that held the most, and the one whose step peaked highest.
+        let held = timings.map(\.held).max { $0.total < $1.total }, peak = timings.map(\.peak).max { $0.total < $1.total }
+        r.heldBytes = held?.total
+        r.heldSplit = held
+        r.peakBytes = peak?.total ?? 0
+        r.peakSplit = peak
         r.runsPerSecond = timings[0].runs.map { Double(ranks * workload.itemsPerStep * steps) / $0 }
         return r
     }
@@ -184,6 +196,7 @@ public enum Bench {
                                  stepMilliseconds: 1000 * median.seconds / Double(steps),
                                  gemmFraction: median.kernels.map { $0[KernelClass.gemm.rawValue] / median.seconds },
                                  threads: cpu?.threads ?? 0, device: backend.name, precision: precision, peakBytes: meter.peakBytes, loss: loss)
+        result.peakSplit = meter.peakSplit
         result.warmup = warmup
         result.runsPerSecond = runs.map { Double(workload.itemsPerStep * steps) / $0.seconds }
         if let seconds = median.kernels {

@@ -33,6 +33,8 @@ public protocol ParallelPlan: GradientReduction {
     /// Seconds blocked on gradient communication that backward did not hide, since the
     /// last call (nil: no data parallelism); resets the count.
     func takeCommWaitSeconds() -> Double?
+    /// Data parallelism's collectives and the waits for them, for a trace (nil: none).
+    var commTimeline: CommTimeline? { get }
     /// Detaches the hooks data parallelism put on the parameters.
     func detach()
 }
@@ -50,6 +52,7 @@ public final class SingleProcessPlan: ParallelPlan {
     public func setOverlapsBackward(_ on: Bool) {}
     public func reduceGradients() throws {}
     public func takeCommWaitSeconds() -> Double? { nil }
+    public var commTimeline: CommTimeline? { nil }
     public func detach() {}
     public func clipGradients(maxNorm: Float) throws -> Float { clipGradNorm(setup.module.parameters, maxNorm: maxNorm) }
     public func parameterCount() throws -> Int { setup.module.parameterCount }
@@ -90,6 +93,7 @@ public final class DistributedPlan: ParallelPlan {
     public func reduceGradients() throws { try sharding.reduceGradients() }
     public func detach() { sharding.detach() }
     public func takeCommWaitSeconds() -> Double? { sharding.takeCommWaitSeconds() }
+    public var commTimeline: CommTimeline? { sharding.commTimeline }
 
     /// Whether this rank's copy of a parameter is the one that counts when the whole
     /// model's elements are summed (parameter count, gradient norm): shards on every TP

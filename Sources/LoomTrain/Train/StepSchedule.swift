@@ -44,14 +44,6 @@ public protocol StepSchedule: AnyObject {
     func report() throws -> PipelineReport?
 }
 
-/// Something that ran, named as a trace shows it, with its start and end (monotonic seconds).
-public struct TimedSpan: Sendable {
-    public var name: String
-    public var start: Double
-    public var end: Double
-    public init(name: String, start: Double, end: Double) { self.name = name; self.start = start; self.end = end }
-}
-
 /// The sums an evaluation adds up: per-example (per-token) losses, correct predictions
 /// (classifiers), examples (tokens) counted.
 public struct EvaluationSums: Equatable, Sendable {

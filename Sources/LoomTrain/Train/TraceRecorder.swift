@@ -27,10 +27,11 @@ struct TraceRecorder {
         steps.flatMap { TraceRecorder.events($0.events, step: $0.step, track: track) }
     }
 
-    /// Chrome trace events of one step's `events`, on track `track`.
+    /// Chrome trace events of one step's `events`, on track `track`: its compute lane is
+    /// thread `2 track`, its communication lane `2 track + 1`.
     static func events(_ events: [TimedSpan], step: Int, track: Int) -> [TraceEvent] {
         events.map { e in
-            TraceEvent(name: e.name, ph: "X", pid: 0, tid: track, ts: rounded(e.start * 1e6, 1), dur: rounded((e.end - e.start) * 1e6, 1),
+            TraceEvent(name: e.name, ph: "X", pid: 0, tid: 2 * track + e.lane.rawValue, ts: rounded(e.start * 1e6, 1), dur: rounded((e.end - e.start) * 1e6, 1),
                        args: TraceEvent.Args(step: step + 1, name: nil))
         }
     }
@@ -60,8 +61,9 @@ struct TraceRecorder {
     }
 
     static func writeFile(_ perRank: [[TraceEvent]], labels: [String], to path: String) throws {
-        let names = labels.enumerated().map { r, name in
-            TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: r, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: name))
+        let names = labels.enumerated().flatMap { r, name in
+            [TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: 2 * r, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: name)),
+             TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: 2 * r + 1, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: name + " communication"))]
         }
         try AtomicFile.write(JSONOutput.string(TraceFile(displayTimeUnit: "ms", traceEvents: names + perRank.flatMap { $0 }), pretty: true) + "\n",
                                 to: path)

@@ -114,6 +114,7 @@ public final class Trainer {
         let t0 = monotonicSeconds()
         var windowStart = t0, windowSteps = 0
         _ = plan.takeCommWaitSeconds()
+        plan.commTimeline?.isRecording = tracePath != nil
         var lastLoss: Float = .nan
         var lastEval: Evaluation?
         let parameters = try plan.parameterCount()
@@ -171,6 +172,7 @@ public final class Trainer {
             if state.step % evalEvery == 0 || state.step == end {
                 let started = monotonicSeconds()
                 lastEval = try evaluateAndCheckpoint(writer, epoch: epoch)
+                _ = plan.commTimeline?.take()  // the evaluation's gathers are not a step's
                 let spent = monotonicSeconds() - started
                 evaluationSeconds += spent
                 windowStart += spent  // logged throughput counts training steps only
@@ -216,7 +218,8 @@ public final class Trainer {
         let reduced = monotonicSeconds()
         try clipGradients()
         if !skippedLastStep { try optimizer.step() }
-        trace.record(step: state.step, setup.steps.lastStepSpans + [TimedSpan(name: "optimizerStep", start: reduced, end: monotonicSeconds())])
+        trace.record(step: state.step, setup.steps.lastStepSpans + [TimedSpan(name: "optimizerStep", start: reduced, end: monotonicSeconds())]
+                         + (plan.commTimeline?.take() ?? []))
         return loss
     }
 
