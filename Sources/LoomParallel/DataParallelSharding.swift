@@ -21,28 +21,26 @@ public protocol DataParallelSharding: GradientReduction {
     /// the norm exceeds it. Collective.
     func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float
     /// The optimizer state as one process would hold it, under the unsharded optimizer's
-    /// names (`blocks.0.mlp.fc.weight.exp_avg`), each tensor made when a checkpoint writer
-    /// takes it: sharded state is gathered one segment at a time. The makes are
-    /// collective: every rank of the group makes them all, in order.
-    func optimizerStateTensors() throws -> [LazyTensor]
+    /// names (`blocks.0.mlp.fc.weight.exp_avg`), as checkpoint entries: every rank of the
+    /// group gives the same entries, each with the pieces this rank writes (its chunk of
+    /// sharded state; replicated state from the group's first rank). No communication.
+    func optimizerStateEntries() throws -> [CheckpointEntry]
     /// Seconds blocked on gradient communication that backward did not hide, since the
     /// last call (nil: nothing to communicate); resets the count.
     func takeCommWaitSeconds() -> Double?
     /// Its collectives and the waits for them, for a trace (nil: nothing to communicate).
     var commTimeline: CommTimeline? { get }
-    /// `tensors` (the module's, under their checkpoint names) with every parameter's
-    /// values whole when made: ZeRO-3 gathers a unit when the first of its parameters is
-    /// made (collective, as `optimizerStateTensors`); the others hold them already.
-    func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor]
-    /// After a checkpoint's tensors were made: ZeRO-3 releases the unit it gathered last.
-    func checkpointWritten() throws
+    /// `tensors` (the module's, under their checkpoint names) as checkpoint entries, as
+    /// `optimizerStateEntries`: ZeRO-3's parameters from each rank's chunks, the
+    /// replicated ones from the group's first rank.
+    func checkpointEntries(_ tensors: [(name: String, tensor: Tensor)]) -> [CheckpointEntry]
     /// Detaches whatever it hooked onto the parameters (ZeRO-3's stay sharded).
     func detach()
 }
 
-extension DataParallelSharding {
-    public func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor] { tensors.map { LazyTensor($0.name, $0.tensor) } }
-    public func checkpointWritten() throws {}
+/// Tensors every rank of a data group holds alike, written by its first rank.
+func replicatedEntries(_ tensors: [(name: String, tensor: Tensor)], rank: Int) -> [CheckpointEntry] {
+    tensors.map { CheckpointEntry($0.name, $0.tensor, writes: rank == 0) }
 }
 
 /// The sharding ZeRO stage `zero` (0 to 3) names, over `parameters` on `group` (under
@@ -75,9 +73,12 @@ public final class ReplicatedGradients: DataParallelSharding {
     public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
         try LoomParallel.clipGradNorm(optimizer.parameters, maxNorm: maxNorm, counting: counts ?? { _ in true }, across: groups)
     }
-    public func optimizerStateTensors() throws -> [LazyTensor] {
+    public func optimizerStateEntries() throws -> [CheckpointEntry] {
         try optimizer.materializeState()
-        return optimizer.namedState().map { LazyTensor($0.name, $0.tensor) }
+        return replicatedEntries(optimizer.namedState(), rank: dataParallel?.communicator.rank ?? 0)
+    }
+    public func checkpointEntries(_ tensors: [(name: String, tensor: Tensor)]) -> [CheckpointEntry] {
+        replicatedEntries(tensors, rank: dataParallel?.communicator.rank ?? 0)
     }
     public func detach() { dataParallel?.detach() }
 
@@ -108,7 +109,10 @@ public final class ZeroSharding: DataParallelSharding {
     public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
         try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: groups)
     }
-    public func optimizerStateTensors() throws -> [LazyTensor] { try zero.stateTensors() }
+    public func optimizerStateEntries() throws -> [CheckpointEntry] { try zero.stateEntries() }
+    public func checkpointEntries(_ tensors: [(name: String, tensor: Tensor)]) -> [CheckpointEntry] {
+        replicatedEntries(tensors, rank: dataParallel.communicator.rank)
+    }
     public func detach() { dataParallel.detach() }
 
     public var commTimeline: CommTimeline? { dataParallel.timeline }
@@ -136,21 +140,9 @@ public final class FullySharding: DataParallelSharding {
     public func clipGradNorm(maxNorm: Float, counting counts: ((Tensor) -> Bool)?, across groups: [Communicator]) throws -> Float {
         try zero.clipGradNorm(maxNorm: maxNorm, counting: counts, across: groups)
     }
-    /// The state after the parameters in a checkpoint: the unit gathered last goes before
-    /// the first state segment comes (one unit's worth whole at a time).
-    public func optimizerStateTensors() throws -> [LazyTensor] {
-        try zero.stateTensors().map { item in
-            var out = LazyTensor(name: item.name, dtype: item.dtype, shape: item.shape) { [parameters] in
-                try parameters.releaseAll()
-                return try item.make()
-            }
-            out.sharding = item.sharding
-            return out
-        }
-    }
+    public func optimizerStateEntries() throws -> [CheckpointEntry] { try zero.stateEntries() }
     public func detach() { parameters.detach() }
-    public func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor] { parameters.checkpointValues(tensors) }
-    public func checkpointWritten() throws { try parameters.releaseAll() }
+    public func checkpointEntries(_ tensors: [(name: String, tensor: Tensor)]) -> [CheckpointEntry] { parameters.checkpointEntries(tensors) }
 
     public var commTimeline: CommTimeline? { parameters.timeline }
     public func takeCommWaitSeconds() -> Double? {

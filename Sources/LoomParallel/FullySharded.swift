@@ -286,11 +286,17 @@ public final class FullyShardedParameters: UnitSharding {
     /// Whether `t` is one of the parameters this shards.
     public func holds(_ t: Tensor) -> Bool { unitOfParameter[ObjectIdentifier(t)] != nil }
 
+    /// Where sharded parameter `t` lives: its unit, its segment, and its index there.
+    private func place(of t: Tensor) -> (Unit, Segment, Int)? {
+        guard let unit = unitOfParameter[ObjectIdentifier(t)] else { return nil }
+        for segment in unit.segments { if let k = segment.tensors.firstIndex(where: { $0 === t }) { return (unit, segment, k) } }
+        return nil
+    }
+
     /// Sets parameter `t` to `value` (its shape): this rank keeps the part its chunk holds.
     /// Not collective: a checkpoint is loaded by every rank reading its own chunks.
     public func load(_ t: Tensor, from value: Tensor) throws {
-        guard let unit = unitOfParameter[ObjectIdentifier(t)],
-              let (segment, k) = unit.segments.lazy.compactMap({ s in s.tensors.firstIndex { $0 === t }.map { (s, $0) } }).first else {
+        guard let (unit, segment, k) = place(of: t) else {
             throw LoomError.invalidArgument("zero 3: loading a parameter \(describe(t.shape)) that is not sharded")
         }
         guard value.count == t.count else { throw LoomError.shapeMismatch("zero 3: \(describe(value.shape)) into parameter \(describe(t.shape))") }
@@ -300,24 +306,17 @@ public final class FullyShardedParameters: UnitSharding {
         if unit.bound { backend.copy(value, into: t) }
     }
 
-    /// `tensors` (parameters under their checkpoint names, and buffers), a parameter made
-    /// by gathering its unit (and releasing the unit gathered before): one unit whole at a
-    /// time while a checkpoint is written. Collective; `releaseAll` ends it.
-    public func checkpointValues(_ tensors: [(name: String, tensor: Tensor)]) -> [LazyTensor] {
-        tensors.map { name, t in
-            guard let unit = unitOfParameter[ObjectIdentifier(t)] else { return LazyTensor(name, t) }
-            var item = LazyTensor(name: name, dtype: t.dtype, shape: t.shape) { [unowned self] in
-                for other in units where other.bound && other !== unit { try release(other) }
-                try gather(unit)
-                return t
-            }
-            item.sharding = t.sharding
-            return item
+    /// `tensors` (parameters under their checkpoint names, and buffers) as checkpoint
+    /// entries: a sharded parameter's pieces are this rank's chunk of it (nothing is
+    /// gathered), the rest are written by the group's first rank.
+    public func checkpointEntries(_ tensors: [(name: String, tensor: Tensor)]) -> [CheckpointEntry] {
+        let rank = communicator.rank
+        return tensors.map { name, t in
+            guard let (_, segment, k) = place(of: t) else { return CheckpointEntry(name, t, writes: rank == 0) }
+            return CheckpointEntry(name: name, dtype: t.dtype, shape: t.shape, sharding: t.sharding,
+                                   pieces: chunkPieces(count: t.count, at: segment.offsets[k], chunk: segment.shard, from: rank * segment.shard.count))
         }
     }
-
-    /// Releases every gathered unit (after a checkpoint's tensors were made).
-    public func releaseAll() throws { for unit in units where unit.bound { try release(unit) } }
 
     // MARK: The optimizer's view
 
@@ -346,7 +345,7 @@ public final class FullyShardedParameters: UnitSharding {
         return try ZeroOptimizer(parameters: named, communicator: communicator, layout: layout, shards: shards, template: template)
     }
 
-    /// Detaches the gradient hooks; the parameters stay sharded (`checkpointValues` reads them).
+    /// Detaches the gradient hooks; the parameters stay sharded (`checkpointEntries` reads them).
     public func detach() {
         for unit in units { for segment in unit.segments { for t in segment.tensors { t.onGradAccumulated = nil } } }
     }

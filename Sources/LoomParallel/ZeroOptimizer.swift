@@ -128,40 +128,33 @@ public final class ZeroOptimizer: Optimizer {
         }
     }
 
-    /// The full per-parameter state under the unsharded optimizer's names, each tensor
-    /// made when it is taken: a segment's slot is all-gathered when the first of its
-    /// parameters is made and kept until another is needed, so a checkpoint writer holds
-    /// one segment of one slot at a time. Every rank makes them all, in order.
-    public func stateTensors() throws -> [LazyTensor] {
+    /// The full per-parameter state under the unsharded optimizer's names, as checkpoint
+    /// entries whose pieces are this rank's chunks (every rank gives the same entries, in
+    /// order; the ranks' pieces tile each). Nothing is gathered.
+    public func stateEntries() throws -> [CheckpointEntry] {
         try inner.materializeState()
-        final class Gathered { var key: (Int, String)?; var flat: Tensor? }
-        let cache = Gathered()
-        return inner.state().flatMap { s -> [LazyTensor] in
-            let b = s.parameter, segment = layout[b]
+        return inner.state().flatMap { s -> [CheckpointEntry] in
+            let segment = layout[s.parameter], lo = communicator.rank * s.tensor.count
             return segment.members.enumerated().map { k, i in
                 let p = parameters[i].tensor
-                var item = LazyTensor(name: parameters[i].name + "." + s.slot, dtype: s.tensor.dtype, shape: p.shape) { [communicator] in
-                    if cache.key.map({ $0 != (b, s.slot) }) ?? true {
-                        cache.flat = nil  // the last segment's goes before this one's comes
-                        let flat = try Tensor(uninitialized: [segment.padded], on: s.tensor.backend)
-                        try communicator.allGather(s.tensor, into: flat)
-                        cache.key = (b, s.slot); cache.flat = flat
-                    }
-                    let t = cache.flat!.view(p.shape, offset: segment.offsets[k])
-                    t.sharding = p.sharding
-                    return t
-                }
-                item.sharding = p.sharding
-                return item
+                return CheckpointEntry(name: parameters[i].name + "." + s.slot, dtype: s.tensor.dtype, shape: p.shape, sharding: p.sharding,
+                                       pieces: chunkPieces(count: p.count, at: segment.offsets[k], chunk: s.tensor, from: lo))
             }
         }
     }
 
-    /// None here: the state is sharded (`stateTensors()` gives it whole, as a checkpoint
-    /// holds it).
+    /// None here: the state is sharded (`stateEntries()` gives it as a checkpoint holds it).
     public func state() -> [OptimizerState] { [] }
 
     public func materializeState() throws { try inner.materializeState() }
 
     public func withParameters(_ parameters: [(name: String, tensor: Tensor)]) -> Optimizer { inner.withParameters(parameters) }
+}
+
+/// The piece of a tensor of `count` elements at `offset` in a flat segment that this
+/// rank's chunk holds (`chunk`: the segment's elements [lo, lo + chunk.count)), as a view
+/// of the chunk; none where they do not overlap.
+func chunkPieces(count: Int, at offset: Int, chunk: Tensor, from lo: Int) -> [TensorPiece] {
+    let a = max(lo, offset), b = min(lo + chunk.count, offset + count)
+    return a < b ? [TensorPiece(offset: a - offset, count: b - a) { chunk.flatView(from: a - lo, count: b - a) }] : []
 }

@@ -425,7 +425,7 @@ final class DistributedEndToEndTests: CLITestCase {
 
     /// A checkpoint saved by a tp 2 × pp 2 run resumes under dp 4 and under a 4-stage
     /// interleaved pipeline; a single-process one resumes as a pipeline; losses continue.
-    /// Also the trace: one track per rank, forward and backward per micro-batch.
+    /// Also the trace: one lane per rank, forward and backward per micro-batch.
     func testPipelineCheckpointsReshardAndTrace() throws {
         let cfg = try clippedConfig()
         XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "single"]).status, 0)
@@ -446,7 +446,8 @@ final class DistributedEndToEndTests: CLITestCase {
 
         let t = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: trace))) as! [String: Any]
         let events = t["traceEvents"] as! [[String: Any]]
-        XCTAssertEqual(Set(events.compactMap { $0["ph"] as? String == "M" ? $0["tid"] as? Int : nil }), [0, 1, 2, 3])
+        // A lane per rank (thread 2r); no data parallelism, so no communication lanes (2r + 1).
+        XCTAssertEqual(Set(events.compactMap { $0["ph"] as? String == "M" ? $0["tid"] as? Int : nil }), [0, 2, 4, 6])
         let names = Set(events.compactMap { $0["name"] as? String })
         for n in ["forward(0)", "backward(3)", "sendActivation(0)", "recvGradient(0)", "reduceGradients", "optimizerStep"] {
             XCTAssertTrue(names.contains(n), "trace lacks \(n)")

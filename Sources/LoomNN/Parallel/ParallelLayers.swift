@@ -105,19 +105,4 @@ extension Tensor {
         part.sharding = sharding
         return part
     }
-
-    /// Collective over `group`: the whole tensor from every rank's part (this tensor when
-    /// it is not sharded). The inverse of `shard`.
-    public func unshard(_ group: Communicator?) throws -> Tensor {
-        guard let sharding, let group, group.size > 1 else { return self }
-        let all = try Tensor(uninitialized: [group.size * count], dtype: dtype, on: backend)
-        try group.allGather(try copied(), into: all)
-        let blocks = try (0..<group.size).map { all.view(shape, offset: $0 * count) }.map { part in
-            try part.split(Array(repeating: part.shape[sharding.axis] / sharding.pieces, count: sharding.pieces), axis: sharding.axis)
-        }
-        // The whole tensor: for each piece p, the ranks' p-th blocks in rank order.
-        return try withoutGrad {
-            try Tensor.concat((0..<sharding.pieces).flatMap { p in blocks.map { $0[p] } }, axis: sharding.axis)
-        }
-    }
 }

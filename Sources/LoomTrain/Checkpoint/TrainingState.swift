@@ -22,14 +22,14 @@ public struct RunState: Equatable {
 public enum TrainingCheckpoint {
     public static let fileName = "checkpoint.safetensors"
 
-    /// `optimizer`: the one training uses (a sharded optimizer has gathered its state first).
-    /// `tensors`: what to write instead of the local ones (tensor parallelism gathers
-    /// shards into full tensors first; pipeline stages send theirs to rank 0).
+    /// `optimizer`: the one training uses. `entries`: what to write instead of the local
+    /// tensors, with the pieces this rank writes (`ParallelPlan.checkpointEntries`);
+    /// with a `world` of several ranks every rank calls this, and each writes its pieces
+    /// into the one file (`timeout`: how long the others wait for the slowest writer).
     /// `dropout`: the dropout generators, when they cover more than this rank's modules.
     public static func save(to dir: String, config: TrainConfig, setup: Setup, optimizer: Optimizer, state: RunState,
-                            tensors full: [LazyTensor]? = nil, dropout: DropoutGenerators? = nil) throws {
-        if full == nil { try optimizer.materializeState() }
-        let tensors = full ?? localTensors(setup: setup, optimizer: optimizer).map { LazyTensor($0.name, $0.tensor) }
+                            entries: [CheckpointEntry]? = nil, dropout: DropoutGenerators? = nil,
+                            world: Communicator? = nil, timeout: Double = 600) throws {
         var meta: [String: String] = [
             "format": "pt",
             "loom.config": ConfigFile.render(config),
@@ -41,7 +41,13 @@ public enum TrainingCheckpoint {
         if let t = setup.tokenizer { meta["loom.tokenizer"] = t.serialized }
         if let n = setup.normalization { meta["loom.normalization"] = normalizationEntry(n) }
         if let b = state.bestValidationLoss { meta["loom.best_val_loss"] = String(b) }
-        try SafeTensors.write(tensors, metadata: meta, to: dir + "/" + fileName)
+        let path = dir + "/" + fileName
+        if let world, world.size > 1, let entries {
+            return try SafeTensors.write(entries, metadata: meta, to: path, world: world, timeout: timeout)
+        }
+        if entries == nil { try optimizer.materializeState() }
+        let tensors = try entries.map { try $0.map { try $0.whole } } ?? localTensors(setup: setup, optimizer: optimizer).map { LazyTensor($0.name, $0.tensor) }
+        try SafeTensors.write(tensors, metadata: meta, to: path)
     }
 
     /// A checkpoint of a model alone (an imported one): its parameters, configuration and

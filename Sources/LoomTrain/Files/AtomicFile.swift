@@ -77,6 +77,99 @@ public enum AtomicFile {
 
     public static func write(_ text: String, to path: String) throws { try write(Array(text.utf8), to: path) }
 
+    /// A file several processes write parts of (the ranks of a run, each its own byte
+    /// ranges), appearing whole or not at all as `write` does: one process `create`s it
+    /// under a temporary name, every writer `open`s that and writes its ranges (and syncs
+    /// them), then the creator `publish`es it under its name, or `discard`s it.
+    public struct SharedFile {
+        public let path: String
+        /// Where it is written until published (the creator sends this name to the others).
+        public let temporary: String
+        /// The creator's injected fault (tests): a pause once its part is written, a kill
+        /// before or after the rename.
+        let fault: FaultInjection.WriteFault?
+
+        /// A writer's view of a file another process created.
+        public init(path: String, temporary: String) { self.path = path; self.temporary = temporary; fault = nil }
+        init(path: String, temporary: String, fault: FaultInjection.WriteFault?) { self.path = path; self.temporary = temporary; self.fault = fault }
+
+        /// The creator's part is written: a test's slow disk pauses here.
+        public func creatorWrote() { if let pause = fault?.pause { usleep(pause.milliseconds * 1000) } }
+
+        /// Makes the temporary file: `size` bytes, `head` at its start, the rest zeros.
+        public static func create(_ path: String, size: Int, head: [UInt8]) throws -> SharedFile {
+            let url = URL(fileURLWithPath: path)
+            let dir = url.deletingLastPathComponent().path
+            let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+            removeStale(dir, prefix: "." + url.lastPathComponent + ".tmp-")
+            let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            guard fd >= 0 else { throw LoomError.io("cannot write '\(tmp)': \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
+            do {
+                try head.withUnsafeBytes { try writeAll(fd, $0, path: tmp) }
+                guard ftruncate(fd, off_t(size)) == 0 else { throw LoomError.io("cannot size '\(tmp)' to \(size) bytes: \(String(cString: strerror(errno)))") }
+            } catch { unlink(tmp); throw error }
+            return SharedFile(path: path, temporary: tmp, fault: FaultInjection.write(path, size: size))
+        }
+
+        /// This writer's handle on the temporary file.
+        public func open() throws -> Writer {
+            let fd = Glibc.open(temporary, O_WRONLY)
+            guard fd >= 0 else {
+                throw LoomError.io("cannot open '\(temporary)' to write this rank's part: \(String(cString: strerror(errno)))"
+                    + (errno == ENOENT ? " (every rank writes its part of a checkpoint: the run directory must be on a filesystem all ranks see)" : ""))
+            }
+            return Writer(fd: fd, path: temporary)
+        }
+
+        /// Writes bytes at given offsets; `close` syncs them.
+        public final class Writer {
+            let fd: Int32
+            let path: String
+            private var isOpen = true
+            init(fd: Int32, path: String) { self.fd = fd; self.path = path }
+
+            public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
+                var done = 0
+                while done < bytes.count {
+                    let w = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
+                    guard w > 0 else { throw LoomError.io("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+                    done += w
+                }
+            }
+
+            /// Syncs what was written and closes.
+            public func close() throws {
+                guard isOpen else { return }
+                isOpen = false
+                defer { Glibc.close(fd) }
+                guard fsync(fd) == 0 else { throw LoomError.io("cannot sync '\(path)': \(String(cString: strerror(errno)))") }
+            }
+
+            deinit { if isOpen { Glibc.close(fd) } }
+        }
+
+        /// Renames the whole, synced file to its name (the creator, once every writer has
+        /// closed), after writing `patch` at `offset` (a checksum known only at the end).
+        public func publish(patch: [UInt8], at offset: Int) throws {
+            do {
+                let writer = try open()
+                try patch.withUnsafeBytes { try writer.write($0, at: offset) }
+                try writer.close()
+            } catch { discard(); throw error }
+            fault?.beforeRename()
+            guard rename(temporary, path) == 0 else {
+                discard()
+                throw LoomError.io("cannot rename '\(temporary)' to '\(path)': \(String(cString: strerror(errno)))")
+            }
+            fault?.afterRename()
+            syncDirectory(URL(fileURLWithPath: path).deletingLastPathComponent().path)
+        }
+
+        /// Removes the temporary file (a writer failed): the name keeps what it had.
+        public func discard() { unlink(temporary) }
+    }
+
     /// Builds a directory whole: `fill` writes into a hidden staging directory beside
     /// `path`, which then takes `path`'s place by renames. A crash while filling leaves
     /// `path` as it was; one between the two renames leaves the old directory (renamed

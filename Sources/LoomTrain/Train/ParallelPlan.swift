@@ -20,16 +20,13 @@ public protocol ParallelPlan: GradientReduction {
     func clipGradients(maxNorm: Float) throws -> Float
     /// The whole model's parameter count. Collective.
     func parameterCount() throws -> Int
-    /// The whole model's tensors and optimizer state under their checkpoint names, and
-    /// the dropout generators, as one process would hold them: on the rank that writes
-    /// the checkpoint (`writesCheckpoint`). Each tensor is made when the writer takes it
-    /// (sharded ones are gathered then); the makes are collective, so every other rank
-    /// makes them all too, in order, and then every rank calls `checkpointWritten`.
-    func checkpointTensors() throws -> (tensors: [LazyTensor], dropout: DropoutGenerators)
-    /// After a checkpoint's tensors were made (ZeRO-3 releases what it gathered).
-    func checkpointWritten() throws
-    /// Whether this rank writes the run's files (rank 0).
-    var writesCheckpoint: Bool { get }
+    /// The whole model's tensors and optimizer state under their checkpoint names, as one
+    /// process would hold them, as entries of the checkpoint file: the same entries in the
+    /// same order on every rank, each with the pieces this rank writes (what it holds:
+    /// its ZeRO chunks, its tensor-parallel slices, its stage's tensors; a tensor several
+    /// ranks hold alike is written by one). And the dropout generators, whole on rank 0.
+    /// Collective over the pipeline group (the stages tell each other their entries).
+    func checkpointEntries() throws -> (entries: [CheckpointEntry], dropout: DropoutGenerators)
     /// Seconds blocked on gradient communication that backward did not hide, since the
     /// last call (nil: no data parallelism); resets the count.
     func takeCommWaitSeconds() -> Double?
@@ -56,14 +53,12 @@ public final class SingleProcessPlan: ParallelPlan {
     public func detach() {}
     public func clipGradients(maxNorm: Float) throws -> Float { clipGradNorm(setup.module.parameters, maxNorm: maxNorm) }
     public func parameterCount() throws -> Int { setup.module.parameterCount }
-    public var writesCheckpoint: Bool { true }
 
-    public func checkpointTensors() throws -> (tensors: [LazyTensor], dropout: DropoutGenerators) {
+    public func checkpointEntries() throws -> (entries: [CheckpointEntry], dropout: DropoutGenerators) {
         try optimizer.materializeState()
-        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer).map { LazyTensor($0.name, $0.tensor) },
+        return (TrainingCheckpoint.localTensors(setup: setup, optimizer: optimizer).map { CheckpointEntry($0.name, $0.tensor, writes: true) },
                 DropoutGenerators(of: setup.module))
     }
-    public func checkpointWritten() throws {}
 }
 
 /// One rank of a run over several: a data group that splits the batch (its
@@ -115,48 +110,65 @@ public final class DistributedPlan: ParallelPlan {
         return Int(try groups.pipeline.sum(groups.tensor.sum([Double(mine)]))[0])
     }
 
-    public func checkpointTensors() throws -> (tensors: [LazyTensor], dropout: DropoutGenerators) {
-        var tensors = sharding.checkpointValues(setup.module.namedTensors().map { ("model." + $0.name, $0.tensor) })
-            + (try sharding.optimizerStateTensors()).map { $0.renamed("optim." + $0.name) }
-        // Tensor parallelism: every rank gathers the shards into whole tensors.
-        if let group = setup.tensorGroup {
-            tensors = tensors.map { item in
-                guard let sharding = item.sharding, group.size > 1 else { return item }
-                var whole = item.shape
-                whole[sharding.axis] *= group.size
-                return item.map(shape: whole) { try $0.unshard(group) }
+    public func checkpointEntries() throws -> (entries: [CheckpointEntry], dropout: DropoutGenerators) {
+        var entries = sharding.checkpointEntries(setup.module.namedTensors().map { ("model." + $0.name, $0.tensor) })
+            + (try sharding.optimizerStateEntries()).map { $0.renamed("optim." + $0.name) }
+        // Tensor parallelism: a slice's pieces placed in the whole tensor; what every
+        // tensor rank holds alike, written by the first.
+        if let group = setup.tensorGroup, group.size > 1 {
+            entries = entries.map { e in
+                if e.sharding != nil { return e.unsharded(rank: group.rank, ranks: group.size) }
+                var mine = e
+                if group.rank != 0 { mine.pieces = [] }
+                return mine
             }
         }
         let dropout = DropoutGenerators(of: setup.module)
-        guard let groups, groups.pipeline.size > 1 else { return (tensors, dropout) }
-        let made = try tensors.map { ($0.name, try $0.make()) }
-        let (all, merged) = try gatherStages(made, dropout, groups)
-        return (all.map { LazyTensor($0.name, $0.tensor) }, merged)
+        guard let groups, groups.pipeline.size > 1 else { return (entries, dropout) }
+        return try joinStages(entries, dropout, groups.pipeline)
     }
 
-    public func checkpointWritten() throws { try sharding.checkpointWritten() }
-
-    /// Stages other than 0 of rank 0's pipeline send their tensors and dropout generators
-    /// to it; rank 0 returns them all (tied parameters and their state once, from the
-    /// first stage). Other ranks hold copies of these and send nothing.
-    private func gatherStages(_ mine: [(name: String, tensor: Tensor)], _ generators: DropoutGenerators, _ groups: ProcessGroups) throws
-        -> (tensors: [(name: String, tensor: Tensor)], dropout: DropoutGenerators) {
-        guard groups.data.rank == 0 && groups.tensor.rank == 0 else { return (mine, generators) }
-        let pipe = groups.pipeline, tag = 1 << 20
-        if pipe.rank != 0 {
-            try pipe.send(named: mine, metadata: ["dropout": generators.serialized], to: 0, tag: tag)
-            return (mine, generators)
+    /// The entries of every stage, in stage order, on every stage: each stage sends its
+    /// entries' names, dtypes and shapes (and its dropout generators) to the first, which
+    /// sends back the whole list, a tensor two stages hold (a tied embedding) listed once
+    /// and written by the first stage holding it. A stage keeps its pieces of the entries
+    /// it writes.
+    private func joinStages(_ mine: [CheckpointEntry], _ generators: DropoutGenerators, _ pipe: Communicator) throws
+        -> (entries: [CheckpointEntry], dropout: DropoutGenerators) {
+        let tag = 1 << 20
+        func encode(_ entries: [(CheckpointEntry, Int)]) -> String {
+            entries.map { e, stage in "\(e.name)\t\(e.dtype.rawValue)\t\(e.shape.map(String.init).joined(separator: ","))\t\(stage)" }
+                .joined(separator: "\n")
         }
-        let backend = optimizer.parameters.first?.tensor.backend ?? DefaultBackend.current
-        var all = mine, names = Set(mine.map(\.name)), merged = generators
-        for stage in 1..<pipe.size {
-            let (tensors, meta) = try pipe.receiveNamed(from: stage, tag: tag, on: backend)
-            for (name, t) in tensors where names.insert(name).inserted { all.append((name, t)) }
-            let theirs = try DropoutGenerators(serialized: meta["dropout"] ?? "") {
-                LoomError.io("stage \(stage)'s dropout generators are not \($0)")
+        var list: String, merged = generators
+        if pipe.rank == 0 {
+            var all = mine.map { ($0, 0) }, names = Set(mine.map(\.name))
+            for stage in 1..<pipe.size {
+                let meta = try pipe.receiveNamed(from: stage, tag: tag).metadata
+                for e in try decode(meta["entries"] ?? "", from: stage) where names.insert(e.0.name).inserted { all.append(e) }
+                merged = merged.merging(try DropoutGenerators(serialized: meta["dropout"] ?? "") {
+                    LoomError.io("stage \(stage)'s dropout generators are not \($0)")
+                })
             }
-            merged = merged.merging(theirs)
+            list = encode(all)
+            for stage in 1..<pipe.size { try pipe.send(named: [], metadata: ["entries": list], to: stage, tag: tag) }
+        } else {
+            try pipe.send(named: [], metadata: ["entries": encode(mine.map { ($0, pipe.rank) }), "dropout": generators.serialized], to: 0, tag: tag)
+            list = try pipe.receiveNamed(from: 0, tag: tag).metadata["entries"] ?? ""
         }
-        return (all, merged)
+        let own = Dictionary(mine.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        return (try decode(list, from: 0).map { e, stage in stage == pipe.rank ? own[e.name] ?? e : e }, merged)
+    }
+
+    /// Entries (without pieces) and the stage that writes each, as `joinStages` sends them.
+    private func decode(_ text: String, from stage: Int) throws -> [(CheckpointEntry, Int)] {
+        try text.split(separator: "\n").map { line in
+            let f = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            guard f.count == 4, let dtype = DType(rawValue: f[1]), let writer = Int(f[3]) else {
+                throw LoomError.io("stage \(stage) sent a malformed checkpoint entry '\(line)'")
+            }
+            let shape = f[2].isEmpty ? [] : f[2].split(separator: ",").compactMap { Int($0) }
+            return (CheckpointEntry(name: f[0], dtype: dtype, shape: shape, pieces: []), writer)
+        }
     }
 }

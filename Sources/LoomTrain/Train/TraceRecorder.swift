@@ -61,9 +61,15 @@ struct TraceRecorder {
     }
 
     static func writeFile(_ perRank: [[TraceEvent]], labels: [String], to path: String) throws {
-        let names = labels.enumerated().flatMap { r, name in
-            [TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: 2 * r, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: name)),
-             TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: 2 * r + 1, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: name + " communication"))]
+        // A rank's compute lane, and its communication lane where it has one.
+        let used = Set(perRank.joined().map(\.tid))
+        var lanes: [(tid: Int, name: String)] = []
+        for (r, name) in labels.enumerated() {
+            lanes.append((2 * r, name))
+            if used.contains(2 * r + 1) { lanes.append((2 * r + 1, name + " communication")) }
+        }
+        let names = lanes.map { lane in
+            TraceEvent(name: "thread_name", ph: "M", pid: 0, tid: lane.tid, ts: nil, dur: nil, args: TraceEvent.Args(step: nil, name: lane.name))
         }
         try AtomicFile.write(JSONOutput.string(TraceFile(displayTimeUnit: "ms", traceEvents: names + perRank.flatMap { $0 }), pretty: true) + "\n",
                                 to: path)

@@ -99,7 +99,7 @@ public final class Trainer {
     @discardableResult
     public func run() throws -> RunSummary {
         let resumed = state.step > 0
-        let writer = plan.writesCheckpoint
+        let writer = (context.world?.rank ?? 0) == 0  // rank 0 writes the run's files
             ? try RunWriter(directory: runDirectory, config: config, resumedAt: resumed ? state.step : nil, totalSteps: totalSteps, quiet: quiet)
             : nil
         let sampler = try EpochSampler(count: setup.train.count, globalBatch: config.batchSize, seed: UInt64(config.seed),
@@ -250,20 +250,14 @@ public final class Trainer {
     private func evaluateAndCheckpoint(_ writer: RunWriter?, epoch: Double) throws -> Evaluation {
         let e = try evaluate(full: state.step == totalSteps, showingOn: writer)
         state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, e.loss)
-        // Collective: shards, ZeRO state and other stages' tensors come whole to rank 0.
-        let (full, dropout) = try plan.checkpointTensors()
-        if let writer {
-            // Written once, by rank 0, a tensor at a time as the others make them with it.
-            try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state, tensors: full,
-                                        dropout: dropout)
-            try writer.evaluation(e, step: state.step, epoch: epoch, elapsed: state.elapsedSeconds, unit: unit)
-        } else {
-            for tensor in full { _ = try tensor.make() }  // the collectives rank 0's writer runs
-        }
-        try plan.checkpointWritten()
-        // The others wait here, not in the next step's collective, while rank 0 writes: a
-        // slow disk must not look like a dead rank (parallel.checkpoint_timeout_s).
-        try context.world?.barrier(timeout: Double(config.checkpointTimeoutSeconds))
+        // Collective: every rank writes what it holds (its ZeRO chunks, tensor-parallel
+        // slices, stage) into the one file; they wait for the slowest at a barrier of its
+        // own timeout, so a slow disk does not look like a dead rank
+        // (parallel.checkpoint_timeout_s).
+        let (entries, dropout) = try plan.checkpointEntries()
+        try TrainingCheckpoint.save(to: runDirectory, config: config, setup: setup, optimizer: optimizer, state: state, entries: entries,
+                                    dropout: dropout, world: context.world, timeout: Double(config.checkpointTimeoutSeconds))
+        try writer?.evaluation(e, step: state.step, epoch: epoch, elapsed: state.elapsedSeconds, unit: unit)
         return e
     }
 
