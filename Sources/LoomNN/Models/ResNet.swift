@@ -50,18 +50,21 @@ public final class GlobalAveragePool: Module, UnaryLayer {
 ///   pooling, a linear layer; w = 64 in torchvision.
 ///
 /// w is `model.width` (0: the paper's). A chain of layers, each block one link, so a
-/// pipeline can cut it between blocks.
+/// pipeline can cut it between blocks. Under a `UnitSharding` (ZeRO-3) each block is a
+/// unit; the stem and head are the root's.
 public final class ResNet: Module, UnaryLayer {
     public let stem: Sequential
     public let blocks: Sequential
     public let head: Sequential
+    let sharding: (any UnitSharding)?
 
     public static let depths = [18, 20, 32, 34, 56]
 
     /// `batchNormGroup`: the data-parallel ranks whose shards make up the batch, when batch
-    /// norm takes its statistics over the whole batch (nil: each rank's shard).
+    /// norm takes its statistics over the whole batch (nil: each rank's shard). `sharding`:
+    /// each block sharded as a unit as soon as it is built.
     public init(depth: Int, width: Int = 0, channels: Int, classes: Int, seed: UInt64, batchNormGroup: Communicator? = nil,
-                on backend: any Backend = DefaultBackend.current) throws {
+                sharding: (any UnitSharding)? = nil, on backend: any Backend = DefaultBackend.current) throws {
         var rng = Philox(seed: seed)
         let stages: [(channels: Int, blocks: Int)]
         var stem: [any UnaryLayer]
@@ -82,18 +85,25 @@ public final class ResNet: Module, UnaryLayer {
         var inChannels = stages[0].channels
         for (s, stage) in stages.enumerated() {
             for b in 0..<stage.blocks {
-                blocks.append(BasicBlock(inChannels, stage.channels, stride: s > 0 && b == 0 ? 2 : 1, rng: &rng,
-                                         batchNormGroup: batchNormGroup, on: backend))
+                let block = BasicBlock(inChannels, stage.channels, stride: s > 0 && b == 0 ? 2 : 1, rng: &rng,
+                                       batchNormGroup: batchNormGroup, on: backend)
+                try sharding?.shard([block], as: block)
+                blocks.append(block)
                 inChannels = stage.channels
             }
         }
         self.stem = Sequential(stem)
         self.blocks = Sequential(blocks)
         head = Sequential([GlobalAveragePool(), Linear(inChannels, classes, rng: &rng, on: backend)])
+        self.sharding = sharding
     }
 
     /// [N, C, H, W] -> [N, classes]
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try head(blocks(stem(x))) }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        var h = try stem(x)
+        for case let block as BasicBlock in blocks.layers { h = try sharding.forward(block) { try block(h) } }
+        return try head(h)
+    }
 }
 
 extension ResNet: LayerChain {

@@ -51,8 +51,8 @@ public enum ModelSpec: Equatable, Sendable {
     /// layout), made with `context`'s groups as its layers are made: a GPT's parallel
     /// layers split across the tensor group; batch norm shares its statistics over the
     /// data group when `syncBatchNorm`. `sharding` (ZeRO-3): the model's parameters are
-    /// sharded as it is built, a GPT's blocks as units of their own, the rest (all of an
-    /// image model) as the root unit. `stage`: the pipeline pieces this rank holds, whose
+    /// sharded as it is built, a GPT's and a ResNet's blocks as units of their own, the
+    /// rest (all of an MLP or CNN) as the root unit. `stage`: the pipeline pieces this rank holds, whose
     /// values alone a GPT keeps (an image model is built whole and cut).
     public func build(for input: ModelInput, seed: UInt64, context: ParallelContext = .single, syncBatchNorm: Bool = true,
                       sharding: (any UnitSharding)? = nil, stage: StageShare? = nil, on backend: any Backend) throws -> Built {
@@ -72,7 +72,7 @@ public enum ModelSpec: Equatable, Sendable {
         case let (.resnet(depth, width), .images(shape, classes)):
             try requireImages(shape)
             return try classifier(try ResNet(depth: depth, width: width, channels: shape[0], classes: classes, seed: seed,
-                                             batchNormGroup: batchNormGroup, on: backend), sharding)
+                                             batchNormGroup: batchNormGroup, sharding: sharding, on: backend), sharding)
         case (.gpt, .images):
             throw LoomError.config("model.kind = \"gpt\" reads text, not images")
         case (_, .tokens):
