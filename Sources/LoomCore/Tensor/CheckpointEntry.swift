@@ -38,7 +38,13 @@ public struct CheckpointEntry {
             guard sharding == nil, pieces.count == 1, let piece = pieces.first, piece.offset == 0, piece.count == count else {
                 throw LoomError.invalidArgument("checkpoint entry '\(name)': this rank holds \(pieces.map { "\($0.offset)..<\($0.offset + $0.count)" }) of \(count) elements, not the whole")
             }
-            return LazyTensor(name: name, dtype: dtype, shape: shape) { try piece.make().view(shape) }
+            return LazyTensor(name: name, dtype: dtype, shape: shape) { [name, shape] in
+                let t = try piece.make()
+                guard t.count == piece.count else {
+                    throw LoomError.shapeMismatch("checkpoint entry '\(name)': made \(describe(t.shape)), announced \(describe(shape))")
+                }
+                return t.view(shape)
+            }
         }
     }
 

@@ -110,17 +110,11 @@ public enum SafeTensors {
     public static func write(_ tensors: [LazyTensor], metadata: [String: String], to path: String) throws {
         let head = header(tensors.map { ($0.name, $0.dtype, $0.shape) }, metadata: metadata)
         try AtomicFile.write(to: path, size: head.bytes.count + head.dataBytes) { sink in
-            var checksum = head.bytes.withUnsafeBytes { UInt32(crc32(0, $0.bindMemory(to: UInt8.self).baseAddress, uInt($0.count))) }
+            var checksum = crc(head.bytes)
             try head.bytes.withUnsafeBytes { try sink.append($0) }
             for item in tensors {
-                let t = try item.make()
-                guard t.shape == item.shape, t.dtype == item.dtype else {
-                    throw LoomError.shapeMismatch("writing '\(path)': '\(item.name)' was announced as \(describe(item.shape)) \(item.dtype) and made as \(describe(t.shape)) \(t.dtype)")
-                }
-                let bytes = HostBuffer(t)
-                try withExtendedLifetime(bytes) {
-                    let raw = UnsafeRawBufferPointer(bytes.bytes)
-                    checksum = UInt32(crc32(uLong(checksum), raw.bindMemory(to: UInt8.self).baseAddress, uInt(raw.count)))
+                try withBytes(of: try item.make(), count: item.shape.reduce(1, *), dtype: item.dtype, "writing '\(path)': '\(item.name)'") { raw in
+                    checksum = crc(raw, from: checksum)
                     try sink.append(raw)
                 }
             }
@@ -254,8 +248,22 @@ public enum SafeTensors {
         return File(metadata: metadata, entries: entries, storage: file, dataStart: headerEnd)
     }
 
-    static func crc(_ data: [UInt8]) -> UInt32 {
-        data.withUnsafeBytes { UInt32(crc32(0, $0.bindMemory(to: UInt8.self).baseAddress, uInt($0.count))) }
+    static func crc(_ data: [UInt8]) -> UInt32 { data.withUnsafeBytes { crc($0) } }
+
+    /// The CRC-32 of `bytes`, continued from `start` (zlib's `crc32` continues across calls).
+    static func crc(_ bytes: UnsafeRawBufferPointer, from start: UInt32 = 0) -> UInt32 {
+        UInt32(crc32(uLong(start), bytes.bindMemory(to: UInt8.self).baseAddress, uInt(bytes.count)))
+    }
+
+    /// `body` over `t`'s bytes as stored (downloaded first from a device), after checking
+    /// that it was made as announced (`what`: how to name it in the error).
+    static func withBytes<R>(of t: Tensor, count: Int, dtype: DType, _ what: @autoclosure () -> String,
+                             _ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
+        guard t.count == count, t.dtype == dtype else {
+            throw LoomError.shapeMismatch("\(what()) was announced as \(count) \(dtype) elements and made as \(describe(t.shape)) \(t.dtype)")
+        }
+        let bytes = HostBuffer(t)
+        return try withExtendedLifetime(bytes) { try body(UnsafeRawBufferPointer(bytes.bytes)) }
     }
 
     static func jsonString(_ s: String) -> String {

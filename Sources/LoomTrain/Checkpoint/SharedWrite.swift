@@ -59,15 +59,9 @@ extension SafeTensors {
             for entry in entries {
                 let size = entry.dtype.byteSize
                 for piece in entry.pieces {
-                    let t = try piece.make()
-                    guard t.count == piece.count, t.dtype == entry.dtype else {
-                        throw LoomError.shapeMismatch("writing '\(path)': a piece of '\(entry.name)' was announced as \(piece.count) \(entry.dtype) elements and made as \(describe(t.shape)) \(t.dtype)")
-                    }
-                    let bytes = HostBuffer(t)
-                    try withExtendedLifetime(bytes) {
-                        let raw = UnsafeRawBufferPointer(bytes.bytes)
+                    try withBytes(of: try piece.make(), count: piece.count, dtype: entry.dtype, "writing '\(path)': a piece of '\(entry.name)'") { raw in
                         try writer.write(raw, at: begin + piece.offset * size)
-                        runs.append((begin + piece.offset * size, raw.count, UInt32(crc32(0, raw.bindMemory(to: UInt8.self).baseAddress, uInt(raw.count)))))
+                        runs.append((begin + piece.offset * size, raw.count, crc(raw)))
                     }
                 }
                 begin += entry.count * size
@@ -100,7 +94,7 @@ extension SafeTensors {
         // 4. The checksum over the header and the pieces in file order; the file in place.
         do {
             guard failures.isEmpty else { throw LoomError.io(failures.joined(separator: "; ")) }
-            var checksum = head.bytes.withUnsafeBytes { UInt32(crc32(0, $0.bindMemory(to: UInt8.self).baseAddress, uInt($0.count))) }
+            var checksum = crc(head.bytes)
             var at = head.bytes.count
             for run in all.sorted(by: { $0.offset < $1.offset }) {
                 guard run.offset == at else {

@@ -148,17 +148,27 @@ public enum TrainingCheckpoint {
 
     /// The values checkpoint tensor `name` gives a tensor like `t` (its shape, dtype,
     /// sharding and backend): the stored tensor, or this rank's part of it when `t` is a
-    /// tensor-parallel shard. A new tensor: one tensor's bytes (two while slicing).
+    /// tensor-parallel shard, read straight from the file's rows that hold it (the runs
+    /// `CheckpointEntry.unsharded` places the slice at). A new tensor: one tensor's bytes
+    /// at most.
     static func value(_ file: SafeTensors.File, _ path: String, _ name: String, like t: Tensor,
                       tensorGroup: Communicator?) throws -> Tensor {
         guard let e = file.entries[name] else { throw LoomError.io("checkpoint '\(path)': no tensor '\(name)'") }
-        if let sharding = t.sharding, e.dtype == .float32 {
-            let full = try Tensor(uninitialized: e.shape, on: t.backend)
-            withExtendedLifetime(file) { t.backend.upload(file.bytes(e), to: full) }
-            let part = try full.shard(sharding, tensorGroup)
-            guard part.shape == t.shape else {
-                throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)), which does not slice to this rank's \(describe(t.shape))")
+        if let sharding = t.sharding, let group = tensorGroup, group.size > 1 {
+            let part = try Tensor(uninitialized: t.shape, dtype: e.dtype, on: t.backend)
+            let runs = CheckpointEntry(name: name, dtype: e.dtype, shape: t.shape, sharding: sharding,
+                                       pieces: [TensorPiece(offset: 0, count: part.count) { part }]).unsharded(rank: group.rank, ranks: group.size)
+            guard runs.shape == e.shape, e.dtype == t.dtype else {
+                throw LoomError.shapeMismatch("checkpoint '\(path)': '\(name)' is \(describe(e.shape)) \(e.dtype), which does not slice to this rank's \(describe(t.shape)) \(t.dtype)")
             }
+            let size = e.dtype.byteSize
+            try withExtendedLifetime(file) {
+                let bytes = file.bytes(e)
+                for run in runs.pieces {
+                    t.backend.upload(UnsafeRawBufferPointer(rebasing: bytes[(run.offset * size)..<((run.offset + run.count) * size)]), to: try run.make())
+                }
+            }
+            part.sharding = sharding
             return part
         }
         guard e.shape == t.shape, e.dtype == t.dtype else {
