@@ -144,7 +144,10 @@ public final class FullyShardedParameters: UnitSharding {
         let out = try body()
         if unit === root { lastOrder = order }
         let tracked = GradMode.isEnabled && out.requiresGrad
-        if !tracked || unit !== root { try release(unit) }
+        // The root stays whole through the step; so does the unit whose forward ran last
+        // (the previous step's order), which backward reaches first (as FSDP keeps it):
+        // releasing it would only gather it again at once.
+        if !tracked || (unit !== root && unit !== lastOrder.last) { try release(unit) }
         guard tracked else { return out }
         unit.pendingGradients = unit.parameterCount
         unit.reduced = false
