@@ -39,7 +39,7 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "Data parallel ranks (in-process, one thread each): reports scaling efficiency; for comm, in-process ranks when not under mpirun.")
     var dp: Int?
-    @Option(help: "ZeRO stage of the --dp ranks (0-3): reports each rank's bytes held between steps and its peak in a step.")
+    @Option(help: "ZeRO stage of the --dp ranks (0-3): reports each rank's bytes held between steps and its peak in a step, split into parameters, gradients, optimizer state, communication buffers and activations.")
     var zero: Int = 0
 
     @Option(help: "Pipeline stages (in-process, one thread each; gpt workload): reports measured and theoretical bubble.")

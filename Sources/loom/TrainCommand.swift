@@ -75,7 +75,7 @@ struct TrainCommand: ParsableCommand {
     var recompute = false
     @Option(help: "Matrix products: float32, or bf16 (bf16 operands, float32 accumulation; weights, optimizer state, softmax, norms and loss stay float32).")
     var precision: Precision?
-    @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one track per rank.")
+    @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one lane per rank, and a communication lane per data-parallel rank (its collectives, and waits on them).")
     var trace: String?
     @Option(name: .customLong("max-restarts"), help: "When a rank dies or a collective times out, restart from the last checkpoint, up to N times (in-process ranks; under MPI, give it to loom launch).")
     var maxRestarts: Int = 0
