@@ -120,10 +120,10 @@ public final class FullyShardedParameters: UnitSharding {
         // one unit whole, not two).
         let shard = parameter(try Tensor.zeros([chunk], on: backend)), shardGrad = try Tensor.zeros([chunk], on: backend)
         shardGrad.tagMemory(.gradients)
-        let lo = rank * chunk, hi = lo + chunk
         for (t, offset) in zip(tensors, offsets) {
-            let a = max(lo, offset), b = min(hi, offset + t.count)
-            if a < b { backend.copy(t.view([b - a], offset: a - offset), into: shard.view([b - a], offset: a - lo)) }
+            for piece in chunkPieces(count: t.count, at: offset, chunk: shard, from: rank * chunk) {
+                backend.copy(t.flatView(from: piece.offset, count: piece.count), into: try piece.make())
+            }
         }
         let segment = Segment(tensors: tensors, offsets: offsets, padded: padded, shard: shard, shardGrad: shardGrad)
         unit.segments.append(segment)
@@ -303,9 +303,9 @@ public final class FullyShardedParameters: UnitSharding {
             throw LoomError.invalidArgument("zero 3: loading a parameter \(describe(t.shape)) that is not sharded")
         }
         guard value.count == t.count else { throw LoomError.shapeMismatch("zero 3: \(describe(value.shape)) into parameter \(describe(t.shape))") }
-        let chunk = segment.shard.count, lo = communicator.rank * chunk, offset = segment.offsets[k]
-        let a = max(lo, offset), b = min(lo + chunk, offset + t.count)
-        if a < b { backend.copy(value.view([b - a], offset: a - offset), into: segment.shard.view([b - a], offset: a - lo)) }
+        for piece in chunkPieces(count: t.count, at: segment.offsets[k], chunk: segment.shard, from: communicator.rank * segment.shard.count) {
+            backend.copy(value.flatView(from: piece.offset, count: piece.count), into: try piece.make())
+        }
         if unit.bound { backend.copy(value, into: t) }
     }
 

@@ -95,10 +95,10 @@ public final class ZeroOptimizer: Optimizer {
         if let counts {
             // The counted parameters' elements that lie in this rank's chunk of each bucket.
             for (bucket, g) in zip(layout, grads) {
-                let lo = communicator.rank * g.count, hi = lo + g.count
                 for (slot, i) in bucket.members.enumerated() where counts(parameters[i].tensor) {
-                    let a = max(lo, bucket.offsets[slot]), b = min(hi, bucket.offsets[slot] + parameters[i].tensor.count)
-                    if a < b { local += backend.sumOfSquares([g.view([b - a], offset: a - lo)]) }
+                    for piece in chunkPieces(count: parameters[i].tensor.count, at: bucket.offsets[slot], chunk: g, from: communicator.rank * g.count) {
+                        local += backend.sumOfSquares([try piece.make()])
+                    }
                 }
             }
         } else {
@@ -115,15 +115,15 @@ public final class ZeroOptimizer: Optimizer {
     /// Each rank reads its chunk of every state tensor, one parameter's at a time.
     public func loadState(_ value: (_ name: String, _ like: Tensor) throws -> Tensor) throws {
         try inner.materializeState()
-        let lo = communicator.rank
         for s in inner.state() {
-            let segment = layout[s.parameter], chunk = s.tensor.count, start = lo * chunk
+            let segment = layout[s.parameter]
             for (k, i) in segment.members.enumerated() {
-                let p = parameters[i].tensor, offset = segment.offsets[k]
-                let a = max(start, offset), b = min(start + chunk, offset + p.count)
-                guard a < b else { continue }
+                let p = parameters[i].tensor
+                // Read only what this rank's chunk holds part of.
+                guard let piece = chunkPieces(count: p.count, at: segment.offsets[k], chunk: s.tensor, from: communicator.rank * s.tensor.count).first
+                else { continue }
                 let v = try value(parameters[i].name + "." + s.slot, p)
-                s.tensor.backend.copy(v.view([b - a], offset: a - offset), into: s.tensor.view([b - a], offset: a - start))
+                s.tensor.backend.copy(v.flatView(from: piece.offset, count: piece.count), into: try piece.make())
             }
         }
     }

@@ -38,13 +38,7 @@ public struct CheckpointEntry {
             guard sharding == nil, pieces.count == 1, let piece = pieces.first, piece.offset == 0, piece.count == count else {
                 throw LoomError.invalidArgument("checkpoint entry '\(name)': this rank holds \(pieces.map { "\($0.offset)..<\($0.offset + $0.count)" }) of \(count) elements, not the whole")
             }
-            return LazyTensor(name: name, dtype: dtype, shape: shape) { [name, shape] in
-                let t = try piece.make()
-                guard t.count == piece.count else {
-                    throw LoomError.shapeMismatch("checkpoint entry '\(name)': made \(describe(t.shape)), announced \(describe(shape))")
-                }
-                return t.view(shape)
-            }
+            return LazyTensor(name: name, dtype: dtype, shape: shape, make: piece.make)  // the writer checks what it makes
         }
     }
 
@@ -59,7 +53,7 @@ public struct CheckpointEntry {
     public func unsharded(rank: Int, ranks: Int) -> CheckpointEntry {
         guard let sharding, ranks > 1 else { return self }
         let axis = sharding.axis
-        let outer = shape[..<axis].reduce(1, *), inner = shape[(axis + 1)...].reduce(1, *)
+        let inner = shape[(axis + 1)...].reduce(1, *)
         let local = shape[axis], rows = local / sharding.pieces  // rows per sharding piece in the slice
         var whole = shape
         whole[axis] = local * ranks
