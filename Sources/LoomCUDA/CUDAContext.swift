@@ -49,12 +49,24 @@ public final class CUDAContext: @unchecked Sendable {
         var c: OpaquePointer?
         try driver.check(driver.cuStreamCreate(&c, 1), "cuStreamCreate")
         copyStream = c
+        // Under the emulator a block handed out again reads as NaN until written, as a new
+        // one does (queued on the compute stream, after the work that used it last).
+        let poison: ((CUdeviceptr, Int) throws -> Void)? = driver.isEmulated ? { [stream = s] address, bytes in
+            let driver = binding.current()
+            try driver.check(driver.cuMemsetD8Async(address, 0xff, bytes, stream), "cuMemsetD8Async")
+        } : nil
         allocator = CachingAllocator(allocate: { bytes in
             let driver = binding.current()
             var p: CUdeviceptr = 0
             try driver.check(driver.cuMemAlloc(&p, bytes), "cuMemAlloc_v2(\(bytes) bytes)")
             return p
-        }, release: { let driver = binding.current(); try driver.check(driver.cuMemFree($0), "cuMemFree_v2") })
+        }, release: { let driver = binding.current(); try driver.check(driver.cuMemFree($0), "cuMemFree_v2") }, reused: poison)
+    }
+
+    deinit {
+        let driver = binding.current()
+        _ = driver.cuStreamDestroy(stream)
+        _ = driver.cuStreamDestroy(copyStream)
     }
 
     /// Host bytes to device memory, queued on the stream (the source may be reused at once:

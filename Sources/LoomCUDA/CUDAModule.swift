@@ -38,7 +38,8 @@ public final class CUDAModule: @unchecked Sendable {
         handle = try cache.kernel(name, source: source, target: target)
     }
 
-    private func function(_ name: String) throws -> OpaquePointer? {
+    /// The kernel `name` of this module (for `cuLaunchKernel` with a grid of more than one axis).
+    public func function(_ name: String) throws -> OpaquePointer? {
         try lock.withLock {
             if let f = functions[name] { return f }
             var f: OpaquePointer?

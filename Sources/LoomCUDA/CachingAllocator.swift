@@ -8,10 +8,14 @@ import Foundation
 /// names the request and what is allocated and cached.
 ///
 /// `allocate` and `release` are the seams: the driver on a GPU, host memory in tests.
+/// `reused` sees every block handed out again from the cache (under the emulator it fills
+/// the block with NaN, as the emulated driver fills a new one, so that a read of memory
+/// this owner never wrote shows).
 public final class CachingAllocator: @unchecked Sendable {
     public typealias Address = UInt64
     private let rawAllocate: (Int) throws -> Address
     private let rawRelease: (Address) throws -> Void
+    private let reused: ((Address, Int) throws -> Void)?
     private var free: [Int: [Address]] = [:]
     private var sizes: [Address: Int] = [:]
     private var cached = 0
@@ -26,9 +30,11 @@ public final class CachingAllocator: @unchecked Sendable {
     public private(set) var hits = 0
     public private(set) var misses = 0
 
-    public init(allocate: @escaping (Int) throws -> Address, release: @escaping (Address) throws -> Void) {
+    public init(allocate: @escaping (Int) throws -> Address, release: @escaping (Address) throws -> Void,
+                reused: ((Address, Int) throws -> Void)? = nil) {
         rawAllocate = allocate
         rawRelease = release
+        self.reused = reused
     }
 
     public static func rounded(_ bytes: Int) -> Int {
@@ -44,6 +50,7 @@ public final class CachingAllocator: @unchecked Sendable {
                 address = a
                 cached -= size
                 hits += 1
+                try reused?(a, size)
             } else {
                 misses += 1
                 do {

@@ -10,34 +10,35 @@ public typealias CUevent = OpaquePointer?
 /// CUDA_ERROR_OUT_OF_MEMORY (2)`).
 public final class CUDADriver: @unchecked Sendable {
     public let library: DynamicLibrary
-    typealias Status = Int32
-    let cuInit: @convention(c) (UInt32) -> Status
-    let cuDeviceGetCount: @convention(c) (UnsafeMutablePointer<Int32>) -> Status
-    let cuDeviceGet: @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Status
-    let cuDeviceGetName: @convention(c) (UnsafeMutablePointer<CChar>, Int32, Int32) -> Status
-    let cuDeviceGetAttribute: @convention(c) (UnsafeMutablePointer<Int32>, Int32, Int32) -> Status
-    let cuDevicePrimaryCtxRetain: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32) -> Status
-    let cuCtxSetCurrent: @convention(c) (OpaquePointer?) -> Status
-    let cuMemAlloc: @convention(c) (UnsafeMutablePointer<CUdeviceptr>, Int) -> Status
-    let cuMemFree: @convention(c) (CUdeviceptr) -> Status
-    let cuMemHostAlloc: @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Status
-    let cuMemFreeHost: @convention(c) (UnsafeMutableRawPointer?) -> Status
-    let cuMemcpyHtoDAsync: @convention(c) (CUdeviceptr, UnsafeRawPointer?, Int, CUstream) -> Status
-    let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer?, CUdeviceptr, Int, CUstream) -> Status
-    let cuMemcpyDtoDAsync: @convention(c) (CUdeviceptr, CUdeviceptr, Int, CUstream) -> Status
-    let cuMemsetD8Async: @convention(c) (CUdeviceptr, UInt8, Int, CUstream) -> Status
-    let cuStreamCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
-    let cuStreamSynchronize: @convention(c) (CUstream) -> Status
-    let cuStreamWaitEvent: @convention(c) (CUstream, CUevent, UInt32) -> Status
-    let cuEventCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
-    let cuEventRecord: @convention(c) (CUevent, CUstream) -> Status
-    let cuEventSynchronize: @convention(c) (CUevent) -> Status
-    let cuEventDestroy: @convention(c) (CUevent) -> Status
-    let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Status
-    let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UnsafePointer<CChar>) -> Status
-    let cuLaunchKernel: @convention(c) (OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, CUstream,
+    public typealias Status = Int32
+    public let cuInit: @convention(c) (UInt32) -> Status
+    public let cuDeviceGetCount: @convention(c) (UnsafeMutablePointer<Int32>) -> Status
+    public let cuDeviceGet: @convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Status
+    public let cuDeviceGetName: @convention(c) (UnsafeMutablePointer<CChar>, Int32, Int32) -> Status
+    public let cuDeviceGetAttribute: @convention(c) (UnsafeMutablePointer<Int32>, Int32, Int32) -> Status
+    public let cuDevicePrimaryCtxRetain: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, Int32) -> Status
+    public let cuCtxSetCurrent: @convention(c) (OpaquePointer?) -> Status
+    public let cuMemAlloc: @convention(c) (UnsafeMutablePointer<CUdeviceptr>, Int) -> Status
+    public let cuMemFree: @convention(c) (CUdeviceptr) -> Status
+    public let cuMemHostAlloc: @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Status
+    public let cuMemFreeHost: @convention(c) (UnsafeMutableRawPointer?) -> Status
+    public let cuMemcpyHtoDAsync: @convention(c) (CUdeviceptr, UnsafeRawPointer?, Int, CUstream) -> Status
+    public let cuMemcpyDtoHAsync: @convention(c) (UnsafeMutableRawPointer?, CUdeviceptr, Int, CUstream) -> Status
+    public let cuMemcpyDtoDAsync: @convention(c) (CUdeviceptr, CUdeviceptr, Int, CUstream) -> Status
+    public let cuMemsetD8Async: @convention(c) (CUdeviceptr, UInt8, Int, CUstream) -> Status
+    public let cuStreamCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
+    public let cuStreamDestroy: @convention(c) (CUstream) -> Status
+    public let cuStreamSynchronize: @convention(c) (CUstream) -> Status
+    public let cuStreamWaitEvent: @convention(c) (CUstream, CUevent, UInt32) -> Status
+    public let cuEventCreate: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> Status
+    public let cuEventRecord: @convention(c) (CUevent, CUstream) -> Status
+    public let cuEventSynchronize: @convention(c) (CUevent) -> Status
+    public let cuEventDestroy: @convention(c) (CUevent) -> Status
+    public let cuModuleLoadData: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UnsafeRawPointer) -> Status
+    public let cuModuleGetFunction: @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UnsafePointer<CChar>) -> Status
+    public let cuLaunchKernel: @convention(c) (OpaquePointer?, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, CUstream,
                                         UnsafeMutablePointer<UnsafeMutableRawPointer?>?, UnsafeMutablePointer<UnsafeMutableRawPointer?>?) -> Status
-    let cuGetErrorName: @convention(c) (Status, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Status
+    public let cuGetErrorName: @convention(c) (Status, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> Status
     /// The emulator's explanation of its last failure (a divergent barrier, a missing
     /// kernel); nil for the NVIDIA driver.
     let emulatorLastError: (@convention(c) () -> UnsafePointer<CChar>?)?
@@ -68,6 +69,7 @@ public final class CUDADriver: @unchecked Sendable {
         cuMemcpyDtoDAsync = try l.function("cuMemcpyDtoDAsync_v2")
         cuMemsetD8Async = try l.function("cuMemsetD8Async")
         cuStreamCreate = try l.function("cuStreamCreate")
+        cuStreamDestroy = try l.function("cuStreamDestroy_v2")
         cuStreamSynchronize = try l.function("cuStreamSynchronize")
         cuStreamWaitEvent = try l.function("cuStreamWaitEvent")
         cuEventCreate = try l.function("cuEventCreate")

@@ -14,6 +14,11 @@ const char* loomEmulatorLastError(void);
 /// key, so a changed emulator never loads modules built by an older one.
 const char* loomEmulatorRuntimeDigest(void);
 
+/// Makes each stream wait between half of `microseconds` and all of it (seeded) before each
+/// queued operation, so that a missing synchronisation reads stale memory (tests; also
+/// LOOM_CUDA_EMULATOR_DELAY_US). 0 turns it off.
+void loomEmulatorSetDelay(unsigned microseconds);
+
 #ifdef __cplusplus
 }
 #endif

@@ -121,12 +121,17 @@ extension CPUBackend {
         let px = x.ptr, pm = mean.ptr, pg = gradOutput.ptr, p1 = sumGrad.ptr, p2 = sumGradXmu.ptr
         parallelFor(channels, grain: 1, threads: threads) { r in
             for c in r {
+                // Eight lanes per row, then the row's sum, as `channelMoments` sums: with
+                // g = x - mean (synchronised batch norm's variance) s2 is its variance sum.
                 var s1: Float = 0, s2: Float = 0
-                let mu = pm[c]
+                let mu = pm[c], muv = F8(repeating: mu)
                 for b in 0..<n {
                     let off = (b * channels + c) * inner
                     s1 += sum8(pg + off, inner)
-                    for j in 0..<inner { s2 += pg[off + j] * (px[off + j] - mu) }
+                    var acc = F8(), j = 0
+                    while j + 8 <= inner { acc += load8(pg + off + j) * (load8(px + off + j) - muv); j += 8 }
+                    s2 += acc.sum()
+                    while j < inner { s2 += pg[off + j] * (px[off + j] - mu); j += 1 }
                 }
                 p1[c] = s1; p2[c] = s2
             }
