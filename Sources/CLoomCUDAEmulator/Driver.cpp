@@ -83,13 +83,19 @@ struct Profile {
     };
 };
 
-struct Module { void* handle; };
+// A loaded module. Its kernels run one at a time (`lock`): the kernel runtime keeps the
+// running block and `__shared__` memory in the module's statics.
+struct Module {
+    void* handle;
+    std::mutex lock;
+};
 using Launcher = int (*)(void**, const unsigned*, unsigned, unsigned long long, char*, size_t);
 using ParameterSizes = int (*)(size_t*, int);
 struct Function {
     Launcher launch;
     std::vector<size_t> parameterSizes;
     std::string name;
+    Module* module;
 };
 
 std::string temporaryDirectory() {
@@ -373,7 +379,9 @@ int cuModuleLoadData(void** module, const void* image) {
     std::string reason = handle ? "" : (dlerror() ?: "short write");
     unlink(path);
     if (!handle) return failWith(CUDA_ERROR_INVALID_IMAGE, "cannot load the emulated module: " + reason);
-    *module = new Module{handle};
+    auto* m = new Module();
+    m->handle = handle;
+    *module = m;
     return CUDA_SUCCESS;
 }
 int cuModuleGetFunction(void** function, void* module, const char* name) {
@@ -382,7 +390,7 @@ int cuModuleGetFunction(void** function, void* module, const char* name) {
     auto launcher = reinterpret_cast<Launcher>(dlsym(m->handle, (std::string("loom_emu_launch_") + name).c_str()));
     auto sizes = reinterpret_cast<ParameterSizes>(dlsym(m->handle, (std::string("loom_emu_parameters_") + name).c_str()));
     if (!launcher || !sizes) return failWith(CUDA_ERROR_NOT_FOUND, std::string("no kernel named ") + name + " in the module");
-    auto* f = new Function{launcher, std::vector<size_t>(64), name};
+    auto* f = new Function{launcher, std::vector<size_t>(64), name, m};
     f->parameterSizes.resize(size_t(std::min(sizes(f->parameterSizes.data(), 64), 64)));
     *function = f;
     return CUDA_SUCCESS;
@@ -433,6 +441,7 @@ int cuLaunchKernel(void* function, unsigned gx, unsigned gy, unsigned gz, unsign
         int status = 0;
         uintptr_t fault = 0;
         {
+            std::lock_guard<std::mutex> running(f->module->lock);  // held here: a fault jumps back inside it
             Profile::Timer timer(f->name);
             bool clean = runTrappingFaults([&] { status = f->launch(pointers.data(), shape.data(), sharedBytes, seed, error, sizeof error); }, fault);
             if (!clean) {

@@ -59,9 +59,12 @@ extension CUDABackend {
         launch("layer_norm_backward_input_f32", grid: min(rows, 65535), block: CUDABackend.rowBlock(cols),
                [.pointer(address(x)), .pointer(address(gamma)), .pointer(address(mean)), .pointer(address(rstd)),
                 .pointer(address(gradOutput)), .pointer(address(gradInput)), .int64(rows), .int64(cols)])
-        elementwise("layer_norm_backward_params_f32", count: cols,
-                    [.pointer(address(x)), .pointer(address(mean)), .pointer(address(rstd)), .pointer(address(gradOutput)),
-                     .pointer(address(gradGamma)), .pointer(address(gradBeta)), .int64(rows), .int64(cols)])
+        let tiles = (cols + 31) / 32, runs = rowRuns(rows: rows, tiles: tiles)
+        inRuns(runs.count, op: 0, count: cols, into: [gradGamma, gradBeta]) { partial in
+            launch("layer_norm_backward_params_f32", grid: tiles * runs.count, block: 256,
+                   [.pointer(address(x)), .pointer(address(mean)), .pointer(address(rstd)), .pointer(address(gradOutput)),
+                    .pointer(partial[0]), .pointer(partial[1]), .int64(rows), .int64(cols), .int64(runs.rowsPerRun)])
+        }
     }
 
     public func channelMoments(_ x: Tensor, n: Int, channels: Int, inner: Int, mean: Tensor, variance: Tensor) {

@@ -14,6 +14,8 @@ public final class CUDAContext: @unchecked Sendable {
     public let ordinal: Int
     public let name: String
     public let computeCapability: (major: Int, minor: Int)
+    /// Streaming multiprocessors: how many blocks it takes to fill the device.
+    public let multiprocessors: Int
     /// Where every kernel, GEMM and ordinary copy is queued.
     public let stream: CUstream
     /// Where `BatchStager` copies the next batch while the compute stream runs a step.
@@ -36,6 +38,7 @@ public final class CUDAContext: @unchecked Sendable {
         let d = try driver.describe(device: ordinal)
         name = d.name
         computeCapability = (d.major, d.minor)
+        multiprocessors = max(1, d.multiprocessors)
         var dev: Int32 = 0
         try driver.check(driver.cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet")
         var context: OpaquePointer?

@@ -103,7 +103,7 @@ public final class CUDADriver: @unchecked Sendable {
     }
 
     /// The device's name and compute capability (9.0 on an H100).
-    public func describe(device ordinal: Int) throws -> (name: String, major: Int, minor: Int) {
+    public func describe(device ordinal: Int) throws -> (name: String, major: Int, minor: Int, multiprocessors: Int) {
         var dev: Int32 = 0
         try check(cuDeviceGet(&dev, Int32(ordinal)), "cuDeviceGet(\(ordinal))")
         var buffer = [CChar](repeating: 0, count: 256)
@@ -111,6 +111,8 @@ public final class CUDADriver: @unchecked Sendable {
         var major: Int32 = 0, minor: Int32 = 0
         try check(cuDeviceGetAttribute(&major, 75, dev), "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MAJOR)")
         try check(cuDeviceGetAttribute(&minor, 76, dev), "cuDeviceGetAttribute(COMPUTE_CAPABILITY_MINOR)")
-        return (String(cString: buffer), Int(major), Int(minor))
+        var sms: Int32 = 0
+        try check(cuDeviceGetAttribute(&sms, 16, dev), "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)")
+        return (String(cString: buffer), Int(major), Int(minor), Int(sms))
     }
 }

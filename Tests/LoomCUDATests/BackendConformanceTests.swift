@@ -32,6 +32,10 @@ final class BackendConformanceTests: XCTestCase {
         OpCase(name: "relu gelu tanh sigmoid", inputs: [([64, 1025], .parameter)]) { x in try x[0].relu().add(x[0].gelu()).add(x[0].tanh()).add(x[0].sigmoid()) },
         OpCase(name: "exp log sqrt", inputs: [([64, 1025], .positive)]) { x in try x[0].exp().add(x[0].log()).add(x[0].sqrt()) },
         OpCase(name: "sum and mean over axes", inputs: [([16, 65, 129], .parameter)]) { x in try x[0].sum(axes: [1]).add(x[0].mean(axes: [1])) },
+        // Bias gradients' shape: few columns, many rows (tiles and runs of rows on CUDA).
+        OpCase(name: "column sums and maxima over many rows", inputs: [([1000, 80], .parameter)]) { x in
+            try x[0].sum(axes: [0]).add(x[0].max(axis: 0))
+        },
         OpCase(name: "max", inputs: [([6, 40], .parameter)]) { try $0[0].max(axis: 1) },
         OpCase(name: "matmul", inputs: [([256, 192], .parameter), ([192, 256], .parameter)]) { try $0[0].matmul($0[1]) },
         OpCase(name: "matmul transposed, batched", inputs: [([3, 128, 96], .parameter), ([3, 112, 96], .parameter)]) { try $0[0].matmul($0[1], transposeB: true) },

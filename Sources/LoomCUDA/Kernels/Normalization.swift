@@ -77,18 +77,32 @@ extension CUDAKernels {
         }
     }
 
-    // dgamma[c] = sum over rows of g xhat, dbeta[c] = sum of g: one thread per column, rows in order.
+    // dgamma[c] = sum over rows of g xhat, dbeta[c] = sum of g, tiled as reduce_columns_tiled_f32
+    // is: 32 columns x 8 row lanes a block, the rows cut into runs, each run's sums written to
+    // [run][c] of partialGamma and partialBeta (reduce_runs_f32 adds the runs up in order).
     extern "C" __global__ void layer_norm_backward_params_f32(const float* x, const float* mean, const float* rstd, const float* g,
-                                                              float* dgamma, float* dbeta, long long rows, long long cols) {
-        LOOM_GRID_STRIDE(c, cols) {
-            float sg = 0.0f, sb = 0.0f;
-            for (long long r = 0; r < rows; ++r) {
+                                                              float* partialGamma, float* partialBeta, long long rows, long long cols,
+                                                              long long rowsPerRun) {
+        __shared__ float gammaScratch[8][33];
+        __shared__ float betaScratch[8][33];
+        long long tiles = (cols + 31) / 32, run = blockIdx.x / tiles;
+        int column = threadIdx.x % 32, lane = threadIdx.x / 32;
+        long long c = (blockIdx.x % tiles) * 32 + column;
+        long long begin = run * rowsPerRun, end = min(rows, begin + rowsPerRun);
+        float sg = 0.0f, sb = 0.0f;
+        if (c < cols)
+            for (long long r = begin + lane; r < end; r += 8) {
                 float gv = g[r * cols + c];
                 sg += gv * (x[r * cols + c] - mean[r]) * rstd[r];
                 sb += gv;
             }
-            dgamma[c] = sg;
-            dbeta[c] = sb;
+        gammaScratch[lane][column] = sg;
+        betaScratch[lane][column] = sb;
+        __syncthreads();
+        if (lane == 0 && c < cols) {
+            for (int k = 1; k < 8; ++k) { sg += gammaScratch[k][column]; sb += betaScratch[k][column]; }
+            partialGamma[run * cols + c] = sg;
+            partialBeta[run * cols + c] = sb;
         }
     }
 

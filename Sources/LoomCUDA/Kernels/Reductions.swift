@@ -15,6 +15,43 @@ extension CUDAKernels {
         }
     }
 
+    // Columns of [outer, n, inner] with inner >= 32 and many rows (bias gradients): blocks of
+    // 32 adjacent columns x 8 row lanes (256 threads; a warp reads 32 adjacent floats). The
+    // n rows are cut into runs of `rowsPerRun`, one block per (outer index, column tile,
+    // run), so that a few hundred columns still fill the device; each block writes its run's
+    // result to partial[run][out], and reduce_runs_f32 combines the runs in order (no
+    // atomics: the same sums every time). With one run, partial is y.
+    extern "C" __global__ void reduce_columns_tiled_f32(int op, const float* x, float* partial, long long outer, long long n, long long inner,
+                                                        long long rowsPerRun) {
+        __shared__ float scratch[8][33];
+        long long columnTiles = (inner + 31) / 32, tiles = outer * columnTiles;
+        long long tile = blockIdx.x % tiles, run = blockIdx.x / tiles;
+        int column = threadIdx.x % 32, lane = threadIdx.x / 32;
+        long long o = tile / columnTiles, c = (tile % columnTiles) * 32 + column;
+        long long begin = run * rowsPerRun, end = min(n, begin + rowsPerRun);
+        float acc = op == 0 ? 0.0f : negativeInfinity();
+        if (c < inner)
+            for (long long j = begin + lane; j < end; j += 8) {
+                float v = x[(o * n + j) * inner + c];
+                acc = op == 0 ? acc + v : fmaxf(acc, v);
+            }
+        scratch[lane][column] = acc;
+        __syncthreads();
+        if (lane == 0 && c < inner) {
+            for (int k = 1; k < 8; ++k) acc = op == 0 ? acc + scratch[k][column] : fmaxf(acc, scratch[k][column]);
+            partial[run * outer * inner + o * inner + c] = acc;
+        }
+    }
+
+    // y[i] = the runs' partial[r][i] combined in order.
+    extern "C" __global__ void reduce_runs_f32(int op, const float* partial, float* y, long long count, long long runs) {
+        LOOM_GRID_STRIDE(i, count) {
+            float acc = partial[i];
+            for (long long r = 1; r < runs; ++r) acc = op == 0 ? acc + partial[r * count + i] : fmaxf(acc, partial[r * count + i]);
+            y[i] = acc;
+        }
+    }
+
     // Otherwise: one thread per output, walking the reduced axis (adjacent threads read adjacent columns).
     extern "C" __global__ void reduce_columns_f32(int op, const float* x, float* y, long long outer, long long n, long long inner) {
         LOOM_GRID_STRIDE(out, outer * inner) {
