@@ -154,29 +154,23 @@ extension CUDABackend {
 
     public func gather(_ table: Tensor, indices: Tensor, into out: Tensor) throws {
         let rows = table.shape[0], width = table.count / max(rows, 1)
-        if anyIndexOutside(indices, lower: 0, upper: rows, ignore: Int32.min) {
-            let all = indices.ints
-            let i = all.firstIndex { $0 < 0 || Int($0) >= rows }!
-            throw LoomError.invalidArgument("embedding: index \(all[i]) at position \(i) is outside the table of \(rows) rows")
-        }
+        checkIndices(indices, lower: 0, upper: rows, ignore: Int32.min, as: .embedding)
         elementwise("embedding_f32", count: indices.count * width,
-                    [.pointer(address(table)), .pointer(address(indices)), .pointer(address(out)), .int64(indices.count), .int64(width)])
+                    [.pointer(address(table)), .pointer(address(indices)), .pointer(address(out)), .int64(indices.count), .int64(width),
+                     .int64(rows)])
     }
 
     public func scatterAdd(_ src: Tensor, indices: Tensor, into grad: Tensor) {
-        let width = grad.count / max(grad.shape[0], 1)
+        let rows = grad.shape[0], width = grad.count / max(rows, 1)
         elementwise("embedding_backward_f32", count: indices.count * width,
-                    [.pointer(address(src)), .pointer(address(indices)), .pointer(address(grad)), .int64(indices.count), .int64(width)])
+                    [.pointer(address(src)), .pointer(address(indices)), .pointer(address(grad)), .int64(indices.count), .int64(width),
+                     .int64(rows)])
     }
 
     public func crossEntropy(logits: Tensor, targets: Tensor, rows: Int, classes: Int, ignoreIndex: Int32,
                              losses: Tensor, weights: Tensor, probabilities: Tensor) throws {
         guard rows > 0 else { return }
-        if anyIndexOutside(targets, lower: 0, upper: classes, ignore: ignoreIndex) {
-            let all = targets.ints
-            let i = all.firstIndex { $0 != ignoreIndex && ($0 < 0 || Int($0) >= classes) }!
-            throw LoomError.invalidArgument("cross-entropy: target \(all[i]) at row \(i) is outside 0..<\(classes)")
-        }
+        checkIndices(targets, lower: 0, upper: classes, ignore: ignoreIndex, as: .crossEntropy)
         launch("cross_entropy_f32", grid: min(rows, 65535), block: CUDABackend.rowBlock(classes),
                [.pointer(address(logits)), .pointer(address(targets)), .int64(rows), .int64(classes), .int32(ignoreIndex),
                 .pointer(address(losses)), .pointer(address(weights)), .pointer(address(probabilities))])

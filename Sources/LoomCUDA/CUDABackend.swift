@@ -21,13 +21,19 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
     private let module: CUDAModule
     /// Input batches on the copy stream (`stage`).
     let stager: BatchStager
-    /// One-element int scratch for index checks, and partial sums for `sumOfSquares`.
-    private let flag: CUdeviceptr
+    /// Index checks, read when the host next waits (`deferredErrors`).
+    let indexFaults: IndexFaults
+    /// Partial sums for `sumOfSquares`.
     let partialsAddress: CUdeviceptr
     static let partialSlots = 4096
     /// GEMM FLOPs queued since `resetCounters()` (the time they take is on the device).
     public internal(set) var gemmFlops: Double = 0
     public func resetCounters() { gemmFlops = 0 }
+    /// Times the host has waited for the device (downloads and synchronisations): a step
+    /// should wait once, for its loss.
+    public var hostWaits: Int { waits.withLock { waitCount } }
+    private var waitCount = 0
+    private let waits = NSLock()
 
     /// Opens GPU `ordinal` (or the emulator's), compiles or loads the kernels and registers
     /// itself for `.cuda(ordinal)`. `allowTF32`: matrix products on TF32 tensor cores.
@@ -38,13 +44,12 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
         blas = try CUBLAS(stream: context.stream, allowTF32: allowTF32, emulator: context.emulator)
         module = try CUDAModule(context: context)
         stager = try BatchStager(context: context)
-        flag = try context.allocator.allocate(4)
+        indexFaults = try IndexFaults(context: context)
         partialsAddress = try context.allocator.allocate(CUDABackend.partialSlots * 4)
         Backends.register(self)
     }
 
     deinit {
-        context.allocator.free(flag)
         context.allocator.free(partialsAddress)
     }
 
@@ -98,12 +103,28 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
         orStop { try context.copy(source, toDevice: address(tensor)) }
     }
 
+    /// Waits for the stream (a copy into pageable memory does); the index-check record, if
+    /// a check ran since it was last read, comes back with it at no extra wait.
     public func download(_ tensor: Tensor, into destination: UnsafeMutableRawBufferPointer) {
-        orStop { try context.copy(fromDevice: address(tensor), into: destination) }
+        orStop {
+            let reading = try indexFaults.queueRead()
+            try context.copy(fromDevice: address(tensor), into: destination)
+            if reading { indexFaults.read() }
+        }
+        waits.withLock { waitCount += 1 }
     }
 
     public func synchronize() {
         orStop { try context.synchronize() }
+        waits.withLock { waitCount += 1 }
+    }
+
+    public func deferredErrors() throws {
+        if try indexFaults.queueRead() {  // no copy since the last check: wait for it here
+            synchronize()
+            indexFaults.read()
+        }
+        try indexFaults.throwPending()
     }
 
     public func fill(_ tensor: Tensor, value: Float) {
@@ -136,15 +157,13 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
         elementwise(kernel, count: x.count, [.pointer(address(x)), .pointer(address(y)), .int64(x.count)])
     }
 
-    /// Whether any of `indices` lies outside `lower..<upper` (and is not `ignore`): one
-    /// small kernel and a 4-byte read back, so that a bad index is an error, not a fault.
-    func anyIndexOutside(_ indices: Tensor, lower: Int, upper: Int, ignore: Int32) -> Bool {
-        check(context.driver.cuMemsetD8Async(flag, 0, 4, context.stream), "cuMemsetD8Async")
+    /// Queues a check of `indices` against `lower..<upper` (`ignore` passes); a fault is
+    /// thrown by `deferredErrors` once the host has waited for the stream.
+    func checkIndices(_ indices: Tensor, lower: Int, upper: Int, ignore: Int32, as check: IndexFaults.Check) {
         elementwise("check_indices_i32", count: indices.count,
-                    [.pointer(address(indices)), .int64(indices.count), .int32(Int32(lower)), .int32(Int32(upper)), .int32(ignore), .pointer(flag)])
-        var found: Int32 = 0
-        withUnsafeMutableBytes(of: &found) { b in orStop { try context.copy(fromDevice: flag, into: b) } }
-        return found != 0
+                    [.pointer(address(indices)), .int64(indices.count), .int32(Int32(lower)), .int32(Int32(upper)), .int32(ignore),
+                     .int32(check.rawValue), .pointer(indexFaults.record)])
+        indexFaults.noteQueued()
     }
 }
 

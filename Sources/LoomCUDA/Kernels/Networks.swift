@@ -84,12 +84,20 @@ extension CUDAKernels {
     }
 
     // ---- Embedding: out[i, :] = table[index[i], :]; backward adds rows (indices repeat: atomics).
-    extern "C" __global__ void embedding_f32(const float* table, const int* index, float* out, long long count, long long width) {
-        LOOM_GRID_STRIDE(i, count * width) out[i] = table[(long long)index[i / width] * width + i % width];
+    // An index outside the table (check_indices_i32 has recorded it for the host) gives NaN
+    // and adds nothing: never a read or write outside the table.
+    extern "C" __global__ void embedding_f32(const float* table, const int* index, float* out, long long count, long long width, long long rows) {
+        LOOM_GRID_STRIDE(i, count * width) {
+            long long k = index[i / width];
+            out[i] = k >= 0 && k < rows ? table[k * width + i % width] : __int_as_float(0x7fc00000);
+        }
     }
 
-    extern "C" __global__ void embedding_backward_f32(const float* src, const int* index, float* grad, long long count, long long width) {
-        LOOM_GRID_STRIDE(i, count * width) atomicAdd(grad + (long long)index[i / width] * width + i % width, src[i]);
+    extern "C" __global__ void embedding_backward_f32(const float* src, const int* index, float* grad, long long count, long long width, long long rows) {
+        LOOM_GRID_STRIDE(i, count * width) {
+            long long k = index[i / width];
+            if (k >= 0 && k < rows) atomicAdd(grad + k * width + i % width, src[i]);
+        }
     }
 
     // ---- Cross-entropy: one block per row; log-softmax and the loss in one pass over the logits.
@@ -105,7 +113,8 @@ extension CUDAKernels {
             for (long long j = threadIdx.x; j < classes; j += blockDim.x) p[j] = expf(x[j] - m) * inv;
             if (threadIdx.x == 0) {
                 int t = targets[row];
-                losses[row] = t == ignore ? 0.0f : (m + logf(s)) - x[t];
+                bool inside = t >= 0 && t < classes;  // outside: recorded by check_indices_i32, the loss NaN
+                losses[row] = t == ignore ? 0.0f : inside ? (m + logf(s)) - x[t] : __int_as_float(0x7fc00000);
                 weights[row] = t == ignore ? 0.0f : 1.0f;
             }
         }

@@ -111,11 +111,17 @@ extension CUDAKernels {
         if (threadIdx.x == 0) partial[blockIdx.x] = acc;
     }
 
-    // Sets *flag to 1 if an index is outside lower..<upper and is not `ignore`.
-    extern "C" __global__ void check_indices_i32(const int* index, long long n, int lower, int upper, int ignore, int* flag) {
+    // Records in fault = {what, position, index, upper} the first index found outside
+    // lower..<upper (and not `ignore`), if fault holds none yet; `what` names the check.
+    // The host reads the record when it next waits for the stream anyway.
+    extern "C" __global__ void check_indices_i32(const int* index, long long n, int lower, int upper, int ignore, int what, int* fault) {
         LOOM_GRID_STRIDE(i, n) {
             int v = index[i];
-            if (v != ignore && (v < lower || v >= upper)) atomicOr(flag, 1);
+            if (v != ignore && (v < lower || v >= upper) && atomicCAS(fault, 0, what) == 0) {
+                fault[1] = (int)i;
+                fault[2] = v;
+                fault[3] = upper;
+            }
         }
     }
     """#

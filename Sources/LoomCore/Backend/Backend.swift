@@ -26,6 +26,11 @@ public protocol Backend: AnyObject, Sendable {
     func cast(_ x: Tensor, into y: Tensor)
     /// Waits for queued work (a no-op on the CPU).
     func synchronize()
+    /// Throws what queued work found wrong with its input (on a GPU, an index outside an
+    /// embedding table or a target outside the classes, checked on the device without
+    /// stopping the host), once the host has waited for that work; the step calls it after
+    /// its loss is read. The CPU checks at the call and has nothing to add.
+    func deferredErrors() throws
 
     // MARK: Elementwise
     /// y = op(x). May alias.
@@ -209,4 +214,8 @@ public struct GEMMOperand {
     public init(_ tensor: Tensor, offset: Int = 0, ld: Int, batchStride: Int = 0, transposed: Bool = false) {
         self.tensor = tensor; self.offset = offset; self.ld = ld; self.batchStride = batchStride; self.transposed = transposed
     }
+}
+
+extension Backend {
+    public func deferredErrors() throws {}
 }

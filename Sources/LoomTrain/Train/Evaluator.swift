@@ -58,6 +58,7 @@ public struct Evaluator {
             let b = done < mine.count ? mine[done] : mine.first ?? 0
             let host = data.batch(Array((b * batch)..<min((b + 1) * batch, data.count)))
             let batchSums = try steps.evaluate(inputs: try host.inputs.to(backend), targets: try host.targets.to(backend))
+            try backend.deferredErrors()
             guard done < mine.count else { continue }
             sums = sums + batchSums
             progress?(done + 1, mine.count)

@@ -215,6 +215,7 @@ public final class Trainer {
     private func optimizerStep(_ batch: (inputs: Tensor, targets: Tensor)) throws -> Float {
         optimizer.zeroGrad()
         let loss = try setup.steps.forwardBackward(inputs: batch.inputs, targets: batch.targets, gradients: plan)
+        try backend.deferredErrors()  // before the update: a bad index stops the run with its name
         let reduced = monotonicSeconds()
         try clipGradients()
         if !skippedLastStep { try optimizer.step() }
