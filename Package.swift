@@ -45,7 +45,9 @@ let package = Package(
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         // CUDA through dlopen: no toolkit or headers at build time.
-        .target(name: "LoomCUDA", dependencies: ["LoomCore"]),
+        // NCCL's unique id as a C type (NCCL itself is opened with dlopen too).
+        .systemLibrary(name: "CNCCL"),
+        .target(name: "LoomCUDA", dependencies: ["LoomCore", "LoomDistributed", "CNCCL"]),
         .target(name: "CLoomCUDAEmulator", exclude: ["KernelRuntime.inc"],
                 linkerSettings: [.linkedLibrary("openblas")]),
         .executableTarget(name: "loom", dependencies: [
@@ -60,7 +62,7 @@ let package = Package(
         .testTarget(name: "LoomParallelTests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomParallel"]),
         .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomTrain"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "LoomCUDATests", dependencies: ["LoomCore", "LoomNN", "LoomCUDA"]),
+        .testTarget(name: "LoomCUDATests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomCUDA"]),
     ],
     swiftLanguageModes: [.v5],
     cxxLanguageStandard: .cxx17

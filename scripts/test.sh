@@ -25,6 +25,24 @@ if [ ! -f "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
   rm -rf "$wheel_dir"
 fi
 export LOOM_CUDA_LIBS="$nvrtc_dir/nvidia/cu13/lib${LOOM_CUDA_LIBS:+:$LOOM_CUDA_LIBS}"
+# The real NCCL (216 MB wheel; only libnccl.so.2 is kept): NCCLLibraryTests loads it and
+# resolves every symbol Loom calls (no GPU needed). Same rule: only a failed download skips.
+nccl_version=2.30.7
+nccl_dir="${XDG_CACHE_HOME:-$HOME/.cache}/loom/nvidia-nccl-cu13-$nccl_version"
+if [ ! -f "$nccl_dir/libnccl.so.2" ]; then
+  wheel_dir=$(mktemp -d)
+  if python3 -m pip download -q --no-deps --only-binary=:all: "nvidia-nccl-cu13==$nccl_version" -d "$wheel_dir" >"$wheel_dir/log" 2>&1; then
+    python3 -c "import sys, zipfile, glob, os, shutil
+z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); os.makedirs(sys.argv[2], exist_ok=True)
+with z.open('nvidia/nccl/lib/libnccl.so.2') as src, open(sys.argv[2] + '/libnccl.so.2.part', 'wb') as dst: shutil.copyfileobj(src, dst)
+os.rename(sys.argv[2] + '/libnccl.so.2.part', sys.argv[2] + '/libnccl.so.2')" "$wheel_dir" "$nccl_dir"
+  else
+    export LOOM_NCCL_UNAVAILABLE="pip could not download nvidia-nccl-cu13==$nccl_version: $(tail -1 "$wheel_dir/log")"
+    echo "test: $LOOM_NCCL_UNAVAILABLE" >&2
+  fi
+  rm -rf "$wheel_dir"
+fi
+export LOOM_CUDA_LIBS="$nccl_dir:$LOOM_CUDA_LIBS"
 swift build -c release --product loom
 swift build -c release --product EmbeddingExample  # examples/embedding, run by EmbeddingExampleTests
 # Loom's CUDA emulator (the CUDA backend's tests run it on the CPU).

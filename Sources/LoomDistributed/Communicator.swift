@@ -66,7 +66,8 @@ public final class CommRequest: @unchecked Sendable {
 
     public init(label: String) { self.label = label }
 
-    func complete(_ error: Error?) {
+    /// Marks it complete (a communicator's own code, when the collective has run or is queued on a device stream).
+    public func complete(_ error: Error?) {
         self.error = error
         completed = monotonicSeconds()
         done.signal()

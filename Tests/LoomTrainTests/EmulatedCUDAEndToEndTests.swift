@@ -114,13 +114,23 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
         }
     }
 
+    /// Each in-process rank has an emulated GPU of its own, so the collectives are NCCL's
+    /// (the emulator's NCCL: queued on the streams, no host staging); with LOOM_NCCL=0 they
+    /// go through host memory. ZeRO-3's gathers and reduce-scatters too.
     func testDataTensorAndPipelineParallelGPTOnEmulatedCUDAMatchTheSingleProcessCPURun() throws {
         let c = try config("gpt")
         try train([c], name: "cpu", cuda: false)
-        for (name, flags) in [("dp2", ["--dp", "2"]), ("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2", "--micro-batches", "2"])] {
-            try train([c] + flags, name: "cuda-\(name)", cuda: true)
+        for (name, flags) in [("dp2", ["--dp", "2"]), ("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2", "--micro-batches", "2"]),
+                              ("dp2-zero3", ["--dp", "2", "--zero", "3"])] {
+            let out = try train([c] + flags, name: "cuda-\(name)", cuda: true)
+            XCTAssertTrue(out.contains("collectives: NCCL"), "\(name) went through NCCL: \(out)")
             try assertSameLosses("cuda-\(name)", "cpu")
         }
+        let r = try loom(["train", c, "--out", work, "--name", "cuda-dp2-host", "--device", "cuda", "--dp", "2"],
+                         env: emulator.merging(["LOOM_NCCL": "0"]) { $1 })
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("collectives: through host memory (NCCL not loaded on every rank: LOOM_NCCL=0)"), r.out)
+        try assertSameLosses("cuda-dp2-host", "cpu")
     }
 
     /// The rest of the README's "every model and layout" on CUDA: ResNet-20 with batch

@@ -43,6 +43,8 @@ public final class Trainer {
     private var evaluationSeconds = 0.0
     /// Steps skipped this run.
     public private(set) var skippedSteps = 0
+    /// How the ranks' device tensors travel ("NCCL 2.30.7", or why through host memory); nil on one rank or the CPU.
+    public let collectivesNote: String?
 
     /// A new run, or a resumed one when `resume` names a run directory. With a
     /// communicator of N ranks, this is one rank of an N-rank run (laid out as the config's
@@ -52,8 +54,11 @@ public final class Trainer {
     public init(config: TrainConfig, backend: any Backend = CPUBackend.shared, resume: String? = nil, initFrom: String? = nil,
                 communicator: Communicator? = nil) throws {
         var c = config
+        // On GPUs that communicate themselves (NCCL), collectives of device tensors go device to device.
+        let (world, collectivesNote) = try deviceWorld(communicator, for: backend)
+        self.collectivesNote = collectivesNote
         // World = dp x pp x tp ranks; tensor parallelism varies fastest (Topology).
-        let context = try ParallelContext(world: communicator, tensor: c.tp, pipeline: c.pp)
+        let context = try ParallelContext(world: world, tensor: c.tp, pipeline: c.pp)
         c.dp = context.topology.dp
         try ConfigFile.validate(c)
         self.backend = backend
@@ -204,6 +209,7 @@ public final class Trainer {
             + (t.tp > 1 ? ", tensor parallel over \(t.tp) ranks" : "")
             + (t.pp > 1 ? ", pipeline of \(t.pp) stages (\(c.pipelineSchedule), \(c.microBatches) micro-batches)" : "")
             + (backend.device == .cpu ? "" : ", on \(backend.name)")
+            + (collectivesNote.map { ", collectives: \($0)" } ?? "")
             + (c.precision == .float32 ? "" : ", \(c.precision.rawValue) matrix products")
             + " -> \(runDirectory)/"
     }
