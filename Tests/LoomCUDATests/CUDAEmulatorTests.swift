@@ -56,6 +56,16 @@ final class CUDAEmulatorTests: XCTestCase {
         order[atomicAdd(counter, 1)] = threadIdx.x;
     }
 
+    // Reads its shared cell before any thread of the block wrote it: on a GPU, whatever
+    // was there; here NaN, every block.
+    extern "C" __global__ void stale_shared(float* out) {
+        __shared__ float cell[1];
+        __syncthreads();
+        if (threadIdx.x == 0) out[blockIdx.x] = cell[0];
+        __syncthreads();
+        if (threadIdx.x == 0) cell[0] = (float)blockIdx.x;
+    }
+
     struct Big { float values[1100]; };
     extern "C" __global__ void big_parameter(Big b, float* out) { out[0] = b.values[0]; }
     """#
@@ -178,8 +188,9 @@ final class CUDAEmulatorTests: XCTestCase {
         }
     }
 
-    /// initcheck: new device memory, and a block the caching allocator hands out again,
-    /// read as NaN until written, so a kernel that reads what nothing wrote shows.
+    /// initcheck: new device memory, a block the caching allocator hands out again, and a
+    /// block's shared memory read as NaN until written, so a kernel that reads what
+    /// nothing wrote shows.
     func testDeviceMemoryNothingWroteReadsAsNaN() throws {
         let fresh = try context.allocator.allocate(64 * 4)
         XCTAssertTrue(try host(fresh, count: 64).allSatisfy(\.isNaN))
@@ -189,6 +200,10 @@ final class CUDAEmulatorTests: XCTestCase {
         let again = try context.allocator.allocate(64 * 4)
         XCTAssertEqual(again, fresh, "the cache hands the same block out again")
         XCTAssertTrue(try host(again, count: 64).allSatisfy(\.isNaN))
+        // Shared memory too, before each block: never what the previous block left.
+        let out = try device([Float](repeating: 0, count: 8))
+        try launch("stale_shared", grid: 8, block: 64, [.pointer(out)])
+        XCTAssertTrue(try host(out, count: 8).allSatisfy(\.isNaN))
     }
 
     /// Streams are asynchronous: the host call returns before the work runs (here each
