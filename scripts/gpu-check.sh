@@ -4,8 +4,8 @@
 # .dist/loom.tar.xz, which this unpacks; LOOM=path/to/loom to use another binary) and
 # writes one JSON report (OUT, default gpu-check.json):
 #   1. correctness: loom train --device cuda against the same run on the CPU (mlp, cnn and
-#      a small gpt, the gpt with --tf32, and the gpt with --precision bf16 against the CPU's
-#      bf16 run): the losses must agree;
+#      a small gpt, the gpt with --tf32, the gpt with --precision bf16 against the CPU's
+#      bf16 run, the gpt on two data-parallel ranks): the losses must agree;
 #   2. speed: GPT-2 small (batch 8 x 1024 tokens, AdamW) in Loom (float32, TF32, bf16) next
 #      to PyTorch eager (float32, TF32, bf16 autocast) on the same GPU: tokens/s, MFU, peak
 #      memory (SPEED=0 leaves this out).
@@ -55,7 +55,7 @@ TOML
 
 train() {  # run name, then loom train arguments; a failure is recorded, not fatal
   local name=$1; shift
-  "$LOOM" train "$@" --out "$work" --name "$name" >/dev/null 2>"$work/$name.err" || true  # its last error line goes into the report
+  "$LOOM" train "$@" --out "$work" --name "$name" >"$work/$name.out" 2>"$work/$name.err" || true  # its last error line goes into the report
 }
 run_pair() {  # name, then loom train arguments: the CPU run and the CUDA run
   local name=$1; shift
@@ -67,6 +67,9 @@ run_pair cnn --model cnn --steps 30
 run_pair gpt "$work/gpt.toml"
 train cuda-gpt-tf32 "$work/gpt.toml" --device cuda --tf32
 run_pair gpt-bf16 "$work/gpt.toml" --precision bf16
+# Two data-parallel ranks: on one GPU they share it (collectives through host memory), on
+# several each has its own (NCCL, from PyTorch's nvidia-nccl wheel); the report says which.
+train cuda-gpt-dp2 "$work/gpt.toml" --device cuda --dp 2
 
 report() {  # the JSON report from what has run so far (each speed figure a JSON line, or empty)
   python3 - "$work" "$OUT" "$gpu" "${loom_fp32:-}" "${loom_tf32:-}" "${loom_bf16:-}" "${torch_fp32:-}" "${torch_tf32:-}" "${torch_bf16:-}" <<'PY'
@@ -88,14 +91,19 @@ def error(run):
     text = open(path).read().strip() if os.path.exists(path) else ""
     return text.splitlines()[-1] if text else None
 
+def opening(run):  # the run's first line: its device, and its collectives under --dp
+    path = f"{work}/{run}.out"
+    lines = open(path).read().splitlines() if os.path.exists(path) else []
+    return lines[0] if lines else None
+
 checks, ok = [], True
 for name, reference, tolerance in [("cuda-mlp", "cpu-mlp", 1e-4), ("cuda-cnn", "cpu-cnn", 1e-4), ("cuda-gpt", "cpu-gpt", 1e-4),
                                    ("cuda-gpt-tf32", "cpu-gpt", 2e-2), ("cuda-gpt-bf16", "cpu-gpt-bf16", 1e-4),
-                                   ("cuda-gpt-bf16", "cpu-gpt", 2e-2)]:
+                                   ("cuda-gpt-bf16", "cpu-gpt", 2e-2), ("cuda-gpt-dp2", "cpu-gpt", 1e-4)]:
     a, b = losses(name), losses(reference)
     worst = max(abs(x - y) / abs(y) for x, y in zip(a, b)) if a and len(a) == len(b) else float("inf")
     checks.append({"run": name, "against": reference, "steps": len(a), "max_relative_difference": worst, "tolerance": tolerance,
-                   "passed": worst <= tolerance, "error": error(name) or error(reference)})
+                   "passed": worst <= tolerance, "error": error(name) or error(reference), "opening": opening(name)})
     ok &= worst <= tolerance
 
 # GPT-2 small, vocabulary 50304: parameters without the position table (nanoGPT's count),
