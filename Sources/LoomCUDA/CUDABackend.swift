@@ -23,6 +23,8 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
     let stager: BatchStager
     /// Index checks, read when the host next waits (`deferredErrors`).
     let indexFaults: IndexFaults
+    /// Pinned host buffers for collectives and checkpoints (`HostBuffer`), on the copy stream.
+    let staging: PinnedStaging
     /// Partial sums for `sumOfSquares`.
     let partialsAddress: CUdeviceptr
     static let partialSlots = 4096
@@ -34,6 +36,7 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
     public var hostWaits: Int { waits.withLock { waitCount } }
     private var waitCount = 0
     private let waits = NSLock()
+    func countHostWait() { waits.withLock { waitCount += 1 } }
 
     /// Opens GPU `ordinal` (or the emulator's), compiles or loads the kernels and registers
     /// itself for `.cuda(ordinal)`. `allowTF32`: matrix products on TF32 tensor cores.
@@ -45,6 +48,7 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
         module = try CUDAModule(context: context)
         stager = try BatchStager(context: context)
         indexFaults = try IndexFaults(context: context)
+        staging = PinnedStaging(context: context)
         partialsAddress = try context.allocator.allocate(CUDABackend.partialSlots * 4)
         Backends.register(self)
     }
@@ -111,12 +115,12 @@ public final class CUDABackend: Backend, GEMMCounting, @unchecked Sendable {
             try context.copy(fromDevice: address(tensor), into: destination)
             if reading { indexFaults.read() }
         }
-        waits.withLock { waitCount += 1 }
+        countHostWait()
     }
 
     public func synchronize() {
         orStop { try context.synchronize() }
-        waits.withLock { waitCount += 1 }
+        countHostWait()
     }
 
     public func deferredErrors() throws {

@@ -61,15 +61,30 @@ final class NCCLTests: XCTestCase {
         XCTAssertEqual(results[1][7], [0])
     }
 
-    /// Ranks that share one GPU (NCCL refuses them) keep collectives in host memory, and say so.
-    func testRanksSharingAGPUStageThroughHostMemoryAndSaySo() throws {
+    /// Ranks that share one GPU (NCCL refuses them) keep collectives in host memory, and say
+    /// so. The staging is pinned memory on the copy stream: with every queued operation
+    /// delayed 1-2 ms, the reduced values are there for the next kernel on the compute
+    /// stream, and a checkpoint-style download sees the work queued before it.
+    func testRanksSharingAGPUStageThroughPinnedHostMemoryAndSaySo() throws {
         let emulator = try CUDAEmulator.path()
-        let notes = try InProcessWorld.run(size: 2) { world -> String in
+        let raw = try RawEmulator()
+        raw.setDelay(2000)
+        defer { raw.setDelay(0) }
+        let results = try InProcessWorld.run(size: 2) { world -> (String, [Float], [Float]) in
             let backend = try CUDABackend(device: 0, emulator: emulator)
             let (comm, note) = try backend.deviceCommunicator(over: world)
             XCTAssertNil(comm)
-            return note
+            let r = Float(world.rank + 1)
+            let x = try Tensor([r, 2 * r, 3 * r], shape: [3]).to(backend).scaled(10)  // queued: the download must wait for it
+            try world.allReduce(x, .sum)
+            let doubled = try x.scaled(2)  // queued after the upload on the copy stream
+            let staged = HostBuffer(doubled)
+            return (note, Array(UnsafeBufferPointer(start: staged.floats, count: 3)), x.floats)
         }
-        XCTAssertEqual(notes, ["through host memory (ranks share a GPU)", "through host memory (ranks share a GPU)"])
+        for (note, doubled, x) in results {
+            XCTAssertEqual(note, "through host memory (ranks share a GPU)")
+            XCTAssertEqual(x, [30, 60, 90])
+            XCTAssertEqual(doubled, [60, 120, 180])
+        }
     }
 }
