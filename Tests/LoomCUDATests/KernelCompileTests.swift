@@ -63,6 +63,9 @@ final class KernelCompileTests: XCTestCase {
                 XCTAssertGreaterThan(r.registers, 0, "sm_\(arch) \(r.kernel): registers reported")
                 XCTAssertEqual(r.spillStores + r.spillLoads, 0, "sm_\(arch) \(r.kernel) spills registers")
                 XCTAssertEqual(r.stackBytes, 0, "sm_\(arch) \(r.kernel) uses local memory for its stack")
+                // A launch of a kernel with more than 48 KB of static shared memory fails
+                // without cuFuncSetAttribute's opt-in (the emulator checks dynamic shared memory).
+                XCTAssertLessThanOrEqual(r.sharedBytes, 48 * 1024, "sm_\(arch) \(r.kernel): static shared memory past 48 KB")
             }
             let report = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
                 .appendingPathComponent("kernel-resources-sm_\(arch).json")
