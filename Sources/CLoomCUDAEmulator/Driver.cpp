@@ -329,28 +329,16 @@ int cuEventRecord(void* event, void* stream) {
 int cuStreamWaitEvent(void* stream, void* event, unsigned) {
     REQUIRE_CONTEXT("cuStreamWaitEvent")
     REQUIRE_STREAM("cuStreamWaitEvent", stream, s)
-    auto* e = static_cast<Event*>(event);
-    Stream* on;
-    uint64_t ticket;
-    {
-        std::lock_guard<std::mutex> g(e->lock);
-        on = e->stream;
-        ticket = e->ticket;
-    }
+    std::pair<Stream*, uint64_t> r = static_cast<Event*>(event)->recorded();
+    Stream* on = r.first;
+    uint64_t ticket = r.second;
     if (on && on != s) s->enqueue([=](std::string&) { on->waitFor(ticket); return 0; });
     return CUDA_SUCCESS;
 }
 int cuEventSynchronize(void* event) {
     REQUIRE_CONTEXT("cuEventSynchronize")
-    auto* e = static_cast<Event*>(event);
-    Stream* on;
-    uint64_t ticket;
-    {
-        std::lock_guard<std::mutex> g(e->lock);
-        on = e->stream;
-        ticket = e->ticket;
-    }
-    if (on) on->waitFor(ticket);
+    std::pair<Stream*, uint64_t> r = static_cast<Event*>(event)->recorded();
+    if (r.first) r.first->waitFor(r.second);
     return ctx->stickyError();
 }
 int cuEventDestroy_v2(void* event) {

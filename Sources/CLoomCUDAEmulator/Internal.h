@@ -97,6 +97,11 @@ struct Event {
     std::mutex lock;
     Stream* stream = nullptr;  // where it was last recorded (null: never)
     uint64_t ticket = 0;
+    /// Where it was last recorded, read once.
+    std::pair<Stream*, uint64_t> recorded() {
+        std::lock_guard<std::mutex> g(lock);
+        return {stream, ticket};
+    }
 };
 
 /// The calling thread's current context (cuCtxSetCurrent), or null.
