@@ -78,6 +78,13 @@ extension CUDABackend {
                      .int64(channels), .int64(inner), .int64(x.count)])
     }
 
+    public func channelCombine(_ g: Tensor, _ x: Tensor, gScale: Tensor, xScale: Tensor, shift: Tensor, n: Int, channels: Int, inner: Int,
+                               into y: Tensor) {
+        elementwise("channel_combine_f32", count: y.count,
+                    [.pointer(address(g)), .pointer(address(x)), .pointer(address(gScale)), .pointer(address(xScale)), .pointer(address(shift)),
+                     .pointer(address(y)), .int64(channels), .int64(inner), .int64(y.count)])
+    }
+
     public func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
                                 sumGrad: Tensor, sumGradXmu: Tensor) {
         launch("channel_grad_sums_f32", grid: min(channels, 65535), block: 256,

@@ -132,6 +132,15 @@ extension CUDAKernels {
         }
     }
 
+    // y = a[c] g + b[c] x + d[c]: batch norm's input gradient in one pass.
+    extern "C" __global__ void channel_combine_f32(const float* g, const float* x, const float* a, const float* b, const float* d, float* y,
+                                                   long long channels, long long inner, long long total) {
+        LOOM_GRID_STRIDE(i, total) {
+            long long c = (i / inner) % channels;
+            y[i] = g[i] * a[c] + x[i] * b[c] + d[c];
+        }
+    }
+
     // Per channel: sum(g) and sum(g (x - mean)). With x = NULL-like flag `withX` 0, only sum(g).
     extern "C" __global__ void channel_grad_sums_f32(const float* x, const float* mean, const float* g, long long n, long long channels,
                                                      long long inner, float* sumGrad, float* sumGradXmu, int withX) {

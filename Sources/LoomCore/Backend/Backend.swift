@@ -95,6 +95,10 @@ public protocol Backend: AnyObject, Sendable {
     func channelMoments(_ x: Tensor, n: Int, channels: Int, inner: Int, mean: Tensor, variance: Tensor)
     /// y = (x - mean[c]) * scale[c] + shift[c] over [n, channels, inner].
     func channelAffine(_ x: Tensor, mean: Tensor, scale: Tensor, shift: Tensor, n: Int, channels: Int, inner: Int, into y: Tensor)
+    /// y = gScale[c] * g + xScale[c] * x + shift[c] over [n, C, inner], in one pass (batch
+    /// norm's input gradient). May write into g's storage.
+    func channelCombine(_ g: Tensor, _ x: Tensor, gScale: Tensor, xScale: Tensor, shift: Tensor, n: Int, channels: Int, inner: Int,
+                        into y: Tensor)
     /// Sums over [n, ., inner] per channel: sum(gy) and sum(gy * (x - mean)).
     func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
                          sumGrad: Tensor, sumGradXmu: Tensor)

@@ -115,6 +115,19 @@ extension CPUBackend {
         }
     }
 
+    public func channelCombine(_ g: Tensor, _ x: Tensor, gScale: Tensor, xScale: Tensor, shift: Tensor, n: Int, channels: Int, inner: Int,
+                               into y: Tensor) {
+        let started = monotonicSeconds(); defer { count(.norm, since: started) }
+        let pg = g.ptr, px = x.ptr, py = y.ptr, pa = gScale.ptr, pb = xScale.ptr, pd = shift.ptr
+        parallelFor(n * channels, grain: max(1, 4096 / max(inner, 1)), threads: threads) { r in
+            for row in r {
+                let c = row % channels
+                let a = F8(repeating: pa[c]), b = F8(repeating: pb[c]), d = F8(repeating: pd[c])
+                zip8(pg + row * inner, px + row * inner, py + row * inner, inner) { g, x in g * a + x * b + d }
+            }
+        }
+    }
+
     public func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
                                 sumGrad: Tensor, sumGradXmu: Tensor) {
         let started = monotonicSeconds(); defer { count(.norm, since: started) }

@@ -161,6 +161,11 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
         inner.channelAffine(host(x), mean: host(mean), scale: host(scale), shift: host(shift), n: n, channels: channels, inner: i,
                             into: host(y))
     }
+    public func channelCombine(_ g: Tensor, _ x: Tensor, gScale: Tensor, xScale: Tensor, shift: Tensor, n: Int, channels: Int, inner i: Int,
+                               into y: Tensor) {
+        inner.channelCombine(host(g), host(x), gScale: host(gScale), xScale: host(xScale), shift: host(shift), n: n, channels: channels,
+                             inner: i, into: host(y))
+    }
     public func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner i: Int,
                                 sumGrad: Tensor, sumGradXmu: Tensor) {
         inner.channelGradSums(x: host(x), mean: host(mean), gradOutput: host(gradOutput), n: n, channels: channels, inner: i,

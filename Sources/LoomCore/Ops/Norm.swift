@@ -88,10 +88,12 @@ extension Tensor {
                 (t1, t2) = (try both.slice(axis: 0, 0..<c), try both.slice(axis: 0, c..<(2 * c)))
             }
             // dx = gamma*rstd*g - gamma*rstd*s1/m - gamma*rstd^3*s2/m * (x - mean)
+            //    = k1 g + k2 x + k3, per channel: one pass over g and x.
             let k1 = scale
             let k2 = try gamma.mul(rstd.pow(3)).mul(t2).scaled(-1 / m)
             let k3 = try scale.mul(t1).scaled(-1 / m).sub(try k2.mul(mean))
-            let gx = try g.mul(k1.view(bshape)).add(try x.mul(k2.view(bshape))).add(k3.view(bshape))
+            let gx = try g.empty()
+            g.backend.channelCombine(g, x, gScale: k1, xScale: k2, shift: k3, n: n, channels: c, inner: inner, into: gx)
             let gGamma = try s2.mul(rstd)  // sum(g * xhat)
             return [gx, gGamma, s1]
         }
