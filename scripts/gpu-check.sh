@@ -3,7 +3,8 @@
 # Swift or Open MPI. It uses the static bundle (scripts/build-static.sh --archive makes
 # .dist/loom.tar.xz, which this unpacks; LOOM=path/to/loom to use another binary) and
 # writes one JSON report (OUT, default gpu-check.json):
-#   1. correctness: loom train --device cuda against the same run on the CPU (mlp, cnn and
+#   1. correctness: `loom check --device cuda` (every op and the optimizers against the CPU),
+#      then loom train --device cuda against the same run on the CPU (mlp, cnn and
 #      a small gpt, the gpt with --tf32, the gpt with --precision bf16 against the CPU's
 #      bf16 run, the gpt on two data-parallel ranks): the losses must agree;
 #   2. speed: GPT-2 small (batch 8 x 1024 tokens, AdamW) in Loom (float32, TF32, bf16) next
@@ -62,6 +63,8 @@ run_pair() {  # name, then loom train arguments: the CPU run and the CUDA run
   train "cpu-$name" "$@"
   train "cuda-$name" "$@" --device cuda
 }
+# The conformance suite first: every op forward and backward, and the optimizers, against the CPU.
+"$LOOM" check --device cuda --json >"$work/check.json" 2>"$work/check.err" || true
 run_pair mlp --model mlp --steps 30
 run_pair cnn --model cnn --steps 30
 run_pair gpt "$work/gpt.toml"
@@ -96,7 +99,13 @@ def opening(run):  # the run's first line: its device, and its collectives under
     lines = open(path).read().splitlines() if os.path.exists(path) else []
     return lines[0] if lines else None
 
+def conformance():  # loom check's JSON, or what stopped it
+    try: return json.loads(open(f"{work}/check.json").read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError): return {"passed": False, "error": error("check")}
+
 checks, ok = [], True
+suite = conformance()
+ok &= bool(suite.get("passed"))
 for name, reference, tolerance in [("cuda-mlp", "cpu-mlp", 1e-4), ("cuda-cnn", "cpu-cnn", 1e-4), ("cuda-gpt", "cpu-gpt", 1e-4),
                                    ("cuda-gpt-tf32", "cpu-gpt", 2e-2), ("cuda-gpt-bf16", "cpu-gpt-bf16", 1e-4),
                                    ("cuda-gpt-bf16", "cpu-gpt", 2e-2), ("cuda-gpt-dp2", "cpu-gpt", 1e-4)]:
@@ -121,7 +130,8 @@ def entry(r, precision):
     e["mfu"] = round(e["tokens_per_s"] * flops_per_token / peak[precision], 4) if peak and e["tokens_per_s"] else None
     return e
 
-report = {"gpu": gpu, "workload": "gpt2-small, batch 8 x 1024, AdamW", "flops_per_token": flops_per_token, "correctness": checks}
+report = {"gpu": gpu, "workload": "gpt2-small, batch 8 x 1024, AdamW", "flops_per_token": flops_per_token, "correctness": checks,
+          "conformance": suite}
 if any(r is not None for r in (loom_fp32, loom_tf32, loom_bf16, torch_fp32, torch_tf32, torch_bf16)):
     report["loom"] = {"fp32": entry(loom_fp32, "fp32"), "tf32": entry(loom_tf32, "tf32"), "bf16": entry(loom_bf16, "bf16")}
     report["pytorch_eager"] = {"fp32": entry(torch_fp32, "fp32"), "tf32": entry(torch_tf32, "tf32"), "bf16": entry(torch_bf16, "bf16"),

@@ -8,7 +8,7 @@ struct Loom: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loom",
         abstract: "Train neural networks fast on CPUs: one core, all of them, or many processes (MPI).",
-        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, LaunchCommand.self, PlanCommand.self, TokenizerCommand.self, GPT2Command.self],
+        subcommands: [TrainCommand.self, EvalCommand.self, GenerateCommand.self, BenchCommand.self, CheckCommand.self, LaunchCommand.self, PlanCommand.self, TokenizerCommand.self, GPT2Command.self],
         defaultSubcommand: nil
     )
 

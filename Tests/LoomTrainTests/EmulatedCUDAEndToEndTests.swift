@@ -159,6 +159,21 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
         try assertSameLosses("cuda-gpt-3d", "cpu-gpt")
     }
 
+    /// `loom check`, the conformance suite where there is no Swift (the GPU check runs it):
+    /// every case within tolerance on the emulated GPU, said as JSON; a device that does
+    /// not open is a one-line error.
+    func testTheConformanceSuiteRunsFromTheCommandLine() throws {
+        let r = try loom(["check", "--device", "cuda", "--json"], env: emulator)
+        XCTAssertEqual(r.status, 0, r.err)
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any], r.out)
+        XCTAssertEqual(report["passed"] as? Bool, true, r.out)
+        XCTAssertEqual(report["disagreements"] as? [String], [])
+        XCTAssertGreaterThan(report["cases"] as? Int ?? 0, 30)
+        let missing = try loom(["check", "--device", "cuda"], env: ["LOOM_CUDA_EMULATOR": ""])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.err.contains("--device cuda"), missing.err)
+    }
+
     func testCheckpointsMoveBetweenTheCPUAndCUDA() throws {
         let c = try config("gpt")
         try train([c], name: "whole", cuda: false)
