@@ -377,25 +377,11 @@ final class DistributedEndToEndTests: CLITestCase {
     }
 
     /// ResNet-20 under data parallelism with synchronised batch norm (the default) follows
-    /// one process on the whole batch. Only for 5 steps: batch norm over 16 images makes
-    /// this training chaotic, and any two summation orders' float32 rounding grows past
-    /// 1e-5 by step 7 or 8 (1e-7 at step 1, 1e-2 at step 20, measured). Until the variance
-    /// sum of synchronised batch norm was summed as one process sums it, step 3 was 8e-5 off.
+    /// one process on the whole batch, for the 5 steps `resNetConfig` says a comparison
+    /// can check. Until the variance sum of synchronised batch norm was summed as one
+    /// process sums it, step 3 was 8e-5 off.
     func testResNetWithSynchronisedBatchNormFollowsOneProcessUnderDataParallelism() throws {
-        let cfg = work + "/resnet.toml"
-        try """
-            [model]
-            kind = "resnet"
-            depth = 20
-            width = 4
-            [train]
-            steps = 5
-            batch_size = 16
-            optimizer = "sgd"
-            lr = 0.002
-            momentum = 0.9
-            log_every = 1
-            """.write(toFile: cfg, atomically: true, encoding: .utf8)
+        let cfg = try resNetConfig()
         XCTAssertEqual(try loom(["train", cfg, "--out", work, "--name", "resnet-1"]).status, 0)
         let single = try losses("resnet-1")
         XCTAssertEqual(single.count, 5)

@@ -51,25 +51,6 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
                 lr = 0.05
                 momentum = 0.9
                 """
-        case "resnet":
-            // ResNet-20 with batch norm on MNIST, 5 steps at a small learning rate: batch
-            // norm over 16 images makes training chaotic, and float32 rounding differences
-            // between any two summation orders grow past 1e-5 after 6-8 steps.
-            body = """
-                [model]
-                kind = "resnet"
-                depth = 20
-                width = 4
-                [data]
-                path = "\(Self.repo.path)/data/mnist_5k.csv.gz"
-                validation_fraction = 0.2
-                [train]
-                steps = 5
-                batch_size = 16
-                optimizer = "sgd"
-                lr = 0.002
-                momentum = 0.9
-                """
         default:
             body = """
                 [model]
@@ -137,7 +118,7 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
     /// norm, alone, under dp 2 (synchronised batch norm; ZeRO-1) and with gradient accumulation;
     /// the CNN cut into two pipeline stages; dp 2 x tp 2 x pp 2 of the GPT (8 ranks).
     func testResNetsImagePipelinesAndEveryAxisAtOnceOnEmulatedCUDAMatchTheCPU() throws {
-        let resnet = try config("resnet")
+        let resnet = try resNetConfig()
         try train([resnet], name: "cpu-resnet", cuda: false)
         for (name, flags) in [("resnet", []), ("resnet-dp2", ["--dp", "2"]), ("resnet-dp2-zero1", ["--dp", "2", "--zero", "1"])] {
             try train([resnet] + flags, name: "cuda-\(name)", cuda: true)
