@@ -134,17 +134,23 @@ extension CPUBackend {
         let px = x.ptr, pm = mean.ptr, pg = gradOutput.ptr, p1 = sumGrad.ptr, p2 = sumGradXmu.ptr
         parallelFor(channels, grain: 1, threads: threads) { r in
             for c in r {
-                // Eight lanes per row, then the row's sum, as `channelMoments` sums: with
-                // g = x - mean (synchronised batch norm's variance) s2 is its variance sum.
+                // One pass over g and x. Eight lanes per row, then the row's sum, as
+                // `channelMoments` sums: with g = x - mean (synchronised batch norm's
+                // variance) s2 is its variance sum, added up in the same order.
                 var s1: Float = 0, s2: Float = 0
                 let mu = pm[c], muv = F8(repeating: mu)
                 for b in 0..<n {
                     let off = (b * channels + c) * inner
-                    s1 += sum8(pg + off, inner)
-                    var acc = F8(), j = 0
-                    while j + 8 <= inner { acc += load8(pg + off + j) * (load8(px + off + j) - muv); j += 8 }
+                    var sumG = F8(), acc = F8(), j = 0
+                    while j + 8 <= inner {
+                        let g = load8(pg + off + j)
+                        sumG += g
+                        acc += g * (load8(px + off + j) - muv)
+                        j += 8
+                    }
+                    s1 += sumG.sum()
                     s2 += acc.sum()
-                    while j < inner { s2 += pg[off + j] * (px[off + j] - mu); j += 1 }
+                    while j < inner { s1 += pg[off + j]; s2 += pg[off + j] * (px[off + j] - mu); j += 1 }
                 }
                 p1[c] = s1; p2[c] = s2
             }
