@@ -15,7 +15,8 @@
 // - launches are checked against the hardware's limits with the driver's error codes;
 // - blocks, and threads of a block, run in a seeded random order (KernelRuntime.inc).
 //
-// NVRTC.cpp compiles kernels with the host compiler; CUBLAS.cpp maps cuBLAS onto OpenBLAS.
+// NVRTC.cpp compiles kernels with the host compiler; CUBLAS.cpp maps cuBLAS onto OpenBLAS;
+// NCCL.cpp runs NCCL's collectives between in-process ranks.
 #include "LoomCUDAEmulator.h"
 #include "Internal.h"
 

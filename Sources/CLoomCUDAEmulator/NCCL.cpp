@@ -151,7 +151,10 @@ int ncclCommInitRank(Comm** comm, int nranks, ncclUniqueIdBytes id, int rank) {
     if (clique->size != nranks) return failWith(ncclInvalidUsage, "ncclCommInitRank: ranks disagree on the communicator's size");
     {
         std::unique_lock<std::mutex> g(clique->lock);
-        clique->joined += 1;
+        if (++clique->joined == clique->size) {  // the id has served: the ranks hold the clique now
+            std::lock_guard<std::mutex> r(registryLock);
+            registry().erase(std::string(id.internal, sizeof id.internal));
+        }
         clique->changed.notify_all();
         clique->changed.wait(g, [&] { return clique->joined >= clique->size; });
     }
@@ -160,13 +163,7 @@ int ncclCommInitRank(Comm** comm, int nranks, ncclUniqueIdBytes id, int rank) {
 }
 
 int ncclCommDestroy(Comm* comm) {
-    if (!comm) return ncclSuccess;
-    {
-        std::lock_guard<std::mutex> g(registryLock);
-        for (auto it = registry().begin(); it != registry().end(); ++it)
-            if (it->second == comm->clique && it->second.use_count() <= 2) { registry().erase(it); break; }
-    }
-    delete comm;
+    delete comm;  // the clique goes with its last rank
     return ncclSuccess;
 }
 int ncclCommAbort(Comm* comm) { return ncclCommDestroy(comm); }

@@ -30,12 +30,14 @@ Settings& Settings::shared() {
 const int deviceCount = 4;
 
 Context* Context::of(void* handle) {
-    static Context contexts[deviceCount];
+    static Context* contexts = [] {
+        auto* all = new Context[deviceCount];
+        for (int d = 0; d < deviceCount; ++d) all[d].device = d;
+        return all;
+    }();
     uintptr_t h = reinterpret_cast<uintptr_t>(handle);
     if (h < 0x100 || h >= 0x100 + deviceCount) return nullptr;
-    Context* c = &contexts[h - 0x100];
-    c->device = int(h - 0x100);
-    return c;
+    return &contexts[h - 0x100];
 }
 
 void* Context::handle(int device) { return reinterpret_cast<void*>(uintptr_t(0x100 + device)); }

@@ -260,7 +260,7 @@ final class CUDAEmulatorTests: XCTestCase {
     /// CUDA_ERROR_INVALID_VALUE (1).
     func testLaunchesPastTheHardwaresLimitsAreRefusedWithTheDriversCode() throws {
         let out = try device([0])
-        let f = try raw.function(module: module, "fill")
+        let f = try module.function("fill")
         var v: Float = 1, n: Int32 = 1, p = out
         func launch(grid: (UInt32, UInt32, UInt32), block: (UInt32, UInt32, UInt32), shared: UInt32 = 0) -> (Int32, String) {
             withUnsafeMutablePointer(to: &p) { pp in withUnsafeMutablePointer(to: &v) { pv in withUnsafeMutablePointer(to: &n) { pn in
@@ -277,7 +277,7 @@ final class CUDAEmulatorTests: XCTestCase {
             XCTAssertTrue(message.contains(why) && message.contains("fill"), message)
         }
         XCTAssertEqual(launch(grid: (1, 65535, 1), block: (1024, 1, 1)).0, 0, "the limits themselves are allowed")
-        let big = try raw.function(module: module, "big_parameter")
+        let big = try module.function("big_parameter")
         var bytes = [UInt8](repeating: 0, count: 4400)
         let status = bytes.withUnsafeMutableBytes { b in
             withUnsafeMutablePointer(to: &p) { pp in
@@ -331,10 +331,5 @@ struct RawEmulator {
         let alloc = symbol("cuMemHostAlloc", as: (@convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, UInt32) -> Int32).self)
         XCTAssertEqual(alloc(&p, bytes, 0), 0, lastError())
         return try XCTUnwrap(p)
-    }
-
-    /// A kernel of `module` by name (the module's handle is private: loaded again here).
-    func function(module: CUDAModule, _ name: String) throws -> OpaquePointer? {
-        try module.function(name)
     }
 }
