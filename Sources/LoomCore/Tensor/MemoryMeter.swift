@@ -90,7 +90,7 @@ public final class MemoryMeter: @unchecked Sendable {
         let units = ["bytes", "KiB", "MiB", "GiB", "TiB"]
         var v = Double(bytes), u = 0
         while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
-        return u == 0 ? "\(bytes) bytes" : String(format: "%.2f %@ (%d bytes)", v, units[u], bytes)
+        return u == 0 ? "\(bytes) bytes" : String(format: "%.2f %@ (%ld bytes)", v, units[u], bytes)
     }
 
     /// A byte count as `LOOM_MEMORY_LIMIT` takes it: a number of bytes, or one with a

@@ -30,6 +30,10 @@ public final class Trainer {
     public var restart: (attempt: Int, cause: String)?
     /// Write a Chrome trace of the run's last steps here (rank 0 gathers every rank's).
     public var tracePath: String?
+    /// Called on this rank after each optimizer step, before any logging or evaluation,
+    /// with the number of steps done (how `LayoutMeasurement` times steps and reads the
+    /// rank's memory high-water mark without counting evaluations).
+    public var afterStep: ((Int) -> Void)?
     var trace = TraceRecorder()
     /// The optimizer training uses: the setup's, or its ZeRO-sharded form.
     public var optimizer: Optimizer { plan.optimizer }
@@ -150,6 +154,7 @@ public final class Trainer {
                 throw LoomError.invalidArgument("loss became \(lastLoss) at step \(step + 1) (lr \(lr)); lower train.lr or set train.grad_clip")
             }
             state.step += 1
+            afterStep?(state.step)
             windowSteps += 1
             let now = monotonicSeconds()
             state.elapsedSeconds = startElapsed + (now - t0)
