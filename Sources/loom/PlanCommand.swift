@@ -104,22 +104,22 @@ struct PlanCommand: ParsableCommand {
     func calibrated(_ c: TrainConfig, model: ModelCosts, ranks: Int) throws -> Cluster {
         let t0 = monotonicSeconds()
         let shapes = PlanInput.shapes(model, c, ranks: ranks)
-        let m = try Calibration.measure(shapes: shapes.gemms, attentions: shapes.attentions, convolution: PlanInput.convolution(model),
-                                        maxRanks: max(2, min(ranks, 8)))
+        let m = try Calibration.measure(shapes, convolution: PlanInput.convolution(model), maxRanks: max(2, min(ranks, 8)), step: (c, model))
         note(String(format: "no --cluster: calibrated this machine in %.1f s (save it: loom plan --calibrate CONFIG --out FILE)", monotonicSeconds() - t0))
         return m
     }
 
     func runCalibration() throws {
-        var shapes = (gemms: Set<GEMMShape>(), attentions: Set<AttentionOp>()), conv: (x: [Int], w: [Int])?
+        var shapes = Calibration.Shapes(), conv: (x: [Int], w: [Int])?, step: (config: TrainConfig, model: ModelCosts)?
         let maxRanks = ranks ?? 8
         if let config {
             let c = try ConfigFile.load(config)
             let model = ModelCosts(spec: c.modelSpec, input: try PlanInput.of(c), precision: c.precision)
             shapes = PlanInput.shapes(model, c, ranks: maxRanks)
             conv = PlanInput.convolution(model)
+            step = (c, model)
         }
-        let m = try Calibration.measure(shapes: shapes.gemms, attentions: shapes.attentions, convolution: conv, maxRanks: maxRanks) { note($0) }
+        let m = try Calibration.measure(shapes, convolution: conv, maxRanks: maxRanks, step: step) { note($0) }
         let text = m.render(comment: "Measured by `loom plan --calibrate\(config.map { " " + $0 } ?? "")` on \(m.device.name), \(m.device.cores) cores.\n"
             + "Throughputs per entry of device.threads; [[gemm]]: the planned model's products, timed.")
         if let out {

@@ -37,6 +37,21 @@ final class DeviceTests: XCTestCase {
         XCTAssertThrowsError(try host.to(.cuda(3))) { e in XCTAssertTrue("\(e)".contains("cuda:3"), "\(e)") }
     }
 
+    /// A batch the loader made on the shared CPU backend, moved to a rank's backend of one
+    /// thread, is computed on by that backend (before, ops kept the loader's backend and each
+    /// in-process rank of a convolutional model ran on every core), without a copy.
+    func testAHostTensorMovedToAnotherCPUBackendComputesOnItsThreadsWithoutACopy() throws {
+        let shared = CPUBackend(threads: 2), rank = CPUBackend(threads: 1)
+        let batch = Tensor([1, -2, 3, -4], shape: [2, 2], on: shared)
+        let moved = try batch.to(rank)
+        XCTAssertTrue(moved.backend === rank)
+        XCTAssertTrue(moved.storage === batch.storage, "host backends share memory: no copy")
+        XCTAssertTrue(try moved.relu().backend === rank, "ops on the moved batch run on the rank's backend")
+        let leaf = Tensor([1, 2], shape: [2], on: shared)
+        leaf.requiresGrad = true
+        XCTAssertTrue(try leaf.to(rank) === leaf, "a tensor in a graph keeps its identity")
+    }
+
     func testAllocationFailureNamesTheBytesAndTheDevice() {
         let device = IsolatedBackend(index: 2)
         device.capacityBytes = 1 << 20

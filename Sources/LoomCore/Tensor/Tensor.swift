@@ -159,8 +159,14 @@ extension Tensor {
     /// The same values on `target` (a copy through the host), or this tensor when it is
     /// already there. Not differentiable: for moving data and parameters, as in PyTorch.
     public func to(_ target: any Backend) throws -> Tensor {
-        // Host backends (CPU ones of any thread count) share memory: nothing to copy.
-        if target === backend || (target.device == device && device.isHost) { return self }
+        if target === backend { return self }
+        // Host backends (CPU ones of any thread count) share memory: nothing to copy. The
+        // result is computed on by `target`, with its threads: a batch the loader made on
+        // the shared backend must not run a rank's ops on every core (in-process ranks
+        // would each take all of them). A tensor in a graph keeps its identity.
+        if target.device == device && device.isHost {
+            return requiresGrad ? self : Tensor(shape: shape, dtype: dtype, storage: storage, offset: offset, backend: target)
+        }
         let out = try Tensor(uninitialized: shape, dtype: dtype, on: target)
         try Tensor.transfer(self, into: out)
         out.requiresGrad = requiresGrad && isLeaf

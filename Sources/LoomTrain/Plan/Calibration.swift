@@ -8,6 +8,17 @@ import LoomDistributed
 /// core; in-process all-reduce at several sizes and rank counts, fitted to the α–β ring
 /// model the planner prices collectives with.
 public enum Calibration {
+    /// What to time exactly: a model's products, attention ops and kernels at the sizes
+    /// its layouts use (`PlanInput.shapes`).
+    public struct Shapes: Sendable {
+        public var gemms: Set<GEMMShape> = []
+        public var attentions: Set<AttentionOp> = []
+        public var kernels: Set<KernelUse> = []
+        public init(gemms: Set<GEMMShape> = [], attentions: Set<AttentionOp> = [], kernels: Set<KernelUse> = []) {
+            self.gemms = gemms; self.attentions = attentions; self.kernels = kernels
+        }
+    }
+
     /// Best of `repeats` runs of `body` after one untimed run.
     static func best(_ repeats: Int = 5, _ body: () throws -> Void) rethrows -> Double {
         try body()
@@ -36,8 +47,10 @@ public enum Calibration {
     /// Measures this machine. `shapes`: the products to time exactly (a model's, at the
     /// micro-batch sizes and tensor splits its layouts use); `maxRanks`: the most
     /// in-process ranks to time collectives over.
-    public static func measure(shapes: Set<GEMMShape>, attentions: Set<AttentionOp> = [], convolution: (x: [Int], w: [Int])? = nil, maxRanks: Int = 8,
-                               log: (String) -> Void = { _ in }) throws -> Cluster {
+    /// `step`: a config (and its model) whose one-rank step is then trained for a few
+    /// steps at each thread count, to fit `Device.stepScale`.
+    public static func measure(_ shapes: Shapes, convolution: (x: [Int], w: [Int])? = nil, maxRanks: Int = 8,
+                               step: (config: TrainConfig, model: ModelCosts)? = nil, log: (String) -> Void = { _ in }) throws -> Cluster {
         let cores = CPUBackend.defaultThreads
         var c = Cluster()
         c.name = "this machine: \(cores) cores of \(CPUInfo.modelName ?? "an unnamed processor") (loom plan --calibrate)"
@@ -73,31 +86,36 @@ public enum Calibration {
                        c.device.matmulBF16.last! / 1e9, c.device.memoryBandwidth.last! / 1e9))
         }
         if !conv.isEmpty { c.device.convolution = conv }
-        // The host's cost per op: a recorded elementwise op on a tiny tensor, then its backward.
+        // The host's cost per op: recorded ops (a product, a residual sum) on an activation of
+        // 32 Ki elements, forward and backward, less what their bytes take to stream.
         do {
             let backend = CPUBackend(threads: 1)
-            let a = Tensor(repeating: 1, shape: [8], on: backend)
+            let n = 1 << 15
+            let a = Tensor(repeating: 0.5, shape: [n], on: backend)
             a.requiresGrad = true
-            let ops = 200
+            let ops = 100
             let seconds = try best(5) {
                 var y = a
-                for _ in 0..<ops { y = try y.add(a) }
+                for _ in 0..<(ops / 2) { y = try y.mul(a).add(a) }
                 try y.sum().backward()
                 a.grad = nil
             }
-            c.device.opOverhead = seconds / Double(3 * ops)  // a forward op and its backward (about twice)
+            // Forward: each op reads two tensors and writes one; backward about twice.
+            let streamed = 3 * Double(ops) * 3 * 4 * Double(n) / c.device.memoryBandwidth[0]
+            c.device.opOverhead = max(seconds - streamed, 0) / Double(3 * ops)
+            log(String(format: "host time per op: %.2f us", c.device.opOverhead * 1e6))
         }
         // GEMMs of the model's shapes.
         for t in c.device.threads {
             let backend = CPUBackend(threads: t)
-            for s in shapes.sorted(by: { $0.flops < $1.flops }) {
+            for s in shapes.gemms.sorted(by: { $0.flops < $1.flops }) {
                 c.gemms.append(Cluster.GEMMSample(shape: s, threads: t, seconds: try gemm(s, on: backend)))
             }
         }
         // The fused attention op as a step runs it: forward, then backward from a gradient.
         for t in c.device.threads {
             let backend = CPUBackend(threads: t)
-            for op in attentions.sorted(by: { ($0.batch, $0.heads) < ($1.batch, $1.heads) }) {
+            for op in shapes.attentions.sorted(by: { ($0.batch, $0.heads) < ($1.batch, $1.heads) }) {
                 let qkv = Tensor(repeating: 0.01, shape: [op.batch, op.length, 3 * op.heads * op.headSize], on: backend)
                 qkv.requiresGrad = true
                 var forward = Double.infinity, backward = Double.infinity
@@ -113,10 +131,87 @@ public enum Calibration {
                 c.attentions.append(Cluster.AttentionSample(op: op, threads: t, forward: forward, backward: backward))
             }
         }
-        log("timed \(shapes.count) matrix-product shapes at \(c.device.threads.map(String.init).joined(separator: " and ")) thread(s)")
+        for t in c.device.threads {
+            let backend = CPUBackend(threads: t)
+            for k in shapes.kernels.sorted(by: { ($0.kind.rawValue, $0.elements) < ($1.kind.rawValue, $1.elements) }) {
+                let (f, b) = try kernel(k, on: backend)
+                c.kernels.append(Cluster.KernelSample(use: k, threads: t, forward: f, backward: b))
+            }
+        }
+        log("timed \(shapes.gemms.count) matrix-product shapes, \(shapes.attentions.count) attention and \(shapes.kernels.count) kernel sizes at \(c.device.threads.map(String.init).joined(separator: " and ")) thread(s)")
+        if let (config, model) = step {
+            // What composing kernels timed alone misses, measured where the layouts run: one
+            // rank on every core, and (for one thread) two ranks of a thread each side by
+            // side (dp 2, its all-reduce priced by the fit below), each the better of two runs.
+            var scales: [Double] = []
+            let link = try collectives(maxRanks: 2, log: { _ in })
+            for t in c.device.threads {
+                var one = c
+                one.device.stepScale = one.device.threads.map { _ in 1 }
+                one.intraNode = link
+                let layout = t < cores && cores >= 2 && config.batchSize % 2 == 0 ? Layout(dp: 2) : Layout()
+                one.device.cores = t * layout.ranks
+                let kernels = try CostModel(model: model, cluster: one, config: config).predict(layout).time.total
+                let measured = try (0..<2).map { _ in
+                    try LayoutMeasurement.measure(config, layout, steps: 6, warmup: 2, threads: t * layout.ranks).stepSeconds
+                }.min()!
+                scales.append(measured / kernels)
+                log(String(format: "%d thread(s) a rank: %@ takes %.1f ms a step, its kernels and collectives %.1f ms: step scale %.3f", t,
+                           layout.ranks == 1 ? "one rank" : "dp 2", measured * 1e3, kernels * 1e3, scales.last!))
+            }
+            c.device.stepScale = scales
+        } else {
+            c.device.stepScale = c.device.threads.map { _ in 1 }
+        }
         c.intraNode = try collectives(maxRanks: maxRanks, log: log)
         c.interNode = c.intraNode
         return c
+    }
+
+    /// Forward and backward seconds of one kernel as a step runs it (Loom's op, recorded,
+    /// its backward from a gradient), best of 4.
+    static func kernel(_ k: KernelUse, on backend: CPUBackend) throws -> (Double, Double) {
+        let inner = max(k.inner, 1), rows = max(k.elements / inner, 1)
+        let x = Tensor(repeating: 0.3, shape: [rows, inner], on: backend)
+        x.requiresGrad = true
+        let op: () throws -> Tensor
+        switch k.kind {
+        case .layerNorm:
+            let g = Tensor(repeating: 1, shape: [inner], on: backend), b = Tensor(repeating: 0, shape: [inner], on: backend)
+            g.requiresGrad = true; b.requiresGrad = true
+            op = { try x.layerNorm(gamma: g, beta: b) }
+        case .gelu: op = { try x.gelu() }
+        case .relu: op = { try x.relu() }
+        case .add:
+            let y = Tensor(repeating: 0.1, shape: [rows, inner], on: backend)
+            op = { try x.add(y) }
+        case .batchNorm:
+            let c = max(rows / 8, 1), n = max(rows / c, 1)
+            let x4 = Tensor(repeating: 0.3, shape: [n, c, inner, 1], on: backend)
+            x4.requiresGrad = true
+            let g = Tensor(repeating: 1, shape: [c], on: backend), b = Tensor(repeating: 0, shape: [c], on: backend)
+            g.requiresGrad = true; b.requiresGrad = true
+            let rm = Tensor(repeating: 0, shape: [c], on: backend), rv = Tensor(repeating: 1, shape: [c], on: backend)
+            op = { try x4.batchNorm(gamma: g, beta: b, runningMean: rm, runningVar: rv, training: true) }
+        case .crossEntropy:
+            let targets = Tensor(indices: (0..<rows).map { Int32($0 % inner) }, shape: [rows], on: backend)
+            op = { try x.crossEntropy(targets: targets) }
+        case .maxPool:
+            let side = max(Int(Double(k.elements / 8).squareRoot()), 2) & ~1
+            let x4 = Tensor(repeating: 0.3, shape: [8, 1, side, side], on: backend)
+            x4.requiresGrad = true
+            op = { try x4.maxPool2d(kernel: 2) }
+        }
+        var forward = Double.infinity, backward = Double.infinity
+        for _ in 0..<5 {
+            let t0 = monotonicSeconds()
+            let y = try op()
+            let t1 = monotonicSeconds()
+            try y.backward(seed: Tensor(repeating: 1, shape: y.shape, on: backend))
+            let t2 = monotonicSeconds()
+            forward = min(forward, t1 - t0); backward = min(backward, t2 - t1)
+        }
+        return (forward, backward)
     }
 
     /// In-process all-reduce timed at 64 KiB to 4 MiB over 2 to `maxRanks` ranks (one

@@ -25,6 +25,8 @@ public struct Cluster: Equatable, Sendable {
     public var gemms: [GEMMSample] = []
     /// Measured attention ops (forward and backward seconds).
     public var attentions: [AttentionSample] = []
+    /// Measured kernels (forward and backward seconds at a size).
+    public var kernels: [KernelSample] = []
 
     public init() {}
 
@@ -42,8 +44,13 @@ public struct Cluster: Equatable, Sendable {
         public var convolution: [Double]? = nil
         /// Bytes/s that elementwise kernels stream, per entry of `threads`.
         public var memoryBandwidth = [1e11]
-        /// Seconds of host work per op dispatched (autodiff bookkeeping, a launch).
+        /// Seconds of host work per op dispatched (a launch, the op's bookkeeping).
         public var opOverhead = 5e-6
+        /// A measured step's time over the sum of its kernels' timings, per entry of
+        /// `threads`: what composing kernels timed alone misses (autodiff's gradient sums,
+        /// allocation, caches cold between kernels, ranks sharing the memory bus). 1 where
+        /// no step was measured.
+        public var stepScale = [1.0]
         public init() {}
     }
 
@@ -67,7 +74,27 @@ public struct Cluster: Equatable, Sendable {
         public var forward: Double, backward: Double
     }
 
+    public struct KernelSample: Equatable, Sendable {
+        public var use: KernelUse
+        public var threads: Int
+        public var forward: Double, backward: Double
+    }
+
     public var ranks: Int { nodes * devicesPerNode }
+
+    /// Forward and backward seconds of a kernel: timed at this size, or scaled by elements
+    /// from the nearest size timed, or its bytes at the device's bandwidth.
+    func kernelSeconds(_ k: KernelUse, threads: Int) -> (Double, Double) {
+        let t = device.threads[slot(threads)]
+        let same = kernels.filter { $0.use.kind == k.kind && $0.threads == t }
+        if let exact = same.first(where: { $0.use == k }) { return (exact.forward, exact.backward) }
+        if let near = same.min(by: { abs(log(Double($0.use.elements) / Double(k.elements))) < abs(log(Double($1.use.elements) / Double(k.elements))) }) {
+            let r = Double(k.elements) / Double(near.use.elements)
+            return (near.forward * r, near.backward * r)
+        }
+        let f = Double(k.elements) * k.kind.bytesPerElement / device.memoryBandwidth[slot(threads)]
+        return (f, 2 * f)
+    }
 
     /// Forward and backward seconds of an attention op where it was timed (nil: not).
     func attentionSeconds(_ op: AttentionOp, threads: Int) -> (Double, Double)? {
@@ -164,6 +191,7 @@ extension Cluster {
         }, write: { c in c.device.convolution.map { list($0, 1e12) } }),
         scaled("device", "memory_gbps", "bytes/s elementwise kernels stream, GB/s", 1e9, \.device.memoryBandwidth),
         scalar("device", "op_overhead_us", "host time per op dispatched, microseconds", 1e-6, \.device.opOverhead),
+        scaled("device", "step_scale", "a measured step's time over its kernels' sum (1: not measured)", 1, \.device.stepScale),
         scalar("intra_node", "bandwidth_gbps", "per-rank bandwidth within a node, GB/s", 1e9, \.intraNode.bandwidth),
         scalar("intra_node", "latency_us", "per-message latency within a node, microseconds", 1e-6, \.intraNode.latency),
         scalar("inter_node", "bandwidth_gbps", "per-rank bandwidth between nodes, GB/s", 1e9, \.interNode.bandwidth),
@@ -203,8 +231,21 @@ extension Cluster {
                 }
                 continue
             }
+            if name == "kernel" {
+                guard let rows = table[name]?.array else { throw LoomError.config("\(path): [[kernel]] must be an array of tables") }
+                for row in rows {
+                    guard let t = row.table, let kind = t["name"]?.string.flatMap(KernelKind.init(rawValue:)), let e = t["elements"]?.int,
+                          let inner = t["inner"]?.int, let threads = t["threads"]?.int,
+                          let f = t["forward_us"].flatMap(number), let b = t["backward_us"].flatMap(number) else {
+                        throw LoomError.config("\(path): each [[kernel]] needs name (one of \(KernelKind.allCases.map(\.rawValue).joined(separator: ", "))), "
+                            + "elements, inner, threads, forward_us and backward_us")
+                    }
+                    c.kernels.append(KernelSample(use: KernelUse(kind, elements: e, inner: inner), threads: threads, forward: f * 1e-6, backward: b * 1e-6))
+                }
+                continue
+            }
             guard tables.contains(name), let sub = table[name]?.table else {
-                throw LoomError.config("\(path): unknown table [\(name)]; valid tables: \((tables + ["[gemm]", "[attention]"]).map { "[\($0)]" }.joined(separator: ", "))")
+                throw LoomError.config("\(path): unknown table [\(name)]; valid tables: \((tables + ["[gemm]", "[attention]", "[kernel]"]).map { "[\($0)]" }.joined(separator: ", "))")
             }
             let valid = keys.filter { $0.table == name }
             for key in sub.keys {
@@ -219,6 +260,7 @@ extension Cluster {
         let n = c.device.threads.count
         for (what, xs) in [("matmul_tflops_float32", c.device.matmulFloat32), ("matmul_tflops_bf16", c.device.matmulBF16),
                            ("memory_gbps", c.device.memoryBandwidth), ("convolution_tflops", c.device.convolution ?? c.device.matmulFloat32)]
+            + (c.device.stepScale == [1] ? [] : [("step_scale", c.device.stepScale)])
         where xs.count != n {
             throw LoomError.config("\(path): device.\(what) has \(xs.count) values but device.threads lists \(n) thread counts")
         }
@@ -243,6 +285,10 @@ extension Cluster {
         }
         for g in gemms.sorted(by: { ($0.threads, $0.shape.description) < ($1.threads, $1.shape.description) }) {
             out += "[[gemm]]\nshape = [\(g.shape.m), \(g.shape.n), \(g.shape.k), \(g.shape.batch)]\nthreads = \(g.threads)\nus = \(Cluster.format(g.seconds * 1e6))\n"
+        }
+        for k in kernels.sorted(by: { ($0.threads, $0.use.kind.rawValue, $0.use.elements) < ($1.threads, $1.use.kind.rawValue, $1.use.elements) }) {
+            out += "[[kernel]]\nname = \"\(k.use.kind.rawValue)\"\nelements = \(k.use.elements)\ninner = \(k.use.inner)\nthreads = \(k.threads)\n"
+                + "forward_us = \(Cluster.format(k.forward * 1e6))\nbackward_us = \(Cluster.format(k.backward * 1e6))\n"
         }
         for a in attentions.sorted(by: { ($0.threads, $0.op.batch, $0.op.heads) < ($1.threads, $1.op.batch, $1.op.heads) }) {
             out += "[[attention]]\nshape = [\(a.op.batch), \(a.op.heads), \(a.op.length), \(a.op.headSize)]\nthreads = \(a.threads)\n"

@@ -73,7 +73,8 @@ public struct ModelCosts: Sendable {
         emb.unitParameters = V * C + T * C
         emb.kept = f * ((t == 1 ? 1 : 3) * NC + T * C + NC) + (t == 1 ? 0 : 2 * f * N)
         emb.output = f * NC
-        emb.streamed = f * ((t == 1 ? 2 : 6) * NC + 3 * NC)
+        emb.streamed = f * ((t == 1 ? 2 : 6) * NC)
+        emb.kernels = [KernelUse(.add, elements: n * c)]
         emb.ops = t == 1 ? 3 : 6
         emb.tensorAllReduces = t == 1 ? [] : [f * NC]
         emb.backwardScratch = f * 2 * NC
@@ -95,9 +96,11 @@ public struct ModelCosts: Sendable {
         let heads = b * g.heads / t, d = c / g.heads, T_ = g.contextLength
         block.attentionGEMMs = [GEMMShape(m: T_, n: T_, k: d, batch: heads), GEMMShape(m: T_, n: d, k: T_, batch: heads)]
         block.attention = AttentionOp(batch: b, heads: g.heads / t, length: T_, headSize: d)
-        // Traffic: two layer norms (read, write), mask + softmax over the probabilities,
-        // bias adds, GELU, two residual sums, TP's copies.
-        block.streamed = f * (4 * NC + 4 * probs + 2 * (3 * NC / td + NC) + 8 * NC / td + 6 * NC + (t == 1 ? 0 : 4 * NC))
+        // Two layer norms, GELU, two residual sums; bias rows written under four products
+        // and TP's copies streamed (attention's softmax is in its own timing).
+        block.kernels = [KernelUse(.layerNorm, elements: n * c, inner: c), KernelUse(.add, elements: n * c),
+                         KernelUse(.layerNorm, elements: n * c, inner: c), KernelUse(.gelu, elements: n * 4 * c / t), KernelUse(.add, elements: n * c)]
+        block.streamed = f * (2 * (3 * NC / td + NC + 4 * NC / td + NC) + (t == 1 ? 0 : 4 * NC))
         block.ops = t == 1 ? 11 : 15
         block.tensorAllReduces = t == 1 ? [] : [f * NC, f * NC]
         // Backward's worst moment: attention's (residual gradient, dY, dqkv, a probabilities-
@@ -111,7 +114,8 @@ public struct ModelCosts: Sendable {
         head.unitParameters = 2 * C
         head.kept = f * (NC + 2 * N + N * V / td + (t == 1 ? 1 : 2) * N * V / td + 4 * N) + cp * (NC + V * C / td)
         head.gemms = [GEMMShape(m: n, n: g.vocabSize / t, k: c)]
-        head.streamed = f * (2 * NC + 4 * N * V / td)
+        head.kernels = [KernelUse(.layerNorm, elements: n * c, inner: c), KernelUse(.crossEntropy, elements: n * g.vocabSize / t, inner: g.vocabSize / t)]
+        head.streamed = t == 1 ? 0 : f * 4 * N * V / td
         head.ops = t == 1 ? 8 : 20
         head.tensorAllReduces = t == 1 ? [] : [f * NC]
         head.backwardScratch = f * (N * V / td + 2 * NC)
@@ -152,17 +156,18 @@ public struct ModelCosts: Sendable {
         return (shape.reduce(1, *), 1, 1, classes)
     }
 
-    /// A convolution's piece: output [b, oc, oh, ow]; `after` more tensors of that size
-    /// kept (batch norm, ReLU...).
-    func conv(_ name: String, b: Int, ic: Int, oc: Int, kernel: Int, oh: Int, ow: Int, after: Double) -> PieceCost {
+    /// A convolution's piece: output [b, oc, oh, ow], then `then` kernels on it (batch
+    /// norm, ReLU, a residual sum), each keeping a tensor of that size.
+    func conv(_ name: String, b: Int, ic: Int, oc: Int, kernel: Int, oh: Int, ow: Int, then: [KernelKind]) -> PieceCost {
+        let after = Double(then.count)
         let out = Double(b * oc * oh * ow), f = ModelCosts.f
         var p = PieceCost(name: name)
         p.parameters = Double(oc * ic * kernel * kernel)
         p.kept = f * out * (1 + after)
         p.output = f * out
         p.convolutionFlops = 2 * out * Double(ic * kernel * kernel)
-        p.streamed = f * out * 3 * after
-        p.ops = 1 + Int(after)
+        p.kernels = then.map { KernelUse($0, elements: b * oc * oh * ow, inner: $0 == .batchNorm ? oh * ow : 1) }
+        p.ops = 1 + then.count
         p.backwardScratch = f * out * 2
         return p
     }
@@ -175,10 +180,12 @@ public struct ModelCosts: Sendable {
             p.gemms.append(GEMMShape(m: b, n: sizes[i + 1], k: sizes[i]))
             let relu = i < sizes.count - 2
             p.kept += f * Double(b * sizes[i + 1]) * (relu ? 2 : 1) + operandCopy * Double(b * sizes[i] + sizes[i] * sizes[i + 1])
-            p.streamed += f * Double(b * sizes[i + 1]) * (relu ? 3 : 1)
+            p.streamed += f * Double(b * sizes[i + 1]) * 2  // the bias rows, the bias gradient's sum
+            if relu { p.kernels.append(KernelUse(.relu, elements: b * sizes[i + 1])) }
             p.ops += relu ? 2 : 1
         }
         p.kept += f * Double(2 * b * classes + 2 * b)  // softmax probabilities, losses, weights
+        p.kernels.append(KernelUse(.crossEntropy, elements: b * classes, inner: classes))
         p.backwardScratch = f * Double(b * (sizes.dropFirst().max() ?? 0) * 2)
         p.ops += 6
         return p
@@ -192,12 +199,13 @@ public struct ModelCosts: Sendable {
         var h = h0, wd = w0
         if imagenet {
             h = (h + 1) / 2; wd = (wd + 1) / 2
-            var stem = conv("stem", b: b, ic: c, oc: w, kernel: 7, oh: h, ow: wd, after: 2)
+            var stem = conv("stem", b: b, ic: c, oc: w, kernel: 7, oh: h, ow: wd, then: [.batchNorm, .relu])
             h = (h + 1) / 2; wd = (wd + 1) / 2
-            stem.kept += ModelCosts.f * Double(b * w * h * wd) * 1.25  // max pool output and its int32 indices
+            stem.kept += ModelCosts.f * Double(b * w * h * wd) * 2  // max pool output and its int32 indices
+            stem.kernels.append(KernelUse(.maxPool, elements: b * w * h * wd))
             pieces.append(stem)
         } else {
-            pieces.append(conv("stem", b: b, ic: c, oc: w, kernel: 3, oh: h, ow: wd, after: 2))
+            pieces.append(conv("stem", b: b, ic: c, oc: w, kernel: 3, oh: h, ow: wd, then: [.batchNorm, .relu]))
         }
         let counts = imagenet ? (depth == 18 ? [2, 2, 2, 2] : [3, 4, 6, 3]) : Array(repeating: (depth - 2) / 6, count: 3)
         var inC = w
@@ -207,16 +215,12 @@ public struct ModelCosts: Sendable {
                 let stride = s > 0 && i == 0 ? 2 : 1
                 if stride == 2 { h = (h + 1) / 2; wd = (wd + 1) / 2 }
                 // conv1, bn1, relu, conv2, bn2, (downsample conv, bn), sum, relu.
-                var block = conv("block \(pieces.count - 1)", b: b, ic: inC, oc: outC, kernel: 3, oh: h, ow: wd, after: 2)
-                let second = conv("", b: b, ic: outC, oc: outC, kernel: 3, oh: h, ow: wd, after: 3)
-                block.parameters += second.parameters + 4 * Double(outC)
-                block.kept += second.kept; block.convolutionFlops += second.convolutionFlops
-                block.streamed += second.streamed; block.ops += second.ops
+                var block = conv("block \(pieces.count - 1)", b: b, ic: inC, oc: outC, kernel: 3, oh: h, ow: wd, then: [.batchNorm, .relu])
+                block.absorb(conv("", b: b, ic: outC, oc: outC, kernel: 3, oh: h, ow: wd, then: [.batchNorm, .add, .relu]))
+                block.parameters += 4 * Double(outC)
                 if inC != outC || stride != 1 {
-                    let down = conv("", b: b, ic: inC, oc: outC, kernel: 1, oh: h, ow: wd, after: 1)
-                    block.parameters += down.parameters + 2 * Double(outC)
-                    block.kept += down.kept; block.convolutionFlops += down.convolutionFlops
-                    block.streamed += down.streamed; block.ops += down.ops
+                    block.absorb(conv("", b: b, ic: inC, oc: outC, kernel: 1, oh: h, ow: wd, then: [.batchNorm]))
+                    block.parameters += 2 * Double(outC)
                 }
                 block.unitParameters = block.parameters
                 block.backwardScratch = ModelCosts.f * Double(b * outC * h * wd) * 3
@@ -238,20 +242,30 @@ public struct ModelCosts: Sendable {
 
     func cnnPieces(residual: Bool, b: Int) -> [PieceCost] {
         let (c, h, w, classes) = image
-        var first = conv("conv1", b: b, ic: c, oc: 16, kernel: 5, oh: h, ow: w, after: 1)
+        var first = conv("conv1", b: b, ic: c, oc: 16, kernel: 5, oh: h, ow: w, then: [.relu])
         first.kept += ModelCosts.f * Double(b * 16 * (h / 2) * (w / 2)) * 2  // pool output and indices
-        var second = conv("conv2", b: b, ic: 16, oc: 32, kernel: 5, oh: h / 2, ow: w / 2, after: 1)
+        first.kernels.append(KernelUse(.maxPool, elements: b * 16 * h * w))
+        var second = conv("conv2", b: b, ic: 16, oc: 32, kernel: 5, oh: h / 2, ow: w / 2, then: [.relu])
         second.kept += ModelCosts.f * Double(b * 32 * (h / 4) * (w / 4)) * 2
+        second.kernels.append(KernelUse(.maxPool, elements: b * 32 * (h / 2) * (w / 2)))
         first.parameters += 16; second.parameters += 32
         var pieces = [first, second]
         if residual {
-            var r = conv("residual", b: b, ic: 32, oc: 32, kernel: 3, oh: h / 4, ow: w / 4, after: 2)
-            let r2 = conv("", b: b, ic: 32, oc: 32, kernel: 3, oh: h / 4, ow: w / 4, after: 4)
-            r.parameters += r2.parameters + 4 * 32 + 64; r.kept += r2.kept; r.convolutionFlops += r2.convolutionFlops
-            r.streamed += r2.streamed; r.ops += r2.ops
+            var r = conv("residual", b: b, ic: 32, oc: 32, kernel: 3, oh: h / 4, ow: w / 4, then: [.batchNorm, .relu])
+            r.absorb(conv("", b: b, ic: 32, oc: 32, kernel: 3, oh: h / 4, ow: w / 4, then: [.batchNorm, .add, .relu]))
+            r.parameters += 4 * 32 + 64
             pieces.append(r)
         }
         pieces.append(head(b: b, features: 32 * (h / 4) * (w / 4), hidden: [128], classes: classes))
         return pieces
+    }
+}
+
+extension PieceCost {
+    /// Adds `other`'s parameters, activations and work to this piece (a residual block's
+    /// second convolution into its first).
+    mutating func absorb(_ other: PieceCost) {
+        parameters += other.parameters; kept += other.kept; convolutionFlops += other.convolutionFlops
+        kernels += other.kernels; streamed += other.streamed; ops += other.ops; gemms += other.gemms
     }
 }

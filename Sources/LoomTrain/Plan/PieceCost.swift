@@ -10,6 +10,32 @@ public struct GEMMShape: Hashable, Sendable, CustomStringConvertible {
     public var description: String { batch == 1 ? "\(m)x\(n)x\(k)" : "\(batch)x(\(m)x\(n)x\(k))" }
 }
 
+/// A kernel the time model prices from this machine's timings (`loom plan --calibrate`
+/// runs each on the sizes the model uses), or by its bytes where none were taken.
+public enum KernelKind: String, CaseIterable, Sendable {
+    case layerNorm = "layer_norm", gelu, add, relu, batchNorm = "batch_norm", crossEntropy = "cross_entropy", maxPool = "max_pool"
+
+    /// Bytes one element moves, forward (backward about twice): reads and writes of float32.
+    var bytesPerElement: Double {
+        switch self {
+        case .layerNorm, .batchNorm: return 12
+        case .gelu, .relu: return 8
+        case .add: return 12
+        case .crossEntropy: return 12
+        case .maxPool: return 6
+        }
+    }
+}
+
+/// A kernel run on `elements` elements, rows of `inner` (layer norm's and cross-entropy's
+/// row length, batch norm's spatial size; 1 for elementwise ones).
+public struct KernelUse: Hashable, Sendable {
+    public var kind: KernelKind
+    public var elements: Int
+    public var inner: Int
+    public init(_ kind: KernelKind, elements: Int, inner: Int = 1) { self.kind = kind; self.elements = elements; self.inner = inner }
+}
+
 /// One causal self-attention: `batch` sequences of `length` tokens, `heads` heads of `headSize`.
 public struct AttentionOp: Hashable, Sendable {
     public var batch: Int, heads: Int, length: Int, headSize: Int
@@ -46,8 +72,10 @@ public struct PieceCost: Sendable {
     /// The fused causal attention op's shape, when the piece runs one (priced as a whole
     /// where the cluster timed it: its products, mask, softmax and scratch together).
     public var attention: AttentionOp?
-    /// Bytes that the forward's other kernels read and write (elementwise, norms,
-    /// softmax, convolutions' own traffic not counted); backward streams about twice this.
+    /// The forward's norms, activations, residual sums and losses (backward runs one each).
+    public var kernels: [KernelUse] = []
+    /// Bytes the forward's remaining traffic moves (bias rows, lookups, tensor-parallel
+    /// copies); backward streams about twice this.
     public var streamed = 0.0
     /// Convolution FLOPs, forward (backward: twice).
     public var convolutionFlops = 0.0

@@ -16,8 +16,8 @@ public enum PlanInput {
 
     /// The products of every layout the search would try on up to `ranks` ranks, forward
     /// and backward (the shapes `loom plan --calibrate CONFIG` times).
-    public static func shapes(_ model: ModelCosts, _ c: TrainConfig, ranks: Int) -> (gemms: Set<GEMMShape>, attentions: Set<AttentionOp>) {
-        var out = Set<GEMMShape>(), ops = Set<AttentionOp>()
+    public static func shapes(_ model: ModelCosts, _ c: TrainConfig, ranks: Int) -> Calibration.Shapes {
+        var out = Set<GEMMShape>(), ops = Set<AttentionOp>(), kernels = Set<KernelUse>()
         let tps = model.tensorParallel ? Planner.splits(ranks).filter { tp in model.gpt.map { $0.heads % tp == 0 && $0.vocabSize % tp == 0 } ?? true } : [1]
         var b = c.batchSize
         var sizes: [Int] = []
@@ -28,10 +28,11 @@ public enum PlanInput {
                     for g in p.gemms { out.insert(g); out.formUnion(g.backward) }
                     out.formUnion(p.attentionGEMMs)
                     if let a = p.attention { ops.insert(a) }
+                    kernels.formUnion(p.kernels)
                 }
             }
         }
-        return (out, ops)
+        return Calibration.Shapes(gemms: out, attentions: ops, kernels: kernels)
     }
 
     /// A typical convolution of the model (its middle block's), for calibration: input and weight shapes.

@@ -76,36 +76,42 @@ public struct CostModel: Sendable {
         let held: [[Int]] = (0..<l.pp).map { s in (0..<l.chunks).map { c in c * l.pp + s } }
         let threads = threads(l)
 
-        // Time of one micro-batch through each virtual piece, forward and backward.
-        var fwd = [Double](repeating: 0, count: virtual), bwd = fwd, tpTime = fwd, sendTime = fwd
+        // Time of one micro-batch through each virtual piece, forward and backward: its
+        // kernels' (`work`), and its waits on other ranks (tensor-parallel all-reduces,
+        // the pipeline's sends).
+        var workF = [Double](repeating: 0, count: virtual), workB = workF, tpTime = workF, sendTime = workF
         for (j, ps) in pieces.enumerated() {
             for p in ps {
                 let (f, bk, tp) = pieceSeconds(p, tp: l.tp, threads: threads)
-                fwd[j] += f; bwd[j] += bk; tpTime[j] += 2 * tp
+                workF[j] += f - tp; workB[j] += bk - tp; tpTime[j] += 2 * tp
             }
             if l.pp > 1 {
                 let link = l.tp * l.pp <= cluster.devicesPerNode ? cluster.intraNode : cluster.interNode
-                let send = link.latency + (ps.last?.output ?? 0) / link.bandwidth
-                sendTime[j] = 2 * send
-                fwd[j] += send; bwd[j] += send
+                sendTime[j] = 2 * (link.latency + (ps.last?.output ?? 0) / link.bandwidth)
             }
-            if l.recompute { bwd[j] += fwd[j] }
+            if l.recompute { workB[j] += workF[j] }
         }
+        // Ranks that outnumber a node's cores take turns on them: each one's kernels run
+        // that many times slower (processor sharing), its waits do not.
+        let onNode = min(l.ranks, cluster.devicesPerNode)
+        let sharing = cluster.device.cores > 0 ? max(1, Double(onNode) / Double(cluster.device.cores)) : 1
 
         // The step's forward-backward: the schedule's makespan, or K micro-batches in a row.
-        var compute: Double, bubble = 0.0
-        var inFlight = [Int](repeating: 1, count: l.pp)
-        if let schedule {
-            let totalF = fwd.reduce(0, +), totalB = bwd.reduce(0, +)
-            let check = ScheduleCheck(forwardCost: totalF / Double(l.pp), backwardCost: totalB / Double(l.pp),
+        var inFlight = [Int](repeating: 1, count: l.pp), bubble = 0.0
+        func makespan(_ slow: Double) throws -> Double {
+            let fwd = (0..<virtual).map { slow * workF[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
+            let bwd = (0..<virtual).map { slow * workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
+            guard let schedule else { return Double(l.microBatches) * (fwd[0] + bwd[0]) }
+            let check = ScheduleCheck(forwardCost: fwd.reduce(0, +) / Double(l.pp), backwardCost: bwd.reduce(0, +) / Double(l.pp),
                                       pieceCosts: zip(fwd, bwd).map { $0 + $1 })
             let r = try check.run(schedule)
-            compute = r.makespan
             bubble = r.bubble.max() ?? 0
             inFlight = r.peakInFlight
-        } else {
-            compute = Double(l.microBatches) * (fwd[0] + bwd[0])
+            return r.makespan
         }
+        let compute = try makespan(1)
+        let shared = sharing > 1 ? try makespan(sharing) : compute
+        let bwd = (0..<virtual).map { workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
         let perStageTP = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + tpTime[$1] } * Double(l.microBatches) }
         let perStageSend = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + sendTime[$1] } * Double(l.microBatches) }
 
@@ -132,14 +138,7 @@ public struct CostModel: Sendable {
         time.bubble = bubble
         time.dataParallel = dpTime
         time.update = update
-        // Ranks that outnumber a node's cores take turns: the node cannot finish its ranks'
-        // work faster than its cores can do it all.
-        let onNode = min(l.ranks, cluster.devicesPerNode)
-        if cluster.device.cores > 0 && onNode > cluster.device.cores {
-            let busy = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + fwd[$1] + bwd[$1] - sendTime[$1] } * Double(l.microBatches) }.max() ?? 0
-            let work = (busy + update) * Double(onNode) / Double(cluster.device.cores)
-            time.sharing = max(0, work - (compute + update))
-        }
+        time.sharing = (shared - compute) + (sharing - 1) * update
         let items = Double(config.batchSize * (config.isLanguageModel ? config.context : 1))
         let gemmFlops = pieces.flatMap { $0 }.reduce(0.0) { $0 + 3 * $1.forwardFlops }
         let modelFlops = gemmFlops * Double(l.microBatches * l.dp * l.tp)  // every rank's share, the whole step
@@ -166,9 +165,15 @@ public struct CostModel: Sendable {
         }
         let conv = (c.device.convolution ?? c.device.matmulFloat32)[slot]
         f += p.convolutionFlops / conv; b += 2 * p.convolutionFlops / conv
+        for k in p.kernels {
+            let (kf, kb) = c.kernelSeconds(k, threads: threads)
+            f += kf; b += kb
+        }
         let bw = c.device.memoryBandwidth[slot]
         f += p.streamed / bw; b += 2 * p.streamed / bw
         f += Double(p.ops) * c.device.opOverhead; b += 2 * Double(p.ops) * c.device.opOverhead
+        let scale = c.device.stepScale.count == c.device.threads.count ? c.device.stepScale[slot] : 1
+        f *= scale; b *= scale
         var tpSeconds = 0.0
         if tp > 1 {
             let link = tp <= c.devicesPerNode ? c.intraNode : c.interNode
@@ -189,15 +194,10 @@ public struct CostModel: Sendable {
         let tp = Double(l.tp)
         let gatheredUnits: Double = 2 * f * units / tp
         m.parameters = l.zero >= 3 ? f * params / dp + gatheredUnits : f * params
-        // One micro-batch's step peaks early in backward, before gradients exist; with
-        // several, the earlier ones' gradients are whole (ZeRO-2/3 keep a shard of them).
-        let accumulates = l.microBatches > 1
-        let shard: Double = f * params / dp
-        if accumulates {
-            m.gradients = l.zero >= 2 ? shard + f * units / tp : f * params
-        } else {
-            m.gradients = l.zero >= 1 ? shard : 0
-        }
+        // One micro-batch's step peaks early in backward, before its gradients exist; with
+        // several, the earlier ones' gradients are whole. ZeRO keeps its shard of them too.
+        let shard: Double = l.zero >= 1 ? f * params / dp : 0
+        m.gradients = (l.microBatches > 1 ? f * params : 0) + shard
         let perParam: Double
         switch config.optimizer {
         case .adam, .adamw: perParam = 2
@@ -249,7 +249,9 @@ public struct CostModel: Sendable {
         case .sgd: state = config.momentum > 0 ? 1 : 0
         }
         let bytes = ModelCosts.f * (params + shard * (3 + 2 * state))
-        return bytes / cluster.device.memoryBandwidth[cluster.slot(threads)] + 20 * cluster.device.opOverhead
+        let slot = cluster.slot(threads)
+        let scale = cluster.device.stepScale.count == cluster.device.threads.count ? cluster.device.stepScale[slot] : 1
+        return scale * (bytes / cluster.device.memoryBandwidth[slot] + 20 * cluster.device.opOverhead)
     }
 }
 
