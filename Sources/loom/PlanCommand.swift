@@ -152,7 +152,9 @@ struct PlanCommand: ParsableCommand {
         }
         var reasons: [String: Int] = [:]
         for x in r.impossible { reasons[x.reason, default: 0] += 1 }
-        for (why, n) in reasons.sorted(by: { $0.value > $1.value }) { print("cannot run (\(n) layouts): \(why)") }
+        let grouped = reasons.sorted { ($0.value, $1.key) > ($1.value, $0.key) }
+        for (why, n) in grouped.prefix(8) { print("cannot run (\(n) layouts): \(why)") }
+        if grouped.count > 8 { print("cannot run: \(grouped.dropFirst(8).reduce(0) { $0 + $1.value }) more layouts, for \(grouped.count - 8) other reasons") }
         if measure { try measured(shown.map(\.layout), planner) }
     }
 

@@ -57,7 +57,8 @@ public enum Calibration {
         c.nodes = 1
         c.devicesPerNode = max(maxRanks, cores)
         c.device.name = CPUInfo.modelName ?? "CPU"
-        c.device.memoryBytes = Double(ProcessInfo.processInfo.physicalMemory)
+        // The machine's memory divided among the ranks it runs (in-process ranks share it).
+        c.device.memoryBytes = Double(ProcessInfo.processInfo.physicalMemory) / Double(c.devicesPerNode)
         c.device.cores = cores
         c.device.threads = Array(Set([1, cores])).sorted()
         c.device.matmulFloat32 = []; c.device.matmulBF16 = []; c.device.memoryBandwidth = []

@@ -167,6 +167,9 @@ public struct ModelCosts: Sendable {
         p.output = f * out
         p.convolutionFlops = 2 * out * Double(ic * kernel * kernel)
         p.kernels = then.map { KernelUse($0, elements: b * oc * oh * ow, inner: $0 == .batchNorm ? oh * ow : 1) }
+        // Synchronised batch norm (when data parallel): the channel means, then the squared
+        // deviations, forward; the two gradient sums together, backward.
+        for k in then where k == .batchNorm { p.dataAllReduces += [f * Double(oc), f * Double(oc), 2 * f * Double(oc)] }
         p.ops = 1 + then.count
         p.backwardScratch = f * out * 2
         return p
@@ -267,5 +270,6 @@ extension PieceCost {
     mutating func absorb(_ other: PieceCost) {
         parameters += other.parameters; kept += other.kept; convolutionFlops += other.convolutionFlops
         kernels += other.kernels; streamed += other.streamed; ops += other.ops; gemms += other.gemms
+        dataAllReduces += other.dataAllReduces
     }
 }

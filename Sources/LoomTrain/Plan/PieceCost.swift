@@ -84,6 +84,10 @@ public struct PieceCost: Sendable {
     /// Payload bytes of the tensor-parallel all-reduces in the forward; backward has as
     /// many of the same size (Megatron's f and g).
     public var tensorAllReduces: [Double] = []
+    /// Payload bytes of the all-reduces over the data-parallel group that forward and
+    /// backward make together (synchronised batch norm: each layer's sums and sums of
+    /// squares, then its two gradient sums).
+    public var dataAllReduces: [Double] = []
 
     /// FLOPs of the forward's products and convolutions (backward: twice).
     public var forwardFlops: Double {

@@ -50,7 +50,7 @@ public enum PlanInput {
 
 /// The text report's rows.
 public enum PlanTable {
-    public static let header = "  #  layout                      step ms   throughput      peak/rank  (params grads optim activ comm, MiB)   time split"
+    public static let header = "  #  layout                          step ms   throughput      peak/rank  (params grads optim activ comm, MiB)   time split"
     public static func row(_ i: Int, _ p: Prediction, unit: String) -> String {
         let m = p.memory, t = p.time
         let mib = { (x: Double) in String(format: "%.1f", x / 1048576) }
@@ -60,7 +60,7 @@ public enum PlanTable {
         if t.dataParallel > 0 { split += String(format: ", dp %.1f", t.dataParallel * 1000) }
         split += String(format: ", update %.1f", t.update * 1000)
         if t.sharing > 0 { split += String(format: ", cores shared %.1f", t.sharing * 1000) }
-        return String(format: "%3d  %@ %9.2f  %10.0f %@  %9@  (%@ %@ %@ %@ %@)   %@", i, p.layout.description.padding(toLength: 26, withPad: " ", startingAt: 0),
+        return String(format: "%3d  %@ %9.2f  %10.0f %@  %9@  (%@ %@ %@ %@ %@)   %@", i, p.layout.description.padding(toLength: 30, withPad: " ", startingAt: 0),
                       t.total * 1000, p.throughput, unit, MemoryMeter.format(Int(m.total)).components(separatedBy: " (").first!,
                       mib(m.parameters), mib(m.gradients), mib(m.optimizerState), mib(m.activations), mib(m.communication), split)
     }

@@ -98,7 +98,8 @@ public struct Planner: Sendable {
             let p = try costs.predict(l)
             if p.fits { fitting.append(p) } else { tooBig.append(p) }
         }
-        fitting.sort { $0.time.total < $1.time.total }
+        // Fastest first; of equally fast ones, the one that holds less.
+        fitting.sort { ($0.time.total, $0.memory.total) < ($1.time.total, $1.memory.total) }
         tooBig.sort { $0.memory.total < $1.memory.total }
         return Result(fitting: fitting, tooBig: tooBig, impossible: impossible)
     }

@@ -82,7 +82,7 @@ public struct CostModel: Sendable {
         var workF = [Double](repeating: 0, count: virtual), workB = workF, tpTime = workF, sendTime = workF
         for (j, ps) in pieces.enumerated() {
             for p in ps {
-                let (f, bk, tp) = pieceSeconds(p, tp: l.tp, threads: threads)
+                let (f, bk, tp) = pieceSeconds(p, tp: l.tp, dp: l.dp, threads: threads)
                 workF[j] += f - tp; workB[j] += bk - tp; tpTime[j] += 2 * tp
             }
             if l.pp > 1 {
@@ -97,7 +97,7 @@ public struct CostModel: Sendable {
         let sharing = cluster.device.cores > 0 ? max(1, Double(onNode) / Double(cluster.device.cores)) : 1
 
         // The step's forward-backward: the schedule's makespan, or K micro-batches in a row.
-        var inFlight = [Int](repeating: 1, count: l.pp), bubble = 0.0
+        var inFlight = [Int](repeating: 1, count: l.pp), bubble = 0.0, meanBubble = 0.0
         func makespan(_ slow: Double) throws -> Double {
             let fwd = (0..<virtual).map { slow * workF[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
             let bwd = (0..<virtual).map { slow * workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
@@ -106,11 +106,17 @@ public struct CostModel: Sendable {
                                       pieceCosts: zip(fwd, bwd).map { $0 + $1 })
             let r = try check.run(schedule)
             bubble = r.bubble.max() ?? 0
+            meanBubble = r.bubble.reduce(0, +) / Double(max(r.bubble.count, 1))
             inFlight = r.peakInFlight
             return r.makespan
         }
         let compute = try makespan(1)
-        let shared = sharing > 1 ? try makespan(sharing) : compute
+        let (stepBubble, idle) = (bubble, meanBubble)
+        // A pipeline's idle stages leave their cores to the busy ones: the ranks that take
+        // turns are the busy share of them.
+        let busy = sharing > 1 ? max(1, sharing * (1 - idle)) : 1
+        let shared = busy > 1 ? try makespan(busy) : compute
+        bubble = stepBubble
         let bwd = (0..<virtual).map { workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
         let perStageTP = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + tpTime[$1] } * Double(l.microBatches) }
         let perStageSend = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + sendTime[$1] } * Double(l.microBatches) }
@@ -138,7 +144,7 @@ public struct CostModel: Sendable {
         time.bubble = bubble
         time.dataParallel = dpTime
         time.update = update
-        time.sharing = (shared - compute) + (sharing - 1) * update
+        time.sharing = (shared - compute) + (busy - 1) * update
         let items = Double(config.batchSize * (config.isLanguageModel ? config.context : 1))
         let gemmFlops = pieces.flatMap { $0 }.reduce(0.0) { $0 + 3 * $1.forwardFlops }
         let modelFlops = gemmFlops * Double(l.microBatches * l.dp * l.tp)  // every rank's share, the whole step
@@ -148,7 +154,7 @@ public struct CostModel: Sendable {
     }
 
     /// Forward, backward and tensor-parallel seconds of one micro-batch through a piece.
-    func pieceSeconds(_ p: PieceCost, tp: Int, threads: Int) -> (forward: Double, backward: Double, tensorParallel: Double) {
+    func pieceSeconds(_ p: PieceCost, tp: Int, dp: Int = 1, threads: Int) -> (forward: Double, backward: Double, tensorParallel: Double) {
         let precision = config.precision, c = cluster, slot = c.slot(threads)
         var f = 0.0, b = 0.0
         for g in p.gemms {
@@ -178,6 +184,12 @@ public struct CostModel: Sendable {
         if tp > 1 {
             let link = tp <= c.devicesPerNode ? c.intraNode : c.interNode
             tpSeconds = p.tensorAllReduces.reduce(0) { $0 + Collective.allReduce(bytes: $1, ranks: tp, link: link) }
+        }
+        // Synchronised batch norm's small all-reduces over the data group, split between
+        // forward and backward like the tensor-parallel ones.
+        if dp > 1 && config.syncBatchNorm {
+            let link = dp * tp <= c.devicesPerNode ? c.intraNode : c.interNode
+            tpSeconds += p.dataAllReduces.reduce(0) { $0 + Collective.allReduce(bytes: $1, ranks: dp, link: link) } / 2
         }
         return (f + tpSeconds, b + tpSeconds, tpSeconds)
     }
