@@ -7,8 +7,9 @@ import LoomDistributed
 ///
 /// Every rank trains `warmup + steps` steps of the config laid out as given, its tensors
 /// charged to a `MemoryMeter` from before the model is built; the peak is the meter's
-/// high-water mark over the training steps (the evaluation and checkpoint at the end are
-/// not counted: they are not a step), the step time the median of rank 0's last `steps`.
+/// high-water mark over the training steps, from what the built rank holds (loading the
+/// data before, and the evaluation and checkpoint after, are not steps), the step time
+/// the median of rank 0's last `steps`.
 public struct LayoutMeasurement: Sendable {
     public var layout: Layout
     /// Median seconds per optimizer step after the warm-up.
@@ -40,6 +41,9 @@ public struct LayoutMeasurement: Sendable {
                 let trainer = try Trainer(config: c, backend: CPUBackend(threads: perRank), communicator: comm)
                 defer { trainer.finish() }
                 trainer.quiet = true
+                // The steps' peak, from what the built rank holds (reading and tokenizing the
+                // data can pass it for a moment before the model exists: not a step's).
+                meter.resetPeak()
                 var times: [Double] = [], peak = 0, split = MemorySplit()
                 var last = monotonicSeconds()
                 trainer.afterStep = { step in

@@ -33,7 +33,7 @@ public struct ModelCosts: Sendable {
         return spec.gptConfig(vocabularySize: vocabulary)
     }
 
-    /// Every piece in forward order, and the range of them a pipeline cuts (blocks).
+    /// Every piece in forward order (a GPT's embedding, its blocks, its head).
     public func pieces(tp: Int, microBatch b: Int) -> [PieceCost] {
         switch spec {
         case .gpt: return gptPieces(gpt!, tp: tp, b: b)
@@ -70,7 +70,7 @@ public struct ModelCosts: Sendable {
         // copy, local indices and mask), position lookup [T, C], their sum x0 [N, C].
         var emb = PieceCost(name: "embedding")
         emb.parameters = V * C / td + T * C
-        emb.unitParameters = V * C + T * C
+        emb.unitParameters = V * C + T * C  // the root unit (with the final norm)
         emb.kept = f * ((t == 1 ? 1 : 3) * NC + T * C + NC) + (t == 1 ? 0 : 2 * f * N)
         emb.output = f * NC
         emb.streamed = f * ((t == 1 ? 2 : 6) * NC)
@@ -119,7 +119,9 @@ public struct ModelCosts: Sendable {
         head.ops = t == 1 ? 8 : 20
         head.tensorAllReduces = t == 1 ? [] : [f * NC]
         head.backwardScratch = f * (N * V / td + 2 * NC)
-        return [emb] + Array(repeating: block, count: g.layers).enumerated().map { i, p in var q = p; q.name = "block \(i)"; return q } + [head]
+        return [emb] + Array(repeating: block, count: g.layers).enumerated().map { i, p in
+            var q = p; q.name = "block \(i)"; q.unit = i; return q
+        } + [head]
     }
 
     /// What Megatron-LM stores for backward in one transformer layer, in bytes, 16-bit
@@ -163,6 +165,7 @@ public struct ModelCosts: Sendable {
         let out = Double(b * oc * oh * ow), f = ModelCosts.f
         var p = PieceCost(name: name)
         p.parameters = Double(oc * ic * kernel * kernel)
+        p.unitParameters = p.parameters
         p.kept = f * out * (1 + after)
         p.output = f * out
         p.convolutionFlops = 2 * out * Double(ic * kernel * kernel)
@@ -175,23 +178,30 @@ public struct ModelCosts: Sendable {
         return p
     }
 
-    func head(b: Int, features: Int, hidden: [Int], classes: Int, name: String = "head") -> PieceCost {
+    /// Fully connected layers `features` -> hidden... -> classes, a piece each (ReLU after
+    /// all but the last), the last with the softmax cross-entropy.
+    func dense(b: Int, features: Int, hidden: [Int], classes: Int, name: String = "head") -> [PieceCost] {
         let f = ModelCosts.f, sizes = [features] + hidden + [classes]
-        var p = PieceCost(name: name)
-        for i in 0..<(sizes.count - 1) {
-            p.parameters += Double(sizes[i] * sizes[i + 1] + sizes[i + 1])
-            p.gemms.append(GEMMShape(m: b, n: sizes[i + 1], k: sizes[i]))
-            let relu = i < sizes.count - 2
-            p.kept += f * Double(b * sizes[i + 1]) * (relu ? 2 : 1) + operandCopy * Double(b * sizes[i] + sizes[i] * sizes[i + 1])
-            p.streamed += f * Double(b * sizes[i + 1]) * 2  // the bias rows, the bias gradient's sum
-            if relu { p.kernels.append(KernelUse(.relu, elements: b * sizes[i + 1])) }
-            p.ops += relu ? 2 : 1
+        return (0..<(sizes.count - 1)).map { i in
+            let last = i == sizes.count - 2
+            var p = PieceCost(name: sizes.count > 2 ? "\(name) \(i)" : name)
+            p.parameters = Double(sizes[i] * sizes[i + 1] + sizes[i + 1])
+            p.unitParameters = p.parameters
+            p.gemms = [GEMMShape(m: b, n: sizes[i + 1], k: sizes[i])]
+            p.kept = f * Double(b * sizes[i + 1]) * (last ? 1 : 2) + operandCopy * Double(b * sizes[i] + sizes[i] * sizes[i + 1])
+            p.streamed = f * Double(b * sizes[i + 1]) * 2  // the bias rows, the bias gradient's sum
+            p.output = f * Double(b * sizes[i + 1])
+            p.ops = last ? 7 : 2
+            // Backward's worst moment: the output's gradient and the input's, and the weight's.
+            p.backwardScratch = f * (Double(b * (sizes[i] + sizes[i + 1])) + p.parameters)
+            if last {
+                p.kept += f * Double(2 * b * classes + 2 * b)  // softmax probabilities, losses, weights
+                p.kernels = [KernelUse(.crossEntropy, elements: b * classes, inner: classes)]
+            } else {
+                p.kernels = [KernelUse(.relu, elements: b * sizes[i + 1])]
+            }
+            return p
         }
-        p.kept += f * Double(2 * b * classes + 2 * b)  // softmax probabilities, losses, weights
-        p.kernels.append(KernelUse(.crossEntropy, elements: b * classes, inner: classes))
-        p.backwardScratch = f * Double(b * (sizes.dropFirst().max() ?? 0) * 2)
-        p.ops += 6
-        return p
     }
 
     func resNetPieces(depth: Int, width: Int, b: Int) -> [PieceCost] {
@@ -226,21 +236,22 @@ public struct ModelCosts: Sendable {
                     block.parameters += 2 * Double(outC)
                 }
                 block.unitParameters = block.parameters
+                block.unit = pieces.count
                 block.backwardScratch = ModelCosts.f * Double(b * outC * h * wd) * 3
                 pieces.append(block)
                 inC = outC
             }
         }
         pieces[0].parameters += 2 * Double(w)
-        var top = head(b: b, features: inC, hidden: [], classes: classes)
-        top.kept += ModelCosts.f * Double(b * inC)  // the pooled features
-        pieces.append(top)
+        var top = dense(b: b, features: inC, hidden: [], classes: classes)
+        top[0].kept += ModelCosts.f * Double(b * inC)  // the pooled features
+        pieces += top
         return pieces
     }
 
     func mlpPieces(hidden: [Int], b: Int) -> [PieceCost] {
         let (c, h, w, classes) = image
-        return [head(b: b, features: c * h * w, hidden: hidden, classes: classes, name: "mlp")]
+        return dense(b: b, features: c * h * w, hidden: hidden, classes: classes, name: "layer")
     }
 
     func cnnPieces(residual: Bool, b: Int) -> [PieceCost] {
@@ -259,7 +270,7 @@ public struct ModelCosts: Sendable {
             r.parameters += 4 * 32 + 64
             pieces.append(r)
         }
-        pieces.append(head(b: b, features: 32 * (h / 4) * (w / 4), hidden: [128], classes: classes))
+        pieces += dense(b: b, features: 32 * (h / 4) * (w / 4), hidden: [128], classes: classes, name: "classifier")
         return pieces
     }
 }

@@ -56,8 +56,11 @@ public struct PieceCost: Sendable {
     public var name: String
     /// Parameter elements this rank holds of the piece (its tensor-parallel part).
     public var parameters = 0.0
-    /// The largest ZeRO-3 unit the piece gathers at once (elements, whole).
+    /// The piece's parameters as ZeRO-3 gathers them (elements, whole), and which unit
+    /// they belong to: its own (a GPT's or a ResNet's block), or nil, the model's root
+    /// unit (the embeddings and final norm; all of an MLP or CNN; a ResNet's stem and head).
     public var unitParameters = 0.0
+    public var unit: Int?
     /// Bytes of activations kept from the piece's forward until its backward.
     public var kept = 0.0
     /// Bytes alive beyond `kept` at the worst moment of the piece's backward (gradients

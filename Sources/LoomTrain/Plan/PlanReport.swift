@@ -39,9 +39,8 @@ public enum PlanInput {
     public static func convolution(_ model: ModelCosts) -> (x: [Int], w: [Int])? {
         switch model.spec {
         case .resnet, .cnn:
-            let (c, h, w, _) = model.image
+            let (_, h, w, _) = model.image
             let channels = 32
-            _ = c
             return ([64, channels, max(h / 2, 4), max(w / 2, 4)], [channels, channels, 3, 3])
         default: return nil
         }

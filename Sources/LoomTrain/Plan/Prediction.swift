@@ -134,7 +134,7 @@ public struct CostModel: Sendable {
 
         // Data-parallel communication and the update, on the stage with the most parameters.
         let params = stageParams.max() ?? 0
-        let dpTime = dataParallelSeconds(l, params: params, backward: bwd.max() ?? 0, units: pieces.flatMap { $0 }.map(\.unitParameters))
+        let dpTime = dataParallelSeconds(l, params: params, backward: bwd.max() ?? 0)
         let update = updateSeconds(l, params: params, threads: threads)
 
         var time = TimeBreakdown()
@@ -196,20 +196,20 @@ public struct CostModel: Sendable {
 
     /// One rank's bytes at its peak: its pieces' parameters, gradients and optimizer state
     /// (by ZeRO stage), the communication buffers, and activations: the micro-batches in
-    /// flight (the schedule's count) each keeping what its pieces keep, plus the worst
-    /// moment of one backward.
+    /// flight (the schedule's count) each keeping what its pieces keep, and one of them in
+    /// backward. Backward runs the pieces last to first, freeing each one's activations and
+    /// making its parameters' gradients, so the peak is the worst piece j of
+    ///     (pieces 0...j's activations) + (j's backward scratch) + (gradients of pieces after j),
+    /// or the end, every gradient made: early in backward for activation-heavy models, late
+    /// for parameter-heavy ones.
     func memory(_ l: Layout, pieces: [PieceCost], chunks: [[PieceCost]], params: Double, inFlight: Int) -> MemoryBreakdown {
-        let f = ModelCosts.f, dp = Double(l.dp)
+        let f = ModelCosts.f, dp = Double(l.dp), tp = Double(l.tp)
         var m = MemoryBreakdown()
-        let units = pieces.map(\.unitParameters).max() ?? 0
         // ZeRO-3 holds its shard, and a gathered unit and the next one (prefetched) at a time.
-        let tp = Double(l.tp)
-        let gatheredUnits: Double = 2 * f * units / tp
-        m.parameters = l.zero >= 3 ? f * params / dp + gatheredUnits : f * params
-        // One micro-batch's step peaks early in backward, before its gradients exist; with
-        // several, the earlier ones' gradients are whole. ZeRO keeps its shard of them too.
-        let shard: Double = l.zero >= 1 ? f * params / dp : 0
-        m.gradients = (l.microBatches > 1 ? f * params : 0) + shard
+        var units: [Int: Double] = [:]
+        for p in pieces { units[p.unit ?? -1, default: 0] += p.unitParameters }
+        let gathered = units.values.sorted(by: >).prefix(2).reduce(0, +)
+        m.parameters = l.zero >= 3 ? f * params / dp + f * gathered / tp : f * params
         let perParam: Double
         switch config.optimizer {
         case .adam, .adamw: perParam = 2
@@ -218,22 +218,36 @@ public struct CostModel: Sendable {
         m.optimizerState = f * perParam * params / (l.zero >= 1 ? dp : 1)
         // Replicated and ZeRO-1 data parallelism all-reduce through a flat buffer of the gradients.
         m.communication = l.dp > 1 && l.zero <= 1 ? f * params : 0
+
         let keptPerUnit = chunks.map { $0.reduce(0) { $0 + $1.kept } }
         let avgKept = keptPerUnit.reduce(0, +) / Double(max(chunks.count, 1))
-        let scratch = pieces.map(\.backwardScratch).max() ?? 0
-        if l.recompute {
-            // Only each piece's input is kept; one micro-batch's activations are remade in its backward.
-            let inputs = chunks.map { $0.first?.output ?? 0 }.reduce(0, +) / Double(max(chunks.count, 1))
-            m.activations = Double(inFlight) * inputs + (keptPerUnit.max() ?? 0) + scratch
-        } else {
-            m.activations = Double(inFlight) * avgKept + scratch
+        // The micro-batch in backward, through this stage's pieces in order.
+        var best = (activations: 0.0, gradients: 0.0), before = 0.0
+        let after = pieces.indices.map { j in pieces[(j + 1)...].reduce(0) { $0 + f * $1.parameters } }
+        for (j, p) in pieces.enumerated() {
+            let kept = before + p.kept  // recomputed, with recomputation: the same tensors again
+            before += p.kept
+            let activations = kept + p.backwardScratch
+            let gradients = after[j]
+            if activations + gradients > best.activations + best.gradients { best = (activations, gradients) }
         }
+        // Backward done: every gradient made, the activations gone.
+        if f * params > best.activations + best.gradients { best = (0, f * params) }
+        // The other micro-batches in flight keep what their pieces keep (with recomputation,
+        // each piece's input only).
+        let others = Double(max(inFlight - 1, 0))
+        let inputs = chunks.map { $0.first?.output ?? 0 }.reduce(0, +) / Double(max(chunks.count, 1))
+        m.activations = others * (l.recompute ? inputs : avgKept) + best.activations
+        // Gradients: those made so far in this backward; with several micro-batches the
+        // earlier ones' are whole; ZeRO keeps its shard of them too.
+        let shard: Double = l.zero >= 1 ? f * params / dp : 0
+        m.gradients = (l.microBatches > 1 ? f * params : best.gradients) + shard
         return m
     }
 
     /// Exposed seconds of the data group's gradient reduction (and ZeRO's parameter
     /// gathers): bucketed all-reduce overlaps backward but the last bucket's does not.
-    func dataParallelSeconds(_ l: Layout, params: Double, backward: Double, units: [Double]) -> Double {
+    func dataParallelSeconds(_ l: Layout, params: Double, backward: Double) -> Double {
         guard l.dp > 1 else { return 0 }
         let f = ModelCosts.f
         let link = l.ranks <= cluster.devicesPerNode ? cluster.intraNode : cluster.interNode
@@ -248,7 +262,7 @@ public struct CostModel: Sendable {
         }
         let bucket = min(bytes, Double(config.bucketKB * 1024))
         let last = Collective.allReduce(bytes: bucket, ranks: l.dp, link: link)
-        return max(last, total - backward * Double(l.microBatches > 1 ? 1 : 1))
+        return max(last, total - backward)
     }
 
     /// The update: clipping reads the gradients, the optimizer reads and writes parameters,
