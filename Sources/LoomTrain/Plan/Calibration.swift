@@ -143,7 +143,7 @@ public enum Calibration {
         if let (config, model) = step {
             // What composing kernels timed alone misses, measured where the layouts run: one
             // rank on every core, and (for one thread) two ranks of a thread each side by
-            // side (dp 2, its all-reduce priced by the fit below), each the better of two runs.
+            // side (dp 2, its all-reduce priced by the fit below), each the best of three runs.
             var scales: [Double] = []
             let link = try collectives(maxRanks: 2, log: { _ in })
             for t in c.device.threads {
@@ -153,7 +153,7 @@ public enum Calibration {
                 let layout = t < cores && cores >= 2 && config.batchSize % 2 == 0 ? Layout(dp: 2) : Layout()
                 one.device.cores = t * layout.ranks
                 let kernels = try CostModel(model: model, cluster: one, config: config).predict(layout).time.total
-                let measured = try (0..<2).map { _ in
+                let measured = try (0..<3).map { _ in
                     try LayoutMeasurement.measure(config, layout, steps: 6, warmup: 2, threads: t * layout.ranks).stepSeconds
                 }.min()!
                 scales.append(measured / kernels)

@@ -221,15 +221,16 @@ public struct CostModel: Sendable {
 
         let keptPerUnit = chunks.map { $0.reduce(0) { $0 + $1.kept } }
         let avgKept = keptPerUnit.reduce(0, +) / Double(max(chunks.count, 1))
-        // The micro-batch in backward, through this stage's pieces in order.
-        var best = (activations: 0.0, gradients: 0.0), before = 0.0
-        let after = pieces.indices.map { j in pieces[(j + 1)...].reduce(0) { $0 + f * $1.parameters } }
-        for (j, p) in pieces.enumerated() {
-            let kept = before + p.kept  // recomputed, with recomputation: the same tensors again
-            before += p.kept
-            let activations = kept + p.backwardScratch
-            let gradients = after[j]
-            if activations + gradients > best.activations + best.gradients { best = (activations, gradients) }
+        // The micro-batch (× chunk) in backward, through the chunk's pieces in order.
+        var best = (activations: 0.0, gradients: 0.0)
+        for chunk in chunks {
+            var before = 0.0
+            for (j, p) in chunk.enumerated() {
+                before += p.kept  // with recomputation: the same tensors, remade
+                let activations = before + p.backwardScratch
+                let gradients = chunk[(j + 1)...].reduce(0) { $0 + f * $1.parameters }
+                if activations + gradients > best.activations + best.gradients { best = (activations, gradients) }
+            }
         }
         // Backward done: every gradient made, the activations gone.
         if f * params > best.activations + best.gradients { best = (0, f * params) }
