@@ -97,39 +97,36 @@ public struct CostModel: Sendable {
         let sharing = cluster.device.cores > 0 ? max(1, Double(onNode) / Double(cluster.device.cores)) : 1
 
         // The step's forward-backward: the schedule's makespan, or K micro-batches in a row.
-        var inFlight = [Int](repeating: 1, count: l.pp), bubble = 0.0, meanBubble = 0.0
-        func makespan(_ slow: Double) throws -> Double {
+        func run(slowedBy slow: Double) throws -> (makespan: Double, report: ScheduleCheck.Report?) {
             let fwd = (0..<virtual).map { slow * workF[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
             let bwd = (0..<virtual).map { slow * workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
-            guard let schedule else { return Double(l.microBatches) * (fwd[0] + bwd[0]) }
+            guard let schedule else { return (Double(l.microBatches) * (fwd[0] + bwd[0]), nil) }
             let check = ScheduleCheck(forwardCost: fwd.reduce(0, +) / Double(l.pp), backwardCost: bwd.reduce(0, +) / Double(l.pp),
                                       pieceCosts: zip(fwd, bwd).map { $0 + $1 })
             let r = try check.run(schedule)
-            bubble = r.bubble.max() ?? 0
-            meanBubble = r.bubble.reduce(0, +) / Double(max(r.bubble.count, 1))
-            inFlight = r.peakInFlight
-            return r.makespan
+            return (r.makespan, r)
         }
-        let compute = try makespan(1)
-        let (stepBubble, idle) = (bubble, meanBubble)
+        let (compute, report) = try run(slowedBy: 1)
+        let inFlight = report?.peakInFlight ?? [Int](repeating: 1, count: l.pp)
+        let bubble = report?.bubble.max() ?? 0
+        let idle = report.map { $0.bubble.reduce(0, +) / Double(max($0.bubble.count, 1)) } ?? 0
         // A pipeline's idle stages leave their cores to the busy ones: the ranks that take
         // turns are the busy share of them.
         let busy = sharing > 1 ? max(1, sharing * (1 - idle)) : 1
-        let shared = busy > 1 ? try makespan(busy) : compute
-        bubble = stepBubble
+        let shared = busy > 1 ? try run(slowedBy: busy).makespan : compute
         let bwd = (0..<virtual).map { workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
         let perStageTP = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + tpTime[$1] } * Double(l.microBatches) }
         let perStageSend = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + sendTime[$1] } * Double(l.microBatches) }
 
         // Memory of each stage's rank.
-        var best = MemoryBreakdown(), peakStage = 0
+        var peak = MemoryBreakdown(), peakStage = 0
         var stageParams = [Double](repeating: 0, count: l.pp)
         for s in 0..<l.pp {
             let mine = held[s].flatMap { pieces[$0] }
             let params = mine.reduce(0) { $0 + $1.parameters }
             stageParams[s] = params
             let m = memory(l, pieces: mine, chunks: held[s].map { pieces[$0] }, params: params, inFlight: inFlight[s])
-            if m.total > best.total { best = m; peakStage = s }
+            if m.total > peak.total { peak = m; peakStage = s }
         }
 
         // Data-parallel communication and the update, on the stage with the most parameters.
@@ -148,8 +145,8 @@ public struct CostModel: Sendable {
         let items = Double(config.batchSize * (config.isLanguageModel ? config.context : 1))
         let gemmFlops = pieces.flatMap { $0 }.reduce(0.0) { $0 + 3 * $1.forwardFlops }
         let modelFlops = gemmFlops * Double(l.microBatches * l.dp * l.tp)  // every rank's share, the whole step
-        return Prediction(layout: l, memory: best, time: time, peakStage: peakStage,
-                          fits: best.total <= cluster.device.memoryBytes, throughput: items / time.total,
+        return Prediction(layout: l, memory: peak, time: time, peakStage: peakStage,
+                          fits: peak.total <= cluster.device.memoryBytes, throughput: items / time.total,
                           modelFlopsPerRank: modelFlops / Double(l.ranks) / time.total)
     }
 
