@@ -218,19 +218,21 @@ public struct CostModel: Sendable {
 
         let keptPerUnit = chunks.map { $0.reduce(0) { $0 + $1.kept } }
         let avgKept = keptPerUnit.reduce(0, +) / Double(max(chunks.count, 1))
-        // The micro-batch (× chunk) in backward, through the chunk's pieces in order.
-        var best = (activations: 0.0, gradients: 0.0)
+        // The micro-batch (× chunk) in backward, through the chunk's pieces in order. With
+        // several micro-batches the earlier ones' gradients are whole throughout.
+        let whole = f * params, accumulating = l.microBatches > 1
+        var best = (activations: 0.0, gradients: accumulating ? whole : 0)
         for chunk in chunks {
             var before = 0.0
             for (j, p) in chunk.enumerated() {
                 before += p.kept  // with recomputation: the same tensors, remade
                 let activations = before + p.backwardScratch
-                let gradients = chunk[(j + 1)...].reduce(0) { $0 + f * $1.parameters }
+                let gradients = accumulating ? whole : chunk[(j + 1)...].reduce(0) { $0 + f * $1.parameters }
                 if activations + gradients > best.activations + best.gradients { best = (activations, gradients) }
             }
         }
         // Backward done: every gradient made, the activations gone.
-        if f * params > best.activations + best.gradients { best = (0, f * params) }
+        if whole > best.activations + best.gradients { best = (0, whole) }
         // The other micro-batches in flight keep what their pieces keep (with recomputation,
         // each piece's input only).
         let others = Double(max(inFlight - 1, 0))
@@ -239,7 +241,7 @@ public struct CostModel: Sendable {
         // Gradients: those made so far in this backward; with several micro-batches the
         // earlier ones' are whole; ZeRO keeps its shard of them too.
         let shard: Double = l.zero >= 1 ? f * params / dp : 0
-        m.gradients = (l.microBatches > 1 ? f * params : best.gradients) + shard
+        m.gradients = best.gradients + shard
         return m
     }
 
