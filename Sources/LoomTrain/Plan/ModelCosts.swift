@@ -100,6 +100,12 @@ public struct ModelCosts: Sendable {
         // and TP's copies streamed (attention's softmax is in its own timing).
         block.kernels = [KernelUse(.layerNorm, elements: n * c, inner: c), KernelUse(.add, elements: n * c),
                          KernelUse(.layerNorm, elements: n * c, inner: c), KernelUse(.gelu, elements: n * 4 * c / t), KernelUse(.add, elements: n * c)]
+        // Dropout (p > 0) after the attention and after the MLP: each a float32 mask and the
+        // masked output, kept by the product that makes it.
+        if g.dropout > 0 {
+            block.kept += f * 4 * NC
+            block.kernels += [KernelUse(.add, elements: n * c), KernelUse(.add, elements: n * c)]  // mask and product, priced as sums
+        }
         block.streamed = f * (2 * (3 * NC / td + NC + 4 * NC / td + NC) + (t == 1 ? 0 : 4 * NC))
         block.ops = t == 1 ? 11 : 15
         block.tensorAllReduces = t == 1 ? [] : [f * NC, f * NC]
