@@ -54,7 +54,7 @@ public enum PlanTable {
         let m = p.memory, t = p.time
         let mib = { (x: Double) in String(format: "%.1f", x / 1048576) }
         var split = String(format: "fwd+bwd %.1f", t.compute * 1000)
-        if t.tensorParallel > 0 { split += String(format: " (tp %.1f)", t.tensorParallel * 1000) }
+        if t.collectives > 0 { split += String(format: " (collectives %.1f)", t.collectives * 1000) }
         if t.pipelineSends > 0 { split += String(format: " (sends %.1f, bubble %.0f%%)", t.pipelineSends * 1000, t.bubble * 100) }
         if t.dataParallel > 0 { split += String(format: ", dp %.1f", t.dataParallel * 1000) }
         split += String(format: ", update %.1f", t.update * 1000)
@@ -80,7 +80,7 @@ public struct PlanJSON: Encodable {
         tflopsPerRank = p.modelFlopsPerRank / 1e12
         peakBytes = Int(p.memory.total)
         memory = Dictionary(uniqueKeysWithValues: p.memory.named.map { ($0.0, Int($0.1)) })
-        time = ["compute_ms": p.time.compute * 1000, "tensor_parallel_ms": p.time.tensorParallel * 1000,
+        time = ["compute_ms": p.time.compute * 1000, "collectives_ms": p.time.collectives * 1000,
                 "pipeline_sends_ms": p.time.pipelineSends * 1000, "bubble": p.time.bubble, "data_parallel_ms": p.time.dataParallel * 1000,
                 "update_ms": p.time.update * 1000, "cores_shared_ms": p.time.sharing * 1000]
     }

@@ -33,8 +33,9 @@ public struct TimeBreakdown: Sendable {
     /// Forward and backward of every micro-batch on the slowest stage, pipeline bubble
     /// included (the schedule's makespan).
     public var compute = 0.0
-    /// Of `compute`: tensor-parallel all-reduces and pipeline sends.
-    public var tensorParallel = 0.0
+    /// Of `compute`: the collectives inside forward and backward (tensor-parallel
+    /// all-reduces, synchronised batch norm's) and the pipeline's sends.
+    public var collectives = 0.0
     public var pipelineSends = 0.0
     /// The share of the pipeline's makespan its slowest stage is idle.
     public var bubble = 0.0
@@ -79,11 +80,11 @@ public struct CostModel: Sendable {
         // Time of one micro-batch through each virtual piece, forward and backward: its
         // kernels' (`work`), and its waits on other ranks (tensor-parallel all-reduces,
         // the pipeline's sends).
-        var workF = [Double](repeating: 0, count: virtual), workB = workF, tpTime = workF, sendTime = workF
+        var workF = [Double](repeating: 0, count: virtual), workB = workF, waitTime = workF, sendTime = workF
         for (j, ps) in pieces.enumerated() {
             for p in ps {
-                let (f, bk, tp) = pieceSeconds(p, tp: l.tp, dp: l.dp, threads: threads)
-                workF[j] += f - tp; workB[j] += bk - tp; tpTime[j] += 2 * tp
+                let (f, bk, waits) = pieceSeconds(p, tp: l.tp, dp: l.dp, threads: threads)
+                workF[j] += f - waits; workB[j] += bk - waits; waitTime[j] += 2 * waits
             }
             if l.pp > 1 {
                 let link = l.tp * l.pp <= cluster.devicesPerNode ? cluster.intraNode : cluster.interNode
@@ -98,8 +99,8 @@ public struct CostModel: Sendable {
 
         // The step's forward-backward: the schedule's makespan, or K micro-batches in a row.
         func run(slowedBy slow: Double) throws -> (makespan: Double, report: ScheduleCheck.Report?) {
-            let fwd = (0..<virtual).map { slow * workF[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
-            let bwd = (0..<virtual).map { slow * workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
+            let fwd = (0..<virtual).map { slow * workF[$0] + (waitTime[$0] + sendTime[$0]) / 2 }
+            let bwd = (0..<virtual).map { slow * workB[$0] + (waitTime[$0] + sendTime[$0]) / 2 }
             guard let schedule else { return (Double(l.microBatches) * (fwd[0] + bwd[0]), nil) }
             let check = ScheduleCheck(forwardCost: fwd.reduce(0, +) / Double(l.pp), backwardCost: bwd.reduce(0, +) / Double(l.pp),
                                       pieceCosts: zip(fwd, bwd).map { $0 + $1 })
@@ -114,8 +115,8 @@ public struct CostModel: Sendable {
         // turns are the busy share of them.
         let busy = sharing > 1 ? max(1, sharing * (1 - idle)) : 1
         let shared = busy > 1 ? try run(slowedBy: busy).makespan : compute
-        let bwd = (0..<virtual).map { workB[$0] + (tpTime[$0] + sendTime[$0]) / 2 }
-        let perStageTP = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + tpTime[$1] } * Double(l.microBatches) }
+        let bwd = (0..<virtual).map { workB[$0] + (waitTime[$0] + sendTime[$0]) / 2 }
+        let perStageWaits = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + waitTime[$1] } * Double(l.microBatches) }
         let perStageSend = (0..<l.pp).map { s in held[s].reduce(0.0) { $0 + sendTime[$1] } * Double(l.microBatches) }
 
         // Memory of each stage's rank.
@@ -136,7 +137,7 @@ public struct CostModel: Sendable {
 
         var time = TimeBreakdown()
         time.compute = compute
-        time.tensorParallel = perStageTP.max() ?? 0
+        time.collectives = perStageWaits.max() ?? 0
         time.pipelineSends = perStageSend.max() ?? 0
         time.bubble = bubble
         time.dataParallel = dpTime
@@ -150,8 +151,9 @@ public struct CostModel: Sendable {
                           modelFlopsPerRank: modelFlops / Double(l.ranks) / time.total)
     }
 
-    /// Forward, backward and tensor-parallel seconds of one micro-batch through a piece.
-    func pieceSeconds(_ p: PieceCost, tp: Int, dp: Int = 1, threads: Int) -> (forward: Double, backward: Double, tensorParallel: Double) {
+    /// Forward and backward seconds of one micro-batch through a piece, and of each, the
+    /// collectives inside it (tensor-parallel all-reduces, synchronised batch norm's).
+    func pieceSeconds(_ p: PieceCost, tp: Int, dp: Int = 1, threads: Int) -> (forward: Double, backward: Double, collectives: Double) {
         let precision = config.precision, c = cluster, slot = c.slot(threads)
         var f = 0.0, b = 0.0
         for g in p.gemms {
@@ -177,18 +179,18 @@ public struct CostModel: Sendable {
         f += Double(p.ops) * c.device.opOverhead; b += 2 * Double(p.ops) * c.device.opOverhead
         let scale = c.device.stepScale.count == c.device.threads.count ? c.device.stepScale[slot] : 1
         f *= scale; b *= scale
-        var tpSeconds = 0.0
+        var waits = 0.0
         if tp > 1 {
             let link = tp <= c.devicesPerNode ? c.intraNode : c.interNode
-            tpSeconds = p.tensorAllReduces.reduce(0) { $0 + Collective.allReduce(bytes: $1, ranks: tp, link: link) }
+            waits = p.tensorAllReduces.reduce(0) { $0 + Collective.allReduce(bytes: $1, ranks: tp, link: link) }
         }
         // Synchronised batch norm's small all-reduces over the data group, split between
         // forward and backward like the tensor-parallel ones.
         if dp > 1 && config.syncBatchNorm {
             let link = dp * tp <= c.devicesPerNode ? c.intraNode : c.interNode
-            tpSeconds += p.dataAllReduces.reduce(0) { $0 + Collective.allReduce(bytes: $1, ranks: dp, link: link) } / 2
+            waits += p.dataAllReduces.reduce(0) { $0 + Collective.allReduce(bytes: $1, ranks: dp, link: link) } / 2
         }
-        return (f + tpSeconds, b + tpSeconds, tpSeconds)
+        return (f + waits, b + waits, waits)
     }
 
     /// One rank's bytes at its peak: its pieces' parameters, gradients and optimizer state
