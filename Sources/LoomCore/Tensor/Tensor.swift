@@ -157,7 +157,8 @@ extension Tensor {
 
 extension Tensor {
     /// The same values on `target` (a copy through the host), or this tensor when it is
-    /// already there. Not differentiable: for moving data and parameters, as in PyTorch.
+    /// already there; between host backends, a view of the same memory that `target`
+    /// computes on. Not differentiable: for moving data and parameters, as in PyTorch.
     public func to(_ target: any Backend) throws -> Tensor {
         if target === backend { return self }
         // Host backends (CPU ones of any thread count) share memory: nothing to copy. The
