@@ -140,16 +140,16 @@ public enum Calibration {
             }
         }
         log("timed \(shapes.gemms.count) matrix-product shapes, \(shapes.attentions.count) attention and \(shapes.kernels.count) kernel sizes at \(c.device.threads.map(String.init).joined(separator: " and ")) thread(s)")
+        c.intraNode = try collectives(maxRanks: maxRanks, log: log)
+        c.interNode = c.intraNode
         if let (config, model) = step {
             // What composing kernels timed alone misses, measured where the layouts run: one
             // rank on every core, and (for one thread) two ranks of a thread each side by
             // side (dp 2, its all-reduce priced by the fit below), each the best of three runs.
             var scales: [Double] = []
-            let link = try collectives(maxRanks: 2, log: { _ in })
             for t in c.device.threads {
                 var one = c
                 one.device.stepScale = one.device.threads.map { _ in 1 }
-                one.intraNode = link
                 let layout = t < cores && cores >= 2 && config.batchSize % 2 == 0 ? Layout(dp: 2) : Layout()
                 one.device.cores = t * layout.ranks
                 let kernels = try CostModel(model: model, cluster: one, config: config).predict(layout).time.total
@@ -164,8 +164,6 @@ public enum Calibration {
         } else {
             c.device.stepScale = c.device.threads.map { _ in 1 }
         }
-        c.intraNode = try collectives(maxRanks: maxRanks, log: log)
-        c.interNode = c.intraNode
         return c
     }
 

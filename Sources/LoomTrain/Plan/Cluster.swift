@@ -22,7 +22,9 @@ public struct Cluster: Equatable, Sendable {
     public var intraNode = Link()
     public var interNode = Link()
     /// Measured products (this machine's calibration): shape and threads to seconds.
-    public var gemms: [GEMMSample] = []
+    public var gemms: [GEMMSample] = [] { didSet { gemmIndex = Cluster.index(gemms) } }
+    /// `gemms` by shape and threads, for the time model's lookups.
+    private var gemmIndex: [GEMMKey: Double] = [:]
     /// Measured attention ops (forward and backward seconds).
     public var attentions: [AttentionSample] = []
     /// Measured kernels (forward and backward seconds at a size).
@@ -119,7 +121,7 @@ public struct Cluster: Equatable, Sendable {
     func bf16Ratio(_ threads: Int) -> Double { device.matmulFloat32[slot(threads)] / device.matmulBF16[slot(threads)] }
 
     struct GEMMKey: Hashable { var shape: GEMMShape; var threads: Int }
-    var gemmIndex: [GEMMKey: Double] {
+    static func index(_ gemms: [GEMMSample]) -> [GEMMKey: Double] {
         Dictionary(gemms.map { (GEMMKey(shape: $0.shape, threads: $0.threads), $0.seconds) }, uniquingKeysWith: min)
     }
 }

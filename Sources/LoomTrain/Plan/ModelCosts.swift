@@ -12,8 +12,17 @@ public struct ModelCosts: Sendable {
     public let input: ModelInput
     public let precision: Precision
 
+    /// A GPT's blocks per piece as `GPT.balancedSplit` cuts them, by piece count (those it
+    /// can cut), made once: the search asks for the same few splits thousands of times.
+    let balancedSplits: [Int: [Int]]
+
     public init(spec: ModelSpec, input: ModelInput, precision: Precision = .float32) {
         self.spec = spec; self.input = input; self.precision = precision
+        var splits: [Int: [Int]] = [:]
+        if case let .tokens(vocabulary) = input, let g = spec.gptConfig(vocabularySize: vocabulary) {
+            for pieces in 1...(g.layers + 2) { splits[pieces] = try? GPT.balancedSplit(g, pieces: pieces) }
+        }
+        balancedSplits = splits
     }
 
     /// Bytes per element of activations and parameters (Loom keeps both in float32; bf16
@@ -48,7 +57,7 @@ public struct ModelCosts: Sendable {
     public func stages(pp: Int, tp: Int, microBatch b: Int, split: [Int]? = nil) throws -> [[PieceCost]] {
         let all = pieces(tp: tp, microBatch: b)
         guard pp > 1, let g = gpt else { return [all] }
-        let counts = try split ?? GPT.balancedSplit(g, pieces: pp)
+        let counts = try split ?? balancedSplits[pp] ?? GPT.balancedSplit(g, pieces: pp)
         var stages: [[PieceCost]] = [], next = 1
         for (i, n) in counts.enumerated() {
             var s = Array(all[next..<(next + n)])

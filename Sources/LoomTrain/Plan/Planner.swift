@@ -74,7 +74,9 @@ public struct Planner: Sendable {
             let pieces = l.pp * l.chunks
             if pieces > 1 {
                 if pieces > g.layers + (pieces > 2 ? 2 : 0) { return "\(g.layers) layers cannot be cut into \(pieces) pipeline pieces" }
-                do { _ = try GPT.balancedSplit(g, pieces: pieces) } catch { return "\(error)" }
+                if model.balancedSplits[pieces] == nil {
+                    do { _ = try GPT.balancedSplit(g, pieces: pieces) } catch { return "\(error)" }
+                }
             }
         }
         if config.batchSize % (l.dp * l.microBatches) != 0 {
