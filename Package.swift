@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "LoomParallel", targets: ["LoomParallel"]),
         .library(name: "LoomTrain", targets: ["LoomTrain"]),
         .library(name: "LoomCUDA", targets: ["LoomCUDA"]),
+        .library(name: "LoomXLA", targets: ["LoomXLA"]),
         // Test-only: the CUDA driver, NVRTC and cuBLAS answered on the CPU (docs/cuda.md).
         .library(name: "LoomCUDAEmulator", type: .dynamic, targets: ["CLoomCUDAEmulator"]),
         .executable(name: "loom", targets: ["loom"]),
@@ -48,10 +49,13 @@ let package = Package(
         // NCCL's unique id as a C type (NCCL itself is opened with dlopen too).
         .systemLibrary(name: "CNCCL"),
         .target(name: "LoomCUDA", dependencies: ["LoomCore", "LoomDistributed", "CNCCL"]),
+        // XLA through a PJRT plugin opened with dlopen (the C API's header is vendored).
+        .target(name: "CPJRT"),
+        .target(name: "LoomXLA", dependencies: ["LoomCore", "CPJRT"]),
         .target(name: "CLoomCUDAEmulator", exclude: ["KernelRuntime.inc"],
                 linkerSettings: [.linkedLibrary("openblas")]),
         .executableTarget(name: "loom", dependencies: [
-            "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain", "LoomCUDA",
+            "LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomParallel", "LoomTrain", "LoomCUDA", "LoomXLA",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // Loom embedded in another program (a test runs it against loom train).
@@ -62,6 +66,7 @@ let package = Package(
         .testTarget(name: "LoomParallelTests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomParallel"]),
         .testTarget(name: "LoomTrainTests", dependencies: ["LoomCore", "LoomNN", "LoomData", "LoomDistributed", "LoomTrain"],
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "LoomXLATests", dependencies: ["LoomCore", "LoomNN", "LoomXLA"]),
         .testTarget(name: "LoomCUDATests", dependencies: ["LoomCore", "LoomNN", "LoomDistributed", "LoomCUDA"]),
     ],
     swiftLanguageModes: [.v5],

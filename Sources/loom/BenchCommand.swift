@@ -4,6 +4,7 @@ import LoomCore
 import LoomDistributed
 import LoomParallel
 import LoomTrain
+import LoomXLA
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -115,7 +116,15 @@ struct BenchCommand: ParsableCommand {
                 + (deviceOptions.device == .cpu ? " (\(BF16GEMMPath.description))" : "")))
         }
         for w in workloads {
+            let xla = backend as? XLABackend
+            xla?.resetCounters()
             let r = try Bench.run(w, backend: backend, steps: steps, repeats: repeats, peak: peak, precision: precision)
+            if let c = xla?.counts, !json {
+                let total = c.traceSeconds + c.compileSeconds + c.runSeconds
+                print(String(format: "      xla: %d programs compiled (%.1f s), %d runs; of the rest, writing and finding programs %.0f%%, running them %.0f%%",
+                             c.compilations, c.compileSeconds, c.executions, 100 * c.traceSeconds / max(total - c.compileSeconds, 1e-9),
+                             100 * c.runSeconds / max(total - c.compileSeconds, 1e-9)))
+            }
             if json {
                 print(r.json)
             } else {

@@ -4,6 +4,7 @@ import LoomCore
 import LoomCUDA
 import LoomParallel
 import LoomTrain
+import LoomXLA
 
 // Values the command line shares with the TOML reader: each enum's cases are the valid
 // values, listed by --help and by the error for a bad one.
@@ -13,20 +14,25 @@ extension Schedule.Kind: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
 
 extension Device: ExpressibleByArgument {
-    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    /// `cpu`, `cuda` (GPU 0), `cuda:N`, `xla` (device 0 of the PJRT plugin) or `xla:N`.
     public init?(argument: String) {
         if argument == "cpu" { self = .cpu; return }
         if argument == "cuda" { self = .cuda(0); return }
-        guard argument.hasPrefix("cuda:"), let n = Int(argument.dropFirst(5)), n >= 0 else { return nil }
-        self = .cuda(n)
+        if argument == "xla" { self = .xla(0); return }
+        for (prefix, make) in [("cuda:", Device.cuda), ("xla:", Device.xla)] where argument.hasPrefix(prefix) {
+            guard let n = Int(argument.dropFirst(prefix.count)), n >= 0 else { return nil }
+            self = make(n)
+            return
+        }
+        return nil
     }
 
-    public static var allValueStrings: [String] { ["cpu", "cuda", "cuda:N"] }
+    public static var allValueStrings: [String] { ["cpu", "cuda", "cuda:N", "xla", "xla:N"] }
 }
 
 /// `--device` and `--tf32`, declared once for train, eval, generate and bench.
 struct DeviceOptions: ParsableArguments {
-    @Option(help: "Device: cpu, or cuda / cuda:N (an NVIDIA GPU; with several ranks, rank r uses GPU N + local rank r).")
+    @Option(help: "Device: cpu, cuda / cuda:N (an NVIDIA GPU), or xla / xla:N (a PJRT plugin's device: XLA:CPU, a TPU with LOOM_PJRT_PLUGIN=libtpu.so; docs/xla.md). With several ranks, rank r uses device N + local rank r.")
     var device: Device = .cpu
     @Flag(help: "CUDA: matrix products on TF32 tensor cores (10-bit mantissa inputs, float32 accumulation), as PyTorch's allow_tf32.")
     var tf32 = false
@@ -35,6 +41,14 @@ struct DeviceOptions: ParsableArguments {
     /// threads (nil: the shared one), or a CUDA backend on GPU (N + localRank) mod the
     /// number of GPUs. A machine without the driver gets a one-line error naming it.
     func backend(localRank: Int = 0, cpuThreads: Int? = nil) throws -> any Backend {
+        if case .xla(let first) = device {
+            do {
+                let count = try XLABackend.deviceCount()
+                return try XLABackend(index: (first + localRank) % count)
+            } catch {
+                throw LoomError.config("--device \(device): \(error)")
+            }
+        }
         guard case .cuda(let first) = device else {
             return cpuThreads.map { CPUBackend(threads: $0) } ?? CPUBackend.shared
         }

@@ -42,6 +42,8 @@ public enum Device: Equatable, Hashable, Sendable, CustomStringConvertible {
     case cpu
     case cuda(Int)
     case isolated(Int)
+    /// A device of a PJRT plugin (XLA:CPU, a TPU, …): LoomXLA's lazy backend.
+    case xla(Int)
 
     /// Whether the host can address this device's memory directly.
     public var isHost: Bool { self == .cpu }
@@ -51,6 +53,7 @@ public enum Device: Equatable, Hashable, Sendable, CustomStringConvertible {
         case .cpu: return "cpu"
         case .cuda(let i): return "cuda:\(i)"
         case .isolated(let i): return "isolated:\(i)"
+        case .xla(let i): return "xla:\(i)"
         }
     }
 }

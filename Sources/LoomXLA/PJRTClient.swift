@@ -1,0 +1,121 @@
+import CPJRT
+import Foundation
+import LoomCore
+
+/// A PJRT plugin opened in this process and its client: the one door to XLA. Every
+/// failure the plugin reports becomes a `LoomError.backend` with the plugin's own words.
+final class PJRTClient: @unchecked Sendable {
+    let pointer: OpaquePointer
+    let path: String
+    let platform: String
+    let deviceCount: Int
+    let apiVersion: (major: Int, minor: Int)
+
+    init(path: String) throws {
+        var p: OpaquePointer?
+        try PJRTClient.check(loom_pjrt_open(path, &p), "opening the PJRT plugin")
+        pointer = p!
+        self.path = path
+        platform = String(cString: loom_pjrt_platform(pointer))
+        deviceCount = Int(loom_pjrt_device_count(pointer))
+        var major: Int32 = 0, minor: Int32 = 0
+        loom_pjrt_api_version(pointer, &major, &minor)
+        apiVersion = (Int(major), Int(minor))
+    }
+
+    static func check(_ error: UnsafeMutablePointer<CChar>?, _ what: String) throws {
+        guard let error else { return }
+        defer { free(error) }
+        throw LoomError.backend("xla: \(what): \(String(cString: error))")
+    }
+
+    /// A program compiled for one device, and how many results it returns.
+    final class Executable: @unchecked Sendable {
+        let client: PJRTClient
+        let pointer: UnsafeMutableRawPointer
+        let outputs: Int
+        init(client: PJRTClient, pointer: UnsafeMutableRawPointer, outputs: Int) {
+            self.client = client; self.pointer = pointer; self.outputs = outputs
+        }
+        deinit { loom_pjrt_executable_destroy(client.pointer, pointer) }
+    }
+
+    func compile(_ text: String) throws -> Executable {
+        var exe: UnsafeMutableRawPointer?
+        var outputs = 0
+        try text.utf8CString.withUnsafeBufferPointer { code in
+            try PJRTClient.check(loom_pjrt_compile(pointer, code.baseAddress, code.count - 1, &exe, &outputs), "compiling a step")
+        }
+        return Executable(client: self, pointer: exe!, outputs: outputs)
+    }
+
+    /// One device array. Destroyed with its last reference, unless an execution took it
+    /// (donated).
+    final class Buffer: @unchecked Sendable {
+        let client: PJRTClient
+        private(set) var pointer: UnsafeMutableRawPointer?
+        init(client: PJRTClient, pointer: UnsafeMutableRawPointer) { self.client = client; self.pointer = pointer }
+        /// The execution that donated it destroyed it.
+        func consumed() { pointer = nil }
+        deinit { if let pointer { loom_pjrt_buffer_destroy(client.pointer, pointer) } }
+    }
+
+    func upload(_ bytes: UnsafeRawPointer, type: HLOType, shape: [Int], device: Int) throws -> Buffer {
+        var out: UnsafeMutableRawPointer?
+        let dims = shape.map(Int64.init)
+        try dims.withUnsafeBufferPointer { d in
+            try PJRTClient.check(loom_pjrt_buffer_from_host(pointer, Int32(device), bytes, Int32(Self.code(type)), d.baseAddress, d.count, &out),
+                                 "uploading \(shape) \(type)")
+        }
+        return Buffer(client: self, pointer: out!)
+    }
+
+    func download(_ buffer: Buffer, into destination: UnsafeMutableRawPointer, bytes: Int) throws {
+        try PJRTClient.check(loom_pjrt_buffer_to_host(pointer, buffer.pointer, destination, bytes), "downloading \(bytes) bytes")
+    }
+
+    /// Runs `executable` on `device`; `donated[i]`: argument i may be consumed.
+    func execute(_ executable: Executable, device: Int, arguments: [Buffer], donated: [Bool]) throws -> [Buffer] {
+        var args: [UnsafeMutableRawPointer?] = arguments.map(\.pointer)
+        var outs = [UnsafeMutableRawPointer?](repeating: nil, count: executable.outputs)
+        let flags = donated.map { UInt8($0 ? 1 : 0) }
+        try args.withUnsafeMutableBufferPointer { a in
+            try outs.withUnsafeMutableBufferPointer { o in
+                try PJRTClient.check(loom_pjrt_execute(pointer, executable.pointer, Int32(device), a.baseAddress, a.count, flags,
+                                                       o.baseAddress, o.count), "running a step")
+            }
+        }
+        for (b, d) in zip(arguments, donated) where d { b.consumed() }
+        return outs.map { Buffer(client: self, pointer: $0!) }
+    }
+
+    private static func code(_ type: HLOType) -> Int {
+        switch type {
+        case .bf16: return Int(LOOM_PJRT_BF16)
+        case .i32: return Int(LOOM_PJRT_S32)
+        case .f16: return Int(LOOM_PJRT_F16)
+        case .ui32: return Int(LOOM_PJRT_U32)
+        default: return Int(LOOM_PJRT_F32)
+        }
+    }
+}
+
+/// Where a PJRT plugin is found: `LOOM_PJRT_PLUGIN`, else the wheels' known places.
+public enum PJRTPlugin {
+    /// The XLA:CPU plugin of the `xla-cpu-pjrt` wheel and libtpu's, as pip installs them
+    /// (site-packages) or as Loom's test script caches them (~/.cache/loom).
+    public static func locate(_ kind: String) -> String? {
+        if let p = ProcessInfo.processInfo.environment["LOOM_PJRT_PLUGIN"], !p.isEmpty { return p }
+        let relative = kind == "tpu" ? "libtpu/libtpu.so" : "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so"
+        let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
+        let cache = ProcessInfo.processInfo.environment["XDG_CACHE_HOME"] ?? home + "/.cache"
+        var roots = [cache + "/loom/" + (kind == "tpu" ? "libtpu-0.0.51" : "xla-cpu-pjrt-0.0.1")]
+        let fm = FileManager.default
+        for base in ["/usr/local/lib", "/usr/lib", home + "/.local/lib"] {
+            for py in (try? fm.contentsOfDirectory(atPath: base))?.filter({ $0.hasPrefix("python3") }).sorted() ?? [] {
+                roots += [base + "/" + py + "/site-packages", base + "/" + py + "/dist-packages"]
+            }
+        }
+        return roots.map { $0 + "/" + relative }.first { fm.fileExists(atPath: $0) }
+    }
+}
