@@ -101,9 +101,11 @@ void loom_pjrt_api_version(const LoomPJRT *p, int *major, int *minor) {
 const char *loom_pjrt_platform(const LoomPJRT *p) { return p->platform; }
 int loom_pjrt_device_count(const LoomPJRT *p) { return (int)p->device_count; }
 
-// xla.CompileOptionsProto { executable_build_options (3) { num_replicas (4) = 1, num_partitions (5) = 1 } }:
-// empty options abort the CPU plugin (replica_count must be positive).
-static const char compile_options[] = {0x1a, 0x04, 0x20, 0x01, 0x28, 0x01};
+// xla.CompileOptionsProto { executable_build_options (3) { num_replicas (4) = 1, num_partitions (5) = 1 },
+// compile_portable_executable (4) = true }: empty options abort the CPU plugin (replica_count must
+// be positive); a portable executable runs on whichever device `execute` names (data parallel
+// ranks share one compilation).
+static const char compile_options[] = {0x1a, 0x04, 0x20, 0x01, 0x28, 0x01, 0x20, 0x01};
 
 char *loom_pjrt_compile(LoomPJRT *p, const char *code, size_t size, void **executable, size_t *outputs) {
     PJRT_Program program = {.struct_size = PJRT_Program_STRUCT_SIZE, .code = (char *)code, .code_size = size,

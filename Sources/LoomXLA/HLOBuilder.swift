@@ -65,8 +65,11 @@ final class HLOBuilder {
 
     /// The whole module: `main` returning `results`; `scalars`: the length of the scalar
     /// vector `%scalars`, the last parameter, when the body reads it.
-    func module(returning results: [HLOValue], scalars: Int? = nil) -> String {
-        var params = parameters.map { "\($0.name): \($0.tensorType)" }.joined(separator: ", ")
+    /// `attributes[i]`: parameter i's attributes (a donated buffer's aliasing), if any.
+    func module(returning results: [HLOValue], scalars: Int? = nil, attributes: [Int: String] = [:]) -> String {
+        var params = parameters.enumerated().map { i, p in
+            "\(p.name): \(p.tensorType)" + (attributes[i].map { " {\($0)}" } ?? "")
+        }.joined(separator: ", ")
         if let scalars { params += (params.isEmpty ? "" : ", ") + "%scalars: " + Self.tensorType([scalars], .f32) }
         let types = results.map(\.tensorType).joined(separator: ", ")
         var text = "module @loom {\n  func.func public @main(\(params)) -> (\(types)) {\n"

@@ -40,6 +40,21 @@ final class PJRTClient: @unchecked Sendable {
         deinit { loom_pjrt_executable_destroy(client.pointer, pointer) }
     }
 
+    /// Compiled programs by their text: portable executables, so every backend on this
+    /// plugin (data parallel ranks on its devices) shares one compilation.
+    private var cache: [String: Executable] = [:]
+    private let cacheLock = NSLock()
+
+    /// The program for `text`, and the seconds compiling it took (nil: it was cached).
+    func executable(for text: String) throws -> (Executable, compiled: Double?) {
+        cacheLock.lock(); defer { cacheLock.unlock() }
+        if let e = cache[text] { return (e, nil) }
+        let started = Date()
+        let e = try compile(text)
+        cache[text] = e
+        return (e, Date().timeIntervalSince(started))
+    }
+
     func compile(_ text: String) throws -> Executable {
         var exe: UnsafeMutableRawPointer?
         var outputs = 0

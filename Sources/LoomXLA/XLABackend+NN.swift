@@ -14,7 +14,8 @@ extension XLABackend {
             let shifted = hlo.sub(v, m)
             let e = hlo.unary("exponential", shifted)
             let s = hlo.broadcast(hlo.reduce(e, .sum, dimensions: [1]), [rows, cols], dims: [0])
-            write(y, log ? hlo.sub(shifted, hlo.unary("log", s)) : hlo.div(e, s))
+            // e · (1/Σ), as the CPU's kernel does (a division rounds differently).
+            write(y, log ? hlo.sub(shifted, hlo.unary("log", s)) : hlo.mul(e, hlo.div(hlo.constant(1, s.shape), s)))
         }
     }
 
@@ -160,7 +161,7 @@ extension XLABackend {
             let m = hlo.reduce(x, .max, dimensions: [1])
             let e = hlo.unary("exponential", hlo.sub(x, hlo.broadcast(m, [rows, classes], dims: [0])))
             let s = hlo.reduce(e, .sum, dimensions: [1])
-            write(probabilities, hlo.div(e, hlo.broadcast(s, [rows, classes], dims: [0])))
+            write(probabilities, hlo.mul(e, hlo.broadcast(hlo.div(hlo.constant(1, s.shape), s), [rows, classes], dims: [0])))
             let hot = hlo.compare(hlo.iota([rows, classes], dimension: 1), hlo.broadcast(t, [rows, classes], dims: [0]), "EQ")
             let picked = hlo.reduce(hlo.select(hot, x, hlo.constant(0, [rows, classes])), .sum, dimensions: [1])
             let counted = hlo.compare(t, hlo.constant(Double(ignoreIndex), [rows], .i32), "NE")

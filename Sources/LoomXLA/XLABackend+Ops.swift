@@ -178,7 +178,11 @@ extension XLABackend {
             // Stored matrices, then op(A) [batch, m, k] · op(B) [batch, k, n].
             let av = readWindow(a, batch: batch, rows: a.transposed ? k : m, cols: a.transposed ? m : k)
             let bv = readWindow(b, batch: batch, rows: b.transposed ? n : k, cols: b.transposed ? k : n)
-            var r = hlo.dot(av, bv, batch: [0], contractA: a.transposed ? 1 : 2, contractB: b.transposed ? 2 : 1)  // [batch, m, n]
+            // A single product as a plain 2-D dot: XLA:CPU runs batched dots on a slower path.
+            var r = batch == 1
+                ? hlo.reshape(hlo.dot(hlo.reshape(av, Array(av.shape.dropFirst())), hlo.reshape(bv, Array(bv.shape.dropFirst())), batch: [],
+                                      contractA: a.transposed ? 0 : 1, contractB: b.transposed ? 1 : 0), [1, m, n])
+                : hlo.dot(av, bv, batch: [0], contractA: a.transposed ? 1 : 2, contractB: b.transposed ? 2 : 1)  // [batch, m, n]
             if alpha != 1 { r = hlo.withScalar("multiply", r, scalar(alpha)) }
             if beta != 0 {
                 let old = readWindow(c, batch: batch, rows: m, cols: n)

@@ -47,7 +47,6 @@ public final class XLABackend: Backend, @unchecked Sendable {
     var slots: [UInt: Slot] = [:]
     private var nextSlot: UInt = 1
     var trace = Trace()
-    private var cache: [String: PJRTClient.Executable] = [:]
     private var counters = XLACounters()
     /// An error a trace's checks found (an index out of range), thrown by `deferredErrors`.
     private var pendingError: LoomError?
@@ -233,26 +232,30 @@ public final class XLABackend: Backend, @unchecked Sendable {
         }
         results += extra
         let began = monotonicSeconds()
-        let text = t.module(returning: results)
-        let executable: PJRTClient.Executable
-        if let e = cache[text] {
-            executable = e
-            counters.cacheHits += 1
-            counters.traceSeconds += monotonicSeconds() - began
-        } else {
-            counters.traceSeconds += monotonicSeconds() - began
-            let started = Date()
-            executable = try client.compile(text)
-            cache[text] = executable
-            counters.compilations += 1
-            counters.compileSeconds += Date().timeIntervalSince(started)
-            if logsCompilations {
-                fputs(String(format: "loom: xla: compiled a program of %d ops, %d parameters, %d results in %.2f s (program %d on this backend)\n",
-                             t.hlo.body.count, t.hlo.parameters.count, results.count, Date().timeIntervalSince(started), cache.count), stderr)
-            }
-        }
-        // A slot's old buffer is dead after the run when the slot is rewritten or released.
+        // A slot's old buffer is dead after the run when the slot is rewritten or released:
+        // donated, and said so in the text, or XLA allocates every result afresh. A rewritten
+        // slot's buffer becomes its new value's (aliasing); a released one's, any result's.
         let donated = t.argumentSlots.map { id in id.map { slots[$0] == nil || t.written.contains($0) } ?? false }
+        var attributes: [Int: String] = [:]
+        for (i, id) in t.argumentSlots.enumerated() where donated[i] {
+            attributes[i] = outputs.firstIndex(of: id!).map { "tf.aliasing_output = \($0) : i32" } ?? "jax.buffer_donor = true"
+        }
+        let text = t.module(returning: results, attributes: attributes)
+        let (executable, compiled) = try client.executable(for: text)
+        if compiled != nil, let dir = ProcessInfo.processInfo.environment["LOOM_XLA_DUMP"] {  // each new program's text
+            try? text.write(toFile: dir + "/program-\(UInt32(truncatingIfNeeded: text.hashValue)).mlir", atomically: true, encoding: .utf8)
+        }
+        counters.traceSeconds += monotonicSeconds() - began - (compiled ?? 0)
+        if let compiled {
+            counters.compilations += 1
+            counters.compileSeconds += compiled
+            if logsCompilations {
+                fputs(String(format: "loom: xla: compiled a program of %d ops, %d parameters, %d results in %.2f s (%@)\n",
+                             t.hlo.body.count, t.hlo.parameters.count, results.count, compiled, name), stderr)
+            }
+        } else {
+            counters.cacheHits += 1
+        }
         let running = monotonicSeconds()
         defer { counters.runSeconds += monotonicSeconds() - running }
         let arguments = try t.arguments(client: client, device: index)
@@ -306,8 +309,8 @@ final class Trace {
         return hlo.reshape(hlo.slice(scalarVector!, start: [i], limit: [i + 1]), [])
     }
 
-    func module(returning results: [HLOValue]) -> String {
-        hlo.module(returning: results, scalars: scalarVector == nil ? nil : scalars.count)
+    func module(returning results: [HLOValue], attributes: [Int: String]) -> String {
+        hlo.module(returning: results, scalars: scalarVector == nil ? nil : scalars.count, attributes: attributes)
     }
 
     /// The buffers to pass: the recorded ones, then the scalars uploaded now.
