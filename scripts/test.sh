@@ -43,6 +43,24 @@ os.rename(sys.argv[2] + '/libnccl.so.2.part', sys.argv[2] + '/libnccl.so.2')" "$
   rm -rf "$wheel_dir"
 fi
 export LOOM_CUDA_LIBS="$nccl_dir:$LOOM_CUDA_LIBS"
+# The XLA:CPU PJRT plugin (OpenXLA's xla-cpu-pjrt wheel, pinned): the XLA backend's tests
+# compile and run every op and whole training steps on it. Same rule: only a failed
+# download skips, and says so.
+xla_version=0.0.1
+xla_dir="${XDG_CACHE_HOME:-$HOME/.cache}/loom/xla-cpu-pjrt-$xla_version"
+if [ ! -f "$xla_dir/xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so" ]; then
+  wheel_dir=$(mktemp -d)
+  if python3 -m pip download -q --no-deps --only-binary=:all: "xla-cpu-pjrt==$xla_version" -d "$wheel_dir" >"$wheel_dir/log" 2>&1; then
+    python3 -c "import sys, zipfile, glob, os
+z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); part = sys.argv[2] + '.part'
+z.extractall(part, [n for n in z.namelist() if n.startswith('xla_plugins/')]); os.rename(part, sys.argv[2])" "$wheel_dir" "$xla_dir"
+  else
+    export LOOM_XLA_UNAVAILABLE="pip could not download xla-cpu-pjrt==$xla_version: $(tail -1 "$wheel_dir/log")"
+    echo "test: $LOOM_XLA_UNAVAILABLE" >&2
+  fi
+  rm -rf "$wheel_dir"
+fi
+export LOOM_PJRT_PLUGIN="${LOOM_PJRT_PLUGIN:-$xla_dir/xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so}"
 swift build -c release --product loom
 swift build -c release --product EmbeddingExample  # examples/embedding, run by EmbeddingExampleTests
 # Loom's CUDA emulator (the CUDA backend's tests run it on the CPU).

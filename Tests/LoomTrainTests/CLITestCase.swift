@@ -42,6 +42,72 @@ class CLITestCase: XCTestCase {
         return path
     }
 
+    /// mlp, cnn or gpt at small shapes (every thread of the CUDA emulator is a fiber), 3-6
+    /// steps logged each, written to `work/<model>.toml`. Text: the first 30 kB of Shakespeare.
+    func smallConfig(_ model: String) throws -> String {
+        let text = try String(contentsOfFile: Self.repo.path + "/data/shakespeare.txt", encoding: .utf8)
+        try String(text.prefix(30_000)).write(toFile: work + "/text.txt", atomically: true, encoding: .utf8)
+        let body: String
+        switch model {
+        case "gpt":
+            body = """
+                [model]
+                kind = "gpt"
+                layers = 2
+                d_model = 32
+                heads = 2
+                context = 16
+                [data]
+                path = "\(work!)/text.txt"
+                validation_fraction = 0.1
+                [train]
+                steps = 6
+                batch_size = 8
+                optimizer = "adamw"
+                lr = 0.003
+                weight_decay = 0.1
+                grad_clip = 1.0
+                """
+        case "mlp":
+            body = """
+                [model]
+                kind = "mlp"
+                hidden = [64]
+                [train]
+                steps = 6
+                batch_size = 32
+                optimizer = "sgd"
+                lr = 0.05
+                momentum = 0.9
+                """
+        default:
+            body = """
+                [model]
+                kind = "cnn"
+                residual = true
+                [train]
+                steps = 3
+                batch_size = 16
+                optimizer = "adam"
+                lr = 0.002
+                """
+        }
+        let path = work + "/\(model).toml"
+        try (body + "\nlog_every = 1\nseed = 3\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Every logged training loss of `run` within `tolerance` (relative) of `reference`'s.
+    func assertSameLosses(_ run: String, _ reference: String, tolerance: Double = 1e-5, file: StaticString = #filePath, line: UInt = #line) throws {
+        let a = try trainingLosses(work + "/" + run).mapValues { Double($0)! }, b = try trainingLosses(work + "/" + reference).mapValues { Double($0)! }
+        XCTAssertFalse(b.isEmpty, file: file, line: line)
+        XCTAssertEqual(Set(a.keys), Set(b.keys), "\(run) logged other steps", file: file, line: line)
+        for (step, x) in b {
+            let y = try XCTUnwrap(a[step], file: file, line: line)
+            XCTAssertLessThanOrEqual(abs(x - y) / abs(x), tolerance, "\(run) step \(step): \(y) vs \(x) on the CPU", file: file, line: line)
+        }
+    }
+
     /// The loom executable built next to this test bundle.
     var binary: String {
         let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()

@@ -14,60 +14,6 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
         return ["LOOM_CUDA_EMULATOR": path ?? "missing"]
     }
 
-    /// Small shapes: every CUDA thread is a fiber here. Text: the first 30 kB of Shakespeare.
-    func config(_ model: String) throws -> String {
-        let text = try String(contentsOfFile: Self.repo.path + "/data/shakespeare.txt", encoding: .utf8)
-        try String(text.prefix(30_000)).write(toFile: work + "/text.txt", atomically: true, encoding: .utf8)
-        let body: String
-        switch model {
-        case "gpt":
-            body = """
-                [model]
-                kind = "gpt"
-                layers = 2
-                d_model = 32
-                heads = 2
-                context = 16
-                [data]
-                path = "\(work!)/text.txt"
-                validation_fraction = 0.1
-                [train]
-                steps = 6
-                batch_size = 8
-                optimizer = "adamw"
-                lr = 0.003
-                weight_decay = 0.1
-                grad_clip = 1.0
-                """
-        case "mlp":
-            body = """
-                [model]
-                kind = "mlp"
-                hidden = [64]
-                [train]
-                steps = 6
-                batch_size = 32
-                optimizer = "sgd"
-                lr = 0.05
-                momentum = 0.9
-                """
-        default:
-            body = """
-                [model]
-                kind = "cnn"
-                residual = true
-                [train]
-                steps = 3
-                batch_size = 16
-                optimizer = "adam"
-                lr = 0.002
-                """
-        }
-        let path = work + "/\(model).toml"
-        try (body + "\nlog_every = 1\nseed = 3\n").write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
     @discardableResult
     func train(_ args: [String], name: String, cuda: Bool) throws -> String {
         let r = try loom(["train"] + args + ["--out", work, "--name", name] + (cuda ? ["--device", "cuda"] : []), env: cuda ? emulator : [:])
@@ -75,19 +21,9 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
         return r.out + r.err
     }
 
-    func assertSameLosses(_ run: String, _ reference: String, tolerance: Double = 1e-5, file: StaticString = #filePath, line: UInt = #line) throws {
-        let a = try trainingLosses(work + "/" + run).mapValues { Double($0)! }, b = try trainingLosses(work + "/" + reference).mapValues { Double($0)! }
-        XCTAssertFalse(b.isEmpty, file: file, line: line)
-        XCTAssertEqual(Set(a.keys), Set(b.keys), "\(run) logged other steps", file: file, line: line)
-        for (step, x) in b {
-            let y = try XCTUnwrap(a[step], file: file, line: line)
-            XCTAssertLessThanOrEqual(abs(x - y) / abs(x), tolerance, "\(run) step \(step): \(y) vs \(x) on the CPU", file: file, line: line)
-        }
-    }
-
     func testMLPCNNAndGPTTrainOnEmulatedCUDAWithTheCPUsLosses() throws {
         for model in ["mlp", "cnn", "gpt"] {
-            let c = try config(model)
+            let c = try smallConfig(model)
             try train([c], name: "cpu-\(model)", cuda: false)
             let out = try train([c], name: "cuda-\(model)", cuda: true)
             XCTAssertTrue(out.contains("on cuda:0 (Loom CUDA emulator"), "the run names its device: \(out)")
@@ -99,7 +35,7 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
     /// (the emulator's NCCL: queued on the streams, no host staging); with LOOM_NCCL=0 they
     /// go through host memory. ZeRO-3's gathers and reduce-scatters too.
     func testDataTensorAndPipelineParallelGPTOnEmulatedCUDAMatchTheSingleProcessCPURun() throws {
-        let c = try config("gpt")
+        let c = try smallConfig("gpt")
         try train([c], name: "cpu", cuda: false)
         for (name, flags) in [("dp2", ["--dp", "2"]), ("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2", "--micro-batches", "2"]),
                               ("dp2-zero3", ["--dp", "2", "--zero", "3"])] {
@@ -129,12 +65,12 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
         try assertSameLosses("cuda-resnet-accumulate", "cpu-resnet-accumulate")
         // The CNN without its batch-normalised block (batch norm over micro-batches sees other statistics).
         let cnn = work + "/cnn-plain.toml"
-        try String(contentsOfFile: try config("cnn"), encoding: .utf8).replacingOccurrences(of: "residual = true", with: "residual = false")
+        try String(contentsOfFile: try smallConfig("cnn"), encoding: .utf8).replacingOccurrences(of: "residual = true", with: "residual = false")
             .write(toFile: cnn, atomically: true, encoding: .utf8)
         try train([cnn], name: "cpu-cnn-plain", cuda: false)
         try train([cnn, "--pp", "2", "--micro-batches", "2"], name: "cuda-cnn-pp2", cuda: true)
         try assertSameLosses("cuda-cnn-pp2", "cpu-cnn-plain")
-        let gpt = try config("gpt")
+        let gpt = try smallConfig("gpt")
         try train([gpt], name: "cpu-gpt", cuda: false)
         try train([gpt, "--dp", "2", "--tp", "2", "--pp", "2", "--micro-batches", "2"], name: "cuda-gpt-3d", cuda: true)
         try assertSameLosses("cuda-gpt-3d", "cpu-gpt")
@@ -156,7 +92,7 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
     }
 
     func testCheckpointsMoveBetweenTheCPUAndCUDA() throws {
-        let c = try config("gpt")
+        let c = try smallConfig("gpt")
         try train([c], name: "whole", cuda: false)
         // Three steps on one device, the other three on the other; both ways.
         try train([c, "--stop-at", "3"], name: "cpu-then-cuda", cuda: false)
@@ -170,7 +106,7 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
     /// TF32 rounds the matrix products' inputs to 10 mantissa bits: the losses move, by
     /// far less than training does.
     func testTF32StaysWithinItsToleranceOfFloat32() throws {
-        let c = try config("gpt")
+        let c = try smallConfig("gpt")
         try train([c], name: "fp32", cuda: true)
         try train([c, "--tf32"], name: "tf32", cuda: true)
         try assertSameLosses("tf32", "fp32", tolerance: 1e-2)
@@ -185,7 +121,7 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
     /// Measured on an AMD EPYC Zen 5 (family 26) over these 6 steps: the emulated cuBLAS and the CPU's oneDNN
     /// kernels (or its widening path) up to 1.2e-5 apart; bf16 and float32 5e-5 to 8e-5 apart.
     func testBF16OnEmulatedCUDAGivesTheCPUsBF16LossesAndStaysNearFloat32() throws {
-        let c = try config("gpt")
+        let c = try smallConfig("gpt")
         try train([c], name: "fp32", cuda: true)
         try train([c, "--precision", "bf16"], name: "cpu-bf16", cuda: false)
         let out = try train([c, "--precision", "bf16"], name: "bf16", cuda: true)
@@ -203,7 +139,7 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
     }
 
     func testEvalAndGenerateOnEmulatedCUDAGiveTheCPUsLossAndText() throws {
-        let c = try config("gpt")
+        let c = try smallConfig("gpt")
         try train([c], name: "model", cuda: false)
         let evalArgs = ["eval", "--checkpoint", work + "/model", "--json"]
         let cpuEval = try loom(evalArgs), gpuEval = try loom(evalArgs + ["--device", "cuda"], env: emulator)
