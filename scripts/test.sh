@@ -61,6 +61,24 @@ z.extractall(part, [n for n in z.namelist() if n.startswith('xla_plugins/')]); o
   rm -rf "$wheel_dir"
 fi
 export LOOM_PJRT_PLUGIN="${LOOM_PJRT_PLUGIN:-$xla_dir/xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so}"
+# libtpu (Google's TPU runtime, a PJRT plugin; 205 MB wheel, only libtpu.so kept): it cannot
+# run without a TPU but compiles for one, so TPUCompileTests compiles every model's step
+# programs for TPU v5e and v6e slices with it. Same rule: only a failed download skips.
+libtpu_version=0.0.51
+libtpu_dir="${XDG_CACHE_HOME:-$HOME/.cache}/loom/libtpu-$libtpu_version"
+if [ ! -f "$libtpu_dir/libtpu/libtpu.so" ]; then
+  wheel_dir=$(mktemp -d)
+  if python3 -m pip download -q --no-deps --only-binary=:all: "libtpu==$libtpu_version" -d "$wheel_dir" >"$wheel_dir/log" 2>&1; then
+    python3 -c "import sys, zipfile, glob, os
+z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/*.whl')[0]); part = sys.argv[2] + '.part'
+z.extract('libtpu/libtpu.so', part); os.rename(part, sys.argv[2])" "$wheel_dir" "$libtpu_dir"
+  else
+    export LOOM_LIBTPU_UNAVAILABLE="pip could not download libtpu==$libtpu_version: $(tail -1 "$wheel_dir/log")"
+    echo "test: $LOOM_LIBTPU_UNAVAILABLE" >&2
+  fi
+  rm -rf "$wheel_dir"
+fi
+export LOOM_LIBTPU="${LOOM_LIBTPU:-$libtpu_dir/libtpu/libtpu.so}"
 swift build -c release --product loom
 swift build -c release --product EmbeddingExample  # examples/embedding, run by EmbeddingExampleTests
 # Loom's CUDA emulator (the CUDA backend's tests run it on the CPU).

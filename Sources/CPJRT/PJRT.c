@@ -49,8 +49,8 @@ static char *await_event(LoomPJRT *p, PJRT_Event *event, const char *what) {
     return e;
 }
 
-char *loom_pjrt_open(const char *path, LoomPJRT **out) {
-    *out = NULL;
+// dlopen, GetPjrtApi and the version check: the API, or a message.
+static char *load(const char *path, void **library_out, const PJRT_Api **api_out) {
     void *library = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!library) return message("cannot open the PJRT plugin %s: %s", path, dlerror());
     const PJRT_Api *(*get)(void) = (const PJRT_Api *(*)(void))dlsym(library, "GetPjrtApi");
@@ -60,12 +60,31 @@ char *loom_pjrt_open(const char *path, LoomPJRT **out) {
     if (api->pjrt_api_version.major_version != PJRT_API_MAJOR)
         return message("%s speaks PJRT API %d.%d; Loom was built on %d.%d (the major versions must match)", path,
                        api->pjrt_api_version.major_version, api->pjrt_api_version.minor_version, PJRT_API_MAJOR, PJRT_API_MINOR);
+    *library_out = library;
+    *api_out = api;
+    return NULL;
+}
+
+char *loom_pjrt_open_compiler(const char *path, LoomPJRT **out) {
+    *out = NULL;
+    void *library;
+    const PJRT_Api *api;
+    char *e = load(path, &library, &api);
+    if (e) return e;
     LoomPJRT *p = calloc(1, sizeof *p);
     p->library = library;
     p->api = api;
-    char *e;
     PJRT_Plugin_Initialize_Args init = {.struct_size = PJRT_Plugin_Initialize_Args_STRUCT_SIZE};
-    if ((e = CALL(p, PJRT_Plugin_Initialize, init))) goto fail;
+    if ((e = CALL(p, PJRT_Plugin_Initialize, init))) { free(p); return e; }
+    *out = p;
+    return NULL;
+}
+
+char *loom_pjrt_open(const char *path, LoomPJRT **out) {
+    char *e = loom_pjrt_open_compiler(path, out);
+    if (e) return e;
+    LoomPJRT *p = *out;
+    *out = NULL;
     PJRT_Client_Create_Args create = {.struct_size = PJRT_Client_Create_Args_STRUCT_SIZE};
     if ((e = CALL(p, PJRT_Client_Create, create))) goto fail;
     p->client = create.client;
@@ -106,6 +125,31 @@ int loom_pjrt_device_count(const LoomPJRT *p) { return (int)p->device_count; }
 // be positive); a portable executable runs on whichever device `execute` names (data parallel
 // ranks share one compilation).
 static const char compile_options[] = {0x1a, 0x04, 0x20, 0x01, 0x28, 0x01, 0x20, 0x01};
+
+char *loom_pjrt_compile_for_topology(LoomPJRT *p, const char *topology, const char *code, size_t size, size_t *bytes) {
+    PJRT_TopologyDescription_Create_Args t = {.struct_size = PJRT_TopologyDescription_Create_Args_STRUCT_SIZE,
+                                              .topology_name = topology, .topology_name_size = strlen(topology)};
+    char *e = CALL(p, PJRT_TopologyDescription_Create, t);
+    if (e) return e;
+    PJRT_Program program = {.struct_size = PJRT_Program_STRUCT_SIZE, .code = (char *)code, .code_size = size,
+                            .format = "mlir", .format_size = 4};
+    PJRT_Compile_Args c = {.struct_size = PJRT_Compile_Args_STRUCT_SIZE, .topology = t.topology, .program = &program,
+                           .compile_options = compile_options, .compile_options_size = sizeof compile_options};
+    e = CALL(p, PJRT_Compile, c);
+    if (!e) {
+        PJRT_Executable_Serialize_Args s = {.struct_size = PJRT_Executable_Serialize_Args_STRUCT_SIZE, .executable = c.executable};
+        e = CALL(p, PJRT_Executable_Serialize, s);
+        if (!e) {
+            *bytes = s.serialized_bytes_size;
+            if (s.serialized_executable_deleter) s.serialized_executable_deleter(s.serialized_executable);
+        }
+        PJRT_Executable_Destroy_Args d = {.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE, .executable = c.executable};
+        free(CALL(p, PJRT_Executable_Destroy, d));
+    }
+    PJRT_TopologyDescription_Destroy_Args d = {.struct_size = PJRT_TopologyDescription_Destroy_Args_STRUCT_SIZE, .topology = t.topology};
+    free(CALL(p, PJRT_TopologyDescription_Destroy, d));
+    return e;
+}
 
 char *loom_pjrt_compile(LoomPJRT *p, const char *code, size_t size, void **executable, size_t *outputs) {
     PJRT_Program program = {.struct_size = PJRT_Program_STRUCT_SIZE, .code = (char *)code, .code_size = size,

@@ -115,6 +115,32 @@ final class PJRTClient: @unchecked Sendable {
     }
 }
 
+/// Compiling without a device: a plugin's compiler for a named topology (libtpu for TPU
+/// v5e or v6e slices on a machine with no TPU). What CI can prove of TPUs: that XLA's TPU
+/// compiler accepts the programs Loom writes.
+public final class PJRTCompiler: @unchecked Sendable {
+    private let pointer: OpaquePointer
+    public let path: String
+
+    public init(plugin path: String) throws {
+        var p: OpaquePointer?
+        try PJRTClient.check(loom_pjrt_open_compiler(path, &p), "opening the PJRT plugin for compiling")
+        pointer = p!
+        self.path = path
+    }
+
+    /// Compiles a StableHLO module for `topology` ("v5e:2x2", "v6e:2x2"); the serialised
+    /// executable's size in bytes. Throws the compiler's message on any rejection.
+    public func compile(_ text: String, topology: String) throws -> Int {
+        var bytes = 0
+        try text.utf8CString.withUnsafeBufferPointer { code in
+            try PJRTClient.check(loom_pjrt_compile_for_topology(pointer, topology, code.baseAddress, code.count - 1, &bytes),
+                                 "compiling for \(topology)")
+        }
+        return bytes
+    }
+}
+
 /// Where a PJRT plugin is found: `LOOM_PJRT_PLUGIN`, else the wheels' known places.
 public enum PJRTPlugin {
     /// The XLA:CPU plugin of the `xla-cpu-pjrt` wheel and libtpu's, as pip installs them

@@ -89,6 +89,11 @@ public final class XLABackend: Backend, @unchecked Sendable {
         return c
     }
 
+    /// The StableHLO text of every program this backend compiled, in order (a TPU
+    /// compile check recompiles them for other targets).
+    public var programs: [String] { lock.withLock { compiledTexts } }
+    private var compiledTexts: [String] = []
+
     public var counts: XLACounters { lock.withLock { counters } }
     public func resetCounters() { lock.withLock { counters = XLACounters() } }
 
@@ -247,6 +252,7 @@ public final class XLABackend: Backend, @unchecked Sendable {
         }
         counters.traceSeconds += monotonicSeconds() - began - (compiled ?? 0)
         if let compiled {
+            compiledTexts.append(text)
             counters.compilations += 1
             counters.compileSeconds += compiled
             if logsCompilations {

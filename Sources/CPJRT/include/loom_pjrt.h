@@ -24,6 +24,15 @@ void loom_pjrt_api_version(const LoomPJRT *p, int *major, int *minor);
 const char *loom_pjrt_platform(const LoomPJRT *p);
 int loom_pjrt_device_count(const LoomPJRT *p);
 
+/// Opens a plugin for compiling only: no client, so no device is needed (libtpu on a
+/// machine without a TPU; set TPU_SKIP_MDS_QUERY=1 there or it waits on the cloud's
+/// metadata server).
+char *loom_pjrt_open_compiler(const char *path, LoomPJRT **out);
+
+/// Compiles a StableHLO module for a named topology ("v5e:2x2", "v6e:2x2", …) without
+/// devices, for one replica of one partition; `bytes` is the serialised executable's size.
+char *loom_pjrt_compile_for_topology(LoomPJRT *p, const char *topology, const char *code, size_t size, size_t *bytes);
+
 /// Compiles a StableHLO module (MLIR text or bytecode) for one device.
 char *loom_pjrt_compile(LoomPJRT *p, const char *code, size_t size, void **executable, size_t *outputs);
 void loom_pjrt_executable_destroy(LoomPJRT *p, void *executable);
