@@ -159,6 +159,14 @@ final class HLOBuilder {
         return r
     }
 
+    /// x with `update` written at `start`, the offsets values of the program (i32 scalars).
+    func updateSlice(_ x: HLOValue, _ update: HLOValue, atValues start: [HLOValue]) -> HLOValue {
+        let r = fresh(x.shape, x.type)
+        let operands = [x, update] + start
+        body.append("\(r.name) = \"stablehlo.dynamic_update_slice\"(\(operands.map(\.name).joined(separator: ", "))) : (\(operands.map(\.tensorType).joined(separator: ", "))) -> \(r.tensorType)")
+        return r
+    }
+
     func transpose(_ x: HLOValue, _ permutation: [Int]) -> HLOValue {
         if permutation == Array(0..<x.shape.count) { return x }
         return op("transpose", [x], "permutation = \(Self.array(permutation))", shape: permutation.map { x.shape[$0] }, type: x.type)

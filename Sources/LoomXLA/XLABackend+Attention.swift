@@ -56,3 +56,38 @@ extension XLABackend: CausalAttentionKernels {
         }
     }
 }
+
+// Generation over a key/value cache with the position as a run-time scalar: the cache is
+// written with dynamic_update_slice at it, and every query attends over the whole capacity
+// with keys past its position masked, so every token after the prompt runs the same
+// program. (The CPU attends over rows 0..<start+T only; the masked rows add exp(-∞) = 0.)
+extension XLABackend: CachedAttentionKernels {
+    public func cachedAttention(qkv: Tensor, keys: Tensor, values: Tensor, start: Int, heads h: Int, keyBias: Tensor?, into y: Tensor) {
+        lock.withLock {
+            let (b, t, c3) = (qkv.shape[0], qkv.shape[1], qkv.shape[2])
+            let c = c3 / 3, d = c / h, capacity = keys.shape[1]
+            let x = hlo.reshape(read(qkv), [b, t, 3, c])
+            func part(_ i: Int) -> HLOValue { hlo.reshape(hlo.slice(x, start: [0, 0, i, 0], limit: [b, t, i + 1, c]), [b, t, c]) }
+            let position = hlo.convert(scalar(Float(start)), .i32)
+            let zero = hlo.constant(0, [], .i32)
+            let k = hlo.updateSlice(hlo.reshape(read(keys), [b, capacity, c]), part(1), atValues: [zero, position, zero])
+            let v = hlo.updateSlice(hlo.reshape(read(values), [b, capacity, c]), part(2), atValues: [zero, position, zero])
+            write(keys, k)
+            write(values, v)
+            func byHead(_ z: HLOValue, _ rows: Int) -> HLOValue { hlo.transpose(hlo.reshape(z, [b, rows, h, d]), [0, 2, 1, 3]) }
+            let scores = hlo.withScalar("multiply", hlo.dot(byHead(part(0), t), byHead(k, capacity), batch: [0, 1], contractA: 3, contractB: 3),
+                                        scalar(1 / Float(d).squareRoot()))  // [B, H, T, capacity]
+            let shape = scores.shape
+            // key j is visible to query i when j <= start + i
+            let limit = hlo.add(hlo.iota(shape, dimension: 2), hlo.splat(position, shape))
+            var s = hlo.select(hlo.compare(hlo.iota(shape, dimension: 3), limit, "GT"), hlo.constant(-Double.infinity, shape), scores)
+            if let keyBias { s = hlo.add(s, hlo.broadcast(hlo.reshape(read(keyBias), [b, capacity]), shape, dims: [0, 3])) }
+            let m = hlo.broadcast(hlo.reduce(s, .max, dimensions: [3]), shape, dims: [0, 1, 2])
+            let e = hlo.unary("exponential", hlo.sub(s, m))
+            let sums = hlo.reduce(e, .sum, dimensions: [3])
+            let p = hlo.mul(e, hlo.broadcast(hlo.div(hlo.constant(1, sums.shape), sums), shape, dims: [0, 1, 2]))
+            let out = hlo.dot(p, byHead(v, capacity), batch: [0, 1], contractA: 3, contractB: 2)  // [B, H, T, D]
+            write(y, hlo.reshape(hlo.transpose(out, [0, 2, 1, 3]), [b, t, c]))
+        }
+    }
+}

@@ -20,3 +20,14 @@ public struct AttentionShape: Sendable, Equatable {
     /// Model width C = H · D.
     public var width: Int { heads * headSize }
 }
+
+/// A backend that runs generation's attention over a key/value cache as one kernel of its
+/// own (`Tensor.cachedCausalSelfAttention`, Ops/CachedAttention.swift, says what it
+/// computes). The XLA backend does, so that the position is a value the program reads at
+/// run time rather than a shape: one compiled program serves every new token.
+public protocol CachedAttentionKernels: Backend {
+    /// Writes positions start..<start+T of qkv [B, T, 3C]'s keys and values into the caches
+    /// [B, capacity, C]; y [B, T, C] = softmax(Q Kᵀ / √D + causal mask + keyBias) V over the
+    /// cache rows 0...start+i of query i. `keyBias`: [B, capacity] or nil.
+    func cachedAttention(qkv: Tensor, keys: Tensor, values: Tensor, start: Int, heads: Int, keyBias: Tensor?, into y: Tensor)
+}

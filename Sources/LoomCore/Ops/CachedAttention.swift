@@ -34,6 +34,11 @@ extension Tensor {
         }
         try requireSameDevice("cachedCausalSelfAttention", qkv, keys)
         let be = backend
+        if let kernels = be as? any CachedAttentionKernels {
+            let y = try empty([bsz, t, c])
+            kernels.cachedAttention(qkv: qkv, keys: keys, values: values, start: start, heads: heads, keyBias: keyBias, into: y)
+            return y
+        }
         for b in 0..<bsz {  // the new keys and values into rows start..<end of the cache
             be.copyBlocks(qkv, srcOffset: b * t * c3 + c, srcStride: c3, into: keys, dstOffset: (b * capacity + start) * c, dstStride: c,
                           rows: t, width: c, accumulate: false)
