@@ -13,7 +13,7 @@ import LoomCore
 
 /// An element type of StableHLO.
 enum HLOType: String {
-    case f32, bf16, f16, i32 = "i32", ui32, i1, i64
+    case f32, bf16, f16, i32 = "i32", ui32, i1, i64, ui64
 
     init(_ dtype: DType) {
         switch dtype {
@@ -59,23 +59,45 @@ final class HLOBuilder {
         return p
     }
 
-    /// The length written for a parameter whose length is known only when the function
-    /// ends (the trace's scalars).
-    static let placeholder = -1
+    /// Values the program reads at run time instead of having them written in its text (a
+    /// learning rate, a position, a seed), so the text stays the same from step to step:
+    /// two vectors, float32 and uint32, the function's last parameters. Scalar i is named
+    /// %s<i> (%u<i>) and sliced from its vector at the top of the body, when the vectors'
+    /// lengths are known.
+    private(set) var floatScalars: [Float] = []
+    private(set) var wordScalars: [UInt32] = []
 
-    /// The whole module: `main` returning `results`; `scalars`: the length of the scalar
-    /// vector `%scalars`, the last parameter, when the body reads it.
-    /// `attributes[i]`: parameter i's attributes (a donated buffer's aliasing), if any.
-    func module(returning results: [HLOValue], scalars: Int? = nil, attributes: [Int: String] = [:]) -> String {
+    func scalar(_ x: Float) -> HLOValue {
+        floatScalars.append(x)
+        return HLOValue(name: "%s\(floatScalars.count - 1)", shape: [], type: .f32)
+    }
+
+    func scalar(_ x: UInt32) -> HLOValue {
+        wordScalars.append(x)
+        return HLOValue(name: "%u\(wordScalars.count - 1)", shape: [], type: .ui32)
+    }
+
+    /// The whole module: `main` returning `results`; `attributes[i]`: parameter i's
+    /// attributes (a donated buffer's aliasing), if any.
+    func module(returning results: [HLOValue], attributes: [Int: String] = [:]) -> String {
         var params = parameters.enumerated().map { i, p in
             "\(p.name): \(p.tensorType)" + (attributes[i].map { " {\($0)}" } ?? "")
-        }.joined(separator: ", ")
-        if let scalars { params += (params.isEmpty ? "" : ", ") + "%scalars: " + Self.tensorType([scalars], .f32) }
+        }
+        var prologue: [String] = []
+        for (vector, count, type, prefix) in [("%scalars", floatScalars.count, HLOType.f32, "%s"), ("%uscalars", wordScalars.count, .ui32, "%u")]
+        where count > 0 {
+            let vt = Self.tensorType([count], type), st = Self.tensorType([], type), one = Self.tensorType([1], type)
+            params.append("\(vector): \(vt)")
+            for i in 0..<count {
+                prologue.append("\(prefix)\(i)x = \"stablehlo.slice\"(\(vector)) {start_indices = array<i64: \(i)>, limit_indices = array<i64: \(i + 1)>, strides = array<i64: 1>} : (\(vt)) -> \(one)")
+                prologue.append("\(prefix)\(i) = \"stablehlo.reshape\"(\(prefix)\(i)x) : (\(one)) -> \(st)")
+            }
+        }
         let types = results.map(\.tensorType).joined(separator: ", ")
-        var text = "module @loom {\n  func.func public @main(\(params)) -> (\(types)) {\n"
+        var text = "module @loom {\n  func.func public @main(\(params.joined(separator: ", "))) -> (\(types)) {\n"
+        for line in prologue { text += "    " + line + "\n" }
         for line in body { text += "    " + line + "\n" }
         text += "    \"func.return\"(" + results.map(\.name).joined(separator: ", ") + ") : (\(types)) -> ()\n  }\n}\n"
-        if let scalars { text = text.replacingOccurrences(of: Self.tensorType([Self.placeholder], .f32), with: Self.tensorType([scalars], .f32)) }
         return text
     }
 
@@ -99,7 +121,7 @@ final class HLOBuilder {
         let literal: String
         switch type {
         case .i1: literal = value != 0 ? "true" : "false"
-        case .i32, .ui32, .i64:  // ±∞: the type's extremes (a max reduction's start)
+        case .i32, .ui32, .i64, .ui64:  // ±∞: the type's extremes (a max reduction's start)
             literal = value.isInfinite ? (value > 0 ? String(Int32.max) : (type == .ui32 ? "0" : String(Int32.min))) : String(Int64(value))
         default:
             guard value.isInfinite else { literal = "\(value)"; break }
@@ -206,7 +228,7 @@ final class HLOBuilder {
     func withConstant(_ name: String, _ a: HLOValue, _ c: Double) -> HLOValue { binary(name, a, constant(c, a.shape, a.type)) }
 
     func compare(_ a: HLOValue, _ b: HLOValue, _ direction: String) -> HLOValue {
-        let kind = a.type.isFloat ? "FLOAT" : (a.type == .ui32 ? "UNSIGNED" : "SIGNED")
+        let kind = a.type.isFloat ? "FLOAT" : (a.type == .ui32 || a.type == .ui64 ? "UNSIGNED" : "SIGNED")
         return op("compare", [a, b], "comparison_direction = #stablehlo<comparison_direction \(direction)>, compare_type = #stablehlo<comparison_type \(kind)>",
                   shape: a.shape, type: .i1)
     }

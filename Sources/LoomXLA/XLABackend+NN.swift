@@ -184,8 +184,44 @@ extension XLABackend {
         }
     }
 
+    /// Philox-4x32-10 in the program (Random/Philox.swift): block b of the stream is
+    /// Philox(key: seed, counter: counter + b), its four words the mask's elements 4b…4b+3,
+    /// each kept (1/(1-p)) unless its top 24 bits as a fraction fall below p. Seed and
+    /// counter are run-time values: every step's new counter runs the same program.
     public func dropoutMask(_ mask: Tensor, p: Float, seed: UInt64, counter: UInt64) {
-        fatalError("xla: dropout is not lowered yet (train with dropout 0 on --device xla; docs/xla.md)")
+        lock.withLock {
+            let n = mask.count, blocks = (n + 3) / 4
+            let w = [blocks]
+            func word(_ x: UInt64) -> (HLOValue, HLOValue) {
+                (scalar(UInt32(truncatingIfNeeded: x)), scalar(UInt32(truncatingIfNeeded: x >> 32)))
+            }
+            func splat(_ v: HLOValue) -> HLOValue { hlo.splat(v, w) }
+            func const(_ v: UInt32) -> HLOValue { hlo.constant(Double(v), w, .ui32) }
+            // counter + b as two 32-bit words, with the carry
+            let (cLo, cHi) = word(counter)
+            let lo = hlo.add(splat(cLo), hlo.iota(w, dimension: 0, .ui32))
+            let carry = hlo.select(hlo.compare(lo, splat(cLo), "LT"), const(1), const(0))
+            var c = [lo, hlo.add(splat(cHi), carry), const(0), const(0)]
+            let (k0, k1) = word(seed)
+            var k = [splat(k0), splat(k1)]
+            // (hi, lo) of a 32 x 32 -> 64-bit product
+            func mulWide(_ m: UInt32, _ x: HLOValue) -> (HLOValue, HLOValue) {
+                let p = hlo.mul(hlo.constant(Double(m), w, .ui64), hlo.convert(x, .ui64))
+                let low = hlo.binary("and", p, hlo.constant(Double(UInt32.max), w, .ui64))
+                return (hlo.convert(hlo.binary("shift_right_logical", p, hlo.constant(32, w, .ui64)), .ui32), hlo.convert(low, .ui32))
+            }
+            for _ in 0..<10 {
+                let (hi0, lo0) = mulWide(0xD251_1F53, c[0]), (hi1, lo1) = mulWide(0xCD9E_8D57, c[2])
+                c = [hlo.binary("xor", hlo.binary("xor", hi1, c[1]), k[0]), lo1, hlo.binary("xor", hlo.binary("xor", hi0, c[3]), k[1]), lo0]
+                k = [hlo.add(k[0], const(0x9E37_79B9)), hlo.add(k[1], const(0xBB67_AE85))]
+            }
+            let words = hlo.reshape(hlo.concatenate(c.map { hlo.reshape($0, [blocks, 1]) }, dimension: 1), [blocks * 4])
+            let unit = hlo.withConstant("multiply", hlo.convert(hlo.binary("shift_right_logical", words, hlo.constant(8, [blocks * 4], .ui32)), .f32),
+                                        1.0 / 16_777_216.0)
+            let shape = [blocks * 4]
+            let kept = hlo.select(hlo.compare(unit, hlo.splat(scalar(p), shape), "LT"), hlo.constant(0, shape), hlo.splat(scalar(1 / (1 - p)), shape))
+            write(mask, hlo.slice(kept, start: [0], limit: [n]))
+        }
     }
 
     // MARK: Optimizers

@@ -216,7 +216,8 @@ public final class XLABackend: Backend, @unchecked Sendable {
     }
 
     /// A host scalar as a value of the trace (passed at run time, not written in the text).
-    func scalar(_ x: Float) -> HLOValue { trace.scalar(x) }
+    func scalar(_ x: Float) -> HLOValue { trace.hlo.scalar(x) }
+    func scalar(_ x: UInt32) -> HLOValue { trace.hlo.scalar(x) }
 
     /// Records a check: when `bad` (an i1 scalar) is true after the trace runs, the next
     /// `deferredErrors` throws `message`.
@@ -288,11 +289,9 @@ final class Trace {
     var current: [UInt: HLOValue] = [:]
     var written: Set<UInt> = []
     var writeOrder: [UInt] = []
-    /// Buffers passed as parameters (after the scalars), and the slot each came from.
+    /// Buffers passed as parameters (before the scalars), and the slot each came from.
     private var buffers: [PJRTClient.Buffer] = []
     private(set) var argumentSlots: [UInt?] = []
-    private var scalars: [Float] = []
-    private var scalarVector: HLOValue?
     var checks: [(HLOValue, String)] = []
 
     func set(_ id: UInt, _ v: HLOValue) {
@@ -306,23 +305,19 @@ final class Trace {
         return hlo.parameter(shape, type)
     }
 
-    /// Scalars are slices of one f32 vector, the last parameter, whose length is known only
-    /// when the trace ends: its type is written as a placeholder and filled in then.
-    func scalar(_ x: Float) -> HLOValue {
-        if scalarVector == nil { scalarVector = HLOValue(name: "%scalars", shape: [HLOBuilder.placeholder], type: .f32) }
-        scalars.append(x)
-        let i = scalars.count - 1
-        return hlo.reshape(hlo.slice(scalarVector!, start: [i], limit: [i + 1]), [])
-    }
-
     func module(returning results: [HLOValue], attributes: [Int: String]) -> String {
-        hlo.module(returning: results, scalars: scalarVector == nil ? nil : scalars.count, attributes: attributes)
+        hlo.module(returning: results, attributes: attributes)
     }
 
-    /// The buffers to pass: the recorded ones, then the scalars uploaded now.
+    /// The buffers to pass: the recorded ones, then the scalar vectors uploaded now.
     func arguments(client: PJRTClient, device: Int) throws -> [PJRTClient.Buffer] {
-        guard scalarVector != nil else { return buffers }
-        let v = try scalars.withUnsafeBytes { try client.upload($0.baseAddress!, type: .f32, shape: [scalars.count], device: device) }
-        return buffers + [v]
+        var all = buffers
+        if !hlo.floatScalars.isEmpty {
+            all.append(try hlo.floatScalars.withUnsafeBytes { try client.upload($0.baseAddress!, type: .f32, shape: [hlo.floatScalars.count], device: device) })
+        }
+        if !hlo.wordScalars.isEmpty {
+            all.append(try hlo.wordScalars.withUnsafeBytes { try client.upload($0.baseAddress!, type: .ui32, shape: [hlo.wordScalars.count], device: device) })
+        }
+        return all
     }
 }

@@ -64,9 +64,11 @@ final class XLAEndToEndTests: CLITestCase {
         let b = try JSONSerialization.jsonObject(with: Data(xlaEval.out.utf8)) as! [String: Any]
         XCTAssertEqual(b["val_loss"] as! Double, a["val_loss"] as! Double, accuracy: 1e-5 * (a["val_loss"] as! Double))
         let args = ["generate", "--checkpoint", work + "/whole", "--prompt", "ROMEO:", "--tokens", "24", "--seed", "7"]
-        let cpu = try loom(args), xla = try loom(args + ["--device", "xla"])
+        let cpu = try loom(args), xla = try loom(args + ["--device", "xla"], env: ["LOOM_XLA_LOG": "1"])
         XCTAssertEqual(xla.status, 0, xla.err)
         XCTAssertEqual(xla.out, cpu.out)
+        // The position is a value, not a shape: the prompt's program and one for every next token.
+        XCTAssertLessThanOrEqual(xla.err.components(separatedBy: "loom: xla: compiled").count - 1, 3, xla.err)
         XCTAssertTrue(cpu.out.hasPrefix("ROMEO:") && cpu.out.count > 24, cpu.out)
     }
 

@@ -77,6 +77,13 @@ public enum BackendConformance {
             try $0[0].maxPool2d(kernel: 3, stride: 2, padding: 1)
         },
         OpCase(name: "global average pool", inputs: [([3, 5, 7, 6], .parameter)]) { try $0[0].mean(axes: [2, 3]) },
+        // The mask is a pure function of (seed, counter): the counter's low word wraps into
+        // the high one here, and 1001 elements end mid-block.
+        OpCase(name: "dropout (Philox mask)", inputs: [([7, 143], .parameter)]) { x in
+            var rng = Philox(seed: 0xDEAD_BEEF_0123)
+            rng.position = (1 << 34) - 8
+            return try x[0].dropout(p: 0.3, rng: &rng)
+        },
         // Mixed precision: the products read bf16 operands (cuBLAS GemmEx on CUDA).
         OpCase(name: "linear in bf16", inputs: [([300, 128], .parameter), ([256, 128], .parameter), ([256], .parameter)],
                tolerance: 1e-4) { x in
