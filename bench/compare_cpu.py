@@ -14,6 +14,8 @@ so that what the docs quote can be checked against what was run.
 
     python3 bench/compare_cpu.py --refs ../shared/bench --loom .build/release/loom
     LOOM_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python3 bench/compare_cpu.py ...   # the AVX2 code paths
+    python3 bench/compare_cpu.py --refs ../shared/bench --loom-device xla --peers jax,loom-cpu --threads 2 \
+        --workloads mlp,cnn,gpt    # Loom on XLA:CPU (PJRT) next to JAX jit, and Loom's own CPU backend
 """
 import argparse, json, os, platform, statistics, subprocess, sys
 
@@ -25,6 +27,8 @@ p.add_argument("--rounds", type=int, default=3)
 p.add_argument("--repeats", type=int, default=3, help="timed runs per round on every side (median)")
 p.add_argument("--peers", default="torch,jax")
 p.add_argument("--raw", default=None, help="append every result line (JSON) to this file")
+p.add_argument("--loom-device", default="cpu", help="loom bench --device (xla: on the PJRT plugin)")
+p.add_argument("--workloads", default="mlp,cnn,gpt,resnet20")
 a = p.parse_args()
 
 def lines(cmd):
@@ -34,11 +38,14 @@ def lines(cmd):
     return [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
 
 def runs(framework, threads):
-    if framework == "loom":
-        return lines([a.loom, "bench", "--json", "--threads", str(threads), "--repeats", str(a.repeats)])
+    if framework in ("loom", "loom-cpu"):  # loom-cpu: Loom's own CPU backend beside Loom on --loom-device
+        device = a.loom_device if framework == "loom" else "cpu"
+        return [l for w in a.workloads.split(",")
+                for l in lines([a.loom, "bench", "--json", "--threads", str(threads), "--repeats", str(a.repeats), "--device", device, "--workload", w])]
     script = os.path.join(a.refs, f"{framework}_ref.py")
-    found = lines([sys.executable, script, "all", "--threads", str(threads), "--repeats", str(a.repeats)])
-    if framework in ("torch", "jax"):  # resnet20's peers live in this folder
+    found = [l for l in lines([sys.executable, script, "all", "--threads", str(threads), "--repeats", str(a.repeats)])
+             if l["workload"] in a.workloads.split(",")]
+    if framework in ("torch", "jax") and "resnet20" in a.workloads.split(","):  # resnet20's peers live in this folder
         found += lines([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"resnet20_{framework}.py"),
                         "--threads", str(threads), "--repeats", str(a.repeats)])
     return found
@@ -59,7 +66,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 flags = open("/proc/cpuinfo").read()
 width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
 caps = " ".join(f"{k}={os.environ[k]}" for k in ("LOOM_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "LOOM_GEMM") if k in os.environ)
-out.append(f"\n{cpu} ({width}), {os.cpu_count()} cores; medians of {a.rounds} interleaved rounds, each the median of {a.repeats} timed runs after 5 warm-up steps" + (f"; {caps}" if caps else ""))
+out.append(f"\n{cpu} ({width}), {os.cpu_count()} cores; Loom on --device {a.loom_device}; medians of {a.rounds} interleaved rounds, each the median of {a.repeats} timed runs after 5 warm-up steps" + (f"; {caps}" if caps else ""))
 peers = frameworks[1:]
 out.append("\n| workload | threads | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
 out.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")

@@ -24,6 +24,7 @@ extension XLABackend: CausalAttentionKernels {
 
     public func causalAttention(qkv: Tensor, shape s: AttentionShape, scale: Float, probs: Tensor, into y: Tensor) {
         lock.withLock {
+            flops += 4 * Double(s.batch * s.heads) * Double(s.length * s.length) * Double(s.headSize)  // two products
             let qkvHeads = heads(qkv, s)
             let (q, k, v) = (qkvHeads[0], qkvHeads[1], qkvHeads[2])
             let scores = hlo.withScalar("multiply", hlo.dot(q, k, batch: [0, 1], contractA: 3, contractB: 3), scalar(scale))  // [B, H, T, T]
@@ -41,6 +42,7 @@ extension XLABackend: CausalAttentionKernels {
     public func causalAttentionBackward(qkv: Tensor, probs: Tensor, gradOutput: Tensor, shape s: AttentionShape, scale: Float,
                                         scratch: Tensor, into gqkv: Tensor) {
         lock.withLock {
+            flops += 8 * Double(s.batch * s.heads) * Double(s.length * s.length) * Double(s.headSize)  // four products
             let qkvHeads = heads(qkv, s)
             let (q, k, v) = (qkvHeads[0], qkvHeads[1], qkvHeads[2])
             let p = hlo.reshape(read(probs), [s.batch, s.heads, s.length, s.length])

@@ -175,6 +175,7 @@ extension XLABackend {
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                      alpha: Float, beta: Float) {
         lock.withLock {
+            flops += 2 * Double(m) * Double(n) * Double(k) * Double(batch)
             // Stored matrices, then op(A) [batch, m, k] · op(B) [batch, k, n].
             let av = readWindow(a, batch: batch, rows: a.transposed ? k : m, cols: a.transposed ? m : k)
             let bv = readWindow(b, batch: batch, rows: b.transposed ? n : k, cols: b.transposed ? k : n)

@@ -29,7 +29,7 @@ public struct XLACounters: Sendable, Equatable {
     public var traceSeconds = 0.0, compileSeconds = 0.0, runSeconds = 0.0
 }
 
-public final class XLABackend: Backend, @unchecked Sendable {
+public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
     public let device: Device
     public var name: String { "xla:\(index) (\(client.platform), PJRT \(client.apiVersion.major).\(client.apiVersion.minor))" }
     public let index: Int
@@ -95,7 +95,12 @@ public final class XLABackend: Backend, @unchecked Sendable {
     private var compiledTexts: [String] = []
 
     public var counts: XLACounters { lock.withLock { counters } }
-    public func resetCounters() { lock.withLock { counters = XLACounters() } }
+    public func resetCounters() { lock.withLock { counters = XLACounters(); flops = 0 } }
+
+    /// The matrix products' work recorded since `resetCounters` (2mnk each), for
+    /// `loom bench`'s GFLOP/s: counted as the products are recorded, run or not.
+    public var gemmFlops: Double { lock.withLock { flops } }
+    var flops = 0.0
 
     // MARK: Memory
 
