@@ -141,16 +141,33 @@ public final class PJRTCompiler: @unchecked Sendable {
     }
 }
 
-/// Where a PJRT plugin is found: `LOOM_PJRT_PLUGIN`, else the wheels' known places.
+/// Where a PJRT plugin is found.
 public enum PJRTPlugin {
-    /// The XLA:CPU plugin of the `xla-cpu-pjrt` wheel and libtpu's, as pip installs them
-    /// (site-packages) or as Loom's test script caches them (~/.cache/loom).
-    public static func locate(_ kind: String) -> String? {
-        if let p = ProcessInfo.processInfo.environment["LOOM_PJRT_PLUGIN"], !p.isEmpty { return p }
-        let relative = kind == "tpu" ? "libtpu/libtpu.so" : "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so"
-        let home = ProcessInfo.processInfo.environment["HOME"] ?? "/root"
-        let cache = ProcessInfo.processInfo.environment["XDG_CACHE_HOME"] ?? home + "/.cache"
-        var roots = [cache + "/loom/" + (kind == "tpu" ? "libtpu-0.0.51" : "xla-cpu-pjrt-0.0.1")]
+    /// XLA:CPU (or any plugin `LOOM_PJRT_PLUGIN` names), or libtpu.
+    public enum Kind: String, Sendable { case cpu, tpu }
+
+    /// Throws unless the machine has a TPU: a PCI device of Google's (vendor 0x1ae0), as
+    /// libtpu finds its chips. Without one, libtpu's client asks the cloud's metadata server
+    /// for the slice, 30 tries a key, for minutes; compiling for a TPU needs no TPU
+    /// (`PJRTCompiler`).
+    static func requireTPU() throws {
+        let root = "/sys/bus/pci/devices"
+        let vendors = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).compactMap {
+            try? String(contentsOfFile: root + "/" + $0 + "/vendor", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        guard vendors.contains("0x1ae0") else {
+            throw LoomError.backend("tpu: this machine has no TPU (no Google PCI device under \(root)); run on a Cloud TPU VM (docs/xla.md)")
+        }
+    }
+
+    /// `LOOM_PJRT_PLUGIN` (`LOOM_LIBTPU` for a TPU), else the wheel's file where pip installs
+    /// it (site-packages) or where Loom's test script caches it (~/.cache/loom).
+    public static func locate(_ kind: Kind) -> String? {
+        let env = ProcessInfo.processInfo.environment
+        if let p = env[kind == .tpu ? "LOOM_LIBTPU" : "LOOM_PJRT_PLUGIN"], !p.isEmpty { return p }
+        let relative = kind == .tpu ? "libtpu/libtpu.so" : "xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so"
+        let home = env["HOME"] ?? "/root"
+        var roots = [(env["XDG_CACHE_HOME"] ?? home + "/.cache") + "/loom/" + (kind == .tpu ? "libtpu-0.0.51" : "xla-cpu-pjrt-0.0.1")]
         let fm = FileManager.default
         for base in ["/usr/local/lib", "/usr/lib", home + "/.local/lib"] {
             for py in (try? fm.contentsOfDirectory(atPath: base))?.filter({ $0.hasPrefix("python3") }).sorted() ?? [] {

@@ -15,9 +15,10 @@ import LoomCore
 // slot, which XLA turns into in-place writes. Slots written by a trace and still alive are
 // the executable's results; their previous buffers are donated.
 //
-// The text names nothing of the process (values by position, scalars such as the learning
-// rate passed in one f32 vector), so the same step gives the same text: the compilation
-// cache is keyed by it, and a new shape is a new entry, named in a log line.
+// The text names nothing of the process (values by position; what changes between steps,
+// such as the learning rate or dropout's counter, read at run time from a float32 and a
+// uint32 vector), so the same step gives the same text: the compilation cache is keyed by
+// it, and a new shape is a new entry, named in a log line (LOOM_XLA_LOG=1).
 
 /// Compilations and executions of a backend, for tests and `loom bench`.
 public struct XLACounters: Sendable, Equatable {
@@ -31,7 +32,7 @@ public struct XLACounters: Sendable, Equatable {
 
 public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
     public let device: Device
-    public var name: String { "xla:\(index) (\(client.platform), PJRT \(client.apiVersion.major).\(client.apiVersion.minor))" }
+    public var name: String { "\(device) (\(client.platform), PJRT \(client.apiVersion.major).\(client.apiVersion.minor))" }
     public let index: Int
     let client: PJRTClient
     let lock = NSRecursiveLock()
@@ -55,25 +56,31 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
 
     /// Opens the plugin at `plugin` (or the one `PJRTPlugin.locate` finds) and serves its
     /// device `index`.
-    public init(index: Int = 0, plugin: String? = nil, kind: String = "cpu") throws {
+    /// Opens the plugin at `plugin` (or the one `PJRTPlugin.locate` finds for `kind`) and
+    /// serves its device `index`: `.xla(index)`, or `.tpu(index)` on libtpu.
+    public init(index: Int = 0, plugin: String? = nil, kind: PJRTPlugin.Kind = .cpu) throws {
+        if kind == .tpu { try PJRTPlugin.requireTPU() }
         let path = try XLABackend.locate(plugin, kind)
         client = try XLABackend.openClient(path)
         guard index >= 0 && index < client.deviceCount else {
             throw LoomError.backend("xla: device \(index) of \(client.deviceCount) (\(client.platform) plugin \(path))")
         }
         self.index = index
-        device = .xla(index)
+        device = kind == .tpu ? .tpu(index) : .xla(index)
         Backends.register(self)
     }
 
     /// The devices of the plugin at `plugin` (or the one `PJRTPlugin.locate` finds).
-    public static func deviceCount(plugin: String? = nil, kind: String = "cpu") throws -> Int {
-        try openClient(try locate(plugin, kind)).deviceCount
+    public static func deviceCount(plugin: String? = nil, kind: PJRTPlugin.Kind = .cpu) throws -> Int {
+        if kind == .tpu { try PJRTPlugin.requireTPU() }
+        return try openClient(try locate(plugin, kind)).deviceCount
     }
 
-    private static func locate(_ plugin: String?, _ kind: String) throws -> String {
+    private static func locate(_ plugin: String?, _ kind: PJRTPlugin.Kind) throws -> String {
         guard let path = plugin ?? PJRTPlugin.locate(kind) else {
-            throw LoomError.backend("xla: no PJRT plugin found: set LOOM_PJRT_PLUGIN to a plugin's .so, or `pip install xla-cpu-pjrt` (docs/xla.md)")
+            throw LoomError.backend(kind == .tpu
+                ? "tpu: libtpu not found: set LOOM_LIBTPU to libtpu.so, or `pip install libtpu` (docs/xla.md)"
+                : "xla: no PJRT plugin found: set LOOM_PJRT_PLUGIN to a plugin's .so, or `pip install xla-cpu-pjrt` (docs/xla.md)")
         }
         return path
     }

@@ -14,25 +14,27 @@ extension Schedule.Kind: ExpressibleByArgument {}
 extension Precision: ExpressibleByArgument {}
 
 extension Device: ExpressibleByArgument {
-    /// `cpu`, `cuda` (GPU 0), `cuda:N`, `xla` (device 0 of the PJRT plugin) or `xla:N`.
+    /// `cpu`, `cuda` (GPU 0), `cuda:N`, `xla` (device 0 of the PJRT plugin), `xla:N`, `tpu`
+    /// (TPU chip 0, through libtpu) or `tpu:N`.
     public init?(argument: String) {
         if argument == "cpu" { self = .cpu; return }
-        if argument == "cuda" { self = .cuda(0); return }
-        if argument == "xla" { self = .xla(0); return }
-        for (prefix, make) in [("cuda:", Device.cuda), ("xla:", Device.xla)] where argument.hasPrefix(prefix) {
-            guard let n = Int(argument.dropFirst(prefix.count)), n >= 0 else { return nil }
+        for (name, make) in [("cuda", Device.cuda), ("xla", Device.xla), ("tpu", Device.tpu)] {
+            if argument == name { self = make(0); return }
+            guard argument.hasPrefix(name + ":") else { continue }
+            guard let n = Int(argument.dropFirst(name.count + 1)), n >= 0 else { return nil }
             self = make(n)
             return
         }
         return nil
     }
 
-    public static var allValueStrings: [String] { ["cpu", "cuda", "cuda:N", "xla", "xla:N"] }
+    /// Four entries: with more, swift-argument-parser lists them on lines of their own.
+    public static var allValueStrings: [String] { ["cpu", "cuda[:N]", "xla[:N]", "tpu[:N]"] }
 }
 
 /// `--device` and `--tf32`, declared once for train, eval, generate and bench.
 struct DeviceOptions: ParsableArguments {
-    @Option(help: "Device: cpu, cuda / cuda:N (an NVIDIA GPU), or xla / xla:N (a PJRT plugin's device: XLA:CPU, a TPU with LOOM_PJRT_PLUGIN=libtpu.so; docs/xla.md). With several ranks, rank r uses device N + local rank r.")
+    @Option(help: "Device: cpu, cuda / cuda:N (an NVIDIA GPU), xla / xla:N (a PJRT plugin's device: XLA:CPU, or the plugin LOOM_PJRT_PLUGIN names), tpu / tpu:N (a TPU chip through libtpu; docs/xla.md). With several ranks, rank r uses device N + local rank r.")
     var device: Device = .cpu
     @Flag(help: "CUDA: matrix products on TF32 tensor cores (10-bit mantissa inputs, float32 accumulation), as PyTorch's allow_tf32.")
     var tf32 = false
@@ -41,10 +43,10 @@ struct DeviceOptions: ParsableArguments {
     /// threads (nil: the shared one), or a CUDA backend on GPU (N + localRank) mod the
     /// number of GPUs. A machine without the driver gets a one-line error naming it.
     func backend(localRank: Int = 0, cpuThreads: Int? = nil) throws -> any Backend {
-        if case .xla(let first) = device {
+        if let (first, kind) = xlaDevice {
             do {
-                let count = try XLABackend.deviceCount()
-                return try XLABackend(index: (first + localRank) % count)
+                let count = try XLABackend.deviceCount(kind: kind)
+                return try XLABackend(index: (first + localRank) % count, kind: kind)
             } catch {
                 throw LoomError.config("--device \(device): \(error)")
             }
@@ -57,6 +59,15 @@ struct DeviceOptions: ParsableArguments {
             return try CUDABackend(device: count > 0 ? (first + localRank) % count : first, allowTF32: tf32)
         } catch {
             throw LoomError.config("--device \(device): \(error)")
+        }
+    }
+
+    /// The first device and the plugin kind of an XLA device (`xla:N` or `tpu:N`).
+    private var xlaDevice: (Int, PJRTPlugin.Kind)? {
+        switch device {
+        case .xla(let n): return (n, .cpu)
+        case .tpu(let n): return (n, .tpu)
+        default: return nil
         }
     }
 

@@ -108,6 +108,19 @@ class CLITestCase: XCTestCase {
         }
     }
 
+    /// Three steps of `config` on the CPU and the other three on the device, then the other
+    /// way round: both give the losses of the whole run on the CPU. `train(args, name,
+    /// onDevice)` runs `loom train`.
+    func assertCheckpointsMoveBothWays(_ config: String, device: String, train: ([String], String, Bool) throws -> Void,
+                                       file: StaticString = #filePath, line: UInt = #line) throws {
+        try train([config], "whole", false)
+        for (first, name) in [(false, "cpu-then-\(device)"), (true, "\(device)-then-cpu")] {
+            try train([config, "--stop-at", "3"], name, first)
+            try train(["--resume", work + "/" + name], name, !first)
+            try assertSameLosses(name, "whole", file: file, line: line)
+        }
+    }
+
     /// The loom executable built next to this test bundle.
     var binary: String {
         let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()

@@ -92,15 +92,7 @@ final class EmulatedCUDAEndToEndTests: CLITestCase {
     }
 
     func testCheckpointsMoveBetweenTheCPUAndCUDA() throws {
-        let c = try smallConfig("gpt")
-        try train([c], name: "whole", cuda: false)
-        // Three steps on one device, the other three on the other; both ways.
-        try train([c, "--stop-at", "3"], name: "cpu-then-cuda", cuda: false)
-        try train(["--resume", work + "/cpu-then-cuda"], name: "cpu-then-cuda", cuda: true)
-        try assertSameLosses("cpu-then-cuda", "whole")
-        try train([c, "--stop-at", "3"], name: "cuda-then-cpu", cuda: true)
-        try train(["--resume", work + "/cuda-then-cpu"], name: "cuda-then-cpu", cuda: false)
-        try assertSameLosses("cuda-then-cpu", "whole")
+        try assertCheckpointsMoveBothWays(try smallConfig("gpt"), device: "cuda") { try train($0, name: $1, cuda: $2) }
     }
 
     /// TF32 rounds the matrix products' inputs to 10 mantissa bits: the losses move, by

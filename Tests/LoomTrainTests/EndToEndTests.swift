@@ -219,7 +219,7 @@ final class EndToEndTests: CLITestCase {
         try expectError(["train", work + "/nope.toml"], contains: "config '\(work!)/nope.toml': cannot read")
         try expectError(["train", "--model", "rnn"], contains: "'rnn' is invalid for '--model <model>'. Please provide one of 'cnn', 'mlp', 'gpt' or 'resnet'")
         try expectError(["train", "--schedule", "zigzag"], contains: "Please provide one of 'gpipe', '1f1b' or 'interleaved'")
-        try expectError(["bench", "--device", "tpu"], contains: "Please provide one of 'cpu', 'cuda' or 'cuda:N'")
+        try expectError(["bench", "--device", "npu"], contains: "Please provide one of 'cpu', 'cuda[:N]', 'xla[:N]' or 'tpu[:N]'")
         try expectError(["train", "--model", "mlp", "--tp", "2"], contains: "tensor parallelism splits gpt models only")
         // Flags are held to the same rules as the file's keys.
         try expectError(["train", "--dp", "0"], contains: "parallel.dp must be an integer >= 1, got 0")

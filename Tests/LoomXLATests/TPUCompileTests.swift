@@ -14,7 +14,7 @@ final class TPUCompileTests: XCTestCase {
 
     func libtpu() throws -> PJRTCompiler {
         if let why = ProcessInfo.processInfo.environment["LOOM_LIBTPU_UNAVAILABLE"] { throw XCTSkip(why) }
-        guard let path = ProcessInfo.processInfo.environment["LOOM_LIBTPU"] ?? PJRTPlugin.locate("tpu") else {
+        guard let path = PJRTPlugin.locate(.tpu) else {
             XCTFail("no libtpu: scripts/test.sh caches it (LOOM_LIBTPU names it)"); throw XCTSkip("no libtpu")
         }
         setenv("TPU_SKIP_MDS_QUERY", "1", 1)  // else libtpu waits for the cloud's metadata server

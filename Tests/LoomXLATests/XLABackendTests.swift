@@ -76,6 +76,21 @@ final class XLABackendTests: XCTestCase {
         }
     }
 
+    /// Without a TPU, libtpu's client would ask the cloud's metadata server for minutes:
+    /// `--device tpu` says at once that there is none.
+    func testATPUIsRefusedAtOnceOnAMachineWithoutOne() throws {
+        let root = "/sys/bus/pci/devices"
+        let google = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).contains {
+            (try? String(contentsOfFile: root + "/" + $0 + "/vendor", encoding: .utf8))?.hasPrefix("0x1ae0") == true
+        }
+        if google { throw XCTSkip("this machine has a TPU") }
+        let started = Date()
+        XCTAssertThrowsError(try XLABackend(kind: .tpu)) { error in
+            XCTAssertTrue("\(error)".contains("this machine has no TPU"), "\(error)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(started), 5)
+    }
+
     /// Parameters move between the CPU and XLA devices both ways, values intact.
     func testTensorsMoveBetweenTheCPUAndTwoXLADevices() throws {
         let a = try Self.backend(0), b = try Self.backend(1)

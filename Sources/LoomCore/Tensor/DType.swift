@@ -42,8 +42,10 @@ public enum Device: Equatable, Hashable, Sendable, CustomStringConvertible {
     case cpu
     case cuda(Int)
     case isolated(Int)
-    /// A device of a PJRT plugin (XLA:CPU, a TPU, …): LoomXLA's lazy backend.
+    /// A device of a PJRT plugin (XLA:CPU, or any other plugin): LoomXLA's lazy backend.
     case xla(Int)
+    /// A TPU chip, through libtpu's PJRT plugin: LoomXLA's lazy backend.
+    case tpu(Int)
 
     /// Whether the host can address this device's memory directly.
     public var isHost: Bool { self == .cpu }
@@ -54,6 +56,7 @@ public enum Device: Equatable, Hashable, Sendable, CustomStringConvertible {
         case .cuda(let i): return "cuda:\(i)"
         case .isolated(let i): return "isolated:\(i)"
         case .xla(let i): return "xla:\(i)"
+        case .tpu(let i): return "tpu:\(i)"
         }
     }
 }
