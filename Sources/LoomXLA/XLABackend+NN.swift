@@ -232,7 +232,9 @@ extension XLABackend {
             let lrv = scalar(lr), mu = scalar(momentumFactor), keep = scalar(1 - dampening), wd = scalar(weightDecay)
             for t in parameters {
                 let p = read(t.param), g0 = hlo.reshape(read(t.grad), p.shape)
-                let g = hlo.add(g0, hlo.withScalar("multiply", p, wd))
+                // Without weight decay the term is left out, not multiplied by a run-time 0 (an
+                // exact no-op XLA cannot see): the momentum's update then reads no parameter.
+                let g = weightDecay == 0 ? g0 : hlo.add(g0, hlo.withScalar("multiply", p, wd))
                 guard let momentum = t.momentum else {
                     write(t.param, hlo.sub(p, hlo.withScalar("multiply", g, lrv)))
                     continue
@@ -253,16 +255,17 @@ extension XLABackend {
             let stepSize = scalar(lr / bc1), bc2Sqrt = scalar(bc2.squareRoot())
             let decay = scalar(decoupled ? 1 - lr * weightDecay : 1), l2 = scalar(decoupled ? 0 : weightDecay)
             let b1 = scalar(beta1), b2 = scalar(beta2), c1 = scalar(1 - beta1), c2 = scalar(1 - beta2), e = scalar(eps)
+            let usesL2 = !decoupled && weightDecay != 0, decays = decoupled && weightDecay != 0  // else exact no-ops, left out (see sgdStep)
             for t in parameters {
-                let p = read(t.param)
-                let g = hlo.add(hlo.reshape(read(t.grad), p.shape), hlo.withScalar("multiply", p, l2))
+                let p = read(t.param), g0 = hlo.reshape(read(t.grad), p.shape)
+                let g = usesL2 ? hlo.add(g0, hlo.withScalar("multiply", p, l2)) : g0
                 let m = hlo.add(hlo.withScalar("multiply", hlo.reshape(read(t.m), p.shape), b1), hlo.withScalar("multiply", g, c1))
                 let v = hlo.add(hlo.withScalar("multiply", hlo.reshape(read(t.v), p.shape), b2),
                                 hlo.withScalar("multiply", hlo.mul(g, g), c2))
                 write(t.m, m)
                 write(t.v, v)
                 let denom = hlo.withScalar("add", hlo.withScalar("divide", hlo.unary("sqrt", v), bc2Sqrt), e)
-                write(t.param, hlo.sub(hlo.withScalar("multiply", p, decay), hlo.div(hlo.withScalar("multiply", m, stepSize), denom)))
+                write(t.param, hlo.sub(decays ? hlo.withScalar("multiply", p, decay) : p, hlo.div(hlo.withScalar("multiply", m, stepSize), denom)))
             }
         }
     }
