@@ -151,6 +151,20 @@ char *loom_pjrt_compile_for_topology(LoomPJRT *p, const char *topology, const ch
     return e;
 }
 
+// The number of results of a loaded executable (through its executable, released after).
+static char *num_outputs(LoomPJRT *p, PJRT_LoadedExecutable *loaded, size_t *outputs) {
+    PJRT_LoadedExecutable_GetExecutable_Args g = {.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE,
+                                                  .loaded_executable = loaded};
+    char *e = CALL(p, PJRT_LoadedExecutable_GetExecutable, g);
+    if (e) return e;
+    PJRT_Executable_NumOutputs_Args n = {.struct_size = PJRT_Executable_NumOutputs_Args_STRUCT_SIZE, .executable = g.executable};
+    e = CALL(p, PJRT_Executable_NumOutputs, n);
+    PJRT_Executable_Destroy_Args d = {.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE, .executable = g.executable};
+    free(CALL(p, PJRT_Executable_Destroy, d));
+    if (!e) *outputs = n.num_outputs;
+    return e;
+}
+
 char *loom_pjrt_compile(LoomPJRT *p, const char *code, size_t size, void **executable, size_t *outputs) {
     PJRT_Program program = {.struct_size = PJRT_Program_STRUCT_SIZE, .code = (char *)code, .code_size = size,
                             .format = "mlir", .format_size = 4};
@@ -158,16 +172,36 @@ char *loom_pjrt_compile(LoomPJRT *p, const char *code, size_t size, void **execu
                                   .compile_options = compile_options, .compile_options_size = sizeof compile_options};
     char *e = CALL(p, PJRT_Client_Compile, c);
     if (e) return e;
+    if ((e = num_outputs(p, c.executable, outputs))) { loom_pjrt_executable_destroy(p, c.executable); return e; }
+    *executable = c.executable;
+    return NULL;
+}
+
+char *loom_pjrt_serialize(LoomPJRT *p, void *executable, char **bytes, size_t *size) {
     PJRT_LoadedExecutable_GetExecutable_Args g = {.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE,
-                                                  .loaded_executable = c.executable};
-    if ((e = CALL(p, PJRT_LoadedExecutable_GetExecutable, g))) return e;
-    PJRT_Executable_NumOutputs_Args n = {.struct_size = PJRT_Executable_NumOutputs_Args_STRUCT_SIZE, .executable = g.executable};
-    e = CALL(p, PJRT_Executable_NumOutputs, n);
+                                                  .loaded_executable = executable};
+    char *e = CALL(p, PJRT_LoadedExecutable_GetExecutable, g);
+    if (e) return e;
+    PJRT_Executable_Serialize_Args s = {.struct_size = PJRT_Executable_Serialize_Args_STRUCT_SIZE, .executable = g.executable};
+    e = CALL(p, PJRT_Executable_Serialize, s);
+    if (!e) {
+        *bytes = malloc(s.serialized_bytes_size ? s.serialized_bytes_size : 1);
+        memcpy(*bytes, s.serialized_bytes, s.serialized_bytes_size);
+        *size = s.serialized_bytes_size;
+        if (s.serialized_executable_deleter) s.serialized_executable_deleter(s.serialized_executable);
+    }
     PJRT_Executable_Destroy_Args d = {.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE, .executable = g.executable};
     free(CALL(p, PJRT_Executable_Destroy, d));
+    return e;
+}
+
+char *loom_pjrt_deserialize(LoomPJRT *p, const char *bytes, size_t size, void **executable, size_t *outputs) {
+    PJRT_Executable_DeserializeAndLoad_Args a = {.struct_size = PJRT_Executable_DeserializeAndLoad_Args_STRUCT_SIZE,
+                                                 .client = p->client, .serialized_executable = bytes, .serialized_executable_size = size};
+    char *e = CALL(p, PJRT_Executable_DeserializeAndLoad, a);
     if (e) return e;
-    *executable = c.executable;
-    *outputs = n.num_outputs;
+    if ((e = num_outputs(p, a.loaded_executable, outputs))) { loom_pjrt_executable_destroy(p, a.loaded_executable); return e; }
+    *executable = a.loaded_executable;
     return NULL;
 }
 

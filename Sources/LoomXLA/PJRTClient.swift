@@ -44,15 +44,43 @@ final class PJRTClient: @unchecked Sendable {
     /// plugin (data parallel ranks on its devices) shares one compilation.
     private var cache: [String: Executable] = [:]
     private let cacheLock = NSLock()
+    /// Where compiled programs outlive the process (`ProgramCache`), nil when off.
+    private lazy var disk = ProgramCache(plugin: self)
 
-    /// The program for `text`, and the seconds compiling it took (nil: it was cached).
-    func executable(for text: String) throws -> (Executable, compiled: Double?) {
+    /// Where a program came from: this process's cache, the disk's, or the compiler.
+    enum Source { case memory, disk, compiled(seconds: Double) }
+
+    /// The program for `text`.
+    func executable(for text: String) throws -> (Executable, Source) {
         cacheLock.lock(); defer { cacheLock.unlock() }
-        if let e = cache[text] { return (e, nil) }
+        if let e = cache[text] { return (e, .memory) }
+        if let e = disk?.load(text) {
+            cache[text] = e
+            return (e, .disk)
+        }
         let started = Date()
         let e = try compile(text)
         cache[text] = e
-        return (e, Date().timeIntervalSince(started))
+        disk?.store(e, for: text)
+        return (e, .compiled(seconds: Date().timeIntervalSince(started)))
+    }
+
+    func serialize(_ e: Executable) throws -> Data {
+        var bytes: UnsafeMutablePointer<CChar>?
+        var size = 0
+        try PJRTClient.check(loom_pjrt_serialize(pointer, e.pointer, &bytes, &size), "serialising a program")
+        defer { free(bytes) }
+        return Data(bytes: bytes!, count: size)
+    }
+
+    func deserialize(_ data: Data) throws -> Executable {
+        var exe: UnsafeMutableRawPointer?
+        var outputs = 0
+        try data.withUnsafeBytes { raw in
+            try PJRTClient.check(loom_pjrt_deserialize(pointer, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count, &exe, &outputs),
+                                 "loading a compiled program")
+        }
+        return Executable(client: self, pointer: exe!, outputs: outputs)
     }
 
     func compile(_ text: String) throws -> Executable {
@@ -111,6 +139,59 @@ final class PJRTClient: @unchecked Sendable {
         case .f16: return Int(LOOM_PJRT_F16)
         case .ui32: return Int(LOOM_PJRT_U32)
         default: return Int(LOOM_PJRT_F32)
+        }
+    }
+}
+
+/// Compiled programs on disk, so that the next process (a resumed run, `loom eval`, the
+/// next test) loads instead of compiling: `$XDG_CACHE_HOME/loom/xla-programs` (or
+/// `LOOM_XLA_CACHE=dir`; `LOOM_XLA_CACHE=0` turns it off). An entry is the program's text
+/// and its executable, named by a hash of the text and of the plugin (its path, size and
+/// modification time, its API version and platform): another plugin never loads it, and a
+/// load compares the whole text, so a hash collision only costs a compilation. Every
+/// failure to read or write is a miss, never an error.
+final class ProgramCache {
+    private let directory: String
+    private let plugin: String
+    private unowned let client: PJRTClient
+
+    init?(plugin client: PJRTClient) {
+        let env = ProcessInfo.processInfo.environment
+        if env["LOOM_XLA_CACHE"] == "0" { return nil }
+        directory = env["LOOM_XLA_CACHE"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? (env["XDG_CACHE_HOME"] ?? (env["HOME"] ?? "/root") + "/.cache") + "/loom/xla-programs"
+        guard (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)) != nil else { return nil }
+        let attributes = try? FileManager.default.attributesOfItem(atPath: client.path)
+        let stamp = "\((attributes?[.size] as? Int) ?? 0) \((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
+        plugin = "\(client.path) \(stamp) PJRT \(client.apiVersion.major).\(client.apiVersion.minor) \(client.platform)"
+        self.client = client
+    }
+
+    /// FNV-1a over the plugin's identity and the text.
+    private func path(_ text: String) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in plugin.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        for byte in text.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        return directory + "/" + String(h, radix: 16)
+    }
+
+    func load(_ text: String) -> PJRTClient.Executable? {
+        let p = path(text)
+        guard let stored = try? String(contentsOfFile: p + ".mlir", encoding: .utf8), stored == text,
+              let bytes = FileManager.default.contents(atPath: p + ".bin") else { return nil }
+        return try? client.deserialize(bytes)
+    }
+
+    /// The executable first, then the text that makes the entry valid, each written whole
+    /// (to a temporary name, then renamed).
+    func store(_ e: PJRTClient.Executable, for text: String) {
+        let p = path(text)
+        guard let bytes = try? client.serialize(e) else { return }
+        let tmp = p + ".\(getpid()).tmp"
+        guard FileManager.default.createFile(atPath: tmp, contents: bytes), rename(tmp, p + ".bin") == 0,
+              (try? text.write(toFile: tmp, atomically: false, encoding: .utf8)) != nil, rename(tmp, p + ".mlir") == 0 else {
+            unlink(tmp)
+            return
         }
     }
 }

@@ -23,6 +23,8 @@ import LoomCore
 /// Compilations and executions of a backend, for tests and `loom bench`.
 public struct XLACounters: Sendable, Equatable {
     public var compilations = 0
+    /// Programs loaded compiled from the cache on disk (`ProgramCache`).
+    public var diskLoads = 0
     public var executions = 0
     public var cacheHits = 0
     /// Seconds spent writing programs' text and finding them in the cache, compiling, and
@@ -96,8 +98,8 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
         return c
     }
 
-    /// The StableHLO text of every program this backend compiled, in order (a TPU
-    /// compile check recompiles them for other targets).
+    /// The StableHLO text of every program this backend compiled or loaded from disk, in
+    /// order (a TPU compile check recompiles them for other targets).
     public var programs: [String] { lock.withLock { compiledTexts } }
     private var compiledTexts: [String] = []
 
@@ -259,22 +261,27 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
             attributes[i] = outputs.firstIndex(of: id!).map { "tf.aliasing_output = \($0) : i32" } ?? "jax.buffer_donor = true"
         }
         let text = t.module(returning: results, attributes: attributes)
-        let (executable, compiled) = try client.executable(for: text)
-        if compiled != nil, let dir = ProcessInfo.processInfo.environment["LOOM_XLA_DUMP"] {  // each new program's text
-            try? text.write(toFile: dir + "/program-\(UInt32(truncatingIfNeeded: text.hashValue)).mlir", atomically: true, encoding: .utf8)
-        }
-        counters.traceSeconds += monotonicSeconds() - began - (compiled ?? 0)
-        if let compiled {
-            compiledTexts.append(text)
-            counters.compilations += 1
-            counters.compileSeconds += compiled
-            if logsCompilations {
-                fputs(String(format: "loom: xla: compiled a program of %d ops, %d parameters, %d results in %.2f s (%@)\n",
-                             t.hlo.body.count, t.hlo.parameters.count, results.count, compiled, name), stderr)
-            }
-        } else {
+        let (executable, source) = try client.executable(for: text)
+        var compiled = 0.0
+        switch source {
+        case .memory:
             counters.cacheHits += 1
+        case .disk, .compiled:
+            if case .compiled(let seconds) = source { compiled = seconds }
+            compiledTexts.append(text)
+            if case .compiled = source { counters.compilations += 1 } else { counters.diskLoads += 1 }
+            counters.compileSeconds += compiled
+            if let dir = ProcessInfo.processInfo.environment["LOOM_XLA_DUMP"] {  // each new program's text
+                try? text.write(toFile: dir + "/program-\(UInt32(truncatingIfNeeded: text.hashValue)).mlir", atomically: true, encoding: .utf8)
+            }
+            if logsCompilations {
+                let what = compiled > 0 ? String(format: "compiled a program of %d ops, %d parameters, %d results in %.2f s", t.hlo.body.count,
+                                                 t.hlo.parameters.count, results.count, compiled)
+                    : "loaded a compiled program of \(t.hlo.body.count) ops from the cache on disk"
+                fputs("loom: xla: \(what) (\(name))\n", stderr)
+            }
         }
+        counters.traceSeconds += monotonicSeconds() - began - compiled
         let running = monotonicSeconds()
         defer { counters.runSeconds += monotonicSeconds() - running }
         let arguments = try t.arguments(client: client, device: index)

@@ -66,6 +66,25 @@ final class XLAEndToEndTests: CLITestCase {
         XCTAssertTrue(cpu.out.hasPrefix("ROMEO:") && cpu.out.count > 24, cpu.out)
     }
 
+    /// Compiled programs outlive the process: a second run of the same job loads every one
+    /// from the cache on disk, compiles none, and trains alike.
+    func testASecondRunLoadsItsProgramsFromTheCacheOnDisk() throws {
+        let c = try smallConfig("mlp"), env = ["LOOM_XLA_CACHE": work + "/programs", "LOOM_XLA_LOG": "1"]
+        var logs: [String] = []
+        for name in ["first", "second"] {
+            let r = try loom(["train", c, "--out", work, "--name", name, "--device", "xla"], env: env)
+            XCTAssertEqual(r.status, 0, r.err)
+            logs.append(r.err)
+        }
+        let compiled = logs.map { $0.components(separatedBy: "loom: xla: compiled").count - 1 }
+        let loaded = logs.map { $0.components(separatedBy: "from the cache on disk").count - 1 }
+        XCTAssertGreaterThan(compiled[0], 0)
+        XCTAssertEqual(loaded[0], 0)
+        XCTAssertEqual(compiled[1], 0, logs[1])
+        XCTAssertEqual(loaded[1], compiled[0], logs[1])
+        try assertSameLosses("second", "first", tolerance: 0)
+    }
+
     /// bf16 products on XLA (dot_general of bf16 operands into float32) give the CPU's bf16
     /// losses to 3e-5, as CUDA's do (EmulatedCUDAEndToEndTests says why not 1e-5), and stay
     /// near float32 without being it.

@@ -37,6 +37,11 @@ char *loom_pjrt_compile_for_topology(LoomPJRT *p, const char *topology, const ch
 char *loom_pjrt_compile(LoomPJRT *p, const char *code, size_t size, void **executable, size_t *outputs);
 void loom_pjrt_executable_destroy(LoomPJRT *p, void *executable);
 
+/// A compiled program as bytes (`*bytes` malloc'd, the caller frees), and back: a cache on
+/// disk skips recompiling in the next process.
+char *loom_pjrt_serialize(LoomPJRT *p, void *executable, char **bytes, size_t *size);
+char *loom_pjrt_deserialize(LoomPJRT *p, const char *bytes, size_t size, void **executable, size_t *outputs);
+
 /// Runs a compiled program on `device` with `nargs` argument buffers; its `nouts` results
 /// come back in `outs`. Arguments listed in `donated` (indices) may be consumed: the
 /// caller must not use those buffers afterwards (they are destroyed here).
