@@ -126,6 +126,34 @@ int loom_pjrt_device_count(const LoomPJRT *p) { return (int)p->device_count; }
 // ranks share one compilation).
 static const char compile_options[] = {0x1a, 0x04, 0x20, 0x01, 0x28, 0x01, 0x20, 0x01};
 
+// A loaded executable's executable (to ask it things), released with `release`.
+static char *executable_of(LoomPJRT *p, PJRT_LoadedExecutable *loaded, PJRT_Executable **out) {
+    PJRT_LoadedExecutable_GetExecutable_Args g = {.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE,
+                                                  .loaded_executable = loaded};
+    char *e = CALL(p, PJRT_LoadedExecutable_GetExecutable, g);
+    if (!e) *out = g.executable;
+    return e;
+}
+
+static void release(LoomPJRT *p, PJRT_Executable *executable) {
+    PJRT_Executable_Destroy_Args d = {.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE, .executable = executable};
+    free(CALL(p, PJRT_Executable_Destroy, d));
+}
+
+// An executable's serialised bytes: their size, and a malloc'd copy when `bytes` is not NULL.
+static char *serialized(LoomPJRT *p, PJRT_Executable *executable, char **bytes, size_t *size) {
+    PJRT_Executable_Serialize_Args s = {.struct_size = PJRT_Executable_Serialize_Args_STRUCT_SIZE, .executable = executable};
+    char *e = CALL(p, PJRT_Executable_Serialize, s);
+    if (e) return e;
+    *size = s.serialized_bytes_size;
+    if (bytes) {
+        *bytes = malloc(s.serialized_bytes_size ? s.serialized_bytes_size : 1);
+        memcpy(*bytes, s.serialized_bytes, s.serialized_bytes_size);
+    }
+    if (s.serialized_executable_deleter) s.serialized_executable_deleter(s.serialized_executable);
+    return NULL;
+}
+
 char *loom_pjrt_compile_for_topology(LoomPJRT *p, const char *topology, const char *code, size_t size, size_t *bytes) {
     PJRT_TopologyDescription_Create_Args t = {.struct_size = PJRT_TopologyDescription_Create_Args_STRUCT_SIZE,
                                               .topology_name = topology, .topology_name_size = strlen(topology)};
@@ -137,30 +165,22 @@ char *loom_pjrt_compile_for_topology(LoomPJRT *p, const char *topology, const ch
                            .compile_options = compile_options, .compile_options_size = sizeof compile_options};
     e = CALL(p, PJRT_Compile, c);
     if (!e) {
-        PJRT_Executable_Serialize_Args s = {.struct_size = PJRT_Executable_Serialize_Args_STRUCT_SIZE, .executable = c.executable};
-        e = CALL(p, PJRT_Executable_Serialize, s);
-        if (!e) {
-            *bytes = s.serialized_bytes_size;
-            if (s.serialized_executable_deleter) s.serialized_executable_deleter(s.serialized_executable);
-        }
-        PJRT_Executable_Destroy_Args d = {.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE, .executable = c.executable};
-        free(CALL(p, PJRT_Executable_Destroy, d));
+        e = serialized(p, c.executable, NULL, bytes);
+        release(p, c.executable);
     }
     PJRT_TopologyDescription_Destroy_Args d = {.struct_size = PJRT_TopologyDescription_Destroy_Args_STRUCT_SIZE, .topology = t.topology};
     free(CALL(p, PJRT_TopologyDescription_Destroy, d));
     return e;
 }
 
-// The number of results of a loaded executable (through its executable, released after).
+// The number of results of a loaded executable.
 static char *num_outputs(LoomPJRT *p, PJRT_LoadedExecutable *loaded, size_t *outputs) {
-    PJRT_LoadedExecutable_GetExecutable_Args g = {.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE,
-                                                  .loaded_executable = loaded};
-    char *e = CALL(p, PJRT_LoadedExecutable_GetExecutable, g);
+    PJRT_Executable *executable;
+    char *e = executable_of(p, loaded, &executable);
     if (e) return e;
-    PJRT_Executable_NumOutputs_Args n = {.struct_size = PJRT_Executable_NumOutputs_Args_STRUCT_SIZE, .executable = g.executable};
+    PJRT_Executable_NumOutputs_Args n = {.struct_size = PJRT_Executable_NumOutputs_Args_STRUCT_SIZE, .executable = executable};
     e = CALL(p, PJRT_Executable_NumOutputs, n);
-    PJRT_Executable_Destroy_Args d = {.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE, .executable = g.executable};
-    free(CALL(p, PJRT_Executable_Destroy, d));
+    release(p, executable);
     if (!e) *outputs = n.num_outputs;
     return e;
 }
@@ -177,21 +197,12 @@ char *loom_pjrt_compile(LoomPJRT *p, const char *code, size_t size, void **execu
     return NULL;
 }
 
-char *loom_pjrt_serialize(LoomPJRT *p, void *executable, char **bytes, size_t *size) {
-    PJRT_LoadedExecutable_GetExecutable_Args g = {.struct_size = PJRT_LoadedExecutable_GetExecutable_Args_STRUCT_SIZE,
-                                                  .loaded_executable = executable};
-    char *e = CALL(p, PJRT_LoadedExecutable_GetExecutable, g);
+char *loom_pjrt_serialize(LoomPJRT *p, void *loaded, char **bytes, size_t *size) {
+    PJRT_Executable *executable;
+    char *e = executable_of(p, loaded, &executable);
     if (e) return e;
-    PJRT_Executable_Serialize_Args s = {.struct_size = PJRT_Executable_Serialize_Args_STRUCT_SIZE, .executable = g.executable};
-    e = CALL(p, PJRT_Executable_Serialize, s);
-    if (!e) {
-        *bytes = malloc(s.serialized_bytes_size ? s.serialized_bytes_size : 1);
-        memcpy(*bytes, s.serialized_bytes, s.serialized_bytes_size);
-        *size = s.serialized_bytes_size;
-        if (s.serialized_executable_deleter) s.serialized_executable_deleter(s.serialized_executable);
-    }
-    PJRT_Executable_Destroy_Args d = {.struct_size = PJRT_Executable_Destroy_Args_STRUCT_SIZE, .executable = g.executable};
-    free(CALL(p, PJRT_Executable_Destroy, d));
+    e = serialized(p, executable, bytes, size);
+    release(p, executable);
     return e;
 }
 
