@@ -4,8 +4,8 @@ import LoomCore
 // StableHLO as MLIR text, one function built op by op. Every op is written in MLIR's
 // generic form ("stablehlo.add"(%a, %b) : (types) -> type): the form every StableHLO
 // version parses the same way, where the pretty forms have changed between releases.
-// Only core ops (the spec's, no CHLO or custom calls), so the text stays within what
-// StableHLO's compatibility promise and every PJRT plugin cover.
+// Only core ops (the spec's, no CHLO or custom calls). StableHLO promises compatibility
+// for versioned bytecode, not for text, so CI pins the plugins it parses this with.
 //
 // Values are named by their position in the function (%v0, %v1, …), never by anything
 // of the process (a storage's id, an address): the same sequence of ops gives the same
