@@ -35,12 +35,14 @@ final class XLAEndToEndTests: CLITestCase {
     }
 
     /// Two in-process ranks, each on an XLA device of its own (the plugin's devices 0 and
-    /// 1), exchanging gradients through Loom's communicator (host staging): the
-    /// single-process CPU run's losses, ZeRO-1 too.
-    func testDataParallelRanksOnTwoXLADevicesMatchOneProcess() throws {
+    /// 1), communicating through Loom's communicators (host staging): data parallel (ZeRO-1
+    /// and -3 too), tensor parallel and a 1F1B pipeline give the single-process CPU run's
+    /// losses.
+    func testParallelLayoutsOnTwoXLADevicesMatchOneProcess() throws {
         let c = try smallConfig("gpt")
         try train([c], name: "cpu", xla: false)
-        for (name, flags) in [("dp2", ["--dp", "2"]), ("dp2-zero1", ["--dp", "2", "--zero", "1"])] {
+        for (name, flags) in [("dp2", ["--dp", "2"]), ("dp2-zero1", ["--dp", "2", "--zero", "1"]), ("dp2-zero3", ["--dp", "2", "--zero", "3"]),
+                              ("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2", "--micro-batches", "4"])] {
             try train([c] + flags, name: name, xla: true)
             try assertSameLosses(name, "cpu")
         }
