@@ -149,9 +149,12 @@ final class PJRTClient: @unchecked Sendable {
 /// and its executable, named by a hash of the text and of the plugin (its path, size and
 /// modification time, its API version and platform): another plugin never loads it, and a
 /// load compares the whole text, so a hash collision only costs a compilation. Every
-/// failure to read or write is a miss, never an error.
+/// failure to read or write is a miss, never an error. Past `limit` bytes (1 GiB, or
+/// `LOOM_XLA_CACHE_MB`), a store removes the entries used longest ago (a load renews an
+/// entry's time) until a quarter of the limit is free.
 final class ProgramCache {
     private let directory: String
+    private let limit: Int
     private let plugin: String
     private unowned let client: PJRTClient
 
@@ -164,6 +167,7 @@ final class ProgramCache {
         let attributes = try? FileManager.default.attributesOfItem(atPath: client.path)
         let stamp = "\((attributes?[.size] as? Int) ?? 0) \((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
         plugin = "\(client.path) \(stamp) PJRT \(client.apiVersion.major).\(client.apiVersion.minor) \(client.platform)"
+        limit = (env["LOOM_XLA_CACHE_MB"].flatMap(Int.init) ?? 1024) << 20
         self.client = client
     }
 
@@ -179,7 +183,30 @@ final class ProgramCache {
         let p = path(text)
         guard let stored = try? String(contentsOfFile: p + ".mlir", encoding: .utf8), stored == text,
               let bytes = FileManager.default.contents(atPath: p + ".bin") else { return nil }
+        try? FileManager.default.setAttributes([.modificationDate: Date()], ofItemAtPath: p + ".mlir")
         return try? client.deserialize(bytes)
+    }
+
+    /// Once the folder holds more than the limit, removes the entries used longest ago
+    /// until it holds 3/4 of it.
+    private func evict() {
+        let fm = FileManager.default
+        guard let names = try? fm.contentsOfDirectory(atPath: directory) else { return }
+        var entries: [(base: String, used: Date, bytes: Int)] = []
+        var total = 0
+        for name in names where name.hasSuffix(".mlir") {
+            let base = directory + "/" + String(name.dropLast(5))
+            let text = try? fm.attributesOfItem(atPath: base + ".mlir"), bin = try? fm.attributesOfItem(atPath: base + ".bin")
+            let bytes = ((text?[.size] as? Int) ?? 0) + ((bin?[.size] as? Int) ?? 0)
+            entries.append((base, (text?[.modificationDate] as? Date) ?? .distantPast, bytes))
+            total += bytes
+        }
+        guard total > limit else { return }
+        for e in entries.sorted(by: { $0.used < $1.used }) where total > limit / 4 * 3 {
+            unlink(e.base + ".mlir")
+            unlink(e.base + ".bin")
+            total -= e.bytes
+        }
     }
 
     /// The executable first, then the text that makes the entry valid, each written whole
@@ -193,6 +220,7 @@ final class ProgramCache {
             unlink(tmp)
             return
         }
+        evict()
     }
 }
 

@@ -69,7 +69,7 @@ final class XLAEndToEndTests: CLITestCase {
     }
 
     /// Compiled programs outlive the process: a second run of the same job loads every one
-    /// from the cache on disk, compiles none, and trains alike.
+    /// from the cache on disk, compiles none, and trains alike; a cache given a size keeps to it.
     func testASecondRunLoadsItsProgramsFromTheCacheOnDisk() throws {
         let c = try smallConfig("mlp"), env = ["LOOM_XLA_CACHE": work + "/programs", "LOOM_XLA_LOG": "1"]
         var logs: [String] = []
@@ -85,6 +85,15 @@ final class XLAEndToEndTests: CLITestCase {
         XCTAssertEqual(compiled[1], 0, logs[1])
         XCTAssertEqual(loaded[1], compiled[0], logs[1])
         try assertSameLosses("second", "first", tolerance: 0)
+        // Capped at 1 MiB, the cache keeps the programs used last and stays under the cap.
+        let capped = work + "/capped"
+        let r = try loom(["train", try smallConfig("gpt"), "--out", work, "--name", "capped", "--device", "xla"],
+                         env: ["LOOM_XLA_CACHE": capped, "LOOM_XLA_CACHE_MB": "1"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let files = try FileManager.default.contentsOfDirectory(atPath: capped)
+        let bytes = try files.map { try FileManager.default.attributesOfItem(atPath: capped + "/" + $0)[.size] as! Int }.reduce(0, +)
+        XCTAssertFalse(files.isEmpty)
+        XCTAssertLessThanOrEqual(bytes, 1 << 20)
     }
 
     /// bf16 products on XLA (dot_general of bf16 operands into float32) give the CPU's bf16
