@@ -74,7 +74,7 @@ struct DeviceOptions: ParsableArguments {
     /// Commands (or modes) that run on the CPU only say so instead of ignoring the flag.
     func requireCPU(_ what: String) throws {
         guard device == .cpu else {
-            throw LoomError.config("--device \(device): \(what) run on the CPU only so far (train, eval, generate and bench's training workloads run on CUDA)")
+            throw LoomError.config("--device \(device): \(what) run on the CPU only so far (train, eval, generate and bench's training workloads run on CUDA, XLA and TPUs)")
         }
     }
 }
