@@ -174,19 +174,12 @@ final class HLOBuilder {
     /// x with `update` written at `start` (constant offsets).
     func updateSlice(_ x: HLOValue, _ update: HLOValue, at start: [Int]) -> HLOValue {
         if update.shape == x.shape { return update }
-        let indices = start.map { constant(Double($0), [], .i32) }
-        let r = fresh(x.shape, x.type)
-        let types = ([x, update] + indices).map(\.tensorType).joined(separator: ", ")
-        body.append("\(r.name) = \"stablehlo.dynamic_update_slice\"(\(([x, update] + indices).map(\.name).joined(separator: ", "))) : (\(types)) -> \(r.tensorType)")
-        return r
+        return updateSlice(x, update, atValues: start.map { constant(Double($0), [], .i32) })
     }
 
     /// x with `update` written at `start`, the offsets values of the program (i32 scalars).
     func updateSlice(_ x: HLOValue, _ update: HLOValue, atValues start: [HLOValue]) -> HLOValue {
-        let r = fresh(x.shape, x.type)
-        let operands = [x, update] + start
-        body.append("\(r.name) = \"stablehlo.dynamic_update_slice\"(\(operands.map(\.name).joined(separator: ", "))) : (\(operands.map(\.tensorType).joined(separator: ", "))) -> \(r.tensorType)")
-        return r
+        op("dynamic_update_slice", [x, update] + start, shape: x.shape, type: x.type)
     }
 
     func transpose(_ x: HLOValue, _ permutation: [Int]) -> HLOValue {

@@ -260,12 +260,16 @@ public enum PJRTPlugin {
     /// for the slice, 30 tries a key, for minutes; compiling for a TPU needs no TPU
     /// (`PJRTCompiler`).
     static func requireTPU() throws {
-        let root = "/sys/bus/pci/devices"
-        let vendors = ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).compactMap {
-            try? String(contentsOfFile: root + "/" + $0 + "/vendor", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard machineHasTPU else {
+            throw LoomError.backend("tpu: this machine has no TPU (no Google PCI device under /sys/bus/pci/devices); run on a Cloud TPU VM (docs/xla.md)")
         }
-        guard vendors.contains("0x1ae0") else {
-            throw LoomError.backend("tpu: this machine has no TPU (no Google PCI device under \(root)); run on a Cloud TPU VM (docs/xla.md)")
+    }
+
+    /// Whether a PCI device of Google's (vendor 0x1ae0) is present.
+    public static var machineHasTPU: Bool {
+        let root = "/sys/bus/pci/devices"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []).contains {
+            (try? String(contentsOfFile: root + "/" + $0 + "/vendor", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == "0x1ae0"
         }
     }
 

@@ -48,18 +48,17 @@ struct Window {
         }
     }
 
-    /// The permutation from the cut's axes to [batch, rows, cols] after adding extent-1 axes.
+    /// Whether rows are the outer strided axis (the cut is [rows, batch, cols]: a transpose
+    /// away from [batch, rows, cols], its own inverse); else the cut is [batch, rows, cols]
+    /// less its extent-1 axes (a reshape away).
+    private var rowsOutermost: Bool { let a = axes; return a.count == 2 && a[0].axis == 1 }
+
     private func toBatchRowsCols(_ v: HLOValue, _ hlo: HLOBuilder) -> HLOValue {
-        let a = axes
-        if a.count == 2 && a[0].axis == 1 { return hlo.transpose(v, [1, 0, 2]) }
-        return hlo.reshape(v, [batch, rows, cols])
+        rowsOutermost ? hlo.transpose(v, [1, 0, 2]) : hlo.reshape(v, [batch, rows, cols])
     }
 
     private func fromBatchRowsCols(_ v: HLOValue, _ hlo: HLOBuilder) -> HLOValue {
-        let a = axes
-        let cut = plan.cut
-        if a.count == 2 && a[0].axis == 1 { return hlo.transpose(v, [1, 0, 2]) }
-        return hlo.reshape(v, cut)
+        rowsOutermost ? hlo.transpose(v, [1, 0, 2]) : hlo.reshape(v, plan.cut)
     }
 
     /// The region of the slot the window lies in, shaped as the plan (zeros past the end).

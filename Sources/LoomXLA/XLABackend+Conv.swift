@@ -45,25 +45,34 @@ extension XLABackend {
         }
     }
 
+    /// [N, C, OH, OW]: for each output, the row and column (oh·S - P + kh, ow·S - P + kw) of
+    /// the input that kernel position (kh, kw) reads, clamped to the image when `clamp`.
+    private func inputPositions(_ g: PoolGeometry, kh: Int, kw: Int, clamp: Bool = false) -> (row: HLOValue, col: HLOValue) {
+        let shape = [g.batch, g.channels, g.outH, g.outW]
+        func position(_ axis: Int, _ k: Int) -> HLOValue {
+            let p = hlo.withConstant("add", hlo.withConstant("multiply", hlo.iota(shape, dimension: axis), Double(g.stride)), Double(k - g.padding))
+            return clamp ? hlo.max(p, hlo.constant(0, shape, .i32)) : p
+        }
+        return (position(2, kh), position(3, kw))
+    }
+
+    /// Offsets in the input plane: row·W + col.
+    private func planeOffsets(_ p: (row: HLOValue, col: HLOValue), _ g: PoolGeometry) -> HLOValue {
+        hlo.add(hlo.withConstant("multiply", p.row, Double(g.width)), p.col)
+    }
+
     /// For each kernel position (kh, kw): the inputs it reads, [N, C, OH, OW] (-∞ in the
     /// padding), and their offsets in the input plane.
     private func windows(_ x: HLOValue, _ g: PoolGeometry) -> [(values: HLOValue, offsets: HLOValue)] {
         let (K, S, P, OH, OW) = (g.kernel, g.stride, g.padding, g.outH, g.outW)
         let padded = hlo.pad(x, hlo.constant(-Double.infinity), low: [0, 0, P, P], high: [0, 0, P + K, P + K], interior: [0, 0, 0, 0])
-        let shape = [g.batch, g.channels, OH, OW]
-        let oh = hlo.iota(shape, dimension: 2), ow = hlo.iota(shape, dimension: 3)
-        var result: [(HLOValue, HLOValue)] = []
-        for kh in 0..<K {
-            for kw in 0..<K {
-                let v = hlo.slice(padded, start: [0, 0, kh, kw], limit: [g.batch, g.channels, kh + (OH - 1) * S + 1, kw + (OW - 1) * S + 1],
-                                  strides: [1, 1, S, S])
-                // (oh·S - P + kh)·W + (ow·S - P + kw)
-                let row = hlo.withConstant("add", hlo.withConstant("multiply", oh, Double(S)), Double(kh - P))
-                let col = hlo.withConstant("add", hlo.withConstant("multiply", ow, Double(S)), Double(kw - P))
-                result.append((v, hlo.add(hlo.withConstant("multiply", row, Double(g.width)), col)))
+        return (0..<K).flatMap { kh in
+            (0..<K).map { kw in
+                (hlo.slice(padded, start: [0, 0, kh, kw], limit: [g.batch, g.channels, kh + (OH - 1) * S + 1, kw + (OW - 1) * S + 1],
+                           strides: [1, 1, S, S]),
+                 planeOffsets(inputPositions(g, kh: kh, kw: kw), g))
             }
         }
-        return result
     }
 
     public func maxPool2d(_ x: Tensor, geometry g: PoolGeometry, into y: Tensor, indices: Tensor) {
@@ -73,13 +82,7 @@ extension XLABackend {
             // The first strict maximum in (kh, kw) order, starting from the window's first
             // position inside the image, as the CPU scans.
             var best = hlo.constant(-Double.infinity, all[0].values.shape)
-            let shape = all[0].values.shape
-            let (S, P) = (g.stride, g.padding)
-            let row0 = hlo.max(hlo.withConstant("add", hlo.withConstant("multiply", hlo.iota(shape, dimension: 2), Double(S)), Double(-P)),
-                               hlo.constant(0, shape, .i32))
-            let col0 = hlo.max(hlo.withConstant("add", hlo.withConstant("multiply", hlo.iota(shape, dimension: 3), Double(S)), Double(-P)),
-                               hlo.constant(0, shape, .i32))
-            var at = hlo.add(hlo.withConstant("multiply", row0, Double(g.width)), col0)
+            var at = planeOffsets(inputPositions(g, kh: 0, kw: 0, clamp: true), g)
             for (v, offset) in all {
                 let better = hlo.compare(v, best, "GT")
                 best = hlo.select(better, v, best)
@@ -97,12 +100,9 @@ extension XLABackend {
             let (K, S, P) = (g.kernel, g.stride, g.padding)
             var total = hlo.constant(0, [g.batch, g.channels, g.height, g.width])
             let zero = hlo.constant(0)
-            let oh = hlo.iota(shape, dimension: 2), ow = hlo.iota(shape, dimension: 3)
             for kh in 0..<K {
                 for kw in 0..<K {
-                    let row = hlo.withConstant("add", hlo.withConstant("multiply", oh, Double(S)), Double(kh - P))
-                    let col = hlo.withConstant("add", hlo.withConstant("multiply", ow, Double(S)), Double(kw - P))
-                    let offset = hlo.add(hlo.withConstant("multiply", row, Double(g.width)), col)
+                    let offset = planeOffsets(inputPositions(g, kh: kh, kw: kw), g)
                     let mine = hlo.select(hlo.compare(idx, offset, "EQ"), dy, hlo.constant(0, shape))
                     // Output (oh, ow) lands on input (oh·S + kh - P, ow·S + kw - P).
                     let lowH = kh - P, lowW = kw - P
