@@ -62,6 +62,20 @@ loom_isa loom_set_kernel_isa(loom_isa isa) {
     return (loom_isa)cached_kernel;
 }
 
+int loom_cpu_has_avx512_bf16(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        int has = 0;
+#if defined(__x86_64__)
+        unsigned a, b, c, d;
+        // CPUID.(EAX=7, ECX=1):EAX bit 5 is AVX512_BF16; it needs the AVX-512 state saved.
+        if (loom_cpu_isa() == LOOM_ISA_AVX512 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) has = (a >> 5) & 1;
+#endif
+        cached = has;  // a benign race, as above
+    }
+    return cached && loom_kernel_isa() == LOOM_ISA_AVX512;
+}
+
 const char *loom_isa_name(loom_isa isa) {
     switch (isa) {
     case LOOM_ISA_AVX512: return "avx512";

@@ -49,9 +49,10 @@ final class MixedPrecisionTests: XCTestCase {
         XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(b.grad), try gr.matmul(ar, transposeA: true)), 1e-5)
     }
 
-    /// The backend's bf16 GEMM (oneDNN's bf16 kernels where the processor has them, else
-    /// widened operands) on products large enough to be split across threads, by rows and
-    /// by batch entry, with transposes, a shared operand, alpha and beta: the exact
+    /// The backend's bf16 GEMM (Loom's kernel where the processor has AVX512-BF16, oneDNN's
+    /// with AMX, else widened operands) on products large enough to be split across threads,
+    /// by rows (op(B) packed once for both) and by batch entry, with transposes, a shared
+    /// operand, alpha and beta: the exact
     /// product of the rounded operands, to float32 rounding.
     func testBF16GEMMSplitAcrossThreadsEqualsFloat32OnRoundedOperands() throws {
         let backend = CPUBackend(threads: 2)
@@ -97,6 +98,38 @@ final class MixedPrecisionTests: XCTestCase {
         let d = maxDifference(fp32, bf16)
         XCTAssertGreaterThan(d, 0, "bf16 changed nothing: not applied")
         XCTAssertLessThan(d, 2e-2, "bf16 attention strayed from float32 by \(d)")
+    }
+
+    /// The CPU's attention kernel under bf16 (causal blocks, P and dS rounded a head at a
+    /// time, shared operands packed once) against the same computation composed of bf16
+    /// matmuls and float32 softmax, values and input gradients. Scales 1/2 and 1/4 (D = 4,
+    /// 16) are powers of two, so rounding dS before or after scaling it is the same.
+    func testFusedAttentionInBF16EqualsComposedBF16Ops() throws {
+        XCTAssertTrue(CPUBackend.shared.runsCausalAttention(operands: .float32))
+        try XCTSkipUnless(CPUBackend.shared.runsCausalAttention(operands: .bfloat16),
+                          "bf16 attention runs unfused here (bf16 path: \(BF16GEMMPath.description))")
+        for (b, t, h, d) in [(2, 5, 2, 4), (1, 70, 2, 16)] {
+            let c = h * d
+            let qkv = randomTensor([b, t, 3 * c], seed: 21).detach()
+            let projection = randomTensor([b, t, c], seed: 22).detach()
+            func gradient(_ f: (Tensor) throws -> Tensor) throws -> (value: Tensor, grad: Tensor) {
+                let x = try qkv.copied()
+                x.requiresGrad = true
+                let y = try withPrecision(.bfloat16) { try f(x) }
+                try y.mul(projection).sum().backward()
+                return (y, try XCTUnwrap(x.grad))
+            }
+            let fused = try gradient { try $0.causalSelfAttention(heads: h) }
+            let composed = try gradient { x in
+                let parts = try x.split([c, c, c], axis: 2).map { try $0.reshaped([b, t, h, d]).permuted([0, 2, 1, 3]) }
+                let att = try parts[0].matmul(parts[1], transposeB: true).scaled(1 / Float(d).squareRoot()).maskedCausal().softmax()
+                return try att.matmul(parts[2]).permuted([0, 2, 1, 3]).reshaped([b, t, c])
+            }
+            XCTAssertLessThanOrEqual(maxDifference(fused.value, composed.value), 1e-5, "T = \(t)")
+            XCTAssertLessThanOrEqual(maxDifference(fused.grad, composed.grad), 1e-5, "T = \(t) gradient")
+            let float32 = try qkv.causalSelfAttention(heads: h)
+            XCTAssertGreaterThan(maxDifference(fused.value, float32), 1e-4, "T = \(t): bf16 was not applied")
+        }
     }
 
     func testPrecisionIsScopedPerThreadAndRestored() throws {

@@ -23,6 +23,27 @@ loom_isa loom_set_kernel_isa(loom_isa isa);
 /// "baseline", "avx2" or "avx512".
 const char *loom_isa_name(loom_isa isa);
 
+/// Whether the processor has AVX512-BF16 (vdpbf16ps) and the kernels run AVX-512 (LOOM_CPU_ISA
+/// below avx512 turns it off).
+int loom_cpu_has_avx512_bf16(void);
+
+// C = alpha * op(A) * op(B) + beta * C, row-major, A and B bf16, C float32, on the calling
+// thread (GEMMBF16.c). op(A) is m x k (transA: A is stored k x m), op(B) is k x n. Returns 0,
+// doing nothing, where the processor lacks AVX512-BF16 (or memory for the packing buffers).
+int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+// The same in two parts, so that op(B) is packed once for many products (threads sharing it,
+// or attention's row blocks reading a prefix or a suffix of one head's keys):
+// loom_bf16_pack_b writes columns [j0, j1) (j0 a multiple of 32) of op(B), k x n, into their
+// panels of dst (loom_bf16_packed_b_words(k, n) words, 64-byte aligned; a panel is
+// (k + 1) / 2 * 32 words, its rows in pairs). loom_bf16_gemm_packed_b reads B from such panels:
+// `panelWords` apart, starting at pair 0 of the first (a product over rows r0... of the packed
+// op(B), r0 even, starts r0 / 2 * 32 words in).
+int64_t loom_bf16_packed_b_words(int64_t k, int64_t n);
+void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb, uint32_t *dst);
+int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc);
+
 // y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 void loom_gelu(const float *x, float *y, int64_t n);
 // float32 -> bf16 rounding to nearest even (NaN kept), and bf16 -> float32 (exact).

@@ -175,7 +175,11 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         if a.tensor.dtype == .bfloat16 || b.tensor.dtype == .bfloat16 {
             precondition(a.tensor.dtype == b.tensor.dtype && c.tensor.dtype == .float32,
                          "gemm: operands \(a.tensor.dtype) and \(b.tensor.dtype) into \(c.tensor.dtype): both float32 or both bfloat16, into float32")
-            if BF16GEMMPath.selected == .onednn, bf16GEMM(a, b, c, m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta) { return }
+            switch BF16GEMMPath.selected {
+            case .kernel: bf16KernelGEMM(a, b, c, m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta); return
+            case .onednn: if bf16GEMM(a, b, c, m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta) { return }
+            case .widen: break
+            }
             // bf16 operands, widened: a product of two bf16 values (8-bit mantissas) is
             // exact in float32, so sgemm on the widened values is a bf16 GEMM that
             // accumulates in float32, which is what cuBLAS does with them too.
@@ -226,6 +230,42 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     private func pieceRanges(_ total: Int, pieces: Int) -> [(start: Int, count: Int)] {
         let chunk = ((total + pieces - 1) / pieces + 7) / 8 * 8
         return stride(from: 0, to: total, by: chunk).map { ($0, min(chunk, total - $0)) }
+    }
+
+    /// A bf16 product on Loom's AVX512-BF16 kernel (`GEMMBF16.c`), spread over the threads
+    /// as float32's is. Pieces cut from one product by rows of C share op(B): it is packed
+    /// once, its panels split across the threads, rather than by every thread in full.
+    private func bf16KernelGEMM(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
+                                alpha: Float, beta: Float) {
+        let start = monotonicSeconds()
+        defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
+        let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
+        let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
+        let sharedB = list.count > 1 && k > 0 && list.allSatisfy { $0.b == list[0].b && $0.n == n }
+        guard sharedB, let buffer = try? Tensor(uninitialized: [Int(loom_bf16_packed_b_words(Int64(k), Int64(n)))], on: self) else {
+            parallelFor(list.count, grain: 1, threads: threads) { r in
+                for p in list[r] {
+                    let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(p.m), Int64(p.n), Int64(k), alpha,
+                                              pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld))
+                    precondition(done != 0, "bf16 gemm \(p.m)x\(p.n)x\(k): no memory for the packing buffers")
+                }
+            }
+            return
+        }
+        let packed = UnsafeMutableRawPointer(buffer.ptr).assumingMemoryBound(to: UInt32.self)
+        let panels = (n + 31) / 32
+        parallelFor(panels, grain: 1, threads: threads) { r in
+            loom_bf16_pack_b(b.transposed ? 1 : 0, Int64(k), Int64(r.lowerBound * 32), Int64(min(r.upperBound * 32, n)),
+                             pb + list[0].b, Int64(b.ld), packed)
+        }
+        let panelWords = Int64((k + 1) / 2 * 32)
+        parallelFor(list.count, grain: 1, threads: threads) { r in
+            for p in list[r] {
+                let done = loom_bf16_gemm_packed_b(a.transposed ? 1 : 0, Int64(p.m), Int64(n), Int64(k), alpha, pa + p.a, Int64(a.ld),
+                                                   packed, panelWords, beta, pc + p.c, Int64(c.ld))
+                precondition(done != 0, "bf16 gemm \(p.m)x\(n)x\(k): no memory for the packing buffers")
+            }
+        }
     }
 
     /// A bf16 product on oneDNN's bf16 kernels, spread over the threads as float32's is;

@@ -1,4 +1,5 @@
 import CDNNL
+import CLoomKernels
 import Foundation
 
 // bf16 matrix products on oneDNN's matmul primitive, where the processor multiplies bf16
@@ -15,26 +16,41 @@ import Foundation
 
 /// Which kernels a bf16 product runs on this machine.
 public enum BF16GEMMPath: String, Sendable {
-    /// oneDNN's bf16 matmul (the processor has AVX512-BF16 or AMX).
+    /// Loom's own AVX512-BF16 kernel (`GEMMBF16.c`): the processor has vdpbf16ps and no AMX.
+    case kernel
+    /// oneDNN's bf16 matmul: the processor has AMX tiles (16x vdpbf16ps's multiply-adds),
+    /// or `LOOM_BF16_GEMM=onednn`.
     case onednn
     /// Operands widened to float32, then sgemm (no bf16 instructions; or `LOOM_BF16_GEMM=widen`).
     case widen
 
-    /// Fixed per process (a run is bit-reproducible): oneDNN where the processor has bf16
-    /// instructions, else widening; `LOOM_BF16_GEMM=onednn|widen` chooses by hand.
+    /// Fixed per process (a run is bit-reproducible): oneDNN where the processor has AMX, Loom's
+    /// kernel where it has AVX512-BF16, else widening; `LOOM_BF16_GEMM=kernel|onednn|widen`
+    /// chooses by hand (a path the processor cannot run falls back to widening).
     public static let selected: BF16GEMMPath = {
         let isa = dnnl_get_effective_cpu_isa().rawValue
-        let hasBF16 = isa & dnnl_cpu_isa_avx512_core_bf16.rawValue == dnnl_cpu_isa_avx512_core_bf16.rawValue
-        let automatic: BF16GEMMPath = hasBF16 ? .onednn : .widen
+        let hasAMX = isa & dnnl_cpu_isa_avx512_core_amx.rawValue == dnnl_cpu_isa_avx512_core_amx.rawValue
+        let oneDNNHasBF16 = isa & dnnl_cpu_isa_avx512_core_bf16.rawValue == dnnl_cpu_isa_avx512_core_bf16.rawValue
+        let kernelRuns = loom_cpu_has_avx512_bf16() != 0
+        let automatic: BF16GEMMPath = hasAMX ? .onednn : kernelRuns ? .kernel : oneDNNHasBF16 ? .onednn : .widen
         guard let s = getenv("LOOM_BF16_GEMM") else { return automatic }
-        if let path = BF16GEMMPath(rawValue: String(cString: s)) { return path }
-        fputs("loom: LOOM_BF16_GEMM=\(String(cString: s)) is not one of onednn, widen; using \(automatic.rawValue)\n", stderr)
-        return automatic
+        switch BF16GEMMPath(rawValue: String(cString: s)) {
+        case .kernel?: return kernelRuns ? .kernel : .widen
+        case .onednn?: return oneDNNHasBF16 ? .onednn : .widen
+        case .widen?: return .widen
+        case nil:
+            fputs("loom: LOOM_BF16_GEMM=\(String(cString: s)) is not one of kernel, onednn, widen; using \(automatic.rawValue)\n", stderr)
+            return automatic
+        }
     }()
 
-    /// What `loom bench` prints: the path and the instructions oneDNN found.
+    /// What `loom bench` prints: the path and the instructions it uses.
     public static var description: String {
-        selected == .onednn ? "onednn (\(OneDNNMatmul.isaName))" : "widened to float32"
+        switch selected {
+        case .kernel: return "loom kernel (avx512_bf16)"
+        case .onednn: return "onednn (\(OneDNNMatmul.isaName))"
+        case .widen: return "widened to float32"
+        }
     }
 }
 

@@ -218,6 +218,7 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
 
 // The CPU's attention kernel too: a device whose kernels are the CPU's runs all of them.
 extension IsolatedBackend: CausalAttentionKernels {
+    public func runsCausalAttention(operands dtype: DType) -> Bool { inner.runsCausalAttention(operands: dtype) }
     public func causalAttention(qkv: Tensor, shape: AttentionShape, scale: Float, probs: Tensor, into y: Tensor) {
         inner.causalAttention(qkv: host(qkv), shape: shape, scale: scale, probs: host(probs), into: host(y))
     }

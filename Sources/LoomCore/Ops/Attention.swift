@@ -6,8 +6,9 @@
 // no permute, no copies. The [B, H, T, T] probabilities are saved for backward.
 // Under bf16 precision the four products of each pass read bf16 copies of qkv, P and the
 // incoming gradients; scores, softmax and every output stay float32.
-// A backend with `CausalAttentionKernels` (the CPU) runs float32 attention its own way,
-// computing only the causal blocks; the same formulas, checked against this path.
+// A backend with `CausalAttentionKernels` (the CPU) runs attention its own way, computing
+// only the causal blocks (float32, and bf16 where it says so); the same formulas, checked
+// against this path.
 
 extension Tensor {
     /// softmax(Q Kᵀ / sqrt(D) + causal mask) V, heads side by side: [B, T, 3C] -> [B, T, C].
@@ -22,9 +23,9 @@ extension Tensor {
         let scale = 1 / Float(d).squareRoot()
         let be = backend
         let precision = Autocast.precision
-        if precision == .float32, let fused = be as? any CausalAttentionKernels {
+        if let fused = be as? any CausalAttentionKernels, fused.runsCausalAttention(operands: precision.operandDType) {
             return try fusedCausalSelfAttention(fused, shape: AttentionShape(batch: bsz, length: t, heads: heads, headSize: d),
-                                                scale: scale)
+                                                scale: scale, precision: precision)
         }
         let qkvl = try qkv.gemmInput(precision)  // saved for backward
         let probs = try empty([bsz, heads, t, t])
@@ -78,16 +79,18 @@ extension Tensor {
 
 extension Tensor {
     /// The same attention on a backend's own kernels (`CausalAttentionKernels`).
-    func fusedCausalSelfAttention(_ be: any CausalAttentionKernels, shape: AttentionShape, scale: Float) throws -> Tensor {
+    func fusedCausalSelfAttention(_ be: any CausalAttentionKernels, shape: AttentionShape, scale: Float,
+                                  precision: Precision) throws -> Tensor {
         let qkv = self
+        let qkvl = try qkv.gemmInput(precision)  // saved for backward
         let probs = try empty([shape.batch, shape.heads, shape.length, shape.length])
         let y = try empty([shape.batch, shape.length, shape.width])
-        be.causalAttention(qkv: qkv, shape: shape, scale: scale, probs: probs, into: y)
+        be.causalAttention(qkv: qkvl, shape: shape, scale: scale, probs: probs, into: y)
         return Tensor.differentiable("causalSelfAttention", output: y, inputs: [qkv]) { gy in
             let gqkv = try qkv.empty()
             let scratch = try probs.empty()
-            be.causalAttentionBackward(qkv: qkv, probs: probs, gradOutput: gy, shape: shape, scale: scale, scratch: scratch,
-                                       into: gqkv)
+            be.causalAttentionBackward(qkv: qkvl, probs: probs, gradOutput: try gy.gemmInput(precision), shape: shape,
+                                       scale: scale, scratch: scratch, into: gqkv)
             return [gqkv]
         }
     }
