@@ -27,18 +27,21 @@ LOOM_INLINE void loom_softmax_rows_body(const float *x, float *y, int64_t rows, 
             for (int64_t j = 0; j < cols; j++) yr[j] = log ? -INFINITY : 0.0f;
             continue;
         }
+        // Sums run over the whole row, hidden columns counting 0 (they may hold anything), so
+        // that a causal row sums in the order of the same row masked with -inf: the CPU's
+        // fused attention then rounds P to bf16 exactly as the unfused ops do.
         float s = 0.0f;
         if (log) {  // y = x - m - log(sum exp(x - m)); x is read again, so y is not written before
             LOOM_SIMD
-            for (int64_t j = 0; j < n; j++) s += loom_expf(xr[j] - m);
+            for (int64_t j = 0; j < cols; j++) s += j < n ? loom_expf(xr[j] - m) : 0.0f;
             float shift = m + logf(s);
             LOOM_SIMD
             for (int64_t j = 0; j < n; j++) yr[j] = xr[j] - shift;
         } else {
             LOOM_SIMD
-            for (int64_t j = 0; j < n; j++) {
-                float e = loom_expf(xr[j] - m);
-                yr[j] = e;
+            for (int64_t j = 0; j < cols; j++) {
+                float e = j < n ? loom_expf(xr[j] - m) : 0.0f;
+                if (j < n) yr[j] = e;
                 s += e;
             }
             float inv = 1.0f / s;
@@ -59,15 +62,15 @@ LOOM_INLINE void loom_softmax_backward_rows_body(const float *y, const float *g,
         const float *yr = y + r * cols, *gr = g + r * cols;
         float *gxr = gx + r * cols;
         int64_t n = visible(r, cols, causal);
-        float s = 0.0f;
+        float s = 0.0f;  // over the whole row, hidden columns counting 0, as in the forward
         if (log) {  // y = log p: gx = g - p * sum(g)
             LOOM_SIMD
-            for (int64_t j = 0; j < n; j++) s += gr[j];
+            for (int64_t j = 0; j < cols; j++) s += j < n ? gr[j] : 0.0f;
             LOOM_SIMD
             for (int64_t j = 0; j < n; j++) gxr[j] = gr[j] - loom_expf(yr[j]) * s;
         } else {    // gx = p * (g - <g, p>)
             LOOM_SIMD
-            for (int64_t j = 0; j < n; j++) s += gr[j] * yr[j];
+            for (int64_t j = 0; j < cols; j++) s += j < n ? gr[j] * yr[j] : 0.0f;
             LOOM_SIMD
             for (int64_t j = 0; j < n; j++) gxr[j] = yr[j] * (gr[j] - s);
         }
