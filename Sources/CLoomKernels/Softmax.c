@@ -7,6 +7,18 @@ LOOM_INLINE int64_t visible(int64_t r, int64_t cols, int64_t causal) {
     return causal > 0 ? r % causal + 1 + (cols - causal) : cols;
 }
 
+// Sums over a row's visible columns in 16 lanes (lane l adds columns l, l + 16, ...), then a
+// fixed tree over the lanes. The order depends only on the lanes' columns, and columns past
+// the visible ones would add exact zeros: so a causal row of n visible columns sums exactly
+// as the same full row masked with -inf does (the CPU's fused attention then rounds P to
+// bf16 as the unfused ops do), while reading only its first n columns.
+#define LANES 16
+LOOM_INLINE float lane_total(float *lanes) {
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) lanes[l] += lanes[l + w];
+    return lanes[0];
+}
+
 LOOM_INLINE float row_max(const float *x, int64_t n) {
     float m = -INFINITY;
     LOOM_SIMD
@@ -16,7 +28,6 @@ LOOM_INLINE float row_max(const float *x, int64_t n) {
 
 LOOM_INLINE void loom_softmax_rows_body(const float *x, float *y, int64_t rows, int64_t cols, int log,
                                         int64_t causal) {
-    LOOM_REASSOCIATE
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * cols;
         float *yr = y + r * cols;
@@ -27,23 +38,25 @@ LOOM_INLINE void loom_softmax_rows_body(const float *x, float *y, int64_t rows, 
             for (int64_t j = 0; j < cols; j++) yr[j] = log ? -INFINITY : 0.0f;
             continue;
         }
-        // Sums run over the whole row, hidden columns counting 0 (they may hold anything), so
-        // that a causal row sums in the order of the same row masked with -inf: the CPU's
-        // fused attention then rounds P to bf16 exactly as the unfused ops do.
-        float s = 0.0f;
+        float s, lanes[LANES] = {0};
         if (log) {  // y = x - m - log(sum exp(x - m)); x is read again, so y is not written before
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) s += j < n ? loom_expf(xr[j] - m) : 0.0f;
-            float shift = m + logf(s);
+            for (int64_t j0 = 0; j0 < n; j0 += LANES) {
+                LOOM_SIMD
+                for (int l = 0; l < LANES; l++) lanes[l] += j0 + l < n ? loom_expf(xr[j0 + l] - m) : 0.0f;
+            }
+            float shift = m + logf(lane_total(lanes));
             LOOM_SIMD
             for (int64_t j = 0; j < n; j++) yr[j] = xr[j] - shift;
         } else {
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) {
-                float e = j < n ? loom_expf(xr[j] - m) : 0.0f;
-                if (j < n) yr[j] = e;
-                s += e;
+            for (int64_t j0 = 0; j0 < n; j0 += LANES) {
+                LOOM_SIMD
+                for (int l = 0; l < LANES; l++) {
+                    float e = j0 + l < n ? loom_expf(xr[j0 + l] - m) : 0.0f;
+                    if (j0 + l < n) yr[j0 + l] = e;
+                    lanes[l] += e;
+                }
             }
+            s = lane_total(lanes);
             float inv = 1.0f / s;
             LOOM_SIMD
             for (int64_t j = 0; j < n; j++) yr[j] *= inv;
@@ -57,20 +70,25 @@ LOOM_VARIANTS(loom_softmax_rows, (const float *x, float *y, int64_t rows, int64_
 
 LOOM_INLINE void loom_softmax_backward_rows_body(const float *y, const float *g, float *gx, int64_t rows,
                                                  int64_t cols, int log, int64_t causal) {
-    LOOM_REASSOCIATE
     for (int64_t r = 0; r < rows; r++) {
         const float *yr = y + r * cols, *gr = g + r * cols;
         float *gxr = gx + r * cols;
         int64_t n = visible(r, cols, causal);
-        float s = 0.0f;  // over the whole row, hidden columns counting 0, as in the forward
+        float s, lanes[LANES] = {0};  // summed as the forward sums
         if (log) {  // y = log p: gx = g - p * sum(g)
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) s += j < n ? gr[j] : 0.0f;
+            for (int64_t j0 = 0; j0 < n; j0 += LANES) {
+                LOOM_SIMD
+                for (int l = 0; l < LANES; l++) lanes[l] += j0 + l < n ? gr[j0 + l] : 0.0f;
+            }
+            s = lane_total(lanes);
             LOOM_SIMD
             for (int64_t j = 0; j < n; j++) gxr[j] = gr[j] - loom_expf(yr[j]) * s;
         } else {    // gx = p * (g - <g, p>)
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) s += j < n ? gr[j] * yr[j] : 0.0f;
+            for (int64_t j0 = 0; j0 < n; j0 += LANES) {
+                LOOM_SIMD
+                for (int l = 0; l < LANES; l++) lanes[l] += j0 + l < n ? gr[j0 + l] * yr[j0 + l] : 0.0f;
+            }
+            s = lane_total(lanes);
             LOOM_SIMD
             for (int64_t j = 0; j < n; j++) gxr[j] = yr[j] * (gr[j] - s);
         }

@@ -102,13 +102,15 @@ final class MixedPrecisionTests: XCTestCase {
 
     /// The CPU's attention kernel under bf16 (causal blocks, P and dS rounded a head at a
     /// time, shared operands packed once) against the same computation composed of bf16
-    /// matmuls and float32 softmax, values and input gradients. Scales 1/2 and 1/4 (D = 4,
-    /// 16) are powers of two, so rounding dS before or after scaling it is the same.
+    /// matmuls and float32 softmax, values and input gradients. A flip in one of P's bf16
+    /// roundings would show as ~1e-4 (the causal softmax sums as the masked one does). The
+    /// gradients are compared where the scale is a power of two (D = 4, 16): the composed ops
+    /// round dS after scaling it, the kernel before.
     func testFusedAttentionInBF16EqualsComposedBF16Ops() throws {
         XCTAssertTrue(CPUBackend.shared.runsCausalAttention(operands: .float32))
         try XCTSkipUnless(CPUBackend.shared.runsCausalAttention(operands: .bfloat16),
                           "bf16 attention runs unfused here (bf16 path: \(BF16GEMMPath.description))")
-        for (b, t, h, d) in [(2, 5, 2, 4), (1, 70, 2, 16)] {
+        for (b, t, h, d) in [(2, 5, 2, 4), (1, 70, 2, 16), (4, 64, 4, 8)] {
             let c = h * d
             let qkv = randomTensor([b, t, 3 * c], seed: 21).detach()
             let projection = randomTensor([b, t, c], seed: 22).detach()
@@ -126,7 +128,7 @@ final class MixedPrecisionTests: XCTestCase {
                 return try att.matmul(parts[2]).permuted([0, 2, 1, 3]).reshaped([b, t, c])
             }
             XCTAssertLessThanOrEqual(maxDifference(fused.value, composed.value), 1e-5, "T = \(t)")
-            XCTAssertLessThanOrEqual(maxDifference(fused.grad, composed.grad), 1e-5, "T = \(t) gradient")
+            if d != 8 { XCTAssertLessThanOrEqual(maxDifference(fused.grad, composed.grad), 1e-5, "T = \(t) gradient") }
             let float32 = try qkv.causalSelfAttention(heads: h)
             XCTAssertGreaterThan(maxDifference(fused.value, float32), 1e-4, "T = \(t): bf16 was not applied")
         }
