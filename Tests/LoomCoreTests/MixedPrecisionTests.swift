@@ -38,6 +38,35 @@ final class MixedPrecisionTests: XCTestCase {
         XCTAssertGreaterThan(maxDifference(y, exact), 1e-3)
     }
 
+    /// On the CPU with oneDNN's bf16 kernels (AVX512-BF16 or AMX), a convolution under bf16
+    /// reads x, the weights and dY rounded to bf16, forward and both gradients; the bias and
+    /// every output stay float32. A stride and padding, and a geometry with 3 input channels
+    /// (ResNet's first layer).
+    func testConvolutionInBF16EqualsFloat32ConvolutionOnRoundedOperands() throws {
+        try XCTSkipUnless(CPUBackend.shared.runsConvolution(operands: .bfloat16),
+                          "oneDNN multiplies no bf16 here: convolutions stay float32 under bf16")
+        for (c, stride, padding) in [(3, 1, 1), (8, 2, 0)] {
+            let x = randomTensor([4, c, 12, 12], seed: 31), w = randomTensor([16, c, 3, 3], seed: 32), b = randomTensor([16], seed: 33)
+            let y = try withPrecision(.bfloat16) { try x.conv2d(weight: w, bias: b, stride: stride, padding: padding) }
+            XCTAssertEqual(y.dtype, .float32)
+            let g = randomTensor(y.shape, seed: 34).detach()
+            try y.backward(seed: g)
+
+            let xr = try rounded(x), wr = try rounded(w)
+            xr.requiresGrad = true; wr.requiresGrad = true
+            let want = try xr.conv2d(weight: wr, bias: b.detach(), stride: stride, padding: padding)
+            try want.backward(seed: try rounded(g))
+            XCTAssertLessThanOrEqual(maxDifference(y, want), 1e-5, "C = \(c)")
+            XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(x.grad), try XCTUnwrap(xr.grad)), 1e-5, "C = \(c) dX")
+            XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(w.grad), try XCTUnwrap(wr.grad)), 1e-4, "C = \(c) dW")
+            // dY summed unrounded: off by float32 sums (~1e-6 of ~20), not bf16's 2^-9.
+            XCTAssertLessThanOrEqual(maxDifference(try XCTUnwrap(b.grad), try g.sum(axes: [0, 2, 3])), 1e-4,
+                                     "C = \(c): the bias gradient stays float32")
+            let exact = try x.detach().conv2d(weight: w.detach(), bias: b.detach(), stride: stride, padding: padding)
+            XCTAssertGreaterThan(maxDifference(y, exact), 1e-3, "C = \(c): bf16 was not applied")
+        }
+    }
+
     func testMatmulInBF16EqualsFloat32MatmulOnRoundedOperands() throws {
         let a = randomTensor([3, 20, 24], seed: 5), b = randomTensor([3, 28, 24], seed: 6)
         let g = randomTensor([3, 20, 28], seed: 7).detach()

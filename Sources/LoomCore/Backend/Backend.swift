@@ -102,6 +102,9 @@ public protocol Backend: AnyObject, Sendable {
     /// Sums over [n, ., inner] per channel: sum(gy) and sum(gy * (x - mean)).
     func channelGradSums(x: Tensor, mean: Tensor, gradOutput: Tensor, n: Int, channels: Int, inner: Int,
                          sumGrad: Tensor, sumGradXmu: Tensor)
+    /// Whether conv2d takes x, the weights (and in backward dY) in `dtype`: float32 always;
+    /// bf16 where the backend multiplies bf16 (`--precision bf16`; outputs stay float32).
+    func runsConvolution(operands dtype: DType) -> Bool
     /// y [N, OC, OH, OW] = x [N, C, H, W] ⋆ weight [OC, C, KH, KW] + bias [OC].
     func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvGeometry, into y: Tensor)
     /// Gradients of conv2d; each output is optional (nil: not needed) and overwritten.
@@ -222,4 +225,5 @@ public struct GEMMOperand {
 
 extension Backend {
     public func deferredErrors() throws {}
+    public func runsConvolution(operands dtype: DType) -> Bool { dtype == .float32 }
 }

@@ -15,10 +15,22 @@ import Glibc
 // 20 MB through memory. Images are split across threads; each GEMM is single-threaded.
 
 extension CPUBackend {
+    /// float32 always; bf16 where oneDNN's kernels multiply bf16 (AVX512-BF16 or AMX).
+    public func runsConvolution(operands dtype: DType) -> Bool {
+        dtype == .float32 || (dtype == .bfloat16 && CPUBackend.useOneDNN && OneDNNConvolution.hasBF16Kernels)
+    }
+
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry g: ConvGeometry, into y: Tensor) {
         let start = monotonicSeconds()
-        if withOneDNN(g, outChannels: weight.shape[0], bias: bias != nil, { $0.forward(x: x.ptr, weight: weight.ptr, bias: bias?.ptr, y: y.ptr) }) {
+        precondition(x.dtype == weight.dtype && runsConvolution(operands: x.dtype), "conv2d: operands \(x.dtype) and \(weight.dtype)")
+        if withOneDNN(g, outChannels: weight.shape[0], bias: bias != nil, operands: x.dtype, {
+            $0.forward(x: UnsafeMutableRawPointer(x.ptr), weight: UnsafeMutableRawPointer(weight.ptr), bias: bias?.ptr, y: y.ptr)
+        }) {
             count(.convolution, flops: 2 * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), since: start)
+            return
+        }
+        if x.dtype == .bfloat16 {  // a geometry oneDNN has no bf16 kernel for: the same values, widened (exact)
+            conv2d(widened(x), weight: widened(weight), bias: bias, geometry: g, into: y)
             return
         }
         let (k, hw, oc) = (g.patch, g.outH * g.outW, weight.shape[0])
@@ -40,12 +52,20 @@ extension CPUBackend {
     public func conv2dBackward(x: Tensor, weight: Tensor, gradOutput: Tensor, geometry g: ConvGeometry,
                                gradInput: Tensor?, gradWeight: Tensor?, gradBias: Tensor?) {
         let began = monotonicSeconds()
+        precondition(x.dtype == weight.dtype && x.dtype == gradOutput.dtype && runsConvolution(operands: x.dtype),
+                     "conv2dBackward: operands \(x.dtype), \(weight.dtype) and \(gradOutput.dtype)")
         // The forward's entry (a layer with a bias wants its gradient): one set of primitives per layer.
-        if withOneDNN(g, outChannels: weight.shape[0], bias: gradBias != nil, {
-            $0.backward(x: x.ptr, weight: weight.ptr, gy: gradOutput.ptr, gx: gradInput?.ptr, gw: gradWeight?.ptr, gb: gradBias?.ptr)
+        if withOneDNN(g, outChannels: weight.shape[0], bias: gradBias != nil, operands: x.dtype, {
+            $0.backward(x: UnsafeMutableRawPointer(x.ptr), weight: UnsafeMutableRawPointer(weight.ptr), gy: UnsafeMutableRawPointer(gradOutput.ptr),
+                        gx: gradInput?.ptr, gw: gradWeight?.ptr, gb: gradBias?.ptr)
         }) {
             let products = Double((gradInput == nil ? 0 : 1) + (gradWeight == nil ? 0 : 1))
             count(.convolution, flops: 2 * products * Double(weight.shape[0]) * Double(g.patch) * Double(g.positions), since: began)
+            return
+        }
+        if x.dtype == .bfloat16 {
+            conv2dBackward(x: widened(x), weight: widened(weight), gradOutput: widened(gradOutput), geometry: g,
+                           gradInput: gradInput, gradWeight: gradWeight, gradBias: gradBias)
             return
         }
         let (k, hw, oc) = (g.patch, g.outH * g.outW, weight.shape[0])
@@ -199,20 +219,20 @@ extension CPUBackend {
 /// one call at a time, so each call checks one out: threads that share a backend (the
 /// in-process ranks all see host tensors on the shared CPU backend) get their own.
 final class ConvolutionCache: @unchecked Sendable {
-    private struct Key: Hashable { var geometry: [Int], outChannels: Int, bias: Bool }
+    private struct Key: Hashable { var geometry: [Int], outChannels: Int, bias: Bool, operands: DType }
     private var idle: [Key: [OneDNNConvolution]] = [:]
     private var unsupported: Set<Key> = []
     private let lock = NSLock()
 
     /// Runs `body` with an entry for the geometry to itself; false when oneDNN builds none.
-    func with(_ g: ConvGeometry, outChannels: Int, bias: Bool, _ body: (OneDNNConvolution) -> Void) -> Bool {
+    func with(_ g: ConvGeometry, outChannels: Int, bias: Bool, operands: DType, _ body: (OneDNNConvolution) -> Void) -> Bool {
         let key = Key(geometry: [g.batch, g.channels, g.height, g.width, g.kernelH, g.kernelW, g.stride, g.padding],
-                      outChannels: outChannels, bias: bias)
+                      outChannels: outChannels, bias: bias, operands: operands)
         lock.lock()
         if unsupported.contains(key) { lock.unlock(); return false }
         let entry = idle[key]?.popLast()
         lock.unlock()
-        guard let conv = entry ?? OneDNNConvolution(g, outChannels: outChannels, bias: bias) else {
+        guard let conv = entry ?? OneDNNConvolution(g, outChannels: outChannels, bias: bias, operands: operands) else {
             lock.lock(); unsupported.insert(key); lock.unlock()
             return false
         }
@@ -224,9 +244,9 @@ final class ConvolutionCache: @unchecked Sendable {
 
 extension CPUBackend {
     /// Runs `body` on oneDNN's primitives for a convolution; false (nothing run) to use im2col.
-    func withOneDNN(_ g: ConvGeometry, outChannels: Int, bias: Bool, _ body: (OneDNNConvolution) -> Void) -> Bool {
+    func withOneDNN(_ g: ConvGeometry, outChannels: Int, bias: Bool, operands: DType, _ body: (OneDNNConvolution) -> Void) -> Bool {
         guard CPUBackend.useOneDNN else { return false }
-        return convolutions.with(g, outChannels: outChannels, bias: bias) { conv in
+        return convolutions.with(g, outChannels: outChannels, bias: bias, operands: operands) { conv in
             omp_set_num_threads(Int32(threads))
             body(conv)
         }

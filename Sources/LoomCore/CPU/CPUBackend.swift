@@ -293,6 +293,14 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         return true
     }
 
+    /// A bf16 tensor's values as a new float32 tensor (exact).
+    func widened(_ t: Tensor) -> Tensor {
+        let wide: Tensor
+        do { wide = try Tensor(uninitialized: t.shape, on: self) } catch { fatalError("widen: \(error)") }
+        cast(t, into: wide)
+        return wide
+    }
+
     /// A bf16 operand's matrices (stored `rows` x `cols` each, `batch` of them) as a new
     /// float32 operand over just the span they cover.
     private func widened(_ op: GEMMOperand, rows: Int, cols: Int, batch: Int) -> GEMMOperand {

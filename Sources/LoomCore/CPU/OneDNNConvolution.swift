@@ -6,7 +6,9 @@ import CDNNL
 // to Loom's NCHW/OIHW tensors around them. Primitives are built once per geometry (their
 // JIT code is generated then) and kept.
 
-/// One geometry's primitives and the blocked buffers between them.
+/// One geometry's primitives and the blocked buffers between them. Under bf16 precision the
+/// operands (x, the weights, dY) are bf16 tensors and the primitives read bf16 (oneDNN's
+/// AVX512-BF16 and AMX kernels), accumulating in float32 into float32 y, dX, dW and db.
 final class OneDNNConvolution {
     private let engine: dnnl_engine_t
     private let stream: dnnl_stream_t
@@ -15,6 +17,7 @@ final class OneDNNConvolution {
     private var backwardWeights: dnnl_primitive_t?
     /// Loom's layouts.
     private var srcUser = dnnl_memory_desc_t(), weightsUser = dnnl_memory_desc_t(), dstUser = dnnl_memory_desc_t()
+    private var diffSrcUser = dnnl_memory_desc_t(), diffWeightsUser = dnnl_memory_desc_t()
     private var biasDesc = dnnl_memory_desc_t()
     /// Memory objects over the primitives' layouts (allocated by oneDNN), and over Loom's
     /// tensors (their data handles set per call).
@@ -23,12 +26,19 @@ final class OneDNNConvolution {
     /// Reorder primitives by (from, to) memory object.
     private var reorders: [[UInt]: dnnl_primitive_t] = [:]
 
+    /// Whether oneDNN multiplies bf16 here (AVX512-BF16 or AMX): bf16 convolutions then run
+    /// on its bf16 kernels; a geometry it builds no bf16 primitive for is widened to float32.
+    static let hasBF16Kernels: Bool = {
+        let isa = dnnl_get_effective_cpu_isa().rawValue
+        return isa & dnnl_cpu_isa_avx512_core_bf16.rawValue == dnnl_cpu_isa_avx512_core_bf16.rawValue
+    }()
+
     /// nil when oneDNN cannot build a primitive for the geometry (then im2col serves it).
     let hasBias: Bool
     /// DNNL_MEMORY_ALLOCATE, ((void *)(size_t)-1): a macro Swift does not import.
     private static let allocate = UnsafeMutableRawPointer(bitPattern: UInt.max)
 
-    init?(_ g: ConvGeometry, outChannels oc: Int, bias: Bool) {
+    init?(_ g: ConvGeometry, outChannels oc: Int, bias: Bool, operands: DType) {
         hasBias = bias
         var e: dnnl_engine_t?, s: dnnl_stream_t?
         guard dnnl_engine_create(&e, dnnl_cpu, 0) == dnnl_success, let e,
@@ -39,14 +49,25 @@ final class OneDNNConvolution {
         var dst = [Int64(g.batch), Int64(oc), Int64(g.outH), Int64(g.outW)]
         var biasDims = [Int64(oc)]
         var strides = [Int64(g.stride), Int64(g.stride)], padding = [Int64(g.padding), Int64(g.padding)]
+        // Operands (x, weights, dY) in `operands`; results (y, dX, dW, db) float32.
+        guard operands == .float32 || operands == .bfloat16 else { return nil }
+        let op = operands == .bfloat16 ? dnnl_bf16 : dnnl_f32
         var srcAny = dnnl_memory_desc_t(), wtsAny = dnnl_memory_desc_t(), dstAny = dnnl_memory_desc_t()
-        guard dnnl_memory_desc_init_by_tag(&srcUser, 4, &src, dnnl_f32, dnnl_nchw) == dnnl_success,
-              dnnl_memory_desc_init_by_tag(&weightsUser, 4, &wts, dnnl_f32, dnnl_oihw) == dnnl_success,
+        var diffDstAny = dnnl_memory_desc_t(), diffSrcAny = dnnl_memory_desc_t(), diffWtsAny = dnnl_memory_desc_t()
+        var diffDstUser = dnnl_memory_desc_t()
+        guard dnnl_memory_desc_init_by_tag(&srcUser, 4, &src, op, dnnl_nchw) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&weightsUser, 4, &wts, op, dnnl_oihw) == dnnl_success,
               dnnl_memory_desc_init_by_tag(&dstUser, 4, &dst, dnnl_f32, dnnl_nchw) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&diffDstUser, 4, &dst, op, dnnl_nchw) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&diffSrcUser, 4, &src, dnnl_f32, dnnl_nchw) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&diffWeightsUser, 4, &wts, dnnl_f32, dnnl_oihw) == dnnl_success,
               dnnl_memory_desc_init_by_tag(&biasDesc, 1, &biasDims, dnnl_f32, dnnl_x) == dnnl_success,
-              dnnl_memory_desc_init_by_tag(&srcAny, 4, &src, dnnl_f32, dnnl_format_tag_any) == dnnl_success,
-              dnnl_memory_desc_init_by_tag(&wtsAny, 4, &wts, dnnl_f32, dnnl_format_tag_any) == dnnl_success,
-              dnnl_memory_desc_init_by_tag(&dstAny, 4, &dst, dnnl_f32, dnnl_format_tag_any) == dnnl_success else { return nil }
+              dnnl_memory_desc_init_by_tag(&srcAny, 4, &src, op, dnnl_format_tag_any) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&wtsAny, 4, &wts, op, dnnl_format_tag_any) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&dstAny, 4, &dst, dnnl_f32, dnnl_format_tag_any) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&diffDstAny, 4, &dst, op, dnnl_format_tag_any) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&diffSrcAny, 4, &src, dnnl_f32, dnnl_format_tag_any) == dnnl_success,
+              dnnl_memory_desc_init_by_tag(&diffWtsAny, 4, &wts, dnnl_f32, dnnl_format_tag_any) == dnnl_success else { return nil }
         var fd = dnnl_convolution_desc_t(), bd = dnnl_convolution_desc_t(), wd = dnnl_convolution_desc_t()
         let forwardStatus = bias
             ? dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &srcAny, &wtsAny, &biasDesc, &dstAny,
@@ -54,8 +75,9 @@ final class OneDNNConvolution {
             : dnnl_convolution_forward_desc_init(&fd, dnnl_forward_training, dnnl_convolution_direct, &srcAny, &wtsAny, nil, &dstAny,
                                                  &strides, &padding, &padding)
         guard forwardStatus == dnnl_success,
-              dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &srcAny, &wtsAny, &dstAny, &strides, &padding, &padding) == dnnl_success,
-              dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &srcAny, &wtsAny, &biasDesc, &dstAny,
+              dnnl_convolution_backward_data_desc_init(&bd, dnnl_convolution_direct, &diffSrcAny, &wtsAny, &diffDstAny,
+                                                       &strides, &padding, &padding) == dnnl_success,
+              dnnl_convolution_backward_weights_desc_init(&wd, dnnl_convolution_direct, &srcAny, &diffWtsAny, &biasDesc, &diffDstAny,
                                                           &strides, &padding, &padding) == dnnl_success else { return nil }
         var fpd: dnnl_primitive_desc_t?, bpd: dnnl_primitive_desc_t?, wpd: dnnl_primitive_desc_t?
         guard dnnl_primitive_desc_create(&fpd, &fd, nil, e, nil) == dnnl_success, let fpd,
@@ -76,7 +98,8 @@ final class OneDNNConvolution {
             guard dnnl_memory_create(&m, md, e, OneDNNConvolution.allocate) == dnnl_success, let m else { return nil }
             buffers[role] = m
         }
-        for (role, md) in [("src", srcUser), ("weights", weightsUser), ("dst", dstUser), ("bias", biasDesc), ("bias2", biasDesc)] {
+        for (role, md) in [("src", srcUser), ("weights", weightsUser), ("dst", dstUser), ("diff_dst", diffDstUser),
+                           ("diff_src", diffSrcUser), ("diff_weights", diffWeightsUser), ("bias", biasDesc), ("bias2", biasDesc)] {
             var d = md, m: dnnl_memory_t?
             guard dnnl_memory_create(&m, &d, e, nil) == dnnl_success, let m else { return nil }
             userMemory[role] = m
@@ -122,7 +145,8 @@ final class OneDNNConvolution {
         precondition(dnnl_primitive_execute(p, stream, Int32(list.count), &list) == dnnl_success, "oneDNN convolution failed")
     }
 
-    func forward(x: UnsafeMutablePointer<Float>, weight: UnsafeMutablePointer<Float>, bias: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>) {
+    /// x and weight: operands (float32 or bf16, as built); bias and y float32.
+    func forward(x: UnsafeMutableRawPointer, weight: UnsafeMutableRawPointer, bias: UnsafeMutablePointer<Float>?, y: UnsafeMutablePointer<Float>) {
         reorder(user("src", x), buffers["src"]!)
         reorder(user("weights", weight), buffers["weights"]!)
         var args = [(DNNL_ARG_SRC, buffers["src"]!), (DNNL_ARG_WEIGHTS, buffers["weights"]!), (DNNL_ARG_DST, buffers["dst"]!)]
@@ -132,23 +156,24 @@ final class OneDNNConvolution {
         dnnl_stream_wait(stream)
     }
 
-    func backward(x: UnsafeMutablePointer<Float>, weight: UnsafeMutablePointer<Float>, gy: UnsafeMutablePointer<Float>,
+    /// x, weight and gy: operands (float32 or bf16, as built); gx, gw and gb float32.
+    func backward(x: UnsafeMutableRawPointer, weight: UnsafeMutableRawPointer, gy: UnsafeMutableRawPointer,
                   gx: UnsafeMutablePointer<Float>?, gw: UnsafeMutablePointer<Float>?, gb: UnsafeMutablePointer<Float>?) {
         if let gx {
             reorder(user("weights", weight), buffers["bwd_weights"]!)
-            reorder(user("dst", gy), buffers["bwd_diff_dst"]!)
+            reorder(user("diff_dst", gy), buffers["bwd_diff_dst"]!)
             run(backwardData, [(DNNL_ARG_DIFF_DST, buffers["bwd_diff_dst"]!), (DNNL_ARG_WEIGHTS, buffers["bwd_weights"]!),
                                (DNNL_ARG_DIFF_SRC, buffers["diff_src"]!)])
-            reorder(buffers["diff_src"]!, user("src", gx))
+            reorder(buffers["diff_src"]!, user("diff_src", gx))
         }
         if gw != nil || gb != nil {
             let biasScratch = UnsafeMutablePointer<Float>.allocate(capacity: Int(biasDesc.dims.0))
             defer { biasScratch.deallocate() }
             reorder(user("src", x), buffers["wgt_src"]!)
-            reorder(user("dst", gy), buffers["wgt_diff_dst"]!)
+            reorder(user("diff_dst", gy), buffers["wgt_diff_dst"]!)
             run(backwardWeights, [(DNNL_ARG_SRC, buffers["wgt_src"]!), (DNNL_ARG_DIFF_DST, buffers["wgt_diff_dst"]!),
                                   (DNNL_ARG_DIFF_WEIGHTS, buffers["diff_weights"]!), (DNNL_ARG_DIFF_BIAS, user("bias2", gb ?? biasScratch))])
-            if let gw { reorder(buffers["diff_weights"]!, user("weights", gw)) }
+            if let gw { reorder(buffers["diff_weights"]!, user("diff_weights", gw)) }
         }
         dnnl_stream_wait(stream)
     }

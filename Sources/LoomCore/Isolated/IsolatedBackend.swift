@@ -171,6 +171,7 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
         inner.channelGradSums(x: host(x), mean: host(mean), gradOutput: host(gradOutput), n: n, channels: channels, inner: i,
                               sumGrad: host(sumGrad), sumGradXmu: host(sumGradXmu))
     }
+    public func runsConvolution(operands dtype: DType) -> Bool { inner.runsConvolution(operands: dtype) }
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, geometry: ConvGeometry, into y: Tensor) {
         inner.conv2d(host(x), weight: host(weight), bias: host(bias), geometry: geometry, into: host(y))
     }

@@ -18,14 +18,30 @@ extension Tensor {
         if let bias, bias.shape != [oc] {
             throw LoomError.shapeMismatch("conv2d: bias \(describe(bias.shape)) for \(oc) output channels")
         }
+        // Under bf16 precision, where the backend convolves bf16 (the CPU with oneDNN's bf16
+        // kernels), x, the weights and dY are read as bf16 copies (saved for backward, as the
+        // products' are); elsewhere, and for bias and outputs, float32.
+        let precision = backend.runsConvolution(operands: Autocast.precision.operandDType) ? Autocast.precision : .float32
+        let xl = try x.gemmInput(precision), wl = try weight.gemmInput(precision)
         let y = try empty([geo.batch, oc, geo.outH, geo.outW])
-        backend.conv2d(x, weight: weight, bias: bias, geometry: geo, into: y)
+        backend.conv2d(xl, weight: wl, bias: bias, geometry: geo, into: y)
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
         return Tensor.differentiable("conv2d", output: y, inputs: inputs) { g in
             let gx = x.requiresGrad ? try x.empty() : nil
             let gw = weight.requiresGrad ? try weight.empty() : nil
             let gb = (bias?.requiresGrad ?? false) ? try bias!.empty() : nil
-            x.backend.conv2dBackward(x: x, weight: weight, gradOutput: g, geometry: geo, gradInput: gx, gradWeight: gw, gradBias: gb)
+            let be = x.backend
+            if precision == .float32 {
+                be.conv2dBackward(x: xl, weight: wl, gradOutput: g, geometry: geo, gradInput: gx, gradWeight: gw, gradBias: gb)
+            } else {
+                be.conv2dBackward(x: xl, weight: wl, gradOutput: try g.gemmInput(precision), geometry: geo, gradInput: gx,
+                                  gradWeight: gw, gradBias: nil)
+                if let gb {  // the bias gradient from float32 dY, as linear's: db[o] = sum over n, h, w of dY[n, o, h, w]
+                    let perImage = try gb.empty([oc * geo.outH * geo.outW])
+                    be.reduce(.sum, g, outer: 1, n: geo.batch, inner: oc * geo.outH * geo.outW, into: perImage)
+                    be.reduce(.sum, perImage, outer: oc, n: geo.outH * geo.outW, inner: 1, into: gb)
+                }
+            }
             return bias == nil ? [gx, gw] : [gx, gw, gb]
         }
     }
