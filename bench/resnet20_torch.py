@@ -8,7 +8,7 @@ images, random labels), SGD lr 0.01 momentum 0.9, timed as every Loom benchmark 
 warm-up steps, then --repeats timed runs of --steps steps; the median run is reported as
 one JSON line.
 
-    python3 bench/resnet20_torch.py --threads 2 --repeats 3
+    python3 bench/resnet20_torch.py --threads 2 --repeats 3 [--precision bf16]
 """
 import argparse, json, statistics, time
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -17,6 +17,8 @@ p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--steps", type=int, default=30)
 p.add_argument("--repeats", type=int, default=3)
+p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+               help="bf16: each step's forward under torch.autocast on the CPU (convolutions and the linear layer in bf16)")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -58,7 +60,9 @@ y = torch.randint(0, 10, (128,))
 
 def step():
     opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+        out = model(x)
+    loss = F.cross_entropy(out.float(), y)
     loss.backward()
     opt.step()
     return loss.item()
@@ -72,5 +76,5 @@ for _ in range(a.repeats):
     for _ in range(a.steps):
         loss = step()
     runs.append(128 * a.steps / (time.perf_counter() - t0))
-print(json.dumps({"workload": "resnet20", "framework": f"torch {torch.__version__}", "threads": a.threads,
+print(json.dumps({"workload": "resnet20", "framework": f"torch {torch.__version__}", "precision": a.precision, "threads": a.threads,
                   "per_s": statistics.median(runs), "unit": "samples/s", "runs_per_s": runs, "loss": loss}))

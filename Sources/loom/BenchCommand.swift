@@ -21,8 +21,10 @@ struct BenchCommand: ParsableCommand {
         header names the processor, the kernels' vector width and the GEMM library. \
         LOOM_CPU_ISA=baseline|avx2 caps the kernels' width; LOOM_GEMM=openblas|onednn picks \
         the GEMM library (default: oneDNN with AVX-512, else OpenBLAS). With --precision bf16 \
-        the header says where the bf16 products ran: oneDNN's bf16 kernels where the processor \
-        has AVX512-BF16 or AMX, else widened to float32 (LOOM_BF16_GEMM=onednn|widen chooses).
+        the header says where the bf16 products ran: Loom's AVX512-BF16 kernel where the \
+        processor has vdpbf16ps, oneDNN's bf16 kernels where it has AMX, else widened to \
+        float32 (LOOM_BF16_GEMM=kernel|onednn|widen chooses), and the convolutions: oneDNN's \
+        bf16 kernels, or float32 where there are none.
 
         Examples:
           loom bench
@@ -55,7 +57,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "CPU threads for Loom's kernels and OpenBLAS (default: all cores or LOOM_THREADS).")
     var threads: Int?
 
-    @Option(help: "Matrix products: float32, or bf16 (bf16 operands, float32 accumulation), as loom train --precision.")
+    @Option(help: "Matrix products and convolutions: float32, or bf16 (bf16 operands, float32 accumulation), as loom train --precision.")
     var precision: Precision = .float32
 
     @Option(help: "Timed steps per run.")
@@ -113,7 +115,8 @@ struct BenchCommand: ParsableCommand {
                 ? "\(n) thread(s) of \(CPUInfo.modelName ?? "an unnamed processor"), kernels \(CPUBackend.kernelISA), GEMMs on \(CPUBackend.gemmLibrary), sgemm peak \(String(format: "%.1f", peak)) GFLOP/s (OPENBLAS_CORETYPE=\(ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] ?? "auto"))"
                 : "\(backend.name), float32 sgemm peak \(String(format: "%.1f", peak)) GFLOP/s"
             print("loom bench — \(on)" + (precision == .float32 ? "" : ", \(precision.rawValue) matrix products"
-                + (deviceOptions.device == .cpu ? " (\(BF16GEMMPath.description))" : "")))
+                + (deviceOptions.device == .cpu
+                    ? " (\(BF16GEMMPath.description)), convolutions (\(OneDNNConvolution.bf16Description))" : "")))
         }
         for w in workloads {
             let xla = backend as? XLABackend  // its counters restart with the timed steps (GEMMCounting)

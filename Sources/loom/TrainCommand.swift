@@ -73,7 +73,7 @@ struct TrainCommand: ParsableCommand {
     var chunks: Int?
     @Flag(help: "Pipeline: recompute each micro-batch's activations during backward instead of keeping them.")
     var recompute = false
-    @Option(help: "Matrix products: float32, or bf16 (bf16 operands, float32 accumulation; weights, optimizer state, softmax, norms and loss stay float32).")
+    @Option(help: "Matrix products (and, on the CPU, convolutions): float32, or bf16 (bf16 operands, float32 accumulation; weights, optimizer state, softmax, norms and loss stay float32).")
     var precision: Precision?
     @Option(help: "Write a Chrome trace (Perfetto) of the last 10 steps, one lane per rank, and a communication lane per data-parallel rank (its collectives, and waits on them).")
     var trace: String?

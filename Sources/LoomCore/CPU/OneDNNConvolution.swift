@@ -9,7 +9,7 @@ import CDNNL
 /// One geometry's primitives and the blocked buffers between them. Under bf16 precision the
 /// operands (x, the weights, dY) are bf16 tensors and the primitives read bf16 (oneDNN's
 /// AVX512-BF16 and AMX kernels), accumulating in float32 into float32 y, dX, dW and db.
-final class OneDNNConvolution {
+public final class OneDNNConvolution {
     private let engine: dnnl_engine_t
     private let stream: dnnl_stream_t
     private var forward: dnnl_primitive_t?
@@ -32,6 +32,11 @@ final class OneDNNConvolution {
         let isa = dnnl_get_effective_cpu_isa().rawValue
         return isa & dnnl_cpu_isa_avx512_core_bf16.rawValue == dnnl_cpu_isa_avx512_core_bf16.rawValue
     }()
+
+    /// What `loom bench --precision bf16` prints for convolutions.
+    public static var bf16Description: String {
+        hasBF16Kernels && CPUBackend.useOneDNN ? "onednn (\(OneDNNMatmul.isaName))" : "float32 (no bf16 kernels here)"
+    }
 
     /// nil when oneDNN cannot build a primitive for the geometry (then im2col serves it).
     let hasBias: Bool

@@ -5,10 +5,13 @@
 // layer norm, the loss. A product saves its bf16 operands for backward, so each operand
 // is rounded once.
 //
+// Convolutions too, where the backend convolves bf16 (`Backend.runsConvolution`: the CPU
+// with oneDNN's bf16 kernels; elsewhere they stay float32), their bias gradients float32.
+//
 // Unlike PyTorch, a product's output is float32, not bf16: the elementwise ops after it
-// need no bf16 kernels and no dtype promotion rules. The price is memory: activations stay
-// float32, and the graph keeps the float32 input next to its bf16 copy. Convolutions stay
-// float32.
+// need no bf16 kernels and no dtype promotion rules. The price is memory and bandwidth:
+// activations stay float32, the graph keeps the float32 input next to its bf16 copy, and
+// the elementwise ops, norms and softmax move as many bytes as in float32.
 
 /// The precision of matrix products.
 public enum Precision: String, CaseIterable, Sendable {

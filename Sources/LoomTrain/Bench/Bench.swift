@@ -33,6 +33,8 @@ public struct BenchResult: Sendable, Encodable {
     /// bf16 on the CPU: which kernels its products ran on (`onednn (avx512_core_bf16)`,
     /// or `widened to float32` where the processor has no bf16 instructions).
     public var bf16GEMM: String?
+    /// Where bf16 convolutions ran (CPU, --precision bf16).
+    public var bf16Convolution: String?
     /// The most bytes of tensors alive at once during the timed steps (model, optimizer
     /// state, activations and gradients), as PyTorch's max_memory_allocated.
     public var peakBytes: Int = 0
@@ -59,7 +61,7 @@ public struct BenchResult: Sendable, Encodable {
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
-        case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm"
+        case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm", bf16Convolution = "bf16_convolution"
         case warmup, repeats, runsPerSecond = "runs_per_s", zero, heldBytes = "held_bytes"
         case peakSplit = "peak_split", heldSplit = "held_split"
     }
@@ -84,6 +86,7 @@ public struct BenchResult: Sendable, Encodable {
         try c.encode(device, forKey: .device)
         try c.encode(precision.rawValue, forKey: .precision)
         try c.encodeIfPresent(bf16GEMM, forKey: .bf16GEMM)
+        try c.encodeIfPresent(bf16Convolution, forKey: .bf16Convolution)
         try c.encode(peakBytes, forKey: .peakBytes)
         try c.encodeIfPresent(peakSplit?.named, forKey: .peakSplit)
         try c.encode(loss, forKey: .loss)
@@ -207,7 +210,10 @@ public enum Bench {
             result.kernels = CPUBackend.kernelISA
             result.gemmLibrary = CPUBackend.gemmLibrary
             result.processor = CPUInfo.modelName
-            if precision == .bfloat16 { result.bf16GEMM = BF16GEMMPath.description }
+            if precision == .bfloat16 {
+                result.bf16GEMM = BF16GEMMPath.description
+                result.bf16Convolution = OneDNNConvolution.bf16Description
+            }
         }
         return result
     }

@@ -93,7 +93,7 @@ public enum ConfigFile {
         int("train", "warmup_steps", "linear warm-up steps", \.warmupSteps),
         double("train", "min_lr", "learning rate at the end of the cosine", \.minLR),
         double("train", "grad_clip", "max global gradient norm (0: off)", \.gradClip),
-        choice("train", "precision", "matrix products: float32, or bf16 (bf16 operands, float32 accumulation; weights and optimizer state stay float32)", \.precision),
+        choice("train", "precision", "matrix products (and convolutions on the CPU): float32, or bf16 (bf16 operands, float32 accumulation; weights and optimizer state stay float32)", \.precision),
         choice("train", "nonfinite", "a step with an inf/NaN gradient: stop (before the update) or skip it", \.nonFinite),
         int("train", "seed", "seed of initialisation, shuffling and dropout", \.seed),
         int("train", "log_every", "steps between metric lines", min: 1, \.logEvery),
