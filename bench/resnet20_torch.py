@@ -10,8 +10,9 @@ one JSON line.
 
     python3 bench/resnet20_torch.py --threads 2 --repeats 3 [--precision bf16]
 """
-import argparse, json, statistics, time
+import argparse, json
 import torch, torch.nn as nn, torch.nn.functional as F
+from torch_timing import timed
 
 p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
@@ -68,13 +69,6 @@ def step():
     return loss.item()
 
 
-for _ in range(5):
-    loss = step()
-runs = []
-for _ in range(a.repeats):
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        loss = step()
-    runs.append(128 * a.steps / (time.perf_counter() - t0))
+per_s, runs, loss = timed(step, 128, a.steps, a.repeats)
 print(json.dumps({"workload": "resnet20", "framework": f"torch {torch.__version__}", "precision": a.precision, "threads": a.threads,
-                  "per_s": statistics.median(runs), "unit": "samples/s", "runs_per_s": runs, "loss": loss}))
+                  "per_s": per_s, "unit": "samples/s", "runs_per_s": runs, "loss": loss}))

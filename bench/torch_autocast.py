@@ -11,8 +11,9 @@ is bench/resnet20_torch.py (it takes --precision too).
 
     python3 bench/torch_autocast.py all --threads 2 --repeats 3 --precision bf16
 """
-import argparse, json, statistics, time
+import argparse, json
 import torch, torch.nn as nn, torch.nn.functional as F
+from torch_timing import timed
 
 p = argparse.ArgumentParser()
 p.add_argument("which", nargs="?", default="all")
@@ -84,14 +85,7 @@ for name, model, x, y, opt, units in workloads():
         opt.step()
         return loss.item()
 
-    for _ in range(5):
-        loss = step()
-    runs = []
-    for _ in range(a.repeats):
-        t0 = time.perf_counter()
-        for _ in range(a.steps):
-            loss = step()
-        runs.append(units * a.steps / (time.perf_counter() - t0))
+    per_s, runs, loss = timed(step, units, a.steps, a.repeats)
     print(json.dumps({"workload": name, "framework": f"torch {torch.__version__}", "precision": a.precision, "threads": a.threads,
-                      "per_s": statistics.median(runs), "unit": "tokens/s" if name == "gpt" else "samples/s", "runs_per_s": runs,
+                      "per_s": per_s, "unit": "tokens/s" if name == "gpt" else "samples/s", "runs_per_s": runs,
                       "loss": loss}), flush=True)
