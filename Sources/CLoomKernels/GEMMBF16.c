@@ -1,10 +1,13 @@
 // bf16 matrix products on AVX512-BF16 (vdpbf16ps): C = alpha · op(A) · op(B) + beta · C with
-// A and B bf16, C float32, on the calling thread. The layout is GotoBLAS's: op(B) is packed a
-// block of KC rows at a time into panels of NR = 32 columns, op(A) into panels of MR = 14 rows,
-// and a 14 x 32 tile of C lives in 28 zmm registers while the k loop runs.
+// A and B bf16, C float32, on the calling thread. The layout is GotoBLAS's: op(B) is packed
+// into panels of NR = 32 columns (all of k, once per product, or once for many:
+// loom_bf16_pack_b), op(A) is read where it lies when it is row-major (a pair of k values is
+// one 32-bit word there) and otherwise packed into panels, and a tile of 14 (or 8) rows x 32
+// columns of C lives in 28 (16) zmm registers while a block of KC k values runs.
 //
-// vdpbf16ps multiplies pairs: lane i of its result gains a[2i]·b[2i] + a[2i+1]·b[2i+1] (each
-// product exact in float32, the sum rounded). So both operands are packed in pairs along k:
+// vdpbf16ps multiplies pairs: lane i of its result gains a[2i+1]·b[2i+1], then a[2i]·b[2i]
+// (each product exact in float32, each sum rounded; denormals flushed). So both operands are
+// read in pairs along k:
 //
 //   A panel, pair p, row r:    one 32-bit word  (op(A)[r][2p], op(A)[r][2p+1])    -> broadcast
 //   B panel, pair p, column j: lane j of a row  (op(B)[2p][j], op(B)[2p+1][j])   -> 2 zmm
@@ -17,8 +20,8 @@
 //   pair 0: (1, 3) (2, 4) ...      pair 1: (5, 0) (6, 0) ...
 // and a row (a0, a1, a2) of op(A) packs as (a0, a1) (a2, 0): column 0 gets a0·1 + a1·3 + a2·5.
 //
-// Sums run in another order than a float32 sgemm (pairs first), so results differ from the
-// widened path by float32 rounding.
+// Sums run in another order than a float32 sgemm, so results differ from the widened path by
+// float32 rounding (BF16KernelTests bounds it).
 #include "Dispatch.h"
 #include <stdlib.h>
 
@@ -90,6 +93,7 @@ int64_t loom_bf16_packed_b_words(int64_t k, int64_t n) { return (n + NR - 1) / N
 // dst[panel][pair][NR] words, a panel (k + 1) / 2 · NR words.
 BF16_TARGET void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb,
                                   uint32_t *dst) {
+    if (!loom_cpu_has_avx512_bf16()) return;  // nothing to pack for: loom_bf16_gemm_packed_b declines too
     int64_t pairs = (k + 1) / 2;
     dst += j0 / NR * pairs * NR;
     for (; j0 < j1; j0 += NR, dst += pairs * NR) {

@@ -38,7 +38,8 @@ int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, floa
 // panels of dst (loom_bf16_packed_b_words(k, n) words, 64-byte aligned; a panel is
 // (k + 1) / 2 * 32 words, its rows in pairs). loom_bf16_gemm_packed_b reads B from such panels:
 // `panelWords` apart, starting at pair 0 of the first (a product over rows r0... of the packed
-// op(B), r0 even, starts r0 / 2 * 32 words in).
+// op(B), r0 even, starts r0 / 2 * 32 words in). Without AVX512-BF16 neither does anything (the
+// product returns 0).
 int64_t loom_bf16_packed_b_words(int64_t k, int64_t n);
 void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb, uint32_t *dst);
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
