@@ -26,12 +26,12 @@ static void run(int ta,int tb,int m,int n,int k,float beta){
   for(size_t i=0;i<(size_t)m*n;i++){c0[i]=rand()/(float)RAND_MAX;}
   memcpy(r,c0,(size_t)m*n*4); memcpy(c,c0,(size_t)m*n*4);
   dnnl_sgemm(ta?'T':'N',tb?'T':'N',m,n,k,0.5f,af,lda,bf,ldb,beta,r,ldc);
-  if(!loom_bf16_gemm(ta,tb,m,n,k,0.5f,a,lda,b,ldb,beta,c,ldc)){printf("no bf16\n");exit(1);}
+  if(!loom_bf16_gemm(ta,tb,m,n,k,0.5f,a,lda,b,ldb,beta,c,ldc,NULL)){printf("no bf16\n");exit(1);}
   double err=0; for(size_t i=0;i<(size_t)m*n;i++){double e=fabs(c[i]-r[i]); if(e>err)err=e;}
   int it = (int)(2e9/(2.0*m*n*k)); if(it<3)it=3;
   double best1=1e9,best2=1e9;
   for(int rep=0;rep<5;rep++){
-    double t=now(); for(int i=0;i<it;i++) loom_bf16_gemm(ta,tb,m,n,k,0.5f,a,lda,b,ldb,beta,c,ldc); t=(now()-t)/it; if(t<best1)best1=t;
+    double t=now(); for(int i=0;i<it;i++) loom_bf16_gemm(ta,tb,m,n,k,0.5f,a,lda,b,ldb,beta,c,ldc,NULL); t=(now()-t)/it; if(t<best1)best1=t;
     t=now(); for(int i=0;i<it;i++) dnnl_sgemm(ta?'T':'N',tb?'T':'N',m,n,k,0.5f,af,lda,bf,ldb,beta,r,ldc); t=(now()-t)/it; if(t<best2)best2=t;
   }
   double f=2.0*m*n*k;

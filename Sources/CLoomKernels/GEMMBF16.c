@@ -142,13 +142,14 @@ typedef uint32_t unaligned_word __attribute__((aligned(2), may_alias));
 typedef uint16_t aliased_half __attribute__((may_alias));
 
 // One MRX x NR tile: acc = A · B panel over `pairs` pairs (and, with `tail`, one last k
-// value: B's pair padded with zero, A's value read alone), then C = alpha · acc + beta · C for
-// the tile's first `rows` rows and `cols` columns. A is a packed panel (`direct` 0: the word
+// value: B's pair padded with zero, A's value read alone), then C = alpha · acc + beta · C
+// (+ bias[j] in every row, where `bias` is not NULL) for the tile's first `rows` rows and
+// `cols` columns. A is a packed panel (`direct` 0: the word
 // of row r, pair p at ap[p * MRX + r]) or op(A)'s own rows (`direct` 1: row r starts `rs`
 // bytes after row r - 1, a pair is a 32-bit word). Compiled for each MRX (14 and 8) and mode.
 BF16_TARGET static inline __attribute__((always_inline)) void
 tile_body(const int MRX, const int direct, const char *ap, int64_t rs, const uint32_t *bp, int64_t pairs, int tail,
-          float *c, int64_t ldc, int64_t rows, int64_t cols, float alpha, float beta) {
+          float *c, int64_t ldc, int64_t rows, int64_t cols, float alpha, float beta, const float *bias) {
     __m512 acc[MRX][2];
     for (int r = 0; r < MRX; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < pairs; p++, bp += NR) {
@@ -174,6 +175,8 @@ tile_body(const int MRX, const int direct, const char *ap, int64_t rs, const uin
     __mmask16 m0 = cols >= 16 ? 0xFFFF : (__mmask16)((1u << cols) - 1);
     __mmask16 m1 = cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+    __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
 #pragma clang loop unroll(full)
     for (int r = 0; r < MRX; r++) {
         if (r >= rows) break;
@@ -183,6 +186,10 @@ tile_body(const int MRX, const int direct, const char *ap, int64_t rs, const uin
             y0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, row), vb, y0);
             y1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, row + 16), vb, y1);
         }
+        if (bias) {  // alpha · acc + bias rounds once, as alpha · acc + 1 · C over C = bias does
+            y0 = _mm512_add_ps(y0, bias0);
+            y1 = _mm512_add_ps(y1, bias1);
+        }
         _mm512_mask_storeu_ps(row, m0, y0);
         _mm512_mask_storeu_ps(row + 16, m1, y1);
     }
@@ -191,8 +198,8 @@ tile_body(const int MRX, const int direct, const char *ap, int64_t rs, const uin
 #define TILE(MRX, DIRECT)                                                                                             \
     BF16_TARGET static void tile_##MRX##_##DIRECT(const char *ap, int64_t rs, const uint32_t *bp, int64_t pairs,     \
                                                   int tail, float *c, int64_t ldc, int64_t rows, int64_t cols,       \
-                                                  float alpha, float beta) {                                         \
-        tile_body(MRX, DIRECT, ap, rs, bp, pairs, tail, c, ldc, rows, cols, alpha, beta);                            \
+                                                  float alpha, float beta, const float *bias) {                      \
+        tile_body(MRX, DIRECT, ap, rs, bp, pairs, tail, c, ldc, rows, cols, alpha, beta, bias);                      \
     }
 TILE(14, 0)
 TILE(14, 1)
@@ -200,7 +207,7 @@ TILE(8, 0)
 TILE(8, 1)
 
 typedef void (*tile_fn)(const char *, int64_t, const uint32_t *, int64_t, int, float *, int64_t, int64_t, int64_t,
-                        float, float);
+                        float, float, const float *);
 
 // Panels of 14 rows keep 28 accumulators busy; panels of 8 (16 accumulators, ~10% slower a
 // multiply-add) waste less of a short product: m = 32 runs 42 rows in 14s, 32 in 8s.
@@ -210,12 +217,14 @@ static int panel_rows(int64_t m) {
 }
 
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc) {
+                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
+                            const float *bias) {
     if (!loom_cpu_has_avx512_bf16()) return 0;
     if (m <= 0 || n <= 0) return 1;
-    if (k <= 0) {  // C = beta · C
+    if (k <= 0) {  // C = beta · C (+ bias)
         for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+            for (int64_t j = 0; j < n; j++)
+                c[i * ldc + j] = (beta == 0 ? 0 : beta * c[i * ldc + j]) + (bias ? bias[j] : 0);
         return 1;
     }
     const int mr = panel_rows(m);
@@ -226,7 +235,8 @@ int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float a
     if (!pa) return 0;
     for (int64_t kk = 0; kk < k; kk += KC) {
         int64_t kc = k - kk < KC ? k - kk : KC, pairs = (kc + 1) / 2;
-        float betaHere = kk == 0 ? beta : 1;  // later blocks add onto the first's
+        float betaHere = kk == 0 ? beta : 1;  // later blocks add onto the first's (which added the bias)
+        const float *biasHere = kk == 0 ? bias : NULL;
         for (int64_t i0 = 0; i0 < m; i0 += mcBlock) {
             int64_t mc = m - i0 < mcBlock ? m - i0 : mcBlock;
             // op(A) stored row-major is read where it lies, but for a last partial panel;
@@ -241,10 +251,10 @@ int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float a
                     float *cTile = c + (i0 + ip) * ldc + jp;
                     if (ip < whole)
                         direct((const char *)(a + (i0 + ip) * lda + kk), 2 * lda, bPanel, kc / 2, (int)(kc & 1), cTile,
-                               ldc, rows, cols, alpha, betaHere);
+                               ldc, rows, cols, alpha, betaHere, biasHere ? biasHere + jp : NULL);
                     else
                         packed((const char *)(pa + (ip - whole) / mr * pairs * mr), 4, bPanel, pairs, 0, cTile, ldc,
-                               rows, cols, alpha, betaHere);
+                               rows, cols, alpha, betaHere, biasHere ? biasHere + jp : NULL);
                 }
             }
         }
@@ -253,23 +263,24 @@ int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float a
 }
 
 int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias) {
     if (!loom_cpu_has_avx512_bf16()) return 0;
     uint32_t *pb = words(&packed_b, &packed_b_words, (size_t)loom_bf16_packed_b_words(k, n));
     if (!pb) return 0;
     if (k > 0) loom_bf16_pack_b(transB, k, 0, n, b, ldb, pb);
-    return loom_bf16_gemm_packed_b(transA, m, n, k, alpha, a, lda, pb, (k + 1) / 2 * NR, beta, c, ldc);
+    return loom_bf16_gemm_packed_b(transA, m, n, k, alpha, a, lda, pb, (k + 1) / 2 * NR, beta, c, ldc, bias);
 }
 
 #else
 int64_t loom_bf16_packed_b_words(int64_t k, int64_t n) { return 0; }
 void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb, uint32_t *dst) {}
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc) {
+                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
+                            const float *bias) {
     return 0;
 }
 int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias) {
     return 0;
 }
 #endif

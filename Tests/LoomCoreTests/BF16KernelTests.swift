@@ -30,7 +30,7 @@ final class BF16KernelTests: XCTestCase {
         for i in 0..<m { for j in n..<ldc { c[i * ldc + j] = 7 } }
         let c0 = c
         let done = loom_bf16_gemm(transA ? 1 : 0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a.bits, Int64(lda),
-                                  b.bits, Int64(ldb), beta, &c, Int64(ldc))
+                                  b.bits, Int64(ldb), beta, &c, Int64(ldc), nil)
         XCTAssertEqual(done, 1, file: file, line: line)
         // Float32 sums of k terms err by about sqrt(k) roundings of their magnitudes' sum;
         // a term dropped or paired with the wrong one errs by the size of a term (~0.25).
@@ -79,7 +79,7 @@ final class BF16KernelTests: XCTestCase {
         for (rows, cols, r0) in [(k, n, 0), (k, 40, 0), (33, n, 0), (k - 32, n, 32), (k - 6, 17, 6)] {
             var c = [Float](repeating: .nan, count: m * cols)
             let done = loom_bf16_gemm_packed_b(0, Int64(m), Int64(cols), Int64(rows), 1, a.bits, Int64(k), packed + r0 / 2 * 32,
-                                               panelWords, 0, &c, Int64(cols))
+                                               panelWords, 0, &c, Int64(cols), nil)
             XCTAssertEqual(done, 1)
             var worst = 0.0
             for i in 0..<m {
@@ -90,6 +90,25 @@ final class BF16KernelTests: XCTestCase {
                 }
             }
             XCTAssertLessThanOrEqual(worst, 2e-5, "rows \(r0)..<\(r0 + rows), columns 0..<\(cols)")
+        }
+    }
+
+    /// A bias added as C is stored gives exactly what the bias written into C first and a
+    /// product onto it (beta 1) gives: alpha · acc + bias rounds once either way, past a block
+    /// of k too (the later blocks add onto the first's).
+    func testABiasAddedAsCIsStoredEqualsTheBiasWrittenFirst() {
+        for (m, n, k, transB) in [(30, 70, 45, true), (16, 33, 800, false), (3, 5, 1, true)] {
+            let a = bf16Values(m * k, seed: 6), b = bf16Values(k * n, seed: 7)
+            var rng = Philox(seed: 8)
+            let bias = (0..<n).map { _ in 2 * rng.nextFloat() - 1 }
+            var fused = [Float](repeating: .nan, count: m * n)
+            var written = (0..<m * n).map { bias[$0 % n] }
+            let ldb = transB ? k : n
+            XCTAssertEqual(loom_bf16_gemm(0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 0.5, a.bits, Int64(k), b.bits, Int64(ldb),
+                                          0, &fused, Int64(n), bias), 1)
+            XCTAssertEqual(loom_bf16_gemm(0, transB ? 1 : 0, Int64(m), Int64(n), Int64(k), 0.5, a.bits, Int64(k), b.bits, Int64(ldb),
+                                          1, &written, Int64(n), nil), 1)
+            XCTAssertEqual(fused, written, "m \(m) n \(n) k \(k)")
         }
     }
 }

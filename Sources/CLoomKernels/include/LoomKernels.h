@@ -27,11 +27,13 @@ const char *loom_isa_name(loom_isa isa);
 /// below avx512 turns it off).
 int loom_cpu_has_avx512_bf16(void);
 
-// C = alpha * op(A) * op(B) + beta * C, row-major, A and B bf16, C float32, on the calling
-// thread (GEMMBF16.c). op(A) is m x k (transA: A is stored k x m), op(B) is k x n. Returns 0,
-// doing nothing, where the processor lacks AVX512-BF16 (or memory for the packing buffers).
+// C = alpha * op(A) * op(B) + beta * C (+ bias[j] in column j of every row, where bias is not
+// NULL: a linear layer's forward), row-major, A and B bf16, C and bias float32, on the
+// calling thread (GEMMBF16.c). op(A) is m x k (transA: A is stored k x m), op(B) is k x n.
+// Returns 0, doing nothing, where the processor lacks AVX512-BF16 (or memory for the packing
+// buffers).
 int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias);
 // The same in two parts, so that op(B) is packed once for many products (threads sharing it,
 // or attention's row blocks reading a prefix or a suffix of one head's keys):
 // loom_bf16_pack_b writes columns [j0, j1) (j0 a multiple of 32) of op(B), k x n, into their
@@ -43,7 +45,8 @@ int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, floa
 int64_t loom_bf16_packed_b_words(int64_t k, int64_t n);
 void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb, uint32_t *dst);
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc);
+                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
+                            const float *bias);
 
 // y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 void loom_gelu(const float *x, float *y, int64_t n);

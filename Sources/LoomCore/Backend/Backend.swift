@@ -70,6 +70,12 @@ public protocol Backend: AnyObject, Sendable {
     /// float32.
     func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
               alpha: Float, beta: Float)
+    /// C = alpha · op(A) · op(B) + bias, the bias [n] added to every row of C, whose values
+    /// before are not read: a linear layer's forward (one matrix, C contiguous [m, n]). The
+    /// default writes the bias into C and runs `gemm` with beta 1; the CPU's bf16 kernel adds
+    /// it as it stores C (the same float32 values: alpha · acc + bias rounds once either way).
+    func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
+              addingToEachRow bias: Tensor) throws
 
     // MARK: Layout
     /// y = x permuted: y's axis i is x's axis perm[i].
@@ -225,5 +231,17 @@ public struct GEMMOperand {
 
 extension Backend {
     public func deferredErrors() throws {}
+    public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
+                     addingToEachRow bias: Tensor) throws {
+        try gemmAfterWritingBias(a, b, c, m: m, n: n, k: k, alpha: alpha, bias: bias)
+    }
+
+    /// `gemm(addingToEachRow:)` in two passes: the bias broadcast into C, then a GEMM onto it.
+    public func gemmAfterWritingBias(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
+                                     bias: Tensor) throws {
+        precondition(c.ld == n && c.offset == 0 && c.tensor.count == m * n, "gemm adding a bias: C must be a whole [\(m), \(n)] tensor")
+        binary(.add, try Tensor.zeros([1], on: self), bias, into: c.tensor.view([m, n]))
+        gemm(a, b, c, m: m, n: n, k: k, batch: 1, alpha: alpha, beta: 1)
+    }
     public func runsConvolution(operands dtype: DType) -> Bool { dtype == .float32 }
 }

@@ -210,7 +210,7 @@ extension UInt16: AttentionOperand {
                      _ b: SharedOperand<UInt16>, fromRow r0: Int, beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
         precondition(r0 % 2 == 0, "attention: a packed operand's rows are read from an even row, not \(r0)")
         let done = loom_bf16_gemm_packed_b(transA ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda),
-                                           b.packed! + r0 / 2 * 32, Int64(b.panelWords), beta, c, Int64(ldc))
+                                           b.packed! + r0 / 2 * 32, Int64(b.panelWords), beta, c, Int64(ldc), nil)
         precondition(done != 0, "bf16 gemm \(m)x\(n)x\(k): no AVX512-BF16 or no memory for the packing buffers")
     }
     fileprivate static func scratch(_ count: Int) -> UnsafeMutablePointer<UInt16>? { .allocate(capacity: count) }

@@ -197,8 +197,8 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     }
 
     /// One single-threaded product of a split: its operands' element offsets in their
-    /// tensors, and its m and n.
-    struct GEMMPiece { var a: Int, b: Int, c: Int, m: Int, n: Int }
+    /// tensors, its m and n, and the first column of C it covers.
+    struct GEMMPiece { var a: Int, b: Int, c: Int, m: Int, n: Int, column = 0 }
 
     /// How a product is spread over the threads, the same for every element type: by
     /// batch entry when there are several, else by rows of C (or columns, when C is short
@@ -213,7 +213,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             ranges.map { lo, len in
                 byRows  // rows lo..<lo+len of C need rows of op(A); columns of C, columns of op(B)
                     ? GEMMPiece(a: a.transposed ? e.a + lo : e.a + lo * a.ld, b: e.b, c: e.c + lo * c.ld, m: len, n: n)
-                    : GEMMPiece(a: e.a, b: b.transposed ? e.b + lo * b.ld : e.b + lo, c: e.c + lo, m: m, n: len)
+                    : GEMMPiece(a: e.a, b: b.transposed ? e.b + lo * b.ld : e.b + lo, c: e.c + lo, m: m, n: len, column: lo)
             }
         }, threads)
     }
@@ -232,11 +232,25 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         return stride(from: 0, to: total, by: chunk).map { ($0, min(chunk, total - $0)) }
     }
 
+    /// A linear layer's product: on Loom's bf16 kernel the bias is added as C is stored
+    /// (one pass over C instead of three); elsewhere written into C first.
+    public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
+                     addingToEachRow bias: Tensor) throws {
+        guard a.tensor.dtype == .bfloat16, BF16GEMMPath.selected == .kernel else {
+            try gemmAfterWritingBias(a, b, c, m: m, n: n, k: k, alpha: alpha, bias: bias)
+            return
+        }
+        precondition(b.tensor.dtype == .bfloat16 && c.tensor.dtype == .float32 && bias.dtype == .float32 && bias.count == n,
+                     "gemm: operands \(a.tensor.dtype) and \(b.tensor.dtype) into \(c.tensor.dtype), bias \(bias.dtype) \(describe(bias.shape)) for \(n) columns")
+        bf16KernelGEMM(a, b, c, m: m, n: n, k: k, batch: 1, alpha: alpha, beta: 0, bias: bias.ptr)
+    }
+
     /// A bf16 product on Loom's AVX512-BF16 kernel (`GEMMBF16.c`), spread over the threads
-    /// as float32's is. Pieces cut from one product by rows of C share op(B): it is packed
-    /// once, its panels split across the threads, rather than by every thread in full.
+    /// as float32's is, `bias` [n] (if any) added to every row of C as it is stored. Pieces cut
+    /// from one product by rows of C share op(B): it is packed once, its panels split across
+    /// the threads, rather than by every thread in full.
     private func bf16KernelGEMM(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
-                                alpha: Float, beta: Float) {
+                                alpha: Float, beta: Float, bias: UnsafePointer<Float>? = nil) {
         let start = monotonicSeconds()
         defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
         let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
@@ -246,7 +260,8 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             parallelFor(list.count, grain: 1, threads: threads) { r in
                 for p in list[r] {
                     let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(p.m), Int64(p.n), Int64(k), alpha,
-                                              pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld))
+                                              pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld),
+                                              bias.map { $0 + p.column })
                     precondition(done != 0, "bf16 gemm \(p.m)x\(p.n)x\(k): no memory for the packing buffers")
                 }
             }
@@ -262,7 +277,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         parallelFor(list.count, grain: 1, threads: threads) { r in
             for p in list[r] {
                 let done = loom_bf16_gemm_packed_b(a.transposed ? 1 : 0, Int64(p.m), Int64(n), Int64(k), alpha, pa + p.a, Int64(a.ld),
-                                                   packed, panelWords, beta, pc + p.c, Int64(c.ld))
+                                                   packed, panelWords, beta, pc + p.c, Int64(c.ld), bias)
                 precondition(done != 0, "bf16 gemm \(p.m)x\(n)x\(k): no memory for the packing buffers")
             }
         }

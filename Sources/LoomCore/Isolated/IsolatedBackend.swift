@@ -129,6 +129,10 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int, alpha: Float, beta: Float) {
         inner.gemm(host(a), host(b), host(c), m: m, n: n, k: k, batch: batch, alpha: alpha, beta: beta)
     }
+    public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
+                     addingToEachRow bias: Tensor) throws {
+        try inner.gemm(host(a), host(b), host(c), m: m, n: n, k: k, alpha: alpha, addingToEachRow: host(bias))
+    }
     public func permute(_ x: Tensor, perm: [Int], into y: Tensor) { inner.permute(host(x), perm: perm, into: host(y)) }
     public func copyBlocks(_ src: Tensor, srcOffset: Int, srcStride: Int, into dst: Tensor, dstOffset: Int, dstStride: Int,
                            rows: Int, width: Int, accumulate: Bool) {

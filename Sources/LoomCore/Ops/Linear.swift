@@ -20,12 +20,12 @@ extension Tensor {
         let precision = Autocast.precision
         let xl = try x.gemmInput(precision), wl = try weight.gemmInput(precision)  // saved for backward
         let y = try empty(Array(x.shape.dropLast()) + [outF])
-        if let bias {
-            // Rows of y start as the bias; the GEMM accumulates onto them (beta 1).
-            backend.binary(.add, try Tensor.zeros([1], on: backend), bias, into: y.view([rows, outF]))
+        let (xo, wo, yo) = (GEMMOperand(xl, ld: inF), GEMMOperand(wl, ld: inF, transposed: true), GEMMOperand(y, ld: outF))
+        if let bias {  // every row of y gains the bias
+            try backend.gemm(xo, wo, yo, m: rows, n: outF, k: inF, alpha: 1, addingToEachRow: bias)
+        } else {
+            backend.gemm(xo, wo, yo, m: rows, n: outF, k: inF, batch: 1, alpha: 1, beta: 0)
         }
-        backend.gemm(GEMMOperand(xl, ld: inF), GEMMOperand(wl, ld: inF, transposed: true), GEMMOperand(y, ld: outF),
-                     m: rows, n: outF, k: inF, batch: 1, alpha: 1, beta: bias == nil ? 0 : 1)
 
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
         return Tensor.differentiable("linear", output: y, inputs: inputs) { g in
