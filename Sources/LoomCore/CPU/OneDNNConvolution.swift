@@ -23,6 +23,9 @@ public final class OneDNNConvolution {
     /// tensors (their data handles set per call).
     private var buffers: [String: dnnl_memory_t] = [:]
     private var userMemory: [String: dnnl_memory_t] = [:]
+    /// Whether backward-data and backward-weights read dY in the same layout: then one
+    /// reorder of dY serves both.
+    private var diffDstShared = false
     /// Reorder primitives by (from, to) memory object.
     private var reorders: [[UInt]: dnnl_primitive_t] = [:]
 
@@ -103,6 +106,10 @@ public final class OneDNNConvolution {
             guard dnnl_memory_create(&m, md, e, OneDNNConvolution.allocate) == dnnl_success, let m else { return nil }
             buffers[role] = m
         }
+        var dataDiffDst: UnsafePointer<dnnl_memory_desc_t>?, weightsDiffDst: UnsafePointer<dnnl_memory_desc_t>?
+        dnnl_memory_get_memory_desc(buffers["bwd_diff_dst"], &dataDiffDst)
+        dnnl_memory_get_memory_desc(buffers["wgt_diff_dst"], &weightsDiffDst)
+        if let dataDiffDst, let weightsDiffDst { diffDstShared = dnnl_memory_desc_equal(dataDiffDst, weightsDiffDst) != 0 }
         for (role, md) in [("src", srcUser), ("weights", weightsUser), ("dst", dstUser), ("diff_dst", diffDstUser),
                            ("diff_src", diffSrcUser), ("diff_weights", diffWeightsUser), ("bias", biasDesc), ("bias2", biasDesc)] {
             var d = md, m: dnnl_memory_t?
@@ -164,9 +171,11 @@ public final class OneDNNConvolution {
     /// x, weight and gy: operands (float32 or bf16, as built); gx, gw and gb float32.
     func backward(x: UnsafeMutableRawPointer, weight: UnsafeMutableRawPointer, gy: UnsafeMutableRawPointer,
                   gx: UnsafeMutablePointer<Float>?, gw: UnsafeMutablePointer<Float>?, gb: UnsafeMutablePointer<Float>?) {
+        var reorderedGy: dnnl_memory_t?  // dY in backward-data's layout, once reordered
         if let gx {
             reorder(user("weights", weight), buffers["bwd_weights"]!)
             reorder(user("diff_dst", gy), buffers["bwd_diff_dst"]!)
+            reorderedGy = buffers["bwd_diff_dst"]
             run(backwardData, [(DNNL_ARG_DIFF_DST, buffers["bwd_diff_dst"]!), (DNNL_ARG_WEIGHTS, buffers["bwd_weights"]!),
                                (DNNL_ARG_DIFF_SRC, buffers["diff_src"]!)])
             reorder(buffers["diff_src"]!, user("diff_src", gx))
@@ -175,8 +184,14 @@ public final class OneDNNConvolution {
             let biasScratch = UnsafeMutablePointer<Float>.allocate(capacity: Int(biasDesc.dims.0))
             defer { biasScratch.deallocate() }
             reorder(user("src", x), buffers["wgt_src"]!)
-            reorder(user("diff_dst", gy), buffers["wgt_diff_dst"]!)
-            run(backwardWeights, [(DNNL_ARG_SRC, buffers["wgt_src"]!), (DNNL_ARG_DIFF_DST, buffers["wgt_diff_dst"]!),
+            let diffDst: dnnl_memory_t
+            if diffDstShared, let reorderedGy {
+                diffDst = reorderedGy
+            } else {
+                diffDst = buffers["wgt_diff_dst"]!
+                reorder(user("diff_dst", gy), diffDst)
+            }
+            run(backwardWeights, [(DNNL_ARG_SRC, buffers["wgt_src"]!), (DNNL_ARG_DIFF_DST, diffDst),
                                   (DNNL_ARG_DIFF_WEIGHTS, buffers["diff_weights"]!), (DNNL_ARG_DIFF_BIAS, user("bias2", gb ?? biasScratch))])
             if let gw { reorder(buffers["diff_weights"]!, user("diff_weights", gw)) }
         }
