@@ -17,11 +17,12 @@ import CLoomKernels
 //     dV[C] = P[R≥, C]ᵀ dY[R≥]                      (column block j = C: rows R≥ = j·b..<T)
 //     dS = P ∘ (dP − rowsum(dP ∘ P))                (causal rows; zero above the diagonal)
 //     dQ[R] = scale · dS[R, K≤] K[K≤];  dK[C] = scale · dS[R≥, C]ᵀ Q[R≥]
-
 //
 // Under bf16 precision qkv and dY arrive as bf16 copies (the products' operands); P and dS
 // are rounded to bf16 a head at a time for the products that read them, as the unfused
-// path rounds its whole tensors. Scores, softmax, P (saved) and every output stay float32.
+// path rounds its whole tensors, and each head's K, V, Q and dY are packed once for all its
+// row blocks (each reads a prefix of the columns or a suffix of the rows). Scores, softmax,
+// P (saved) and every output stay float32.
 
 extension CPUBackend: CausalAttentionKernels {
     /// Rows per block: smaller skips more of the upper triangle, larger makes better GEMMs.

@@ -2,11 +2,12 @@ import CDNNL
 import CLoomKernels
 import Foundation
 
-// bf16 matrix products on oneDNN's matmul primitive, where the processor multiplies bf16
-// in hardware (AVX512-BF16's vdpbf16ps: twice float32's multiply-adds per instruction;
-// AMX's tiles). Operands bf16, accumulation and output float32: the semantics of the
-// widened float32 path it replaces (a product of two bf16 values is exact in float32),
-// with the sums in another order.
+// bf16 matrix products on oneDNN's matmul primitive, where the processor has AMX's tiles
+// (or `LOOM_BF16_GEMM=onednn`); with AVX512-BF16 alone Loom's own kernel runs instead
+// (`CLoomKernels/GEMMBF16.c`, which shares a packed operand across threads and serves the
+// fused attention; docs/benchmarks.md has its speed).
+// Operands bf16, accumulation and output float32: the semantics of the widened float32
+// path (a product of two bf16 values is exact in float32), with the sums in another order.
 //
 // One primitive per geometry (oneDNN generates its code then), kept. The backend splits a
 // product across its own threads as it splits float32's and runs each piece on one thread:
