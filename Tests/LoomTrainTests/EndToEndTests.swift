@@ -26,6 +26,19 @@ final class EndToEndTests: CLITestCase {
     /// A run stopped at step k and resumed logs the same losses, bit for bit, as the run
     /// that was never stopped: GPT with dropout (generator state) and AdamW; CNN with
     /// batch norm (running statistics) and Adam.
+    /// Where the processor has no bf16 instructions (`LOOM_BF16_GEMM=widen` stands in for one)
+    /// bf16 training runs the same products on operands widened to float32 (exact), the fused
+    /// attention included: the losses of Loom's bf16 kernel, to 3e-5 (sums in other orders
+    /// can round an operand to the next bf16 value; EmulatedCUDAEndToEndTests says more).
+    func testBF16WithoutBF16InstructionsGivesTheKernelsLosses() throws {
+        let c = try smallConfig("gpt")
+        for path in ["kernel", "widen"] {
+            let r = try loom(["train", c, "--precision", "bf16", "--out", work, "--name", path], env: ["LOOM_BF16_GEMM": path])
+            XCTAssertEqual(r.status, 0, "\(path): \(r.err)")
+        }
+        try assertSameLosses("widen", "kernel", tolerance: 3e-5)
+    }
+
     func testResumeIsBitExact() throws {
         let gpt: [String] = ["--model", "gpt", "--steps", "40", "--batch-size", "8", "--out", work]
         let cfg: String = work + "/tiny-gpt.toml"

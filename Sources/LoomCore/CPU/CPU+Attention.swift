@@ -28,10 +28,10 @@ extension CPUBackend: CausalAttentionKernels {
     /// Rows per block: smaller skips more of the upper triangle, larger makes better GEMMs.
     static let attentionBlock = 32
 
-    /// float32 always; bf16 where Loom's bf16 kernel runs (elsewhere the op's unfused path
-    /// takes oneDNN's or the widened products).
+    /// float32 always; bf16 on Loom's bf16 kernel, or widened to float32 where the processor
+    /// has no bf16 instructions (with AMX the op's unfused path takes oneDNN's products).
     public func runsCausalAttention(operands dtype: DType) -> Bool {
-        dtype == .float32 || (dtype == .bfloat16 && BF16GEMMPath.selected == .kernel)
+        dtype == .float32 || (dtype == .bfloat16 && BF16GEMMPath.selected != .onednn)
     }
 
     public func causalAttention(qkv: Tensor, shape: AttentionShape, scale: Float, probs: Tensor, into y: Tensor) {
@@ -142,11 +142,13 @@ extension CPUBackend: CausalAttentionKernels {
 }
 
 /// One head's op(B) as several products read it (a prefix of its columns, or its rows from
-/// an even r0 on): bf16 packs it once into pairs (`loom_bf16_pack_b`), float32 reads it where
-/// it lies.
+/// an even r0 on): bf16 packs it once into pairs (`loom_bf16_pack_b`), or widens it once to
+/// float32 where the processor has no bf16 instructions; float32 reads it where it lies.
 fileprivate struct SharedOperand<E> {
     var b: UnsafePointer<E>, ld: Int, transposed: Bool
-    var packed: UnsafeMutablePointer<UInt32>?, panelWords: Int
+    var packed: UnsafeMutablePointer<UInt32>? = nil, panelWords = 0
+    /// The widened copy (stored as b is, rows `ld` apart).
+    var wide: UnsafePointer<Float>? = nil
 }
 
 /// A thread's buffers for its heads: P or dS rounded to the operand type (bf16 only), and
@@ -189,7 +191,7 @@ extension Float: AttentionOperand {
     fileprivate static func packedWords(k: Int, n: Int) -> Int { 0 }
     fileprivate static func share(transposed: Bool, k: Int, n: Int, _ b: UnsafePointer<Float>, ld: Int,
                       _ buffer: UnsafeMutablePointer<UInt32>?) -> SharedOperand<Float> {
-        SharedOperand(b: b, ld: ld, transposed: transposed, packed: nil, panelWords: 0)
+        SharedOperand(b: b, ld: ld, transposed: transposed)
     }
     fileprivate static func gemm(transA: Bool, m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<Float>, lda: Int,
                      _ b: SharedOperand<Float>, fromRow r0: Int, beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
@@ -200,15 +202,34 @@ extension Float: AttentionOperand {
     fileprivate static func operand(_ x: UnsafeMutablePointer<Float>, count: Int, scratch: UnsafeMutablePointer<Float>?) -> UnsafeMutablePointer<Float> { x }
 }
 
+/// bf16 operands on Loom's kernel, or (`BF16GEMMPath.widen`: no bf16 instructions) widened to
+/// float32, exactly, for sgemm: the same products.
 extension UInt16: AttentionOperand {
-    fileprivate static func packedWords(k: Int, n: Int) -> Int { Int(loom_bf16_packed_b_words(Int64(k), Int64(n))) }
+    private static var packs: Bool { BF16GEMMPath.selected == .kernel }
+
+    fileprivate static func packedWords(k: Int, n: Int) -> Int { packs ? Int(loom_bf16_packed_b_words(Int64(k), Int64(n))) : k * n }
     fileprivate static func share(transposed: Bool, k: Int, n: Int, _ b: UnsafePointer<UInt16>, ld: Int,
                       _ buffer: UnsafeMutablePointer<UInt32>?) -> SharedOperand<UInt16> {
+        if !packs {
+            let (rows, width) = transposed ? (n, k) : (k, n)  // as stored
+            let wide = UnsafeMutableRawPointer(buffer!).assumingMemoryBound(to: Float.self)
+            for r in 0..<rows { loom_bf16_to_f32(b + r * ld, wide + r * width, Int64(width)) }
+            return SharedOperand(b: b, ld: width, transposed: transposed, wide: wide)
+        }
         loom_bf16_pack_b(transposed ? 1 : 0, Int64(k), 0, Int64(n), b, Int64(ld), buffer!)
         return SharedOperand(b: b, ld: ld, transposed: transposed, packed: buffer, panelWords: (k + 1) / 2 * 32)
     }
     fileprivate static func gemm(transA: Bool, m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<UInt16>, lda: Int,
                      _ b: SharedOperand<UInt16>, fromRow r0: Int, beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if let bw = b.wide {
+            let (rows, width) = transA ? (k, m) : (m, k)  // op(A) as stored
+            let aw = UnsafeMutablePointer<Float>.allocate(capacity: rows * width)
+            defer { aw.deallocate() }
+            for r in 0..<rows { loom_bf16_to_f32(a + r * lda, aw + r * width, Int64(width)) }
+            sgemm(transA: transA, transB: b.transposed, m: m, n: n, k: k, alpha: alpha, aw, lda: width,
+                  b.transposed ? bw + r0 : bw + r0 * b.ld, ldb: b.ld, beta: beta, c, ldc: ldc)
+            return
+        }
         precondition(r0 % 2 == 0, "attention: a packed operand's rows are read from an even row, not \(r0)")
         let done = loom_bf16_gemm_packed_b(transA ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda),
                                            b.packed! + r0 / 2 * 32, Int64(b.panelWords), beta, c, Int64(ldc), nil)
