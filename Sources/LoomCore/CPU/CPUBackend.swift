@@ -309,7 +309,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     }
 
     /// A bf16 tensor's values as a new float32 tensor (exact).
-    func widened(_ t: Tensor) -> Tensor {
+    func widened(_ t: Tensor) -> Tensor {  // (`cast` counts the time)
         let wide: Tensor
         do { wide = try Tensor(uninitialized: t.shape, on: self) } catch { fatalError("widen: \(error)") }
         cast(t, into: wide)
@@ -319,6 +319,8 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// A bf16 operand's matrices (stored `rows` x `cols` each, `batch` of them) as a new
     /// float32 operand over just the span they cover.
     private func widened(_ op: GEMMOperand, rows: Int, cols: Int, batch: Int) -> GEMMOperand {
+        let start = monotonicSeconds()
+        defer { count(.memory, flops: 0, since: start) }  // a conversion, as `cast`'s are
         let span = (batch - 1) * op.batchStride + (rows - 1) * op.ld + cols
         let wide: Tensor
         do { wide = try Tensor(uninitialized: [span], on: self) } catch { fatalError("gemm: \(error)") }
