@@ -75,14 +75,14 @@ extension CPUBackend: CausalAttentionKernels {
                 for r0 in stride(from: 0, to: t, by: bl) {
                     let rows = min(bl, t - r0), keys = r0 + rows
                     E.gemm(transA: false, m: rows, n: keys, k: d, alpha: scale, q + r0 * ld, lda: ld, kt, fromRow: 0,
-                           beta: 0, p + r0 * t, ldc: t)
+                           widening: scratch.wide, beta: 0, p + r0 * t, ldc: t)
                 }
                 loom_softmax_rows(p, p, Int64(t), Int64(t), 0, Int64(t))
                 let pl = E.operand(p, count: t * t, scratch: scratch.rounded)
                 for r0 in stride(from: 0, to: t, by: bl) {
                     let rows = min(bl, t - r0), keys = r0 + rows
                     E.gemm(transA: false, m: rows, n: d, k: keys, alpha: 1, pl + r0 * t, lda: t, vs, fromRow: 0,
-                           beta: 0, out + r0 * c, ldc: c)
+                           widening: scratch.wide, beta: 0, out + r0 * c, ldc: c)
                 }
             }
         }
@@ -110,10 +110,10 @@ extension CPUBackend: CausalAttentionKernels {
                     let rows = min(bl, t - r0), keys = r0 + rows
                     // dP[R, K≤] = dY[R] V[K≤]ᵀ
                     E.gemm(transA: false, m: rows, n: keys, k: d, alpha: 1, gy + r0 * c, lda: c, vt, fromRow: 0,
-                           beta: 0, ds + r0 * t, ldc: t)
+                           widening: scratch.wide, beta: 0, ds + r0 * t, ldc: t)
                     // dV[C] = P[R≥, C]ᵀ dY[R≥], C = this block's columns
                     E.gemm(transA: true, m: rows, n: d, k: t - r0, alpha: 1, pl + r0 * t + r0, lda: t, gys, fromRow: r0,
-                           beta: 0, gv + r0 * ld, ldc: ld)
+                           widening: scratch.wide, beta: 0, gv + r0 * ld, ldc: ld)
                 }
                 loom_softmax_backward_rows(p, ds, ds, Int64(t), Int64(t), 0, Int64(t))
                 let dsl = E.operand(ds, count: t * t, scratch: scratch.rounded)
@@ -123,10 +123,10 @@ extension CPUBackend: CausalAttentionKernels {
                     let rows = min(bl, t - r0), keys = r0 + rows
                     // dQ[R] = scale · dS[R, K≤] K[K≤]
                     E.gemm(transA: false, m: rows, n: d, k: keys, alpha: scale, dsl + r0 * t, lda: t, ks, fromRow: 0,
-                           beta: 0, gq + r0 * ld, ldc: ld)
+                           widening: scratch.wide, beta: 0, gq + r0 * ld, ldc: ld)
                     // dK[C] = scale · dS[R≥, C]ᵀ Q[R≥]
                     E.gemm(transA: true, m: rows, n: d, k: t - r0, alpha: scale, dsl + r0 * t + r0, lda: t, qs, fromRow: r0,
-                           beta: 0, gk + r0 * ld, ldc: ld)
+                           widening: scratch.wide, beta: 0, gk + r0 * ld, ldc: ld)
                 }
             }
         }
@@ -151,14 +151,17 @@ fileprivate struct SharedOperand<E> {
     var wide: UnsafePointer<Float>? = nil
 }
 
-/// A thread's buffers for its heads: P or dS rounded to the operand type (bf16 only), and
-/// the packed shared operands.
+/// A thread's buffers for its heads: P or dS rounded to the operand type (bf16 only), the
+/// packed shared operands, and room for a product's op(A) widened to float32 (bf16 without
+/// bf16 instructions only).
 fileprivate struct AttentionScratch<E: AttentionOperand> {
     let rounded: UnsafeMutablePointer<E>?
     let shared: [UnsafeMutablePointer<UInt32>?]
+    let wide: UnsafeMutablePointer<Float>?
 
     init(length t: Int, headSize d: Int, shared count: Int) {
         rounded = E.scratch(t * t)
+        wide = E.widens ? .allocate(capacity: max(t, d) * max(t, d)) : nil
         let words = E.packedWords(k: max(t, d), n: max(t, d))
         shared = (0..<count).map { _ in
             words == 0 ? nil : UnsafeMutableRawPointer.allocate(byteCount: 4 * words, alignment: 64).assumingMemoryBound(to: UInt32.self)
@@ -167,6 +170,7 @@ fileprivate struct AttentionScratch<E: AttentionOperand> {
 
     func deallocate() {
         rounded?.deallocate()
+        wide?.deallocate()
         for p in shared { p?.deallocate() }
     }
 }
@@ -175,12 +179,15 @@ fileprivate struct AttentionScratch<E: AttentionOperand> {
 fileprivate protocol AttentionOperand {
     /// Words a packed op(B) of k x n takes (0: not packed).
     static func packedWords(k: Int, n: Int) -> Int
+    /// Whether `gemm` widens op(A) to float32 (into its `widening` buffer, max(T, D)² floats).
+    static var widens: Bool { get }
     /// op(B), k x n (b stored transposed or not, rows `ld` apart), made ready for `gemm`.
     static func share(transposed: Bool, k: Int, n: Int, _ b: UnsafePointer<Self>, ld: Int,
                       _ buffer: UnsafeMutablePointer<UInt32>?) -> SharedOperand<Self>
     /// C = alpha · op(A) · B[r0..<r0 + k, 0..<n] + beta · C on the calling thread, C float32.
     static func gemm(transA: Bool, m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<Self>, lda: Int,
-                     _ b: SharedOperand<Self>, fromRow r0: Int, beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int)
+                     _ b: SharedOperand<Self>, fromRow r0: Int, widening: UnsafeMutablePointer<Float>?, beta: Float,
+                     _ c: UnsafeMutablePointer<Float>, ldc: Int)
     /// A buffer of `count` elements for float32 values rounded to this type; nil for float32 itself.
     static func scratch(_ count: Int) -> UnsafeMutablePointer<Self>?
     /// x as product operands: x itself for float32, else rounded into `scratch`.
@@ -189,12 +196,14 @@ fileprivate protocol AttentionOperand {
 
 extension Float: AttentionOperand {
     fileprivate static func packedWords(k: Int, n: Int) -> Int { 0 }
+    fileprivate static var widens: Bool { false }
     fileprivate static func share(transposed: Bool, k: Int, n: Int, _ b: UnsafePointer<Float>, ld: Int,
                       _ buffer: UnsafeMutablePointer<UInt32>?) -> SharedOperand<Float> {
         SharedOperand(b: b, ld: ld, transposed: transposed)
     }
     fileprivate static func gemm(transA: Bool, m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<Float>, lda: Int,
-                     _ b: SharedOperand<Float>, fromRow r0: Int, beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
+                     _ b: SharedOperand<Float>, fromRow r0: Int, widening: UnsafeMutablePointer<Float>?, beta: Float,
+                     _ c: UnsafeMutablePointer<Float>, ldc: Int) {
         sgemm(transA: transA, transB: b.transposed, m: m, n: n, k: k, alpha: alpha, a, lda: lda,
               b.transposed ? b.b + r0 : b.b + r0 * b.ld, ldb: b.ld, beta: beta, c, ldc: ldc)
     }
@@ -208,6 +217,7 @@ extension UInt16: AttentionOperand {
     private static var packs: Bool { BF16GEMMPath.selected == .kernel }
 
     fileprivate static func packedWords(k: Int, n: Int) -> Int { packs ? Int(loom_bf16_packed_b_words(Int64(k), Int64(n))) : k * n }
+    fileprivate static var widens: Bool { !packs }
     fileprivate static func share(transposed: Bool, k: Int, n: Int, _ b: UnsafePointer<UInt16>, ld: Int,
                       _ buffer: UnsafeMutablePointer<UInt32>?) -> SharedOperand<UInt16> {
         if !packs {
@@ -220,11 +230,10 @@ extension UInt16: AttentionOperand {
         return SharedOperand(b: b, ld: ld, transposed: transposed, packed: buffer, panelWords: (k + 1) / 2 * 32)
     }
     fileprivate static func gemm(transA: Bool, m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<UInt16>, lda: Int,
-                     _ b: SharedOperand<UInt16>, fromRow r0: Int, beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
-        if let bw = b.wide {
+                     _ b: SharedOperand<UInt16>, fromRow r0: Int, widening: UnsafeMutablePointer<Float>?, beta: Float,
+                     _ c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if let bw = b.wide, let aw = widening {
             let (rows, width) = transA ? (k, m) : (m, k)  // op(A) as stored
-            let aw = UnsafeMutablePointer<Float>.allocate(capacity: rows * width)
-            defer { aw.deallocate() }
             for r in 0..<rows { loom_bf16_to_f32(a + r * lda, aw + r * width, Int64(width)) }
             sgemm(transA: transA, transB: b.transposed, m: m, n: n, k: k, alpha: alpha, aw, lda: width,
                   b.transposed ? bw + r0 : bw + r0 * b.ld, ldb: b.ld, beta: beta, c, ldc: ldc)
