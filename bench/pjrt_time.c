@@ -43,7 +43,7 @@ int main(int argc, char **argv) {
     double t0 = 0;
     for (int r = -5; r < runs; r++) {
         if (r == 0) t0 = now();
-        check(loom_pjrt_execute(p, exe, 0, args, nargs, NULL, outs, outputs));
+        check(loom_pjrt_execute(p, exe, 0, args, nargs, NULL, outs, outputs, NULL));
         for (size_t i = 0; i < outputs; i++) loom_pjrt_buffer_destroy(p, outs[i]);
     }
     printf("%s: %zu parameters, %zu results, %.3f ms per run (%d runs)\n", argv[2], nargs, outputs, (now() - t0) / runs * 1e3, runs);

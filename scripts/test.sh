@@ -43,12 +43,13 @@ nccl_dir="$cache/nvidia-nccl-cu13-2.30.7"
   cached_wheel nvidia-nccl-cu13==2.30.7 "$nccl_dir" LOOM_NCCL_UNAVAILABLE "os.makedirs(part)
 with z.open('nvidia/nccl/lib/libnccl.so.2') as src, open(part + '/libnccl.so.2', 'wb') as dst: shutil.copyfileobj(src, dst)"
 export LOOM_CUDA_LIBS="$nccl_dir:$LOOM_CUDA_LIBS"
-# The XLA:CPU PJRT plugin (OpenXLA's xla-cpu-pjrt, 63 MB): the XLA backend's tests compile and
-# run every op and whole training steps on it.
-xla_dir="$cache/xla-cpu-pjrt-0.0.1"
-[ -f "$xla_dir/xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so" ] ||
-  cached_wheel xla-cpu-pjrt==0.0.1 "$xla_dir" LOOM_XLA_UNAVAILABLE "z.extractall(part, [n for n in z.namelist() if n.startswith('xla_plugins/')])"
-export LOOM_PJRT_PLUGIN="${LOOM_PJRT_PLUGIN:-$xla_dir/xla_plugins/xla_cpu_pjrt/xla_cpu_pjrt.so}"
+# The XLA:CPU PJRT plugin built from jaxlib 0.11.2's XLA (lammps-jax-pjrt-cpu, 63 MB; the
+# plugin `loom` finds first, docs/xla.md): the XLA backend's tests compile and run every op and
+# whole training steps on it.
+xla_dir="$cache/lammps-jax-pjrt-cpu-0.11.2"
+[ -f "$xla_dir/lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so" ] ||
+  cached_wheel lammps-jax-pjrt-cpu==0.11.2 "$xla_dir" LOOM_XLA_UNAVAILABLE "z.extract('lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so', part)"
+export LOOM_PJRT_PLUGIN="${LOOM_PJRT_PLUGIN:-$xla_dir/lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so}"
 # libtpu (Google's TPU runtime, a PJRT plugin; 205 MB, only libtpu.so kept): it cannot run
 # without a TPU but compiles for one, so TPUCompileTests compiles every model's step programs
 # for TPU v5e and v6e slices with it.

@@ -28,7 +28,7 @@ public struct XLACounters: Sendable, Equatable {
     public var executions = 0
     public var cacheHits = 0
     /// Seconds spent writing programs' text and finding them in the cache, compiling, and
-    /// running them (uploads of scalars included).
+    /// running them: starting each (uploads of scalars included) and waiting for it to end.
     public var traceSeconds = 0.0, compileSeconds = 0.0, runSeconds = 0.0
 }
 
@@ -53,6 +53,9 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
     private var counters = XLACounters()
     /// An error a trace's checks found (an index out of range), thrown by `deferredErrors`.
     private var pendingError: LoomError?
+    /// The program last started, while it may be running, with the flags its checks
+    /// compute and their messages (read once it has finished).
+    private var running: (run: PJRTClient.Run, flags: PJRTClient.Buffer?, messages: [String])?
     /// Whether each new compilation is logged (to standard error).
     public var logsCompilations = ProcessInfo.processInfo.environment["LOOM_XLA_LOG"] != nil
 
@@ -82,7 +85,7 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
         guard let path = plugin ?? PJRTPlugin.locate(kind) else {
             throw LoomError.backend(kind == .tpu
                 ? "tpu: libtpu not found: set LOOM_LIBTPU to libtpu.so, or `pip install libtpu` (docs/xla.md)"
-                : "xla: no PJRT plugin found: set LOOM_PJRT_PLUGIN to a plugin's .so, or `pip install xla-cpu-pjrt` (docs/xla.md)")
+                : "xla: no PJRT plugin found: set LOOM_PJRT_PLUGIN to a plugin's .so, or `pip install lammps-jax-pjrt-cpu` (XLA:CPU; docs/xla.md)")
         }
         return path
     }
@@ -179,6 +182,12 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
         lock.withLock { do { try flush() } catch { fatalError("\(error)") } }
     }
 
+    /// Starts the step's program and returns while it runs: the next step is recorded
+    /// meanwhile, and waits for this one only when its own program starts.
+    public func endStep() throws {
+        try lock.withLock { try flush(waiting: false) }
+    }
+
     public func deferredErrors() throws {
         try lock.withLock {
             try flush()
@@ -239,12 +248,18 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
 
     // MARK: Running a trace
 
-    /// Compiles (or finds) and runs the trace; `extra` values come back as buffers.
+    /// Compiles (or finds) and runs the trace; `extra` values come back as buffers. Unless
+    /// `waiting`, returns once the program has started (`endStep`); the next flush waits
+    /// for it before starting its own, so at most one program is in flight.
     @discardableResult
-    func flush(extra: [HLOValue] = []) throws -> [PJRTClient.Buffer] {
+    func flush(extra: [HLOValue] = [], waiting: Bool = true) throws -> [PJRTClient.Buffer] {
         let t = trace
         let outputs = t.writeOrder.filter { slots[$0] != nil }
-        if outputs.isEmpty && extra.isEmpty && t.checks.isEmpty { trace = Trace(); return [] }
+        if outputs.isEmpty && extra.isEmpty && t.checks.isEmpty {
+            trace = Trace()
+            if waiting { try finishRunning() }
+            return []
+        }
         var results = outputs.map { t.current[$0]! }
         let checks = t.checks.map { t.hlo.convert($0.0, .i32) }
         if !checks.isEmpty {
@@ -282,22 +297,35 @@ public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
             }
         }
         counters.traceSeconds += monotonicSeconds() - began - compiled
-        let running = monotonicSeconds()
-        defer { counters.runSeconds += monotonicSeconds() - running }
+        let starting = monotonicSeconds()
         let arguments = try t.arguments(client: client, device: index)
         trace = Trace()
-        let out = try client.execute(executable, device: index, arguments: arguments,
-                                     donated: donated + Array(repeating: false, count: arguments.count - donated.count))
+        counters.runSeconds += monotonicSeconds() - starting
+        try finishRunning()
+        let started = monotonicSeconds()
+        let (out, run) = try client.start(executable, device: index, arguments: arguments,
+                                          donated: donated + Array(repeating: false, count: arguments.count - donated.count))
         counters.executions += 1
+        counters.runSeconds += monotonicSeconds() - started
         for (id, buffer) in zip(outputs, out) { slots[id]?.buffer = buffer }
-        if !checks.isEmpty {
-            var flags = [Int32](repeating: 0, count: checks.count)
-            try flags.withUnsafeMutableBytes { try client.download(out[outputs.count], into: $0.baseAddress!, bytes: $0.count) }
-            if let i = flags.firstIndex(where: { $0 != 0 }), pendingError == nil {
-                pendingError = .invalidArgument(t.checks[i].1)
-            }
-        }
+        running = (run, checks.isEmpty ? nil : out[outputs.count], t.checks.map(\.1))
+        if waiting { try finishRunning() }
         return Array(out.suffix(extra.count))
+    }
+
+    /// Waits for the program in flight, if any, and reads its checks into `pendingError`.
+    private func finishRunning() throws {
+        guard let (run, flagsBuffer, messages) = running else { return }
+        running = nil
+        let began = monotonicSeconds()
+        defer { counters.runSeconds += monotonicSeconds() - began }
+        try run.wait()
+        guard let flagsBuffer else { return }
+        var flags = [Int32](repeating: 0, count: messages.count)
+        try flags.withUnsafeMutableBytes { try client.download(flagsBuffer, into: $0.baseAddress!, bytes: $0.count) }
+        if let i = flags.firstIndex(where: { $0 != 0 }), pendingError == nil {
+            pendingError = .invalidArgument(messages[i])
+        }
     }
 }
 

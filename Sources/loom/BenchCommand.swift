@@ -123,7 +123,7 @@ struct BenchCommand: ParsableCommand {
             let r = try Bench.run(w, backend: backend, steps: steps, repeats: repeats, peak: peak, precision: precision)
             if let c = xla?.counts, !json {
                 let runs = Double(max(c.executions, 1))
-                print(String(format: "      xla, timed steps: %d programs compiled (%.1f s), %d runs: %.2f ms writing and finding a program, %.2f ms running it (per run)",
+                print(String(format: "      xla, timed steps: %d programs compiled (%.1f s), %d runs: %.2f ms writing and finding a program, %.2f ms starting it and waiting for it (per run)",
                              c.compilations, c.compileSeconds, c.executions, 1e3 * c.traceSeconds / runs, 1e3 * c.runSeconds / runs))
             }
             if json {

@@ -70,6 +70,42 @@ final class XLABackendTests: XCTestCase {
         XCTAssertNoThrow(try xla.deferredErrors())
     }
 
+    /// `endStep` starts the step's program and returns while it runs (the next program
+    /// waits for it): losses read after the last step are the losses read at every step,
+    /// one program a step, and a bad index found by a program nobody waited for is still
+    /// thrown by the next `deferredErrors`.
+    func testAStepThatEndsWithoutWaitingGivesTheSameLossesAndStillReportsABadIndex() throws {
+        let xla = try Self.backend()
+        func losses(endingSteps: Bool) throws -> [Float] {
+            let mlp = MLP(sizes: [6, 8, 3], seed: 2, on: xla)
+            let opt = SGD(mlp.namedParameters(), lr: 0.1, momentum: 0.9)
+            let x = Tensor((0..<24).map { Float($0) / 24 }, shape: [4, 6], on: xla)
+            let y = Tensor(indices: [0, 2, 1, 2], shape: [4], on: xla)
+            var read: [Float] = [], unread: [Tensor] = []
+            for step in 0..<5 {
+                if step == 1 { xla.resetCounters() }
+                let loss = try mlp(x).crossEntropy(targets: y)
+                try loss.backward()
+                try opt.step()
+                opt.zeroGrad()
+                if endingSteps { try xla.endStep(); unread.append(loss) } else { read.append(loss.item) }
+            }
+            if endingSteps { XCTAssertEqual(xla.counts.executions, 4, "one program a step, none to read the losses") }
+            return endingSteps ? unread.map(\.item) : read
+        }
+        let waited = try losses(endingSteps: false), ended = try losses(endingSteps: true)
+        XCTAssertEqual(ended, waited)
+        XCTAssertLessThan(ended.last!, ended[0])
+
+        let table = Tensor((0..<20).map(Float.init), shape: [5, 4], on: xla)
+        let out = try Tensor.embedding(table, indices: Tensor(indices: [1, 7], shape: [2], on: xla))
+        try xla.endStep()
+        XCTAssertThrowsError(try xla.deferredErrors()) { error in
+            XCTAssertTrue("\(error)".contains("outside the table of 5 rows"), "\(error)")
+        }
+        XCTAssertEqual(out.shape, [2, 4])
+    }
+
     func testAMissingPluginIsAOneLineErrorNamingTheVariable() {
         XCTAssertThrowsError(try XLABackend(plugin: "/nonexistent/plugin.so")) { error in
             XCTAssertTrue("\(error)".contains("/nonexistent/plugin.so"), "\(error)")

@@ -43,10 +43,15 @@ char *loom_pjrt_serialize(LoomPJRT *p, void *executable, char **bytes, size_t *s
 char *loom_pjrt_deserialize(LoomPJRT *p, const char *bytes, size_t size, void **executable, size_t *outputs);
 
 /// Runs a compiled program on `device` with `nargs` argument buffers; its `nouts` results
-/// come back in `outs`. Arguments listed in `donated` (indices) may be consumed: the
-/// caller must not use those buffers afterwards (they are destroyed here).
+/// come back in `outs`. Arguments flagged in `donated` may be consumed: the caller must not
+/// use those buffers afterwards (they are destroyed here). With `running` NULL it returns
+/// when the run has finished; otherwise once the run is enqueued, `*running` the event of
+/// its end, for `loom_pjrt_wait` (the results can be passed to another run or downloaded
+/// before: PJRT orders them).
 char *loom_pjrt_execute(LoomPJRT *p, void *executable, int device, void *const *args, size_t nargs,
-                        const uint8_t *donated, void **outs, size_t nouts);
+                        const uint8_t *donated, void **outs, size_t nouts, void **running);
+/// Waits for the run `running` came from, and frees the event; the run's error if it failed.
+char *loom_pjrt_wait(LoomPJRT *p, void *running);
 
 /// A device buffer of `type` with `dims`, from host memory (copied before returning).
 char *loom_pjrt_buffer_from_host(LoomPJRT *p, int device, const void *data, int type, const int64_t *dims,

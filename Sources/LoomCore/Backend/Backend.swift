@@ -31,6 +31,11 @@ public protocol Backend: AnyObject, Sendable {
     /// stopping the host), once the host has waited for that work; the step calls it after
     /// its loss is read. The CPU checks at the call and has nothing to add.
     func deferredErrors() throws
+    /// The end of a training step: a lazy backend (XLA) compiles and starts what the step
+    /// recorded, and returns without waiting for it (PyTorch/XLA's `mark_step`), so that
+    /// the host records the next step while this one runs. Backends that run each call as
+    /// it comes have nothing to do.
+    func endStep() throws
 
     // MARK: Elementwise
     /// y = op(x). May alias.
@@ -231,6 +236,7 @@ public struct GEMMOperand {
 
 extension Backend {
     public func deferredErrors() throws {}
+    public func endStep() throws {}
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
                      addingToEachRow bias: Tensor) throws {
         try gemmAfterWritingBias(a, b, c, m: m, n: n, k: k, alpha: alpha, bias: bias)

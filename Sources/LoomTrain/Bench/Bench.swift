@@ -119,14 +119,14 @@ public enum Bench {
                 let backend = CPUBackend(threads: 1)
                 let step = try workload.makeStep(on: backend, communicator: comm, zero: zero)
                 var loss: Float = 0
-                for _ in 0..<warmup { loss = try step() }
+                for _ in 0..<warmup { loss = try step().item }
                 let held = meter.liveSplit
                 meter.resetPeak()
                 var runs: [Double] = []
                 for _ in 0..<repeats {
                     try comm.barrier()
                     let t0 = monotonicSeconds()
-                    for _ in 0..<steps { loss = try step() }
+                    loss = try timedSteps(steps, step)
                     try comm.barrier()
                     runs.append(monotonicSeconds() - t0)
                 }
@@ -171,10 +171,20 @@ public enum Bench {
         return 2 * Double(n * n * n) / best / 1e9
     }
 
-    /// Times `steps` training steps after `warmup` untimed ones; reports the median of
-    /// `repeats` timed runs (and each run). Each step ends by reading its loss, so device work is inside
-    /// the timing. The GEMM share of the step is known on the CPU only (a GPU's GEMM time
-    /// is on the device).
+    /// `steps` steps, timed as the references time theirs (a jitted JAX step, PyTorch's
+    /// eager step): each step's loss is left unread but the last's, so a device backend
+    /// starts a step while the host records the next; reading the last loss waits for
+    /// all of them. Returns that loss.
+    static func timedSteps(_ steps: Int, _ step: () throws -> Tensor) throws -> Float {
+        var last: Tensor?
+        for _ in 0..<steps { last = try step() }
+        return last?.item ?? 0
+    }
+
+    /// Times `steps` training steps after `warmup` untimed ones (each reading its loss);
+    /// reports the median of `repeats` timed runs (and each run). Every step's device work
+    /// is inside the timing (`timedSteps`, then `synchronize`). The GEMM share of the step
+    /// is known on the CPU only (a GPU's GEMM time is on the device).
     public static func run(_ workload: Workload, backend: any Backend, steps: Int = 30, warmup: Int = 5, repeats: Int = 1,
                            peak: Double, precision: Precision = .float32) throws -> BenchResult {
         let meter = MemoryMeter()
@@ -184,11 +194,11 @@ public enum Bench {
         var loss: Float = 0
         var runs: [(seconds: Double, flops: Double, kernels: [Double]?)] = []
         try MemoryMeter.measuring(meter) {
-            for _ in 0..<warmup { loss = try step() }
+            for _ in 0..<warmup { loss = try step().item }
             for _ in 0..<repeats {
                 counter?.resetCounters()
                 let t0 = monotonicSeconds()
-                for _ in 0..<steps { loss = try step() }
+                loss = try timedSteps(steps, step)
                 backend.synchronize()
                 runs.append((monotonicSeconds() - t0, counter?.gemmFlops ?? 0, cpu?.kernelSeconds))
             }

@@ -28,26 +28,31 @@ public enum Workload: String, CaseIterable, Sendable {
         }
     }
 
-    /// A closure that runs one training step and returns its loss. With a communicator,
-    /// one rank of data parallel training (each rank its own batch of the workload's size)
-    /// at ZeRO stage `zero`.
+    /// A closure that runs one training step and returns its loss, unread: a device backend
+    /// may still be computing it (`Backend.endStep`), as a jitted JAX step returns. With a
+    /// communicator, one rank of data parallel training (each rank its own batch of the
+    /// workload's size) at ZeRO stage `zero`.
     public func makeStep(on backend: any Backend, seed: UInt64 = 0, communicator: Communicator? = nil,
-                         zero: Int = 0) throws -> () throws -> Float {
+                         zero: Int = 0) throws -> () throws -> Tensor {
         var rng = Philox(seed: seed &+ 1000 &+ UInt64(communicator?.rank ?? 0))
         let full = zero == 3 ? communicator.flatMap { $0.size > 1 ? FullyShardedParameters(communicator: $0, backend: backend) : nil } : nil
         let root = full as (any UnitSharding)?
         /// The step of `model` under `optimizer` (a template the layout shards), with its loss.
-        func step(_ model: Module, _ optimizer: Optimizer, _ loss: @escaping () throws -> Tensor) throws -> () throws -> Float {
+        func step(_ model: Module, _ optimizer: Optimizer, _ loss: @escaping () throws -> Tensor) throws -> () throws -> Tensor {
             try full?.shard([model], as: nil)  // what the model did not shard as units: its root
             let layout = try dataParallelSharding(zero: zero, parameters: model.namedParameters(), optimizer: optimizer, group: communicator,
                                                   bucketBytes: DataParallel.defaultBucketBytes, fullySharded: full)
             return {
-                layout.optimizer.zeroGrad()
                 let l = try root.forward(nil) { try loss() }
                 try l.backward()
                 try layout.reduceGradients()
                 try layout.optimizer.step()
-                return l.item
+                // Gradients released once applied (PyTorch's zero_grad(set_to_none=True)),
+                // before the step ends: on a lazy backend (XLA) they are then no result of
+                // the step's program, and XLA fuses them into the update.
+                layout.optimizer.zeroGrad()
+                try backend.endStep()
+                return l
             }
         }
         switch self {
