@@ -5,6 +5,7 @@
 
 #include <dlfcn.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,7 +263,31 @@ char *loom_pjrt_execute(LoomPJRT *p, void *executable, int device, void *const *
     return await_event(p, done, "execute");
 }
 
-char *loom_pjrt_wait(LoomPJRT *p, void *running) { return await_event(p, running, "execute"); }
+// A run's end, told by the plugin's callback.
+struct ended { sem_t done; PJRT_Error *error; };
+static void on_end(PJRT_Error *error, void *arg) {
+    struct ended *e = arg;
+    e->error = error;
+    sem_post(&e->done);
+}
+
+// Sleeps on a semaphore the plugin's callback posts, where PJRT_Event_Await spins and
+// yields: a host thread waiting for a program took CPU time from the program's own threads.
+char *loom_pjrt_wait(LoomPJRT *p, void *running) {
+    if (!running) return NULL;
+    struct ended e = {.error = NULL};
+    sem_init(&e.done, 0, 0);
+    PJRT_Event_OnReady_Args o = {.struct_size = PJRT_Event_OnReady_Args_STRUCT_SIZE, .event = running, .callback = on_end, .user_arg = &e};
+    char *error = CALL(p, PJRT_Event_OnReady, o);
+    if (!error) {
+        while (sem_wait(&e.done) != 0) {}
+        error = failed(p->api, e.error, "execute");
+    }
+    sem_destroy(&e.done);
+    PJRT_Event_Destroy_Args d = {.struct_size = PJRT_Event_Destroy_Args_STRUCT_SIZE, .event = running};
+    p->api->PJRT_Event_Destroy(&d);
+    return error;
+}
 
 static PJRT_Buffer_Type buffer_type(int type) {
     switch (type) {

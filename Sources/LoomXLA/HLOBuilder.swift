@@ -32,8 +32,16 @@ struct HLOValue {
     let name: String
     let shape: [Int]
     let type: HLOType
+    /// "tensor<AxBxf32>", written once: a value is named in the text of every op that reads it.
+    let tensorType: String
+    /// The value this one reshapes (name and shape), when a reshape made it.
+    fileprivate var reshapeOf: (name: String, shape: [Int])?
 
-    var tensorType: String { HLOBuilder.tensorType(shape, type) }
+    init(name: String, shape: [Int], type: HLOType) {
+        self.name = name; self.shape = shape; self.type = type
+        tensorType = HLOBuilder.tensorType(shape, type)
+    }
+
     var count: Int { shape.reduce(1, *) }
 }
 
@@ -95,8 +103,12 @@ final class HLOBuilder {
         }
         let types = results.map(\.tensorType).joined(separator: ", ")
         var text = "module @loom {\n  func.func public @main(\(params.joined(separator: ", "))) -> (\(types)) {\n"
-        for line in prologue { text += "    " + line + "\n" }
-        for line in body { text += "    " + line + "\n" }
+        text.reserveCapacity(text.utf8.count + (prologue + body).reduce(0) { $0 + $1.utf8.count + 5 } + 200 + types.utf8.count)
+        for line in prologue + body {
+            text += "    "
+            text += line
+            text += "\n"
+        }
         text += "    \"func.return\"(" + results.map(\.name).joined(separator: ", ") + ") : (\(types)) -> ()\n  }\n}\n"
         return text
     }
@@ -105,9 +117,14 @@ final class HLOBuilder {
     private func op(_ name: String, _ operands: [HLOValue], _ attributes: String = "", region: String = "",
                     shape: [Int], type: HLOType) -> HLOValue {
         let r = fresh(shape, type)
-        let attrs = attributes.isEmpty ? "" : " {\(attributes)}"
-        let types = operands.map(\.tensorType).joined(separator: ", ")
-        body.append("\(r.name) = \"stablehlo.\(name)\"(\(operands.map(\.name).joined(separator: ", ")))\(region)\(attrs) : (\(types)) -> \(r.tensorType)")
+        var line = r.name + " = \"stablehlo." + name + "\"("
+        for (i, x) in operands.enumerated() { line += i == 0 ? x.name : ", " + x.name }
+        line += ")" + region
+        if !attributes.isEmpty { line += " {" + attributes + "}" }
+        line += " : ("
+        for (i, x) in operands.enumerated() { line += i == 0 ? x.tensorType : ", " + x.tensorType }
+        line += ") -> " + r.tensorType
+        body.append(line)
         return r
     }
 
@@ -137,11 +154,27 @@ final class HLOBuilder {
         op("iota", [], "iota_dimension = \(dimension) : i64", shape: shape, type: type)
     }
 
+    /// A reshape of a reshape reshapes the first one's operand: the chains that reading and
+    /// writing views make ([n] → [r, c] → [1, r, c] → [r, c]) become one op, or none (a
+    /// third of an mlp step's ops were reshapes, each costing the host its line of text), and
+    /// the same reshape of the same value is written once.
     func reshape(_ x: HLOValue, _ shape: [Int]) -> HLOValue {
         if x.shape == shape { return x }
         precondition(x.count == shape.reduce(1, *), "reshape \(x.shape) to \(shape)")
-        return op("reshape", [x], shape: shape, type: x.type)
+        let source = x.reshapeOf.map { HLOValue(name: $0.name, shape: $0.shape, type: x.type) } ?? x
+        if source.shape == shape { return source }
+        let key = ReshapeKey(source: source.name, shape: shape)
+        if let done = reshapes[key] { return done }
+        var r = op("reshape", [source], shape: shape, type: x.type)
+        r.reshapeOf = (source.name, source.shape)
+        reshapes[key] = r
+        return r
     }
+
+    /// Reshapes already written, by operand and shape: a weight read five times in a step is
+    /// reshaped once.
+    private struct ReshapeKey: Hashable { let source: String, shape: [Int] }
+    private var reshapes: [ReshapeKey: HLOValue] = [:]
 
     /// x broadcast to `shape`; `dims[i]` is the result axis of x's axis i.
     func broadcast(_ x: HLOValue, _ shape: [Int], dims: [Int]) -> HLOValue {
