@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 
-/// `loom train --device xla` end to end on the XLA:CPU PJRT plugin (the `xla-cpu-pjrt`
+/// `loom train --device xla` end to end on the XLA:CPU PJRT plugin (the `lammps-jax-pjrt-cpu`
 /// wheel, cached from PyPI by scripts/test.sh): every model trains with the CPU's losses,
 /// data parallel ranks on two XLA devices match one process, checkpoints move between the
 /// devices, eval and generate agree. What this proves: Loom's lowering to StableHLO and

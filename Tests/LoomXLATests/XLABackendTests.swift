@@ -4,7 +4,7 @@ import LoomNN
 import LoomXLA
 import XCTest
 
-/// The XLA backend on the XLA:CPU PJRT plugin (the `xla-cpu-pjrt` wheel, which
+/// The XLA backend on the XLA:CPU PJRT plugin (the `lammps-jax-pjrt-cpu` wheel, which
 /// scripts/test.sh caches from PyPI): Loom's conformance suite, and what a lazy backend
 /// must keep: one compiled program per step, recompiling only for a new shape, errors
 /// found on the device still thrown.
