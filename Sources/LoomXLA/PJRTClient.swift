@@ -294,8 +294,8 @@ public enum PJRTPlugin {
 
     /// The wheels a plugin comes in, best first: (the folder Loom's test script caches it
     /// in, the plugin's path inside the wheel). XLA:CPU: the plugin built from jaxlib
-    /// 0.11.2's XLA (`lammps-jax-pjrt-cpu`, whose dots run 1.8x faster than the
-    /// other's), then OpenXLA's own `xla-cpu-pjrt` 0.0.1.
+    /// 0.11.2's XLA (`lammps-jax-pjrt-cpu`: it ran JAX's own mlp step in about half the
+    /// time), then OpenXLA's older `xla-cpu-pjrt` 0.0.1.
     static func wheels(_ kind: Kind) -> [(cache: String, file: String)] {
         kind == .tpu ? [("libtpu-0.0.51", "libtpu/libtpu.so")]
             : [("lammps-jax-pjrt-cpu-0.11.2", "lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so"),
