@@ -260,7 +260,7 @@ char *loom_pjrt_execute(LoomPJRT *p, void *executable, int device, void *const *
     // A donated argument's handle goes now: the run took its memory when it was enqueued.
     for (size_t i = 0; i < nargs; i++) if (donated && donated[i]) loom_pjrt_buffer_destroy(p, args[i]);
     if (running) { *running = done; return NULL; }
-    return await_event(p, done, "execute");
+    return loom_pjrt_wait(p, done);
 }
 
 // A run's end, told by the plugin's callback.
