@@ -24,7 +24,10 @@ struct BenchCommand: ParsableCommand {
         the header says where the bf16 products ran: Loom's AVX512-BF16 kernel where the \
         processor has vdpbf16ps, oneDNN's bf16 kernels where it has AMX, else widened to \
         float32 (LOOM_BF16_GEMM=kernel|onednn|widen chooses), and the convolutions: oneDNN's \
-        bf16 kernels, or float32 where there are none.
+        bf16 kernels, or float32 where there are none. A timed run reads only its last step's \
+        loss, as the references do: on --device xla each step's program runs while the host \
+        records the next (the xla line: programs compiled, and the time writing, starting and \
+        waiting for them).
 
         Examples:
           loom bench
