@@ -106,6 +106,14 @@ final class XLABackendTests: XCTestCase {
         XCTAssertEqual(out.shape, [2, 4])
     }
 
+    /// XLA:CPU's plugin would make 4 devices, and so 4 threads, whatever the machine; Loom
+    /// asks for one per processor this process may run on, at least 2 (two data parallel
+    /// ranks).
+    func testTheCPUPluginHasOneDevicePerProcessorAndAtLeastTwo() throws {
+        _ = try Self.backend()
+        XCTAssertEqual(try XLABackend.deviceCount(), max(2, ProcessInfo.processInfo.activeProcessorCount))
+    }
+
     func testAMissingPluginIsAOneLineErrorNamingTheVariable() {
         XCTAssertThrowsError(try XLABackend(plugin: "/nonexistent/plugin.so")) { error in
             XCTAssertTrue("\(error)".contains("/nonexistent/plugin.so"), "\(error)")
