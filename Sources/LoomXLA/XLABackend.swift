@@ -34,7 +34,13 @@ public struct XLACounters: Sendable, Equatable {
 
 public final class XLABackend: Backend, GEMMCounting, @unchecked Sendable {
     public let device: Device
-    public var name: String { "\(device) (\(client.platform), PJRT \(client.apiVersion.major).\(client.apiVersion.minor))" }
+    /// "xla:0 (cpu, PJRT 0.115, lammps_jax_pjrt_cpu/pjrt_c_api_cpu_plugin.so)": the plugin
+    /// named by its file, since two XLA:CPU plugins of one API version ran the same program
+    /// at speeds 2x apart.
+    public var name: String {
+        let file = client.path.split(separator: "/").suffix(2).joined(separator: "/")
+        return "\(device) (\(client.platform), PJRT \(client.apiVersion.major).\(client.apiVersion.minor), \(file))"
+    }
     public let index: Int
     let client: PJRTClient
     let lock = NSRecursiveLock()
