@@ -42,13 +42,31 @@ static char *failed(const PJRT_Api *api, PJRT_Error *error, const char *call) {
 
 #define CALL(p, name, args) failed((p)->api, (p)->api->name(&(args)), #name)
 
+// An event's end, told by the plugin's callback.
+struct ended { sem_t done; PJRT_Error *error; };
+static void on_end(PJRT_Error *error, void *arg) {
+    struct ended *e = arg;
+    e->error = error;
+    sem_post(&e->done);
+}
+
+// Waits for `event` and frees it; the error it ended with, as `what`'s. Sleeps on a semaphore
+// the plugin's callback posts, where PJRT_Event_Await spins and yields: a host thread waiting
+// for a program took CPU time from the program's own threads.
 static char *await_event(LoomPJRT *p, PJRT_Event *event, const char *what) {
     if (!event) return NULL;
-    PJRT_Event_Await_Args a = {.struct_size = PJRT_Event_Await_Args_STRUCT_SIZE, .event = event};
-    char *e = failed(p->api, p->api->PJRT_Event_Await(&a), what);
+    struct ended e = {.error = NULL};
+    sem_init(&e.done, 0, 0);
+    PJRT_Event_OnReady_Args o = {.struct_size = PJRT_Event_OnReady_Args_STRUCT_SIZE, .event = event, .callback = on_end, .user_arg = &e};
+    char *error = CALL(p, PJRT_Event_OnReady, o);
+    if (!error) {
+        while (sem_wait(&e.done) != 0) {}
+        error = failed(p->api, e.error, what);
+    }
+    sem_destroy(&e.done);
     PJRT_Event_Destroy_Args d = {.struct_size = PJRT_Event_Destroy_Args_STRUCT_SIZE, .event = event};
     p->api->PJRT_Event_Destroy(&d);
-    return e;
+    return error;
 }
 
 // dlopen, GetPjrtApi and the version check: the API, or a message.
@@ -260,34 +278,10 @@ char *loom_pjrt_execute(LoomPJRT *p, void *executable, int device, void *const *
     // A donated argument's handle goes now: the run took its memory when it was enqueued.
     for (size_t i = 0; i < nargs; i++) if (donated && donated[i]) loom_pjrt_buffer_destroy(p, args[i]);
     if (running) { *running = done; return NULL; }
-    return loom_pjrt_wait(p, done);
+    return await_event(p, done, "execute");
 }
 
-// A run's end, told by the plugin's callback.
-struct ended { sem_t done; PJRT_Error *error; };
-static void on_end(PJRT_Error *error, void *arg) {
-    struct ended *e = arg;
-    e->error = error;
-    sem_post(&e->done);
-}
-
-// Sleeps on a semaphore the plugin's callback posts, where PJRT_Event_Await spins and
-// yields: a host thread waiting for a program took CPU time from the program's own threads.
-char *loom_pjrt_wait(LoomPJRT *p, void *running) {
-    if (!running) return NULL;
-    struct ended e = {.error = NULL};
-    sem_init(&e.done, 0, 0);
-    PJRT_Event_OnReady_Args o = {.struct_size = PJRT_Event_OnReady_Args_STRUCT_SIZE, .event = running, .callback = on_end, .user_arg = &e};
-    char *error = CALL(p, PJRT_Event_OnReady, o);
-    if (!error) {
-        while (sem_wait(&e.done) != 0) {}
-        error = failed(p->api, e.error, "execute");
-    }
-    sem_destroy(&e.done);
-    PJRT_Event_Destroy_Args d = {.struct_size = PJRT_Event_Destroy_Args_STRUCT_SIZE, .event = running};
-    p->api->PJRT_Event_Destroy(&d);
-    return error;
-}
+char *loom_pjrt_wait(LoomPJRT *p, void *running) { return await_event(p, running, "execute"); }
 
 static PJRT_Buffer_Type buffer_type(int type) {
     switch (type) {
