@@ -120,6 +120,33 @@ final class MixedPrecisionTests: XCTestCase {
         }
     }
 
+    /// A linear layer's dY under bf16 is read once for its bf16 copy and the bias gradient
+    /// (`cast(_:into:summingColumns:)`): the copy is `cast`'s bit for bit, the sums are the
+    /// column sums to float32 rounding, and they are the same floats at 1 and 2 threads (rows
+    /// past one block of the CPU's, and columns not a whole vector).
+    func testTheCastThatSumsColumnsGivesTheCastAndTheColumnSumsAtAnyThreadCount() throws {
+        let (rows, cols) = (300, 70)
+        let x = randomTensor([rows, cols], seed: 21).detach()
+        var sums: [[Float]] = []
+        for threads in [1, 2] {
+            let backend = CPUBackend(threads: threads)
+            let y = try Tensor(uninitialized: [rows, cols], dtype: .bfloat16, on: backend)
+            let s = try Tensor(uninitialized: [cols], on: backend)
+            backend.cast(x, into: y, summingColumns: s, rows: rows, cols: cols)
+            XCTAssertEqual(y.floats, try x.cast(to: .bfloat16).floats, "\(threads) thread(s): the bf16 copy")
+            let want = try x.sum(axes: [0]).floats
+            XCTAssertLessThanOrEqual(zip(s.floats, want).map { abs($0 - $1) }.max() ?? .infinity, 1e-5, "\(threads) thread(s): the sums")
+            sums.append(s.floats)
+        }
+        XCTAssertEqual(sums[0], sums[1], "the sums do not depend on the threads")
+
+        // Through a linear layer: its bias gradient is those sums.
+        let w = randomTensor([cols, 16], seed: 22), b = randomTensor([cols], seed: 23), h = randomTensor([rows, 16], seed: 24)
+        let out = try withPrecision(.bfloat16) { try h.linear(weight: w, bias: b) }
+        try out.backward(seed: x)
+        XCTAssertEqual(try XCTUnwrap(b.grad).floats, sums[0])
+    }
+
     func testAttentionInBF16StaysCloseToFloat32AndDiffersFromIt() throws {
         let qkv = randomTensor([2, 16, 3 * 32], seed: 8)
         let fp32 = try qkv.causalSelfAttention(heads: 4)

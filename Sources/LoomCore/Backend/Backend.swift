@@ -24,6 +24,11 @@ public protocol Backend: AnyObject, Sendable {
     /// y = x converted between floating-point dtypes (float32, bfloat16, float16), same
     /// element count: narrowing rounds to nearest even, NaN and infinities are kept.
     func cast(_ x: Tensor, into y: Tensor)
+    /// `cast(x, into: y)` and, for x viewed as [rows, cols], the column sums of x into
+    /// `columnSums` [cols]: a linear layer's dY under bf16 precision, its products' operand
+    /// and its bias gradient. The default casts and reduces; the CPU reads x once for both
+    /// (its sums in another order than `reduce`'s: equal to float32 rounding).
+    func cast(_ x: Tensor, into y: Tensor, summingColumns columnSums: Tensor, rows: Int, cols: Int)
     /// Waits for queued work (a no-op on the CPU).
     func synchronize()
     /// Throws what queued work found wrong with its input (on a GPU, an index outside an
@@ -237,6 +242,10 @@ public struct GEMMOperand {
 extension Backend {
     public func deferredErrors() throws {}
     public func endStep() throws {}
+    public func cast(_ x: Tensor, into y: Tensor, summingColumns columnSums: Tensor, rows: Int, cols: Int) {
+        cast(x, into: y)
+        reduce(.sum, x, outer: 1, n: rows, inner: cols, into: columnSums)
+    }
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
                      addingToEachRow bias: Tensor) throws {
         try gemmAfterWritingBias(a, b, c, m: m, n: n, k: k, alpha: alpha, bias: bias)

@@ -166,6 +166,35 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         }
     }
 
+    /// Rows of the cast split across the threads, as `cast` splits them, each block of
+    /// `castSumRows` rows summed on its own, then the blocks' sums added in order: one pass
+    /// over x, and the same floats at any thread count.
+    public func cast(_ x: Tensor, into y: Tensor, summingColumns columnSums: Tensor, rows: Int, cols: Int) {
+        guard x.dtype == .float32, y.dtype == .bfloat16, columnSums.dtype == .float32, rows > 0, cols > 0 else {
+            cast(x, into: y)
+            reduce(.sum, x, outer: 1, n: rows, inner: cols, into: columnSums)
+            return
+        }
+        precondition(x.count == rows * cols && y.count == x.count && columnSums.count == cols,
+                     "cast summing columns: x \(describe(x.shape)), y \(describe(y.shape)), sums \(describe(columnSums.shape)) for [\(rows), \(cols)]")
+        let start = monotonicSeconds()
+        defer { count(.memory, flops: 0, since: start) }
+        let block = Self.castSumRows, blocks = (rows + block - 1) / block
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: blocks * cols)
+        defer { partial.deallocate() }
+        let (px, py, ps) = (x.ptr, y.halfPtr, columnSums.ptr)
+        parallelFor(blocks, grain: max(1, (1 << 15) / (block * cols)), threads: threads) { r in
+            for b in r {
+                loom_f32_to_bf16_summing_rows(px, py, partial + b * cols, Int64(cols), Int64(b * block), Int64(min(rows, (b + 1) * block)))
+            }
+        }
+        ps.update(from: partial, count: cols)
+        for b in 1..<blocks { zip8(ps, partial + b * cols, ps, cols, +) }
+    }
+
+    /// Rows a block of `cast(_:into:summingColumns:)` sums before the blocks are added.
+    static let castSumRows = 128
+
     public func synchronize() {}
 
     // MARK: Linear algebra

@@ -100,6 +100,9 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
     public func fill(_ tensor: Tensor, value: Float) { inner.fill(host(tensor), value: value) }
     public func copy(_ source: Tensor, into destination: Tensor) { inner.copy(host(source), into: host(destination)) }
     public func cast(_ x: Tensor, into y: Tensor) { inner.cast(host(x), into: host(y)) }
+    public func cast(_ x: Tensor, into y: Tensor, summingColumns columnSums: Tensor, rows: Int, cols: Int) {
+        inner.cast(host(x), into: host(y), summingColumns: host(columnSums), rows: rows, cols: cols)
+    }
     public func synchronize() {}
 
     // MARK: Kernels: the CPU backend's, on host views

@@ -1,6 +1,7 @@
 // y = x · Wᵀ + b, fused: one GEMM forward, two GEMMs and a column sum backward.
 // Under bf16 precision (`withPrecision`) the GEMMs read bf16 copies of x, W and dY and
-// write float32; the bias and its gradient stay float32.
+// write float32; the bias and its gradient stay float32, the bias gradient summed in the pass
+// that rounds dY (`Backend.cast(_:into:summingColumns:)`).
 
 extension Tensor {
     /// Affine map of the last axis. `weight` is [out, in] (PyTorch's layout); `bias` [out].
@@ -30,8 +31,16 @@ extension Tensor {
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
         return Tensor.differentiable("linear", output: y, inputs: inputs) { g in
             let b = x.backend
-            var gx: Tensor?, gw: Tensor?, gb: Tensor?
-            let gl = try g.gemmInput(precision)
+            var gx: Tensor?, gw: Tensor?
+            let gb = try bias.flatMap { $0.requiresGrad ? try $0.empty() : nil }  // column sums of dY
+            let gl: Tensor
+            if let gb, precision == .bfloat16, g.dtype == .float32 {  // dY read once for its bf16 copy and gb
+                gl = try g.empty(dtype: .bfloat16)
+                b.cast(g, into: gl, summingColumns: gb, rows: rows, cols: outF)
+            } else {
+                gl = try g.gemmInput(precision)
+                if let gb { b.reduce(.sum, g, outer: 1, n: rows, inner: outF, into: gb) }
+            }
             if x.requiresGrad {  // dX [rows, in] = dY [rows, out] · W [out, in]
                 let t = try x.empty()
                 b.gemm(GEMMOperand(gl, ld: outF), GEMMOperand(wl, ld: inF), GEMMOperand(t, ld: inF),
@@ -43,11 +52,6 @@ extension Tensor {
                 b.gemm(GEMMOperand(gl, ld: outF, transposed: true), GEMMOperand(xl, ld: inF), GEMMOperand(t, ld: inF),
                        m: outF, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
                 gw = t
-            }
-            if let bias, bias.requiresGrad {  // db = column sums of dY
-                let t = try bias.empty()
-                b.reduce(.sum, g, outer: 1, n: rows, inner: outF, into: t)
-                gb = t
             }
             return bias == nil ? [gx, gw] : [gx, gw, gb]
         }
