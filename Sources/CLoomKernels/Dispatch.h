@@ -2,6 +2,12 @@
 // static always-inline function NAME_body; LOOM_VARIANTS(NAME, params, args) emits the
 // exported NAME that calls the copy compiled for loom_kernel_isa(). The copies differ
 // only in the instructions the compiler may use (vector width, FMA), not in the source.
+//
+// The AVX-512 copy is tuned for Zen 4 (`tune=znver4`: scheduling only, the instructions
+// stay x86-64-v4's), which lets the vectoriser use 512-bit vectors: clang's generic tuning
+// prefers 256-bit ones (to spare Skylake-era Intel parts their AVX-512 clock drop), and so
+// compiled every loop here for ymm registers. Measured on a Zen 5 (one core, 2^20 floats):
+// GELU 0.62 -> 0.32 ns an element, its backward 0.78 -> 0.40, the bf16 rounding 0.08 -> 0.05.
 #ifndef LOOM_DISPATCH_H
 #define LOOM_DISPATCH_H
 
@@ -13,7 +19,7 @@
 
 #if defined(__x86_64__)
 #define LOOM_VARIANTS(name, params, args)                                                     \
-    __attribute__((target("arch=x86-64-v4"))) static void name##_avx512 params { name##_body args; } \
+    __attribute__((target("arch=x86-64-v4,tune=znver4"))) static void name##_avx512 params { name##_body args; } \
     __attribute__((target("arch=x86-64-v3"))) static void name##_avx2 params { name##_body args; }   \
     static void name##_baseline params { name##_body args; }                                  \
     void name params {                                                                        \
