@@ -147,6 +147,50 @@ final class MixedPrecisionTests: XCTestCase {
         XCTAssertEqual(try XCTUnwrap(b.grad).floats, sums[0])
     }
 
+    /// `linear(weight:bias:after:)` is the activation then the layer, as one op: the same
+    /// floats forward and backward as the two ops, in float32 and under bf16, for GELU and
+    /// ReLU; under bf16 what it keeps for backward is the activation in bf16 only (the two
+    /// ops keep its float32 values as well). An activation whose gradient needs its output
+    /// is refused.
+    func testAnActivationThenALinearLayerIsTheTwoOpsAndKeepsOnlyTheBF16Activation() throws {
+        let backend = CPUBackend(threads: 2)
+        func run(_ fused: Bool, _ activation: UnaryOp, _ precision: Precision) throws -> (values: [[Float]], kept: Int) {
+            var rng = Philox(seed: 41)
+            func make(_ shape: [Int]) -> Tensor {
+                let t = Tensor((0..<shape.reduce(1, *)).map { _ in 2 * rng.nextFloat() - 1 }, shape: shape, on: backend)
+                t.requiresGrad = true
+                return t
+            }
+            let x = make([6, 50, 96]), w = make([40, 96]), b = make([40])
+            let meter = MemoryMeter()
+            let y = try MemoryMeter.measuring(meter) {
+                try withPrecision(precision) {
+                    fused ? try x.linear(weight: w, bias: b, after: activation)
+                          : try (activation == .gelu ? x.gelu() : x.relu()).linear(weight: w, bias: b)
+                }
+            }
+            let kept = meter.liveBytes - y.byteCount  // what the graph holds for backward
+            try y.backward(seed: try y.detach().scaled(0.5))
+            return ([y.floats, try XCTUnwrap(x.grad).floats, try XCTUnwrap(w.grad).floats, try XCTUnwrap(b.grad).floats], kept)
+        }
+        for activation in [UnaryOp.gelu, .relu] {
+            for precision in [Precision.float32, .bfloat16] {
+                let fused = try run(true, activation, precision), apart = try run(false, activation, precision)
+                XCTAssertEqual(fused.values, apart.values, "\(activation) \(precision): y, dx, dW, db")
+                let activationBytes = 6 * 50 * 96 * 4
+                if precision == .bfloat16 {
+                    XCTAssertEqual(apart.kept - fused.kept, activationBytes, "\(activation): the float32 activation is not kept")
+                } else {
+                    XCTAssertEqual(apart.kept, fused.kept, "\(activation) in float32 keeps what the two ops keep")
+                }
+            }
+        }
+        let x = randomTensor([2, 8], seed: 42), w = randomTensor([4, 8], seed: 43)
+        XCTAssertThrowsError(try x.linear(weight: w, bias: nil, after: .exp)) { error in
+            XCTAssertTrue("\(error)".contains("gelu, relu"), "\(error)")
+        }
+    }
+
     func testAttentionInBF16StaysCloseToFloat32AndDiffersFromIt() throws {
         let qkv = randomTensor([2, 16, 3 * 32], seed: 8)
         let fp32 = try qkv.causalSelfAttention(heads: 4)

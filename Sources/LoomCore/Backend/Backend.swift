@@ -45,6 +45,9 @@ public protocol Backend: AnyObject, Sendable {
     // MARK: Elementwise
     /// y = op(x). May alias.
     func unary(_ op: UnaryOp, _ x: Tensor, into y: Tensor)
+    /// y = op(x) rounded to bf16 (x float32, y bfloat16): an activation that only bf16
+    /// products read, written once where it is made. The default writes float32 and casts.
+    func unaryRoundingToBF16(_ op: UnaryOp, _ x: Tensor, into y: Tensor)
     /// gx = gy * op'(x), from `x` or the saved output `y` (whichever the op needs).
     func unaryBackward(_ op: UnaryOp, x: Tensor, y: Tensor, gradOutput: Tensor, into gx: Tensor)
     /// out = a op b, with a and b broadcast to out's shape (numpy rules; the caller has
@@ -245,6 +248,13 @@ extension Backend {
     public func cast(_ x: Tensor, into y: Tensor, summingColumns columnSums: Tensor, rows: Int, cols: Int) {
         cast(x, into: y)
         reduce(.sum, x, outer: 1, n: rows, inner: cols, into: columnSums)
+    }
+    public func unaryRoundingToBF16(_ op: UnaryOp, _ x: Tensor, into y: Tensor) {
+        do {
+            let wide = try x.empty()
+            unary(op, x, into: wide)
+            cast(wide, into: y)
+        } catch { fatalError("\(op.rawValue) rounded to bf16: \(error)") }
     }
     public func gemm(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float,
                      addingToEachRow bias: Tensor) throws {

@@ -11,18 +11,41 @@ extension CPUBackend {
         let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
         let px = x.ptr, py = y.ptr
         parallelFor(x.count, grain: grain, threads: threads) { r in
-            let x = px + r.lowerBound, y = py + r.lowerBound, n = r.count
-            switch op {
-            case .neg: map8(x, y, n) { -$0 }
-            case .exp: loom_exp(x, y, Int64(n))
-            case .log: for i in 0..<n { y[i] = logf(x[i]) }
-            case .tanh: map8(x, y, n) { tanh8($0) }
-            case .relu: map8(x, y, n) { vmax($0, F8()) }
-            case .gelu: loom_gelu(x, y, Int64(n))
-            case .sqrt: map8(x, y, n) { $0.squareRoot() }
-            case .sigmoid: map8(x, y, n) { sigmoid8($0) }
-            case .square: map8(x, y, n) { $0 * $0 }
-            case .reciprocal: map8(x, y, n) { 1 / $0 }
+            unaryKernel(op, px + r.lowerBound, py + r.lowerBound, r.count)
+        }
+    }
+
+    /// y[0..<n] = op(x[0..<n]) on the calling thread.
+    private func unaryKernel(_ op: UnaryOp, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        switch op {
+        case .neg: map8(x, y, n) { -$0 }
+        case .exp: loom_exp(x, y, Int64(n))
+        case .log: for i in 0..<n { y[i] = logf(x[i]) }
+        case .tanh: map8(x, y, n) { tanh8($0) }
+        case .relu: map8(x, y, n) { vmax($0, F8()) }
+        case .gelu: loom_gelu(x, y, Int64(n))
+        case .sqrt: map8(x, y, n) { $0.squareRoot() }
+        case .sigmoid: map8(x, y, n) { sigmoid8($0) }
+        case .square: map8(x, y, n) { $0 * $0 }
+        case .reciprocal: map8(x, y, n) { 1 / $0 }
+        }
+    }
+
+    /// Blocks of a thread's elements computed into a float32 buffer on its stack (in L1) and
+    /// rounded from there: one pass over memory.
+    public func unaryRoundingToBF16(_ op: UnaryOp, _ x: Tensor, into y: Tensor) {
+        precondition(x.dtype == .float32 && y.dtype == .bfloat16 && x.count == y.count,
+                     "\(op.rawValue) rounded to bf16: x \(x.dtype) \(describe(x.shape)) into y \(y.dtype) \(describe(y.shape))")
+        let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
+        let px = x.ptr, py = y.halfPtr
+        parallelFor(x.count, grain: grain, threads: threads) { r in
+            let block = 2048
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { wide in
+                for lo in stride(from: r.lowerBound, to: r.upperBound, by: block) {
+                    let n = min(block, r.upperBound - lo)
+                    unaryKernel(op, px + lo, wide.baseAddress!, n)
+                    loom_f32_to_bf16(wide.baseAddress!, py + lo, Int64(n))
+                }
             }
         }
     }

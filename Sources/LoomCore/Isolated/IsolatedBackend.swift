@@ -108,6 +108,7 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
     // MARK: Kernels: the CPU backend's, on host views
 
     public func unary(_ op: UnaryOp, _ x: Tensor, into y: Tensor) { inner.unary(op, host(x), into: host(y)) }
+    public func unaryRoundingToBF16(_ op: UnaryOp, _ x: Tensor, into y: Tensor) { inner.unaryRoundingToBF16(op, host(x), into: host(y)) }
     public func unaryBackward(_ op: UnaryOp, x: Tensor, y: Tensor, gradOutput: Tensor, into gx: Tensor) {
         inner.unaryBackward(op, x: host(x), y: host(y), gradOutput: host(gradOutput), into: host(gx))
     }

@@ -2,11 +2,26 @@
 // Under bf16 precision (`withPrecision`) the GEMMs read bf16 copies of x, W and dY and
 // write float32; the bias and its gradient stay float32, the bias gradient summed in the pass
 // that rounds dY (`Backend.cast(_:into:summingColumns:)`).
+//
+// y = act(x) · Wᵀ + b (`linear(weight:bias:after:)`, a transformer MLP's GELU then its
+// second layer) is the same op reading A = act(x) instead of x:
+//   forward:   A = act(x);  y = A Wᵀ + b
+//   backward:  dA = dY W;  dx = act'(x) ∘ dA;  dW = dYᵀ A;  db = Σ_rows dY
+// act' reads x only (GELU, ReLU), so A is needed only as the products' operand: under bf16
+// the activation is written once, rounded (`Backend.unaryRoundingToBF16`), and that bf16 A is
+// all the op keeps. Written apart, act(x) would be written in float32, kept by the graph, and
+// read again to round it.
 
 extension Tensor {
     /// Affine map of the last axis. `weight` is [out, in] (PyTorch's layout); `bias` [out].
     /// x: [..., in] -> [..., out].
     public func linear(weight: Tensor, bias: Tensor?) throws -> Tensor {
+        try linear(weight: weight, bias: bias, after: nil)
+    }
+
+    /// `activation` of x, then the affine map: `x.gelu().linear(weight:bias:)` as one op, for
+    /// an activation whose gradient reads only its input (`.gelu`, `.relu`).
+    public func linear(weight: Tensor, bias: Tensor?, after activation: UnaryOp?) throws -> Tensor {
         try requireFloat("linear", self); try requireFloat("linear", weight)
         let x = self
         try requireSameDevice("linear", x, weight)
@@ -17,9 +32,12 @@ extension Tensor {
         if let bias, bias.shape != [outF] {
             throw LoomError.shapeMismatch("linear: bias \(describe(bias.shape)) for weight \(describe(weight.shape)) (expected [\(outF)])")
         }
+        if let activation, activation != .gelu, activation != .relu {
+            throw LoomError.invalidArgument("linear after \(activation.rawValue): only an activation whose gradient reads its input alone (gelu, relu)")
+        }
         let rows = x.count / inF
         let precision = Autocast.precision
-        let xl = try x.gemmInput(precision), wl = try weight.gemmInput(precision)  // saved for backward
+        let xl = try x.productInput(after: activation, precision), wl = try weight.gemmInput(precision)  // saved for backward
         let y = try empty(Array(x.shape.dropLast()) + [outF])
         let (xo, wo, yo) = (GEMMOperand(xl, ld: inF), GEMMOperand(wl, ld: inF, transposed: true), GEMMOperand(y, ld: outF))
         if let bias {  // every row of y gains the bias
@@ -29,7 +47,7 @@ extension Tensor {
         }
 
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
-        return Tensor.differentiable("linear", output: y, inputs: inputs) { g in
+        return Tensor.differentiable(activation.map { "\($0.rawValue)+linear" } ?? "linear", output: y, inputs: inputs) { g in
             let b = x.backend
             var gx: Tensor?, gw: Tensor?
             let gb = try bias.flatMap { $0.requiresGrad ? try $0.empty() : nil }  // column sums of dY
@@ -41,13 +59,19 @@ extension Tensor {
                 gl = try g.gemmInput(precision)
                 if let gb { b.reduce(.sum, g, outer: 1, n: rows, inner: outF, into: gb) }
             }
-            if x.requiresGrad {  // dX [rows, in] = dY [rows, out] · W [out, in]
+            if x.requiresGrad {  // dA [rows, in] = dY [rows, out] · W [out, in]; dx = act'(x) ∘ dA
                 let t = try x.empty()
                 b.gemm(GEMMOperand(gl, ld: outF), GEMMOperand(wl, ld: inF), GEMMOperand(t, ld: inF),
                        m: rows, n: inF, k: outF, batch: 1, alpha: 1, beta: 0)
-                gx = t
+                if let activation {  // (its y is not read: act' reads x)
+                    let dx = try x.empty()
+                    b.unaryBackward(activation, x: x, y: x, gradOutput: t, into: dx)
+                    gx = dx
+                } else {
+                    gx = t
+                }
             }
-            if weight.requiresGrad {  // dW [out, in] = dYᵀ · X
+            if weight.requiresGrad {  // dW [out, in] = dYᵀ · A
                 let t = try weight.empty()
                 b.gemm(GEMMOperand(gl, ld: outF, transposed: true), GEMMOperand(xl, ld: inF), GEMMOperand(t, ld: inF),
                        m: outF, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
@@ -55,5 +79,18 @@ extension Tensor {
             }
             return bias == nil ? [gx, gw] : [gx, gw, gb]
         }
+    }
+
+    /// The product's A: x, or activation(x), in `precision`'s operand type. Under bf16 the
+    /// activation is rounded as it is written; in float32 it is `unaryOp`'s values.
+    private func productInput(after activation: UnaryOp?, _ precision: Precision) throws -> Tensor {
+        guard let activation else { return try gemmInput(precision) }
+        let a = try empty(dtype: precision.operandDType)
+        if precision == .bfloat16 {
+            backend.unaryRoundingToBF16(activation, self, into: a)
+        } else {
+            backend.unary(activation, self, into: a)
+        }
+        return a
     }
 }

@@ -43,7 +43,9 @@ public final class FeedForward: Module {
         proj = try RowParallelLinear(whole: Linear(hidden, dModel, std: projStd, rng: &rng, on: backend), group: group)
     }
 
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try proj(fc(x).gelu()) }
+    /// The GELU and the second layer are one op (`linear(weight:bias:after:)`): under bf16 the
+    /// activation is written once, in bf16, as that layer's operand.
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try proj(fc(x), after: .gelu) }
 }
 
 /// Pre-LayerNorm transformer block: x + attn(ln1(x)), then + mlp(ln2(x)).

@@ -44,9 +44,12 @@ public final class RowParallelLinear: Module, UnaryLayer {
     }
 
     /// [..., in/tp] -> [..., out] (replicated)
-    public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        guard let group else { return try x.linear(weight: weight, bias: bias) }
-        let y = try x.linear(weight: weight, bias: nil).reduceFromTensorParallel(group)
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try self(x, after: nil) }
+
+    /// `activation` of this rank's slice of the input, then the layer (`linear(weight:bias:after:)`).
+    public func callAsFunction(_ x: Tensor, after activation: UnaryOp?) throws -> Tensor {
+        guard let group else { return try x.linear(weight: weight, bias: bias, after: activation) }
+        let y = try x.linear(weight: weight, bias: nil, after: activation).reduceFromTensorParallel(group)
         return try bias.map { try y.add($0) } ?? y
     }
 }
