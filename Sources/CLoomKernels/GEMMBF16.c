@@ -89,28 +89,38 @@ BF16_TARGET static void transpose16(const uint16_t *src, int64_t ld, int rows, i
 
 int64_t loom_bf16_packed_b_words(int64_t k, int64_t n) { return (n + NR - 1) / NR * ((k + 1) / 2) * NR; }
 
-// Columns [j0, j1) of op(B) (j0 a multiple of NR), all k rows, into their panels of `dst`:
-// dst[panel][pair][NR] words, a panel (k + 1) / 2 · NR words.
-BF16_TARGET void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb,
-                                  uint32_t *dst) {
+// Columns [j0, j1) of op(B) (j0 a multiple of NR), pairs of rows [p0, p1), into their panels
+// of `dst`: dst[panel][pair][NR] words, a panel (k + 1) / 2 · NR words. Threads sharing one
+// packing split it by pairs where B is stored by rows (each reads whole rows, in order) and by
+// panels where it is stored transposed (each reads whole stored rows, which are columns of
+// op(B)); p0 and p1 are then multiples of 16 but for p1 = (k + 1) / 2.
+BF16_TARGET void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b,
+                                  int64_t ldb, uint32_t *dst) {
     if (!loom_cpu_has_avx512_bf16()) return;  // nothing to pack for: loom_bf16_gemm_packed_b declines too
     int64_t pairs = (k + 1) / 2;
-    dst += j0 / NR * pairs * NR;
-    for (; j0 < j1; j0 += NR, dst += pairs * NR) {
+    if (!transB) {  // op(B)[r][j] = b[r * ldb + j]: rows 2p and 2p + 1 interleaved, a row's panels left to right
+        for (int64_t p = p0; p < p1; p++) {
+            const uint16_t *row = b + 2 * p * ldb, *next = 2 * p + 1 < k ? row + ldb : NULL;
+            for (int64_t jp = j0; jp < j1; jp += NR) {
+                uint32_t *panel = dst + jp / NR * pairs * NR + p * NR;
+                for (int half = 0; half < 2; half++) {
+                    int64_t j = jp + 16 * half, cols = j1 - j < 0 ? 0 : j1 - j < 16 ? j1 - j : 16;
+                    __mmask32 mask = (__mmask32)((1ull << cols) - 1);
+                    __m512i w = cols ? interleave(row + j, next ? next + j : NULL, mask) : _mm512_setzero_si512();
+                    _mm512_store_si512(panel + 16 * half, w);
+                }
+            }
+        }
+        return;
+    }
+    // op(B)[r][j] = b[j * ldb + r]: column j's pairs are neighbours, transposed 16 x 16
+    for (int64_t jp = j0; jp < j1; jp += NR) {
+        uint32_t *panel = dst + jp / NR * pairs * NR;
         for (int half = 0; half < 2; half++) {
-            int64_t j = j0 + 16 * half, cols = j1 - j < 0 ? 0 : j1 - j < 16 ? j1 - j : 16;
-            if (!transB) {  // op(B)[r][j] = b[r * ldb + j]: rows 2p and 2p + 1 interleaved
-                __mmask32 mask = (__mmask32)((1ull << cols) - 1);
-                for (int64_t p = 0; p < pairs; p++) {
-                    const uint16_t *row = b + 2 * p * ldb + j;
-                    __m512i w = cols ? interleave(row, 2 * p + 1 < k ? row + ldb : NULL, mask) : _mm512_setzero_si512();
-                    _mm512_store_si512(dst + p * NR + 16 * half, w);
-                }
-            } else {  // op(B)[r][j] = b[j * ldb + r]: column j's pairs are neighbours, transposed 16 x 16
-                for (int64_t p = 0; p < pairs; p += 16) {
-                    int values = k - 2 * p < 32 ? (int)(k - 2 * p) : 32;
-                    transpose16(b + j * ldb + 2 * p, ldb, (int)cols, values, dst + p * NR + 16 * half, NR, 0xFFFF);
-                }
+            int64_t j = jp + 16 * half, cols = j1 - j < 0 ? 0 : j1 - j < 16 ? j1 - j : 16;
+            for (int64_t p = p0; p < p1; p += 16) {
+                int values = k - 2 * p < 32 ? (int)(k - 2 * p) : 32;
+                transpose16(b + j * ldb + 2 * p, ldb, (int)cols, values, panel + p * NR + 16 * half, NR, 0xFFFF);
             }
         }
     }
@@ -267,13 +277,14 @@ int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, floa
     if (!loom_cpu_has_avx512_bf16()) return 0;
     uint32_t *pb = words(&packed_b, &packed_b_words, (size_t)loom_bf16_packed_b_words(k, n));
     if (!pb) return 0;
-    if (k > 0) loom_bf16_pack_b(transB, k, 0, n, b, ldb, pb);
+    if (k > 0) loom_bf16_pack_b(transB, k, 0, n, 0, (k + 1) / 2, b, ldb, pb);
     return loom_bf16_gemm_packed_b(transA, m, n, k, alpha, a, lda, pb, (k + 1) / 2 * NR, beta, c, ldc, bias);
 }
 
 #else
 int64_t loom_bf16_packed_b_words(int64_t k, int64_t n) { return 0; }
-void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb, uint32_t *dst) {}
+void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b, int64_t ldb,
+                      uint32_t *dst) {}
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
                             int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
                             const float *bias) {

@@ -72,9 +72,10 @@ final class BF16KernelTests: XCTestCase {
         let words = Int(loom_bf16_packed_b_words(Int64(k), Int64(n)))
         let packed = UnsafeMutableRawPointer.allocate(byteCount: 4 * words, alignment: 64).bindMemory(to: UInt32.self, capacity: words)
         defer { packed.deallocate() }
-        // Packed in two ranges of panels, as two threads pack a shared operand.
-        loom_bf16_pack_b(0, Int64(k), 0, 64, b.bits, Int64(n), packed)
-        loom_bf16_pack_b(0, Int64(k), 64, Int64(n), b.bits, Int64(n), packed)
+        // Packed in two ranges of panels, and of the rest's pairs, as threads pack a shared operand.
+        loom_bf16_pack_b(0, Int64(k), 0, 64, 0, Int64((k + 1) / 2), b.bits, Int64(n), packed)
+        loom_bf16_pack_b(0, Int64(k), 64, Int64(n), 0, 16, b.bits, Int64(n), packed)
+        loom_bf16_pack_b(0, Int64(k), 64, Int64(n), 16, Int64((k + 1) / 2), b.bits, Int64(n), packed)
         let panelWords = Int64((k + 1) / 2 * 32)
         for (rows, cols, r0) in [(k, n, 0), (k, 40, 0), (33, n, 0), (k - 32, n, 32), (k - 6, 17, 6)] {
             var c = [Float](repeating: .nan, count: m * cols)

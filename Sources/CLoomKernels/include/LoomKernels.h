@@ -36,14 +36,15 @@ int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, floa
                    int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias);
 // The same in two parts, so that op(B) is packed once for many products (threads sharing it,
 // or attention's row blocks reading a prefix or a suffix of one head's keys):
-// loom_bf16_pack_b writes columns [j0, j1) (j0 a multiple of 32) of op(B), k x n, into their
-// panels of dst (loom_bf16_packed_b_words(k, n) words, 64-byte aligned; a panel is
+// loom_bf16_pack_b writes columns [j0, j1) (j0 a multiple of 32) of op(B), k x n, pairs of its
+// rows [p0, p1) (multiples of 16 where transB, but for p1 = (k + 1) / 2), into their panels of dst (loom_bf16_packed_b_words(k, n) words, 64-byte aligned; a panel is
 // (k + 1) / 2 * 32 words, its rows in pairs). loom_bf16_gemm_packed_b reads B from such panels:
 // `panelWords` apart, starting at pair 0 of the first (a product over rows r0... of the packed
 // op(B), r0 even, starts r0 / 2 * 32 words in). Without AVX512-BF16 neither does anything (the
 // product returns 0).
 int64_t loom_bf16_packed_b_words(int64_t k, int64_t n);
-void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, const uint16_t *b, int64_t ldb, uint32_t *dst);
+void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b,
+                      int64_t ldb, uint32_t *dst);
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
                             int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
                             const float *bias);

@@ -226,7 +226,7 @@ extension UInt16: AttentionOperand {
             for r in 0..<rows { loom_bf16_to_f32(b + r * ld, wide + r * width, Int64(width)) }
             return SharedOperand(b: b, ld: width, transposed: transposed, wide: wide)
         }
-        loom_bf16_pack_b(transposed ? 1 : 0, Int64(k), 0, Int64(n), b, Int64(ld), buffer!)
+        loom_bf16_pack_b(transposed ? 1 : 0, Int64(k), 0, Int64(n), 0, Int64((k + 1) / 2), b, Int64(ld), buffer!)
         return SharedOperand(b: b, ld: ld, transposed: transposed, packed: buffer, panelWords: (k + 1) / 2 * 32)
     }
     fileprivate static func gemm(transA: Bool, m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<UInt16>, lda: Int,

@@ -297,10 +297,16 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             return
         }
         let packed = UnsafeMutableRawPointer(buffer.ptr).assumingMemoryBound(to: UInt32.self)
-        let panels = (n + 31) / 32
-        parallelFor(panels, grain: 1, threads: threads) { r in
-            loom_bf16_pack_b(b.transposed ? 1 : 0, Int64(k), Int64(r.lowerBound * 32), Int64(min(r.upperBound * 32, n)),
-                             pb + list[0].b, Int64(b.ld), packed)
+        let (panels, pairs) = ((n + 31) / 32, (k + 1) / 2)
+        if b.transposed {  // by panels: a thread reads whole stored rows (columns of op(B))
+            parallelFor(panels, grain: 1, threads: threads) { r in
+                loom_bf16_pack_b(1, Int64(k), Int64(r.lowerBound * 32), Int64(min(r.upperBound * 32, n)), 0, Int64(pairs),
+                                 pb + list[0].b, Int64(b.ld), packed)
+            }
+        } else {  // by pairs of rows: a thread reads whole rows, in order (by panels, each read half of every row)
+            parallelFor(pairs, grain: 16, threads: threads) { r in
+                loom_bf16_pack_b(0, Int64(k), 0, Int64(n), Int64(r.lowerBound), Int64(r.upperBound), pb + list[0].b, Int64(b.ld), packed)
+            }
         }
         let panelWords = Int64((k + 1) / 2 * 32)
         parallelFor(list.count, grain: 1, threads: threads) { r in
