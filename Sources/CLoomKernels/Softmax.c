@@ -19,11 +19,19 @@ LOOM_INLINE float lane_total(float *lanes) {
     return lanes[0];
 }
 
+// The largest of a row's first n values, over whole blocks of LANES (lanes past n read as
+// -inf): a causal row's n is any number, and a loop over exactly n runs its last n mod 16
+// values one at a time.
 LOOM_INLINE float row_max(const float *x, int64_t n) {
-    float m = -INFINITY;
-    LOOM_SIMD
-    for (int64_t j = 0; j < n; j++) m = fmaxf(m, x[j]);
-    return m;
+    float lanes[LANES];
+    for (int l = 0; l < LANES; l++) lanes[l] = -INFINITY;
+    for (int64_t j0 = 0; j0 < n; j0 += LANES) {
+        LOOM_SIMD
+        for (int l = 0; l < LANES; l++) lanes[l] = fmaxf(lanes[l], j0 + l < n ? x[j0 + l] : -INFINITY);
+    }
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) lanes[l] = fmaxf(lanes[l], lanes[l + w]);
+    return lanes[0];
 }
 
 LOOM_INLINE void loom_softmax_rows_body(const float *x, float *y, int64_t rows, int64_t cols, int log,
