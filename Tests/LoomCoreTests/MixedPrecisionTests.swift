@@ -191,6 +191,38 @@ final class MixedPrecisionTests: XCTestCase {
         }
     }
 
+    /// `feedForward` (a transformer MLP as one op) gives the floats of its two linear layers,
+    /// forward and every gradient, in float32 and under bf16, for GELU and ReLU, with and
+    /// without biases, past one block of rows of the CPU's fused rounding and sums.
+    func testTheFeedForwardOpIsItsTwoLinearLayers() throws {
+        let backend = CPUBackend(threads: 2)
+        func run(_ fused: Bool, _ activation: UnaryOp, _ precision: Precision, biases: Bool) throws -> [[Float]] {
+            var rng = Philox(seed: 51)
+            func make(_ shape: [Int]) -> Tensor {
+                let t = Tensor((0..<shape.reduce(1, *)).map { _ in 2 * rng.nextFloat() - 1 }, shape: shape, on: backend)
+                t.requiresGrad = true
+                return t
+            }
+            let x = make([3, 100, 48]), w1 = make([80, 48]), b1 = make([80]), w2 = make([40, 80]), b2 = make([40])
+            let (c1, c2) = biases ? (b1, b2) : (nil, nil)
+            let y = try withPrecision(precision) {
+                fused ? try x.feedForward(w1, c1, w2, c2, activation: activation)
+                      : try x.linear(weight: w1, bias: c1).linear(weight: w2, bias: c2, after: activation)
+            }
+            try y.backward(seed: try y.detach().scaled(0.5))
+            let grads = [x, w1, w2] + (biases ? [b1, b2] : [])
+            return [y.floats] + (try grads.map { try XCTUnwrap($0.grad).floats })
+        }
+        for activation in [UnaryOp.gelu, .relu] {
+            for precision in [Precision.float32, .bfloat16] {
+                for biases in [true, false] {
+                    XCTAssertEqual(try run(true, activation, precision, biases: biases), try run(false, activation, precision, biases: biases),
+                                   "\(activation) \(precision) biases \(biases): y, dx, dW1, dW2 (db1, db2)")
+                }
+            }
+        }
+    }
+
     func testAttentionInBF16StaysCloseToFloat32AndDiffersFromIt() throws {
         let qkv = randomTensor([2, 16, 3 * 32], seed: 8)
         let fp32 = try qkv.causalSelfAttention(heads: 4)

@@ -55,8 +55,10 @@ void loom_gelu(const float *x, float *y, int64_t n);
 void loom_f32_to_bf16(const float *x, uint16_t *y, int64_t n);
 void loom_bf16_to_f32(const uint16_t *x, float *y, int64_t n);
 // Rows [r0, r1) of x [., cols] rounded to bf16 into y, and their sum (in row order) into
-// sums[cols]: a linear layer's dY for its bf16 products and its bias gradient.
-void loom_f32_to_bf16_summing_rows(const float *x, uint16_t *y, float *sums, int64_t cols, int64_t r0, int64_t r1);
+// sums[cols] (added to its values where `accumulate`): a linear layer's dY for its bf16
+// products and its bias gradient.
+void loom_f32_to_bf16_summing_rows(const float *x, uint16_t *y, float *sums, int64_t cols, int64_t r0, int64_t r1,
+                                   int accumulate);
 // gx = g * GELU'(x)
 void loom_gelu_backward(const float *x, const float *g, float *gx, int64_t n);
 // y = exp(x)

@@ -50,6 +50,13 @@ public protocol Backend: AnyObject, Sendable {
     func unaryRoundingToBF16(_ op: UnaryOp, _ x: Tensor, into y: Tensor)
     /// gx = gy * op'(x), from `x` or the saved output `y` (whichever the op needs).
     func unaryBackward(_ op: UnaryOp, x: Tensor, y: Tensor, gradOutput: Tensor, into gx: Tensor)
+    /// gx = gy * op'(x) rounded to bf16 (gx bfloat16), and, where `sums`, for gx viewed as
+    /// [rows, cols], the column sums of its float32 values: the gradient of a linear layer's
+    /// output that only its bf16 products and its bias gradient read. For an op whose
+    /// gradient reads x alone (GELU, ReLU). The default computes float32, then
+    /// `cast(_:into:summingColumns:)`.
+    func unaryBackward(_ op: UnaryOp, x: Tensor, gradOutput: Tensor, roundingInto gx: Tensor, summingColumns sums: Tensor?,
+                       rows: Int, cols: Int)
     /// out = a op b, with a and b broadcast to out's shape (numpy rules; the caller has
     /// checked them). May alias `a` when a has out's shape.
     func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, into out: Tensor)
@@ -248,6 +255,14 @@ extension Backend {
     public func cast(_ x: Tensor, into y: Tensor, summingColumns columnSums: Tensor, rows: Int, cols: Int) {
         cast(x, into: y)
         reduce(.sum, x, outer: 1, n: rows, inner: cols, into: columnSums)
+    }
+    public func unaryBackward(_ op: UnaryOp, x: Tensor, gradOutput: Tensor, roundingInto gx: Tensor, summingColumns sums: Tensor?,
+                              rows: Int, cols: Int) {
+        do {
+            let wide = try x.empty()
+            unaryBackward(op, x: x, y: x, gradOutput: gradOutput, into: wide)
+            if let sums { cast(wide, into: gx, summingColumns: sums, rows: rows, cols: cols) } else { cast(wide, into: gx) }
+        } catch { fatalError("\(op.rawValue) backward rounded to bf16: \(error)") }
     }
     public func unaryRoundingToBF16(_ op: UnaryOp, _ x: Tensor, into y: Tensor) {
         do {

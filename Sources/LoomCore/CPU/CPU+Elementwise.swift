@@ -54,20 +54,43 @@ extension CPUBackend {
         let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
         let px = x.ptr, py = y.ptr, pg = gradOutput.ptr, pgx = gx.ptr
         parallelFor(x.count, grain: grain, threads: threads) { r in
-            let lo = r.lowerBound, n = r.count
-            let x = px + lo, y = py + lo, g = pg + lo, gx = pgx + lo
-            switch op {
-            case .neg: map8(g, gx, n) { -$0 }
-            case .exp: zip8(g, y, gx, n) { $0 * $1 }
-            case .log: zip8(g, x, gx, n) { $0 / $1 }
-            case .tanh: zip8(g, y, gx, n) { $0 * (1 - $1 * $1) }
-            case .relu: zip8(g, x, gx, n) { g, x in g.replacing(with: 0, where: x .<= 0) }
-            case .gelu: loom_gelu_backward(x, g, gx, Int64(n))
-            case .sqrt: zip8(g, y, gx, n) { $0 * 0.5 / $1 }
-            case .sigmoid: zip8(g, y, gx, n) { $0 * $1 * (1 - $1) }
-            case .square: zip8(g, x, gx, n) { $0 * 2 * $1 }
-            case .reciprocal: zip8(g, y, gx, n) { -$0 * $1 * $1 }
-            }
+            let lo = r.lowerBound
+            unaryBackwardKernel(op, px + lo, py + lo, pg + lo, pgx + lo, r.count)
+        }
+    }
+
+    /// The gradient computed a few rows at a time into a buffer in L1, rounded and summed from
+    /// there (`roundingSummingRows`): one pass over x and dY.
+    public func unaryBackward(_ op: UnaryOp, x: Tensor, gradOutput: Tensor, roundingInto gx: Tensor, summingColumns sums: Tensor?,
+                              rows: Int, cols: Int) {
+        precondition(op == .gelu || op == .relu, "\(op.rawValue) backward rounded to bf16: its gradient reads its output")
+        precondition(x.dtype == .float32 && gradOutput.dtype == .float32 && gx.dtype == .bfloat16 && x.count == rows * cols
+                     && gradOutput.count == x.count && gx.count == x.count && (sums?.count ?? cols) == cols,
+                     "\(op.rawValue) backward rounded to bf16: x \(describe(x.shape)), dY \(describe(gradOutput.shape)), dX \(gx.dtype) \(describe(gx.shape)) for [\(rows), \(cols)]")
+        guard rows > 0, cols > 0 else { return }
+        let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
+        let px = x.ptr, pg = gradOutput.ptr
+        roundingSummingRows(rows: rows, cols: cols, into: gx.halfPtr, summingColumns: sums?.ptr) { r0, n, buffer in
+            let at = r0 * cols
+            unaryBackwardKernel(op, px + at, px + at, pg + at, buffer, n * cols)
+            return UnsafePointer(buffer)
+        }
+    }
+
+    /// gx[0..<n] = g · op'(x or y) on the calling thread.
+    private func unaryBackwardKernel(_ op: UnaryOp, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                     _ g: UnsafeMutablePointer<Float>, _ gx: UnsafeMutablePointer<Float>, _ n: Int) {
+        switch op {
+        case .neg: map8(g, gx, n) { -$0 }
+        case .exp: zip8(g, y, gx, n) { $0 * $1 }
+        case .log: zip8(g, x, gx, n) { $0 / $1 }
+        case .tanh: zip8(g, y, gx, n) { $0 * (1 - $1 * $1) }
+        case .relu: zip8(g, x, gx, n) { g, x in g.replacing(with: 0, where: x .<= 0) }
+        case .gelu: loom_gelu_backward(x, g, gx, Int64(n))
+        case .sqrt: zip8(g, y, gx, n) { $0 * 0.5 / $1 }
+        case .sigmoid: zip8(g, y, gx, n) { $0 * $1 * (1 - $1) }
+        case .square: zip8(g, x, gx, n) { $0 * 2 * $1 }
+        case .reciprocal: zip8(g, y, gx, n) { -$0 * $1 * $1 }
         }
     }
 

@@ -179,21 +179,43 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
                      "cast summing columns: x \(describe(x.shape)), y \(describe(y.shape)), sums \(describe(columnSums.shape)) for [\(rows), \(cols)]")
         let start = monotonicSeconds()
         defer { count(.memory, flops: 0, since: start) }
-        let block = Self.castSumRows, blocks = (rows + block - 1) / block
-        let partial = UnsafeMutablePointer<Float>.allocate(capacity: blocks * cols)
-        defer { partial.deallocate() }
-        let (px, py, ps) = (x.ptr, y.halfPtr, columnSums.ptr)
-        parallelFor(blocks, grain: max(1, (1 << 15) / (block * cols)), threads: threads) { r in
-            for b in r {
-                loom_f32_to_bf16_summing_rows(px, py, partial + b * cols, Int64(cols), Int64(b * block), Int64(min(rows, (b + 1) * block)))
-            }
-        }
-        ps.update(from: partial, count: cols)
-        for b in 1..<blocks { zip8(ps, partial + b * cols, ps, cols, +) }
+        let px = x.ptr
+        roundingSummingRows(rows: rows, cols: cols, into: y.halfPtr, summingColumns: columnSums.ptr) { r0, _, _ in UnsafePointer(px + r0 * cols) }
     }
 
     /// Rows a block of `cast(_:into:summingColumns:)` sums before the blocks are added.
     static let castSumRows = 128
+
+    /// y [rows, cols] (bf16) = the float32 rows `source` gives, rounded, and (where `sums`)
+    /// their column sums: blocks of `castSumRows` rows across the threads, each summed in row
+    /// order, then the blocks' sums in order. `source(r0, n, buffer)` returns rows r0..<r0+n:
+    /// where they lie, or computed into `buffer` (room for `n` rows, at most 4096 floats).
+    func roundingSummingRows(rows: Int, cols: Int, into y: UnsafeMutablePointer<UInt16>, summingColumns sums: UnsafeMutablePointer<Float>?,
+                             _ source: (Int, Int, UnsafeMutablePointer<Float>) -> UnsafePointer<Float>) {
+        let block = Self.castSumRows, blocks = (rows + block - 1) / block
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: blocks * cols)
+        defer { partial.deallocate() }
+        let step = max(1, 4096 / cols)  // rows a buffer holds
+        parallelFor(blocks, grain: max(1, (1 << 15) / (block * cols)), threads: threads) { r in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: step * cols) { buffer in
+                for b in r {
+                    for r0 in stride(from: b * block, to: min(rows, (b + 1) * block), by: step) {
+                        let n = min(step, rows - r0, (b + 1) * block - r0)
+                        let rowsHere = source(r0, n, buffer.baseAddress!)
+                        if sums == nil {
+                            loom_f32_to_bf16(rowsHere, y + r0 * cols, Int64(n * cols))
+                        } else {
+                            loom_f32_to_bf16_summing_rows(rowsHere, y + r0 * cols, partial + b * cols, Int64(cols), 0, Int64(n),
+                                                          r0 == b * block ? 0 : 1)
+                        }
+                    }
+                }
+            }
+        }
+        guard let sums else { return }
+        sums.update(from: partial, count: cols)
+        for b in 1..<blocks { zip8(sums, partial + b * cols, sums, cols, +) }
+    }
 
     public func synchronize() {}
 

@@ -109,6 +109,11 @@ public final class IsolatedBackend: Backend, @unchecked Sendable {
 
     public func unary(_ op: UnaryOp, _ x: Tensor, into y: Tensor) { inner.unary(op, host(x), into: host(y)) }
     public func unaryRoundingToBF16(_ op: UnaryOp, _ x: Tensor, into y: Tensor) { inner.unaryRoundingToBF16(op, host(x), into: host(y)) }
+    public func unaryBackward(_ op: UnaryOp, x: Tensor, gradOutput: Tensor, roundingInto gx: Tensor, summingColumns sums: Tensor?,
+                              rows: Int, cols: Int) {
+        inner.unaryBackward(op, x: host(x), gradOutput: host(gradOutput), roundingInto: host(gx), summingColumns: host(sums), rows: rows,
+                            cols: cols)
+    }
     public func unaryBackward(_ op: UnaryOp, x: Tensor, y: Tensor, gradOutput: Tensor, into gx: Tensor) {
         inner.unaryBackward(op, x: host(x), y: host(y), gradOutput: host(gradOutput), into: host(gx))
     }

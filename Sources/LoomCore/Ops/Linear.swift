@@ -22,19 +22,8 @@ extension Tensor {
     /// `activation` of x, then the affine map: `x.gelu().linear(weight:bias:)` as one op, for
     /// an activation whose gradient reads only its input (`.gelu`, `.relu`).
     public func linear(weight: Tensor, bias: Tensor?, after activation: UnaryOp?) throws -> Tensor {
-        try requireFloat("linear", self); try requireFloat("linear", weight)
         let x = self
-        try requireSameDevice("linear", x, weight)
-        guard weight.rank == 2, let inF = x.shape.last, inF == weight.shape[1] else {
-            throw LoomError.shapeMismatch("linear: input \(describe(x.shape)) x weight \(describe(weight.shape))ᵀ: input features must equal weight.shape[1]")
-        }
-        let outF = weight.shape[0]
-        if let bias, bias.shape != [outF] {
-            throw LoomError.shapeMismatch("linear: bias \(describe(bias.shape)) for weight \(describe(weight.shape)) (expected [\(outF)])")
-        }
-        if let activation, activation != .gelu, activation != .relu {
-            throw LoomError.invalidArgument("linear after \(activation.rawValue): only an activation whose gradient reads its input alone (gelu, relu)")
-        }
+        let (inF, outF) = try x.checkLinear(weight: weight, bias: bias, after: activation)
         let rows = x.count / inF
         let precision = Autocast.precision
         let xl = try x.productInput(after: activation, precision), wl = try weight.gemmInput(precision)  // saved for backward
@@ -50,15 +39,7 @@ extension Tensor {
         return Tensor.differentiable(activation.map { "\($0.rawValue)+linear" } ?? "linear", output: y, inputs: inputs) { g in
             let b = x.backend
             var gx: Tensor?, gw: Tensor?
-            let gb = try bias.flatMap { $0.requiresGrad ? try $0.empty() : nil }  // column sums of dY
-            let gl: Tensor
-            if let gb, precision == .bfloat16, g.dtype == .float32 {  // dY read once for its bf16 copy and gb
-                gl = try g.empty(dtype: .bfloat16)
-                b.cast(g, into: gl, summingColumns: gb, rows: rows, cols: outF)
-            } else {
-                gl = try g.gemmInput(precision)
-                if let gb { b.reduce(.sum, g, outer: 1, n: rows, inner: outF, into: gb) }
-            }
+            let (gl, gb) = try g.productGradient(precision, bias: bias, rows: rows, cols: outF)
             if x.requiresGrad {  // dA [rows, in] = dY [rows, out] · W [out, in]; dx = act'(x) ∘ dA
                 let t = try x.empty()
                 b.gemm(GEMMOperand(gl, ld: outF), GEMMOperand(wl, ld: inF), GEMMOperand(t, ld: inF),
@@ -81,9 +62,48 @@ extension Tensor {
         }
     }
 
+    /// dY [rows, cols] as the products' operand in `precision`, and the bias gradient (dY's
+    /// column sums) where the bias needs one: under bf16, both from one pass over dY.
+    func productGradient(_ precision: Precision, bias: Tensor?, rows: Int, cols: Int) throws -> (operand: Tensor, bias: Tensor?) {
+        let g = self, b = backend
+        let gb = try bias.flatMap { $0.requiresGrad ? try $0.empty() : nil }
+        guard let gb else { return (try g.gemmInput(precision), nil) }
+        if precision == .bfloat16 && g.dtype == .float32 {
+            let gl = try g.empty(dtype: .bfloat16)
+            b.cast(g, into: gl, summingColumns: gb, rows: rows, cols: cols)
+            return (gl, gb)
+        }
+        b.reduce(.sum, g, outer: 1, n: rows, inner: cols, into: gb)
+        return (try g.gemmInput(precision), gb)
+    }
+
+    /// (in, out) features of a linear layer with `weight` (and `bias`) on this input, or the
+    /// error naming the shapes.
+    func checkLinear(weight: Tensor, bias: Tensor?, after activation: UnaryOp?) throws -> (in: Int, out: Int) {
+        try requireFloat("linear", self)
+        try requireSameDevice("linear", self, weight)
+        return try Tensor.checkLinear(input: shape, weight: weight, bias: bias, after: activation)
+    }
+
+    /// The same for an input of `shape`.
+    static func checkLinear(input shape: [Int], weight: Tensor, bias: Tensor?, after activation: UnaryOp?) throws -> (in: Int, out: Int) {
+        try requireFloat("linear", weight)
+        guard weight.rank == 2, let inF = shape.last, inF == weight.shape[1] else {
+            throw LoomError.shapeMismatch("linear: input \(describe(shape)) x weight \(describe(weight.shape))ᵀ: input features must equal weight.shape[1]")
+        }
+        let outF = weight.shape[0]
+        if let bias, bias.shape != [outF] {
+            throw LoomError.shapeMismatch("linear: bias \(describe(bias.shape)) for weight \(describe(weight.shape)) (expected [\(outF)])")
+        }
+        if let activation, activation != .gelu, activation != .relu {
+            throw LoomError.invalidArgument("linear after \(activation.rawValue): only an activation whose gradient reads its input alone (gelu, relu)")
+        }
+        return (inF, outF)
+    }
+
     /// The product's A: x, or activation(x), in `precision`'s operand type. Under bf16 the
     /// activation is rounded as it is written; in float32 it is `unaryOp`'s values.
-    private func productInput(after activation: UnaryOp?, _ precision: Precision) throws -> Tensor {
+    func productInput(after activation: UnaryOp?, _ precision: Precision) throws -> Tensor {
         guard let activation else { return try gemmInput(precision) }
         let a = try empty(dtype: precision.operandDType)
         if precision == .bfloat16 {

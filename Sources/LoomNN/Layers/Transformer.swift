@@ -43,9 +43,11 @@ public final class FeedForward: Module {
         proj = try RowParallelLinear(whole: Linear(hidden, dModel, std: projStd, rng: &rng, on: backend), group: group)
     }
 
-    /// The GELU and the second layer are one op (`linear(weight:bias:after:)`): under bf16 the
-    /// activation is written once, in bf16, as that layer's operand.
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try proj(fc(x), after: .gelu) }
+    /// fc, GELU and proj are one op (`Tensor.feedForward`): under bf16 the GELU's output and
+    /// its gradient are written once each, in bf16, where the products read them.
+    public func callAsFunction(_ x: Tensor) throws -> Tensor {
+        try proj.output(fc.input(x).feedForward(fc.weight, fc.bias, proj.weight, proj.localBias, activation: .gelu))
+    }
 }
 
 /// Pre-LayerNorm transformer block: x + attn(ln1(x)), then + mlp(ln2(x)).

@@ -23,9 +23,12 @@ public final class ColumnParallelLinear: Module, UnaryLayer {
     }
 
     /// [..., in] (replicated) -> [..., out/tp]
-    public func callAsFunction(_ x: Tensor) throws -> Tensor {
-        guard let group else { return try x.linear(weight: weight, bias: bias) }
-        return try x.copyToTensorParallel(group).linear(weight: weight, bias: bias)
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try input(x).linear(weight: weight, bias: bias) }
+
+    /// x as this rank's product reads it: x itself forward; backward sums dx across the group.
+    public func input(_ x: Tensor) throws -> Tensor {
+        guard let group else { return x }
+        return try x.copyToTensorParallel(group)
     }
 }
 
@@ -44,12 +47,17 @@ public final class RowParallelLinear: Module, UnaryLayer {
     }
 
     /// [..., in/tp] -> [..., out] (replicated)
-    public func callAsFunction(_ x: Tensor) throws -> Tensor { try self(x, after: nil) }
+    public func callAsFunction(_ x: Tensor) throws -> Tensor { try output(x.linear(weight: weight, bias: localBias)) }
 
-    /// `activation` of this rank's slice of the input, then the layer (`linear(weight:bias:after:)`).
-    public func callAsFunction(_ x: Tensor, after activation: UnaryOp?) throws -> Tensor {
-        guard let group else { return try x.linear(weight: weight, bias: bias, after: activation) }
-        let y = try x.linear(weight: weight, bias: nil, after: activation).reduceFromTensorParallel(group)
+    /// The bias this rank's product adds: the bias with no group; with one, none (it is added
+    /// once, after the sum).
+    public var localBias: Tensor? { group == nil ? bias : nil }
+
+    /// This rank's product (which added `localBias`) as the layer's output: itself with no
+    /// group; with one, summed across the group, then the bias.
+    public func output(_ partial: Tensor) throws -> Tensor {
+        guard let group else { return partial }
+        let y = try partial.reduceFromTensorParallel(group)
         return try bias.map { try y.add($0) } ?? y
     }
 }
