@@ -272,13 +272,24 @@ int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float a
     return 1;
 }
 
+// op(B) is packed a block of KC rows at a time, each block used while it is in this core's
+// cache (packed whole, a deep product's op(B) was written out to memory and read back): the
+// same sums in the same order as one packing of all of k.
 int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
                    int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias) {
     if (!loom_cpu_has_avx512_bf16()) return 0;
-    uint32_t *pb = words(&packed_b, &packed_b_words, (size_t)loom_bf16_packed_b_words(k, n));
+    if (k <= 0) return loom_bf16_gemm_packed_b(transA, m, n, k, alpha, a, lda, NULL, 0, beta, c, ldc, bias);
+    int64_t kcMax = k < KC ? k : KC;
+    uint32_t *pb = words(&packed_b, &packed_b_words, (size_t)loom_bf16_packed_b_words(kcMax, n));
     if (!pb) return 0;
-    if (k > 0) loom_bf16_pack_b(transB, k, 0, n, 0, (k + 1) / 2, b, ldb, pb);
-    return loom_bf16_gemm_packed_b(transA, m, n, k, alpha, a, lda, pb, (k + 1) / 2 * NR, beta, c, ldc, bias);
+    for (int64_t kk = 0; kk < k; kk += KC) {
+        int64_t kc = k - kk < KC ? k - kk : KC;
+        loom_bf16_pack_b(transB, kc, 0, n, 0, (kc + 1) / 2, transB ? b + kk : b + kk * ldb, ldb, pb);
+        if (!loom_bf16_gemm_packed_b(transA, m, n, kc, alpha, transA ? a + kk * lda : a + kk, lda, pb, (kc + 1) / 2 * NR,
+                                     kk == 0 ? beta : 1, c, ldc, kk == 0 ? bias : NULL))
+            return 0;
+    }
+    return 1;
 }
 
 #else

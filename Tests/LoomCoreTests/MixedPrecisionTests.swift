@@ -88,6 +88,8 @@ final class MixedPrecisionTests: XCTestCase {
         for (m, n, k, batch, transA, transB, sharedB, alpha, beta) in [
             (300, 260, 200, 1, false, false, false, Float(1), Float(0)), (64, 300, 96, 1, true, true, false, 0.5, 1),
             (40, 36, 52, 4, false, true, true, 1, 1), (129, 17, 70, 3, true, false, false, 0.25, 0),
+            // deep products (weight gradients), split along k across the threads: odd k, beta 1
+            (40, 60, 1001, 1, true, false, false, 0.5, 1), (50, 33, 900, 1, false, true, false, 1, 0),
         ] {
             let a = randomTensor([batch, transA ? k : m, transA ? m : k], seed: 11).detach()
             let b = randomTensor([sharedB ? 1 : batch, transB ? n : k, transB ? k : n], seed: 12).detach()

@@ -305,6 +305,10 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         let start = monotonicSeconds()
         defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
         let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
+        if batch == 1 && threads > 1 && k >= 4 * max(m, n) && k >= 2 * 384 && m * n * k >= 1 << 20 {
+            splitK(a, b, c, m: m, n: n, k: k, alpha: alpha, beta: beta, bias: bias)
+            return
+        }
         let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
         let sharedB = list.count > 1 && k > 0 && list.allSatisfy { $0.b == list[0].b && $0.n == n }
         guard sharedB, let buffer = try? Tensor(uninitialized: [Int(loom_bf16_packed_b_words(Int64(k), Int64(n)))], on: self) else {
@@ -336,6 +340,38 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
                 let done = loom_bf16_gemm_packed_b(a.transposed ? 1 : 0, Int64(p.m), Int64(n), Int64(k), alpha, pa + p.a, Int64(a.ld),
                                                    packed, panelWords, beta, pc + p.c, Int64(c.ld), bias)
                 precondition(done != 0, "bf16 gemm \(p.m)x\(n)x\(k): no memory for the packing buffers")
+            }
+        }
+    }
+
+    /// A product much deeper than it is wide (a weight gradient: k is the tokens) split along
+    /// k: each thread takes a range of the rows both operands are stored by (the rows that
+    /// thread's share of the step wrote), packs and multiplies them in its own cache, into C
+    /// (the first range, with beta and the bias) or a partial product; the partials are then
+    /// added to C in order. The same floats for the same thread count. Split by rows of C
+    /// instead, each thread read a strip of every row of both operands, and packed all of
+    /// op(B) out to memory before multiplying.
+    private func splitK(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float, beta: Float,
+                        bias: UnsafePointer<Float>?) {
+        let chunk = ((k + threads - 1) / threads + 1) / 2 * 2  // even: a range starts on a pair
+        let ranges = stride(from: 0, to: k, by: chunk).map { ($0, min(chunk, k - $0)) }
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (ranges.count - 1) * m * n))
+        defer { partial.deallocate() }
+        let pa = a.tensor.halfPtr + a.offset, pb = b.tensor.halfPtr + b.offset, pc = c.tensor.ptr + c.offset
+        parallelFor(ranges.count, grain: 1, threads: threads) { r in
+            for i in r {
+                let (k0, kc) = ranges[i]
+                let ak = a.transposed ? pa + k0 * a.ld : pa + k0, bk = b.transposed ? pb + k0 : pb + k0 * b.ld
+                let (ci, ldc) = i == 0 ? (pc, c.ld) : (partial + (i - 1) * m * n, n)
+                let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(m), Int64(n), Int64(kc), alpha,
+                                          ak, Int64(a.ld), bk, Int64(b.ld), i == 0 ? beta : 0, ci, Int64(ldc), i == 0 ? bias : nil)
+                precondition(done != 0, "bf16 gemm \(m)x\(n)x\(kc): no memory for the packing buffers")
+            }
+        }
+        for i in 1..<ranges.count {
+            let p = partial + (i - 1) * m * n
+            parallelFor(m, grain: max(1, 4096 / max(n, 1)), threads: threads) { rows in
+                for row in rows { zip8(pc + row * c.ld, p + row * n, pc + row * c.ld, n, +) }
             }
         }
     }
