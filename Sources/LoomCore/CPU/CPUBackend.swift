@@ -189,7 +189,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// y [rows, cols] (bf16) = the float32 rows `source` gives, rounded, and (where `sums`)
     /// their column sums: blocks of `castSumRows` rows across the threads, each summed in row
     /// order, then the blocks' sums in order. `source(r0, n, buffer)` returns rows r0..<r0+n:
-    /// where they lie, or computed into `buffer` (room for `n` rows, at most 4096 floats).
+    /// where they lie, or computed into `buffer` (room for `n` rows: 4096 floats, or one row).
     func roundingSummingRows(rows: Int, cols: Int, into y: UnsafeMutablePointer<UInt16>, summingColumns sums: UnsafeMutablePointer<Float>?,
                              _ source: (Int, Int, UnsafeMutablePointer<Float>) -> UnsafePointer<Float>) {
         let block = Self.castSumRows, blocks = (rows + block - 1) / block
@@ -305,7 +305,8 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         let start = monotonicSeconds()
         defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
         let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
-        if batch == 1 && threads > 1 && k >= 4 * max(m, n) && k >= 2 * 384 && m * n * k >= 1 << 20 {
+        // Deep (k at least 4 times m and n, and two of the kernel's 384-row blocks) and not tiny.
+        if batch == 1 && threads > 1 && k >= 4 * max(m, n) && k >= 768 && m * n * k >= 1 << 20 {
             splitK(a, b, c, m: m, n: n, k: k, alpha: alpha, beta: beta, bias: bias)
             return
         }

@@ -11,7 +11,10 @@
 // Unlike PyTorch, a product's output is float32, not bf16: the elementwise ops after it
 // need no bf16 kernels and no dtype promotion rules. The price is memory and bandwidth:
 // activations stay float32, the graph keeps the float32 input next to its bf16 copy, and
-// the elementwise ops, norms and softmax move as many bytes as in float32.
+// the elementwise ops, norms and softmax move as many bytes as in float32. Where one op
+// owns both ends, a tensor that only products read is written once, in bf16: the MLP's
+// GELU output and its gradient (`feedForward`, `linear(weight:bias:after:)`), and dY with
+// its bias gradient (`productGradient`).
 
 /// The precision of matrix products.
 public enum Precision: String, CaseIterable, Sendable {

@@ -3,8 +3,8 @@
 // write float32; the bias and its gradient stay float32, the bias gradient summed in the pass
 // that rounds dY (`Backend.cast(_:into:summingColumns:)`).
 //
-// y = act(x) · Wᵀ + b (`linear(weight:bias:after:)`, a transformer MLP's GELU then its
-// second layer) is the same op reading A = act(x) instead of x:
+// y = act(x) · Wᵀ + b (`linear(weight:bias:after:)`: an activation then a layer, as in the
+// second half of a transformer MLP, `feedForward`) is the same op reading A = act(x):
 //   forward:   A = act(x);  y = A Wᵀ + b
 //   backward:  dA = dY W;  dx = act'(x) ∘ dA;  dW = dYᵀ A;  db = Σ_rows dY
 // act' reads x only (GELU, ReLU), so A is needed only as the products' operand: under bf16
