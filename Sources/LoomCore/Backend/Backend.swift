@@ -258,9 +258,10 @@ extension Backend {
     }
     public func unaryBackward(_ op: UnaryOp, x: Tensor, gradOutput: Tensor, roundingInto gx: Tensor, summingColumns sums: Tensor?,
                               rows: Int, cols: Int) {
+        precondition(op == .gelu || op == .relu, "\(op.rawValue) backward rounded to bf16: its gradient reads its output")
         do {
             let wide = try x.empty()
-            unaryBackward(op, x: x, y: x, gradOutput: gradOutput, into: wide)
+            unaryBackward(op, x: x, y: x, gradOutput: gradOutput, into: wide)  // (y is not read for these)
             if let sums { cast(wide, into: gx, summingColumns: sums, rows: rows, cols: cols) } else { cast(wide, into: gx) }
         } catch { fatalError("\(op.rawValue) backward rounded to bf16: \(error)") }
     }
