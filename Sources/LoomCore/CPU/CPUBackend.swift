@@ -193,7 +193,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     func roundingSummingRows(rows: Int, cols: Int, into y: UnsafeMutablePointer<UInt16>, summingColumns sums: UnsafeMutablePointer<Float>?,
                              _ source: (Int, Int, UnsafeMutablePointer<Float>) -> UnsafePointer<Float>) {
         let block = Self.castSumRows, blocks = (rows + block - 1) / block
-        let partial = UnsafeMutablePointer<Float>.allocate(capacity: blocks * cols)
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: sums == nil ? 0 : blocks * cols)
         defer { partial.deallocate() }
         let step = max(1, 4096 / cols)  // rows a buffer holds
         parallelFor(blocks, grain: max(1, (1 << 15) / (block * cols)), threads: threads) { r in
@@ -304,12 +304,12 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
                                 alpha: Float, beta: Float, bias: UnsafePointer<Float>? = nil) {
         let start = monotonicSeconds()
         defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
-        let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
         // Deep (k at least 4 times m and n, and two of the kernel's 384-row blocks) and not tiny.
         if batch == 1 && threads > 1 && k >= 4 * max(m, n) && k >= 768 && m * n * k >= 1 << 20 {
             splitK(a, b, c, m: m, n: n, k: k, alpha: alpha, beta: beta, bias: bias)
             return
         }
+        let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
         let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
         let sharedB = list.count > 1 && k > 0 && list.allSatisfy { $0.b == list[0].b && $0.n == n }
         guard sharedB, let buffer = try? Tensor(uninitialized: [Int(loom_bf16_packed_b_words(Int64(k), Int64(n)))], on: self) else {

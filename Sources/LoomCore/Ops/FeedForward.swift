@@ -29,47 +29,25 @@ extension Tensor {
         let be = backend
         let xl = try x.gemmInput(precision), w1l = try w1.gemmInput(precision), w2l = try w2.gemmInput(precision)
 
-        func product(_ a: Tensor, _ w: Tensor, ld: Int, n: Int, k: Int, bias: Tensor?, into y: Tensor) throws {  // y = a wᵀ (+ bias)
-            let (ao, wo, yo) = (GEMMOperand(a, ld: ld), GEMMOperand(w, ld: ld, transposed: true), GEMMOperand(y, ld: n))
-            if let bias { try be.gemm(ao, wo, yo, m: rows, n: n, k: k, alpha: 1, addingToEachRow: bias) }
-            else { be.gemm(ao, wo, yo, m: rows, n: n, k: k, batch: 1, alpha: 1, beta: 0) }
-        }
         let h = try Tensor(uninitialized: hiddenShape, on: be)  // [rows, H] float32, kept for act'
-        try product(xl, w1l, ld: inF, n: hidden, k: inF, bias: b1, into: h)
+        try LinearProducts.forward(xl, w1l, bias: b1, rows: rows, into: h)
         let al = try h.empty(dtype: .bfloat16)  // A, kept for dW2
         be.unaryRoundingToBF16(activation, h, into: al)
         let y = try Tensor(uninitialized: Array(x.shape.dropLast()) + [outF], on: be)
-        try product(al, w2l, ld: hidden, n: outF, k: hidden, bias: b2, into: y)
+        try LinearProducts.forward(al, w2l, bias: b2, rows: rows, into: y)
 
         let inputs = [x, w1] + (b1.map { [$0] } ?? []) + [w2] + (b2.map { [$0] } ?? [])
         return Tensor.differentiable("linear+\(activation.rawValue)+linear", output: y, inputs: inputs) { g in
             let (gl, gb2) = try g.productGradient(precision, bias: b2, rows: rows, cols: outF)
             var gw2: Tensor?, gx: Tensor?, gw1: Tensor?, gb1: Tensor?
-            if w2.requiresGrad {  // dW2 [O, H] = dYᵀ A
-                let t = try w2.empty()
-                be.gemm(GEMMOperand(gl, ld: outF, transposed: true), GEMMOperand(al, ld: hidden), GEMMOperand(t, ld: hidden),
-                        m: outF, n: hidden, k: rows, batch: 1, alpha: 1, beta: 0)
-                gw2 = t
-            }
+            if w2.requiresGrad { gw2 = try LinearProducts.weightGradient(gl, al, rows: rows, like: w2) }  // dW2 = dYᵀ A
             if x.requiresGrad || w1.requiresGrad || b1?.requiresGrad == true {
-                let da = try h.empty()  // dA [rows, H] = dY W2
-                be.gemm(GEMMOperand(gl, ld: outF), GEMMOperand(w2l, ld: hidden), GEMMOperand(da, ld: hidden),
-                        m: rows, n: hidden, k: outF, batch: 1, alpha: 1, beta: 0)
+                let da = try LinearProducts.inputGradient(gl, w2l, rows: rows, like: h)  // dA = dY W2
                 let dhl = try h.empty(dtype: .bfloat16)  // dh, rounded, and db1 in the same pass
                 gb1 = try b1.flatMap { $0.requiresGrad ? try $0.empty() : nil }
                 be.unaryBackward(activation, x: h, gradOutput: da, roundingInto: dhl, summingColumns: gb1, rows: rows, cols: hidden)
-                if x.requiresGrad {  // dx [rows, C] = dh W1
-                    let t = try x.empty()
-                    be.gemm(GEMMOperand(dhl, ld: hidden), GEMMOperand(w1l, ld: inF), GEMMOperand(t, ld: inF),
-                            m: rows, n: inF, k: hidden, batch: 1, alpha: 1, beta: 0)
-                    gx = t
-                }
-                if w1.requiresGrad {  // dW1 [H, C] = dhᵀ x
-                    let t = try w1.empty()
-                    be.gemm(GEMMOperand(dhl, ld: hidden, transposed: true), GEMMOperand(xl, ld: inF), GEMMOperand(t, ld: inF),
-                            m: hidden, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
-                    gw1 = t
-                }
+                if x.requiresGrad { gx = try LinearProducts.inputGradient(dhl, w1l, rows: rows, like: x) }  // dx = dh W1
+                if w1.requiresGrad { gw1 = try LinearProducts.weightGradient(dhl, xl, rows: rows, like: w1) }  // dW1 = dhᵀ x
             }
             return [gx, gw1] + (b1 == nil ? [] : [gb1]) + [gw2] + (b2 == nil ? [] : [gb2])
         }

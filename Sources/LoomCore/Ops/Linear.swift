@@ -12,6 +12,39 @@
 // all the op keeps. Written apart, act(x) would be written in float32, kept by the graph, and
 // read again to round it.
 
+/// A linear layer's three products, for A [rows, in], W [out, in] and dY [rows, out] in the
+/// dtype the products read (`gemmInput`); outputs float32.
+enum LinearProducts {
+    /// y [rows, out] = A Wᵀ, every row gaining `bias` [out] where there is one.
+    static func forward(_ a: Tensor, _ w: Tensor, bias: Tensor?, rows: Int, into y: Tensor) throws {
+        let (outF, inF) = (w.shape[0], w.shape[1])
+        let (ao, wo, yo) = (GEMMOperand(a, ld: inF), GEMMOperand(w, ld: inF, transposed: true), GEMMOperand(y, ld: outF))
+        if let bias {
+            try a.backend.gemm(ao, wo, yo, m: rows, n: outF, k: inF, alpha: 1, addingToEachRow: bias)
+        } else {
+            a.backend.gemm(ao, wo, yo, m: rows, n: outF, k: inF, batch: 1, alpha: 1, beta: 0)
+        }
+    }
+
+    /// dA [rows, in] = dY W, as a new tensor like `like` (the input).
+    static func inputGradient(_ g: Tensor, _ w: Tensor, rows: Int, like: Tensor) throws -> Tensor {
+        let (outF, inF) = (w.shape[0], w.shape[1])
+        let t = try like.empty()
+        g.backend.gemm(GEMMOperand(g, ld: outF), GEMMOperand(w, ld: inF), GEMMOperand(t, ld: inF),
+                       m: rows, n: inF, k: outF, batch: 1, alpha: 1, beta: 0)
+        return t
+    }
+
+    /// dW [out, in] = dYᵀ A, as a new tensor like `weight`.
+    static func weightGradient(_ g: Tensor, _ a: Tensor, rows: Int, like weight: Tensor) throws -> Tensor {
+        let (outF, inF) = (weight.shape[0], weight.shape[1])
+        let t = try weight.empty()
+        g.backend.gemm(GEMMOperand(g, ld: outF, transposed: true), GEMMOperand(a, ld: inF), GEMMOperand(t, ld: inF),
+                       m: outF, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
+        return t
+    }
+}
+
 extension Tensor {
     /// Affine map of the last axis. `weight` is [out, in] (PyTorch's layout); `bias` [out].
     /// x: [..., in] -> [..., out].
@@ -28,22 +61,15 @@ extension Tensor {
         let precision = Autocast.precision
         let xl = try x.productInput(after: activation, precision), wl = try weight.gemmInput(precision)  // saved for backward
         let y = try empty(Array(x.shape.dropLast()) + [outF])
-        let (xo, wo, yo) = (GEMMOperand(xl, ld: inF), GEMMOperand(wl, ld: inF, transposed: true), GEMMOperand(y, ld: outF))
-        if let bias {  // every row of y gains the bias
-            try backend.gemm(xo, wo, yo, m: rows, n: outF, k: inF, alpha: 1, addingToEachRow: bias)
-        } else {
-            backend.gemm(xo, wo, yo, m: rows, n: outF, k: inF, batch: 1, alpha: 1, beta: 0)
-        }
+        try LinearProducts.forward(xl, wl, bias: bias, rows: rows, into: y)
 
         let inputs = bias.map { [x, weight, $0] } ?? [x, weight]
         return Tensor.differentiable(activation.map { "\($0.rawValue)+linear" } ?? "linear", output: y, inputs: inputs) { g in
             let b = x.backend
             var gx: Tensor?, gw: Tensor?
             let (gl, gb) = try g.productGradient(precision, bias: bias, rows: rows, cols: outF)
-            if x.requiresGrad {  // dA [rows, in] = dY [rows, out] · W [out, in]; dx = act'(x) ∘ dA
-                let t = try x.empty()
-                b.gemm(GEMMOperand(gl, ld: outF), GEMMOperand(wl, ld: inF), GEMMOperand(t, ld: inF),
-                       m: rows, n: inF, k: outF, batch: 1, alpha: 1, beta: 0)
+            if x.requiresGrad {  // dA = dY W; dx = act'(x) ∘ dA
+                let t = try LinearProducts.inputGradient(gl, wl, rows: rows, like: x)
                 if let activation {  // (its y is not read: act' reads x)
                     let dx = try x.empty()
                     b.unaryBackward(activation, x: x, y: x, gradOutput: t, into: dx)
@@ -52,12 +78,7 @@ extension Tensor {
                     gx = t
                 }
             }
-            if weight.requiresGrad {  // dW [out, in] = dYᵀ · A
-                let t = try weight.empty()
-                b.gemm(GEMMOperand(gl, ld: outF, transposed: true), GEMMOperand(xl, ld: inF), GEMMOperand(t, ld: inF),
-                       m: outF, n: inF, k: rows, batch: 1, alpha: 1, beta: 0)
-                gw = t
-            }
+            if weight.requiresGrad { gw = try LinearProducts.weightGradient(gl, xl, rows: rows, like: weight) }  // dW = dYᵀ A
             return bias == nil ? [gx, gw] : [gx, gw, gb]
         }
     }
