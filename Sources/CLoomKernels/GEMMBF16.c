@@ -2,7 +2,7 @@
 // A and B bf16, C float32, on the calling thread. The layout is GotoBLAS's: op(B) is packed
 // into panels of NR = 32 columns (all of k, once per product, or once for many:
 // loom_bf16_pack_b), op(A) is read where it lies when it is row-major (a pair of k values is
-// one 32-bit word there) and otherwise packed into panels, and a tile of 14 (or 8) rows x 32
+// one 32-bit word there) and otherwise packed into panels, and a tile of 14 (or, for the rows left over, 8) rows x 32
 // columns of C lives in 28 (16) zmm registers while a block of KC k values runs.
 //
 // vdpbf16ps multiplies pairs: lane i of its result gains a[2i+1]·b[2i+1], then a[2i]·b[2i]
@@ -236,11 +236,47 @@ TILE(8, 1)
 typedef void (*tile_fn)(const char *, int64_t, const uint32_t *, int64_t, int, float *, int64_t, int64_t, int64_t,
                         float, float, const float *);
 
-// Panels of 14 rows keep 28 accumulators busy; panels of 8 (16 accumulators, ~10% slower a
-// multiply-add) waste less of a short product: m = 32 runs 42 rows in 14s, 32 in 8s.
-static int panel_rows(int64_t m) {
-    int64_t rows14 = (m + 13) / 14 * 14, rows8 = (m + 7) / 8 * 8;
-    return rows8 * 10 < rows14 * 9 ? 8 : 14;
+// Rows of C in panels of 14 (28 accumulators busy), the rest in panels of 8 (16 accumulators,
+// ~10% slower a multiply-add): the split with the fewest multiply-add cycles, so a product
+// wastes no rows where it need not. m = 128: 8 panels of 14 and 2 of 8 (in 14s alone, 140 rows
+// for 128); m = 32: 4 of 8; m = 2048: 144 of 14 and 4 of 8.
+static int64_t rows_in_fourteens(int64_t m) {
+    int64_t best = 0, bestCost = -1;
+    for (int64_t a = m / 14 + 1; a >= 0; a--) {
+        int64_t rest = m - 14 * a < 0 ? 0 : m - 14 * a;
+        int64_t cost = 140 * a + 88 * ((rest + 7) / 8);  // tenths of a row-pair: 14 rows at 1, 8 at 1.1
+        if (bestCost < 0 || cost < bestCost) best = a, bestCost = cost;
+    }
+    return 14 * best < m ? 14 * best : m;
+}
+
+// Rows [0, m) of C (a and c already at the first), k values [kk, kk + kc), in panels of mr rows.
+static void multiply_rows(int mr, int transA, int64_t m, int64_t n, int64_t kk, int64_t kc, float alpha,
+                          const uint16_t *a, int64_t lda, const uint32_t *pb, int64_t panelWords, float beta,
+                          float *c, int64_t ldc, const float *bias, uint32_t *pa) {
+    tile_fn packed = mr == 14 ? tile_14_0 : tile_8_0, direct = mr == 14 ? tile_14_1 : tile_8_1;
+    const int64_t mcBlock = mr * 12, pairs = (kc + 1) / 2;
+    for (int64_t i0 = 0; i0 < m; i0 += mcBlock) {
+        int64_t mc = m - i0 < mcBlock ? m - i0 : mcBlock;
+        // op(A) stored row-major is read where it lies, but for a last partial panel;
+        // transposed, it is packed.
+        int64_t whole = transA ? 0 : mc / mr * mr;
+        if (whole < mc) pack_a(mr, a, lda, transA, i0 + whole, mc - whole, kk, kc, pa);
+        for (int64_t jp = 0; jp < n; jp += NR) {
+            const uint32_t *bPanel = pb + jp / NR * panelWords + kk / 2 * NR;
+            int64_t cols = n - jp < NR ? n - jp : NR;
+            for (int64_t ip = 0; ip < mc; ip += mr) {
+                int64_t rows = mc - ip < mr ? mc - ip : mr;
+                float *cTile = c + (i0 + ip) * ldc + jp;
+                if (ip < whole)
+                    direct((const char *)(a + (i0 + ip) * lda + kk), 2 * lda, bPanel, kc / 2, (int)(kc & 1), cTile, ldc,
+                           rows, cols, alpha, beta, bias ? bias + jp : NULL);
+                else
+                    packed((const char *)(pa + (ip - whole) / mr * pairs * mr), 4, bPanel, pairs, 0, cTile, ldc, rows,
+                           cols, alpha, beta, bias ? bias + jp : NULL);
+            }
+        }
+    }
 }
 
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
@@ -254,37 +290,22 @@ int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float a
                 c[i * ldc + j] = (beta == 0 ? 0 : beta * c[i * ldc + j]) + (bias ? bias[j] : 0);
         return 1;
     }
-    const int mr = panel_rows(m);
-    tile_fn packed = mr == 14 ? tile_14_0 : tile_8_0, direct = mr == 14 ? tile_14_1 : tile_8_1;
-    const int64_t mcBlock = mr * 12;
-    int64_t kcMax = k < KC ? k : KC, mcMax = m < mcBlock ? (m + mr - 1) / mr * mr : mcBlock;
-    uint32_t *pa = words(&packed_a, &packed_a_words, (size_t)(mcMax * ((kcMax + 1) / 2)));
+    const int64_t m14 = rows_in_fourteens(m), m8 = m - m14;  // rows [0, m14) in 14s, [m14, m) in 8s
+    int64_t kcMax = k < KC ? k : KC;
+    int64_t mcMax14 = m14 < 14 * 12 ? m14 : 14 * 12, mcMax8 = m8 < 8 * 12 ? (m8 + 7) / 8 * 8 : 8 * 12;
+    uint32_t *pa = words(&packed_a, &packed_a_words,
+                         (size_t)((mcMax14 > mcMax8 ? mcMax14 : mcMax8) * ((kcMax + 1) / 2)));
     if (!pa) return 0;
+    const uint16_t *a8 = transA ? a + m14 : a + m14 * lda;  // op(A)'s row m14
     for (int64_t kk = 0; kk < k; kk += KC) {
-        int64_t kc = k - kk < KC ? k - kk : KC, pairs = (kc + 1) / 2;
+        int64_t kc = k - kk < KC ? k - kk : KC;
         float betaHere = kk == 0 ? beta : 1;  // later blocks add onto the first's (which added the bias)
         const float *biasHere = kk == 0 ? bias : NULL;
-        for (int64_t i0 = 0; i0 < m; i0 += mcBlock) {
-            int64_t mc = m - i0 < mcBlock ? m - i0 : mcBlock;
-            // op(A) stored row-major is read where it lies, but for a last partial panel;
-            // transposed, it is packed.
-            int64_t whole = transA ? 0 : mc / mr * mr;
-            if (whole < mc) pack_a(mr, a, lda, transA, i0 + whole, mc - whole, kk, kc, pa);
-            for (int64_t jp = 0; jp < n; jp += NR) {
-                const uint32_t *bPanel = pb + jp / NR * panelWords + kk / 2 * NR;
-                int64_t cols = n - jp < NR ? n - jp : NR;
-                for (int64_t ip = 0; ip < mc; ip += mr) {
-                    int64_t rows = mc - ip < mr ? mc - ip : mr;
-                    float *cTile = c + (i0 + ip) * ldc + jp;
-                    if (ip < whole)
-                        direct((const char *)(a + (i0 + ip) * lda + kk), 2 * lda, bPanel, kc / 2, (int)(kc & 1), cTile,
-                               ldc, rows, cols, alpha, betaHere, biasHere ? biasHere + jp : NULL);
-                    else
-                        packed((const char *)(pa + (ip - whole) / mr * pairs * mr), 4, bPanel, pairs, 0, cTile, ldc,
-                               rows, cols, alpha, betaHere, biasHere ? biasHere + jp : NULL);
-                }
-            }
-        }
+        if (m14 > 0)
+            multiply_rows(14, transA, m14, n, kk, kc, alpha, a, lda, pb, panelWords, betaHere, c, ldc, biasHere, pa);
+        if (m8 > 0)
+            multiply_rows(8, transA, m8, n, kk, kc, alpha, a8, lda, pb, panelWords, betaHere, c + m14 * ldc, ldc,
+                          biasHere, pa);
     }
     return 1;
 }

@@ -4,7 +4,7 @@ import LoomCore
 
 /// Loom's AVX512-BF16 matrix product (`GEMMBF16.c`) against a double-precision loop over the
 /// same bf16 values, at the shapes where its blocking has edges: rows around its panels of 14
-/// and 8 and past a block of 168, columns around its panels of 32, k odd, 1, and past a
+/// and 8, split between the two (20, 29, 37, 45 and 200 rows take both) and past a block of 168, columns around its panels of 32, k odd, 1, and past a
 /// block of 384; every transpose, leading dimensions wider than the matrices, alpha and beta.
 final class BF16KernelTests: XCTestCase {
     override func setUpWithError() throws {
