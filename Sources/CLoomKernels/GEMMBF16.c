@@ -2,8 +2,8 @@
 // A and B bf16, C float32, on the calling thread. The layout is GotoBLAS's: op(B) is packed
 // into panels of NR = 32 columns (all of k, once per product, or once for many:
 // loom_bf16_pack_b), op(A) is read where it lies when it is row-major (a pair of k values is
-// one 32-bit word there) and otherwise packed into panels, and a tile of 14 (or, for the rows left over, 8) rows x 32
-// columns of C lives in 28 (16) zmm registers while a block of KC k values runs.
+// one 32-bit word there) and otherwise packed into panels, and a tile of 14 (or, for rows left
+// over, 8) rows x 32 columns of C lives in 28 (16) zmm registers while a block of KC k values runs.
 //
 // vdpbf16ps multiplies pairs: lane i of its result gains a[2i+1]·b[2i+1], then a[2i]·b[2i]
 // (each product exact in float32, each sum rounded; denormals flushed). So both operands are
