@@ -40,7 +40,7 @@ extension XLABackend: CausalAttentionKernels {
     }
 
     public func causalAttentionBackward(qkv: Tensor, probs: Tensor, gradOutput: Tensor, shape s: AttentionShape, scale: Float,
-                                        scratch: Tensor, into gqkv: Tensor) {
+                                        into gqkv: Tensor) {
         lock.withLock {
             flops += 8 * Double(s.batch * s.heads) * Double(s.length * s.length) * Double(s.headSize)  // four products
             let qkvHeads = heads(qkv, s)

@@ -5,16 +5,15 @@
 /// dY [B, T, C], P [B, H, T, T] with zeros above the diagonal.
 /// qkv and dY are the products' operands: float32, or bf16 copies under bf16 precision
 /// where `runsCausalAttention(operands:)` says so (P and dS are then rounded to bf16 for the
-/// products that read them, as the op's unfused path does); P, the scratch, y and d qkv are
-/// float32.
+/// products that read them, as the op's unfused path does); P, y and d qkv are float32.
 public protocol CausalAttentionKernels: Backend {
     /// Whether the kernels take operands of `dtype` (the op's unfused path runs the others).
     func runsCausalAttention(operands dtype: DType) -> Bool
     /// y = P V with P = softmax(scale · Q Kᵀ + causal mask), P kept in `probs` for backward.
     func causalAttention(qkv: Tensor, shape: AttentionShape, scale: Float, probs: Tensor, into y: Tensor)
-    /// d qkv from dY and the saved P. `scratch` is [B, H, T, T] of any contents (dP, then dS).
+    /// d qkv from dY and the saved P.
     func causalAttentionBackward(qkv: Tensor, probs: Tensor, gradOutput: Tensor, shape: AttentionShape, scale: Float,
-                                 scratch: Tensor, into gqkv: Tensor)
+                                 into gqkv: Tensor)
 }
 
 extension CausalAttentionKernels {

@@ -237,8 +237,8 @@ extension IsolatedBackend: CausalAttentionKernels {
         inner.causalAttention(qkv: host(qkv), shape: shape, scale: scale, probs: host(probs), into: host(y))
     }
     public func causalAttentionBackward(qkv: Tensor, probs: Tensor, gradOutput: Tensor, shape: AttentionShape, scale: Float,
-                                        scratch: Tensor, into gqkv: Tensor) {
+                                        into gqkv: Tensor) {
         inner.causalAttentionBackward(qkv: host(qkv), probs: host(probs), gradOutput: host(gradOutput), shape: shape,
-                                      scale: scale, scratch: host(scratch), into: host(gqkv))
+                                      scale: scale, into: host(gqkv))
     }
 }

@@ -88,9 +88,8 @@ extension Tensor {
         be.causalAttention(qkv: qkvl, shape: shape, scale: scale, probs: probs, into: y)
         return Tensor.differentiable("causalSelfAttention", output: y, inputs: [qkv]) { gy in
             let gqkv = try qkv.empty()
-            let scratch = try probs.empty()
             be.causalAttentionBackward(qkv: qkvl, probs: probs, gradOutput: try gy.gemmInput(precision), shape: shape,
-                                       scale: scale, scratch: scratch, into: gqkv)
+                                       scale: scale, into: gqkv)
             return [gqkv]
         }
     }
