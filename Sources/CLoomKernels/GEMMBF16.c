@@ -250,6 +250,16 @@ static int64_t rows_in_fourteens(int64_t m) {
     return 14 * best < m ? 14 * best : m;
 }
 
+// The next tile's rows of C are requested (for writing) while this tile runs: a product's
+// output is mostly new memory, cold, and each store otherwise waited for its line (2048 x 512
+// x 128 into cold C: 690 -> 600 us; into C in cache, 2% slower, so only a first block of k).
+BF16_TARGET static inline void prefetch_tile(float *c, int64_t ldc, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        __builtin_prefetch(c + r * ldc, 1, 3);
+        if (cols > 16) __builtin_prefetch(c + r * ldc + 16, 1, 3);
+    }
+}
+
 // Rows [0, m) of C (a and c already at the first), k values [kk, kk + kc), in panels of mr rows.
 static void multiply_rows(int mr, int transA, int64_t m, int64_t n, int64_t kk, int64_t kc, float alpha,
                           const uint16_t *a, int64_t lda, const uint32_t *pb, int64_t panelWords, float beta,
@@ -268,6 +278,8 @@ static void multiply_rows(int mr, int transA, int64_t m, int64_t n, int64_t kk, 
             for (int64_t ip = 0; ip < mc; ip += mr) {
                 int64_t rows = mc - ip < mr ? mc - ip : mr;
                 float *cTile = c + (i0 + ip) * ldc + jp;
+                if (kk == 0 && ip + mr < mc)
+                    prefetch_tile(cTile + mr * ldc, ldc, mc - ip - mr < mr ? mc - ip - mr : mr, cols);
                 if (ip < whole)
                     direct((const char *)(a + (i0 + ip) * lda + kk), 2 * lda, bPanel, kc / 2, (int)(kc & 1), cTile, ldc,
                            rows, cols, alpha, beta, bias ? bias + jp : NULL);
