@@ -112,7 +112,11 @@ BF16_TARGET void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1,
     if (!transB) {  // op(B)[r][j] = b[r * ldb + j]: rows 2p and 2p + 1 interleaved, a row's panels left to right
         for (int64_t p = p0; p < p1; p++) {
             const uint16_t *row = b + 2 * p * ldb, *next = 2 * p + 1 < k ? row + ldb : NULL;
-            if (p + AHEAD < p1) prefetch(row + 2 * AHEAD * ldb + j0, (2 * (p + AHEAD) + 1 < k ? ldb : 0) + j1 - j0);
+            if (p + AHEAD < p1) {  // rows 2(p + AHEAD) and the one after it, columns [j0, j1)
+                const uint16_t *ahead = row + 2 * AHEAD * ldb + j0;
+                prefetch(ahead, j1 - j0);
+                if (2 * (p + AHEAD) + 1 < k) prefetch(ahead + ldb, j1 - j0);
+            }
             for (int64_t jp = j0; jp < j1; jp += NR) {
                 uint32_t *panel = dst + jp / NR * pairs * NR + p * NR;
                 for (int half = 0; half < 2; half++) {
