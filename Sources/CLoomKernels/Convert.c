@@ -2,18 +2,7 @@
 // reads its float32 operands through, so they run at memory speed.
 #include "Dispatch.h"
 
-// Round to nearest, ties to even; a NaN stays a NaN (quiet bit set), infinities stay.
-LOOM_INLINE void loom_f32_to_bf16_body(const float *x, uint16_t *y, int64_t n) {
-    LOOM_SIMD
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], 4);
-        uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
-        uint16_t nan = (uint16_t)(bits >> 16) | 0x0040u;
-        int isNaN = (bits & 0x7FFFFFFFu) > 0x7F800000u;
-        y[i] = isNaN ? nan : (uint16_t)(rounded >> 16);
-    }
-}
+// loom_f32_to_bf16_body: Dispatch.h (the optimizers round what they update with it too)
 LOOM_VARIANTS(loom_f32_to_bf16, (const float *x, uint16_t *y, int64_t n), (x, y, n))
 
 // Rows [r0, r1) of x [., cols] rounded into y, and summed into sums[cols]: row r0's values

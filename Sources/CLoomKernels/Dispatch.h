@@ -45,6 +45,18 @@
 // SwiftPM refuses in a package others depend on).
 #define loom_sqrtf(x) __builtin_elementwise_sqrt(x)
 
+// float32 -> bf16: round to nearest, ties to even; a NaN stays a NaN (quiet bit set), infinities stay.
+LOOM_INLINE void loom_f32_to_bf16_body(const float *x, uint16_t *y, int64_t n) {
+    LOOM_SIMD
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], 4);
+        uint32_t rounded = bits + 0x7FFFu + ((bits >> 16) & 1u);
+        uint16_t nan = (uint16_t)(bits >> 16) | 0x0040u;
+        int isNaN = (bits & 0x7FFFFFFFu) > 0x7F800000u;
+        y[i] = isNaN ? nan : (uint16_t)(rounded >> 16);
+    }
+}
 // Reductions may be reordered (into vector lanes) inside a function that says so.
 #define LOOM_REASSOCIATE _Pragma("clang fp reassociate(on)")
 

@@ -135,7 +135,7 @@ final class CPUKernelVariantTests: XCTestCase {
             for decoupled in [true, false] {
                 var p = p0, m = m0, v = v0
                 loom_adam(&p, g, &m, &v, Int64(n), Float(b1), Float(b2), Float(eps), decoupled ? Float(1 - lr * wd) : 1,
-                          decoupled ? 0 : Float(wd), Float(lr / bc1), Float(bc2.squareRoot()))
+                          decoupled ? 0 : Float(wd), Float(lr / bc1), Float(bc2.squareRoot()), nil)
                 let want = (0..<n).map { i -> Double in
                     let gi = Double(g[i]) + (decoupled ? 0 : wd * Double(p0[i]))
                     let mi = b1 * Double(m0[i]) + (1 - b1) * gi, vi = b2 * Double(v0[i]) + (1 - b2) * gi * gi
@@ -145,7 +145,7 @@ final class CPUKernelVariantTests: XCTestCase {
             }
             for nesterov in [false, true] {
                 var p = p0, buf = m0
-                loom_sgd(&p, g, &buf, Int64(n), 0.01, 0.9, 0.1, 1e-4, nesterov ? 1 : 0)
+                loom_sgd(&p, g, &buf, Int64(n), 0.01, 0.9, 0.1, 1e-4, nesterov ? 1 : 0, nil)
                 let want = (0..<n).map { i -> Double in
                     let gi = Double(g[i]) + 1e-4 * Double(p0[i]), b = 0.9 * Double(m0[i]) + 0.9 * gi
                     return Double(p0[i]) - 0.01 * (nesterov ? gi + 0.9 * b : b)
@@ -153,8 +153,36 @@ final class CPUKernelVariantTests: XCTestCase {
                 assertClose(p, want, tolerance: 1e-6, nesterov ? "sgd nesterov" : "sgd momentum", isa)
             }
             var p = p0
-            loom_sgd(&p, g, nil, Int64(n), 0.01, 0, 0, 0, 0)
+            loom_sgd(&p, g, nil, Int64(n), 0.01, 0, 0, 0, 0, nil)
             assertClose(p, (0..<n).map { Double(p0[$0]) - 0.01 * Double(g[$0]) }, tolerance: 1e-6, "plain sgd", isa)
+        }
+    }
+
+    /// The bf16 copy an update writes (`rounded`) is the cast of the parameter it leaves, and
+    /// writing it changes nothing else: over blocks of 4096 and a partial one, every update kind.
+    func testOptimizerStepsRoundWhatTheyWriteAsTheCastDoes() {
+        let n = 9001
+        let p0 = values(n, seed: 20), g = values(n, seed: 21), m0 = values(n, seed: 22, scale: 0.1)
+        let v0 = values(n, seed: 23, scale: 0.01).map(abs)
+        typealias Update = (_ p: inout [Float], _ rounded: UnsafeMutablePointer<UInt16>?) -> Void
+        let updates: [(String, Update)] = [
+            ("adamw", { p, r in var m = m0, v = v0; loom_adam(&p, g, &m, &v, Int64(n), 0.9, 0.999, 1e-8, 0.99, 0, 1e-3, 0.5, r) }),
+            ("adam", { p, r in var m = m0, v = v0; loom_adam(&p, g, &m, &v, Int64(n), 0.9, 0.999, 1e-8, 1, 0.01, 1e-3, 0.5, r) }),
+            ("sgd momentum", { p, r in var b = m0; loom_sgd(&p, g, &b, Int64(n), 0.01, 0.9, 0.1, 1e-4, 0, r) }),
+            ("sgd nesterov", { p, r in var b = m0; loom_sgd(&p, g, &b, Int64(n), 0.01, 0.9, 0, 1e-4, 1, r) }),
+            ("plain sgd", { p, r in loom_sgd(&p, g, nil, Int64(n), 0.01, 0, 0, 0, 0, r) }),
+        ]
+        for isa in variants {
+            loom_set_kernel_isa(isa)
+            for (name, update) in updates {
+                var plain = p0, p = p0
+                var rounded = [UInt16](repeating: 0xFFFF, count: n), cast = [UInt16](repeating: 0, count: n)
+                update(&plain, nil)
+                rounded.withUnsafeMutableBufferPointer { update(&p, $0.baseAddress!) }
+                loom_f32_to_bf16(p, &cast, Int64(n))
+                XCTAssertEqual(p.map(\.bitPattern), plain.map(\.bitPattern), "\(name), \(isa): the parameter")
+                XCTAssertEqual(rounded, cast, "\(name), \(isa): the rounded copy")
+            }
         }
     }
 }

@@ -280,4 +280,38 @@ final class MixedPrecisionTests: XCTestCase {
         }
         XCTAssertEqual(Autocast.precision, .float32)
     }
+
+    /// A parameter's bf16 rounding is kept while nothing reaches its memory (OperandCopy), and
+    /// every way of writing or reading the memory drops it: the next product rounds afresh,
+    /// so products always read the values the parameter holds.
+    func testAKeptBF16CopyIsDroppedByEveryAccessToItsParametersMemory() throws {
+        let x = randomTensor([5, 16], seed: 30).detach(), w = randomTensor([8, 16], seed: 31)
+        let be = w.backend
+        func product(_ weight: Tensor) throws -> [Float] { try withPrecision(.bfloat16) { try x.linear(weight: weight, bias: nil) }.floats }
+        let first = try product(w)
+        XCTAssertTrue(w.hasKeptBF16Operand, "a parameter's rounding is kept")
+        XCTAssertEqual(try product(w), first)
+        XCTAssertTrue(w.hasKeptBF16Operand)
+
+        var seed: UInt64 = 40
+        func newValues() -> Tensor { seed += 1; return randomTensor(w.shape, seed: seed).detach() }
+        let writes: [(String, (Tensor) throws -> Void)] = [
+            ("upload", { v in v.floats.withUnsafeBytes { be.upload($0, to: w) } }),
+            ("copy", { v in be.copy(v, into: w) }),
+            ("transfer", { v in try Tensor.transfer(v, into: w) }),
+            ("host memory", { v in let f = v.floats; try w.withHostMemory { $0.withMemoryRebound(to: Float.self) { _ = $0.update(fromContentsOf: f) } } }),
+            ("fill", { v in be.fill(w, value: v.floats[0]) }),
+        ]
+        for (name, write) in writes {
+            let v = newValues()
+            try write(v)
+            XCTAssertFalse(w.hasKeptBF16Operand, "\(name): the kept copy survived a write")
+            let want = try product(try w.detach().copied())
+            XCTAssertEqual(try product(w), want, "\(name): the product read stale values")
+            XCTAssertTrue(w.hasKeptBF16Operand, "\(name): the new rounding is kept")
+        }
+        _ = w.floats
+        XCTAssertFalse(w.hasKeptBF16Operand, "a read drops it too (it cannot tell reads from writes)")
+        XCTAssertFalse(x.hasKeptBF16Operand, "an input that is not a parameter is not kept")
+    }
 }

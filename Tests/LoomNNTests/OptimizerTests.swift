@@ -66,4 +66,44 @@ final class OptimizerTests: XCTestCase {
         }
         XCTAssertEqual(try train(), try train())
     }
+
+    /// Under bf16 the optimizers write each weight's next rounding in their update pass
+    /// (OperandCopy): the losses are bit for bit those of rounding the weights afresh in every
+    /// step (here forced by reading every parameter after its update), with SGD and AdamW, and
+    /// with the last step's graph still alive (then the update writes a new copy, not the one
+    /// the graph saved).
+    func testBF16TrainingOnTheOptimizersRoundingEqualsRoundingEveryStep() throws {
+        var rng = Philox(seed: 5)
+        let x = Tensor.uniform([24, 20], low: -1, high: 1, rng: &rng)
+        let y = Tensor(indices: (0..<24).map { _ in Int32(rng.nextInt(below: 6)) }, shape: [24])
+        func train(_ make: ([(name: String, tensor: Tensor)]) -> Optimizer, roundingAfresh: Bool) throws -> [Float] {
+            let model = MLP(sizes: [20, 48, 32, 6], seed: 2)
+            let opt = make(model.namedParameters())
+            let weights = model.namedParameters().map(\.tensor).filter { $0.rank == 2 }
+            var losses: [Float] = [], previous: Tensor?
+            for step in 0..<6 {
+                let loss = try withPrecision(.bfloat16) { try model(x).crossEntropy(targets: y) }
+                opt.zeroGrad()
+                try loss.backward(retainGraph: step % 2 == 1)
+                if step % 2 == 1 {
+                    previous = loss  // this graph (and the copies it saved) stays alive across the update
+                    XCTAssertNotNil(previous)
+                }
+                try opt.step()
+                if roundingAfresh {
+                    for p in model.namedParameters() { _ = p.tensor.floats }
+                } else {
+                    XCTAssertTrue(weights.allSatisfy(\.hasKeptBF16Operand), "step \(step): the update wrote the next rounding")
+                }
+                losses.append(loss.item)
+            }
+            return losses
+        }
+        for (name, make) in [("sgd", { SGD($0, lr: 0.1, momentum: 0.9) as Optimizer }),
+                             ("adamw", { Adam.adamW($0, lr: 0.01, weightDecay: 0.1) as Optimizer })] {
+            let kept = try train(make, roundingAfresh: false), afresh = try train(make, roundingAfresh: true)
+            XCTAssertEqual(kept.map(\.bitPattern), afresh.map(\.bitPattern), name)
+            XCTAssertLessThan(kept.last!, kept.first!, "\(name) trains")
+        }
+    }
 }

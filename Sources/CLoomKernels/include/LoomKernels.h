@@ -84,10 +84,11 @@ void loom_layernorm_backward_rows(const float *x, const float *gamma, const floa
 
 // Adam/AdamW over n elements (PyTorch's formulas): decay = 1 - lr*wd for AdamW (else 1),
 // l2 = wd for Adam's L2 penalty (else 0), step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t).
+// Where `rounded` is not NULL, the updated p is also written to it rounded to bf16 (as loom_f32_to_bf16).
 void loom_adam(float *p, const float *g, float *m, float *v, int64_t n, float beta1, float beta2, float eps,
-               float decay, float l2, float step_size, float bc2_sqrt);
-// SGD with optional momentum buffer (NULL: none), dampening and Nesterov.
+               float decay, float l2, float step_size, float bc2_sqrt, uint16_t *rounded);
+// SGD with optional momentum buffer (NULL: none), dampening and Nesterov; `rounded` as for Adam.
 void loom_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float momentum, float dampening,
-              float weight_decay, int nesterov);
+              float weight_decay, int nesterov, uint16_t *rounded);
 
 #endif

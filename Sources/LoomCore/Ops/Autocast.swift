@@ -47,11 +47,14 @@ public func withPrecision<T>(_ precision: Precision, _ body: () throws -> T) ret
 extension Tensor {
     /// This tensor as a matrix-product operand in `precision`: itself, or a copy rounded to
     /// bf16. Not recorded in the graph: the product that reads it writes its own backward.
+    /// A parameter's copy is kept while its values stay as they were (`OperandCopy`).
     func gemmInput(_ precision: Precision) throws -> Tensor {
         let dtype = precision.operandDType
         if dtype == self.dtype { return self }
+        if let kept = keptOperand(dtype) { return kept }
         let y = try empty(dtype: dtype)
         backend.cast(self, into: y)
+        if isLeaf && requiresGrad { Tensor.keepOperandCopies([self], [y]) }
         return y
     }
 }

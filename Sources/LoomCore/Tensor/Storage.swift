@@ -1,3 +1,5 @@
+import Synchronization
+
 /// A block of memory owned by one backend, known above the backend only by an opaque
 /// handle: a host address for the CPU backend, a device address (or any other token) for
 /// an accelerator. Tensors are views into a storage: `offset` elements in, contiguous,
@@ -17,6 +19,14 @@ public final class Storage: @unchecked Sendable {
     /// What the block holds, for its meter's split; changed only under the meter's count
     /// through `tag` (a storage no meter counts keeps `.activations`).
     public private(set) var category = MemoryCategory.activations
+    /// The generation of the copies made of these values (`Tensor.operandCopy`) while nothing
+    /// has reached the memory since; 0 when there is none to trust. A host storage is read and
+    /// written only through `hostAddress` and `Tensor.ptr` (and its kin), which set it to 0, so a
+    /// copy made before any access, by anyone, can never be taken for the values after it.
+    private let sealedGeneration = Atomic<Int>(0)
+    /// Generations are numbered across all storages: a copy's never matches another
+    /// storage's, even one at the same address after this one is freed.
+    private static let generations = Atomic<Int>(0)
 
     /// `metered: false` for a second name of memory already counted (a backend's
     /// temporary host view of its own block).
@@ -40,9 +50,32 @@ public final class Storage: @unchecked Sendable {
 
     /// The host address of a host storage; nil for device memory. For backends that
     /// live on the host (the CPU backend, and an accelerator stand-in mapping its blocks).
-    @inlinable
     public var hostAddress: UnsafeMutableRawPointer? {
-        device.isHost ? UnsafeMutableRawPointer(bitPattern: handle) : nil
+        guard device.isHost else { return nil }
+        touch()
+        return UnsafeMutableRawPointer(bitPattern: handle)
+    }
+
+    /// Someone is about to read or write this memory: copies made of it are no longer known
+    /// to hold its values. (Reads count too; a needless recast is all they cost.) A load
+    /// first, so that the common case, nothing sealed, writes nothing to a shared line.
+    @inline(__always)
+    func touch() {
+        if sealedGeneration.load(ordering: .relaxed) != 0 { sealedGeneration.store(0, ordering: .relaxed) }
+    }
+
+    /// Declares the copies about to be recorded as made from the values as they are now, and
+    /// returns their generation; nil for device memory, whose writes this class never sees.
+    func seal() -> Int? {
+        guard device.isHost else { return nil }
+        let generation = Storage.generations.add(1, ordering: .relaxed).newValue
+        sealedGeneration.store(generation, ordering: .relaxed)
+        return generation
+    }
+
+    /// Whether nothing has reached this memory since `seal()` returned `generation`.
+    func isSealed(at generation: Int) -> Bool {
+        sealedGeneration.load(ordering: .relaxed) == generation
     }
 
     /// No memory: what a tensor whose values were released points at (`Tensor.rebind`).

@@ -40,6 +40,9 @@ public final class Tensor: @unchecked Sendable {
     /// Called on a leaf after `backward` has added to its gradient. Data parallelism
     /// starts a bucket's all-reduce from here while backward continues.
     public var onGradAccumulated: ((Tensor) -> Void)?
+    /// This tensor's values rounded for bf16 matrix products, kept from one use to the next
+    /// while its storage says nothing has touched them (OperandCopy.swift). Set on parameters.
+    var operandCopy: OperandCopy?
 
     public init(shape: [Int], dtype: DType = .float32, storage: Storage, offset: Int = 0,
                 backend: any Backend, requiresGrad: Bool = false) {
@@ -258,20 +261,24 @@ extension Tensor {
         return try body(UnsafeMutableRawBufferPointer(start: base + offset * dtype.byteSize, count: byteCount))
     }
 
-    /// Host pointer to the first element, for the CPU backend's kernels.
+    /// Host pointer to the first element, for the CPU backend's kernels. It and its kin below
+    /// mark the storage touched (`Storage.touch`): copies of its values may be stale from now.
     @inline(__always)
     var ptr: UnsafeMutablePointer<Float> {
-        UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: Float.self) + offset
+        storage.touch()
+        return UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: Float.self) + offset
     }
 
     @inline(__always)
     var intPtr: UnsafeMutablePointer<Int32> {
-        UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: Int32.self) + offset
+        storage.touch()
+        return UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: Int32.self) + offset
     }
 
     @inline(__always)
     var halfPtr: UnsafeMutablePointer<UInt16> {
-        UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: UInt16.self) + offset
+        storage.touch()
+        return UnsafeMutableRawPointer(bitPattern: storage.handle)!.assumingMemoryBound(to: UInt16.self) + offset
     }
 }
 
