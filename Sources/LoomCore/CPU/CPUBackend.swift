@@ -148,19 +148,21 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             parallelFor(n, grain: 1 << 15, threads: threads) { r in loom_bf16_to_f32(src + r.lowerBound, dst + r.lowerBound, Int64(r.count)) }
             return
         }
-        // Through float32: every conversion here is exact except the narrowing one.
+        // Through float32: every conversion here is exact except the narrowing one. (The
+        // pointers are taken once: each access marks the storage touched.)
+        let (xs, xh, ys, yh) = (x.ptr, x.halfPtr, y.ptr, y.halfPtr)
         parallelFor(n, grain: 1 << 15, threads: threads) { r in
             for i in r {
                 let f: Float
                 switch x.dtype {
-                case .bfloat16: f = BFloat16Bits.float(x.halfPtr[i])
-                case .float16: f = Float(Float16(bitPattern: x.halfPtr[i]))
-                default: f = x.ptr[i]
+                case .bfloat16: f = BFloat16Bits.float(xh[i])
+                case .float16: f = Float(Float16(bitPattern: xh[i]))
+                default: f = xs[i]
                 }
                 switch y.dtype {
-                case .bfloat16: y.halfPtr[i] = BFloat16Bits.from(f)
-                case .float16: y.halfPtr[i] = Float16(f).bitPattern
-                default: y.ptr[i] = f
+                case .bfloat16: yh[i] = BFloat16Bits.from(f)
+                case .float16: yh[i] = Float16(f).bitPattern
+                default: ys[i] = f
                 }
             }
         }

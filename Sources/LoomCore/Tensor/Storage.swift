@@ -22,7 +22,8 @@ public final class Storage: @unchecked Sendable {
     /// The generation of the copies made of these values (`Tensor.operandCopy`) while nothing
     /// has reached the memory since; 0 when there is none to trust. A host storage is read and
     /// written only through `hostAddress` and `Tensor.ptr` (and its kin), which set it to 0, so a
-    /// copy made before any access, by anyone, can never be taken for the values after it.
+    /// copy made before any access, by anyone, can never be taken for the values after it (as
+    /// long as a pointer is taken for the access it serves, not kept across products).
     private let sealedGeneration = Atomic<Int>(0)
     /// Generations are numbered across all storages: a copy's never matches another
     /// storage's, even one at the same address after this one is freed.
