@@ -30,9 +30,10 @@
 /// ```
 struct OperandCopy {
     var values: Tensor
-    /// Where the values were read from: a rebound or moved tensor's copy is not its values.
-    let storage: ObjectIdentifier, offset: Int
-    /// `Storage.seal()`'s answer when the copy was made.
+    /// Where in its storage the values were read from (a tensor rebound to another offset).
+    let offset: Int
+    /// `Storage.seal()`'s answer when the copy was made. Generations are numbered across all
+    /// storages, so this one also says which storage: a rebound or moved tensor's never matches.
     let generation: Int
 }
 
@@ -43,8 +44,7 @@ extension Tensor {
 
     /// The kept copy in `dtype`, where it still holds this tensor's values.
     func keptOperand(_ dtype: DType) -> Tensor? {
-        guard let c = operandCopy, c.values.dtype == dtype, c.offset == offset, c.storage == ObjectIdentifier(storage),
-              storage.isSealed(at: c.generation) else { return nil }
+        guard let c = operandCopy, c.values.dtype == dtype, c.offset == offset, storage.isSealed(at: c.generation) else { return nil }
         return c.values
     }
 
@@ -59,7 +59,7 @@ extension Tensor {
             guard let generation = sealed[id] ?? t.storage.seal() else { continue }
             sealed[id] = generation
             copy.tagMemory(.parameters)
-            t.operandCopy = OperandCopy(values: copy, storage: id, offset: t.offset, generation: generation)
+            t.operandCopy = OperandCopy(values: copy, offset: t.offset, generation: generation)
         }
     }
 
