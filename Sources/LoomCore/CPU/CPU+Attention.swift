@@ -1,7 +1,8 @@
 import CLoomKernels
 
-// Causal self-attention, one task per (sequence, head) across the threads, each a few
-// single-threaded GEMMs on the causal blocks only.
+// Causal self-attention, one task per (sequence, head) across the threads (in proportion to
+// their recent speeds: `ThreadSpeeds`; a head's results do not depend on the thread), each a
+// few single-threaded GEMMs on the causal blocks only.
 //
 // Rows of a head's T×T score matrix are cut into blocks of `block` rows. Row block i
 // needs only key columns 0..<(i+1)·block: the products for S = Q Kᵀ, Y = P V and their
@@ -35,6 +36,11 @@ extension CPUBackend: CausalAttentionKernels {
         dtype == .float32 || (dtype == .bfloat16 && BF16GEMMPath.selected != .onednn)
     }
 
+    /// An attention pass as `speeds` knows it (its heads are dealt in proportion to the threads' speeds).
+    public static func attentionShape(_ s: AttentionShape, backward: Bool) -> ThreadSpeeds.Shape {
+        [1, s.batch, s.length, s.heads, s.headSize, backward ? 1 : 0]
+    }
+
     public func causalAttention(qkv: Tensor, shape: AttentionShape, scale: Float, probs: Tensor, into y: Tensor) {
         let start = monotonicSeconds()
         if qkv.dtype == .bfloat16 {
@@ -64,7 +70,7 @@ extension CPUBackend: CausalAttentionKernels {
         let (t, h, d, c) = (shape.length, shape.heads, shape.headSize, shape.width)
         let bl = Self.attentionBlock
         let ld = 3 * c  // qkv's row stride
-        parallelFor(shape.batch * h, grain: 1, threads: threads) { tasks in
+        balancedFor(shape.batch * h, shape: Self.attentionShape(shape, backward: false)) { tasks in
             let scratch = AttentionScratch<E>(length: t, headSize: d, shared: 2)
             defer { scratch.deallocate() }
             for task in tasks {
@@ -95,7 +101,7 @@ extension CPUBackend: CausalAttentionKernels {
         let (t, h, d, c) = (shape.length, shape.heads, shape.headSize, shape.width)
         let bl = Self.attentionBlock
         let ld = 3 * c  // qkv's row stride
-        parallelFor(shape.batch * h, grain: 1, threads: threads) { tasks in
+        balancedFor(shape.batch * h, shape: Self.attentionShape(shape, backward: true)) { tasks in
             let scratch = AttentionScratch<E>(length: t, headSize: d, shared: 4, scores: true)
             defer { scratch.deallocate() }
             for task in tasks {

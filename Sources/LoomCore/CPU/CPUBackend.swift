@@ -19,6 +19,9 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     public var name: String { "cpu(\(threads) threads)" }
     /// Threads for Loom's own kernels.
     public let threads: Int
+    /// How fast each thread has run its share of recent bf16 products and attention heads
+    /// (their splits follow it).
+    public let speeds: ThreadSpeeds
 
     /// FLOPs issued to matrix products (GEMMs, convolutions, attention's products; 2mnk
     /// per product) and seconds spent in each class of kernel, since the last
@@ -56,6 +59,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
 
     public init(threads: Int) {
         self.threads = max(1, threads)
+        speeds = ThreadSpeeds(threads: self.threads)
         CPUBackend.configureOnce
     }
 
@@ -255,26 +259,30 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
 
     /// How a product is spread over the threads, the same for every element type: by
     /// batch entry when there are several, else by rows of C (or columns, when C is short
-    /// and wide), in multiples of 8.
-    private func pieces(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int) -> (pieces: [GEMMPiece], threads: Int) {
+    /// and wide): in even pieces, multiples of 8, or (`balanced`) in proportion to the
+    /// threads' recent speeds (`ThreadSpeeds`), rows in multiples of 8 and columns of 32,
+    /// piece i for thread i (`split` then says so).
+    private func pieces(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
+                        balanced: Bool = false) -> (pieces: [GEMMPiece], threads: Int, split: Bool) {
         let entries = (0..<batch).map { GEMMPiece(a: a.offset + $0 * a.batchStride, b: b.offset + $0 * b.batchStride, c: c.offset + $0 * c.batchStride, m: m, n: n) }
         let threads: Int = Double(m) * Double(n) * Double(k) * Double(batch) < 131_072 ? 1 : self.threads
-        if batch >= threads { return (entries, threads) }
+        if batch >= threads { return (entries, threads, false) }
         let byRows = m >= n || n < 16 * threads
-        let ranges = pieceRanges(byRows ? m : n, pieces: threads)
+        let ranges = balanced ? speeds.ranges(byRows ? m : n, pieces: threads, multiple: byRows ? 8 : 32, shape: shape(a, b, m: m, n: n, k: k))
+                              : pieceRanges(byRows ? m : n, pieces: threads)
         return (entries.flatMap { e in
             ranges.map { lo, len in
                 byRows  // rows lo..<lo+len of C need rows of op(A); columns of C, columns of op(B)
                     ? GEMMPiece(a: a.transposed ? e.a + lo : e.a + lo * a.ld, b: e.b, c: e.c + lo * c.ld, m: len, n: n)
                     : GEMMPiece(a: e.a, b: b.transposed ? e.b + lo * b.ld : e.b + lo, c: e.c + lo, m: m, n: len, column: lo)
             }
-        }, threads)
+        }, threads, batch == 1 && ranges.count > 1)
     }
 
     /// Runs `body` on each piece of the product, across the threads.
     private func split(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                        _ body: (GEMMPiece) -> Void) {
-        let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
+        let (list, threads, _) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
         parallelFor(list.count, grain: 1, threads: threads) { r in for i in r { body(list[i]) } }
     }
 
@@ -299,7 +307,9 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     }
 
     /// A bf16 product on Loom's AVX512-BF16 kernel (`GEMMBF16.c`), spread over the threads
-    /// as float32's is, `bias` [n] (if any) added to every row of C as it is stored. Pieces cut
+    /// as float32's is but in proportion to the threads' recent speeds (`ThreadSpeeds`: the
+    /// kernel computes every row and column of C alike whatever its piece, so the floats are
+    /// the same), `bias` [n] (if any) added to every row of C as it is stored. Pieces cut
     /// from one product by rows of C share op(B): it is packed once, its panels split across
     /// the threads, rather than by every thread in full.
     private func bf16KernelGEMM(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
@@ -312,16 +322,15 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             return
         }
         let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
-        let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
+        let (list, threads, split) = pieces(a, b, c, m: m, n: n, k: k, batch: batch, balanced: true)
+        let measured = split ? shape(a, b, m: m, n: n, k: k) : nil
         let sharedB = list.count > 1 && k > 0 && list.allSatisfy { $0.b == list[0].b && $0.n == n }
         guard sharedB, let buffer = try? Tensor(uninitialized: [Int(loom_bf16_packed_b_words(Int64(k), Int64(n)))], on: self) else {
-            parallelFor(list.count, grain: 1, threads: threads) { r in
-                for p in list[r] {
-                    let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(p.m), Int64(p.n), Int64(k), alpha,
-                                              pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld),
-                                              bias.map { $0 + p.column })
-                    precondition(done != 0, "bf16 gemm \(p.m)x\(p.n)x\(k): no memory for the packing buffers")
-                }
+            timingPieces(list, threads: threads, recorded: measured) { p in
+                let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(p.m), Int64(p.n), Int64(k), alpha,
+                                          pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld),
+                                          bias.map { $0 + p.column })
+                precondition(done != 0, "bf16 gemm \(p.m)x\(p.n)x\(k): no memory for the packing buffers")
             }
             return
         }
@@ -338,12 +347,51 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             }
         }
         let panelWords = Int64((k + 1) / 2 * 32)
-        parallelFor(list.count, grain: 1, threads: threads) { r in
-            for p in list[r] {
-                let done = loom_bf16_gemm_packed_b(a.transposed ? 1 : 0, Int64(p.m), Int64(n), Int64(k), alpha, pa + p.a, Int64(a.ld),
-                                                   packed, panelWords, beta, pc + p.c, Int64(c.ld), bias)
-                precondition(done != 0, "bf16 gemm \(p.m)x\(n)x\(k): no memory for the packing buffers")
+        timingPieces(list, threads: threads, recorded: measured) { p in
+            let done = loom_bf16_gemm_packed_b(a.transposed ? 1 : 0, Int64(p.m), Int64(n), Int64(k), alpha, pa + p.a, Int64(a.ld),
+                                               packed, panelWords, beta, pc + p.c, Int64(c.ld), bias)
+            precondition(done != 0, "bf16 gemm \(p.m)x\(n)x\(k): no memory for the packing buffers")
+        }
+    }
+
+    /// A product's shape as `speeds` knows it.
+    public static func productShape(m: Int, n: Int, k: Int, transA: Bool, transB: Bool) -> ThreadSpeeds.Shape {
+        [0, m, n, k, transA ? 1 : 0, transB ? 1 : 0]
+    }
+
+    private func shape(_ a: GEMMOperand, _ b: GEMMOperand, m: Int, n: Int, k: Int) -> ThreadSpeeds.Shape {
+        Self.productShape(m: m, n: n, k: k, transA: a.transposed, transB: b.transposed)
+    }
+
+    /// `body` on each piece across the threads (piece i on team thread i); where `recorded`,
+    /// each piece's seconds go to `speeds` as its thread's rate at products of `shape`.
+    private func timingPieces(_ list: [GEMMPiece], threads: Int, recorded shape: ThreadSpeeds.Shape?, _ body: (GEMMPiece) -> Void) {
+        timed(pieces: list.map { Double($0.m) * Double($0.n) }, threads: threads, recording: shape) { body(list[$0]) }
+    }
+
+    /// `body(i)` for each of `work.count` pieces across the threads, piece i on team thread i;
+    /// each piece's seconds over its `work[i]` go to `speeds` as its thread's rate at `shape`
+    /// (nil: not recorded).
+    func timed(pieces work: [Double], threads: Int, recording shape: ThreadSpeeds.Shape?, _ body: (Int) -> Void) {
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: work.count) { seconds in
+            parallelFor(work.count, grain: 1, threads: threads) { r in
+                for i in r {
+                    let start = monotonicSeconds()
+                    body(i)
+                    seconds[i] = monotonicSeconds() - start
+                }
             }
+            if let shape { speeds.record(work: work, seconds: Array(seconds), shape: shape) }
+        }
+    }
+
+    /// `0..<count` in contiguous ranges across the threads, in proportion to their recent
+    /// speeds at work of `shape` (`ThreadSpeeds`), each range's time recorded for the next
+    /// split. Only for work whose results do not depend on where the ranges fall.
+    func balancedFor(_ count: Int, shape: ThreadSpeeds.Shape, _ body: (Range<Int>) -> Void) {
+        let shares = speeds.ranges(count, pieces: min(threads, count), multiple: 1, shape: shape)
+        timed(pieces: shares.map { Double($0.count) }, threads: threads, recording: shares.count > 1 ? shape : nil) { i in
+            body(shares[i].start..<shares[i].start + shares[i].count)
         }
     }
 
@@ -388,7 +436,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             MatmulGeometry(m: m, n: n, k: k, transA: a.transposed, transB: b.transposed, lda: a.ld, ldb: b.ld, ldc: c.ld, alpha: alpha, beta: beta)
         }
         // Every piece's geometry first: all on oneDNN, or none.
-        let (list, threads) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
+        let (list, threads, _) = pieces(a, b, c, m: m, n: n, k: k, batch: batch)
         guard Set(list.map { geometry($0.m, $0.n) }).allSatisfy(matmuls.supports) else { return false }
         let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
         parallelFor(list.count, grain: 1, threads: threads) { r in
