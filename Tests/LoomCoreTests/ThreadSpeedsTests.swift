@@ -57,6 +57,14 @@ final class ThreadSpeedsTests: XCTestCase {
         XCTAssertEqual(fresh.current(shape), [1, 1])
     }
 
+    func testSpeedsOfEverNewShapesAreForgottenPastTheCapacity() {
+        let speeds = ThreadSpeeds(threads: 2)
+        record(speeds, shape: [0, 1, 1, 1, 0, 0], slower: 2)
+        for i in 0..<ThreadSpeeds.capacity { speeds.record(work: [1, 1], seconds: [1e-3, 1e-3], shape: [0, 2, 2, 2 + i, 0, 0]) }
+        XCTAssertEqual(speeds.current([0, 1, 1, 1, 0, 0]), [1, 1])
+        XCTAssertEqual(speeds.current([0, 2, 2, 2 + ThreadSpeeds.capacity - 1, 0, 0]), [1, 1])
+    }
+
     /// The bf16 kernel computes every row and column of C alike whatever its piece: a product
     /// split 2:1 (thread 1 measured slow) gives the even split's floats, by rows with op(B)
     /// shared and by columns with op(B) packed per thread, with a bias.

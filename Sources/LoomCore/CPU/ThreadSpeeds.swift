@@ -37,6 +37,9 @@ public final class ThreadSpeeds: @unchecked Sendable {
     public static let shortest = 20e-6
     /// No thread gets less than this fraction of an even share.
     public static let floor = 0.25
+    /// Shapes remembered at most (a model's products are a few dozen; a process that runs
+    /// ever new shapes, generation over prompts of every length, starts afresh past this).
+    public static let capacity = 4096
 
     /// What kind of work, as the caller names it (a product's m, n, k, transposes, ...).
     public typealias Shape = [Int]
@@ -83,7 +86,9 @@ public final class ThreadSpeeds: @unchecked Sendable {
         let rates = zip(work, seconds).map { $0 / $1 }
         let mean = rates.reduce(0, +) / Double(rates.count)
         lock.withLock {
+            if speeds[shape] == nil && speeds.count >= Self.capacity { speeds.removeAll() }
             var s = speeds[shape] ?? [Double](repeating: 1, count: threads)
+            // A rate past 4× or under a quarter of the mean (a thread descheduled mid-piece) counts as that.
             for (i, r) in rates.enumerated() { s[i] += Self.smoothing * (min(4, max(0.25, r / mean)) - s[i]) }
             speeds[shape] = s
         }
