@@ -45,6 +45,22 @@ final class ThreadSpeedsTests: XCTestCase {
         XCTAssertEqual(counts(speeds.ranges(512, pieces: 2, multiple: 8, shape: shape)), [256, 256])
     }
 
+    /// A thread dealt its floor while slow runs a piece too short to time on its own; the
+    /// product is still measured, so the split evens out when the thread is fast again.
+    func testAThreadDealtLittleIsStillMeasuredAndRecovers() {
+        let speeds = ThreadSpeeds(threads: 2)
+        let shape = [0, 128, 512, 784, 0, 1]
+        record(speeds, shape: shape, slower: 100)
+        let split = speeds.ranges(512, pieces: 2, multiple: 32, shape: shape)
+        XCTAssertLessThanOrEqual(split[1].count, 96)
+        // Both threads at the same rate again: thread 1's piece takes 10 µs, thread 0's 60 µs.
+        for _ in 0..<40 {
+            let work = speeds.ranges(512, pieces: 2, multiple: 32, shape: shape).map { Double($0.count) }
+            speeds.record(work: work, seconds: work.map { $0 * 1e-7 }, shape: shape)
+        }
+        XCTAssertEqual(counts(speeds.ranges(512, pieces: 2, multiple: 32, shape: shape)), [256, 256])
+    }
+
     func testNoThreadIsStarvedAndShortOrMismatchedTimingsAreIgnored() {
         let speeds = ThreadSpeeds(threads: 2)
         let shape = [1, 16, 128, 4, 32, 0]

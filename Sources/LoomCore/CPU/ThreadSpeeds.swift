@@ -33,7 +33,9 @@ public final class ThreadSpeeds: @unchecked Sendable {
     /// Speeds all within this of 1 split evenly: a quiet machine's timings differ by a few
     /// percent from one product to the next, and following them would only move rows to and fro.
     public static let deadband = 0.04
-    /// A product shorter than this on some thread is not measured (its timing is mostly noise).
+    /// Work whose pieces take less than this on average is not measured (its timing is
+    /// mostly noise). On average, not each: a thread dealt a small piece because it was slow
+    /// must still be measured when it is fast again.
     public static let shortest = 20e-6
     /// No thread gets less than this fraction of an even share.
     public static let floor = 0.25
@@ -81,8 +83,8 @@ public final class ThreadSpeeds: @unchecked Sendable {
 
     /// One split product of `shape`: `work[i]` (any unit, the same for all) took `seconds[i]` on thread i.
     public func record(work: [Double], seconds: [Double], shape: Shape) {
-        guard work.count > 1, work.count <= threads, work.count == seconds.count, seconds.allSatisfy({ $0 >= Self.shortest }),
-              work.allSatisfy({ $0 > 0 }) else { return }
+        guard work.count > 1, work.count <= threads, work.count == seconds.count, seconds.allSatisfy({ $0 > 0 }),
+              seconds.reduce(0, +) / Double(seconds.count) >= Self.shortest, work.allSatisfy({ $0 > 0 }) else { return }
         let rates = zip(work, seconds).map { $0 / $1 }
         let mean = rates.reduce(0, +) / Double(rates.count)
         lock.withLock {
