@@ -53,7 +53,7 @@ final class ThreadSpeedsTests: XCTestCase {
         record(speeds, shape: shape, slower: 100)
         let split = speeds.ranges(512, pieces: 2, multiple: 32, shape: shape)
         XCTAssertLessThanOrEqual(split[1].count, 96)
-        // Both threads at the same rate again: thread 1's piece takes 10 µs, thread 0's 60 µs.
+        // Both threads at the same rate again: thread 1's piece takes 6 µs, thread 0's 45 µs.
         for _ in 0..<40 {
             let work = speeds.ranges(512, pieces: 2, multiple: 32, shape: shape).map { Double($0.count) }
             speeds.record(work: work, seconds: work.map { $0 * 1e-7 }, shape: shape)
