@@ -259,24 +259,24 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
 
     /// How a product is spread over the threads, the same for every element type: by
     /// batch entry when there are several, else by rows of C (or columns, when C is short
-    /// and wide): in even pieces, multiples of 8, or (`balanced`) in proportion to the
-    /// threads' recent speeds (`ThreadSpeeds`), rows in multiples of 8 and columns of 32,
-    /// piece i for thread i (`split` then says so).
+    /// and wide): in even pieces, multiples of 8, or (`balancing` a shape) in proportion to
+    /// the threads' recent speeds at that shape (`ThreadSpeeds`), rows in multiples of 8 and
+    /// columns of 32, piece i for thread i (`measured` then names the shape to record).
     private func pieces(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
-                        balanced: Bool = false) -> (pieces: [GEMMPiece], threads: Int, split: Bool) {
+                        balancing shape: ThreadSpeeds.Shape? = nil) -> (pieces: [GEMMPiece], threads: Int, measured: ThreadSpeeds.Shape?) {
         let entries = (0..<batch).map { GEMMPiece(a: a.offset + $0 * a.batchStride, b: b.offset + $0 * b.batchStride, c: c.offset + $0 * c.batchStride, m: m, n: n) }
         let threads: Int = Double(m) * Double(n) * Double(k) * Double(batch) < 131_072 ? 1 : self.threads
-        if batch >= threads { return (entries, threads, false) }
+        if batch >= threads { return (entries, threads, nil) }
         let byRows = m >= n || n < 16 * threads
-        let ranges = balanced ? speeds.ranges(byRows ? m : n, pieces: threads, multiple: byRows ? 8 : 32, shape: shape(a, b, m: m, n: n, k: k))
-                              : pieceRanges(byRows ? m : n, pieces: threads)
+        let ranges = shape.map { speeds.ranges(byRows ? m : n, pieces: threads, multiple: byRows ? 8 : 32, shape: $0) }
+            ?? pieceRanges(byRows ? m : n, pieces: threads)
         return (entries.flatMap { e in
             ranges.map { lo, len in
                 byRows  // rows lo..<lo+len of C need rows of op(A); columns of C, columns of op(B)
                     ? GEMMPiece(a: a.transposed ? e.a + lo : e.a + lo * a.ld, b: e.b, c: e.c + lo * c.ld, m: len, n: n)
                     : GEMMPiece(a: e.a, b: b.transposed ? e.b + lo * b.ld : e.b + lo, c: e.c + lo, m: m, n: len, column: lo)
             }
-        }, threads, batch == 1 && ranges.count > 1)
+        }, threads, batch == 1 && ranges.count > 1 ? shape : nil)
     }
 
     /// Runs `body` on each piece of the product, across the threads.
@@ -322,11 +322,13 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             return
         }
         let pa = a.tensor.halfPtr, pb = b.tensor.halfPtr, pc = c.tensor.ptr
-        let (list, threads, split) = pieces(a, b, c, m: m, n: n, k: k, batch: batch, balanced: true)
-        let measured = split ? shape(a, b, m: m, n: n, k: k) : nil
+        let (list, threads, measured) = pieces(a, b, c, m: m, n: n, k: k, batch: batch,
+                                               balancing: Self.productShape(m: m, n: n, k: k, transA: a.transposed, transB: b.transposed))
+        let work = list.map { Double($0.m) * Double($0.n) }
         let sharedB = list.count > 1 && k > 0 && list.allSatisfy { $0.b == list[0].b && $0.n == n }
         guard sharedB, let buffer = try? Tensor(uninitialized: [Int(loom_bf16_packed_b_words(Int64(k), Int64(n)))], on: self) else {
-            timingPieces(list, threads: threads, recorded: measured) { p in
+            timed(pieces: work, threads: threads, recording: measured) { i in
+                let p = list[i]
                 let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(p.m), Int64(p.n), Int64(k), alpha,
                                           pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld),
                                           bias.map { $0 + p.column })
@@ -347,7 +349,8 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
             }
         }
         let panelWords = Int64((k + 1) / 2 * 32)
-        timingPieces(list, threads: threads, recorded: measured) { p in
+        timed(pieces: work, threads: threads, recording: measured) { i in
+            let p = list[i]
             let done = loom_bf16_gemm_packed_b(a.transposed ? 1 : 0, Int64(p.m), Int64(n), Int64(k), alpha, pa + p.a, Int64(a.ld),
                                                packed, panelWords, beta, pc + p.c, Int64(c.ld), bias)
             precondition(done != 0, "bf16 gemm \(p.m)x\(n)x\(k): no memory for the packing buffers")
@@ -357,16 +360,6 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// A product's shape as `speeds` knows it.
     public static func productShape(m: Int, n: Int, k: Int, transA: Bool, transB: Bool) -> ThreadSpeeds.Shape {
         [0, m, n, k, transA ? 1 : 0, transB ? 1 : 0]
-    }
-
-    private func shape(_ a: GEMMOperand, _ b: GEMMOperand, m: Int, n: Int, k: Int) -> ThreadSpeeds.Shape {
-        Self.productShape(m: m, n: n, k: k, transA: a.transposed, transB: b.transposed)
-    }
-
-    /// `body` on each piece across the threads (piece i on team thread i); where `recorded`,
-    /// each piece's seconds go to `speeds` as its thread's rate at products of `shape`.
-    private func timingPieces(_ list: [GEMMPiece], threads: Int, recorded shape: ThreadSpeeds.Shape?, _ body: (GEMMPiece) -> Void) {
-        timed(pieces: list.map { Double($0.m) * Double($0.n) }, threads: threads, recording: shape) { body(list[$0]) }
     }
 
     /// `body(i)` for each of `work.count` pieces across the threads, piece i on team thread i;
