@@ -262,12 +262,17 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// and wide): in even pieces, multiples of 8, or (`balancing` a shape) in proportion to
     /// the threads' recent speeds at that shape (`ThreadSpeeds`), rows in multiples of 8 and
     /// columns of 32, piece i for thread i (`measured` then names the shape to record).
+    /// Aᵀ B (a weight gradient, dW [out, in] = dYᵀ X) goes by rows even when C is wide: the
+    /// rows of dW a thread writes are then the rows the optimizer's even split gives it to
+    /// update, so the gradient stays in the cache of the core that wrote it (mlp's bf16 step
+    /// at 2 threads 3% faster; a line handed between cores costs most where their L3s
+    /// differ: docs/benchmarks.md).
     private func pieces(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, batch: Int,
                         balancing shape: ThreadSpeeds.Shape? = nil) -> (pieces: [GEMMPiece], threads: Int, measured: ThreadSpeeds.Shape?) {
         let entries = (0..<batch).map { GEMMPiece(a: a.offset + $0 * a.batchStride, b: b.offset + $0 * b.batchStride, c: c.offset + $0 * c.batchStride, m: m, n: n) }
         let threads: Int = Double(m) * Double(n) * Double(k) * Double(batch) < 131_072 ? 1 : self.threads
         if batch >= threads { return (entries, threads, nil) }
-        let byRows = m >= n || n < 16 * threads
+        let byRows = m >= n || n < 16 * threads || (a.transposed && !b.transposed && m >= 16 * threads)  // m: out features
         let ranges = shape.map { speeds.ranges(byRows ? m : n, pieces: threads, multiple: byRows ? 8 : 32, shape: $0) }
             ?? pieceRanges(byRows ? m : n, pieces: threads)
         return (entries.flatMap { e in
