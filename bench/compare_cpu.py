@@ -2,9 +2,10 @@
 
 Runs `loom bench --json`, torch_ref.py and jax_ref.py (the peers' versions of mlp, cnn and
 gpt; pass the folder that holds them) and bench/resnet20_torch.py and resnet20_jax.py (the peers'
-resnet20) in turn, `--rounds` times for each thread
-count, so that the machine's noise falls on all three alike, and prints the medians as a
-Markdown table with Loom's ratio to each peer.
+resnet20) in turn, `--rounds` times for each thread count: in a round each workload runs on
+every side back to back (the sides' order reversed every other round), so that the machine's
+noise falls on all alike, and prints the medians as a Markdown table with Loom's ratio to each
+peer: the ratio of the medians, and in brackets the median of the rounds' own ratios.
 
 Every side is timed alike: 5 warm-up steps, then the median of `--repeats` timed runs of
 30 steps (`loom bench --repeats`, the peers' `--repeats`); each round's line is that
@@ -12,14 +13,22 @@ median, and the table's figure the median over rounds. Every raw line (with the 
 Loom's runs_per_s) is appended to --raw as JSON, and the table to --raw's `.md` beside it,
 so that what the docs quote can be checked against what was run.
 
+--probe runs bench/cross_core_probe.c (built with cc) for a second before every run and
+after the last: how fast the two first CPUs hand data to each other, which on a cloud VM
+changes for seconds at a time with where the host has put the vCPUs (sharing an L3 or
+not). Each raw line gets the rates before and after it, and a second table gives each side's
+median over the runs with both rates near the highest seen ("near": at least 60% of it) and
+over those with both below ("far"), so a ratio can be read in each state.
+
     python3 bench/compare_cpu.py --refs ../shared/bench --loom .build/release/loom
     LOOM_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python3 bench/compare_cpu.py ...   # the AVX2 code paths
     python3 bench/compare_cpu.py --refs ../shared/bench --loom-device xla --peers jax,loom-cpu --threads 2 \
         --workloads mlp,cnn,gpt    # Loom on XLA:CPU (PJRT) next to JAX jit, and Loom's own CPU backend
     python3 bench/compare_cpu.py --refs ../shared/bench --precision bf16 --peers torch,loom-float32
         # Loom's bf16 next to PyTorch's CPU autocast (bench/torch_autocast.py, resnet20_torch.py) and Loom's float32
+    python3 bench/compare_cpu.py ... --threads 2 --probe   # each run labelled by the cores' hand-over rate
 """
-import argparse, json, os, platform, statistics, subprocess, sys
+import argparse, json, os, platform, statistics, subprocess, sys, tempfile
 
 p = argparse.ArgumentParser()
 p.add_argument("--refs", required=True, help="folder with torch_ref.py and jax_ref.py")
@@ -33,6 +42,7 @@ p.add_argument("--loom-device", default="cpu", help="loom bench --device (xla: o
 p.add_argument("--workloads", default="mlp,cnn,gpt,resnet20")
 p.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                help="loom bench --precision; the torch peer under CPU autocast for bf16 (JAX has no peer there)")
+p.add_argument("--probe", action="store_true", help="time the two first CPUs' hand-over rate before every run (cross_core_probe.c)")
 a = p.parse_args()
 if a.precision == "bf16" and "jax" in a.peers.split(","):
     sys.exit("compare_cpu.py: no JAX peer for --precision bf16; use --peers torch,loom-float32")
@@ -45,52 +55,94 @@ def lines(cmd):
 
 here = os.path.dirname(os.path.abspath(__file__))
 
-def runs(framework, threads):
+def runs(framework, threads, workload):
     # loom-cpu: Loom's own CPU backend beside Loom on --loom-device; loom-float32: Loom in float32 beside Loom in --precision
     if framework in ("loom", "loom-cpu", "loom-float32"):
         device = "cpu" if framework == "loom-cpu" else a.loom_device
         precision = "float32" if framework == "loom-float32" else a.precision
-        return [l for w in a.workloads.split(",")
-                for l in lines([a.loom, "bench", "--json", "--threads", str(threads), "--repeats", str(a.repeats), "--device", device,
-                                "--precision", precision, "--workload", w])]
+        return lines([a.loom, "bench", "--json", "--threads", str(threads), "--repeats", str(a.repeats), "--device", device,
+                      "--precision", precision, "--workload", workload])
+    precision = ["--precision", "bf16"] if a.precision == "bf16" else []
+    if workload == "resnet20":  # resnet20's peers live in this folder
+        return lines([sys.executable, os.path.join(here, f"resnet20_{framework}.py"),
+                      "--threads", str(threads), "--repeats", str(a.repeats)] + precision)
     if framework == "torch" and a.precision == "bf16":  # the peers under CPU autocast live in this folder
-        script, precision = [sys.executable, os.path.join(here, "torch_autocast.py")], ["--precision", "bf16"]
+        script = [sys.executable, os.path.join(here, "torch_autocast.py")]
     else:
-        script, precision = [sys.executable, os.path.join(a.refs, f"{framework}_ref.py")], []
-    found = [l for l in lines(script + ["all", "--threads", str(threads), "--repeats", str(a.repeats)] + precision)
-             if l["workload"] in a.workloads.split(",")]
-    if framework in ("torch", "jax") and "resnet20" in a.workloads.split(","):  # resnet20's peers live in this folder
-        found += lines([sys.executable, os.path.join(here, f"resnet20_{framework}.py"),
-                        "--threads", str(threads), "--repeats", str(a.repeats)] + precision)
-    return found
+        script = [sys.executable, os.path.join(a.refs, f"{framework}_ref.py")]
+    return [l for l in lines(script + [workload, "--threads", str(threads), "--repeats", str(a.repeats)] + precision)
+            if l["workload"] == workload]
+
+probe = None
+if a.probe:
+    probe = os.path.join(tempfile.mkdtemp(), "cross_core_probe")
+    subprocess.run(["cc", "-O3", "-march=native", "-pthread", os.path.join(here, "cross_core_probe.c"), "-o", probe], check=True)
+
+def handover():
+    return lines([probe, "1"])[0]["cross_core_gbps"] if probe else None
 
 frameworks = ["loom"] + [f for f in a.peers.split(",") if f]
+workloads = a.workloads.split(",")
 results = {}  # (framework, threads, workload) -> [per_s]
+by_round = {}  # (framework, threads, workload, round) -> per_s
+rated = []  # (framework, threads, workload, per_s, rate before, rate after)
 raw = open(a.raw, "a") if a.raw else None
 for threads in [int(t) for t in a.threads.split(",")]:
     for r in range(a.rounds):
-        for f in frameworks:
-            for line in runs(f, threads):
-                results.setdefault((f, threads, line["workload"]), []).append(line["per_s"])
-                if raw: raw.write(json.dumps({"framework": f, "round": r, "repeats": a.repeats, **line}) + "\n")
+        rate = handover()
+        for w in workloads:
+            for f in (frameworks if r % 2 == 0 else frameworks[::-1]):
+                found = runs(f, threads, w)
+                after = handover()
+                for line in found:
+                    results.setdefault((f, threads, w), []).append(line["per_s"])
+                    by_round[(f, threads, w, r)] = line["per_s"]
+                    rated.append((f, threads, w, line["per_s"], rate, after))
+                    extra = {"cross_core_gbps": [rate, after]} if probe else {}
+                    if raw: raw.write(json.dumps({"framework": f, "round": r, "repeats": a.repeats, **line, **extra}) + "\n")
+                rate = after
         print(f"threads {threads}: round {r + 1} of {a.rounds} done", file=sys.stderr)
+
+def per_round(f, threads, w):
+    """The median over rounds of Loom's ratio to peer f within the round."""
+    ratios = [by_round[("loom", threads, w, r)] / by_round[(f, threads, w, r)] for r in range(a.rounds)
+              if ("loom", threads, w, r) in by_round and (f, threads, w, r) in by_round]
+    return statistics.median(ratios) if ratios else None
 
 out = []
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 flags = open("/proc/cpuinfo").read()
 width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
 caps = " ".join(f"{k}={os.environ[k]}" for k in ("LOOM_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "LOOM_GEMM") if k in os.environ)
-out.append(f"\n{cpu} ({width}), {os.cpu_count()} cores; Loom on --device {a.loom_device}, --precision {a.precision}; medians of {a.rounds} interleaved rounds, each the median of {a.repeats} timed runs after 5 warm-up steps" + (f"; {caps}" if caps else ""))
+out.append(f"\n{cpu} ({width}), {os.cpu_count()} cores; Loom on --device {a.loom_device}, --precision {a.precision}; medians of {a.rounds} interleaved rounds, each the median of {a.repeats} timed runs after 5 warm-up steps; a ratio is of the medians, (the median of the rounds' own)" + (f"; {caps}" if caps else ""))
 peers = frameworks[1:]
 out.append("\n| workload | threads | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
 out.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
+def row(label, threads, w, values):
+    med = {f: statistics.median(values[f]) for f in frameworks if values.get(f)}
+    if "loom" not in med: return
+    cells = [f"{med[p]:,.0f}" if p in med else "—" for p in peers]
+    ratios = [f"{med['loom'] / med[p]:.2f}×" + (f" ({pr:.2f})" if label is None and (pr := per_round(p, threads, w)) else "")
+              if p in med else "—" for p in peers]
+    out.append(f"| {w} | {threads} | " + (f"{label} | " if label else "") + f"{med['loom']:,.0f} | " + " | ".join(cells)
+               + " | " + " | ".join(ratios) + " |")
+
 for threads in [int(t) for t in a.threads.split(",")]:
     for w in ("mlp", "cnn", "gpt", "resnet20"):
-        med = {f: statistics.median(results[(f, threads, w)]) for f in frameworks if (f, threads, w) in results}
-        if "loom" not in med: continue
-        cells = [f"{med[p]:,.0f}" if p in med else "—" for p in peers]
-        ratios = [f"{med['loom'] / med[p]:.2f}×" if p in med else "—" for p in peers]
-        out.append(f"| {w} | {threads} | {med['loom']:,.0f} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        row(None, threads, w, {f: results.get((f, threads, w)) for f in frameworks})
+if probe and rated:
+    top = max(max(x[4], x[5]) for x in rated)
+    state = lambda before, after: "near" if min(before, after) >= 0.6 * top else "far" if max(before, after) < 0.6 * top else None
+    out.append(f"\nBy the cores' hand-over rate around each run (cross_core_probe.c; highest seen {top:.0f} GB/s; near: "
+               f"both rates at least {0.6 * top:.0f} GB/s, far: both below; runs (n) that changed state left out)")
+    out.append("\n| workload | threads | state | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
+    out.append("| --- | ---: | --- | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
+    for threads in [int(t) for t in a.threads.split(",")]:
+        for w in ("mlp", "cnn", "gpt", "resnet20"):
+            for s in ("near", "far"):
+                values = {f: [x[3] for x in rated if x[:3] == (f, threads, w) and state(x[4], x[5]) == s] for f in frameworks}
+                counts = ", ".join(f"{f} {len(values[f])}" for f in frameworks)
+                row(f"{s} ({counts})", threads, w, values)
 print("\n".join(out))
 if raw:
     raw.close()
