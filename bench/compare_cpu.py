@@ -83,9 +83,8 @@ def handover():
 
 frameworks = ["loom"] + [f for f in a.peers.split(",") if f]
 workloads = a.workloads.split(",")
-results = {}  # (framework, threads, workload) -> [per_s]
 by_round = {}  # (framework, threads, workload, round) -> per_s
-rated = []  # (framework, threads, workload, per_s, rate before, rate after)
+rated = []  # (framework, threads, workload, per_s, hand-over rate before, after): every run
 raw = open(a.raw, "a") if a.raw else None
 for threads in [int(t) for t in a.threads.split(",")]:
     for r in range(a.rounds):
@@ -95,7 +94,6 @@ for threads in [int(t) for t in a.threads.split(",")]:
                 found = runs(f, threads, w)
                 after = handover()
                 for line in found:
-                    results.setdefault((f, threads, w), []).append(line["per_s"])
                     by_round[(f, threads, w, r)] = line["per_s"]
                     rated.append((f, threads, w, line["per_s"], rate, after))
                     extra = {"cross_core_gbps": [rate, after]} if probe else {}
@@ -114,12 +112,12 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 flags = open("/proc/cpuinfo").read()
 width = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
 caps = " ".join(f"{k}={os.environ[k]}" for k in ("LOOM_CPU_ISA", "ONEDNN_MAX_CPU_ISA", "OPENBLAS_CORETYPE", "LOOM_GEMM") if k in os.environ)
-out.append(f"\n{cpu} ({width}), {os.cpu_count()} cores; Loom on --device {a.loom_device}, --precision {a.precision}; medians of {a.rounds} interleaved rounds, each the median of {a.repeats} timed runs after 5 warm-up steps; a ratio is of the medians, (the median of the rounds' own)" + (f"; {caps}" if caps else ""))
+out.append(f"\n{cpu} ({width}), {os.cpu_count()} cores; Loom on --device {a.loom_device}, --precision {a.precision}; medians of {a.rounds} interleaved rounds, each the median of {a.repeats} timed runs after 5 warm-up steps; ratios of the medians and, in brackets, the median of the rounds' own" + (f"; {caps}" if caps else ""))
 peers = frameworks[1:]
 out.append("\n| workload | threads | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
 out.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
-def row(label, threads, w, values):
-    med = {f: statistics.median(values[f]) for f in frameworks if values.get(f)}
+def row(label, threads, w, per_side):
+    med = {f: statistics.median(per_side[f]) for f in frameworks if per_side.get(f)}
     if "loom" not in med: return
     cells = [f"{med[p]:,.0f}" if p in med else "—" for p in peers]
     ratios = [f"{med['loom'] / med[p]:.2f}×" + (f" ({pr:.2f})" if label is None and (pr := per_round(p, threads, w)) else "")
@@ -127,22 +125,29 @@ def row(label, threads, w, values):
     out.append(f"| {w} | {threads} | " + (f"{label} | " if label else "") + f"{med['loom']:,.0f} | " + " | ".join(cells)
                + " | " + " | ".join(ratios) + " |")
 
+def state(before, after):
+    top = max(max(x[4], x[5]) for x in rated)
+    return "near" if min(before, after) >= 0.6 * top else "far" if max(before, after) < 0.6 * top else None
+
+def values(threads, w, s=None):
+    """Each side's per_s over its runs of workload w (in state s only, if given)."""
+    return {f: [x[3] for x in rated if x[:3] == (f, threads, w) and (s is None or state(x[4], x[5]) == s)] for f in frameworks}
+
 for threads in [int(t) for t in a.threads.split(",")]:
     for w in ("mlp", "cnn", "gpt", "resnet20"):
-        row(None, threads, w, {f: results.get((f, threads, w)) for f in frameworks})
+        row(None, threads, w, values(threads, w))
 if probe and rated:
     top = max(max(x[4], x[5]) for x in rated)
-    state = lambda before, after: "near" if min(before, after) >= 0.6 * top else "far" if max(before, after) < 0.6 * top else None
     out.append(f"\nBy the cores' hand-over rate around each run (cross_core_probe.c; highest seen {top:.0f} GB/s; near: "
-               f"both rates at least {0.6 * top:.0f} GB/s, far: both below; runs (n) that changed state left out)")
+               f"both rates at least {0.6 * top:.0f} GB/s, far: both below; in brackets the runs counted, a run whose two rates disagree left out)")
     out.append("\n| workload | threads | state | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")
     out.append("| --- | ---: | --- | ---: | " + " | ".join("---:" for _ in peers) + " | " + " | ".join("---:" for _ in peers) + " |")
     for threads in [int(t) for t in a.threads.split(",")]:
         for w in ("mlp", "cnn", "gpt", "resnet20"):
             for s in ("near", "far"):
-                values = {f: [x[3] for x in rated if x[:3] == (f, threads, w) and state(x[4], x[5]) == s] for f in frameworks}
-                counts = ", ".join(f"{f} {len(values[f])}" for f in frameworks)
-                row(f"{s} ({counts})", threads, w, values)
+                runs_in = values(threads, w, s)
+                counts = ", ".join(f"{f} {len(runs_in[f])}" for f in frameworks)
+                row(f"{s} ({counts})", threads, w, runs_in)
 print("\n".join(out))
 if raw:
     raw.close()
