@@ -125,8 +125,9 @@ def row(label, threads, w, per_side):
     out.append(f"| {w} | {threads} | " + (f"{label} | " if label else "") + f"{med['loom']:,.0f} | " + " | ".join(cells)
                + " | " + " | ".join(ratios) + " |")
 
+top = max(max(x[4], x[5]) for x in rated) if probe and rated else None  # the highest hand-over rate seen
+
 def state(before, after):
-    top = max(max(x[4], x[5]) for x in rated)
     return "near" if min(before, after) >= 0.6 * top else "far" if max(before, after) < 0.6 * top else None
 
 def values(threads, w, s=None):
@@ -136,8 +137,7 @@ def values(threads, w, s=None):
 for threads in [int(t) for t in a.threads.split(",")]:
     for w in ("mlp", "cnn", "gpt", "resnet20"):
         row(None, threads, w, values(threads, w))
-if probe and rated:
-    top = max(max(x[4], x[5]) for x in rated)
+if top is not None:
     out.append(f"\nBy the cores' hand-over rate around each run (cross_core_probe.c; highest seen {top:.0f} GB/s; near: "
                f"both rates at least {0.6 * top:.0f} GB/s, far: both below; in brackets the runs counted, a run whose two rates disagree left out)")
     out.append("\n| workload | threads | state | Loom | " + " | ".join(peers) + " | " + " | ".join(f"Loom / {p}" for p in peers) + " |")

@@ -100,5 +100,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 2; i++) pthread_join(threads[i], NULL);
     qsort(rates, slots, sizeof(double), compare);
     printf("{\"cross_core_gbps\": %.2f, \"cpus\": [%d, %d], \"seconds\": %g}\n", rates[slots / 2], cpus[0], cpus[1], seconds);
+    free(rates);
+    free(buffer);
     return 0;
 }
