@@ -5,9 +5,10 @@
 // elements) or by columns (its half of every row, 1 KiB runs). Prints the median time of
 // the ReLU, in µs, for each of the four pairings as one JSON line.
 //
-// Measured on a 2-vCPU Zen 4 (docs/benchmarks.md): reading by columns took 2.5–10× as long
-// as reading by rows, even where the thread had written those columns itself, so Loom's
-// elementwise ops stay split by rows after a product split by columns.
+// Measured on a 2-vCPU Zen 4 (docs/benchmarks.md): reading by columns took 4–5× as long as
+// reading by rows with the two vCPUs on one L3 and 15× with them on two, even where the
+// thread had written those columns itself, so Loom's elementwise ops stay split by rows
+// after a product split by columns.
 //
 //   cc -O3 -march=native -pthread bench/column_split_probe.c -o /tmp/column_split_probe
 //   /tmp/column_split_probe [iterations=20000] [cpu_a=first allowed] [cpu_b=second allowed]

@@ -18,7 +18,10 @@ struct BenchCommand: ParsableCommand {
         GFLOP/s counts the GEMM work the backend issued; peak is a 1024^3 sgemm on the same threads. \
         On the CPU each line is followed by where the step's time went, by kernel class (gemm, \
         attention, convolution, elementwise, softmax, norm, ...; --json: time_share), and the \
-        header names the processor, the kernels' vector width and the GEMM library. \
+        header names the processor, the kernels' vector width and the GEMM library. With 2 or \
+        more threads, the rate at which the first two CPUs hand data to each other is measured \
+        before and after each workload (--json: cross_core_gbps): a 2-thread step follows it, \
+        and on a cloud machine whose vCPUs the host moves between L3s it changes from run to run. \
         LOOM_CPU_ISA=baseline|avx2 caps the kernels' width; LOOM_GEMM=openblas|onednn picks \
         the GEMM library (default: oneDNN with AVX-512, else OpenBLAS). With --precision bf16 \
         the header says where the bf16 products ran: Loom's AVX512-BF16 kernel where the \
@@ -140,6 +143,10 @@ struct BenchCommand: ParsableCommand {
                     print("      time: " + named.compactMap { name in
                         shares[name].map { String(format: "%@ %.1f%%", name, 100 * $0) }
                     }.joined(separator: ", "))
+                }
+                if let rates = r.crossCoreGbps {
+                    print(String(format: "      two CPUs handed data to each other at %.0f GB/s before, %.0f after (a 2-thread step follows it: docs/benchmarks.md)",
+                                 rates[0], rates[1]))
                 }
             }
         }

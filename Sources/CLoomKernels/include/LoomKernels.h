@@ -91,4 +91,9 @@ void loom_adam(float *p, const float *g, float *m, float *v, int64_t n, float be
 void loom_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float momentum, float dampening,
               float weight_decay, int nesterov, uint16_t *rounded);
 
+// How fast this process's first two allowed CPUs hand data to each other, in GB/s: two threads
+// pinned to them take turns rewriting one 256 KiB buffer for `seconds` (the median of 10 ms
+// samples). -1 where there are not two CPUs or a thread cannot be pinned. (CrossCore.c)
+double loom_cross_core_gbps(double seconds);
+
 #endif

@@ -57,13 +57,17 @@ public struct BenchResult: Sendable, Encodable {
     /// steps; `perSecond` is their median, `runsPerSecond` each run's figure in order.
     public var warmup = 0
     public var runsPerSecond: [Double] = []
+    /// CPU, 2 or more threads: how fast the first two CPUs handed data to each other
+    /// (`CrossCoreRate`, GB/s) before the warm-up and after the timed runs. A 2-thread step
+    /// follows it; on a 2-vCPU cloud machine it can change from run to run (docs/benchmarks.md).
+    public var crossCoreGbps: [Double]?
 
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
         case gemmFraction = "gemm_fraction", threads, device, precision, peakBytes = "peak_bytes", loss, ranks, scalingEfficiency = "scaling_efficiency"
         case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm", bf16Convolution = "bf16_convolution"
         case warmup, repeats, runsPerSecond = "runs_per_s", zero, heldBytes = "held_bytes"
-        case peakSplit = "peak_split", heldSplit = "held_split"
+        case peakSplit = "peak_split", heldSplit = "held_split", crossCoreGbps = "cross_core_gbps"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -83,6 +87,7 @@ public struct BenchResult: Sendable, Encodable {
         try c.encode(warmup, forKey: .warmup)
         try c.encode(runsPerSecond.count, forKey: .repeats)
         try c.encode(runsPerSecond.map { rounded($0, 1) }, forKey: .runsPerSecond)
+        try c.encodeIfPresent(crossCoreGbps?.map { rounded($0, 1) }, forKey: .crossCoreGbps)
         try c.encode(device, forKey: .device)
         try c.encode(precision.rawValue, forKey: .precision)
         try c.encodeIfPresent(bf16GEMM, forKey: .bf16GEMM)
@@ -191,6 +196,8 @@ public enum Bench {
         let plainStep = try MemoryMeter.measuring(meter) { try workload.makeStep(on: backend) }
         let step = { try withPrecision(precision) { try plainStep() } }
         let counter = backend as? GEMMCounting, cpu = backend as? CPUBackend
+        let probing = (cpu?.threads ?? 1) > 1
+        let rateBefore = probing ? CrossCoreRate.measure() : nil
         var loss: Float = 0
         var runs: [(seconds: Double, flops: Double, kernels: [Double]?)] = []
         try MemoryMeter.measuring(meter) {
@@ -212,6 +219,7 @@ public enum Bench {
         result.peakSplit = meter.peakSplit
         result.warmup = warmup
         result.runsPerSecond = runs.map { Double(workload.itemsPerStep * steps) / $0.seconds }
+        if let before = rateBefore, let after = CrossCoreRate.measure() { result.crossCoreGbps = [before, after] }
         if let seconds = median.kernels {
             var shares: [String: Double] = [:]
             for kind in KernelClass.allCases where seconds[kind.rawValue] > 0 { shares[kind.name] = seconds[kind.rawValue] / median.seconds }
