@@ -2,13 +2,14 @@
 // before it did: two threads pinned to two CPUs write a [128, 512] float32 matrix (as a
 // product would: each thread its half of the rows, or its half of the columns), then each
 // computes ReLU of its share into a second matrix, by rows (a contiguous half of the
-// elements) or by columns (its half of every row, 1 KiB runs). Prints the median time of
-// the ReLU, in µs, for each of the four pairings as one JSON line.
+// elements) or by columns (its half of every row, 1 KiB runs), and so on, step after step.
+// Prints, for each of the four pairings, the median time of the write and of the ReLU (the
+// slower thread's, in µs) as one JSON line.
 //
-// Measured on a 2-vCPU Zen 4 (docs/benchmarks.md): reading by columns took 4–5× as long as
-// reading by rows with the two vCPUs on one L3 and 15× with them on two, even where the
-// thread had written those columns itself, so Loom's elementwise ops stay split by rows
-// after a product split by columns.
+// Measured on a 2-vCPU Zen 4 (docs/benchmarks.md): writing or reading by columns took 4–8×
+// as long as by rows with the two vCPUs on one L3 and 15–25× with them on two, even where
+// each thread touched only the columns it wrote, so Loom's elementwise ops stay split by
+// rows after a product split by columns (whose C is written the slow way).
 //
 //   cc -O3 -march=native -pthread bench/column_split_probe.c -o /tmp/column_split_probe
 //   /tmp/column_split_probe [iterations=20000] [cpu_a=first allowed] [cpu_b=second allowed]
@@ -24,7 +25,7 @@
 enum { rows = 128, cols = 512 };
 
 static float *y, *z;
-static double *times[2];
+static double *times[2], *writes[2];
 static int iterations, writeByColumns, readByColumns, cpus[2];
 static _Atomic int arrived;
 
@@ -60,8 +61,10 @@ static void *run(void *arg) {
         exit(2);
     }
     for (int i = 0; i < iterations; i++) {
+        double written = now();
         if (writeByColumns) write_part(y, 0, rows, t * cols / 2, (t + 1) * cols / 2, i);
         else write_part(y, t * rows / 2, (t + 1) * rows / 2, 0, cols, i);
+        writes[t][i] = now() - written;
         barrier(&generation);
         double start = now();
         if (readByColumns) {
@@ -98,9 +101,12 @@ int main(int argc, char **argv) {
     }
     y = aligned_alloc(64, rows * cols * sizeof(float));
     z = aligned_alloc(64, rows * cols * sizeof(float));
-    for (int t = 0; t < 2; t++) times[t] = malloc(sizeof(double) * iterations);
+    for (int t = 0; t < 2; t++) {
+        times[t] = malloc(sizeof(double) * iterations);
+        writes[t] = malloc(sizeof(double) * iterations);
+    }
     const char *names[2] = {"rows", "columns"};
-    printf("{\"cpus\": [%d, %d], \"relu_us\": {", cpus[0], cpus[1]);
+    double relu[4], write[4];
     for (int mode = 0; mode < 4; mode++) {
         writeByColumns = mode / 2;
         readByColumns = mode % 2;
@@ -108,13 +114,26 @@ int main(int argc, char **argv) {
         pthread_t threads[2];
         for (long t = 0; t < 2; t++) pthread_create(&threads[t], NULL, run, (void *)t);
         for (int t = 0; t < 2; t++) pthread_join(threads[t], NULL);
-        for (int i = 0; i < iterations; i++) times[0][i] = times[0][i] > times[1][i] ? times[0][i] : times[1][i];
+        for (int i = 0; i < iterations; i++) {
+            times[0][i] = times[0][i] > times[1][i] ? times[0][i] : times[1][i];
+            writes[0][i] = writes[0][i] > writes[1][i] ? writes[0][i] : writes[1][i];
+        }
         qsort(times[0], iterations, sizeof(double), compare);
-        printf("%s\"written by %s, read by %s\": %.2f", mode ? ", " : "", names[writeByColumns], names[readByColumns],
-               times[0][iterations / 2] * 1e6);
+        qsort(writes[0], iterations, sizeof(double), compare);
+        relu[mode] = times[0][iterations / 2] * 1e6;
+        write[mode] = writes[0][iterations / 2] * 1e6;
     }
-    printf("}}\n");
-    for (int t = 0; t < 2; t++) free(times[t]);
+    for (int k = 0; k < 2; k++) {
+        printf(k ? ", \"relu_us\": {" : "{\"cpus\": [%d, %d], \"write_us\": {", cpus[0], cpus[1]);
+        for (int mode = 0; mode < 4; mode++)
+            printf("%s\"written by %s, read by %s\": %.2f", mode ? ", " : "", names[mode / 2], names[mode % 2], k ? relu[mode] : write[mode]);
+        printf("}");
+    }
+    printf("}\n");
+    for (int t = 0; t < 2; t++) {
+        free(times[t]);
+        free(writes[t]);
+    }
     free(y);
     free(z);
     return 0;
