@@ -2,9 +2,11 @@
 // before it did: two threads pinned to two CPUs write a [128, 512] float32 matrix (as a
 // product would: each thread its half of the rows, or its half of the columns), then each
 // computes ReLU of its share into a second matrix, by rows (a contiguous half of the
-// elements) or by columns (its half of every row, 1 KiB runs), and so on, step after step.
-// Prints, for each of the four pairings, the median time of the write and of the ReLU (the
-// slower thread's, in µs) as one JSON line.
+// elements) or by columns (its half of every row, 1 KiB runs), and so on, step after step;
+// and, as a weight's bf16 copy is used (rewritten by rows, each thread its own, and read
+// whole by both products), written by rows and summed whole by both. Prints, for each
+// pairing, the median time of the write and of the read (the slower thread's, in µs) as one
+// JSON line.
 //
 // Measured on a 2-vCPU Zen 4 (docs/benchmarks.md): writing or reading by columns took 4–8×
 // as long as by rows with the two vCPUs on one L3 and 15–25× with them on two, even where
@@ -47,6 +49,15 @@ static void write_part(float *f, int r0, int r1, int c0, int c1, int step) {
         for (int c = c0; c < c1; c++) f[r * cols + c] = (float)(r - c + step);
 }
 
+__attribute__((noinline)) static float sum(const float *x, int n) {  // 16 lanes: a read, not a chain of adds
+    float s[16] = {0};
+    for (int i = 0; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) s[j] += x[i + j];
+    for (int j = 1; j < 16; j++) s[0] += s[j];
+    return s[0];
+}
+static volatile float sink;
+
 __attribute__((noinline)) static void relu(const float *restrict x, float *restrict out, int n) {
     for (int i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0;
 }
@@ -67,7 +78,9 @@ static void *run(void *arg) {
         writes[t][i] = now() - written;
         barrier(&generation);
         double start = now();
-        if (readByColumns) {
+        if (readByColumns == 2) {
+            sink = sum(y, rows * cols);
+        } else if (readByColumns) {
             for (int r = 0; r < rows; r++) relu(y + r * cols + t * cols / 2, z + r * cols + t * cols / 2, cols / 2);
         } else {
             relu(y + t * rows * cols / 2, z + t * rows * cols / 2, rows * cols / 2);
@@ -105,11 +118,12 @@ int main(int argc, char **argv) {
         times[t] = malloc(sizeof(double) * iterations);
         writes[t] = malloc(sizeof(double) * iterations);
     }
-    const char *names[2] = {"rows", "columns"};
-    double relu[4], write[4];
-    for (int mode = 0; mode < 4; mode++) {
-        writeByColumns = mode / 2;
-        readByColumns = mode % 2;
+    const char *names[3] = {"rows", "columns", "both, whole"};
+    enum { modes = 5 };  // (write, read): by rows or columns each, then rows and whole
+    double relu[modes], write[modes];
+    for (int mode = 0; mode < modes; mode++) {
+        writeByColumns = mode == 4 ? 0 : mode / 2;
+        readByColumns = mode == 4 ? 2 : mode % 2;
         atomic_store(&arrived, 0);
         pthread_t threads[2];
         for (long t = 0; t < 2; t++) pthread_create(&threads[t], NULL, run, (void *)t);
@@ -124,9 +138,10 @@ int main(int argc, char **argv) {
         write[mode] = writes[0][iterations / 2] * 1e6;
     }
     for (int k = 0; k < 2; k++) {
-        printf(k ? ", \"relu_us\": {" : "{\"cpus\": [%d, %d], \"write_us\": {", cpus[0], cpus[1]);
-        for (int mode = 0; mode < 4; mode++)
-            printf("%s\"written by %s, read by %s\": %.2f", mode ? ", " : "", names[mode / 2], names[mode % 2], k ? relu[mode] : write[mode]);
+        printf(k ? ", \"read_us\": {" : "{\"cpus\": [%d, %d], \"write_us\": {", cpus[0], cpus[1]);
+        for (int mode = 0; mode < modes; mode++)
+            printf("%s\"written by %s, read by %s\": %.2f", mode ? ", " : "", names[mode == 4 ? 0 : mode / 2],
+                   names[mode == 4 ? 2 : mode % 2], k ? relu[mode] : write[mode]);
         printf("}");
     }
     printf("}\n");
