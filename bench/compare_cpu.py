@@ -16,9 +16,11 @@ so that what the docs quote can be checked against what was run.
 --probe runs bench/cross_core_probe.c (built with cc) for a second before every run and
 after the last: how fast the two first CPUs hand data to each other, which on a cloud VM
 changes for seconds at a time with where the host has put the vCPUs (sharing an L3 or
-not). Each raw line gets the rates before and after it, and a second table gives each side's
-median over the runs with both rates near the highest seen ("near": at least 60% of it) and
-over those with both below ("far"), so a ratio can be read in each state.
+not). Each raw line gets the rates before and after it (`cross_core_gbps`; a Loom line's own,
+which `loom bench` measures inside the run, is kept as `bench_cross_core_gbps`), and a second
+table gives each side's median over the runs with both rates near the highest seen ("near":
+at least 60% of it) and over those with both below ("far"), so a ratio can be read in each
+state.
 
     python3 bench/compare_cpu.py --refs ../shared/bench --loom .build/release/loom
     LOOM_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python3 bench/compare_cpu.py ...   # the AVX2 code paths
@@ -97,6 +99,8 @@ for threads in [int(t) for t in a.threads.split(",")]:
                     by_round[(f, threads, w, r)] = line["per_s"]
                     rated.append((f, threads, w, line["per_s"], rate, after))
                     extra = {"cross_core_gbps": [rate, after]} if probe else {}
+                    if probe and "cross_core_gbps" in line:  # loom bench's own, from inside the run
+                        extra["bench_cross_core_gbps"] = line["cross_core_gbps"]
                     if raw: raw.write(json.dumps({"framework": f, "round": r, "repeats": a.repeats, **line, **extra}) + "\n")
                 rate = after
         print(f"threads {threads}: round {r + 1} of {a.rounds} done", file=sys.stderr)
