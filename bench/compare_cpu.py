@@ -85,8 +85,7 @@ def handover():
 
 frameworks = ["loom"] + [f for f in a.peers.split(",") if f]
 workloads = a.workloads.split(",")
-by_round = {}  # (framework, threads, workload, round) -> per_s
-rated = []  # (framework, threads, workload, per_s, hand-over rate before, after): every run
+rated = []  # (framework, threads, workload, per_s, hand-over rate before, after, round): every run
 raw = open(a.raw, "a") if a.raw else None
 for threads in [int(t) for t in a.threads.split(",")]:
     for r in range(a.rounds):
@@ -96,8 +95,7 @@ for threads in [int(t) for t in a.threads.split(",")]:
                 found = runs(f, threads, w)
                 after = handover()
                 for line in found:
-                    by_round[(f, threads, w, r)] = line["per_s"]
-                    rated.append((f, threads, w, line["per_s"], rate, after))
+                    rated.append((f, threads, w, line["per_s"], rate, after, r))
                     extra = {"cross_core_gbps": [rate, after]} if probe else {}
                     if probe and "cross_core_gbps" in line:  # loom bench's own, from inside the run
                         extra["bench_cross_core_gbps"] = line["cross_core_gbps"]
@@ -107,8 +105,8 @@ for threads in [int(t) for t in a.threads.split(",")]:
 
 def per_round(f, threads, w):
     """The median over rounds of Loom's ratio to peer f within the round."""
-    ratios = [by_round[("loom", threads, w, r)] / by_round[(f, threads, w, r)] for r in range(a.rounds)
-              if ("loom", threads, w, r) in by_round and (f, threads, w, r) in by_round]
+    by_round = {(x[0], x[6]): x[3] for x in rated if x[1:3] == (threads, w)}
+    ratios = [by_round[("loom", r)] / by_round[(f, r)] for r in range(a.rounds) if ("loom", r) in by_round and (f, r) in by_round]
     return statistics.median(ratios) if ratios else None
 
 out = []
