@@ -4,14 +4,18 @@
 // computes ReLU of its share into a second matrix, by rows (a contiguous half of the
 // elements) or by columns (its half of every row, 1 KiB runs), and so on, step after step;
 // and, as a weight's bf16 copy is used (rewritten by rows, each thread its own, and read
-// whole by both products), written by rows and summed whole by both. Prints, for each
+// whole by both products), written by rows and summed whole by both, and the same written
+// with non-temporal stores (past the writer's caches, as Loom stores such results: a sixth
+// pairing, "streamed rows"). Prints, for each
 // pairing, the median time of the write and of the read (the slower thread's, in µs) as one
 // JSON line.
 //
 // Measured on a 2-vCPU Zen 4 (docs/benchmarks.md): writing or reading by columns took 4–8×
 // as long as by rows with the two vCPUs on one L3 and 15–25× with them on two, even where
 // each thread touched only the columns it wrote, so Loom's elementwise ops stay split by
-// rows after a product split by columns (whose C is written the slow way).
+// rows after a product split by columns (whose C is written the slow way). Streamed, the
+// write of lines the other thread read took ~9 µs near and ~6 far instead of ~15 and ~57,
+// and the read ~9 and ~13 instead of ~5 and ~11 (from memory).
 //
 //   cc -O3 -march=native -pthread bench/column_split_probe.c -o /tmp/column_split_probe
 //   /tmp/column_split_probe [iterations=20000] [cpu_a=first allowed] [cpu_b=second allowed]
@@ -23,12 +27,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 enum { rows = 128, cols = 512 };
 
 static float *y, *z;
 static double *times[2], *writes[2];
-static int iterations, writeByColumns, readByColumns, cpus[2];
+static int iterations, writeByColumns, readByColumns, streamed, cpus[2];
 static _Atomic int arrived;
 
 static double now(void) {
@@ -47,6 +54,21 @@ static void barrier(int *generation) {
 static void write_part(float *f, int r0, int r1, int c0, int c1, int step) {
     for (int r = r0; r < r1; r++)
         for (int c = c0; c < c1; c++) f[r * cols + c] = (float)(r - c + step);
+}
+
+// Whole rows [r0, r1) of f with non-temporal stores, where the compiler has them (AVX).
+static void stream_rows(float *f, int r0, int r1, int step) {
+#if defined(__AVX__)
+    for (int r = r0; r < r1; r++)
+        for (int c = 0; c < cols; c += 8) {
+            __m256 v = _mm256_set_ps(r - c - 7 + step, r - c - 6 + step, r - c - 5 + step, r - c - 4 + step, r - c - 3 + step,
+                                     r - c - 2 + step, r - c - 1 + step, r - c + step);
+            _mm256_stream_ps(f + r * cols + c, v);
+        }
+    _mm_sfence();
+#else
+    write_part(f, r0, r1, 0, cols, step);
+#endif
 }
 
 __attribute__((noinline)) static float sum(const float *x, int n) {  // 16 lanes: a read, not a chain of adds
@@ -73,7 +95,8 @@ static void *run(void *arg) {
     }
     for (int i = 0; i < iterations; i++) {
         double written = now();
-        if (writeByColumns) write_part(y, 0, rows, t * cols / 2, (t + 1) * cols / 2, i);
+        if (streamed) stream_rows(y, t * rows / 2, (t + 1) * rows / 2, i);
+        else if (writeByColumns) write_part(y, 0, rows, t * cols / 2, (t + 1) * cols / 2, i);
         else write_part(y, t * rows / 2, (t + 1) * rows / 2, 0, cols, i);
         writes[t][i] = now() - written;
         barrier(&generation);
@@ -118,12 +141,13 @@ int main(int argc, char **argv) {
         times[t] = malloc(sizeof(double) * iterations);
         writes[t] = malloc(sizeof(double) * iterations);
     }
-    const char *names[3] = {"rows", "columns", "both, whole"};
-    enum { modes = 5 };  // (write, read): by rows or columns each, then rows and whole
+    const char *names[4] = {"rows", "columns", "both, whole", "streamed rows"};
+    enum { modes = 6 };  // (write, read): by rows or columns each, then rows and whole, then streamed rows and whole
     double relu[modes], write[modes];
     for (int mode = 0; mode < modes; mode++) {
-        writeByColumns = mode == 4 ? 0 : mode / 2;
-        readByColumns = mode == 4 ? 2 : mode % 2;
+        writeByColumns = mode >= 4 ? 0 : mode / 2;
+        readByColumns = mode >= 4 ? 2 : mode % 2;
+        streamed = mode == 5;
         atomic_store(&arrived, 0);
         pthread_t threads[2];
         for (long t = 0; t < 2; t++) pthread_create(&threads[t], NULL, run, (void *)t);
@@ -140,8 +164,8 @@ int main(int argc, char **argv) {
     for (int k = 0; k < 2; k++) {
         printf(k ? ", \"read_us\": {" : "{\"cpus\": [%d, %d], \"write_us\": {", cpus[0], cpus[1]);
         for (int mode = 0; mode < modes; mode++)
-            printf("%s\"written by %s, read by %s\": %.2f", mode ? ", " : "", names[mode == 4 ? 0 : mode / 2],
-                   names[mode == 4 ? 2 : mode % 2], k ? relu[mode] : write[mode]);
+            printf("%s\"written by %s, read by %s\": %.2f", mode ? ", " : "", names[mode == 5 ? 3 : mode == 4 ? 0 : mode / 2],
+                   names[mode >= 4 ? 2 : mode % 2], k ? relu[mode] : write[mode]);
         printf("}");
     }
     printf("}\n");

@@ -56,13 +56,20 @@ BF16_TARGET static inline __m512i interleave(const uint16_t *lo, const uint16_t 
     return _mm512_permutex2var_epi16(x0, index, x1);
 }
 
+// Words under `lanes`, or (`stream`, all 16 lanes, a whole line) past this core's caches
+// (Convert.c says why: packed operands that every thread reads).
+BF16_TARGET static inline void store_words(uint32_t *dst, __mmask16 lanes, __m512i words, int stream) {
+    if (stream && lanes == 0xFFFF && !((uintptr_t)dst & 63)) _mm512_stream_si512((void *)dst, words);
+    else _mm512_mask_storeu_epi32(dst, lanes, words);
+}
+
 // A 16 x 16 transpose of 32-bit words: row r of `src` (ld uint16 apart; rows at or past
 // `rows` are zeros; the first `values` uint16 of each read) becomes lane r of words
 // dst[p * stride], p < (values + 1) / 2, of which the lanes in `lanes` are written.
 // Three rounds of shuffles: words of row pairs, then 64-bit halves of row quads, then 128-bit
 // lanes across quads.
 BF16_TARGET static void transpose16(const uint16_t *src, int64_t ld, int rows, int values, uint32_t *dst,
-                                    int64_t stride, __mmask16 lanes) {
+                                    int64_t stride, __mmask16 lanes, int stream) {
     __mmask32 mask = values >= 32 ? 0xFFFFFFFFu : (1u << values) - 1;
     __m512i r[16], t[16];
     for (int i = 0; i < 16; i++) r[i] = i < rows ? _mm512_maskz_loadu_epi16(mask, src + i * ld) : _mm512_setzero_si512();
@@ -83,7 +90,7 @@ BF16_TARGET static void transpose16(const uint16_t *src, int64_t ld, int rows, i
         __m512i out[4] = {_mm512_shuffle_i32x4(v, x, 0x88), _mm512_shuffle_i32x4(w, y, 0x88),
                           _mm512_shuffle_i32x4(v, x, 0xDD), _mm512_shuffle_i32x4(w, y, 0xDD)};
         for (int l = 0; l < 4; l++)
-            if (4 * l + c < pairs) _mm512_mask_storeu_epi32(dst + (4 * l + c) * stride, lanes, out[l]);
+            if (4 * l + c < pairs) store_words(dst + (4 * l + c) * stride, lanes, out[l], stream);
     }
 }
 
@@ -105,9 +112,8 @@ int64_t loom_bf16_packed_b_words(int64_t k, int64_t n) { return (n + NR - 1) / N
 // packing split it by pairs where B is stored by rows (each reads whole rows, in order) and by
 // panels where it is stored transposed (each reads whole stored rows, which are columns of
 // op(B)); p0 and p1 are then multiples of 16 but for p1 = (k + 1) / 2.
-BF16_TARGET void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b,
-                                  int64_t ldb, uint32_t *dst) {
-    if (!loom_cpu_has_avx512_bf16()) return;  // nothing to pack for: loom_bf16_gemm_packed_b declines too
+BF16_TARGET static void pack_b(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b,
+                               int64_t ldb, uint32_t *dst, int stream) {
     int64_t pairs = (k + 1) / 2;
     if (!transB) {  // op(B)[r][j] = b[r * ldb + j]: rows 2p and 2p + 1 interleaved, a row's panels left to right
         for (int64_t p = p0; p < p1; p++) {
@@ -123,7 +129,7 @@ BF16_TARGET void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1,
                     int64_t j = jp + 16 * half, cols = j1 - j < 0 ? 0 : j1 - j < 16 ? j1 - j : 16;
                     __mmask32 mask = (__mmask32)((1ull << cols) - 1);
                     __m512i w = cols ? interleave(row + j, next ? next + j : NULL, mask) : _mm512_setzero_si512();
-                    _mm512_store_si512(panel + 16 * half, w);
+                    store_words(panel + 16 * half, 0xFFFF, w, stream);
                 }
             }
         }
@@ -136,10 +142,23 @@ BF16_TARGET void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1,
             int64_t j = jp + 16 * half, cols = j1 - j < 0 ? 0 : j1 - j < 16 ? j1 - j : 16;
             for (int64_t p = p0; p < p1; p += 16) {
                 int values = k - 2 * p < 32 ? (int)(k - 2 * p) : 32;
-                transpose16(b + j * ldb + 2 * p, ldb, (int)cols, values, panel + p * NR + 16 * half, NR, 0xFFFF);
+                transpose16(b + j * ldb + 2 * p, ldb, (int)cols, values, panel + p * NR + 16 * half, NR, 0xFFFF, stream);
             }
         }
     }
+}
+
+void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b, int64_t ldb,
+                      uint32_t *dst) {
+    if (!loom_cpu_has_avx512_bf16()) return;  // nothing to pack for: loom_bf16_gemm_packed_b declines too
+    pack_b(transB, k, j0, j1, p0, p1, b, ldb, dst, 0);
+}
+
+void loom_bf16_pack_b_streaming(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b,
+                                int64_t ldb, uint32_t *dst) {
+    if (!loom_cpu_has_avx512_bf16()) return;
+    pack_b(transB, k, j0, j1, p0, p1, b, ldb, dst, 1);
+    _mm_sfence();  // the stores are weakly ordered: done before the caller says so
 }
 
 // Rows [i0, i0 + mc) of op(A), columns [kk, kk + kc), as panels of mr rows: dst[panel][pair][mr].
@@ -164,7 +183,7 @@ BF16_TARGET static void pack_a(int mr, const uint16_t *a, int64_t lda, int trans
         int64_t i = i0 + ip, rows = mc - ip < mr ? mc - ip : mr;    // are neighbours, transposed
         for (int64_t p = 0; p < pairs; p += 16) {
             int values = kc - 2 * p < 32 ? (int)(kc - 2 * p) : 32;
-            transpose16(a + i * lda + kk + 2 * p, lda, (int)rows, values, dst + p * mr, mr, lanes);
+            transpose16(a + i * lda + kk + 2 * p, lda, (int)rows, values, dst + p * mr, mr, lanes, 0);
         }
     }
 }
@@ -178,9 +197,11 @@ typedef uint16_t aliased_half __attribute__((may_alias));
 // `cols` columns. A is a packed panel (`direct` 0: the word
 // of row r, pair p at ap[p * MRX + r]) or op(A)'s own rows (`direct` 1: row r starts `rs`
 // bytes after row r - 1, a pair is a 32-bit word). Compiled for each MRX (14 and 8) and mode.
+// With `stream`, whole aligned rows of the tile are stored past this core's caches (C of a
+// product split by columns, which the next op reads by rows: Convert.c says why).
 BF16_TARGET static inline __attribute__((always_inline)) void
 tile_body(const int MRX, const int direct, const char *ap, int64_t rs, const uint32_t *bp, int64_t pairs, int tail,
-          float *c, int64_t ldc, int64_t rows, int64_t cols, float alpha, float beta, const float *bias) {
+          float *c, int64_t ldc, int64_t rows, int64_t cols, float alpha, float beta, const float *bias, int stream) {
     __m512 acc[MRX][2];
     for (int r = 0; r < MRX; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t p = 0; p < pairs; p++, bp += NR) {
@@ -221,16 +242,21 @@ tile_body(const int MRX, const int direct, const char *ap, int64_t rs, const uin
             y0 = _mm512_add_ps(y0, bias0);
             y1 = _mm512_add_ps(y1, bias1);
         }
-        _mm512_mask_storeu_ps(row, m0, y0);
-        _mm512_mask_storeu_ps(row + 16, m1, y1);
+        if (stream && cols == 32 && !((uintptr_t)row & 63)) {
+            _mm512_stream_ps(row, y0);
+            _mm512_stream_ps(row + 16, y1);
+        } else {
+            _mm512_mask_storeu_ps(row, m0, y0);
+            _mm512_mask_storeu_ps(row + 16, m1, y1);
+        }
     }
 }
 
 #define TILE(MRX, DIRECT)                                                                                             \
     BF16_TARGET static void tile_##MRX##_##DIRECT(const char *ap, int64_t rs, const uint32_t *bp, int64_t pairs,     \
                                                   int tail, float *c, int64_t ldc, int64_t rows, int64_t cols,       \
-                                                  float alpha, float beta, const float *bias) {                      \
-        tile_body(MRX, DIRECT, ap, rs, bp, pairs, tail, c, ldc, rows, cols, alpha, beta, bias);                      \
+                                                  float alpha, float beta, const float *bias, int stream) {          \
+        tile_body(MRX, DIRECT, ap, rs, bp, pairs, tail, c, ldc, rows, cols, alpha, beta, bias, stream);              \
     }
 TILE(14, 0)
 TILE(14, 1)
@@ -238,7 +264,7 @@ TILE(8, 0)
 TILE(8, 1)
 
 typedef void (*tile_fn)(const char *, int64_t, const uint32_t *, int64_t, int, float *, int64_t, int64_t, int64_t,
-                        float, float, const float *);
+                        float, float, const float *, int);
 
 // Rows of C in panels of 14 (28 accumulators busy), the rest in panels of 8 (16 accumulators,
 // ~10% slower a multiply-add): the split with the fewest multiply-add cycles, so a product
@@ -264,10 +290,11 @@ BF16_TARGET static inline void prefetch_tile(float *c, int64_t ldc, int64_t rows
     }
 }
 
-// Rows [0, m) of C (a and c already at the first), k values [kk, kk + kc), in panels of mr rows.
+// Rows [0, m) of C (a and c already at the first), k values [kk, kk + kc), in panels of mr rows;
+// C streamed past the caches where `stream` (the last block of k: no later block reads it).
 static void multiply_rows(int mr, int transA, int64_t m, int64_t n, int64_t kk, int64_t kc, float alpha,
                           const uint16_t *a, int64_t lda, const uint32_t *pb, int64_t panelWords, float beta,
-                          float *c, int64_t ldc, const float *bias, uint32_t *pa) {
+                          float *c, int64_t ldc, const float *bias, uint32_t *pa, int stream) {
     tile_fn packed = mr == 14 ? tile_14_0 : tile_8_0, direct = mr == 14 ? tile_14_1 : tile_8_1;
     const int64_t mcBlock = mr * 12, pairs = (kc + 1) / 2;
     for (int64_t i0 = 0; i0 < m; i0 += mcBlock) {
@@ -282,22 +309,22 @@ static void multiply_rows(int mr, int transA, int64_t m, int64_t n, int64_t kk, 
             for (int64_t ip = 0; ip < mc; ip += mr) {
                 int64_t rows = mc - ip < mr ? mc - ip : mr;
                 float *cTile = c + (i0 + ip) * ldc + jp;
-                if (kk == 0 && ip + mr < mc)
+                if (kk == 0 && !stream && ip + mr < mc)
                     prefetch_tile(cTile + mr * ldc, ldc, mc - ip - mr < mr ? mc - ip - mr : mr, cols);
                 if (ip < whole)
                     direct((const char *)(a + (i0 + ip) * lda + kk), 2 * lda, bPanel, kc / 2, (int)(kc & 1), cTile, ldc,
-                           rows, cols, alpha, beta, bias ? bias + jp : NULL);
+                           rows, cols, alpha, beta, bias ? bias + jp : NULL, stream);
                 else
                     packed((const char *)(pa + (ip - whole) / mr * pairs * mr), 4, bPanel, pairs, 0, cTile, ldc, rows,
-                           cols, alpha, beta, bias ? bias + jp : NULL);
+                           cols, alpha, beta, bias ? bias + jp : NULL, stream);
             }
         }
     }
 }
 
-int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
-                            const float *bias) {
+static int gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
+                         const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc, const float *bias,
+                         int stream) {
     if (!loom_cpu_has_avx512_bf16()) return 0;
     if (m <= 0 || n <= 0) return 1;
     if (k <= 0) {  // C = beta · C (+ bias)
@@ -317,33 +344,53 @@ int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float a
         int64_t kc = k - kk < KC ? k - kk : KC;
         float betaHere = kk == 0 ? beta : 1;  // later blocks add onto the first's (which added the bias)
         const float *biasHere = kk == 0 ? bias : NULL;
+        int streamHere = stream && kk + kc >= k;
         if (m14 > 0)
-            multiply_rows(14, transA, m14, n, kk, kc, alpha, a, lda, pb, panelWords, betaHere, c, ldc, biasHere, pa);
+            multiply_rows(14, transA, m14, n, kk, kc, alpha, a, lda, pb, panelWords, betaHere, c, ldc, biasHere, pa,
+                          streamHere);
         if (m8 > 0)
             multiply_rows(8, transA, m8, n, kk, kc, alpha, a8, lda, pb, panelWords, betaHere, c + m14 * ldc, ldc,
-                          biasHere, pa);
+                          biasHere, pa, streamHere);
     }
+    if (stream) _mm_sfence();  // the stores are weakly ordered: done before the caller says so
     return 1;
+}
+
+int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                            int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
+                            const float *bias) {
+    return gemm_packed_b(transA, m, n, k, alpha, a, lda, pb, panelWords, beta, c, ldc, bias, 0);
 }
 
 // op(B) is packed a block of KC rows at a time, each block used while it is in this core's
 // cache (packed whole, a deep product's op(B) was written out to memory and read back): the
 // same sums in the same order as one packing of all of k.
-int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
-                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias) {
+static int gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a, int64_t lda,
+                const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias, int stream) {
     if (!loom_cpu_has_avx512_bf16()) return 0;
-    if (k <= 0) return loom_bf16_gemm_packed_b(transA, m, n, k, alpha, a, lda, NULL, 0, beta, c, ldc, bias);
+    if (k <= 0) return gemm_packed_b(transA, m, n, k, alpha, a, lda, NULL, 0, beta, c, ldc, bias, 0);
     int64_t kcMax = k < KC ? k : KC;
     uint32_t *pb = words(&packed_b, &packed_b_words, (size_t)loom_bf16_packed_b_words(kcMax, n));
     if (!pb) return 0;
     for (int64_t kk = 0; kk < k; kk += KC) {
         int64_t kc = k - kk < KC ? k - kk : KC;
         loom_bf16_pack_b(transB, kc, 0, n, 0, (kc + 1) / 2, transB ? b + kk : b + kk * ldb, ldb, pb);
-        if (!loom_bf16_gemm_packed_b(transA, m, n, kc, alpha, transA ? a + kk * lda : a + kk, lda, pb, (kc + 1) / 2 * NR,
-                                     kk == 0 ? beta : 1, c, ldc, kk == 0 ? bias : NULL))
+        if (!gemm_packed_b(transA, m, n, kc, alpha, transA ? a + kk * lda : a + kk, lda, pb, (kc + 1) / 2 * NR,
+                           kk == 0 ? beta : 1, c, ldc, kk == 0 ? bias : NULL, stream && kk + kc >= k))
             return 0;
     }
     return 1;
+}
+
+int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                   int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias) {
+    return gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, 0);
+}
+
+int loom_bf16_gemm_streaming(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                             int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                             const float *bias) {
+    return gemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, 1);
 }
 
 #else
@@ -359,4 +406,11 @@ int loom_bf16_gemm(int transA, int transB, int64_t m, int64_t n, int64_t k, floa
                    int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc, const float *bias) {
     return 0;
 }
+int loom_bf16_gemm_streaming(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                             int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                             const float *bias) {
+    return 0;
+}
+void loom_bf16_pack_b_streaming(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b,
+                                int64_t ldb, uint32_t *dst) {}
 #endif

@@ -148,6 +148,10 @@ struct BenchCommand: ParsableCommand {
                     print(String(format: "      two CPUs handed data to each other at %.0f GB/s before, %.0f after (a 2-thread step follows it: docs/benchmarks.md)",
                                  rates[0], rates[1]))
                 }
+                if let s = r.streamedHandOvers {
+                    print("      results both threads read stored past the caches in \(s.streamed) of \(s.measurements) checks"
+                          + (s.lastRatio.map { String(format: " (last: plain stores %.2f× as slow)", $0) } ?? ""))
+                }
             }
         }
     }

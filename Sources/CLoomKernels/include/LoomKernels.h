@@ -48,6 +48,15 @@ void loom_bf16_pack_b(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0,
 int loom_bf16_gemm_packed_b(int transA, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
                             int64_t lda, const uint32_t *pb, int64_t panelWords, float beta, float *c, int64_t ldc,
                             const float *bias);
+// loom_bf16_gemm and loom_bf16_pack_b with C (the last block of k's) or the panels stored
+// past this core's caches (non-temporal stores; the same values): for a result the other
+// threads read, where a store into a line another core read costs more than memory does
+// (Convert.c).
+int loom_bf16_gemm_streaming(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha, const uint16_t *a,
+                             int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc,
+                             const float *bias);
+void loom_bf16_pack_b_streaming(int transB, int64_t k, int64_t j0, int64_t j1, int64_t p0, int64_t p1, const uint16_t *b,
+                                int64_t ldb, uint32_t *dst);
 
 // y = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 void loom_gelu(const float *x, float *y, int64_t n);
@@ -59,6 +68,11 @@ void loom_bf16_to_f32(const uint16_t *x, float *y, int64_t n);
 // products and its bias gradient.
 void loom_f32_to_bf16_summing_rows(const float *x, uint16_t *y, float *sums, int64_t cols, int64_t r0, int64_t r1,
                                    int accumulate);
+// The same two with non-temporal stores of the bf16 values (the same values; Convert.c says
+// when that is faster), for a result other threads read whole.
+void loom_f32_to_bf16_streaming(const float *x, uint16_t *y, int64_t n);
+void loom_f32_to_bf16_summing_rows_streaming(const float *x, uint16_t *y, float *sums, int64_t cols, int64_t r0, int64_t r1,
+                                             int accumulate);
 // gx = g * GELU'(x)
 void loom_gelu_backward(const float *x, const float *g, float *gx, int64_t n);
 // y = exp(x)
@@ -95,5 +109,14 @@ void loom_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float m
 // pinned to them take turns rewriting one 256 KiB buffer for `seconds` (the median of 10 ms
 // samples). -1 where there are not two CPUs or a thread cannot be pinned. (CrossCore.c)
 double loom_cross_core_gbps(double seconds);
+
+// Whether results the other thread reads are better stored past the caches (StreamProbe.c):
+// two threads running at once call play with ids 0 and 1; ratio is the plain stores' time over
+// the streamed ones', or -1 where the probe could not run (a thread did not come, no AVX-512).
+struct loom_stream_probe;
+struct loom_stream_probe *loom_stream_probe_create(void);
+void loom_stream_probe_play(struct loom_stream_probe *probe, int id);
+double loom_stream_probe_ratio(struct loom_stream_probe *probe);
+void loom_stream_probe_free(struct loom_stream_probe *probe);
 
 #endif

@@ -37,14 +37,14 @@ extension CPUBackend {
         precondition(x.dtype == .float32 && y.dtype == .bfloat16 && x.count == y.count,
                      "\(op.rawValue) rounded to bf16: x \(x.dtype) \(describe(x.shape)) into y \(y.dtype) \(describe(y.shape))")
         let started = monotonicSeconds(); defer { count(.elementwise, since: started) }
-        let px = x.ptr, py = y.halfPtr
+        let px = x.ptr, py = y.halfPtr, round = streamsRounding(of: x.shape) ? loom_f32_to_bf16_streaming : loom_f32_to_bf16
         parallelFor(x.count, grain: grain, threads: threads) { r in
             let block = 2048
             withUnsafeTemporaryAllocation(of: Float.self, capacity: block) { wide in
                 for lo in stride(from: r.lowerBound, to: r.upperBound, by: block) {
                     let n = min(block, r.upperBound - lo)
                     unaryKernel(op, px + lo, wide.baseAddress!, n)
-                    loom_f32_to_bf16(wide.baseAddress!, py + lo, Int64(n))
+                    round(wide.baseAddress!, py + lo, Int64(n))
                 }
             }
         }

@@ -22,6 +22,8 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// How fast each thread has run its share of recent bf16 products and attention heads
     /// (their splits follow it).
     public let speeds: ThreadSpeeds
+    /// Whether results every thread reads next are stored past the caches, measured.
+    public let handOvers: StreamedHandOvers
 
     /// FLOPs issued to matrix products (GEMMs, convolutions, attention's products; 2mnk
     /// per product) and seconds spent in each class of kernel, since the last
@@ -57,9 +59,11 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         return max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
     }
 
-    public init(threads: Int) {
+    /// `streaming`: how `handOvers` decides (nil: `LOOM_STREAM_STORES`, else measured).
+    public init(threads: Int, streaming: StreamedHandOvers.Mode? = nil) {
         self.threads = max(1, threads)
         speeds = ThreadSpeeds(threads: self.threads)
+        handOvers = StreamedHandOvers(mode: streaming ?? StreamedHandOvers.modeFromEnvironment)
         CPUBackend.configureOnce
     }
 
@@ -143,8 +147,11 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         defer { count(.memory, flops: 0, since: start) }
         // The conversions a bf16 product reads its operands through: C kernels.
         if x.dtype == .float32 && y.dtype == .bfloat16 {
-            let src = x.ptr, dst = y.halfPtr
-            parallelFor(n, grain: 1 << 15, threads: threads) { r in loom_f32_to_bf16(src + r.lowerBound, dst + r.lowerBound, Int64(r.count)) }
+            let src = x.ptr, dst = y.halfPtr, stream = streamsRounding(of: x.shape)
+            parallelFor(n, grain: 1 << 15, threads: threads) { r in
+                let (from, to, count) = (src + r.lowerBound, dst + r.lowerBound, Int64(r.count))
+                if stream { loom_f32_to_bf16_streaming(from, to, count) } else { loom_f32_to_bf16(from, to, count) }
+            }
             return
         }
         if x.dtype == .bfloat16 && y.dtype == .float32 {
@@ -192,13 +199,34 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
     /// Rows a block of `cast(_:into:summingColumns:)` sums before the blocks are added.
     static let castSumRows = 128
 
+    /// Whether a bf16 operand rounded now from a float32 activation of [rows, cols] is
+    /// stored past the cores' caches: where it is shorter than it is wide and `handOvers`
+    /// says so. The product that reads it next splits by columns (`pieces`), so every thread
+    /// reads all of it. A tall activation's product splits by rows, each thread reading the
+    /// rows it wrote, which streaming would send to memory and back.
+    public func streamsRounding(rows: Int, cols: Int) -> Bool { rows < cols && streamsHandOvers() }
+
+    /// Whether results every thread reads next are streamed now (`StreamedHandOvers`): its
+    /// measurement runs on two of this backend's threads.
+    func streamsHandOvers() -> Bool {
+        handOvers.now(threads: threads) { body in
+            parallelFor(2, grain: 1, threads: 2) { r in for id in r { body(id) } }
+        }
+    }
+
+    /// `streamsRounding(rows:cols:)` for an activation of `shape`: its last axis the columns.
+    func streamsRounding(of shape: [Int]) -> Bool {
+        guard shape.count >= 2, let cols = shape.last, cols > 0 else { return false }
+        return streamsRounding(rows: shape.reduce(1, *) / cols, cols: cols)
+    }
+
     /// y [rows, cols] (bf16) = the float32 rows `source` gives, rounded, and (where `sums`)
     /// their column sums: blocks of `castSumRows` rows across the threads, each summed in row
     /// order, then the blocks' sums in order. `source(r0, n, buffer)` returns rows r0..<r0+n:
     /// where they lie, or computed into `buffer` (room for `n` rows: 4096 floats, or one row).
     func roundingSummingRows(rows: Int, cols: Int, into y: UnsafeMutablePointer<UInt16>, summingColumns sums: UnsafeMutablePointer<Float>?,
                              _ source: (Int, Int, UnsafeMutablePointer<Float>) -> UnsafePointer<Float>) {
-        let block = Self.castSumRows, blocks = (rows + block - 1) / block
+        let block = Self.castSumRows, blocks = (rows + block - 1) / block, stream = streamsRounding(rows: rows, cols: cols)
         let partial = UnsafeMutablePointer<Float>.allocate(capacity: sums == nil ? 0 : blocks * cols)
         defer { partial.deallocate() }
         let step = max(1, 4096 / cols)  // rows a buffer holds
@@ -208,11 +236,13 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
                     for r0 in stride(from: b * block, to: min(rows, (b + 1) * block), by: step) {
                         let n = min(step, rows - r0, (b + 1) * block - r0)
                         let rowsHere = source(r0, n, buffer.baseAddress!)
-                        if sums == nil {
-                            loom_f32_to_bf16(rowsHere, y + r0 * cols, Int64(n * cols))
-                        } else {
-                            loom_f32_to_bf16_summing_rows(rowsHere, y + r0 * cols, partial + b * cols, Int64(cols), 0, Int64(n),
-                                                          r0 == b * block ? 0 : 1)
+                        let (to, accumulate) = (y + r0 * cols, Int32(r0 == b * block ? 0 : 1))
+                        switch (sums, stream) {
+                        case (nil, false): loom_f32_to_bf16(rowsHere, to, Int64(n * cols))
+                        case (nil, true): loom_f32_to_bf16_streaming(rowsHere, to, Int64(n * cols))
+                        case (_, false): loom_f32_to_bf16_summing_rows(rowsHere, to, partial + b * cols, Int64(cols), 0, Int64(n), accumulate)
+                        case (_, true):
+                            loom_f32_to_bf16_summing_rows_streaming(rowsHere, to, partial + b * cols, Int64(cols), 0, Int64(n), accumulate)
                         }
                     }
                 }
@@ -332,25 +362,28 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         let work = list.map { Double($0.m) * Double($0.n) }
         let sharedB = list.count > 1 && k > 0 && list.allSatisfy { $0.b == list[0].b && $0.n == n }
         guard sharedB, let buffer = try? Tensor(uninitialized: [Int(loom_bf16_packed_b_words(Int64(k), Int64(n)))], on: self) else {
+            // Pieces by columns write C in strips of every row, which the next op reads by rows.
+            let product = list.count > 1 && list[0].n < n && streamsHandOvers() ? loom_bf16_gemm_streaming : loom_bf16_gemm
             timed(pieces: work, threads: threads, recording: measured) { i in
                 let p = list[i]
-                let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(p.m), Int64(p.n), Int64(k), alpha,
-                                          pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld),
-                                          bias.map { $0 + p.column })
+                let done = product(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(p.m), Int64(p.n), Int64(k), alpha,
+                                   pa + p.a, Int64(a.ld), pb + p.b, Int64(b.ld), beta, pc + p.c, Int64(c.ld),
+                                   bias.map { $0 + p.column })
                 precondition(done != 0, "bf16 gemm \(p.m)x\(p.n)x\(k): no memory for the packing buffers")
             }
             return
         }
         let packed = UnsafeMutableRawPointer(buffer.ptr).assumingMemoryBound(to: UInt32.self)
+        let pack = streamsHandOvers() ? loom_bf16_pack_b_streaming : loom_bf16_pack_b  // every thread reads all of it
         let (panels, pairs) = ((n + 31) / 32, (k + 1) / 2)
         if b.transposed {  // by panels: a thread reads whole stored rows (columns of op(B))
             parallelFor(panels, grain: 1, threads: threads) { r in
-                loom_bf16_pack_b(1, Int64(k), Int64(r.lowerBound * 32), Int64(min(r.upperBound * 32, n)), 0, Int64(pairs),
+                pack(1, Int64(k), Int64(r.lowerBound * 32), Int64(min(r.upperBound * 32, n)), 0, Int64(pairs),
                                  pb + list[0].b, Int64(b.ld), packed)
             }
         } else {  // by pairs of rows: a thread reads whole rows, in order (by panels, each read half of every row)
             parallelFor(pairs, grain: 16, threads: threads) { r in
-                loom_bf16_pack_b(0, Int64(k), 0, Int64(n), Int64(r.lowerBound), Int64(r.upperBound), pb + list[0].b, Int64(b.ld), packed)
+                pack(0, Int64(k), 0, Int64(n), Int64(r.lowerBound), Int64(r.upperBound), pb + list[0].b, Int64(b.ld), packed)
             }
         }
         let panelWords = Int64((k + 1) / 2 * 32)

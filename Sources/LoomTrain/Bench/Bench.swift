@@ -61,6 +61,11 @@ public struct BenchResult: Sendable, Encodable {
     /// (`CrossCoreRate`, GB/s) before the warm-up and after the timed runs. A 2-thread step
     /// follows it; on a 2-vCPU cloud machine it can change from run to run (docs/benchmarks.md).
     public var crossCoreGbps: [Double]?
+    /// CPU, 2 or more threads, where results every thread reads were considered for streaming
+    /// past the caches (`StreamedHandOvers`): its measurements during the warm-up and timed
+    /// runs, how many chose streaming, and the last one's ratio (plain stores' time over
+    /// streamed ones').
+    public var streamedHandOvers: (measurements: Int, streamed: Int, lastRatio: Double?)?
 
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
@@ -68,6 +73,7 @@ public struct BenchResult: Sendable, Encodable {
         case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm", bf16Convolution = "bf16_convolution"
         case warmup, repeats, runsPerSecond = "runs_per_s", zero, heldBytes = "held_bytes"
         case peakSplit = "peak_split", heldSplit = "held_split", crossCoreGbps = "cross_core_gbps"
+        case streamChecks = "stream_checks", streamRatio = "stream_ratio"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -88,6 +94,10 @@ public struct BenchResult: Sendable, Encodable {
         try c.encode(runsPerSecond.count, forKey: .repeats)
         try c.encode(runsPerSecond.map { rounded($0, 1) }, forKey: .runsPerSecond)
         try c.encodeIfPresent(crossCoreGbps?.map { rounded($0, 1) }, forKey: .crossCoreGbps)
+        if let s = streamedHandOvers {
+            try c.encode([s.streamed, s.measurements], forKey: .streamChecks)
+            try c.encodeIfPresent(s.lastRatio.map { rounded($0, 2) }, forKey: .streamRatio)
+        }
         try c.encode(device, forKey: .device)
         try c.encode(precision.rawValue, forKey: .precision)
         try c.encodeIfPresent(bf16GEMM, forKey: .bf16GEMM)
@@ -198,6 +208,7 @@ public enum Bench {
         let counter = backend as? GEMMCounting, cpu = backend as? CPUBackend
         let probing = (cpu?.threads ?? 1) > 1
         let rateBefore = probing ? CrossCoreRate.measure() : nil
+        let checksBefore = cpu?.handOvers.record
         var loss: Float = 0
         var runs: [(seconds: Double, flops: Double, kernels: [Double]?)] = []
         try MemoryMeter.measuring(meter) {
@@ -219,6 +230,9 @@ public enum Bench {
         result.peakSplit = meter.peakSplit
         result.warmup = warmup
         result.runsPerSecond = runs.map { Double(workload.itemsPerStep * steps) / $0.seconds }
+        if let before = checksBefore, let after = cpu?.handOvers.record, after.measurements > before.measurements {
+            result.streamedHandOvers = (after.measurements - before.measurements, after.streamed - before.streamed, after.lastRatio)
+        }
         if let before = rateBefore, let after = CrossCoreRate.measure() { result.crossCoreGbps = [before, after] }
         if let seconds = median.kernels {
             var shares: [String: Double] = [:]
