@@ -59,12 +59,10 @@ static void write_part(float *f, int r0, int r1, int c0, int c1, int step) {
 // Whole rows [r0, r1) of f with non-temporal stores, where the compiler has them (AVX).
 static void stream_rows(float *f, int r0, int r1, int step) {
 #if defined(__AVX__)
+    const __m256 lanes = _mm256_set_ps(7, 6, 5, 4, 3, 2, 1, 0);
     for (int r = r0; r < r1; r++)
-        for (int c = 0; c < cols; c += 8) {
-            __m256 v = _mm256_set_ps(r - c - 7 + step, r - c - 6 + step, r - c - 5 + step, r - c - 4 + step, r - c - 3 + step,
-                                     r - c - 2 + step, r - c - 1 + step, r - c + step);
-            _mm256_stream_ps(f + r * cols + c, v);
-        }
+        for (int c = 0; c < cols; c += 8)  // the values write_part gives: r - c + step at column c
+            _mm256_stream_ps(f + r * cols + c, _mm256_sub_ps(_mm256_set1_ps((float)(r - c + step)), lanes));
     _mm_sfence();
 #else
     write_part(f, r0, r1, 0, cols, step);

@@ -22,6 +22,10 @@ struct BenchCommand: ParsableCommand {
         more threads, the rate at which the first two CPUs hand data to each other is measured \
         before and after each workload (--json: cross_core_gbps): a 2-thread step follows it, \
         and on a cloud machine whose vCPUs the host moves between L3s it changes from run to run. \
+        The line after says in how many of the backend's checks results both threads read were \
+        stored past the caches (non-temporal stores, chosen while plain stores measure 1.5x as \
+        slow; --json: stream_checks [streamed, checks], stream_ratio; \
+        LOOM_STREAM_STORES=always|never|measured). \
         LOOM_CPU_ISA=baseline|avx2 caps the kernels' width; LOOM_GEMM=openblas|onednn picks \
         the GEMM library (default: oneDNN with AVX-512, else OpenBLAS). With --precision bf16 \
         the header says where the bf16 products ran: Loom's AVX512-BF16 kernel where the \

@@ -29,4 +29,23 @@ final class BenchTests: XCTestCase {
         XCTAssertNil(one.crossCoreGbps)
         XCTAssertFalse(one.json.contains("cross_core_gbps"), one.json)
     }
+
+    /// A bf16 bench on 2 threads says in how many checks its backend streamed the results both
+    /// threads read (`StreamedHandOvers`: at least the first step's); a float32 one, whose
+    /// kernels stream nothing, and a 1-thread one say nothing.
+    func testABF16BenchOnTwoThreadsSaysWhetherItStreamedWhatBothThreadsRead() throws {
+        try XCTSkipUnless(ProcessInfo.processInfo.activeProcessorCount >= 2, "one CPU: the probe's two threads could not run at once")
+        let two = try Bench.run(.mlp, backend: CPUBackend(threads: 2), steps: 1, warmup: 0, peak: 1, precision: .bfloat16)
+        let checks = try XCTUnwrap(two.streamedHandOvers, "the first step's casts asked")
+        XCTAssertGreaterThanOrEqual(checks.measurements, 1)
+        XCTAssertLessThanOrEqual(checks.streamed, checks.measurements)
+        let line = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(two.json.utf8)) as? [String: Any])
+        XCTAssertEqual(line["stream_checks"] as? [Int], [checks.streamed, checks.measurements], two.json)
+
+        let float32 = try Bench.run(.mlp, backend: CPUBackend(threads: 2), steps: 1, warmup: 0, peak: 1)
+        XCTAssertNil(float32.streamedHandOvers)
+        let one = try Bench.run(.mlp, backend: CPUBackend(threads: 1), steps: 1, warmup: 0, peak: 1, precision: .bfloat16)
+        XCTAssertNil(one.streamedHandOvers)
+        XCTAssertFalse(one.json.contains("stream_checks"), one.json)
+    }
 }

@@ -25,11 +25,12 @@ public final class StreamedHandOvers: @unchecked Sendable {
     public let mode: Mode
     /// Plain stores' time over streamed ones' above which results are streamed.
     public static let threshold = 1.5
-    /// Seconds a measurement stands.
+    /// Seconds a measurement stands; one that could not run (the two threads did not run at
+    /// once: more threads than free cores) stands ten times as long, plain stores meanwhile.
     public static let interval = 1.0
 
     private let lock = SpinLock()
-    private var streaming = false, measuredAt = -Double.infinity
+    private var streaming = false, nextMeasurement = -Double.infinity
     private var measurements = 0, streamedMeasurements = 0, ratio: Double?
 
     init(mode: Mode) { self.mode = mode }
@@ -60,10 +61,10 @@ public final class StreamedHandOvers: @unchecked Sendable {
         case .measured: break
         }
         let now = monotonicSeconds()
-        if let current = lock.withLock({ now - measuredAt < Self.interval ? streaming : nil }) { return current }
+        if let current = lock.withLock({ now < nextMeasurement ? streaming : nil }) { return current }
         let measured = Self.measure(parallel)
         return lock.withLock {
-            measuredAt = now
+            nextMeasurement = now + (measured == nil ? 10 : 1) * Self.interval
             measurements += 1
             ratio = measured
             streaming = (measured ?? 0) > Self.threshold
