@@ -39,7 +39,7 @@ LOOM_VARIANTS(loom_bf16_to_f32, (const uint16_t *x, float *y, int64_t n), (x, y,
 // The rounding again, its bf16 stored with non-temporal stores (past this core's caches, to
 // memory), for a result the other threads read: a store into a line another core has read
 // must first take it from that core, which costs ~7 ns a line with the two cores on one L3 and
-// ~28 with them on two (Zen 4; a line streamed costs ~3 either way, and its readers then fetch
+// ~28 with them on two (Zen 4; a line streamed costs ~3–5 either way, and its readers then fetch
 // it from memory: bench/column_split_probe.c). The same values as loom_f32_to_bf16 (NaN kept,
 // denormals as they are); without AVX-512, loom_f32_to_bf16 itself.
 #if defined(__x86_64__)

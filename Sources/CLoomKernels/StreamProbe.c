@@ -4,7 +4,7 @@
 // all of it, step after step; every other step with non-temporal stores. A store into a line
 // the other core read since costs what moving the line's ownership between the cores costs:
 // on the 2-vCPU Zen 4 machines Loom is measured on, ~7 ns a line with the two vCPUs on one L3
-// and ~28 with them on two, where a streamed line costs ~3 either way and its readers fetch it
+// and ~28 with them on two, where a streamed line costs ~3–5 either way and its readers fetch it
 // from memory (bench/column_split_probe.c). The slower thread's time a step, median of each
 // kind: plain ~20 µs near, ~68 far; streamed ~19 either way.
 //

@@ -378,8 +378,8 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         let (panels, pairs) = ((n + 31) / 32, (k + 1) / 2)
         if b.transposed {  // by panels: a thread reads whole stored rows (columns of op(B))
             parallelFor(panels, grain: 1, threads: threads) { r in
-                pack(1, Int64(k), Int64(r.lowerBound * 32), Int64(min(r.upperBound * 32, n)), 0, Int64(pairs),
-                                 pb + list[0].b, Int64(b.ld), packed)
+                pack(1, Int64(k), Int64(r.lowerBound * 32), Int64(min(r.upperBound * 32, n)), 0, Int64(pairs), pb + list[0].b,
+                     Int64(b.ld), packed)
             }
         } else {  // by pairs of rows: a thread reads whole rows, in order (by panels, each read half of every row)
             parallelFor(pairs, grain: 16, threads: threads) { r in

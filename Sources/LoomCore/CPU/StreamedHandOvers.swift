@@ -11,7 +11,7 @@ import Glibc
 /// A store into a line that another core has read costs what moving the line's ownership
 /// costs, and that depends on where the two cores are: on the 2-vCPU Zen 4 machines Loom is
 /// measured on, ~7 ns a line with the vCPUs on one L3 and ~28 with them on two (a state that
-/// changes every 30 s to minutes as the host moves them). A streamed line costs ~3 ns in
+/// changes every 30 s to minutes as the host moves them). A streamed line costs ~3–5 ns in
 /// either state, and its readers then fetch it from memory. The mlp's bf16 step at 2 threads,
 /// every such result streamed: 14% faster with the vCPUs apart, 5% slower together
 /// (docs/benchmarks.md). So, `measured` (the default), the backend asks the hardware:
