@@ -5,6 +5,17 @@
 // loom_f32_to_bf16_body: Dispatch.h (the optimizers round what they update with it too)
 LOOM_VARIANTS(loom_f32_to_bf16, (const float *x, uint16_t *y, int64_t n), (x, y, n))
 
+// sums[cols] = row (`first`), else sums += row.
+LOOM_INLINE void loom_sum_row(float *sums, const float *row, int64_t cols, int first) {
+    if (first) {
+        LOOM_SIMD
+        for (int64_t j = 0; j < cols; j++) sums[j] = row[j];
+    } else {
+        LOOM_SIMD
+        for (int64_t j = 0; j < cols; j++) sums[j] += row[j];
+    }
+}
+
 // Rows [r0, r1) of x [., cols] rounded into y, and summed into sums[cols]: row r0's values
 // (added to sums' own where `accumulate`), then each later row added in order. One pass over
 // x for the two things a linear layer's backward reads dY for under bf16: the products'
@@ -12,15 +23,8 @@ LOOM_VARIANTS(loom_f32_to_bf16, (const float *x, uint16_t *y, int64_t n), (x, y,
 LOOM_INLINE void loom_f32_to_bf16_summing_rows_body(const float *x, uint16_t *y, float *sums, int64_t cols, int64_t r0,
                                                     int64_t r1, int accumulate) {
     for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * cols;
-        loom_f32_to_bf16_body(xr, y + r * cols, cols);
-        if (r == r0 && !accumulate) {
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) sums[j] = xr[j];
-        } else {
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) sums[j] += xr[j];
-        }
+        loom_f32_to_bf16_body(x + r * cols, y + r * cols, cols);
+        loom_sum_row(sums, x + r * cols, cols, r == r0 && !accumulate);
     }
 }
 LOOM_VARIANTS(loom_f32_to_bf16_summing_rows,
@@ -45,7 +49,9 @@ LOOM_VARIANTS(loom_bf16_to_f32, (const uint16_t *x, float *y, int64_t n), (x, y,
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-__attribute__((target("avx512f,avx512bw"))) static void stream_bf16(const float *x, uint16_t *y, int64_t n) {
+#define STREAM_TARGET __attribute__((target("arch=x86-64-v4,tune=znver4")))  // as LOOM_VARIANTS' AVX-512 copy
+
+STREAM_TARGET static void stream_bf16(const float *x, uint16_t *y, int64_t n) {
     int64_t head = (int64_t)((64 - ((uintptr_t)y & 63)) & 63) / 2;  // values before y's first whole line
     if (head > n || ((uintptr_t)y & 1)) head = n;
     loom_f32_to_bf16_body(x, y, head);
@@ -77,23 +83,21 @@ void loom_f32_to_bf16_streaming(const float *x, uint16_t *y, int64_t n) {
     _mm_sfence();  // the stores are weakly ordered: done before the caller says so
 }
 
+STREAM_TARGET static void stream_summing_rows(const float *x, uint16_t *y, float *sums, int64_t cols, int64_t r0, int64_t r1,
+                                              int accumulate) {
+    for (int64_t r = r0; r < r1; r++) {
+        stream_bf16(x + r * cols, y + r * cols, cols);
+        loom_sum_row(sums, x + r * cols, cols, r == r0 && !accumulate);
+    }
+}
+
 void loom_f32_to_bf16_summing_rows_streaming(const float *x, uint16_t *y, float *sums, int64_t cols, int64_t r0, int64_t r1,
                                              int accumulate) {
     if (!can_stream()) {
         loom_f32_to_bf16_summing_rows(x, y, sums, cols, r0, r1, accumulate);
         return;
     }
-    for (int64_t r = r0; r < r1; r++) {
-        const float *xr = x + r * cols;
-        stream_bf16(xr, y + r * cols, cols);
-        if (r == r0 && !accumulate) {
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) sums[j] = xr[j];
-        } else {
-            LOOM_SIMD
-            for (int64_t j = 0; j < cols; j++) sums[j] += xr[j];
-        }
-    }
+    stream_summing_rows(x, y, sums, cols, r0, r1, accumulate);
     _mm_sfence();
 }
 #else
