@@ -24,8 +24,8 @@ struct BenchCommand: ParsableCommand {
         and on a cloud machine whose vCPUs the host moves between L3s it changes from run to run. \
         The line after says in how many of the backend's checks results both threads read were \
         stored past the caches (non-temporal stores, chosen while plain stores measure 1.5x as \
-        slow; --json: stream_checks [streamed, checks], stream_ratio; \
-        LOOM_STREAM_STORES=always|never|measured). \
+        slow; --json: stream_checks [streamed, checks], stream_ratio), or always or never where \
+        LOOM_STREAM_STORES=always|never sets it (--json: stream_stores). \
         LOOM_CPU_ISA=baseline|avx2 caps the kernels' width; LOOM_GEMM=openblas|onednn picks \
         the GEMM library (default: oneDNN with AVX-512, else OpenBLAS). With --precision bf16 \
         the header says where the bf16 products ran: Loom's AVX512-BF16 kernel where the \
@@ -152,6 +152,7 @@ struct BenchCommand: ParsableCommand {
                     print(String(format: "      two CPUs handed data to each other at %.0f GB/s before, %.0f after (a 2-thread step follows it: docs/benchmarks.md)",
                                  rates[0], rates[1]))
                 }
+                if let mode = r.streamStores { print("      results both threads read stored past the caches: \(mode) (LOOM_STREAM_STORES)") }
                 if let s = r.streamedHandOvers {
                     print("      results both threads read stored past the caches in \(s.streamed) of \(s.measurements) checks"
                           + (s.lastRatio.map { String(format: " (last: plain stores %.2f× as slow)", $0) } ?? ""))

@@ -32,7 +32,8 @@ final class BenchTests: XCTestCase {
 
     /// A bf16 bench on 2 threads says in how many checks its backend streamed the results both
     /// threads read (`StreamedHandOvers`: at least the first step's); a float32 one, whose
-    /// kernels stream nothing, and a 1-thread one say nothing.
+    /// kernels stream nothing, and a 1-thread one say nothing; one whose choice was set by hand
+    /// says which.
     func testABF16BenchOnTwoThreadsSaysWhetherItStreamedWhatBothThreadsRead() throws {
         try XCTSkipUnless(ProcessInfo.processInfo.activeProcessorCount >= 2, "one CPU: the probe's two threads could not run at once")
         let two = try Bench.run(.mlp, backend: CPUBackend(threads: 2), steps: 1, warmup: 0, peak: 1, precision: .bfloat16)
@@ -47,5 +48,8 @@ final class BenchTests: XCTestCase {
         let one = try Bench.run(.mlp, backend: CPUBackend(threads: 1), steps: 1, warmup: 0, peak: 1, precision: .bfloat16)
         XCTAssertNil(one.streamedHandOvers)
         XCTAssertFalse(one.json.contains("stream_checks"), one.json)
+        let byHand = try Bench.run(.mlp, backend: CPUBackend(threads: 2, streaming: .always), steps: 1, warmup: 0, peak: 1, precision: .bfloat16)
+        XCTAssertNil(byHand.streamedHandOvers, "always: nothing measured")
+        XCTAssertTrue(byHand.json.contains("\"stream_stores\":\"always\""), byHand.json)
     }
 }

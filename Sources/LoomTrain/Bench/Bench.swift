@@ -66,6 +66,8 @@ public struct BenchResult: Sendable, Encodable {
     /// runs, how many chose streaming, and the last one's ratio (plain stores' time over
     /// streamed ones').
     public var streamedHandOvers: (measurements: Int, streamed: Int, lastRatio: Double?)?
+    /// CPU, 2 or more threads, where `LOOM_STREAM_STORES` set the choice by hand: "always" or "never".
+    public var streamStores: String?
 
     enum CodingKeys: String, CodingKey {
         case workload, perSecond = "per_s", unit, gflops, peakGflops = "peak_gflops", stepMilliseconds = "step_ms"
@@ -73,7 +75,7 @@ public struct BenchResult: Sendable, Encodable {
         case timeShare = "time_share", kernels, gemmLibrary = "gemm_library", processor, bf16GEMM = "bf16_gemm", bf16Convolution = "bf16_convolution"
         case warmup, repeats, runsPerSecond = "runs_per_s", zero, heldBytes = "held_bytes"
         case peakSplit = "peak_split", heldSplit = "held_split", crossCoreGbps = "cross_core_gbps"
-        case streamChecks = "stream_checks", streamRatio = "stream_ratio"
+        case streamChecks = "stream_checks", streamRatio = "stream_ratio", streamStores = "stream_stores"
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -98,6 +100,7 @@ public struct BenchResult: Sendable, Encodable {
             try c.encode([s.streamed, s.measurements], forKey: .streamChecks)
             try c.encodeIfPresent(s.lastRatio.map { rounded($0, 2) }, forKey: .streamRatio)
         }
+        try c.encodeIfPresent(streamStores, forKey: .streamStores)
         try c.encode(device, forKey: .device)
         try c.encode(precision.rawValue, forKey: .precision)
         try c.encodeIfPresent(bf16GEMM, forKey: .bf16GEMM)
@@ -233,6 +236,7 @@ public enum Bench {
         if let before = checksBefore, let after = cpu?.handOvers.record, after.measurements > before.measurements {
             result.streamedHandOvers = (after.measurements - before.measurements, after.streamed - before.streamed, after.lastRatio)
         }
+        if let cpu, cpu.threads > 1, cpu.handOvers.mode != .measured { result.streamStores = cpu.handOvers.mode.rawValue }
         if let before = rateBefore, let after = CrossCoreRate.measure() { result.crossCoreGbps = [before, after] }
         if let seconds = median.kernels {
             var shares: [String: Double] = [:]
