@@ -16,8 +16,9 @@ import Glibc
 /// every such result streamed: 14% faster with the vCPUs apart, 5% slower together
 /// (docs/benchmarks.md). So, `measured` (the default), the backend asks the hardware:
 /// `StreamProbe.c` has its two threads store and read a [128, 512] matrix both ways (~1–2 ms),
-/// and the backend streams while plain stores take more than `threshold` times as long (near:
-/// ~1.05, far: ~3.5), measuring again when the last measurement is older than `interval`.
+/// and the backend streams while plain stores take more than `threshold` times as long (here
+/// 0.8–1.15 near, 3.0–3.6 far), measuring again when the last measurement is older than
+/// `interval`.
 /// `LOOM_STREAM_STORES=always|never|measured` sets it by hand.
 public final class StreamedHandOvers: @unchecked Sendable {
     public enum Mode: String, CaseIterable, Sendable { case measured, always, never }
