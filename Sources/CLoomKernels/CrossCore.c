@@ -9,11 +9,11 @@
 // a third: docs/benchmarks.md); `loom bench` reports it beside each 2-thread figure.
 #define _GNU_SOURCE
 #include "Dispatch.h"
+#include "Probe.h"
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <time.h>
 #include <unistd.h>
 
 enum { probe_bytes = 256 * 1024, probe_slot_ms = 10 };
@@ -53,17 +53,6 @@ static void *probe_play(void *arg) {
     return NULL;
 }
 
-static double probe_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static int probe_compare(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 double loom_cross_core_gbps(double seconds) {
     struct probe probe = {.cpus = {-1, -1}};
     cpu_set_t allowed;
@@ -87,16 +76,16 @@ double loom_cross_core_gbps(double seconds) {
         while (atomic_load(&probe.pinned) < 2 && !atomic_load(&probe.failed)) usleep(100);
         for (; taken < slots && !atomic_load(&probe.failed); taken++) {
             long before = atomic_load(&probe.turns);
-            double t0 = probe_now(), end = t0 + probe_slot_ms * 1e-3;
-            while (probe_now() < end) usleep(1000);
-            rates[taken] = (double)(atomic_load(&probe.turns) - before) * probe_bytes / (probe_now() - t0) / 1e9;
+            double t0 = loom_probe_seconds(), end = t0 + probe_slot_ms * 1e-3;
+            while (loom_probe_seconds() < end) usleep(1000);
+            rates[taken] = (double)(atomic_load(&probe.turns) - before) * probe_bytes / (loom_probe_seconds() - t0) / 1e9;
         }
     }
     atomic_store(&probe.stop, 1);
     for (int i = 0; i < started; i++) pthread_join(threads[i], NULL);
     double median = -1;
     if (started == 2 && rates && !atomic_load(&probe.failed) && taken == slots) {
-        qsort(rates, (size_t)slots, sizeof(double), probe_compare);
+        qsort(rates, (size_t)slots, sizeof(double), loom_probe_compare);
         median = rates[slots / 2];
     }
     free(rates);

@@ -13,9 +13,9 @@
 //   (the two ran one after the other) or the processor has no AVX-512 (the kernels then
 //   store plainly whatever is asked).
 #include "Dispatch.h"
+#include "Probe.h"
 #include <stdatomic.h>
 #include <stdlib.h>
-#include <time.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -27,12 +27,6 @@ struct loom_stream_probe {
     _Atomic int arrived, failed;
     double seconds[2][probe_steps];
 };
-
-static double stream_probe_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
 struct loom_stream_probe *loom_stream_probe_create(void) {
     struct loom_stream_probe *p = calloc(1, sizeof *p);
@@ -56,10 +50,10 @@ void loom_stream_probe_free(struct loom_stream_probe *p) {
 // marking the probe failed, after probe_wait_ns.
 static int stream_probe_meet(struct loom_stream_probe *p, int round) {
     atomic_fetch_add(&p->arrived, 1);
-    double deadline = stream_probe_now() + probe_wait_ns * 1e-9;
+    double deadline = loom_probe_seconds() + probe_wait_ns * 1e-9;
     for (long spins = 0; atomic_load(&p->arrived) < 2 * round; spins++) {
         if (atomic_load(&p->failed)) return 0;
-        if ((spins & 1023) == 1023 && stream_probe_now() > deadline) {
+        if ((spins & 1023) == 1023 && loom_probe_seconds() > deadline) {
             atomic_store(&p->failed, 1);
             return 0;
         }
@@ -92,22 +86,17 @@ void loom_stream_probe_play(struct loom_stream_probe *p, int id) {
     volatile float sink = 0;
     for (int step = 0, round = 0; step < probe_steps; step++) {
         if (!stream_probe_meet(p, ++round)) return;  // both start a step together
-        double start = stream_probe_now();
+        double start = loom_probe_seconds();
         stream_probe_write(p->matrix + id * n / 2, n / 2, (float)step, step % 2);
         if (!stream_probe_meet(p, ++round)) return;
         sink += stream_probe_read(p->matrix, n);
-        p->seconds[id][step] = stream_probe_now() - start;
+        p->seconds[id][step] = loom_probe_seconds() - start;
     }
     (void)sink;
 #else
     (void)p;
     (void)id;
 #endif
-}
-
-static int stream_probe_compare(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
 }
 
 double loom_stream_probe_ratio(struct loom_stream_probe *p) {
@@ -117,7 +106,7 @@ double loom_stream_probe_ratio(struct loom_stream_probe *p) {
         double a = p->seconds[0][step], b = p->seconds[1][step];
         kinds[step % 2][step / 2] = a > b ? a : b;
     }
-    for (int k = 0; k < 2; k++) qsort(kinds[k], probe_steps / 2, sizeof(double), stream_probe_compare);
+    for (int k = 0; k < 2; k++) qsort(kinds[k], probe_steps / 2, sizeof(double), loom_probe_compare);
     double plain = kinds[0][probe_steps / 4], streamed = kinds[1][probe_steps / 4];
     return streamed > 0 ? plain / streamed : -1;
 }
