@@ -80,7 +80,7 @@ final class MixedPrecisionTests: XCTestCase {
 
     /// The backend's bf16 GEMM (Loom's kernel where the processor has AVX512-BF16, oneDNN's
     /// with AMX, else widened operands) on products large enough to be split across threads,
-    /// by rows (op(B) packed once for both) and by batch entry, with transposes, a shared
+    /// by rows (op(B) packed once for both), by batch entry and along k, with transposes, a shared
     /// operand, alpha and beta: the exact
     /// product of the rounded operands, to float32 rounding.
     func testBF16GEMMSplitAcrossThreadsEqualsFloat32OnRoundedOperands() throws {
@@ -90,6 +90,8 @@ final class MixedPrecisionTests: XCTestCase {
             (40, 36, 52, 4, false, true, true, 1, 1), (129, 17, 70, 3, true, false, false, 0.25, 0),
             // deep products (weight gradients), split along k across the threads: odd k, beta 1
             (40, 60, 1001, 1, true, false, false, 0.5, 1), (50, 33, 900, 1, false, true, false, 1, 0),
+            // an input gradient (dY W: short, wide, neither transposed), split along k too
+            (48, 300, 530, 1, false, false, false, 0.5, 1),
         ] {
             let a = randomTensor([batch, transA ? k : m, transA ? m : k], seed: 11).detach()
             let b = randomTensor([sharedB ? 1 : batch, transB ? n : k, transB ? k : n], seed: 12).detach()

@@ -119,12 +119,14 @@ final class StreamingStoreTests: XCTestCase {
         XCTAssertEqual(CPUBackend(threads: 1, streaming: .measured).streamsRounding(rows: 128, cols: 512), false)
     }
 
-    func testAShortWideBF16LayerAtTwoThreadsGivesTheFloatsOfOneThread() throws {
+    func testAShortWideBF16LayerStreamedGivesThePlainFloatsAndOneThreadsButForDXsSumOrder() throws {
         // Streamed at two threads (the input's and dY's bf16 copies, the products' C split by
-        // columns, the weight gradient's packed operand), not at one: the same floats, backward
-        // included.
-        func run(threads: Int) throws -> [[Float]] {
-            let backend = CPUBackend(threads: threads, streaming: .always)
+        // columns, the weight gradient's packed operand, dx's partial products), not at one:
+        // the same floats streamed or not, backward included. Against one thread, the same
+        // floats but dx's: at two its product (dY W, short and wide) is split along k, its two
+        // partial sums added.
+        func run(threads: Int, streaming: StreamedHandOvers.Mode) throws -> [[Float]] {
+            let backend = CPUBackend(threads: threads, streaming: streaming)
             var rng = Philox(seed: 14)
             func parameter(_ shape: [Int], scale: Float) -> Tensor {
                 let t = Tensor((0..<shape.reduce(1, *)).map { _ in scale * (2 * rng.nextFloat() - 1) }, shape: shape, on: backend)
@@ -136,8 +138,15 @@ final class StreamingStoreTests: XCTestCase {
             try (y * y).sum().backward()
             return [y.floats, try XCTUnwrap(x.grad).floats, try XCTUnwrap(w.grad).floats, try XCTUnwrap(b.grad).floats]
         }
-        let one = try run(threads: 1), two = try run(threads: 2)
+        let one = try run(threads: 1, streaming: .always), two = try run(threads: 2, streaming: .always)
+        let plain = try run(threads: 2, streaming: .never)
         XCTAssertTrue(CPUBackend(threads: 2, streaming: .always).streamsRounding(rows: 64, cols: 400), "the case streams")
-        for (name, pair) in zip(["y", "dx", "dW", "db"], zip(two, one)) { XCTAssertEqual(pair.0, pair.1, name) }
+        for (name, (streamed, unstreamed)) in zip(["y", "dx", "dW", "db"], zip(two, plain)) { XCTAssertEqual(streamed, unstreamed, name) }
+        for (name, (two, one)) in zip(["y", "dW", "db"], zip([two[0], two[2], two[3]], [one[0], one[2], one[3]])) {
+            XCTAssertEqual(two, one, name)
+        }
+        let scale = one[1].map(abs).max() ?? 0, worst = zip(two[1], one[1]).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertGreaterThan(scale, 1)
+        XCTAssertLessThanOrEqual(worst, 1e-5 * scale, "dx at two threads and one: float32 sums in another order")
     }
 }

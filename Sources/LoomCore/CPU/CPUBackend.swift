@@ -351,8 +351,7 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
                                 alpha: Float, beta: Float, bias: UnsafePointer<Float>? = nil) {
         let start = monotonicSeconds()
         defer { count(.gemm, flops: 2 * Double(m) * Double(n) * Double(k) * Double(batch), since: start) }
-        // Deep (k at least 4 times m and n, and two of the kernel's 384-row blocks) and not tiny.
-        if batch == 1 && threads > 1 && k >= 4 * max(m, n) && k >= 768 && m * n * k >= 1 << 20 {
+        if batch == 1 && threads > 1 && splitsAlongK(a, b, m: m, n: n, k: k) {
             splitK(a, b, c, m: m, n: n, k: k, alpha: alpha, beta: beta, bias: bias)
             return
         }
@@ -426,27 +425,48 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         }
     }
 
-    /// A product much deeper than it is wide (a weight gradient: k is the tokens) split along
-    /// k: each thread takes a range of the rows both operands are stored by (the rows that
-    /// thread's share of the step wrote), packs and multiplies them in its own cache, into C
-    /// (the first range, with beta and the bias) or a partial product; the partials are then
-    /// added to C in order. The same floats for the same thread count. Split by rows of C
-    /// instead, each thread read a strip of every row of both operands, and packed all of
-    /// op(B) out to memory before multiplying.
+    /// Whether a bf16 product (not tiny) goes to the threads along k (`splitK`) rather than by
+    /// rows or columns of C. Two kinds:
+    /// - deep (k at least 4 times m and n, and two of the kernel's 384-row blocks): a weight
+    ///   gradient, k the tokens, both operands stored by the rows that each thread's share of
+    ///   the step wrote;
+    /// - short and wide with neither operand transposed (m < n, k at least 256 a thread): an
+    ///   input gradient dX [rows, in] = dY W, B the weight [out, in] stored by its k rows. Split
+    ///   by columns of C, each thread would read a strip of every row of W, half of them the
+    ///   rows the optimizer's even split gives the other thread to rewrite, which then pays
+    ///   for every line of its bf16 copy the first thread had read (the mlp's W₂ at 2 threads,
+    ///   its SGD update with the vCPUs on two L3s 148 µs against 51 on one: docs/benchmarks.md).
+    ///   Along k each thread reads the rows of W it rewrites, and its columns of dY.
+    private func splitsAlongK(_ a: GEMMOperand, _ b: GEMMOperand, m: Int, n: Int, k: Int) -> Bool {
+        guard m * n * k >= 1 << 20 else { return false }
+        let deep = k >= 4 * max(m, n) && k >= 768
+        let inputGradient = !a.transposed && !b.transposed && m < n && k >= 256 * threads
+        return deep || inputGradient
+    }
+
+    /// A product split along k (`splitsAlongK`): each thread takes a range of the rows both
+    /// operands are stored by, packs and multiplies them in its own cache, into C (the first
+    /// range, with beta and the bias) or a partial product; the partials are then added to C
+    /// in order, by rows. The same floats for the same thread count. C and the partials are
+    /// read next by another thread than wrote them: stored past the caches where results
+    /// both threads read are (`streamsHandOvers`).
     private func splitK(_ a: GEMMOperand, _ b: GEMMOperand, _ c: GEMMOperand, m: Int, n: Int, k: Int, alpha: Float, beta: Float,
                         bias: UnsafePointer<Float>?) {
         let chunk = ((k + threads - 1) / threads + 1) / 2 * 2  // even: a range starts on a pair
         let ranges = stride(from: 0, to: k, by: chunk).map { ($0, min(chunk, k - $0)) }
-        let partial = UnsafeMutablePointer<Float>.allocate(capacity: max(1, (ranges.count - 1) * m * n))
-        defer { partial.deallocate() }
+        guard let partials = try? Tensor(uninitialized: [max(1, (ranges.count - 1) * m * n)], on: self) else {
+            preconditionFailure("bf16 gemm \(m)x\(n)x\(k) split along k: no memory for \(ranges.count - 1) partial products")
+        }
+        defer { withExtendedLifetime(partials) {} }
+        let partial = partials.ptr, product = streamsHandOvers() ? loom_bf16_gemm_streaming : loom_bf16_gemm
         let pa = a.tensor.halfPtr + a.offset, pb = b.tensor.halfPtr + b.offset, pc = c.tensor.ptr + c.offset
         parallelFor(ranges.count, grain: 1, threads: threads) { r in
             for i in r {
                 let (k0, kc) = ranges[i]
                 let ak = a.transposed ? pa + k0 * a.ld : pa + k0, bk = b.transposed ? pb + k0 : pb + k0 * b.ld
                 let (ci, ldc) = i == 0 ? (pc, c.ld) : (partial + (i - 1) * m * n, n)
-                let done = loom_bf16_gemm(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(m), Int64(n), Int64(kc), alpha,
-                                          ak, Int64(a.ld), bk, Int64(b.ld), i == 0 ? beta : 0, ci, Int64(ldc), i == 0 ? bias : nil)
+                let done = product(a.transposed ? 1 : 0, b.transposed ? 1 : 0, Int64(m), Int64(n), Int64(kc), alpha,
+                                   ak, Int64(a.ld), bk, Int64(b.ld), i == 0 ? beta : 0, ci, Int64(ldc), i == 0 ? bias : nil)
                 precondition(done != 0, "bf16 gemm \(m)x\(n)x\(kc): no memory for the packing buffers")
             }
         }
