@@ -196,8 +196,13 @@ public final class CPUBackend: Backend, GEMMCounting, @unchecked Sendable {
         roundingSummingRows(rows: rows, cols: cols, into: y.halfPtr, summingColumns: columnSums.ptr) { r0, _, _ in UnsafePointer(px + r0 * cols) }
     }
 
-    /// Rows a block of `cast(_:into:summingColumns:)` sums before the blocks are added.
-    static let castSumRows = 128
+    /// Rows a block of `cast(_:into:summingColumns:)` sums before the blocks are added: 64,
+    /// so that a batch of 128 rows (the mlp's) goes to two threads, each rounding the rows of
+    /// dY the op before it wrote there. In one block of 128, one thread read all of dY, half of
+    /// it from the other core, and kept those lines, which that core's next write into the
+    /// buffer then had to take back (mlp bf16 at 2 threads with the vCPUs on two L3s 3.6%
+    /// faster over 18 pairs of runs, the same on one L3: docs/benchmarks.md).
+    static let castSumRows = 64
 
     /// Whether a bf16 operand rounded now from a float32 activation of [rows, cols] is
     /// stored past the cores' caches: where it is shorter than it is wide and `handOvers`
