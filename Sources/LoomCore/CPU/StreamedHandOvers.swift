@@ -45,10 +45,21 @@ public final class StreamedHandOvers: @unchecked Sendable {
         return .measured
     }
 
-    /// Measurements so far, how many of them chose streaming, and the last one's ratio (plain
-    /// stores' time over streamed ones'; nil before the first, or where it could not run).
-    public var record: (measurements: Int, streamed: Int, lastRatio: Double?) {
-        lock.withLock { (measurements, streamedMeasurements, ratio) }
+    /// Measurements so far, how many of them chose streaming, and the last one's ratio.
+    public var record: Checks {
+        lock.withLock { Checks(measurements: measurements, streamed: streamedMeasurements, lastRatio: ratio) }
+    }
+
+    /// What the measurements found: how many were made, how many chose streaming, and the
+    /// last one's ratio (plain stores' time over streamed ones'; nil before the first, or
+    /// where it could not run).
+    public struct Checks: Equatable, Sendable {
+        public var measurements: Int, streamed: Int, lastRatio: Double?
+
+        /// The checks made since `earlier` (a record taken before), with the last ratio.
+        public func since(_ earlier: Checks) -> Checks {
+            Checks(measurements: measurements - earlier.measurements, streamed: streamed - earlier.streamed, lastRatio: lastRatio)
+        }
     }
 
     /// Whether to stream now, for a backend of `threads` threads (one: never; its next op

@@ -65,7 +65,7 @@ public struct BenchResult: Sendable, Encodable {
     /// past the caches (`StreamedHandOvers`): its measurements during the warm-up and timed
     /// runs, how many chose streaming, and the last one's ratio (plain stores' time over
     /// streamed ones').
-    public var streamedHandOvers: (measurements: Int, streamed: Int, lastRatio: Double?)?
+    public var streamedHandOvers: StreamedHandOvers.Checks?
     /// CPU, 2 or more threads, where `LOOM_STREAM_STORES` set the choice by hand: "always" or "never".
     public var streamStores: String?
 
@@ -234,7 +234,7 @@ public enum Bench {
         result.warmup = warmup
         result.runsPerSecond = runs.map { Double(workload.itemsPerStep * steps) / $0.seconds }
         if let before = checksBefore, let after = cpu?.handOvers.record, after.measurements > before.measurements {
-            result.streamedHandOvers = (after.measurements - before.measurements, after.streamed - before.streamed, after.lastRatio)
+            result.streamedHandOvers = after.since(before)
         }
         if let cpu, cpu.threads > 1, cpu.handOvers.mode != .measured { result.streamStores = cpu.handOvers.mode.rawValue }
         if let before = rateBefore, let after = CrossCoreRate.measure() { result.crossCoreGbps = [before, after] }
