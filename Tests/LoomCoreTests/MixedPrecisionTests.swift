@@ -80,9 +80,9 @@ final class MixedPrecisionTests: XCTestCase {
 
     /// The backend's bf16 GEMM (Loom's kernel where the processor has AVX512-BF16, oneDNN's
     /// with AMX, else widened operands) on products large enough to be split across threads,
-    /// by rows (op(B) packed once for both), by batch entry and along k, with transposes, a shared
-    /// operand, alpha and beta: the exact
-    /// product of the rounded operands, to float32 rounding.
+    /// by rows (op(B) packed once for both), by batch entry and along k, with transposes, a
+    /// shared operand, alpha and beta: the exact product of the rounded operands, to float32
+    /// rounding.
     func testBF16GEMMSplitAcrossThreadsEqualsFloat32OnRoundedOperands() throws {
         let backend = CPUBackend(threads: 2)
         for (m, n, k, batch, transA, transB, sharedB, alpha, beta) in [

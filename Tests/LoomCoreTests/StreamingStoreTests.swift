@@ -119,7 +119,7 @@ final class StreamingStoreTests: XCTestCase {
         XCTAssertEqual(CPUBackend(threads: 1, streaming: .measured).streamsRounding(rows: 128, cols: 512), false)
     }
 
-    func testAShortWideBF16LayerStreamedGivesThePlainFloatsAndOneThreadsButForDXsSumOrder() throws {
+    func testStreamingAShortWideBF16LayerChangesNoFloatAndTwoThreadsChangeOnlyTheOrderOfDXsSums() throws {
         // Streamed at two threads (the input's and dY's bf16 copies, the products' C split by
         // columns, the weight gradient's packed operand, dx's partial products), not at one:
         // the same floats streamed or not, backward included. Against one thread, the same
